@@ -1,0 +1,233 @@
+"""The one runner of the study: papermill executes the numbered notebooks in order.
+
+Each stage is a jupytext text notebook ``notebooks/<stem>.py`` whose parameters cell is
+its whole interface. The runner converts it to ``.ipynb`` (papermill cannot read the
+text format), injects the profile's parameters, and writes the executed notebook to the
+profile's results folder; the book includes those files without re-executing them.
+
+A provenance record (commit, parameters, package versions, hardware, seconds per
+notebook) is rewritten after every stage, so a failure late in a long run never loses
+the record of the stages that finished.
+
+Usage::
+
+    python -m bcfeat.pipeline --profile cpu            # the whole study (the README's main command)
+    python -m bcfeat.pipeline --profile smoke --output /tmp/smoke
+    python -m bcfeat.pipeline --profile cpu --restore  # restore expensive steps from saved outputs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from bcfeat import paths
+from bcfeat.profiles import PROFILES, get_profile
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One notebook of the chain.
+
+    ``run_parameter`` names the boolean parameter that chooses between running an
+    expensive step and restoring it from its saved output (None: always cheap).
+    """
+
+    stem: str
+    run_parameter: str | None = None
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("00_data_overview"),
+    Stage("90_provenance"),
+)
+
+PROVENANCE_PACKAGES = (
+    "bcfeat", "torch", "torchvision", "numpy", "pandas", "scikit-learn", "scikit-image",
+    "umap-learn", "papermill", "jupytext", "jupyter-book", "myst-nb",
+)
+
+
+def default_output_dir(profile: str) -> Path:
+    """The cpu profile writes the results the book shows; the others write under artifacts/."""
+    return paths.RESULTS if profile == "cpu" else paths.ARTIFACTS / "runs" / profile
+
+
+def git_commit() -> dict[str, object]:
+    """Commit hash and whether the working tree had uncommitted changes (None outside git)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "bcfeat", "notebooks"],
+                                    cwd=paths.ROOT, capture_output=True, text=True).stdout.strip())
+        return {"commit": head, "dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def hardware() -> dict[str, object]:
+    info: dict[str, object] = {
+        "machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
+        "cpu_count": os.cpu_count(), "processor": platform.processor() or None,
+    }
+    try:
+        import torch
+
+        info["cuda"] = torch.cuda.is_available()
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:  # provenance must never be what breaks a run
+        info["cuda"] = None
+    return info
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def notebook_path(stem: str) -> Path:
+    return paths.NOTEBOOKS / f"{stem}.py"
+
+
+def execute_stage(stage: Stage, parameters: dict, output_dir: Path) -> Path:
+    """Convert one text notebook, run it with papermill, return the executed notebook's path."""
+    import jupytext
+    import nbformat
+    import papermill
+
+    source = notebook_path(stage.stem)
+    if not source.exists():
+        raise FileNotFoundError(f"stage {stage.stem}: notebook {source} does not exist")
+    notebook = jupytext.read(source)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    output = output_dir / f"{stage.stem}.ipynb"
+    with tempfile.TemporaryDirectory() as tmp:
+        converted = Path(tmp) / f"{stage.stem}.ipynb"
+        nbformat.write(notebook, converted)
+        papermill.execute_notebook(
+            str(converted), str(output), parameters=parameters, kernel_name="python3",
+            cwd=str(paths.ROOT), progress_bar=False, log_output=False,
+        )
+    return output
+
+
+def run(profile_name: str, output_dir: Path | None = None, only: list[str] | None = None,
+        restore: bool = False) -> dict:
+    """Run the chain (or the stages named in ``only``) and return the provenance record.
+
+    Raises
+    ------
+    RuntimeError
+        If a stage fails; stages before it keep their outputs and the provenance file
+        says which stage failed and why.
+    """
+    profile = get_profile(profile_name)
+    output_dir = Path(output_dir) if output_dir else default_output_dir(profile.name)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    unknown = set(only or []) - {s.stem for s in STAGES}
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {[s.stem for s in STAGES]}")
+    record_path = output_dir / "provenance.json"
+    record = {
+        "profile": profile.name, "description": profile.description,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **git_commit(), "hardware": hardware(), "packages": package_versions(), "stages": [],
+    }
+    if only and record_path.exists():
+        # A partial re-run keeps the records of the stages it does not repeat.
+        previous = json.loads(record_path.read_text())
+        record["stages"] = [s for s in previous.get("stages", []) if s["stem"] not in only]
+
+    def save() -> None:
+        tmp = record_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        os.replace(tmp, record_path)
+
+    for stage in STAGES:
+        if only and stage.stem not in only:
+            continue
+        parameters = profile.parameters_for(stage.stem)
+        parameters["results_dir"] = str(output_dir)
+        if stage.run_parameter is not None:
+            parameters[stage.run_parameter] = not restore
+        print(f"[bcfeat] {stage.stem} ({profile.name}) ...", flush=True)
+        start = time.perf_counter()
+        entry = {"stem": stage.stem, "parameters": parameters}
+        try:
+            execute_stage(stage, parameters, output_dir)
+        except Exception as error:  # recorded, then re-raised with the stage named
+            entry.update(status="failed", seconds=round(time.perf_counter() - start, 1),
+                         error=f"{type(error).__name__}: {str(error)[-2000:]}")
+            record["stages"].append(entry)
+            save()
+            raise RuntimeError(f"stage {stage.stem} failed; executed notebook so far: "
+                               f"{output_dir / (stage.stem + '.ipynb')}\n{error}") from error
+        entry.update(status="ok", seconds=round(time.perf_counter() - start, 1))
+        record["stages"].append(entry)
+        save()
+        print(f"[bcfeat] {stage.stem} done in {entry['seconds']:.0f} s", flush=True)
+    record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    save()
+    return record
+
+
+def load_provenance(results_dir: Path) -> dict:
+    """The provenance record a run wrote into ``results_dir``."""
+    path = Path(results_dir) / "provenance.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no provenance record at {path}: run `python -m bcfeat.pipeline` first")
+    return json.loads(path.read_text())
+
+
+def provenance_frames(record: dict):
+    """The provenance record as three tables: run, stages (with parameters), package versions."""
+    import pandas as pd
+
+    run_info = {"profile": record["profile"], "commit": record.get("commit"),
+                "uncommitted changes": record.get("dirty"), "started (UTC)": record.get("started"),
+                **{f"hardware: {k}": v for k, v in record.get("hardware", {}).items()}}
+    run_table = pd.DataFrame({"value": [str(v) for v in run_info.values()]}, index=list(run_info))
+    stages = pd.DataFrame([{"notebook": s["stem"], "status": s["status"], "seconds": s["seconds"],
+                            "parameters": ", ".join(f"{k}={v}" for k, v in s["parameters"].items()
+                                                    if k != "results_dir")}
+                           for s in record.get("stages", [])])
+    packages = pd.DataFrame({"version": record.get("packages", {})})
+    return run_table, stages, packages
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bcfeat.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder for executed notebooks and tables (default: book/results for cpu, "
+                             "artifacts/runs/<profile> otherwise)")
+    parser.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages")
+    parser.add_argument("--restore", action="store_true",
+                        help="restore expensive steps (training) from their saved outputs instead of re-running")
+    args = parser.parse_args(argv)
+    try:
+        run(args.profile, args.output, args.only, args.restore)
+    except (RuntimeError, ValueError, FileNotFoundError) as error:
+        print(f"[bcfeat] error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
