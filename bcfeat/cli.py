@@ -1,0 +1,150 @@
+"""The ``bcfeat`` command line: data download, verification, scanning and splits.
+
+``bcfeat download NAME``  fetch a public dataset archive (resumable, atomic)
+``bcfeat verify``         check a data root against the manifests (exit 1 on problems)
+``bcfeat scan NAME``      count the samples per label and the exclusions
+``bcfeat splits NAME``    make (or check) the stored stratified split of a dataset
+
+Each subcommand is a small function over the :mod:`bcfeat.data` API; exit
+status 0 means success, 1 a problem found in the data, 2 a usage or data-root
+error (with the message on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from bcfeat.data.download import SOURCES, download_dataset
+
+    if args.sha256 and not args.url:
+        print("bcfeat download: --sha256 needs --url (the built-in archives publish no digest)", file=sys.stderr)
+        return 2
+    target = download_dataset(
+        args.name, args.dest, url=args.url, sha256=args.sha256, progress=not args.no_progress, force=args.force
+    )
+    print(f"{args.name}: in place at {target}")
+    if SOURCES[args.name].note:
+        print(f"note: {SOURCES[args.name].note}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from bcfeat.data.manifest import available_manifests, verify_dataset
+    from bcfeat.data.root import resolve_data_root
+
+    root = resolve_data_root(args.root)
+    names = args.dataset or available_manifests(args.manifests)
+    if not names:
+        print(f"bcfeat verify: no manifests found in {args.manifests or 'the shared manifests folder'}", file=sys.stderr)
+        return 2
+    problems = 0
+    for name in names:
+        report = verify_dataset(name, root, manifest_dir=args.manifests, fast=args.fast)
+        print(report.summary())
+        problems += not report.ok
+    print(f"verified {len(names)} dataset(s) under {root}: {'all OK' if not problems else f'{problems} with problems'}")
+    return 1 if problems else 0
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from bcfeat.data.registry import scan_dataset, scan_folder
+
+    space = None if args.label_space == "all" else args.label_space
+    if args.layout:
+        result = scan_folder(args.name, args.layout, space)
+    else:
+        result = scan_dataset(args.name, args.root, space)
+    print(result.summary())
+    return 0
+
+
+def _cmd_splits(args: argparse.Namespace) -> int:
+    from bcfeat.data.splits import SplitConfig, make_or_load_splits, splits_path
+
+    space = None if args.label_space == "all" else args.label_space
+    df = make_or_load_splits(
+        args.name,
+        kind=args.kind,
+        seed=args.seed,
+        test_size=args.test_size,
+        n_folds=args.n_folds,
+        label_space=space,
+        root=args.root,
+        out_dir=args.out_dir,
+        overwrite=args.overwrite,
+    )
+    cfg = SplitConfig(args.kind, args.seed, args.test_size, args.n_folds)
+    print(f"{splits_path(args.name, space, cfg, args.out_dir)}")
+    print(df.groupby(["label", cfg.column]).size().unstack(fill_value=0).to_string())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bcfeat.data.download import SOURCES
+    from bcfeat.data.registry import DATASETS, LAYOUTS
+
+    p = argparse.ArgumentParser(prog="bcfeat", description="bcfeat: AE-CFE white blood cell features, reproducibly.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("download", help="download a public dataset archive into the data folder")
+    d.add_argument("name", choices=sorted(SOURCES), help="dataset name")
+    d.add_argument("--dest", default=None, help="data folder to fill (default: <repo>/data)")
+    d.add_argument("--url", default=None, help="archive URL to use instead of the built-in one (a mirror)")
+    d.add_argument("--sha256", default=None, help="expected sha256 of the archive given by --url")
+    d.add_argument("--force", action="store_true", help="replace the dataset if already in place")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d.set_defaults(func=_cmd_download)
+
+    v = sub.add_parser("verify", help="check a data root against the manifests (sha256 per file)")
+    v.add_argument("--root", default=None, help="data root (default: resolved as usual)")
+    v.add_argument("--dataset", action="append", choices=sorted(DATASETS), help="only this dataset (repeatable)")
+    v.add_argument("--fast", action="store_true", help="compare file sizes only, no hashing")
+    v.add_argument("--manifests", default=None, help="folder of <dataset>.csv manifests (default: the shared one)")
+    v.set_defaults(func=_cmd_verify)
+
+    s = sub.add_parser("scan", help="count the samples of a dataset per label, with exclusions")
+    s.add_argument("name", help="dataset name, or a folder when --layout is given")
+    s.add_argument("--root", default=None, help="data root (default: resolved as usual)")
+    s.add_argument("--label-space", default="coarse5", choices=["coarse5", "common13", "all"])
+    s.add_argument("--layout", default=None, choices=sorted(LAYOUTS), help="scan NAME as a folder with this layout")
+    s.set_defaults(func=_cmd_scan)
+
+    t = sub.add_parser("splits", help="make or check the stored stratified split of a dataset")
+    t.add_argument("name", choices=sorted(DATASETS))
+    t.add_argument("--root", default=None)
+    t.add_argument("--label-space", default="coarse5", choices=["coarse5", "common13", "all"])
+    t.add_argument("--kind", default="holdout", choices=["holdout", "kfold"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--test-size", type=float, default=0.2)
+    t.add_argument("--n-folds", type=int, default=5)
+    t.add_argument("--out-dir", default=None, help="folder of split CSVs (default: book/results/splits)")
+    t.add_argument("--overwrite", action="store_true", help="remake the split even if a file exists")
+    t.set_defaults(func=_cmd_splits)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    from bcfeat.data.download import DownloadError
+    from bcfeat.data.registry import DatasetNotFound
+    from bcfeat.data.root import DataRootNotFound
+    from bcfeat.data.splits import SplitMismatch
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (DataRootNotFound, DatasetNotFound, DownloadError, SplitMismatch, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"bcfeat {args.command}: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
