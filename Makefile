@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.bcfeat-installed
 PROFILE ?= cpu
 # Extra arguments for the pipeline runner, e.g. RUN_ARGS="--restore" or RUN_ARGS="--only 00_data_overview".
 RUN_ARGS ?=
-MATHJAX := book/_static/mathjax
+MATHJAX := book/_assets/mathjax
 
 .PHONY: env study pipeline book test lock clean-book
 

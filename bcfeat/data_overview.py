@@ -21,7 +21,7 @@ def class_counts(datasets: list[str], root: Path, max_images: int = 0, seed: int
     """Samples per class, per dataset and label space; excluded samples as their own rows.
 
     Returns a tidy frame ``[dataset, label_space, label, n]``; excluded samples appear
-    with ``label = "(excluded: <reason>)"`` so nothing disappears silently.
+    with ``label = "(excluded: <label>)"`` so nothing disappears silently.
     """
     rows = []
     for name in datasets:
@@ -32,7 +32,7 @@ def class_counts(datasets: list[str], root: Path, max_images: int = 0, seed: int
                 rows.append((name, space, label, int(n)))
             if max_images == 0:
                 for reason, n in sorted(scan.excluded.items()):
-                    rows.append((name, space, f"(excluded: {reason})", int(n)))
+                    rows.append((name, space, f"(excluded: {reason.split('/')[-1]})", int(n)))
     return pd.DataFrame(rows, columns=["dataset", "label_space", "label", "n"])
 
 

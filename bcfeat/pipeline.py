@@ -101,6 +101,16 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def display_path(path: Path) -> str:
+    """Repository-relative when inside the repository (the notebooks run with cwd = ROOT), so
+    committed notebooks carry no machine-bound paths; absolute otherwise."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(paths.ROOT))
+    except ValueError:
+        return str(path)
+
+
 def notebook_path(stem: str) -> Path:
     return paths.NOTEBOOKS / f"{stem}.py"
 
@@ -163,7 +173,7 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
         if only and stage.stem not in only:
             continue
         parameters = profile.parameters_for(stage.stem)
-        parameters["results_dir"] = str(output_dir)
+        parameters["results_dir"] = display_path(output_dir)
         if stage.run_parameter is not None:
             parameters[stage.run_parameter] = not restore
         print(f"[bcfeat] {stage.stem} ({profile.name}) ...", flush=True)

@@ -1,0 +1,91 @@
+"""The book builds offline without warnings and its pages render in headless Chromium."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from bcfeat import paths
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--enable-logging=stderr", "--v=0", "--window-size=1280,2000",
+                  "--virtual-time-budget=8000"]
+# Chromium logs every console message at one level; these words mark the errors among them
+# (the theme's own informational console.log lines are not failures).
+CONSOLE_ERROR_WORDS = ("Uncaught", "Error", "Failed to load", "net::ERR", "404")
+# Pages and what must be on them (text in the built HTML).
+PAGES = {
+    "intro.html": ["AE-CFE"],
+    "method.html": ["Moment matching"],
+    "data.html": ["Label spaces"],
+    "results/00_data_overview.html": ["Cells per class", "pbc_acevedo20"],
+    "reproducibility.html": ["Reproducing this book", "papermill"],
+    "results/90_provenance.html": ["Package versions", "torch"],
+}
+
+
+@pytest.fixture(scope="module")
+def built_book(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("book")
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    result = subprocess.run([str(jupyter_book), "build", str(paths.BOOK), "--path-output", str(out),
+                             "-W", "-n", "--keep-going"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"jupyter-book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return out / "_build" / "html"
+
+
+@pytest.mark.slow
+def test_book_pages_exist_and_show_their_content(built_book):
+    for page, needles in PAGES.items():
+        html = (built_book / page).read_text()
+        for needle in needles:
+            assert needle in html, f"{page} lacks {needle!r}"
+
+
+@pytest.mark.slow
+def test_book_loads_nothing_from_the_web(built_book):
+    """MathJax and every script are served from the book itself, so it renders offline."""
+    for page in PAGES:
+        html = (built_book / page).read_text()
+        remote = re.findall(r'<script[^>]+src="(https?://[^"]+)"', html)
+        assert not remote, f"{page} loads scripts from the web: {remote}"
+    assert (built_book / "mathjax" / "tex-chtml.js").exists()
+    assert 'mathjax/tex-chtml.js' in (built_book / "method.html").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_book_pages_render_in_chromium_without_console_errors(built_book, tmp_path):
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the test output readable
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(built_book))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    shots = paths.ARTIFACTS / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        for page in PAGES:
+            shot = shots / (page.replace("/", "_").replace(".html", ".png"))
+            shot.unlink(missing_ok=True)
+            result = subprocess.run(
+                [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}",
+                 f"http://127.0.0.1:{server.server_port}/{page}"],
+                capture_output=True, text=True, timeout=120)
+            console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+            errors = [line for line in console if any(word in line for word in CONSOLE_ERROR_WORDS)]
+            assert not errors, f"{page}: console errors:\n" + "\n".join(errors)
+            assert shot.exists() and shot.stat().st_size > 10_000, f"{page}: no screenshot"
+    finally:
+        server.shutdown()

@@ -1,0 +1,96 @@
+"""The runner and the notebooks' interfaces: profiles match parameters cells; a smoke run works."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from bcfeat import paths
+from bcfeat.pipeline import STAGES, notebook_path, provenance_frames, run
+from bcfeat.profiles import PROFILES, get_profile
+
+
+def parameters_cell(stem: str) -> dict[str, str]:
+    """Names and annotated types of a text notebook's parameters cell."""
+    import jupytext
+
+    notebook = jupytext.read(notebook_path(stem))
+    cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, f"{stem}: expected exactly one cell tagged 'parameters', found {len(cells)}"
+    assert cells[0] is [c for c in notebook.cells if c.cell_type == "code"][0], \
+        f"{stem}: the parameters cell must be the first code cell"
+    names = {}
+    for line in cells[0].source.splitlines():
+        if not line.strip():
+            continue
+        assert "#" in line, f"{stem}: parameter line lacks a '# meaning' comment: {line!r}"
+        node = ast.parse(line).body[0]
+        assert isinstance(node, ast.AnnAssign), f"{stem}: not `name: type = default`: {line!r}"
+        names[node.target.id] = ast.unparse(node.annotation)
+    return names
+
+
+@pytest.mark.parametrize("stage", [s.stem for s in STAGES])
+def test_every_profile_parameter_exists_in_the_notebook(stage):
+    declared = parameters_cell(stage)
+    for profile in PROFILES.values():
+        passed = profile.parameters_for(stage) | {"results_dir": "x"}
+        unknown = set(passed) - set(declared)
+        assert not unknown, f"profile {profile.name} passes {unknown} that {stage} does not declare"
+        for name, value in passed.items():
+            expected = {"str": str, "int": int, "float": (int, float), "bool": bool}[declared[name]]
+            assert isinstance(value, expected), f"{profile.name}/{stage}: {name}={value!r} is not {declared[name]}"
+
+
+def test_unknown_profile_is_named_in_the_error():
+    with pytest.raises(ValueError, match="unknown profile 'fast'.*smoke"):
+        get_profile("fast")
+
+
+def test_unknown_stage_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown stage"):
+        run("smoke", tmp_path, only=["nope"])
+
+
+@pytest.mark.slow
+def test_smoke_run_of_every_notebook(tmp_path):
+    """The whole chain with the smoke profile: every notebook executes and the record says so."""
+    record = run("smoke", tmp_path)
+    assert [s["stem"] for s in record["stages"]] == [s.stem for s in STAGES]
+    assert all(s["status"] == "ok" for s in record["stages"])
+    for stage in STAGES:
+        executed = json.loads((tmp_path / f"{stage.stem}.ipynb").read_text())
+        errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors
+    saved = json.loads((tmp_path / "provenance.json").read_text())
+    assert saved["profile"] == "smoke" and saved["packages"]["torch"]
+    run_table, stages, packages = provenance_frames(saved)
+    assert list(stages["notebook"]) == [s.stem for s in STAGES]
+    counts = (tmp_path / "tables" / "class_counts.csv").read_text()
+    assert "pbc_acevedo20" in counts and "bccd_crops" in counts
+
+
+def test_failed_stage_is_recorded_and_earlier_outputs_kept(tmp_path, monkeypatch):
+    """A failing notebook stops the run with its name; the record keeps what finished."""
+    import bcfeat.pipeline as pipeline
+
+    broken = tmp_path / "notebooks"
+    broken.mkdir()
+    (broken / "00_data_overview.py").write_text(
+        '# %% tags=["parameters"]\nprofile: str = "x"  # p\nsmoke: bool = False  # s\nseed: int = 0  # s\n'
+        'max_images_per_dataset: int = 0  # m\nresults_dir: str = ""  # r\n\n# %%\nprint("ok")\n')
+    (broken / "90_provenance.py").write_text(
+        '# %% tags=["parameters"]\nprofile: str = "x"  # p\nsmoke: bool = False  # s\nseed: int = 0  # s\n'
+        'results_dir: str = ""  # r\n\n# %%\nraise RuntimeError("boom in the last stage")\n')
+    monkeypatch.setattr(pipeline.paths, "NOTEBOOKS", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="stage 90_provenance failed"):
+        run("smoke", out)
+    record = json.loads((out / "provenance.json").read_text())
+    assert [(s["stem"], s["status"]) for s in record["stages"]] == [("00_data_overview", "ok"),
+                                                                   ("90_provenance", "failed")]
+    assert "boom in the last stage" in record["stages"][1]["error"]
+    assert (out / "00_data_overview.ipynb").exists()
