@@ -1,0 +1,570 @@
+"""The supervised "oracle": a CNN trained on the source site's labels.
+
+The paper's reference point (Sec. 3, Table 1) is a classifier that *did* see
+labels: the ResNeXt-50 of Matek et al. (Nat. Mach. Intell. 2019), trained on the
+source dataset. Its in-domain accuracy is what unsupervised features aim for;
+its cross-domain accuracy shows how much a supervised network overfits its lab.
+
+Everything here is trained in this project from random weights
+(``weights=None``; no ImageNet download), seeded and resumable:
+
+* :class:`OracleConfig` - architecture, normalisation, input size, schedule.
+  ``norm="group"`` swaps every BatchNorm for GroupNorm (no batch statistics, so
+  nothing site-specific is stored in running means).
+* :func:`train_oracle` - AdamW with cosine decay, flips and 90° rotations,
+  an atomic checkpoint after every epoch; a run that finds its complete
+  checkpoint restores instead of training.
+* :class:`OracleClassifier` - the same as an sklearn classifier, so it plugs
+  into :func:`bcfeat.benchmark.domain_matrix` like the random forest.
+
+Images are decoded and resized once into a ``(n, 3, s, s)`` uint8 tensor; the
+model standardises them itself (per-channel mean/std of the training images,
+kept as buffers in its ``state_dict``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+from torchvision import models
+from torchvision.models.resnet import BasicBlock
+
+from bcfeat.baselines import resize_images
+
+ARCHS = ("narrow_resnet", "resnet18", "resnext50_32x4d")
+NORMS = ("batch", "group")
+
+
+@dataclass
+class OracleConfig:
+    """Everything that defines one oracle training run (stored in its checkpoint).
+
+    Attributes
+    ----------
+    arch : {"narrow_resnet", "resnet18", "resnext50_32x4d"}
+        ``resnext50_32x4d``: Matek et al. 2019 (the ``gpu`` profile).
+        ``resnet18``: torchvision's ResNet-18. ``narrow_resnet``: a ResNet of
+        torchvision ``BasicBlock``s with ``width`` base channels and a 3x3 stem,
+        for CPU budgets and tests.
+    norm : {"batch", "group"}
+        Normalisation layer in every block.
+    group_norm_groups : int
+        Groups of GroupNorm (fewer when a layer has fewer channels).
+    width : int
+        Base channels of ``narrow_resnet`` (stages: w, 2w, 4w, 8w); ignored otherwise.
+    blocks : tuple of int
+        Blocks per stage of ``narrow_resnet``.
+    image_size : int
+        Side of the square input in pixels (the whole crop is resized to it).
+    epochs, batch_size : int
+    lr : float
+        Peak AdamW learning rate, decayed by a cosine to 0 over all steps.
+    weight_decay : float
+        AdamW decoupled weight decay.
+    augment : bool
+        Random horizontal/vertical flips and 90° rotations (a cell has no up).
+    seed : int
+        Initial weights, batch order and augmentation all derive from it.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    num_threads : int
+        torch CPU threads while training (the project's machine has 2 cores).
+    """
+
+    arch: str = "resnet18"
+    norm: str = "batch"
+    group_norm_groups: int = 32
+    width: int = 32
+    blocks: tuple[int, ...] = (1, 1, 1, 1)
+    image_size: int = 64
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        self.blocks = tuple(int(b) for b in self.blocks)  # a list after a JSON/asdict round-trip
+
+
+# Profiles of the study (bcfeat.profiles passes the name). "cpu": fits ~8 min for the ~5.1k coarse5
+# source images on 2 cores; "gpu": Matek et al. 2019 (ResNeXt-50; 224 px as torchvision expects).
+ORACLE_PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": dict(arch="narrow_resnet", width=8, image_size=32, epochs=2, batch_size=32),
+    "cpu": dict(arch="resnet18", image_size=64, epochs=8, batch_size=64, lr=2e-3),
+    "gpu": dict(arch="resnext50_32x4d", image_size=224, epochs=30, batch_size=64, lr=1e-3, num_threads=8),
+}
+
+
+def oracle_config(profile: str = "cpu", **overrides: Any) -> OracleConfig:
+    """The oracle configuration of a run profile, with optional overrides.
+
+    Examples
+    --------
+    >>> oracle_config("gpu", norm="group").arch
+    'resnext50_32x4d'
+    """
+    try:
+        base = ORACLE_PROFILES[profile]
+    except KeyError:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(ORACLE_PROFILES)}") from None
+    return OracleConfig(**{**base, **overrides})
+
+
+class Standardize(nn.Module):
+    """uint8 or [0, 1] images ``(n, 3, s, s)`` -> per-channel standardised floats.
+
+    The mean and std are buffers (saved in the ``state_dict``), set once from
+    the training images by :func:`train_oracle`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.full((1, 3, 1, 1), 0.5))
+        self.register_buffer("std", torch.full((1, 3, 1, 1), 0.25))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        return (x - self.mean) / self.std
+
+
+def _norm_layer(cfg: OracleConfig) -> Callable[[int], nn.Module]:
+    if cfg.norm == "batch":
+        return nn.BatchNorm2d
+
+    def group_norm(channels: int) -> nn.Module:
+        return nn.GroupNorm(math.gcd(cfg.group_norm_groups, channels), channels)
+
+    return group_norm
+
+
+class NarrowResNet(nn.Module):
+    """A small ResNet of torchvision ``BasicBlock``s: 3x3 stem (stride 2), 4 stages, global pool.
+
+    ``(n, 3, s, s)`` -> ``(n, num_classes)``; the stages have ``w, 2w, 4w, 8w``
+    channels and strides 1, 2, 2, 2 (a 64 px input ends at 4x4).
+    """
+
+    def __init__(self, num_classes: int, width: int, blocks: Sequence[int], norm_layer: Callable[[int], nn.Module]):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False), norm_layer(width), nn.ReLU(inplace=True)
+        )
+        layers, cin = [], width
+        for i, n_blocks in enumerate(blocks):
+            cout, stride = width * 2**i, 1 if i == 0 else 2
+            for b in range(n_blocks):
+                s = stride if b == 0 else 1
+                down = None
+                if s != 1 or cin != cout:
+                    down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=s, bias=False), norm_layer(cout))
+                layers.append(BasicBlock(cin, cout, stride=s, downsample=down, norm_layer=norm_layer))
+                cin = cout
+        self.stages = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def build_oracle(cfg: OracleConfig, num_classes: int) -> nn.Module:
+    """The untrained network of a config: ``(n, 3, s, s)`` uint8/float -> ``(n, num_classes)`` logits.
+
+    Examples
+    --------
+    >>> m = build_oracle(OracleConfig(arch="narrow_resnet", width=4, norm="group"), 5)
+    >>> m(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape
+    torch.Size([2, 5])
+    """
+    norm = _norm_layer(cfg)
+    if cfg.arch == "narrow_resnet":
+        net = NarrowResNet(num_classes, cfg.width, cfg.blocks, norm)
+    else:
+        net = getattr(models, cfg.arch)(weights=None, num_classes=num_classes, norm_layer=norm)
+    return nn.Sequential(Standardize(), net)
+
+
+@dataclass
+class TrainedOracle:
+    """A trained oracle and what it was trained on.
+
+    Attributes
+    ----------
+    model : nn.Module
+        In eval mode, on the CPU after training or loading.
+    classes : list of str
+        Output index -> label.
+    config : OracleConfig
+    history : list of dict
+        Per epoch: ``epoch, loss, train_accuracy, seconds``.
+    """
+
+    model: nn.Module
+    classes: list
+    config: OracleConfig
+    history: list[dict] = field(default_factory=list)
+
+    def predict_proba(self, images: Any, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities, ``(n, len(classes))`` float32; images as in :func:`prepare_images`.
+
+        Runs on the config's device (the model stays there afterwards).
+        """
+        x = prepare_images(images, self.config.image_size)
+        device = _device(self.config)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            device = torch.device("cpu")  # a GPU-trained checkpoint loaded on a CPU machine
+        self.model.to(device)
+        return predict_proba(self.model, x, batch_size=batch_size)
+
+
+def prepare_images(images: Any, image_size: int) -> torch.Tensor:
+    """Decode (paths) and resize images once: -> ``(n, 3, image_size, image_size)`` uint8 tensor.
+
+    Parameters
+    ----------
+    images : (n, H, W, 3) uint8 array, list of (H, W, 3) arrays or paths, or a
+        uint8 tensor ``(n, 3, image_size, image_size)`` (returned as is).
+    image_size : int
+    """
+    if isinstance(images, torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (3, image_size, image_size):
+            raise ValueError(
+                f"a tensor input must be uint8 (n, 3, {image_size}, {image_size}), got {images.dtype} {tuple(images.shape)}"
+            )
+        return images
+    arr = resize_images(images, image_size)  # (n, s, s, 3) uint8
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
+
+
+def _fingerprint(x: torch.Tensor, y: np.ndarray) -> str:
+    """SHA-1 of the training tensor and labels: a checkpoint only resumes on the same data."""
+    h = hashlib.sha1()
+    h.update(x.contiguous().numpy().tobytes())
+    h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _channel_stats(x: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of ``(n, 3, s, s)`` uint8 images in [0, 1] units, in chunks (a float
+    copy of 5k images at 224 px would take 3 GB)."""
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    for i in range(0, len(x), chunk):
+        xb = x[i : i + chunk].to(torch.float64) / 255.0
+        total += xb.sum(dim=(0, 2, 3))
+        total_sq += (xb * xb).sum(dim=(0, 2, 3))
+    count = len(x) * x.shape[2] * x.shape[3]
+    mean = total / count
+    var = (total_sq / count - mean * mean).clamp_min(0.0)
+    return mean.float(), var.sqrt().float()
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random flips and 90° rotations of a batch ``(b, 3, s, s)`` (square images)."""
+    n = x.shape[0]
+    flip_h = torch.rand(n, generator=gen) < 0.5
+    flip_v = torch.rand(n, generator=gen) < 0.5
+    k = torch.randint(0, 4, (n,), generator=gen)
+    x = x.clone()
+    x[flip_h] = x[flip_h].flip(-1)
+    x[flip_v] = x[flip_v].flip(-2)
+    for r in (1, 2, 3):
+        sel = k == r
+        if sel.any():
+            x[sel] = torch.rot90(x[sel], r, dims=(-2, -1))
+    return x
+
+
+def _device(cfg: OracleConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    """``torch.save`` to a temporary file in the same folder, then an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> TrainedOracle:
+    """Rebuild a trained oracle from its checkpoint (config, classes, state_dict).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Missing file, or a file that is not an oracle checkpoint.
+    """
+    path = Path(path)
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "oracle" or "config" not in ckpt:
+        raise ValueError(f"{path} is not an oracle checkpoint")
+    cfg = OracleConfig(**ckpt["config"])
+    model = build_oracle(cfg, len(ckpt["classes"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return TrainedOracle(model, list(ckpt["classes"]), cfg, list(ckpt.get("history", [])))
+
+
+def train_oracle(
+    images: Any,
+    labels: Sequence,
+    cfg: OracleConfig,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = True,
+    *,
+    classes: Sequence | None = None,
+    callback: Callable[[dict], bool | None] | None = None,
+) -> TrainedOracle:
+    """Train the oracle from scratch (or resume it), seeded and checkpointed every epoch.
+
+    Parameters
+    ----------
+    images : (n, H, W, 3) uint8 array, list of images or paths, or (n, 3, s, s) uint8 tensor
+        Decoded and resized once (:func:`prepare_images`).
+    labels : array-like, shape (n,)
+    cfg : OracleConfig
+    checkpoint_path : path-like or None
+        Where the checkpoint ``{"kind", "config", "classes", "state_dict",
+        "optimizer", "epoch", "history", "data_fingerprint"}`` is written after
+        every epoch (atomically). ``None``: no checkpoint.
+    resume : bool
+        Continue from an existing checkpoint (a complete one is just loaded).
+        Its config, classes and training data must match, else ValueError.
+        ``False`` starts over and overwrites it.
+    classes : sequence or None
+        Output order of the labels (default: sorted unique labels).
+    callback : callable or None
+        Called with each epoch's history record after its checkpoint is
+        written; returning True stops training there (e.g. a time budget).
+
+    Returns
+    -------
+    TrainedOracle
+        Model in eval mode on the CPU. Resuming after an interruption gives the
+        same weights as an uninterrupted run: the batch order and augmentation
+        of epoch e are drawn from a generator seeded with ``(seed, e)``, and the
+        learning rate is a pure function of the step.
+    """
+    y_raw = np.asarray(labels)
+    classes = sorted(np.unique(y_raw).tolist()) if classes is None else list(classes)
+    unknown = set(np.unique(y_raw).tolist()) - set(classes)
+    if unknown:
+        raise ValueError(f"labels not in classes: {sorted(unknown)}")
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.asarray([index[v] for v in y_raw.tolist()], dtype=np.int64)
+    x = prepare_images(images, cfg.image_size)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} images but {len(y)} labels")
+    fingerprint = _fingerprint(x, y)
+
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.num_threads)
+    try:
+        torch.manual_seed(cfg.seed)
+        model = build_oracle(cfg, len(classes))
+        mean, std = _channel_stats(x)
+        model[0].mean.copy_(mean.view(1, 3, 1, 1))
+        model[0].std.copy_(std.clamp_min(1e-3).view(1, 3, 1, 1))
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        start_epoch, history = 0, []
+        if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
+            ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+            stored = OracleConfig(**ckpt["config"])
+            if stored != cfg or list(ckpt["classes"]) != classes or ckpt["data_fingerprint"] != fingerprint:
+                raise ValueError(
+                    f"checkpoint {checkpoint_path} was trained with another config, classes or data; "
+                    "delete it or pass resume=False"
+                )
+            model.load_state_dict(ckpt["state_dict"])
+            opt.load_state_dict(ckpt["optimizer"])
+            start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
+
+        device = _device(cfg)
+        model.to(device)
+        for state in opt.state.values():  # optimizer moments follow the model to the GPU
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor) and k != "step":
+                    state[k] = v.to(device)
+        y_t = torch.from_numpy(y)
+        n = len(y)
+        steps_per_epoch = math.ceil(n / cfg.batch_size)
+        total_steps = cfg.epochs * steps_per_epoch
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            order = torch.randperm(n, generator=gen)
+            model.train()
+            loss_sum, correct = 0.0, 0
+            for b in range(steps_per_epoch):
+                step = epoch * steps_per_epoch + b
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                xb = x[idx]
+                if cfg.augment:
+                    xb = _augment(xb, gen)
+                xb, yb = xb.to(device, non_blocking=True), y_t[idx].to(device)
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss.detach()) * len(idx)
+                correct += int((logits.argmax(1) == yb).sum())
+            record = {
+                "epoch": epoch + 1,
+                "loss": loss_sum / n,
+                "train_accuracy": correct / n,
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(record)
+            if checkpoint_path is not None:
+                save_checkpoint(
+                    checkpoint_path,
+                    {
+                        "kind": "oracle",
+                        "config": asdict(cfg),
+                        "classes": classes,
+                        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "optimizer": _optimizer_state_cpu(opt),
+                        "epoch": epoch + 1,
+                        "history": history,
+                        "data_fingerprint": fingerprint,
+                    },
+                )
+            if callback is not None and callback(record):
+                break
+    finally:
+        torch.set_num_threads(prev_threads)
+    model.cpu().eval()
+    return TrainedOracle(model, classes, cfg, history)
+
+
+def _optimizer_state_cpu(opt: torch.optim.Optimizer) -> dict:
+    sd = opt.state_dict()
+    sd["state"] = {
+        k: {n: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for n, v in s.items()}
+        for k, s in sd["state"].items()
+    }
+    return sd
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Softmax outputs of an oracle: ``(n, 3, s, s)`` uint8 -> ``(n, n_classes)`` float32."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [
+        torch.softmax(model(x[i : i + batch_size].to(device)).float(), dim=1).cpu()
+        for i in range(0, len(x), batch_size)
+    ]
+    return torch.cat(out).numpy()
+
+
+class OracleClassifier(ClassifierMixin, BaseEstimator):
+    """The oracle CNN as an sklearn classifier (for :func:`bcfeat.benchmark.domain_matrix`).
+
+    Parameters
+    ----------
+    config : OracleConfig or None, default=None
+        Training configuration (``None``: ``oracle_config("cpu")``).
+    random_state : int or None, default=None
+        Replaces ``config.seed`` when given (domain_matrix passes one per repetition).
+    checkpoint_path : path-like or None, default=None
+        Resumable checkpoint of :func:`train_oracle`; one path per fitted model.
+
+    Attributes
+    ----------
+    classes_ : np.ndarray
+    oracle_ : TrainedOracle
+    config_ : OracleConfig
+        The configuration actually used (seed included).
+
+    Examples
+    --------
+    >>> from sklearn.base import clone
+    >>> clone(OracleClassifier(random_state=3)).get_params()["random_state"]
+    3
+    """
+
+    def __init__(self, config: OracleConfig | None = None, random_state: int | None = None,
+                 checkpoint_path: str | os.PathLike | None = None):
+        self.config = config
+        self.random_state = random_state
+        self.checkpoint_path = checkpoint_path
+
+    def fit(self, X: Any, y: Sequence) -> OracleClassifier:
+        """Train on images ``X`` (see :func:`prepare_images`) with labels ``y``."""
+        check_classification_targets(y)
+        cfg = self.config if self.config is not None else oracle_config("cpu")
+        if self.random_state is not None:
+            cfg = OracleConfig(**{**asdict(cfg), "seed": int(self.random_state)})
+        self.classes_ = np.unique(np.asarray(y))
+        self.oracle_ = train_oracle(
+            X, y, cfg, checkpoint_path=self.checkpoint_path, classes=self.classes_.tolist()
+        )
+        self.config_ = cfg
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """``(n, n_classes)`` probabilities, columns in the order of ``classes_``."""
+        check_is_fitted(self, "oracle_")
+        return self.oracle_.predict_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """``(n,)`` labels."""
+        check_is_fitted(self, "oracle_")
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+__all__ = [
+    "ARCHS",
+    "NORMS",
+    "ORACLE_PROFILES",
+    "NarrowResNet",
+    "OracleClassifier",
+    "OracleConfig",
+    "Standardize",
+    "TrainedOracle",
+    "build_oracle",
+    "load_checkpoint",
+    "oracle_config",
+    "predict_proba",
+    "prepare_images",
+    "save_checkpoint",
+    "train_oracle",
+]
+
