@@ -1,0 +1,101 @@
+"""A disk cache of per-image arrays (instance features, crops, boxes), keyed by data and model.
+
+The detector is the expensive part of feature extraction, and the autoencoder trains for many
+epochs on the same instance features; so they are computed once per dataset and detector
+checkpoint and read back afterwards. The key hashes the *content* of every image file and of
+the checkpoint file plus the extraction settings, so changing any of them gives a new entry
+instead of stale features.
+
+Arrays are written in chunks (atomically, one ``.npz`` per chunk), so an interrupted
+extraction resumes at the first missing chunk instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(paths: Sequence[str | os.PathLike], model_file: str | os.PathLike | None,
+              settings: dict) -> str:
+    """A hex key that changes when any image's bytes, their order, the model file or a setting change."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(b"model:" + (file_digest(model_file).encode() if model_file else b"none"))
+    for path in paths:
+        digest.update(Path(path).name.encode() + b":" + file_digest(path).encode())
+    return digest.hexdigest()[:20]
+
+
+def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(tmp, path)
+
+
+def cached_arrays(paths: Sequence[str | os.PathLike], compute: Callable[[list[str]], dict[str, np.ndarray]],
+                  cache_dir: str | os.PathLike, *, key: str, chunk_size: int = 256,
+                  progress: bool = True, description: str = "extracting") -> dict[str, np.ndarray]:
+    """Arrays for every path, computed by ``compute`` in chunks or read back from the cache.
+
+    Parameters
+    ----------
+    paths : sequence of paths
+        The images, in the order the returned arrays follow.
+    compute : callable
+        ``compute(list of paths) -> {name: array with len(paths) rows}``.
+    cache_dir : path
+        Parent folder; the entry is ``cache_dir/<key>/``.
+    key : str
+        From :func:`cache_key`.
+    chunk_size : int
+        Images per chunk file (the unit of resumption).
+
+    Returns
+    -------
+    dict of str to np.ndarray
+        The chunks concatenated along the first axis.
+    """
+    from tqdm.auto import tqdm
+
+    paths = [str(p) for p in paths]
+    entry = Path(cache_dir) / key
+    entry.mkdir(parents=True, exist_ok=True)
+    (entry / "paths.txt").write_text("\n".join(paths))
+    starts = list(range(0, len(paths), chunk_size))
+    chunks = []
+    bar = tqdm(total=len(paths), desc=description, disable=not progress, unit="img")
+    for number, start in enumerate(starts):
+        chunk_file = entry / f"chunk_{number:05d}.npz"
+        batch = paths[start:start + chunk_size]
+        if chunk_file.exists():
+            with np.load(chunk_file) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+        else:
+            arrays = compute(batch)
+            bad = {name: len(a) for name, a in arrays.items() if len(a) != len(batch)}
+            if bad:
+                raise ValueError(f"compute returned arrays with the wrong number of rows {bad} "
+                                 f"for a chunk of {len(batch)} images")
+            _save_atomic(chunk_file, arrays)
+        chunks.append(arrays)
+        bar.update(len(batch))
+    bar.close()
+    if not chunks:
+        raise ValueError("no images to extract")
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
