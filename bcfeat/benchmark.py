@@ -60,7 +60,7 @@ RF_N_ESTIMATORS = 100
 DEFAULT_TEST_SIZE = 0.2
 DEFAULT_N_REPETITIONS = 5
 # Columns that identify one cell of the domain matrix.
-MATRIX_KEYS = ["feature_set", "label_space", "classifier", "train_domain", "test_domain"]
+MATRIX_KEYS = ["feature_set", "label_space", "classifier", "cross_domain_test", "train_domain", "test_domain"]
 METRICS = ["accuracy", "balanced_accuracy", "macro_f1"]
 
 
@@ -322,12 +322,13 @@ def domain_matrix(
     -------
     scores : pd.DataFrame
         One row per (train_domain, test_domain, repetition): columns
-        ``feature_set, label_space, classifier, train_domain, test_domain,
-        in_domain, repetition, n_train, n_test, n_test_classes, accuracy,
-        balanced_accuracy, macro_f1``.
+        ``feature_set, label_space, classifier, cross_domain_test,
+        train_domain, test_domain, in_domain, repetition, n_train, n_test,
+        n_test_classes, accuracy, balanced_accuracy, macro_f1``.
     predictions : pd.DataFrame, only if ``return_predictions``
-        Columns ``feature_set, label_space, classifier, train_domain,
-        test_domain, repetition, sample, y_true, y_pred`` (``sample`` indexes X).
+        Columns ``feature_set, label_space, classifier, cross_domain_test,
+        train_domain, test_domain, repetition, sample, y_true, y_pred``
+        (``sample`` indexes X).
 
     Examples
     --------
@@ -385,6 +386,7 @@ def domain_matrix(
                         "feature_set": feature_set_name,
                         "label_space": label_space_name,
                         "classifier": clf_name,
+                        "cross_domain_test": cross_domain_test,
                         "train_domain": a,
                         "test_domain": b,
                         "in_domain": in_domain,
@@ -402,6 +404,7 @@ def domain_matrix(
                                 "feature_set": feature_set_name,
                                 "label_space": label_space_name,
                                 "classifier": clf_name,
+                                "cross_domain_test": cross_domain_test,
                                 "train_domain": a,
                                 "test_domain": b,
                                 "repetition": r,
@@ -460,8 +463,8 @@ def summarize(df: pd.DataFrame, metrics: Sequence[str] = METRICS) -> pd.DataFram
     Returns
     -------
     pd.DataFrame
-        One row per (feature_set, label_space, classifier, train_domain,
-        test_domain): ``n_repetitions``, ``n_test`` (mean) and
+        One row per (feature_set, label_space, classifier, cross_domain_test,
+        train_domain, test_domain): ``n_repetitions``, ``n_test`` (mean) and
         ``<metric>_mean``, ``<metric>_std`` (sample std, ddof=1; NaN for a
         single repetition).
     """
@@ -489,7 +492,7 @@ def matrix_table(summary: pd.DataFrame, metric: str = "balanced_accuracy", digit
     pd.DataFrame
         Index ``train_domain``, columns ``test_domain``.
     """
-    for k in ("feature_set", "classifier", "label_space"):
+    for k in ("feature_set", "classifier", "label_space", "cross_domain_test"):
         if k in summary.columns and summary[k].nunique() > 1:
             raise ValueError(f"summary holds several {k}s; select one before making the table")
     cell = summary.apply(

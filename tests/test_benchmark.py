@@ -74,11 +74,12 @@ def test_rows_columns_and_sizes():
                        random_state=1, n_repetitions=3)
     assert len(df) == 3 * 2 * 2
     assert list(df.columns) == [
-        "feature_set", "label_space", "classifier", "train_domain", "test_domain", "in_domain", "repetition",
+        "feature_set", "label_space", "classifier", "cross_domain_test", "train_domain", "test_domain",
+        "in_domain", "repetition",
         "n_train", "n_test", "n_test_classes", "accuracy", "balanced_accuracy", "macro_f1",
     ]
     assert set(df.feature_set) == {"blobs"} and set(df.label_space) == {"toy3"}
-    assert set(df.classifier) == {"RandomForestClassifier"}
+    assert set(df.classifier) == {"RandomForestClassifier"} and set(df.cross_domain_test) == {"test"}
     # 60 samples per domain, 20 % test = 12 (4 per class), the rest trains.
     assert (df.n_test == 12).all() and (df.n_train == 48).all()
     assert (df.in_domain == (df.train_domain == df.test_domain)).all()

@@ -136,6 +136,15 @@ def test_resume_refuses_another_config_or_data(toy, tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
+def test_classifier_checkpoint_per_seed(toy, tmp_path):
+    (train_x, train_y), _ = toy
+    cfg = OracleConfig(**{**TINY, "epochs": 1})
+    for seed in (3, 4):
+        OracleClassifier(cfg, random_state=seed, checkpoint_path=tmp_path / "o_{seed}.pt").fit(train_x, train_y)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["o_3.pt", "o_4.pt"]
+    assert load_checkpoint(tmp_path / "o_4.pt").config.seed == 4
+
+
 def test_sklearn_classifier_and_domain_matrix(toy):
     (train_x, train_y), (test_x, test_y) = toy
     clf = OracleClassifier(config=OracleConfig(**TINY), random_state=0)
