@@ -49,6 +49,7 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("00_data_overview"),
+    Stage("04_oracle", run_parameter="train_oracle"),
     Stage("90_provenance"),
 )
 

@@ -40,29 +40,38 @@ class Profile:
         return {"profile": self.name, **self.common, **self.stages.get(stage, {})}
 
 
+def _profile(name: str, description: str, smoke: bool, stages: dict[str, dict[str, Any]]) -> Profile:
+    """A profile whose stages that write checkpoints share ``artifacts/<name>``."""
+    artifacts = f"artifacts/{name}"
+    for stage, parameters in stages.items():
+        if stage not in CHEAP_STAGES:
+            parameters.setdefault("artifacts_dir", artifacts)
+    return Profile(name=name, description=description, common={"seed": 0, "smoke": smoke}, stages=stages)
+
+
+# Stages that write no checkpoint or cache (no artifacts_dir parameter).
+CHEAP_STAGES = ("00_data_overview", "90_provenance")
+
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile(
-        name="smoke",
-        description="tiny subsets of every dataset; exercises every notebook in a few minutes (tests, CI)",
-        common={"seed": 0, "smoke": True},
-        stages={
+    "smoke": _profile(
+        "smoke", "tiny subsets of every dataset; exercises every notebook in a few minutes (tests, CI)", True,
+        {
             "00_data_overview": {"max_images_per_dataset": 40},
+            "04_oracle": {"max_per_site": 24, "n_repetitions": 2, "oracle_repetitions": 1},
         },
     ),
-    "cpu": Profile(
-        name="cpu",
-        description="the whole study on the four shared datasets, sized for a 2-core CPU",
-        common={"seed": 0, "smoke": False},
-        stages={
+    "cpu": _profile(
+        "cpu", "the whole study on the four shared datasets, sized for a 2-core CPU", False,
+        {
             "00_data_overview": {"max_images_per_dataset": 0},
+            "04_oracle": {"max_per_site": 0, "n_repetitions": 5, "oracle_repetitions": 1},
         },
     ),
-    "gpu": Profile(
-        name="gpu",
-        description="the paper's scale: full image decoder, 150 epochs, ResNeXt-50 oracle (needs a CUDA GPU)",
-        common={"seed": 0, "smoke": False},
-        stages={
+    "gpu": _profile(
+        "gpu", "the paper's scale: full image decoder, 150 epochs, ResNeXt-50 oracle (needs a CUDA GPU)", False,
+        {
             "00_data_overview": {"max_images_per_dataset": 0},
+            "04_oracle": {"max_per_site": 0, "n_repetitions": 5, "oracle_repetitions": 5},
         },
     ),
 }

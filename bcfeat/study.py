@@ -1,0 +1,156 @@
+"""The study's plumbing shared by the notebooks: which sites, which samples, which splits,
+and where each feature set is stored.
+
+One table of samples (all sites, one row per image) is the spine of the study; every feature
+set is an array aligned with it by the image's dataset and relative path, so the random
+forest, the oracle and the figures all look at the same cells and the same splits.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bcfeat.benchmark import SplitPlan, make_splits
+from bcfeat.data import load_image, scan_dataset
+from bcfeat.data_overview import subsample
+
+SITES: tuple[str, ...] = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
+SOURCE_SITE = "pbc_acevedo20"
+
+
+def parse_list(text: str) -> list[str]:
+    """A comma-separated notebook parameter as a list (blank entries dropped)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def site_samples(root: Path, label_space: str | None = "coarse5", sites: Sequence[str] = SITES,
+                 max_per_site: int = 0, seed: int = 0) -> pd.DataFrame:
+    """All sites' samples in one table, columns of :func:`bcfeat.data.scan_dataset` plus ``domain``.
+
+    ``label_space=None`` keeps every image (for label-free steps: detector, autoencoder,
+    feature extraction). ``max_per_site`` > 0 takes a seeded class-stratified subset per site.
+    """
+    frames = []
+    for site in sites:
+        samples = scan_dataset(site, root=root, label_space=label_space).samples
+        if label_space is None:
+            samples = samples.assign(label=samples["cell_type"].fillna("unknown"))
+        frames.append(subsample(samples, max_per_site, seed))
+    table = pd.concat(frames, ignore_index=True)
+    table["domain"] = table["dataset"]
+    return table
+
+
+def sample_keys(samples: pd.DataFrame) -> pd.Index:
+    """``dataset/relpath`` of every row: the key that aligns feature arrays with samples."""
+    return pd.Index(samples["dataset"] + "/" + samples["relpath"])
+
+
+def study_splits(samples: pd.DataFrame, n_repetitions: int, seed: int, path: str | os.PathLike | None = None,
+                 test_size: float = 0.2) -> SplitPlan:
+    """Stratified per-site train/test splits, the same for every feature set and the oracle.
+
+    With ``path``, the plan is written as CSV (one row per sample: key plus one 0/1 column per
+    repetition) so the splits behind every number are on disk next to the results.
+    """
+    plan = make_splits(samples["label"].to_numpy(), samples["domain"].to_numpy(),
+                       n_repetitions=n_repetitions, test_size=test_size, random_state=seed)
+    if path is not None:
+        frame = plan.to_frame()
+        frame.insert(0, "key", sample_keys(samples))
+        frame.insert(1, "label", samples["label"].to_numpy())
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+    return plan
+
+
+def first_repetitions(plan: SplitPlan, n: int) -> SplitPlan:
+    """The first ``n`` repetitions of a plan (an expensive classifier runs on fewer)."""
+    return SplitPlan(is_test=plan.is_test[:n], train_only=plan.train_only, method=plan.method,
+                     test_size=plan.test_size, random_state=plan.random_state)
+
+
+def decoded_images(paths: Sequence[str], size: int) -> np.ndarray:
+    """Images decoded and resized to ``(n, size, size, 3)`` uint8 (whole crop, no detection)."""
+    from PIL import Image
+
+    out = np.empty((len(paths), size, size, 3), np.uint8)
+    for i, path in enumerate(paths):
+        out[i] = np.asarray(Image.fromarray(load_image(path)).resize((size, size), Image.BILINEAR))
+    return out
+
+
+def save_feature_set(path: str | os.PathLike, keys: Sequence[str], X: np.ndarray, **info) -> Path:
+    """Write one feature set (rows keyed by ``dataset/relpath``) as ``.npz``, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, keys=np.asarray(list(keys)), X=np.asarray(X),
+                 info=np.asarray(repr(info)))
+    os.replace(tmp, path)
+    return path
+
+
+def load_feature_set(path: str | os.PathLike, samples: pd.DataFrame) -> np.ndarray:
+    """The rows of a saved feature set for ``samples``, in their order.
+
+    Raises
+    ------
+    KeyError
+        Naming the missing images when the feature set does not cover every sample.
+    """
+    with np.load(path) as stored:
+        index = pd.Index(stored["keys"])
+        X = stored["X"]
+    positions = index.get_indexer(sample_keys(samples))
+    missing = sample_keys(samples)[positions < 0]
+    if len(missing):
+        raise KeyError(f"{path}: no features for {len(missing)} samples, e.g. {list(missing[:3])}")
+    return X[positions]
+
+
+def run_feature_sets(feature_sets: dict[str, np.ndarray], samples: pd.DataFrame, plan: SplitPlan,
+                     label_space: str, seed: int, make_classifier: Callable[[int], object] | None = None,
+                     train_domains: Sequence[str] | None = None, cross_domain_test: str = "test",
+                     classifier_per_set: dict[str, Callable[[int], object]] | None = None):
+    """The domain matrix of every feature set; returns ``(scores, predictions)`` concatenated.
+
+    ``make_classifier`` (default: the released code's random forest) serves every set unless
+    ``classifier_per_set`` names another factory for it.
+    """
+    from bcfeat.benchmark import domain_matrix
+
+    scores, predictions = [], []
+    for name, X in feature_sets.items():
+        factory = (classifier_per_set or {}).get(name, make_classifier)
+        s, p = domain_matrix(X, samples["label"].to_numpy(), samples["domain"].to_numpy(), plan,
+                             make_classifier=factory, label_space_name=label_space,
+                             feature_set_name=name, random_state=seed, train_domains=train_domains,
+                             cross_domain_test=cross_domain_test, return_predictions=True)
+        scores.append(s)
+        predictions.append(p)
+    return pd.concat(scores, ignore_index=True), pd.concat(predictions, ignore_index=True)
+
+
+def oracle_factory(config, checkpoint_pattern: Path, train: bool) -> Callable[[int], object]:
+    """A ``random_state -> OracleClassifier`` factory for :func:`run_feature_sets`.
+
+    ``train=False`` restores: every checkpoint the benchmark needs must already exist (the
+    error names the missing file), and nothing is trained.
+    """
+    from bcfeat.oracle import OracleClassifier
+
+    def make(random_state: int):
+        path = Path(str(checkpoint_pattern).replace("{seed}", str(random_state)))
+        if not train and not path.exists():
+            raise FileNotFoundError(f"restore requested but the oracle checkpoint {path} does not exist; "
+                                    "run with train_oracle=True first")
+        return OracleClassifier(config, random_state=random_state, checkpoint_path=path)
+
+    return make

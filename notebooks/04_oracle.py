@@ -1,0 +1,80 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The supervised oracle
+#
+# The paper compares its unsupervised features with "oracle" networks: CNNs trained with the
+# source site's labels (Matek *et al.* 2019 used ResNeXt-50). Here the oracle is trained from
+# scratch on Acevedo-20's training split (coarse5) and tested on the test split of every site,
+# the same splits as the random forests. It is trained with BatchNorm and with GroupNorm, since
+# batch statistics are one way a network absorbs a site's staining.
+
+# %% tags=["parameters"]
+profile: str = "cpu"  # run profile (smoke, cpu, gpu): picks the oracle architecture and size
+smoke: bool = False  # tiny run for tests and CI
+seed: int = 0  # seed of the splits and of every oracle
+data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
+results_dir: str = "book/results"  # tables go to <results_dir>/tables
+artifacts_dir: str = "artifacts/cpu"  # checkpoints go to <artifacts_dir>/checkpoints
+max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site
+n_repetitions: int = 5  # stratified splits of the benchmark (shared with 05_benchmark)
+oracle_repetitions: int = 1  # how many of those splits the oracle is trained on (each is a full training)
+oracle_norms: str = "batch,group"  # normalisation layers to compare, comma-separated
+oracle_epochs: int = 0  # 0: the profile's default
+train_oracle: bool = True  # True: train (resuming an interrupted run); False: restore the saved checkpoints
+
+# %% tags=["remove-cell"]
+from pathlib import Path
+
+from myst_nb import glue
+
+from bcfeat import study
+from bcfeat.benchmark import matrix_table, save_table, summarize
+from bcfeat.data import resolve_data_root
+from bcfeat.oracle import oracle_config
+
+root = resolve_data_root(data_root or None)
+tables = Path(results_dir) / "tables"
+checkpoints = Path(artifacts_dir) / "checkpoints"
+samples = study.site_samples(root, "coarse5", max_per_site=max_per_site, seed=seed)
+plan = study.study_splits(samples, n_repetitions, seed, tables / "splits_coarse5.csv")
+oracle_plan = study.first_repetitions(plan, oracle_repetitions)
+
+# %% [markdown]
+# ## Training
+#
+# Every image is resized whole (no detector) to the oracle's input size; augmentation is flips
+# and 90° rotations. Training curves per normalisation:
+
+# %% tags=["hide-input"]
+configs = {norm: oracle_config(profile, norm=norm, **({"epochs": oracle_epochs} if oracle_epochs else {}))
+           for norm in study.parse_list(oracle_norms)}
+images = study.decoded_images(samples["path"].tolist(), next(iter(configs.values())).image_size)
+classifiers = {norm: study.oracle_factory(cfg, checkpoints / f"oracle_{norm}_seed{{seed}}.pt", train_oracle)
+               for norm, cfg in configs.items()}
+scores, predictions = study.run_feature_sets(
+    {f"oracle ({cfg.arch}, {norm} norm)": images for norm, cfg in configs.items()}, samples, oracle_plan,
+    "coarse5", seed, make_classifier=None, train_domains=[study.SOURCE_SITE],
+    classifier_per_set={f"oracle ({cfg.arch}, {norm} norm)": classifiers[norm] for norm, cfg in configs.items()})
+save_table(scores, tables / "oracle_scores.csv")
+save_table(predictions, tables / "oracle_predictions.csv")
+summary = summarize(scores)
+summary[["feature_set", "test_domain", "n_repetitions", "accuracy_mean", "balanced_accuracy_mean", "macro_f1_mean"]]
+
+# %% [markdown]
+# ## Balanced accuracy by test site
+
+# %% tags=["hide-input"]
+for name, part in summary.groupby("feature_set", sort=False):
+    display(matrix_table(part, "balanced_accuracy").rename_axis(name))
+glue("oracle_summary", summary, display=False)
