@@ -49,7 +49,9 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("00_data_overview"),
+    Stage("03_features"),
     Stage("04_oracle", run_parameter="train_oracle"),
+    Stage("05_benchmark"),
     Stage("90_provenance"),
 )
 

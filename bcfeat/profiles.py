@@ -57,21 +57,27 @@ PROFILES: dict[str, Profile] = {
         "smoke", "tiny subsets of every dataset; exercises every notebook in a few minutes (tests, CI)", True,
         {
             "00_data_overview": {"max_images_per_dataset": 40},
-            "04_oracle": {"max_per_site": 24, "n_repetitions": 2, "oracle_repetitions": 1},
+            "03_features": {"max_per_site": 60},
+            "04_oracle": {"max_per_site": 60, "n_repetitions": 2, "oracle_repetitions": 1},
+            "05_benchmark": {"max_per_site": 60, "n_repetitions": 2, "raw_pixels_pca": 10},
         },
     ),
     "cpu": _profile(
         "cpu", "the whole study on the four shared datasets, sized for a 2-core CPU", False,
         {
             "00_data_overview": {"max_images_per_dataset": 0},
+            "03_features": {"max_per_site": 0},
             "04_oracle": {"max_per_site": 0, "n_repetitions": 5, "oracle_repetitions": 1},
+            "05_benchmark": {"max_per_site": 0, "n_repetitions": 5},
         },
     ),
     "gpu": _profile(
         "gpu", "the paper's scale: full image decoder, 150 epochs, ResNeXt-50 oracle (needs a CUDA GPU)", False,
         {
             "00_data_overview": {"max_images_per_dataset": 0},
+            "03_features": {"max_per_site": 0},
             "04_oracle": {"max_per_site": 0, "n_repetitions": 5, "oracle_repetitions": 5},
+            "05_benchmark": {"max_per_site": 0, "n_repetitions": 5},
         },
     ),
 }

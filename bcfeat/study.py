@@ -154,3 +154,106 @@ def oracle_factory(config, checkpoint_pattern: Path, train: bool) -> Callable[[i
         return OracleClassifier(config, random_state=random_state, checkpoint_path=path)
 
     return make
+
+
+def benchmark_samples(root: Path, max_per_site: int = 0, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """The labelled samples of the benchmark: coarse5 on every site, common13 within the source site."""
+    return {
+        "coarse5": site_samples(root, "coarse5", SITES, max_per_site, seed),
+        "common13": site_samples(root, "common13", (SOURCE_SITE,), max_per_site, seed),
+    }
+
+
+def union_samples(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Every image that any of the tables uses, once (features are computed for these)."""
+    table = pd.concat(tables, ignore_index=True)
+    return table.drop_duplicates(subset=["dataset", "relpath"]).sort_values(["dataset", "relpath"]) \
+        .reset_index(drop=True)
+
+
+def feature_path(artifacts_dir: str | os.PathLike, name: str) -> Path:
+    """Where feature set ``name`` is stored."""
+    return Path(artifacts_dir) / "features" / f"{name}.npz"
+
+
+def transform_paths(transformer, paths: Sequence[str], chunk: int = 500) -> np.ndarray:
+    """``transformer.transform`` over image paths in chunks, so only ``chunk`` images are in memory."""
+    parts = [transformer.transform(list(paths[start:start + chunk])) for start in range(0, len(paths), chunk)]
+    return np.concatenate(parts)
+
+
+def pca_forest_factory(n_components: int) -> Callable[[int], object]:
+    """``random_state -> make_pipeline(PCA, random forest)``: PCA is fitted on each training split."""
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import make_pipeline
+
+    from bcfeat.benchmark import default_classifier
+
+    def make(random_state: int):
+        return make_pipeline(PCA(n_components=n_components, random_state=random_state),
+                             default_classifier(random_state))
+
+    return make
+
+
+def source_row_table(summary: pd.DataFrame, source: str = SOURCE_SITE, metric: str = "balanced_accuracy") -> pd.DataFrame:
+    """Feature sets (rows) x test sites (columns): ``mean ± std`` of ``metric`` for training on ``source``."""
+    rows = summary[summary["train_domain"] == source]
+    cell = rows.apply(lambda r: f"{r[f'{metric}_mean']:.3f} ± {0 if pd.isna(r[f'{metric}_std']) else r[f'{metric}_std']:.3f}",
+                      axis=1)
+    table = rows.assign(cell=cell).pivot(index="feature_set", columns="test_domain", values="cell")
+    order = [s for s in SITES if s in table.columns]
+    return table[order].loc[list(dict.fromkeys(rows["feature_set"]))]
+
+
+def target_check(summary: pd.DataFrame, feature_set: str, unseen_min: float, in_domain_min: float,
+                 source: str = SOURCE_SITE) -> pd.DataFrame:
+    """The headline feature set's balanced accuracy per test site against the quality target."""
+    rows = summary[(summary["feature_set"] == feature_set) & (summary["train_domain"] == source)]
+    rows = rows[["test_domain", "balanced_accuracy_mean", "balanced_accuracy_std", "macro_f1_mean"]].copy()
+    rows["target"] = [in_domain_min if d == source else unseen_min for d in rows["test_domain"]]
+    rows["meets_target"] = rows["balanced_accuracy_mean"] >= rows["target"]
+    return rows.reset_index(drop=True)
+
+
+def compare_readings(summary_test: pd.DataFrame, summary_all: pd.DataFrame, feature_set: str,
+                     source: str = SOURCE_SITE) -> pd.DataFrame:
+    """Balanced accuracy per test site when scoring on its test split vs on all of its cells."""
+    def pick(summary, column):
+        rows = summary[(summary["feature_set"] == feature_set) & (summary["train_domain"] == source)]
+        return rows.set_index("test_domain")["balanced_accuracy_mean"].rename(column)
+
+    return pd.concat([pick(summary_test, "test split (this book)"),
+                      pick(summary_all, "all cells (released code)")], axis=1)
+
+
+def domain_invariance_table(feature_sets: dict[str, np.ndarray], samples: pd.DataFrame, seed: int,
+                            site_classification, pairwise_mmd, source: str = SOURCE_SITE) -> pd.DataFrame:
+    """Per feature set: site-classification accuracy (mean over folds) and MMD² from the source site."""
+    rows = []
+    domain = samples["domain"].to_numpy()
+    for name, X in feature_sets.items():
+        sites = site_classification(X, domain, feature_set_name=name, random_state=seed)
+        mmd = pairwise_mmd(X, domain, feature_set_name=name, random_state=seed)
+        row = {"feature_set": name, "site_accuracy": sites["accuracy"].mean(),
+               "site_balanced_accuracy": sites["balanced_accuracy"].mean(), "chance": sites["chance"].iloc[0]}
+        for _, pair in mmd.iterrows():
+            if source in (pair["site_a"], pair["site_b"]):
+                other = pair["site_b"] if pair["site_a"] == source else pair["site_a"]
+                row[f"mmd2 to {other}"] = pair["mmd2"]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("feature_set")
+
+
+def run_key(samples: pd.DataFrame, config: object = None) -> str:
+    """A short hash of the samples (keys and labels) and a config: checkpoint names carry it, so a
+    run on other data or settings never collides with (or is refused by) an older checkpoint."""
+    import hashlib
+    import json
+    from dataclasses import asdict, is_dataclass
+
+    digest = hashlib.sha256()
+    digest.update("\n".join(sample_keys(samples) + "\t" + samples["label"].astype(str)).encode())
+    settings = asdict(config) if is_dataclass(config) else config
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:10]

@@ -1,0 +1,57 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Feature extraction for every site
+#
+# Every image of every site is turned into each feature set the benchmark compares: the
+# AE-CFE latent of every trained autoencoder variant, and two classical baselines (raw pixels,
+# later reduced by PCA inside the classifier; colour histograms with nucleus-shape features).
+# The feature sets are stored once and read by the benchmark.
+
+# %% tags=["parameters"]
+profile: str = "cpu"  # run profile (smoke, cpu, gpu)
+smoke: bool = False  # tiny run for tests and CI
+seed: int = 0  # seed of the subsets
+data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
+results_dir: str = "book/results"  # tables go to <results_dir>/tables
+artifacts_dir: str = "artifacts/cpu"  # feature sets go to <artifacts_dir>/features
+max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site (as 05_benchmark)
+raw_pixels_size: int = 32  # side of the resized image of the raw-pixel baseline
+
+# %% tags=["remove-cell"]
+from pathlib import Path
+
+import pandas as pd
+from myst_nb import glue
+
+from bcfeat import study
+from bcfeat.baselines import ColorShapeFeatures
+from bcfeat.data import resolve_data_root
+
+root = resolve_data_root(data_root or None)
+samples = study.union_samples(list(study.benchmark_samples(root, max_per_site, seed).values()))
+keys = study.sample_keys(samples)
+glue("n_feature_images", len(samples), display=False)
+
+# %% [markdown]
+# ## Baselines
+
+# %% tags=["hide-input"]
+pixels = study.decoded_images(samples["path"].tolist(), raw_pixels_size)
+study.save_feature_set(study.feature_path(artifacts_dir, "raw_pixels"), keys, pixels.reshape(len(pixels), -1),
+                       size=raw_pixels_size)
+colour_shape = study.transform_paths(ColorShapeFeatures().fit(samples["path"].tolist()[:8]), samples["path"].tolist())
+study.save_feature_set(study.feature_path(artifacts_dir, "colour_shape"), keys, colour_shape)
+pd.DataFrame({"feature set": ["raw_pixels", "colour_shape"],
+              "images": [len(pixels), len(colour_shape)],
+              "dimensions": [pixels[0].size, colour_shape.shape[1]]})
