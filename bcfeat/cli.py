@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
@@ -84,6 +86,24 @@ def _cmd_splits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from bcfeat.extractor import extract_folder
+
+    table, skipped = extract_folder(args.model, args.input, layout=args.layout, batch_size=args.batch_size,
+                                    progress=not args.no_progress)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    if out.suffix == ".parquet":
+        table.to_parquet(tmp, index=False)
+    else:
+        table.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    print(f"bcfeat extract: {len(table)} images -> {out}" + (f"; {len(skipped)} unreadable images skipped: "
+          + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "") if skipped else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bcfeat.data.download import SOURCES
     from bcfeat.data.registry import DATASETS, LAYOUTS
@@ -126,6 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out-dir", default=None, help="folder of split CSVs (default: book/results/splits)")
     t.add_argument("--overwrite", action="store_true", help="remake the split even if a file exists")
     t.set_defaults(func=_cmd_splits)
+
+    e = sub.add_parser("extract", help="the 50-d AE-CFE features of a folder of images, one row per file")
+    e.add_argument("model", help="model file (detector + autoencoder) written by bcfeat.extractor.save_model")
+    e.add_argument("input", help="folder of images")
+    e.add_argument("--layout", default="files", choices=["files", *sorted(LAYOUTS)],
+                   help="'files': every image below the folder, no labels; else a dataset layout (labels kept)")
+    e.add_argument("--output", required=True, help="table to write (.csv or .parquet)")
+    e.add_argument("--batch-size", type=int, default=64, help="images per step")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=_cmd_extract)
     return p
 
 

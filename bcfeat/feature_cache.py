@@ -71,7 +71,7 @@ def cached_arrays(paths: Sequence[str | os.PathLike], compute: Callable[[list[st
     dict of str to np.ndarray
         The chunks concatenated along the first axis.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     paths = [str(p) for p in paths]
     entry = Path(cache_dir) / key

@@ -49,6 +49,8 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("00_data_overview"),
+    Stage("01_detector", run_parameter="train_detector"),
+    Stage("02_autoencoder", run_parameter="train_autoencoder"),
     Stage("03_features"),
     Stage("04_oracle", run_parameter="train_oracle"),
     Stage("05_benchmark"),

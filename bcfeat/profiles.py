@@ -40,9 +40,13 @@ class Profile:
         return {"profile": self.name, **self.common, **self.stages.get(stage, {})}
 
 
-def _profile(name: str, description: str, smoke: bool, stages: dict[str, dict[str, Any]]) -> Profile:
-    """A profile whose stages that write checkpoints share ``artifacts/<name>``."""
+def _profile(name: str, description: str, smoke: bool, stages: dict[str, dict[str, Any]],
+             autoencoder: dict[str, Any] | None = None) -> Profile:
+    """A profile whose stages that write checkpoints share ``artifacts/<name>``, and whose
+    autoencoder settings reach both the notebook that trains it and the one that encodes with it."""
     artifacts = f"artifacts/{name}"
+    for stage in ("02_autoencoder", "03_features"):
+        stages.setdefault(stage, {}).update(autoencoder or {})
     for stage, parameters in stages.items():
         if stage not in CHEAP_STAGES:
             parameters.setdefault("artifacts_dir", artifacts)
@@ -57,28 +61,38 @@ PROFILES: dict[str, Profile] = {
         "smoke", "tiny subsets of every dataset; exercises every notebook in a few minutes (tests, CI)", True,
         {
             "00_data_overview": {"max_images_per_dataset": 40},
+            "01_detector": {"images_per_site": 12, "steps": 6, "batch_size": 2, "detector_preset": "tiny",
+                            "max_eval_images": 6},
             "03_features": {"max_per_site": 60},
             "04_oracle": {"max_per_site": 60, "n_repetitions": 2, "oracle_repetitions": 1},
             "05_benchmark": {"max_per_site": 60, "n_repetitions": 2, "raw_pixels_pca": 10},
         },
+        autoencoder={"max_per_site": 60, "max_source_images": 60, "ae_preset": "tiny", "epochs": 1,
+                     "batch_size": 32},
     ),
     "cpu": _profile(
         "cpu", "the whole study on the four shared datasets, sized for a 2-core CPU", False,
         {
             "00_data_overview": {"max_images_per_dataset": 0},
+            "01_detector": {"images_per_site": 400, "steps": 1500, "batch_size": 6, "detector_preset": "cpu"},
             "03_features": {"max_per_site": 0},
             "04_oracle": {"max_per_site": 0, "n_repetitions": 5, "oracle_repetitions": 1},
             "05_benchmark": {"max_per_site": 0, "n_repetitions": 5},
         },
+        autoencoder={"max_per_site": 0, "max_source_images": 4000, "ae_preset": "cpu", "epochs": 8,
+                     "batch_size": 128},
     ),
     "gpu": _profile(
         "gpu", "the paper's scale: full image decoder, 150 epochs, ResNeXt-50 oracle (needs a CUDA GPU)", False,
         {
             "00_data_overview": {"max_images_per_dataset": 0},
+            "01_detector": {"images_per_site": 2000, "steps": 6000, "batch_size": 8, "detector_preset": "gpu"},
             "03_features": {"max_per_site": 0},
             "04_oracle": {"max_per_site": 0, "n_repetitions": 5, "oracle_repetitions": 5},
             "05_benchmark": {"max_per_site": 0, "n_repetitions": 5},
         },
+        autoencoder={"max_per_site": 0, "max_source_images": 0, "ae_preset": "paper", "epochs": 150,
+                     "batch_size": 500, "num_threads": 8},
     ),
 }
 

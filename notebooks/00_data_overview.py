@@ -85,4 +85,3 @@ summary
 # %% tags=["hide-input"]
 figure = overview.site_montage(samples, per_dataset=8, seed=seed)
 glue("site_montage", figure, display=False)
-figure

@@ -27,6 +27,12 @@ results_dir: str = "book/results"  # tables go to <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # feature sets go to <artifacts_dir>/features
 max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site (as 05_benchmark)
 raw_pixels_size: int = 32  # side of the resized image of the raw-pixel baseline
+max_source_images: int = 4000  # as 02_autoencoder (identifies its checkpoints)
+ae_preset: str = "cpu"  # as 02_autoencoder
+epochs: int = 8  # as 02_autoencoder
+batch_size: int = 128  # as 02_autoencoder
+variants: str = "moment,mmd,source_only,no_alignment,no_detector"  # autoencoder variants to encode with (first: headline)
+num_threads: int = 2  # as 02_autoencoder
 
 # %% tags=["remove-cell"]
 from pathlib import Path
@@ -34,14 +40,37 @@ from pathlib import Path
 import pandas as pd
 from myst_nb import glue
 
+from bcfeat import autoencoder_study as aes
 from bcfeat import study
 from bcfeat.baselines import ColorShapeFeatures
 from bcfeat.data import resolve_data_root
+from bcfeat.extractor import save_model
 
 root = resolve_data_root(data_root or None)
-samples = study.union_samples(list(study.benchmark_samples(root, max_per_site, seed).values()))
+artifacts = Path(artifacts_dir)
+samples = aes.autoencoder_samples(root, max_per_site, max_source_images, seed)
 keys = study.sample_keys(samples)
 glue("n_feature_images", len(samples), display=False)
+plan = aes.VariantPlan.from_parameters(variants, ae_preset, epochs, batch_size, seed, num_threads)
+
+# %% [markdown]
+# ## AE-CFE features
+#
+# The 50-d latent code of every image under each autoencoder variant. The headline variant,
+# with its detector, is also written as one model file that `bcfeat extract` and the
+# scikit-learn transformer `bcfeat.extractor.AECFEFeatures` load.
+
+# %% tags=["hide-input"]
+instances = aes.instances_for(samples, artifacts, plan, progress=False)
+dimensions = {}
+for name in plan.names:
+    latent = aes.encode_samples(plan, name, samples, instances, artifacts / "checkpoints")
+    study.save_feature_set(study.feature_path(artifacts, f"aecfe_{name}"), keys, latent, variant=name)
+    dimensions[f"aecfe_{name}"] = latent.shape[1]
+headline_model = save_model(artifacts / "aecfe_model.pt", aes.detector_checkpoint(artifacts),
+                            aes.load_variant(plan, plan.names[0], samples, artifacts / "checkpoints")[1],
+                            plan.extraction(plan.variants[plan.names[0]].region))
+pd.DataFrame({"feature set": list(dimensions), "images": len(samples), "dimensions": list(dimensions.values())})
 
 # %% [markdown]
 # ## Baselines

@@ -34,6 +34,7 @@ oracle_epochs: int = 0  # 0: the profile's default
 train_oracle: bool = True  # True: train (resuming an interrupted run); False: restore the saved checkpoints
 
 # %% tags=["remove-cell"]
+import warnings
 from pathlib import Path
 
 from myst_nb import glue
@@ -44,6 +45,8 @@ from bcfeat.data import resolve_data_root
 from bcfeat.oracle import oracle_config
 
 root = resolve_data_root(data_root or None)
+# Classes too small to split (one basophil in a small site) stay in training; the splits table lists them.
+warnings.filterwarnings("ignore", message="classes with < 2 samples")
 tables = Path(results_dir) / "tables"
 checkpoints = Path(artifacts_dir) / "checkpoints"
 samples = study.site_samples(root, "coarse5", max_per_site=max_per_site, seed=seed)

@@ -1,0 +1,232 @@
+"""The autoencoder variants of the study and the steps that train and use them.
+
+The paper leaves open which images the autoencoder sees and its released code computes a
+different alignment term from the one its text describes, so the study trains one variant per
+reading, plus two ablations; :data:`VARIANTS` defines them once. The notebooks
+``02_autoencoder`` (training) and ``03_features`` (encoding) call the functions here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bcfeat import study
+from bcfeat.extractor import ExtractionConfig, autoencoder_inputs, cached_instance_arrays
+from bcfeat.losses import LossWeights
+from bcfeat.model import AEConfig
+from bcfeat.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of training the autoencoder.
+
+    Attributes
+    ----------
+    alignment : {"moment", "mmd"}
+        Form of the domain-alignment term.
+    setting : {"transductive", "source_only"}
+        Which sites' (unlabelled) images the autoencoder sees.
+    alignment_weight : float or None
+        None: the default weight (5); 0 switches the term off.
+    region : {"detected", "whole"}
+        RoIAlign at the detected cell, or at the whole image (no detector).
+    """
+
+    alignment: str = "moment"
+    setting: str = "transductive"
+    alignment_weight: float | None = None
+    region: str = "detected"
+
+
+VARIANTS: dict[str, Variant] = {
+    "moment": Variant(),
+    "mmd": Variant(alignment="mmd"),
+    "source_only": Variant(setting="source_only"),
+    "no_alignment": Variant(alignment_weight=0.0),
+    "no_detector": Variant(region="whole"),
+}
+
+
+@dataclass
+class VariantPlan:
+    """The variants to train, with their full configurations (the first is the headline)."""
+
+    names: list[str]
+    ae_config: AEConfig
+    train_configs: dict[str, TrainConfig]
+    variants: dict[str, Variant]
+
+    @classmethod
+    def from_parameters(cls, names: str, preset: str, epochs: int, batch_size: int, seed: int,
+                        num_threads: int) -> "VariantPlan":
+        chosen = study.parse_list(names)
+        unknown = [n for n in chosen if n not in VARIANTS]
+        if unknown or not chosen:
+            raise ValueError(f"unknown autoencoder variant(s) {unknown}; choose from {list(VARIANTS)}")
+        presets = {"cpu": AEConfig.cpu, "paper": AEConfig.paper, "tiny": AEConfig.tiny}
+        if preset not in presets:
+            raise ValueError(f"unknown ae_preset {preset!r}; choose from {sorted(presets)}")
+        base = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, num_threads=num_threads,
+                           progress=False)
+        configs = {}
+        for name in chosen:
+            v = VARIANTS[name]
+            weights = LossWeights() if v.alignment_weight is None else LossWeights(alignment=v.alignment_weight)
+            configs[name] = replace(base, alignment=v.alignment, setting=v.setting, weights=weights)
+        return cls(chosen, presets[preset](), configs, {n: VARIANTS[n] for n in chosen})
+
+    def extraction(self, region: str) -> ExtractionConfig:
+        return ExtractionConfig(crop_size=self.ae_config.image_size, region=region)
+
+    @property
+    def regions(self) -> list[str]:
+        return sorted({v.region for v in self.variants.values()})
+
+
+def autoencoder_samples(root: Path, max_per_site: int, max_source_images: int, seed: int) -> pd.DataFrame:
+    """Every image the study passes through the detector, with an ``ae_train`` flag.
+
+    The autoencoder trains on a label-free subset: a seeded random ``max_source_images`` of the
+    source site (any class, labels unused) and every image of the other sites. The benchmark's
+    labelled images are added (``ae_train`` False unless also drawn).
+    """
+    unlabelled = study.site_samples(root, None, study.SITES, max_per_site, seed)
+    source = unlabelled["domain"] == study.SOURCE_SITE
+    train = unlabelled[~source]
+    source_rows = unlabelled[source]
+    if max_source_images and len(source_rows) > max_source_images:
+        source_rows = source_rows.sample(n=max_source_images, random_state=seed)
+    train = pd.concat([source_rows, train]).assign(ae_train=True)
+    labelled = study.union_samples(list(study.benchmark_samples(root, max_per_site, seed).values()))
+    table = study.union_samples([train, labelled.assign(ae_train=False)])
+    # union keeps the first occurrence: training rows come first, so their flag survives
+    return table.reset_index(drop=True)
+
+
+def instances_for(samples: pd.DataFrame, artifacts: Path, plan: VariantPlan, progress: bool = True) -> dict:
+    """Instance arrays of every sample for every region the plan needs, through the cached detector."""
+    detector = detector_checkpoint(artifacts)
+    return {region: cached_instance_arrays(detector, samples["path"].tolist(), plan.extraction(region),
+                                           Path(artifacts) / "cache", progress=progress)
+            for region in plan.regions}
+
+
+def detector_checkpoint(artifacts: Path) -> Path:
+    """Where ``01_detector`` writes the trained detector."""
+    path = Path(artifacts) / "checkpoints" / "detector.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"no trained detector at {path}: run notebooks/01_detector.py first")
+    return path
+
+
+def detection_summary(samples: pd.DataFrame, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per site: images, how often the detector found nothing (centred fallback) or several cells."""
+    frame = pd.DataFrame({"site": samples["domain"].to_numpy(), "fallback": arrays["fallback"],
+                          "several": arrays["n_candidates"] > 1, "score": arrays["scores"]})
+    table = frame.groupby("site").agg(images=("fallback", "size"), no_cell_fallback=("fallback", "sum"),
+                                      several_cells_best_kept=("several", "sum"), mean_score=("score", "mean"))
+    order = [s for s in study.SITES if s in table.index]
+    return table.loc[order]
+
+
+def domain_ids(domain: Sequence[str]) -> np.ndarray:
+    """Integer site ids with the source site as 0 (the alignment term aligns every site to 0)."""
+    order = {site: i for i, site in enumerate(study.SITES)}
+    return np.asarray([order[d] for d in domain])
+
+
+def training_rows(samples: pd.DataFrame, variant: Variant) -> np.ndarray:
+    """Indices of the samples a variant's autoencoder trains on."""
+    rows = samples["ae_train"].to_numpy()
+    if variant.setting == "source_only":
+        rows = rows & (samples["domain"] == study.SOURCE_SITE).to_numpy()
+    return np.flatnonzero(rows)
+
+
+def variant_checkpoint(plan: VariantPlan, name: str, samples: pd.DataFrame, checkpoints: Path) -> Path:
+    """The checkpoint of one variant; its name hashes the training images and configurations."""
+    rows = samples.iloc[training_rows(samples, plan.variants[name])]
+    key = study.run_key(rows, {"ae": plan.ae_config, "train": plan.train_configs[name],
+                               "variant": plan.variants[name]})
+    return Path(checkpoints) / f"ae_{name}_{key}.pt"
+
+
+def train_variants(plan: VariantPlan, samples: pd.DataFrame, instances: dict, checkpoints: Path,
+                   train: bool = True) -> dict[str, pd.DataFrame]:
+    """Train (or, with ``train=False``, restore) every variant; returns each one's loss history."""
+    from bcfeat.train import fit_autoencoder
+
+    histories = {}
+    domain = domain_ids(samples["domain"])
+    for name in plan.names:
+        variant = plan.variants[name]
+        path = variant_checkpoint(plan, name, samples, checkpoints)
+        if not train and not path.exists():
+            raise FileNotFoundError(f"restore requested but the autoencoder checkpoint {path} does not exist; "
+                                    "run with train_autoencoder=True first")
+        rows = training_rows(samples, variant)
+        arrays = {k: v[rows] for k, v in instances[variant.region].items()}
+        data = autoencoder_inputs(arrays, domain[rows])
+        _, history = fit_autoencoder(data, plan.ae_config, plan.train_configs[name], path, resume=True)
+        histories[name] = history
+    return histories
+
+
+def load_variant(plan: VariantPlan, name: str, samples: pd.DataFrame, checkpoints: Path):
+    """The trained autoencoder of one variant (eval mode)."""
+    from bcfeat.model import load_checkpoint
+
+    path = variant_checkpoint(plan, name, samples, checkpoints)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint {path} for autoencoder variant {name!r}: run 02_autoencoder first")
+    model, _, _ = load_checkpoint(path)
+    return model.eval(), path
+
+
+def history_figure(history: pd.DataFrame):
+    """Loss terms per epoch, one line per variant."""
+    import matplotlib.pyplot as plt
+
+    terms = [t for t in ("total", "image", "features", "alignment") if t in history.columns]
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.8))
+    for ax, term in zip(np.atleast_1d(axes), terms):
+        for name, part in history.groupby("variant", sort=False):
+            ax.plot(part["epoch"], part[term], marker="o", ms=3, label=name)
+        ax.set_title(term if term != "image" else "image (1 - SSIM)", fontsize=9)
+        ax.set_xlabel("epoch")
+    np.atleast_1d(axes)[0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def reconstruction_examples(plan: VariantPlan, samples: pd.DataFrame, instances: dict, checkpoints: Path,
+                            per_site: int = 6, seed: int = 0):
+    """Input crops and the headline variant's reconstructions for a seeded pick of cells per site."""
+    from bcfeat.extractor import reconstruct
+    from bcfeat.figures import reconstruction_figure
+
+    name = plan.names[0]
+    model, _ = load_variant(plan, name, samples, checkpoints)
+    arrays = instances[plan.variants[name].region]
+    crops, recons = {}, {}
+    for site in [s for s in study.SITES if s in set(samples["domain"])]:
+        rows = np.flatnonzero((samples["domain"] == site).to_numpy())
+        pick = np.random.default_rng(seed).choice(rows, size=min(per_site, len(rows)), replace=False)
+        crops[site] = arrays["crops"][pick].astype(np.float32) / 255
+        recons[site] = reconstruct(model, arrays["features"][pick])
+    return reconstruction_figure(crops, recons, per_site=per_site)
+
+
+def encode_samples(plan: VariantPlan, name: str, all_samples: pd.DataFrame, instances: dict,
+                   checkpoints: Path) -> np.ndarray:
+    """The 50-d latent of every sample for one variant, ``(n, 50)``."""
+    from bcfeat.extractor import encode_features
+
+    model, _ = load_variant(plan, name, all_samples, checkpoints)
+    return encode_features(model, instances[plan.variants[name].region]["features"])

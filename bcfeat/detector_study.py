@@ -1,0 +1,140 @@
+"""The detector chapter's steps: train (or restore) the detector and score it against experts.
+
+``notebooks/01_detector.py`` calls these; the detector itself is :mod:`bcfeat.detector`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bcfeat import study
+
+
+@dataclass
+class DetectorPlan:
+    """Architecture, training settings and training images of one detector run."""
+
+    config: object
+    train_config: object
+    images_per_site: int
+    seed: int
+
+    @classmethod
+    def from_parameters(cls, preset: str, steps: int, batch_size: int, seed: int,
+                        images_per_site: int) -> "DetectorPlan":
+        from bcfeat.detector import DetectorConfig, TrainConfig
+
+        # gpu: the default architecture, whose 256-channel FPN gives the paper's 256x14x14 features
+        presets = {"cpu": DetectorConfig.cpu, "tiny": DetectorConfig.tiny, "gpu": DetectorConfig}
+        if preset not in presets:
+            raise ValueError(f"unknown detector_preset {preset!r}; choose from {sorted(presets)}")
+        train_config = TrainConfig(steps=steps, batch_size=batch_size, seed=seed,
+                                   checkpoint_every=max(1, min(250, steps)))
+        return cls(presets[preset](), train_config, images_per_site, seed)
+
+
+def handoff_path(artifacts: Path) -> Path:
+    """The detector the later notebooks read (a copy of the finished run's checkpoint)."""
+    return Path(artifacts) / "checkpoints" / "detector.pt"
+
+
+def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, train: bool = True):
+    """Train the detector on pseudo-masks (resuming an interrupted run), or restore it.
+
+    Returns
+    -------
+    model, history (DataFrame), info (dict with ``n_images``, ``steps``, ``checkpoint``)
+    """
+    from bcfeat.detector import _read_checkpoint, load_detector, train_detector, training_image_paths
+
+    paths = training_image_paths(study.SITES, per_dataset=plan.images_per_site, root=root, seed=plan.seed)
+    key = study.run_key(pd.DataFrame({"dataset": "", "relpath": paths, "label": ""}),
+                        {"detector": plan.config, "train": plan.train_config})
+    run_checkpoint = Path(artifacts) / "checkpoints" / f"detector_{key}.pt"
+    handoff = handoff_path(artifacts)
+    if train:
+        model, history = train_detector(paths, plan.config, plan.train_config, run_checkpoint, resume=True,
+                                        cache_path=Path(artifacts) / "cache" / f"pseudo_masks_{key}.pt",
+                                        progress=False)
+        tmp = handoff.with_name(handoff.name + ".tmp")
+        shutil.copyfile(run_checkpoint, tmp)
+        os.replace(tmp, handoff)
+    else:
+        if not handoff.exists():
+            raise FileNotFoundError(f"restore requested but no detector at {handoff}; run with train_detector=True")
+        model = load_detector(handoff)
+        history = _read_checkpoint(handoff).get("history", [])
+    return model.eval(), pd.DataFrame(history), {"n_images": len(paths), "steps": plan.train_config.steps,
+                                                  "checkpoint": str(handoff)}
+
+
+def history_figure(history: pd.DataFrame):
+    """Training losses of the detector against the step."""
+    import matplotlib.pyplot as plt
+
+    terms = [c for c in ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
+                         "loss_rpn_box_reg") if c in history.columns]
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    for term in terms:
+        ax.plot(history["step"], history[term], label=term, lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7, frameon=False, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+@dataclass
+class ExpertComparison:
+    table: pd.DataFrame  # index (dataset, source): mean_iou, median_iou, detection_rate, ...
+    per_image: pd.DataFrame  # one row per image and source
+
+
+def evaluate_against_experts(model, root: Path, max_images: int | None = None) -> ExpertComparison:
+    """Pseudo-masks and detector masks scored against the expert masks of both masked datasets."""
+    from bcfeat.detector import detect
+    from bcfeat.mask_metrics import evaluate_mask_predictor
+    from bcfeat.segmentation import segment_white_cell
+
+    predictors = {
+        "pseudo_mask": lambda images: [segment_white_cell(image) for image in images],
+        "detector": lambda images: detect(model, images),
+    }
+    tables, per_image = [], []
+    for source, predict in predictors.items():
+        result = evaluate_mask_predictor(predict, data_root=root, max_images=max_images)
+        tables.append(result.summary.assign(source=source))
+        per_image.append(result.per_image.assign(source=source))
+    table = pd.concat(tables, ignore_index=True).set_index(["dataset", "source"]).sort_index()
+    return ExpertComparison(table, pd.concat(per_image, ignore_index=True))
+
+
+def outline_examples(model, per_image: pd.DataFrame, root: Path, per_dataset: int = 3):
+    """Best, median and worst detector images of each masked dataset with all three outlines."""
+    from bcfeat.data import load_image
+    from bcfeat.detector import detect
+    from bcfeat.figures import mask_outline_figure
+    from bcfeat.mask_metrics import expert_mask_pairs, load_expert_mask
+    from bcfeat.segmentation import segment_white_cell
+
+    detector_rows = per_image[per_image["source"] == "detector"]
+    picks = []
+    for dataset, rows in detector_rows.groupby("dataset", sort=True):
+        rows = rows.sort_values("mask_iou", ascending=False).reset_index(drop=True)
+        picks += [rows.iloc[i] for i in sorted({0, len(rows) // 2, len(rows) - 1})][:per_dataset]
+    images = [load_image(row["image_path"]) for row in picks]
+    detections = detect(model, images)
+    pairs = pd.concat([expert_mask_pairs(d, root) for d in sorted(detector_rows["dataset"].unique())])
+    mask_of = dict(zip(pairs["image_path"], pairs["mask_path"]))
+    expert = [load_expert_mask(mask_of[row["image_path"]]) > 0 for row in picks]
+    pseudo = [segment_white_cell(image).mask for image in images]
+    titles = [f"{row['dataset']}\nIoU {row['mask_iou']:.2f}" for row in picks]
+    return mask_outline_figure(images, {"expert": expert, "pseudo-mask": pseudo,
+                                        "detector": [d.mask for d in detections]},
+                               boxes=[d.box for d in detections], titles=titles)

@@ -1,0 +1,101 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Training the cross-domain autoencoder
+#
+# The detector of the previous chapter turns every image into instance features (RoIAlign over
+# the feature pyramid at the detected cell) and a masked crop of the cell. The autoencoder
+# learns, **without labels**, to reconstruct both from a 50-d latent code, while the alignment
+# term pulls the latent codes of the sites together. Several variants are trained, one per
+# reading of the paper and per ablation; the next chapters compare them.
+
+# %% tags=["parameters"]
+profile: str = "cpu"  # run profile (smoke, cpu, gpu)
+smoke: bool = False  # tiny run for tests and CI
+seed: int = 0  # seed of the subsets and of every training run
+data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
+results_dir: str = "book/results"  # tables go to <results_dir>/tables
+artifacts_dir: str = "artifacts/cpu"  # detector is read from, checkpoints and caches written to, here
+max_per_site: int = 0  # 0: every image; else a seeded subset per site (as 03-05)
+max_source_images: int = 4000  # label-free subset of the source site the autoencoder trains on (0: all)
+ae_preset: str = "cpu"  # AEConfig preset: cpu (64x14x14 -> 64 px crops), paper (256x14x14 -> 128 px), tiny
+epochs: int = 8  # autoencoder epochs per variant
+batch_size: int = 128  # autoencoder batch size (the released code used 500 on a GPU)
+variants: str = "moment,mmd,source_only,no_alignment,no_detector"  # variants to train, comma-separated
+num_threads: int = 2  # torch CPU threads
+train_autoencoder: bool = True  # True: train (resuming an interrupted run); False: restore saved checkpoints
+
+# %% tags=["remove-cell"]
+from pathlib import Path
+
+import pandas as pd
+from myst_nb import glue
+
+from bcfeat import autoencoder_study as aes
+from bcfeat import study
+from bcfeat.data import resolve_data_root
+
+root = resolve_data_root(data_root or None)
+tables = Path(results_dir) / "tables"
+artifacts = Path(artifacts_dir)
+plan = aes.VariantPlan.from_parameters(variants, ae_preset, epochs, batch_size, seed, num_threads)
+
+# %% [markdown]
+# ## Instance features of every image
+#
+# The images the autoencoder trains on (every image of the small sites, and a label-free
+# subset of the source site) and every image the benchmark uses. Each is passed once through
+# the detector; the result is cached per data and detector checkpoint.
+
+# %% tags=["hide-input"]
+samples = aes.autoencoder_samples(root, max_per_site, max_source_images, seed)
+instances = aes.instances_for(samples, artifacts, plan, progress=False)
+detections = aes.detection_summary(samples, instances["detected"])
+save_path = tables / "detections_per_site.csv"
+detections.to_csv(save_path)
+glue("detections_per_site", detections, display=False)
+detections
+
+# %% [markdown]
+# ## Training
+#
+# | variant | alignment term | images seen | region |
+# |---|---|---|---|
+# | `moment` | moment matching, as the released code | all sites (transductive) | detected cell |
+# | `mmd` | kernel MMD, as the paper's text | all sites (transductive) | detected cell |
+# | `source_only` | none (one site) | source site only, as the abstract says | detected cell |
+# | `no_alignment` | none (weight 0) | all sites | detected cell |
+# | `no_detector` | moment matching | all sites | whole image |
+
+# %% tags=["hide-input"]
+histories = aes.train_variants(plan, samples, instances, artifacts / "checkpoints", train=train_autoencoder)
+history = pd.concat([h.assign(variant=name) for name, h in histories.items()], ignore_index=True)
+history.to_csv(tables / "autoencoder_history.csv", index=False)
+figure = aes.history_figure(history)
+glue("ae_history", figure, display=False)
+
+# %% tags=["remove-cell"]
+final = history.sort_values("epoch").groupby("variant").tail(1).set_index("variant")
+for name, row in final.iterrows():
+    glue(f"ae_final_ssim_{name}", float(1 - row["image"]), display=False)
+glue("ae_final", final[["epoch", "total", "image", "features", "alignment", "seconds"]], display=False)
+
+# %% [markdown]
+# ## Reconstructions per site
+#
+# Masked crops of cells from each site (upper rows) and what the headline autoencoder
+# reconstructs from their 50-d code (lower rows).
+
+# %% tags=["hide-input"]
+figure = aes.reconstruction_examples(plan, samples, instances, artifacts / "checkpoints", per_site=6, seed=seed)
+glue("reconstructions", figure, display=False)
