@@ -54,6 +54,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("03_features"),
     Stage("04_oracle", run_parameter="train_oracle"),
     Stage("05_benchmark"),
+    Stage("06_figures"),
     Stage("90_provenance"),
 )
 
