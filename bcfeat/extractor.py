@@ -58,7 +58,7 @@ def scale_features(features: torch.Tensor) -> torch.Tensor:
     """Per-sample min-max scaling to [-1, 1], as the released code's data loader does.
 
     ``(n, C, 14, 14) -> (n, C, 14, 14)``; the feature decoder ends in tanh, so its targets must
-    lie in [-1, 1]. A constant sample maps to 0.
+    lie in [-1, 1]. A constant sample maps to -1.
     """
     flat = features.reshape(len(features), -1).float()
     low = flat.min(dim=1, keepdim=True).values

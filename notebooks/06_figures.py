@@ -26,7 +26,7 @@ artifacts_dir: str = "artifacts/cpu"  # feature sets are read from <artifacts_di
 max_per_site: int = 0  # as 05_benchmark
 headline: str = "aecfe_moment"  # feature set of the headline figures
 compare: str = "aecfe_no_alignment"  # feature set shown beside it in the latent-space figure
-per_class_sets: str = "aecfe_moment,colour_shape,oracle (resnet18, batch norm)"  # feature sets of the per-class F1 figure
+per_class_sets: str = "aecfe_moment,colour_shape,oracle (narrow_resnet, batch norm)"  # feature sets of the per-class F1 figure
 
 # %% tags=["remove-cell"]
 from pathlib import Path

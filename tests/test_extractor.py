@@ -1,0 +1,100 @@
+"""The AE-CFE extractor as users meet it: one model file, a sklearn transformer, `bcfeat extract`."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import make_pipeline
+
+from bcfeat.cli import main as cli_main
+from bcfeat.data import scan_dataset
+from bcfeat.detector import DetectorConfig, build_detector, save_detector
+from bcfeat.extractor import (AECFEFeatures, ExtractionConfig, instance_arrays, load_model, save_model,
+                              scale_features)
+from bcfeat.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A tiny random detector + autoencoder bundled into one file (weights need not be trained)."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    detector = build_detector(DetectorConfig.tiny())
+    save_detector(folder / "detector.pt", detector)
+    cfg = AEConfig.tiny()
+    save_checkpoint(folder / "ae.pt", CrossDomainAutoencoder(cfg), cfg)
+    return save_model(folder / "aecfe.pt", folder / "detector.pt", folder / "ae.pt",
+                      ExtractionConfig(crop_size=cfg.image_size))
+
+
+@pytest.fixture(scope="module")
+def real_paths(data_root):
+    samples = scan_dataset("cellavision_zheng18", root=data_root).samples
+    return samples.groupby("label").head(2)["path"].tolist()
+
+
+def test_scale_features_maps_each_sample_to_minus_one_one():
+    x = torch.randn(3, 4, 14, 14) * torch.tensor([1.0, 10.0, 100.0]).view(3, 1, 1, 1)
+    y = scale_features(x)
+    assert torch.allclose(y.flatten(1).min(1).values, torch.full((3,), -1.0))
+    assert torch.allclose(y.flatten(1).max(1).values, torch.ones(3))
+    assert torch.equal(scale_features(torch.ones(1, 2, 14, 14)), torch.full((1, 2, 14, 14), -1.0))
+
+
+def test_model_file_round_trip_gives_identical_features(model_file, real_paths):
+    a = load_model(model_file).transform(real_paths[:4])
+    b = load_model(model_file).transform(real_paths[:4])
+    assert a.shape == (4, 50) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a).max() <= 1.0  # tanh latent
+
+
+def test_load_model_rejects_other_files(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an AE-CFE model file"):
+        load_model(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="no AE-CFE model file"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_transformer_contract_and_pipeline(model_file, real_paths, data_root):
+    features = AECFEFeatures(model_file)
+    assert clone(features).get_params() == {"model_path": model_file}
+    with pytest.raises(NotFittedError):
+        features.transform(real_paths[:1])
+    labels = [p.split("/")[-2] for p in real_paths]
+    pipe = make_pipeline(AECFEFeatures(model_file), RandomForestClassifier(n_estimators=10, random_state=0))
+    pipe.fit(real_paths, labels)
+    assert set(pipe.predict(real_paths[:3])) <= set(labels)
+    assert list(pipe[0].get_feature_names_out()[:2]) == ["aecfe0", "aecfe1"]
+
+
+def test_whole_image_region_uses_the_whole_image(model_file, real_paths):
+    model = load_model(model_file)
+    arrays = instance_arrays(model.detector, real_paths[:2], ExtractionConfig(crop_size=32, region="whole"))
+    assert arrays["features"].shape == (2, 16, 14, 14)
+    np.testing.assert_array_equal(arrays["boxes"][0], [0, 0, 300, 300])
+    assert not arrays["fallback"].any()
+    with pytest.raises(ValueError, match="region"):
+        ExtractionConfig(region="nucleus")
+
+
+def test_extract_command_writes_one_row_per_readable_file(model_file, real_paths, tmp_path, capsys):
+    folder = tmp_path / "mine"
+    (folder / "a").mkdir(parents=True)
+    for path in real_paths[:3]:
+        shutil.copy(path, folder / "a")
+    (folder / "a" / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "features.csv"
+    assert cli_main(["extract", str(model_file), str(folder), "--output", str(out), "--no-progress"]) == 0
+    table = pd.read_csv(out)
+    assert len(table) == 3 and {"relpath", "fallback", "score", "aecfe49"} <= set(table.columns)
+    assert "1 unreadable images skipped" in capsys.readouterr().out
+    assert cli_main(["extract", str(model_file), str(tmp_path / "nothing"), "--output", str(out)]) == 2
