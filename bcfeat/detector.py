@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -40,6 +39,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.segmentation import SegmentationConfig, centred_ellipse, segment_white_cell
 
 CHECKPOINT_FORMAT = "bcfeat.detector/1"
@@ -460,18 +460,7 @@ def save_detector(path: str | os.PathLike, model: MaskRCNN, extra: dict[str, Any
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def _read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -593,23 +582,11 @@ def pseudo_label(items: Sequence[Any], image_size: int, seg_cfg: SegmentationCon
         quality.append(pm.quality)
     out = PseudoLabelledSet(images, masks, np.array(confident, bool), np.array(quality, np.float32), sources)
     if cache_path is not None:
-        _atomic_torch_save({"key": key, "images": [torch.from_numpy(i) for i in images],
+        atomic_torch_save({"key": key, "images": [torch.from_numpy(i) for i in images],
                             "masks": [torch.from_numpy(m) for m in masks],
                             "confident": torch.from_numpy(out.confident), "quality": torch.from_numpy(out.quality)},
                            Path(cache_path))
     return out
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def training_image_paths(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops"),

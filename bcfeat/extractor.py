@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.feature_cache import cache_key, cached_arrays
 
 MODEL_FORMAT = "bcfeat.aecfe/1"
@@ -184,18 +186,13 @@ class AECFEModel:
 def save_model(path: str | os.PathLike, detector_checkpoint: str | os.PathLike,
                autoencoder_checkpoint: str | os.PathLike, extraction: ExtractionConfig) -> Path:
     """Bundle a detector checkpoint and an autoencoder checkpoint into one file (atomic write)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": MODEL_FORMAT,
         "extraction": asdict(extraction),
         "detector": torch.load(detector_checkpoint, map_location="cpu", weights_only=False),
         "autoencoder": torch.load(autoencoder_checkpoint, map_location="cpu", weights_only=False),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_model(path: str | os.PathLike) -> AECFEModel:
@@ -261,7 +258,7 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
         return np.asarray([f"aecfe{i}" for i in range(self.n_features_out_)], dtype=object)
 
 
-def folder_images(folder: str | os.PathLike, layout: str = "files") -> "pd.DataFrame":
+def folder_images(folder: str | os.PathLike, layout: str = "files") -> pd.DataFrame:
     """The images of a folder: ``[path, relpath, label]`` (label empty for layout ``files``)."""
     import pandas as pd
 

@@ -20,14 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+from bcfeat.atomic_io import atomic_path
+from bcfeat.data.manifest import sha256_of
 
 
 def cache_key(paths: Sequence[str | os.PathLike], model_file: str | os.PathLike | None,
@@ -35,17 +29,15 @@ def cache_key(paths: Sequence[str | os.PathLike], model_file: str | os.PathLike 
     """A hex key that changes when any image's bytes, their order, the model file or a setting change."""
     digest = hashlib.sha256()
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    digest.update(b"model:" + (file_digest(model_file).encode() if model_file else b"none"))
+    digest.update(b"model:" + (sha256_of(model_file).encode() if model_file else b"none"))
     for path in paths:
-        digest.update(Path(path).name.encode() + b":" + file_digest(path).encode())
+        digest.update(Path(path).name.encode() + b":" + sha256_of(path).encode())
     return digest.hexdigest()[:20]
 
 
 def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
-    os.replace(tmp, path)
 
 
 def cached_arrays(paths: Sequence[str | os.PathLike], compute: Callable[[list[str]], dict[str, np.ndarray]],

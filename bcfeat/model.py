@@ -27,13 +27,14 @@ rebuilt from that stored config (:func:`load_checkpoint`); never a pickled model
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from bcfeat.atomic_io import atomic_torch_save
 
 CHECKPOINT_FORMAT = "bcfeat.autoencoder/1"
 _RESERVED_KEYS = ("format", "config", "state_dict")
@@ -368,18 +369,7 @@ def save_checkpoint(path: str | os.PathLike, model: CrossDomainAutoencoder, cfg:
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **extra,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ from torch import nn
 from torchvision import models
 from torchvision.models.resnet import BasicBlock
 
+from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.baselines import resize_images
 
 ARCHS = ("narrow_resnet", "resnet18", "resnext50_32x4d")
@@ -310,16 +310,7 @@ def _device(cfg: OracleConfig) -> torch.device:
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     """``torch.save`` to a temporary file in the same folder, then an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(payload, path, fsync=False)
 
 
 def load_checkpoint(path: str | os.PathLike) -> TrainedOracle:

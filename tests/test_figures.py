@@ -8,7 +8,6 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from bcfeat import figures
 

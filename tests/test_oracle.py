@@ -65,7 +65,8 @@ def test_config_validation_and_profiles():
         OracleConfig(arch="vgg")
     with pytest.raises(ValueError, match="norm"):
         OracleConfig(norm="layer")
-    assert oracle_config("cpu").arch == "resnet18" and oracle_config("gpu").image_size == 224
+    assert oracle_config("cpu").arch == "narrow_resnet" and oracle_config("gpu").arch == "resnext50_32x4d"
+    assert oracle_config("gpu").image_size == 224
     with pytest.raises(ValueError, match="profile"):
         oracle_config("tpu")
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import ast
 import json
-from pathlib import Path
 
 import pytest
 
-from bcfeat import paths
 from bcfeat.pipeline import STAGES, notebook_path, provenance_frames, run
 from bcfeat.profiles import PROFILES, get_profile
 
