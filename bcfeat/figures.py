@@ -14,9 +14,8 @@ SITE_ORDER = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crop
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    # No backend is forced here: in a notebook the inline backend must stay, or glued figures
+    # lose their PNG; scripts and tests choose Agg themselves.
     import matplotlib.pyplot as plt
 
     return plt
@@ -166,7 +165,6 @@ def per_class_f1_figure(per_class: pd.DataFrame, feature_sets: Sequence[str] | N
     """Mean F1 of every class on each test site (training on the source site), one bar group per class."""
     import seaborn as sns
 
-    _plt()  # selects the non-interactive backend
     data = per_class if feature_sets is None else per_class[per_class["feature_set"].isin(feature_sets)]
     mean = data.groupby(["feature_set", "test_domain", "label"], as_index=False)["f1"].mean()
     grid = sns.catplot(data=mean, x="label", y="f1", hue="test_domain", col="feature_set", kind="bar",

@@ -25,7 +25,7 @@ smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of the splits and of every forest
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
-artifacts_dir: str = "artifacts/cpu"  # feature sets are read from <artifacts_dir>/features
+artifacts_dir: str = "artifacts/cpu"  # feature sets are read from, per-cell predictions written to, here
 max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site (as 03 and 04)
 n_repetitions: int = 5  # stratified splits per site
 feature_sets: str = "aecfe_moment,aecfe_mmd,aecfe_source_only,aecfe_no_alignment,aecfe_no_detector,raw_pixels,colour_shape"  # feature sets to compare (files of 03_features)
@@ -68,7 +68,9 @@ oracle = pd.read_csv(tables / "oracle_scores.csv")
 oracle_predictions = pd.read_csv(tables / "oracle_predictions.csv")
 all_scores = pd.concat([scores, oracle], ignore_index=True)
 save_table(all_scores, tables / "benchmark_scores.csv")
-save_table(pd.concat([predictions, oracle_predictions], ignore_index=True), tables / "benchmark_predictions.csv")
+# one row per test cell, feature set and split (~18 MB): kept with the artifacts, not in the book
+save_table(pd.concat([predictions, oracle_predictions], ignore_index=True),
+           Path(artifacts_dir) / "benchmark_predictions.csv")
 summary = summarize(all_scores)
 save_table(summary, tables / "benchmark_summary.csv")
 headline_table = study.source_row_table(summary)

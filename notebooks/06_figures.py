@@ -22,7 +22,7 @@ smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of UMAP and of the subsets
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables are read from <results_dir>/tables
-artifacts_dir: str = "artifacts/cpu"  # feature sets are read from <artifacts_dir>/features
+artifacts_dir: str = "artifacts/cpu"  # feature sets and per-cell predictions are read from here
 max_per_site: int = 0  # as 05_benchmark
 headline: str = "aecfe_moment"  # feature set of the headline figures
 compare: str = "aecfe_no_alignment"  # feature set shown beside it in the latent-space figure
@@ -43,7 +43,7 @@ root = resolve_data_root(data_root or None)
 tables = Path(results_dir) / "tables"
 coarse5 = study.site_samples(root, "coarse5", max_per_site=max_per_site, seed=seed)
 summary = pd.read_csv(tables / "benchmark_summary.csv")
-predictions = pd.read_csv(tables / "benchmark_predictions.csv")
+predictions = pd.read_csv(Path(artifacts_dir) / "benchmark_predictions.csv")
 
 # %% [markdown]
 # ## The latent space
@@ -71,6 +71,7 @@ glue("domain_matrix_heatmap", figures.domain_matrix_heatmap(
 
 # %% tags=["hide-input"]
 confusions = confusion_matrices(predictions[predictions["feature_set"] == headline], labels=list(COARSE5))
+confusions.to_csv(tables / "confusion_headline.csv", index=False)
 cells = [(study.SOURCE_SITE, site) for site in study.SITES]
 glue("confusion_headline", figures.confusion_figure(confusions, cells, list(COARSE5), title=headline),
      display=False)

@@ -29,6 +29,9 @@ PAGES = {
     "method.html": ["Moment matching"],
     "data.html": ["Label spaces"],
     "results/00_data_overview.html": ["Cells per class", "pbc_acevedo20"],
+    "results.html": ["Headline", "aecfe_moment", "colour_shape", "oracle (", "<img"],
+    "results/05_benchmark.html": ["The domain matrix", "balanced_accuracy"],
+    "results/06_figures.html": ["The latent space", "<img"],
     "reproducibility.html": ["Reproducing this book", "papermill"],
     "results/90_provenance.html": ["Package versions", "torch"],
 }

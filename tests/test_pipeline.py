@@ -63,6 +63,9 @@ def test_smoke_run_of_every_notebook(tmp_path):
         executed = json.loads((tmp_path / f"{stage.stem}.ipynb").read_text())
         errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors
+    figures = json.loads((tmp_path / "06_figures.ipynb").read_text())
+    images = [o for c in figures["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 5, "the figures notebook must carry its figures as PNG (glued into the book)"
     saved = json.loads((tmp_path / "provenance.json").read_text())
     assert saved["profile"] == "smoke" and saved["packages"]["torch"]
     run_table, stages, packages = provenance_frames(saved)
