@@ -40,6 +40,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from bcfeat.atomic_io import atomic_torch_save
+from bcfeat.data import load_image, scan_dataset
 from bcfeat.segmentation import SegmentationConfig, centred_ellipse, segment_white_cell
 
 CHECKPOINT_FORMAT = "bcfeat.detector/1"
@@ -241,7 +242,7 @@ class TrainConfig:
         Steps between history records.
     """
 
-    steps: int = 1500
+    steps: int = 2500
     batch_size: int = 6
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -420,7 +421,7 @@ def build_detector(cfg: DetectorConfig | None = None) -> MaskRCNN:
     return model
 
 
-def build_reference_maskrcnn(image_size: int = 1024, fpn_channels: int = 256) -> MaskRCNN:
+def build_reference_maskrcnn(image_size: int = 1024) -> MaskRCNN:
     """The paper's configuration, for cost comparisons only: ResNet-101-FPN Mask R-CNN at
     ``image_size`` px (1024 in the paper), random weights, one class (+ background), torchvision
     defaults otherwise (1000 test proposals, 100 detections, 1024-d box head, 4x256 mask head).
@@ -428,8 +429,6 @@ def build_reference_maskrcnn(image_size: int = 1024, fpn_channels: int = 256) ->
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
     backbone = resnet_fpn_backbone(backbone_name="resnet101", weights=None, trainable_layers=5)
-    if fpn_channels != 256:
-        raise ValueError("resnet_fpn_backbone is 256 channels wide")
     return MaskRCNN(backbone, num_classes=2, min_size=image_size, max_size=image_size)
 
 
@@ -496,8 +495,6 @@ def _as_image(item: Any) -> np.ndarray:
         if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
             raise ValueError(f"expected (H, W, 3) uint8 RGB images, got {item.shape} {item.dtype}")
         return item
-    from bcfeat.data import load_image
-
     return load_image(item)
 
 
@@ -607,8 +604,6 @@ def training_image_paths(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng
         that it can serve as held-out evaluation (see :func:`holdout_paths`).
     seed : int
     """
-    from bcfeat.data import scan_dataset
-
     rng = np.random.default_rng(seed)
     out: list[str] = []
     for ds in datasets:
@@ -625,8 +620,6 @@ def training_image_paths(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng
 def holdout_paths(dataset: str, holdout_every: int, *, root: str | os.PathLike | None = None,
                   exclude_class_folders: Sequence[str] = ("platelet",)) -> list[str]:
     """The images :func:`training_image_paths` never draws for the same ``holdout_every``."""
-    from bcfeat.data import scan_dataset
-
     samples = scan_dataset(dataset, root, label_space=None).samples
     samples = samples[~samples.class_folder.isin(list(exclude_class_folders))].reset_index(drop=True)
     return samples[samples.index % holdout_every == 0].path.astype(str).tolist()
@@ -975,6 +968,13 @@ def detect(model: MaskRCNN, images: Iterable[Any], batch_size: int = 8,
     -------
     list of Detection
         One per image, box and mask at the image's own resolution.
+
+    Notes
+    -----
+    A batch is zero-padded to its largest (resized) image, and GroupNorm statistics see
+    that padding, so an image's result can shift slightly with the other images of its
+    batch when their aspect ratios differ; images of one size give identical results for
+    any ``batch_size``.
     """
     out: list[Detection] = []
     batch: list[np.ndarray] = []

@@ -18,13 +18,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Collection, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from bcfeat import paths
+from bcfeat.data import load_image, resolve_data_root
 
 #: The datasets that have expert masks.
 MASKED_DATASETS: tuple[str, ...] = ("jtsc_zheng18", "cellavision_zheng18")
@@ -93,7 +94,8 @@ def expert_mask_pairs(dataset: str, data_root: str | Path | None = None,
     dataset : str
         One of :data:`MASKED_DATASETS`.
     data_root, masks_root : path, optional
-        Default: the shared datasets / masks folders (``bcfeat.paths``).
+        Data root (default: :func:`bcfeat.data.resolve_data_root`) and expert-mask folder
+        (default: ``bcfeat.paths.SHARED_MASKS``).
 
     Returns
     -------
@@ -104,7 +106,7 @@ def expert_mask_pairs(dataset: str, data_root: str | Path | None = None,
     """
     if dataset not in MASKED_DATASETS:
         raise ValueError(f"no expert masks for {dataset!r}; masked datasets: {MASKED_DATASETS}")
-    data_root = Path(data_root) if data_root is not None else _default_data_root()
+    data_root = resolve_data_root(data_root)
     masks_root = Path(masks_root) if masks_root is not None else paths.SHARED_MASKS
     image_dir, mask_dir = data_root / dataset, masks_root / dataset
     if not image_dir.is_dir():
@@ -125,23 +127,6 @@ def expert_mask_pairs(dataset: str, data_root: str | Path | None = None,
     df = df.sort_values("stem", kind="stable").reset_index(drop=True)
     df.attrs["unpaired"] = unpaired
     return df
-
-
-def _default_data_root() -> Path:
-    try:
-        from bcfeat.data import resolve_data_root
-    except ImportError:  # the data layer is optional for this module
-        return paths.SHARED_DATA
-    return Path(resolve_data_root())
-
-
-def _load_image(path: str | Path) -> np.ndarray:
-    try:
-        from bcfeat.data import load_image
-    except ImportError:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    return load_image(path)
 
 
 @dataclass
@@ -185,6 +170,7 @@ def evaluate_mask_predictor(
     data_root: str | Path | None = None,
     masks_root: str | Path | None = None,
     max_images: int | None = None,
+    image_paths: Collection[str] | None = None,
     batch_size: int = 16,
 ) -> MaskEvaluation:
     """Score a mask predictor against the expert masks, per image and per dataset.
@@ -200,6 +186,8 @@ def evaluate_mask_predictor(
         Masked datasets to score.
     max_images : int, optional
         Score only the first n images of each dataset (sorted by file stem).
+    image_paths : collection of str, optional
+        Score only these images (as listed by :func:`expert_mask_pairs`), e.g. a held-out set.
     batch_size : int
         Images per ``predict`` call.
 
@@ -210,12 +198,14 @@ def evaluate_mask_predictor(
     rows, seconds = [], {}
     for ds in datasets:
         pairs = expert_mask_pairs(ds, data_root, masks_root)
+        if image_paths is not None:
+            pairs = pairs[pairs.image_path.isin(set(map(str, image_paths)))]
         if max_images is not None:
             pairs = pairs.iloc[:max_images]
         t0 = time.perf_counter()
         for start in range(0, len(pairs), batch_size):
             chunk = pairs.iloc[start:start + batch_size]
-            images = [_load_image(p) for p in chunk.image_path]
+            images = [load_image(p) for p in chunk.image_path]
             preds = list(predict(images))
             if len(preds) != len(images):
                 raise ValueError(f"predictor returned {len(preds)} predictions for {len(images)} images")

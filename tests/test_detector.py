@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from bcfeat.data import load_image
 from bcfeat.detector import (
     Detection,
     DetectorConfig,
@@ -25,7 +24,7 @@ from bcfeat.detector import (
     summarize_detections,
     train_detector,
 )
-from bcfeat.mask_metrics import evaluate_mask_predictor, mask_iou
+from bcfeat.mask_metrics import evaluate_mask_predictor
 from bcfeat.segmentation import centred_ellipse
 
 torch.set_num_threads(1)
@@ -202,32 +201,26 @@ def test_pseudo_label_cache_is_keyed_by_its_inputs(tmp_path, data_root):
 @pytest.mark.slow
 def test_trained_detector_finds_the_cell_far_better_than_a_centred_box(tmp_path, data_root):
     """~1-2 min: train on 48 real images (pseudo-masks only), score held-out images vs experts."""
-    files = []
-    for ds in ("jtsc_zheng18", "cellavision_zheng18"):
-        files += sorted((data_root / ds).glob("*/*.bmp"))[:24]
+    from bcfeat.mask_metrics import expert_mask_pairs
+
+    datasets = ("jtsc_zheng18", "cellavision_zheng18")
+    pairs = {ds: expert_mask_pairs(ds, data_root) for ds in datasets}  # sorted by file stem
+    files = [p for ds in datasets for p in pairs[ds].image_path.iloc[:24]]
+    held = {ds: set(pairs[ds].image_path.iloc[60:72]) for ds in datasets}  # never trained on
+    assert not set(files) & set().union(*held.values())
     cfg = DetectorConfig.cpu(image_size=160, anchor_sizes=(24, 48, 96, 160))
     model, hist = train_detector(files, cfg, TrainConfig(steps=260, batch_size=4, warmup_steps=30, lr=2e-3,
                                                          checkpoint_every=1000, seed=0), tmp_path / "s.pt",
                                  progress=False)
     assert hist[-1]["loss"] < hist[0]["loss"]
-    # Held out: images 100-111 (sorted by stem) of each set, never seen in training.
-    kw = dict(datasets=("jtsc_zheng18", "cellavision_zheng18"), data_root=data_root)
-    from bcfeat.mask_metrics import expert_mask_pairs
-
-    held = {ds: set(expert_mask_pairs(ds, data_root).image_path.iloc[60:72]) for ds in kw["datasets"]}
-    seen = {str(f) for f in files}
-    assert not any(p in seen for s in held.values() for p in s)
-
-    det = evaluate_mask_predictor(lambda ims: detect(model, ims), **kw, max_images=72).per_image
-    blind = evaluate_mask_predictor(lambda ims: [centred_ellipse(*im.shape[:2], 0.6) for im in ims], **kw,
-                                    max_images=72).per_image
-    pick = lambda df: df[[p in held[d] for p, d in zip(df.image_path, df.dataset)]]  # noqa: E731
-    det, blind = pick(det), pick(blind)
-    assert len(det) == 24
-    assert det.mask_iou.mean() > 0.7
+    only = set().union(*held.values())
+    kw = dict(datasets=datasets, data_root=data_root, image_paths=only)
+    det = evaluate_mask_predictor(lambda ims: detect(model, ims), **kw).per_image
+    # The comparator is detect()'s own no-detection guess: the centred box's ellipse.
+    blind = evaluate_mask_predictor(lambda ims: [centred_ellipse(*im.shape[:2]) for im in ims], **kw).per_image
+    assert len(det) == len(blind) == 24
+    print(f"held-out mean IoU: detector {det.mask_iou.mean():.3f}, centred ellipse {blind.mask_iou.mean():.3f}")
+    assert det.mask_iou.mean() > 0.75
     assert det.mask_iou.mean() > blind.mask_iou.mean() + 0.15
-    assert det.fallback.mean() <= 0.1
-    # and it still says "nothing here" style things sanely: a real image gets one box inside it
-    img = load_image(sorted(held["cellavision_zheng18"])[0])
-    (d,) = detect(model, [img])
-    assert mask_iou(d.mask, d.mask) == 1.0 and d.mask.shape == img.shape[:2]
+    assert (det.mask_iou.values > blind.mask_iou.values).mean() >= 0.7  # same image order in both
+    assert det.detected.mean() >= 0.8 and det.fallback.mean() <= 0.1
