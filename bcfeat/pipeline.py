@@ -133,13 +133,25 @@ def execute_stage(stage: Stage, parameters: dict, output_dir: Path) -> Path:
     notebook = jupytext.read(source)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     output = output_dir / f"{stage.stem}.ipynb"
+    # Papermill writes its output while it runs; the book must never show a half-run notebook, so it
+    # runs under another name and replaces the previous output only on success. A failed run is
+    # kept as <stem>.failed.ipynb, executed up to the failing cell.
+    running = output_dir / f".{stage.stem}.running.ipynb"
+    failed = output_dir / f"{stage.stem}.failed.ipynb"
     with tempfile.TemporaryDirectory() as tmp:
         converted = Path(tmp) / f"{stage.stem}.ipynb"
         nbformat.write(notebook, converted)
-        papermill.execute_notebook(
-            str(converted), str(output), parameters=parameters, kernel_name="python3",
-            cwd=str(paths.ROOT), progress_bar=False, log_output=False,
-        )
+        try:
+            papermill.execute_notebook(
+                str(converted), str(running), parameters=parameters, kernel_name="python3",
+                cwd=str(paths.ROOT), progress_bar=False, log_output=False,
+            )
+        except BaseException:
+            if running.exists():
+                os.replace(running, failed)
+            raise
+    os.replace(running, output)
+    failed.unlink(missing_ok=True)
     return output
 
 
@@ -193,7 +205,7 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
             record["stages"].append(entry)
             save()
             raise RuntimeError(f"stage {stage.stem} failed; executed notebook so far: "
-                               f"{output_dir / (stage.stem + '.ipynb')}\n{error}") from error
+                               f"{output_dir / (stage.stem + '.failed.ipynb')}\n{error}") from error
         entry.update(status="ok", seconds=round(time.perf_counter() - start, 1))
         record["stages"].append(entry)
         save()

@@ -88,10 +88,15 @@ def test_failed_stage_is_recorded_and_earlier_outputs_kept(tmp_path, monkeypatch
         'results_dir: str = ""  # r\n\n# %%\nraise RuntimeError("boom in the last stage")\n')
     monkeypatch.setattr(pipeline.paths, "NOTEBOOKS", broken)
     out = tmp_path / "out"
+    (out / "90_provenance.ipynb").parent.mkdir(parents=True)
+    (out / "90_provenance.ipynb").write_text("previous good output")
     with pytest.raises(RuntimeError, match="stage 90_provenance failed"):
-        run("smoke", out)
+        run("smoke", out, only=["00_data_overview", "90_provenance"])
     record = json.loads((out / "provenance.json").read_text())
     assert [(s["stem"], s["status"]) for s in record["stages"]] == [("00_data_overview", "ok"),
                                                                    ("90_provenance", "failed")]
     assert "boom in the last stage" in record["stages"][1]["error"]
     assert (out / "00_data_overview.ipynb").exists()
+    # the failed run is kept beside, and the previous good output is not replaced by it
+    assert (out / "90_provenance.ipynb").read_text() == "previous good output"
+    assert "boom in the last stage" in (out / "90_provenance.failed.ipynb").read_text()
