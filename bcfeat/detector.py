@@ -1001,42 +1001,6 @@ def summarize_detections(detections: Sequence[Detection]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- command line
-def evaluate_against_experts(model: MaskRCNN, out_dir: str | os.PathLike | None = None, holdout_every: int = 0,
-                             seg_cfg: SegmentationConfig | None = None, batch_size: int = 8) -> "pd.DataFrame":
-    """Score the detector and the pseudo-masks it learned from against the expert masks.
-
-    Returns the per-dataset summary (``predictor`` = detector / pseudo_mask, and, when
-    ``holdout_every > 1``, also rows for the held-out images only); with ``out_dir`` the
-    per-image tables and the summary are written there as CSV.
-    """
-    import pandas as pd
-
-    from bcfeat.mask_metrics import MASKED_DATASETS, evaluate_mask_predictor, summarize
-
-    runs = {
-        "detector": evaluate_mask_predictor(lambda ims: detect(model, ims, batch_size), batch_size=batch_size),
-        "pseudo_mask": evaluate_mask_predictor(lambda ims: [segment_white_cell(im, seg_cfg) for im in ims],
-                                               batch_size=batch_size),
-    }
-    held = {ds: set(holdout_paths(ds, holdout_every)) for ds in MASKED_DATASETS} if holdout_every > 1 else {}
-    tables, per_image = [], []
-    for name, ev in runs.items():
-        df = ev.per_image.assign(predictor=name)
-        if held:
-            df["heldout"] = [p in held[d] for p, d in zip(df.image_path, df.dataset)]
-        per_image.append(df)
-        tables.append(ev.summary.assign(predictor=name, subset="all"))
-        if held:
-            tables.append(summarize(df[df.heldout]).assign(predictor=name, subset="held_out"))
-    summary = pd.concat(tables, ignore_index=True)
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        pd.concat(per_image, ignore_index=True).to_csv(out / "detector_vs_experts_per_image.csv", index=False)
-        summary.to_csv(out / "detector_vs_experts_summary.csv", index=False)
-    return summary
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m bcfeat.detector``: train (or resume) the detector, then score it and the
     pseudo-masks against the expert masks. See ``--help``."""
@@ -1073,9 +1037,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"trained {train_cfg.steps} steps: {model.bcfeat_extra['seconds'] / 60:.1f} min in the training loop, "
           f"{(time.perf_counter() - t0) / 60:.1f} min in this call; checkpoint {args.checkpoint}")
     torch.set_num_threads(train_cfg.num_threads)
-    summary = evaluate_against_experts(model, args.eval_dir, args.holdout_every)
+    from bcfeat.detector_study import evaluate_against_experts
+
+    evaluation = evaluate_against_experts(model, holdout_every=args.holdout_every)
+    args.eval_dir.mkdir(parents=True, exist_ok=True)
+    evaluation.per_image.to_csv(args.eval_dir / "detector_vs_experts_per_image.csv", index=False)
+    evaluation.table.to_csv(args.eval_dir / "detector_vs_experts_summary.csv")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(summary.round(3).to_string(index=False))
+        print(evaluation.table.round(3).to_string())
     print(f"tables in {args.eval_dir}")
 
 
@@ -1086,4 +1055,4 @@ if __name__ == "__main__":
 __all__ = ["DetectorConfig", "TrainConfig", "SmallResNet", "build_detector", "build_reference_maskrcnn",
            "config_of", "save_detector", "load_detector", "PseudoLabelledSet", "pseudo_label",
            "resize_long_side", "training_image_paths", "holdout_paths", "train_detector", "Detection",
-           "centred_box", "select_detection", "detect", "summarize_detections", "evaluate_against_experts"]
+           "centred_box", "select_detection", "detect", "summarize_detections"]

@@ -95,23 +95,37 @@ class ExpertComparison:
     per_image: pd.DataFrame  # one row per image and source
 
 
-def evaluate_against_experts(model, root: Path, max_images: int | None = None) -> ExpertComparison:
-    """Pseudo-masks and detector masks scored against the expert masks of both masked datasets."""
-    from bcfeat.detector import detect
-    from bcfeat.mask_metrics import evaluate_mask_predictor
+def evaluate_against_experts(model, root: Path | None = None, max_images: int | None = None,
+                             holdout_every: int = 0) -> ExpertComparison:
+    """Pseudo-masks and detector masks scored against the expert masks of both masked datasets.
+
+    With ``holdout_every > 1`` the table also has ``held_out`` rows: only the images that
+    :func:`bcfeat.detector.holdout_paths` keeps out of training.
+    """
+    from bcfeat.detector import detect, holdout_paths
+    from bcfeat.mask_metrics import MASKED_DATASETS, evaluate_mask_predictor, summarize
     from bcfeat.segmentation import segment_white_cell
 
     predictors = {
         "pseudo_mask": lambda images: [segment_white_cell(image) for image in images],
         "detector": lambda images: detect(model, images),
     }
+    held = {ds: set(holdout_paths(ds, holdout_every, root=root)) for ds in MASKED_DATASETS} \
+        if holdout_every > 1 else {}
     tables, per_image = [], []
     for source, predict in predictors.items():
         result = evaluate_mask_predictor(predict, data_root=root, max_images=max_images)
-        tables.append(result.summary.assign(source=source))
-        per_image.append(result.per_image.assign(source=source))
-    table = pd.concat(tables, ignore_index=True).set_index(["dataset", "source"]).sort_index()
-    return ExpertComparison(table, pd.concat(per_image, ignore_index=True))
+        rows = result.per_image.assign(source=source)
+        tables.append(result.summary.assign(source=source, subset="all"))
+        if held:
+            rows["held_out"] = [p in held[d] for p, d in zip(rows["image_path"], rows["dataset"])]
+            tables.append(summarize(rows[rows["held_out"]]).assign(source=source, subset="held_out"))
+        per_image.append(rows)
+    table = pd.concat(tables, ignore_index=True)
+    if not held:
+        table = table.drop(columns="subset")
+    keys = ["dataset", "source"] + (["subset"] if held else [])
+    return ExpertComparison(table.set_index(keys).sort_index(), pd.concat(per_image, ignore_index=True))
 
 
 def outline_examples(model, per_image: pd.DataFrame, root: Path, per_dataset: int = 3):
