@@ -381,14 +381,18 @@ def domain_matrix(
                 if len(test_idx) == 0:
                     raise ValueError(f"domain {b!r} has an empty test split in repetition {r}")
                 y_true, y_pred = y[test_idx], np.asarray(clf.predict(_take(X, test_idx)))
+                # the keys that name this cell of the matrix, shared by the score row and its predictions
+                cell = {
+                    "feature_set": feature_set_name,
+                    "label_space": label_space_name,
+                    "classifier": clf_name,
+                    "cross_domain_test": cross_domain_test,
+                    "train_domain": a,
+                    "test_domain": b,
+                }
                 rows.append(
                     {
-                        "feature_set": feature_set_name,
-                        "label_space": label_space_name,
-                        "classifier": clf_name,
-                        "cross_domain_test": cross_domain_test,
-                        "train_domain": a,
-                        "test_domain": b,
+                        **cell,
                         "in_domain": in_domain,
                         "repetition": r,
                         "n_train": len(train_idx),
@@ -401,12 +405,7 @@ def domain_matrix(
                     preds.append(
                         pd.DataFrame(
                             {
-                                "feature_set": feature_set_name,
-                                "label_space": label_space_name,
-                                "classifier": clf_name,
-                                "cross_domain_test": cross_domain_test,
-                                "train_domain": a,
-                                "test_domain": b,
+                                **cell,
                                 "repetition": r,
                                 "sample": test_idx,
                                 "y_true": y_true,
