@@ -36,12 +36,16 @@ class Variant:
         None: the default weight (5); 0 switches the term off.
     region : {"detected", "whole"}
         RoIAlign at the detected cell, or at the whole image (no detector).
+    site_standardize : bool
+        Standardise each site's instance features with its own channel statistics before
+        the autoencoder (:mod:`bcfeat.site_standardization`; our addition, not the paper's).
     """
 
     alignment: str = "moment"
     setting: str = "transductive"
     alignment_weight: float | None = None
     region: str = "detected"
+    site_standardize: bool = False
 
 
 VARIANTS: dict[str, Variant] = {
@@ -50,6 +54,7 @@ VARIANTS: dict[str, Variant] = {
     "source_only": Variant(setting="source_only"),
     "no_alignment": Variant(alignment_weight=0.0),
     "no_detector": Variant(region="whole"),
+    "moment_site_standardized": Variant(site_standardize=True),
 }
 
 
@@ -117,6 +122,17 @@ def instances_for(samples: pd.DataFrame, artifacts: Path, plan: VariantPlan, pro
             for region in plan.regions}
 
 
+def variant_features(instances: dict, samples: pd.DataFrame, variant: Variant) -> np.ndarray:
+    """The instance features a variant's autoencoder reads, ``(n, C, 14, 14)``: per-site
+    standardised (statistics over every image of each site in ``samples``) when it asks so."""
+    features = instances[variant.region]["features"]
+    if not variant.site_standardize:
+        return features
+    from bcfeat.site_standardization import standardize_per_site
+
+    return standardize_per_site(features, samples["domain"].to_numpy())
+
+
 def detector_checkpoint(artifacts: Path) -> Path:
     """Where ``01_detector`` writes the trained detector."""
     path = Path(artifacts) / "checkpoints" / "detector.pt"
@@ -171,8 +187,8 @@ def train_variants(plan: VariantPlan, samples: pd.DataFrame, instances: dict, ch
             raise FileNotFoundError(f"restore requested but the autoencoder checkpoint {path} does not exist; "
                                     "run with train_autoencoder=True first")
         rows = training_rows(samples, variant)
-        arrays = {k: v[rows] for k, v in instances[variant.region].items()}
-        data = autoencoder_inputs(arrays, domain[rows])
+        arrays = dict(instances[variant.region], features=variant_features(instances, samples, variant))
+        data = autoencoder_inputs({k: v[rows] for k, v in arrays.items()}, domain[rows])
         _, history = fit_autoencoder(data, plan.ae_config, plan.train_configs[name], path, resume=True)
         histories[name] = history
     return histories
@@ -214,12 +230,13 @@ def reconstruction_examples(plan: VariantPlan, samples: pd.DataFrame, instances:
     name = plan.names[0]
     model, _ = load_variant(plan, name, samples, checkpoints)
     arrays = instances[plan.variants[name].region]
+    features = variant_features(instances, samples, plan.variants[name])
     crops, recons = {}, {}
     for site in [s for s in study.SITES if s in set(samples["domain"])]:
         rows = np.flatnonzero((samples["domain"] == site).to_numpy())
         pick = np.random.default_rng(seed).choice(rows, size=min(per_site, len(rows)), replace=False)
         crops[site] = arrays["crops"][pick].astype(np.float32) / 255
-        recons[site] = reconstruct(model, arrays["features"][pick])
+        recons[site] = reconstruct(model, features[pick])
     return reconstruction_figure(crops, recons, per_site=per_site)
 
 
@@ -229,4 +246,4 @@ def encode_samples(plan: VariantPlan, name: str, all_samples: pd.DataFrame, inst
     from bcfeat.extractor import encode_features
 
     model, _ = load_variant(plan, name, all_samples, checkpoints)
-    return encode_features(model, instances[plan.variants[name].region]["features"])
+    return encode_features(model, variant_features(instances, all_samples, plan.variants[name]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -102,6 +103,11 @@ class DetectorConfig:
         at a small input size).
     image_mean, image_std : tuple of float
         Input normalisation (RGB in [0, 1]).
+    mask_thresh : float
+        Probability above which a pixel of the pasted mask belongs to the cell. An
+        inference setting, not architecture: :func:`calibrate_mask_threshold` sets it after
+        training from the pseudo-masks (no expert labels), and a finished run may resume
+        with another value.
     """
 
     image_size: int = 256
@@ -128,6 +134,7 @@ class DetectorConfig:
     mask_upsample: int = 1
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mask_thresh: float = 0.5
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -144,6 +151,8 @@ class DetectorConfig:
                              f"{self.fpn_first_stage}-4 + pool), got {self.anchor_sizes}")
         if self.mask_upsample < 1:
             raise ValueError(f"mask_upsample must be >= 1, got {self.mask_upsample}")
+        if not 0.0 < self.mask_thresh < 1.0:
+            raise ValueError(f"mask_thresh must lie in (0, 1), got {self.mask_thresh}")
         if self.norm not in ("group", "batch", "none"):
             raise ValueError(f"norm must be 'group', 'batch' or 'none', got {self.norm!r}")
 
@@ -240,6 +249,11 @@ class TrainConfig:
         an error.
     log_every : int
         Steps between history records.
+    device : str
+        ``"auto"`` (CUDA if available, else CPU) or a torch device string. The checkpoint
+        always holds CPU tensors, so a GPU-trained detector loads anywhere.
+    amp : bool
+        Mixed precision (float16 autocast + GradScaler); used on CUDA only.
     """
 
     steps: int = 2500
@@ -259,6 +273,8 @@ class TrainConfig:
     checkpoint_every: int = 250
     max_bad_steps: int = 10
     log_every: int = 10
+    device: str = "auto"
+    amp: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.scale_jitter, list):
@@ -485,7 +501,7 @@ def load_detector(path: str | os.PathLike) -> MaskRCNN:
     model = build_detector(DetectorConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
     model.bcfeat_extra = {k: v for k, v in payload.items()
-                          if k not in _RESERVED_KEYS and k not in ("optimizer", "scheduler", "rng", "torch_rng")}
+                          if k not in _RESERVED_KEYS and k not in ("optimizer", "scheduler", "rng", "torch_rng", "scaler")}
     return model.eval()
 
 
@@ -728,11 +744,12 @@ def train_detector(
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
         state = _read_checkpoint(checkpoint_path)
         stored = DetectorConfig.from_dict(state["config"])
-        if cfg is not None and asdict(cfg) != asdict(stored):
+        if cfg is not None and _architecture(asdict(cfg)) != _architecture(asdict(stored)):
             raise ValueError(f"checkpoint {checkpoint_path} was trained with another DetectorConfig; "
                              "pass the same config or resume=False")
         cfg = stored
-        if "train_config" in state and state["train_config"] != asdict(train_cfg):
+        stored_train = state.get("train_config")
+        if stored_train is not None and _training_identity(stored_train) != _training_identity(asdict(train_cfg)):
             raise ValueError(f"checkpoint {checkpoint_path} was trained with another TrainConfig: "
                              f"{state['train_config']} (got {asdict(train_cfg)}); pass the same or resume=False")
     cfg = cfg or DetectorConfig.cpu()
@@ -743,6 +760,34 @@ def train_detector(
         return _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, progress, stop_after)
     finally:
         torch.set_num_threads(old_threads)
+
+
+# Inference settings of a DetectorConfig: not what is trained, so they may differ on resume.
+_INFERENCE_SETTINGS = ("mask_thresh",)
+
+
+def _architecture(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in _INFERENCE_SETTINGS}
+
+
+# Settings that change where and how fast a run computes, not what it trains: a run may resume
+# under other values (on another device the rounding differs, so the result is then not bitwise).
+_DEVICE_SETTINGS = ("device", "amp", "num_threads")
+
+
+def _training_identity(train_config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in train_config.items() if k not in _DEVICE_SETTINGS}
+
+
+def training_device(name: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA if available, else CPU; anything else -> ``torch.device(name)``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, progress, stop_after):
@@ -758,6 +803,10 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
 
     torch.manual_seed(train_cfg.seed)
     model = build_detector(cfg)
+    device = training_device(train_cfg.device)
+    use_amp = bool(train_cfg.amp) and device.type == "cuda"
+    model.to(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     params = [p for p in model.parameters() if p.requires_grad]
     if train_cfg.optimizer == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
@@ -769,7 +818,9 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
     start, elapsed = 0, 0.0
     if state is not None:
         model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+        if use_amp and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         sched.load_state_dict(state["scheduler"])
         g.set_state(state["rng"])
         # The RPN / RoI samplers draw from the global generator.
@@ -783,7 +834,8 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
             return
         save_detector(checkpoint_path, model, {
             "train_config": asdict(train_cfg), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "rng": g.get_state(), "torch_rng": torch.get_rng_state(), "step": step, "history": history, "seconds": elapsed, "skipped": skipped,
+            "rng": g.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
+            "scaler": scaler.state_dict() if use_amp else {}, "history": history, "seconds": elapsed, "skipped": skipped,
             "n_train_images": len(data), "n_used_images": int(len(keep)),
             "seg_config": asdict(seg_cfg or SegmentationConfig()),
         })
@@ -805,18 +857,22 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
                 aug_img, aug_mask = _augment(img, mask, train_cfg, g)
                 if aug_mask.any():  # a zoom-out can shrink a tiny cell to nothing
                     img, mask = aug_img, aug_mask
-            batch.append(img)
-            targets.append(_to_target(mask))
-        losses = model(batch, targets)
+            batch.append(img.to(device, non_blocking=True))
+            targets.append({k: v.to(device, non_blocking=True) for k, v in _to_target(mask).items()})
+        with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+            losses = model(batch, targets)
+        losses = {k: v.float() for k, v in losses.items()}
         loss = sum(losses.values())
         finite = bool(torch.isfinite(loss))
         opt.zero_grad(set_to_none=True)
         if finite:
             bad = 0
-            loss.backward()
+            scaler.scale(loss).backward()
             if train_cfg.grad_clip > 0:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
         else:
             # Skip the update (weights stay finite); give up after too many in a row.
             bad += 1
@@ -904,6 +960,7 @@ class _RawRun:
     features: dict[str, Tensor]            # FPN maps of the batch (transformed images)
     boxes_transformed: list[Tensor]        # (1, 4) chosen box per image, transformed coords
     image_sizes: list[tuple[int, int]]     # sizes after resizing (before padding)
+    mask_probabilities: list[Tensor | None]  # the kept mask before thresholding (None: fallback)
 
 
 @torch.no_grad()
@@ -913,9 +970,12 @@ def _run_batch(model: MaskRCNN, images: list[np.ndarray], score_thresh: float | 
     Works for any torchvision ``MaskRCNN`` (also the paper-size reference of the benchmark).
     """
     thresh = model.roi_heads.score_thresh if score_thresh is None else score_thresh
+    cfg = getattr(model, "bcfeat_config", None)  # the paper-size reference has none
+    mask_thresh = cfg.mask_thresh if cfg is not None else 0.5
     was_training = model.training
     model.eval()
-    tensors = [torch.tensor(im).permute(2, 0, 1).float().div_(255) for im in images]
+    device = _model_device(model)
+    tensors = [torch.tensor(im).permute(2, 0, 1).to(device).float().div_(255) for im in images]
     original_sizes = [tuple(t.shape[-2:]) for t in tensors]
     image_list, _ = model.transform(tensors)
     features = model.backbone(image_list.tensors)
@@ -928,7 +988,7 @@ def _run_batch(model: MaskRCNN, images: list[np.ndarray], score_thresh: float | 
         n_cands.append(n)
         if best is None:
             chosen.append(None)
-            boxes_t.append(torch.tensor([centred_box(h, w)], dtype=torch.float32))
+            boxes_t.append(torch.tensor([centred_box(h, w)], dtype=torch.float32, device=device))
         else:
             chosen.append({k: v[best:best + 1] for k, v in r.items()})
             boxes_t.append(r["boxes"][best:best + 1])
@@ -937,16 +997,62 @@ def _run_batch(model: MaskRCNN, images: list[np.ndarray], score_thresh: float | 
     pasted = model.transform.postprocess([chosen[i] for i in found], [image_list.image_sizes[i] for i in found],
                                          [original_sizes[i] for i in found]) if found else []
     by_index = dict(zip(found, pasted))
-    detections = []
+    detections, probabilities = [], []
     for i, (h, w) in enumerate(original_sizes):
+        probabilities.append(by_index[i]["masks"][0, 0] if i in by_index else None)
         if i in by_index:
             p = by_index[i]
-            detections.append(Detection(tuple(float(v) for v in p["boxes"][0]), (p["masks"][0, 0] > 0.5).numpy(),
+            detections.append(Detection(tuple(float(v) for v in p["boxes"][0]), (p["masks"][0, 0] > mask_thresh).cpu().numpy(),
                                         float(p["scores"][0]), n_cands[i], False))
         else:
             detections.append(Detection(centred_box(h, w), centred_ellipse(h, w), 0.0, 0, True))
     model.train(was_training)
-    return _RawRun(detections, features, boxes_t, [tuple(s) for s in image_list.image_sizes])
+    return _RawRun(detections, features, boxes_t, [tuple(s) for s in image_list.image_sizes], probabilities)
+
+
+def calibrate_mask_threshold(model: MaskRCNN, data: PseudoLabelledSet, thresholds: Sequence[float] | None = None,
+                             max_images: int = 240, seed: int = 0, batch_size: int = 8):
+    """Choose the mask probability threshold that best reproduces the pseudo-masks.
+
+    The detector is run once on a seeded sample of the confident pseudo-labelled training
+    images; for each threshold the mean IoU of its kept mask with the pseudo-mask is computed
+    (a fallback scores 0). No expert mask is used. Set the result with
+    ``model.bcfeat_config = dataclasses.replace(cfg, mask_thresh=best)``.
+
+    Returns
+    -------
+    best : float
+        The threshold of the highest mean IoU (the lower one on a tie).
+    table : pandas.DataFrame
+        ``threshold, mean_iou, median_area_ratio`` (area of the mask / area of the pseudo-mask).
+    """
+    import pandas as pd
+
+    from bcfeat.mask_metrics import mask_iou
+
+    grid = [round(float(t), 3) for t in (thresholds if thresholds is not None else np.arange(0.2, 0.651, 0.05))]
+    pool = np.flatnonzero(np.asarray(data.confident, bool))
+    pool = np.array([i for i in pool if np.asarray(data.masks[i]).any()], dtype=np.int64)
+    if len(pool) == 0:
+        raise ValueError("no confident, non-empty pseudo-masks to calibrate the mask threshold on")
+    pick = np.sort(np.random.default_rng(seed).choice(pool, size=min(max_images, len(pool)), replace=False))
+    ious = np.zeros((len(grid), len(pick)))
+    ratios = np.zeros_like(ious)
+    for start in range(0, len(pick), batch_size):
+        chunk = pick[start:start + batch_size]
+        run = _run_batch(model, [np.asarray(data.images[i]) for i in chunk])
+        for j, (i, prob) in enumerate(zip(chunk, run.mask_probabilities)):
+            if prob is None:
+                continue
+            target = np.asarray(data.masks[i]).astype(bool)
+            prob = prob.float().cpu().numpy()
+            for k, t in enumerate(grid):
+                pred = prob > t
+                ious[k, start + j] = mask_iou(pred, target)
+                ratios[k, start + j] = pred.sum() / max(1, target.sum())
+    table = pd.DataFrame({"threshold": grid, "mean_iou": ious.mean(axis=1), "median_area_ratio": np.median(ratios, axis=1)})
+    best = float(table["threshold"].iloc[int(np.argmax(table["mean_iou"].to_numpy()))])
+    return best, table
 
 
 def detect(model: MaskRCNN, images: Iterable[Any], batch_size: int = 8,

@@ -5,9 +5,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -50,7 +48,8 @@ def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, train: boo
     -------
     model, history (DataFrame), info (dict with ``n_images``, ``steps``, ``checkpoint``)
     """
-    from bcfeat.detector import _read_checkpoint, load_detector, train_detector, training_image_paths
+    from bcfeat.detector import (_read_checkpoint, calibrate_mask_threshold, load_detector, pseudo_label,
+                                 save_detector, train_detector, training_image_paths)
 
     paths = training_image_paths(study.SITES, per_dataset=plan.images_per_site, root=root, seed=plan.seed)
     key = study.run_key(pd.DataFrame({"dataset": "", "relpath": paths, "label": ""}),
@@ -58,19 +57,27 @@ def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, train: boo
     run_checkpoint = Path(artifacts) / "checkpoints" / f"detector_{key}.pt"
     handoff = handoff_path(artifacts)
     if train:
+        pseudo_cache = Path(artifacts) / "cache" / f"pseudo_masks_{key}.pt"
         model, history = train_detector(paths, plan.config, plan.train_config, run_checkpoint, resume=True,
-                                        cache_path=Path(artifacts) / "cache" / f"pseudo_masks_{key}.pt",
-                                        progress=False)
-        tmp = handoff.with_name(handoff.name + ".tmp")
-        shutil.copyfile(run_checkpoint, tmp)
-        os.replace(tmp, handoff)
+                                        cache_path=pseudo_cache, progress=False)
+        # The mask threshold that best reproduces the training pseudo-masks (no expert labels).
+        data = pseudo_label(paths, plan.config.image_size, cache_path=pseudo_cache, progress=False)
+        threshold, calibration = calibrate_mask_threshold(model, data, seed=plan.seed)
+        model.bcfeat_config = replace(model.bcfeat_config, mask_thresh=threshold)
+        stored = _read_checkpoint(run_checkpoint)
+        extra = {k: v for k, v in stored.items() if k not in ("format", "config", "state_dict")}
+        extra["mask_threshold_calibration"] = calibration.to_dict(orient="list")
+        save_detector(handoff, model, extra)
     else:
         if not handoff.exists():
             raise FileNotFoundError(f"restore requested but no detector at {handoff}; run with train_detector=True")
         model = load_detector(handoff)
-        history = _read_checkpoint(handoff).get("history", [])
+        stored = _read_checkpoint(handoff)
+        history = stored.get("history", [])
+        calibration = pd.DataFrame(stored.get("mask_threshold_calibration", {}))
     return model.eval(), pd.DataFrame(history), {"n_images": len(paths), "steps": plan.train_config.steps,
-                                                  "checkpoint": str(handoff)}
+                                                  "checkpoint": str(handoff), "mask_threshold_calibration": calibration,
+                                                  "mask_thresh": model.bcfeat_config.mask_thresh}
 
 
 def history_figure(history: pd.DataFrame):

@@ -81,17 +81,19 @@ def whole_image_instances(detector, images: Sequence[Any], crop_size: int, batch
     from bcfeat.instance_features import ROI_SIZE, InstanceBatch, masked_crop
 
     cfg = config_of(detector)
+    device = next(detector.parameters()).device
     pool = MultiScaleRoIAlign(cfg.feature_names, ROI_SIZE, sampling_ratio=2)
     detector.eval()
     features, crops, boxes = [], [], []
     images = [_as_image(item) for item in images]
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        tensors = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div_(255) for im in chunk]
+        tensors = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).to(device).float().div_(255)
+                   for im in chunk]
         image_list, _ = detector.transform(tensors)
         maps = detector.backbone(image_list.tensors)
-        whole = [torch.tensor([[0.0, 0.0, float(w), float(h)]]) for h, w in image_list.image_sizes]
-        features.append(pool(maps, whole, image_list.image_sizes))
+        whole = [torch.tensor([[0.0, 0.0, float(w), float(h)]], device=device) for h, w in image_list.image_sizes]
+        features.append(pool(maps, whole, image_list.image_sizes).float().cpu())
         for im in chunk:
             h, w = im.shape[:2]
             crops.append(masked_crop(im, np.ones((h, w), bool), (0, 0, w, h), crop_size))
@@ -125,14 +127,14 @@ def instance_arrays(detector, paths: Sequence[Any], cfg: ExtractionConfig) -> di
 def cached_instance_arrays(detector_checkpoint: str | os.PathLike, paths: Sequence[str], cfg: ExtractionConfig,
                            cache_dir: str | os.PathLike, progress: bool = True) -> dict[str, np.ndarray]:
     """:func:`instance_arrays` for every path, computed once per (images, detector file, config)."""
-    from bcfeat.detector import load_detector
+    from bcfeat.detector import load_detector, training_device
 
     key = cache_key(paths, detector_checkpoint, asdict(cfg))
     detector: list = []
 
     def compute(chunk: list[str]) -> dict[str, np.ndarray]:
         if not detector:  # load lazily: a complete cache entry never touches the detector
-            detector.append(load_detector(detector_checkpoint).eval())
+            detector.append(load_detector(detector_checkpoint).to(training_device()).eval())
         with torch.inference_mode():
             return instance_arrays(detector[0], chunk, cfg)
 
@@ -170,24 +172,40 @@ def reconstruct(autoencoder, features: np.ndarray) -> np.ndarray:
 
 @dataclass
 class AECFEModel:
-    """A trained extractor: detector, autoencoder and the extraction settings."""
+    """A trained extractor: detector, autoencoder and the extraction settings.
+
+    With ``site_standardize`` (:mod:`bcfeat.site_standardization`), the images of one call
+    are taken as one site and standardised with their own channel statistics: pass one
+    site's images per call, at least ``MIN_SITE_IMAGES`` of them.
+    """
 
     detector: Any
     autoencoder: Any
     extraction: ExtractionConfig
+    site_standardize: bool = False
 
     @torch.inference_mode()
     def transform(self, images: Sequence[Any]) -> np.ndarray:
         """Images (arrays or paths) -> ``(n, latent_dim)`` features."""
         arrays = instance_arrays(self.detector.eval(), list(images), self.extraction)
-        return encode_features(self.autoencoder, arrays["features"])
+        return self.encode(arrays["features"])
+
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        """Instance features of one site's images ``(n, C, 14, 14)`` -> latent codes ``(n, 50)``."""
+        if self.site_standardize:
+            from bcfeat.site_standardization import channel_statistics, standardize
+
+            features = standardize(features, channel_statistics(features))
+        return encode_features(self.autoencoder, features)
 
 
 def save_model(path: str | os.PathLike, detector_checkpoint: str | os.PathLike,
-               autoencoder_checkpoint: str | os.PathLike, extraction: ExtractionConfig) -> Path:
+               autoencoder_checkpoint: str | os.PathLike, extraction: ExtractionConfig,
+               site_standardize: bool = False) -> Path:
     """Bundle a detector checkpoint and an autoencoder checkpoint into one file (atomic write)."""
     payload = {
         "format": MODEL_FORMAT,
+        "site_standardize": bool(site_standardize),
         "extraction": asdict(extraction),
         "detector": torch.load(detector_checkpoint, map_location="cpu", weights_only=False),
         "autoencoder": torch.load(autoencoder_checkpoint, map_location="cpu", weights_only=False),
@@ -214,7 +232,8 @@ def load_model(path: str | os.PathLike) -> AECFEModel:
         torch.save(payload["autoencoder"], ae_file)
         detector = load_detector(det_file)
         autoencoder, _, _ = load_checkpoint(ae_file)
-    return AECFEModel(detector.eval(), autoencoder.eval(), ExtractionConfig(**payload["extraction"]))
+    return AECFEModel(detector.eval(), autoencoder.eval(), ExtractionConfig(**payload["extraction"]),
+                      bool(payload.get("site_standardize", False)))
 
 
 class AECFEFeatures(TransformerMixin, BaseEstimator):
@@ -300,16 +319,15 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
     files = folder_images(folder, layout)
     label_of = dict(zip(files["path"], files["label"]))
     skipped = SkippedImages()
-    rows, batch = [], []
+    rows, batch, features = [], [], []
 
     def flush() -> None:
         with torch.inference_mode():
             arrays = instance_arrays(model.detector, [image for _, image in batch], model.extraction)
-            latent = encode_features(model.autoencoder, arrays["features"])
-        for (path, _), z, fb, score in zip(batch, latent, arrays["fallback"], arrays["scores"]):
+        for (path, _), fb, score in zip(batch, arrays["fallback"], arrays["scores"]):
             rows.append({"relpath": str(Path(path).relative_to(folder)), "label": label_of.get(str(path), ""),
-                         "fallback": bool(fb), "score": float(score),
-                         **{f"aecfe{i}": float(v) for i, v in enumerate(z)}})
+                         "fallback": bool(fb), "score": float(score)})
+        features.append(arrays["features"])
         batch.clear()
 
     for path, image in tqdm(iter_images(files["path"], skipped), total=len(files), disable=not progress,
@@ -319,4 +337,10 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
             flush()
     if batch:
         flush()
-    return pd.DataFrame(rows), [str(p) for p in skipped.paths]
+    table = pd.DataFrame(rows, columns=["relpath", "label", "fallback", "score"])
+    if rows:
+        # Encoded once all are detected: a site-standardised model takes the folder as one site.
+        latent = model.encode(np.concatenate(features))
+        table = pd.concat([table, pd.DataFrame(latent, columns=[f"aecfe{i}" for i in range(latent.shape[1])])],
+                          axis=1)
+    return table, [str(p) for p in skipped.paths]

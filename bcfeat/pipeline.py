@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -221,6 +222,14 @@ def load_provenance(results_dir: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no provenance record at {path}: run `python -m bcfeat.pipeline` first")
     return json.loads(path.read_text())
+
+
+def stage_parameter(record: dict, stem: str, name: str, default: Any = None) -> Any:
+    """The value a recorded run passed to one notebook's parameter (``default`` if it did not run)."""
+    for stage in record.get("stages", []):
+        if stage.get("stem") == stem:
+            return stage.get("parameters", {}).get(name, default)
+    return default
 
 
 def provenance_frames(record: dict):

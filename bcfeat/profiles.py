@@ -106,3 +106,20 @@ def get_profile(name: str) -> Profile:
         return PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+
+
+def projected_gpu_minutes(bench: dict[str, Any]) -> dict[str, Any]:
+    """Minutes the ``gpu`` profile's two trainings take at the rates ``benchmarks/bench_gpu.py``
+    measured (its JSON): detector steps x seconds per step, and autoencoder epochs x variants x
+    images / samples per second, both with mixed precision (the default on CUDA)."""
+    from bcfeat.autoencoder_study import VARIANTS
+
+    gpu = PROFILES["gpu"]
+    detector, autoencoder = gpu.parameters_for("01_detector"), gpu.parameters_for("02_autoencoder")
+    n_variants = len(VARIANTS)  # the gpu profile trains every variant (the notebook's default)
+    return {
+        "detector": detector["steps"] * bench["detector_gpu_amp"]["s_per_step"] / 60,
+        "autoencoder": autoencoder["epochs"] * n_variants * bench["n_autoencoder_images"]
+        / bench["autoencoder_paper_amp"]["samples_per_s"] / 60,
+        "autoencoder_variants": n_variants,
+    }

@@ -210,10 +210,16 @@ def target_check(summary: pd.DataFrame, feature_set: str, unseen_min: float, in_
                  source: str = SOURCE_SITE) -> pd.DataFrame:
     """The headline feature set's balanced accuracy per test site against the quality target."""
     rows = summary[(summary["feature_set"] == feature_set) & (summary["train_domain"] == source)]
-    rows = rows[["test_domain", "balanced_accuracy_mean", "balanced_accuracy_std", "macro_f1_mean"]].copy()
+    rows = rows[["feature_set", "test_domain", "balanced_accuracy_mean", "balanced_accuracy_std", "macro_f1_mean"]].copy()
     rows["target"] = [in_domain_min if d == source else unseen_min for d in rows["test_domain"]]
     rows["meets_target"] = rows["balanced_accuracy_mean"] >= rows["target"]
     return rows.reset_index(drop=True)
+
+
+def mean_unseen_score(summary: pd.DataFrame, source: str = SOURCE_SITE, metric: str = "balanced_accuracy") -> pd.Series:
+    """Each feature set's ``metric`` averaged over the sites it was not trained on, best first."""
+    rows = summary[(summary["train_domain"] == source) & (summary["test_domain"] != source)]
+    return rows.groupby("feature_set")[f"{metric}_mean"].mean().sort_values(ascending=False)
 
 
 def compare_readings(summary_test: pd.DataFrame, summary_all: pd.DataFrame, feature_set: str,

@@ -31,7 +31,7 @@ max_source_images: int = 4000  # as 02_autoencoder (identifies its checkpoints)
 ae_preset: str = "cpu"  # as 02_autoencoder
 epochs: int = 8  # as 02_autoencoder
 batch_size: int = 128  # as 02_autoencoder
-variants: str = "moment,mmd,source_only,no_alignment,no_detector"  # autoencoder variants to encode with (first: headline)
+variants: str = "moment,mmd,source_only,no_alignment,no_detector,moment_site_standardized"  # autoencoder variants to encode with (first: headline)
 num_threads: int = 2  # as 02_autoencoder
 
 # %% tags=["remove-cell"]
@@ -69,7 +69,8 @@ for name in plan.names:
     dimensions[f"aecfe_{name}"] = latent.shape[1]
 headline_model = save_model(artifacts / "aecfe_model.pt", aes.detector_checkpoint(artifacts),
                             aes.load_variant(plan, plan.names[0], samples, artifacts / "checkpoints")[1],
-                            plan.extraction(plan.variants[plan.names[0]].region))
+                            plan.extraction(plan.variants[plan.names[0]].region),
+                            site_standardize=plan.variants[plan.names[0]].site_standardize)
 pd.DataFrame({"feature set": list(dimensions), "images": len(samples), "dimensions": list(dimensions.values())})
 
 # %% [markdown]

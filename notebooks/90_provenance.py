@@ -24,14 +24,41 @@ seed: int = 0  # unused; every notebook takes it
 results_dir: str = "book/results"  # folder holding provenance.json
 
 # %% tags=["remove-cell"]
+import json
+from pathlib import Path
+
+import pandas as pd
 from myst_nb import glue
 
-from bcfeat.pipeline import load_provenance, provenance_frames
+from bcfeat.pipeline import load_provenance, provenance_frames, stage_parameter
+from bcfeat.profiles import projected_gpu_minutes
 
 record = load_provenance(results_dir)
 run_table, stages, packages = provenance_frames(record)
 glue("provenance_total_minutes", float(stages["seconds"].sum()) / 60 if len(stages) else 0.0, display=False)
 glue("provenance_commit", str(record.get("commit"))[:10], display=False)
+glue("provenance_ae_epochs", stage_parameter(record, "02_autoencoder", "epochs", 0), display=False)
+
+# %% [markdown]
+# ## The gpu profile's cost
+#
+# Measured on a GPU by `benchmarks/bench_gpu.py` (its JSON is kept in
+# `<results_dir>/benchmarks/bench_gpu.json`), and the trainings of the `gpu` profile projected
+# from those rates.
+
+# %% tags=["hide-input"]
+bench_file = Path(results_dir) / "benchmarks" / "bench_gpu.json"
+bench = json.loads(bench_file.read_text()) if bench_file.exists() else None
+if bench is not None:
+    projected = projected_gpu_minutes(bench)
+    glue("gpu_device", bench["device"], display=False)
+    glue("gpu_detector_s_per_step", bench["detector_gpu_amp"]["s_per_step"], display=False)
+    glue("gpu_ae_samples_fp32", bench["autoencoder_paper_fp32"]["samples_per_s"], display=False)
+    glue("gpu_ae_samples_amp", bench["autoencoder_paper_amp"]["samples_per_s"], display=False)
+    glue("gpu_extraction_cells", bench["extraction_gpu_preset_paper_encoder"]["cells_per_s"], display=False)
+    glue("gpu_projected_detector_minutes", projected["detector"], display=False)
+    glue("gpu_projected_ae_minutes", projected["autoencoder"], display=False)
+    display(pd.Series(projected, name="projected minutes").to_frame())
 
 # %% [markdown]
 # ## Run

@@ -7,6 +7,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from bcfeat.detector import (
     Detection,
@@ -151,7 +152,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def _train_cfg(**kw) -> TrainConfig:
-    base = dict(steps=6, batch_size=2, warmup_steps=2, checkpoint_every=3, log_every=1, num_threads=1,
+    base = dict(steps=6, batch_size=2, warmup_steps=2, checkpoint_every=3, log_every=1, num_threads=1, device="cpu",
                 scale_jitter=(0.8, 1.0))
     base.update(kw)
     return TrainConfig(**base)
@@ -173,6 +174,72 @@ def test_training_is_seeded_and_resumes_exactly(tmp_path):
     assert stored["step"] == 6 and stored["config"] == asdict(cfg) and len(stored["history"]) == 6
     with pytest.raises(ValueError, match="another TrainConfig"):
         train_detector(data, cfg, _train_cfg(lr=0.5), tmp_path / "b.pt", resume=True, progress=False)
+
+
+def test_a_run_resumes_under_other_device_settings(tmp_path):
+    data = _disk_images(6)
+    cfg = DetectorConfig.tiny()
+    train_detector(data, cfg, _train_cfg(device="cpu", num_threads=1), tmp_path / "d.pt", progress=False,
+                   stop_after=3)
+    # Where a run computes is not what it trains: another device setting continues the same run.
+    _, hist = train_detector(data, cfg, _train_cfg(device="auto", num_threads=2, amp=False), tmp_path / "d.pt",
+                             progress=False)
+    assert [h["step"] for h in hist] == list(range(6))
+    with pytest.raises(ValueError, match="another TrainConfig"):
+        train_detector(data, cfg, _train_cfg(device="cpu", seed=1), tmp_path / "d.pt", progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_with_mixed_precision_gives_a_detector_that_loads_on_the_cpu(tmp_path):
+    data = _disk_images(8)
+    model, hist = train_detector(data, DetectorConfig.tiny(), _train_cfg(device="cuda", amp=True, steps=8),
+                                 tmp_path / "g.pt", progress=False)
+    assert next(model.parameters()).device.type == "cuda"
+    assert all(np.isfinite(h["loss"]) for h in hist) and hist[-1]["skipped"] == 0
+    stored = torch.load(tmp_path / "g.pt", weights_only=True)
+    assert stored["scaler"] and all(v.device.type == "cpu" for v in stored["state_dict"].values())
+    on_gpu = detect(model, data.images[:3])
+    on_cpu = detect(load_detector(tmp_path / "g.pt"), data.images[:3])
+    assert [d.fallback for d in on_gpu] == [d.fallback for d in on_cpu]
+    for a, b in zip(on_gpu, on_cpu):
+        assert a.mask.shape == b.mask.shape and np.allclose(a.box, b.box, atol=1.0)
+
+
+def test_mask_threshold_is_calibrated_on_the_pseudo_masks(monkeypatch):
+    import bcfeat.detector as det
+
+    data = _disk_images(10)
+    # A detector whose mask probability is a smooth bump that crosses 0.3 at the true edge.
+    def fake_run(model, images, score_thresh=None):
+        probs = []
+        for im in images:
+            i = next(k for k, ref in enumerate(data.images) if ref is im or np.array_equal(ref, im))
+            dist = ndimage.distance_transform_edt(data.masks[i]) - ndimage.distance_transform_edt(~data.masks[i])
+            logit = dist / 2.0 + np.log(0.3 / 0.7)  # 0.3 exactly on the edge
+            probs.append(torch.from_numpy(1 / (1 + np.exp(-logit))))
+        return det._RawRun([], {}, [], [], probs)
+
+    monkeypatch.setattr(det, "_run_batch", fake_run)
+    best, table = det.calibrate_mask_threshold(None, data, thresholds=[0.1, 0.3, 0.5, 0.7])
+    assert best == 0.3
+    assert table["mean_iou"].max() > 0.95 and table.loc[table.threshold == 0.7, "mean_iou"].item() < 0.95
+    assert (np.diff(table["median_area_ratio"]) < 0).all()  # a higher threshold keeps less of the cell
+    with pytest.raises(ValueError, match="no confident"):
+        det.calibrate_mask_threshold(None, PseudoLabelledSet(data.images, data.masks, np.zeros(10, bool),
+                                                             data.quality, data.sources))
+
+
+def test_the_mask_threshold_is_an_inference_setting(tmp_path):
+    data = _disk_images(6)
+    train_detector(data, DetectorConfig.tiny(), _train_cfg(steps=2), tmp_path / "t.pt", progress=False)
+    # A finished run returns at once under another threshold; another architecture is refused.
+    model, _ = train_detector(data, DetectorConfig.tiny(mask_thresh=0.3), _train_cfg(steps=2), tmp_path / "t.pt",
+                              progress=False)
+    with pytest.raises(ValueError, match="another DetectorConfig"):
+        train_detector(data, DetectorConfig.tiny(mask_head_width=8), _train_cfg(steps=2), tmp_path / "t.pt",
+                       progress=False)
+    with pytest.raises(ValueError, match="mask_thresh"):
+        DetectorConfig(mask_thresh=1.0)
 
 
 def test_non_finite_losses_are_skipped_then_stop(tmp_path, monkeypatch):

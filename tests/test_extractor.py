@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -98,3 +99,37 @@ def test_extract_command_writes_one_row_per_readable_file(model_file, real_paths
     assert len(table) == 3 and {"relpath", "fallback", "score", "aecfe49"} <= set(table.columns)
     assert "1 unreadable images skipped" in capsys.readouterr().out
     assert cli_main(["extract", str(model_file), str(tmp_path / "nothing"), "--output", str(out)]) == 2
+
+
+def test_a_site_standardised_model_takes_each_call_as_one_site(tmp_path, data_root):
+    """The model file remembers the per-site standardisation; a folder (or one transform call) is a site."""
+    import tempfile
+
+    from bcfeat.site_standardization import MIN_SITE_IMAGES
+
+    torch.manual_seed(0)
+    detector = build_detector(DetectorConfig.tiny())
+    save_detector(tmp_path / "detector.pt", detector)
+    cfg = AEConfig.tiny()
+    save_checkpoint(tmp_path / "ae.pt", CrossDomainAutoencoder(cfg), cfg)
+    path = save_model(tmp_path / "site.pt", tmp_path / "detector.pt", tmp_path / "ae.pt",
+                      ExtractionConfig(crop_size=cfg.image_size), site_standardize=True)
+    model = load_model(path)
+    assert model.site_standardize and not load_model(tmp_path / "site.pt").extraction.region == "whole"
+    files = scan_dataset("jtsc_zheng18", root=data_root).samples["path"].tolist()[:MIN_SITE_IMAGES]
+    arrays = instance_arrays(model.detector, files, model.extraction)
+    # The same cells under a lab-wide change of the feature maps give the same codes.
+    shifted = arrays["features"].astype(np.float32) * 3.0 + 0.5
+    np.testing.assert_allclose(model.encode(arrays["features"]), model.encode(shifted), atol=1e-4)
+    with pytest.raises(ValueError, match=f">= {MIN_SITE_IMAGES} images"):
+        model.transform(files[:3])
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files:
+            shutil.copy(f, tmp)
+        from bcfeat.extractor import extract_folder
+
+        table, skipped = extract_folder(path, tmp, progress=False)
+    assert len(table) == MIN_SITE_IMAGES and not skipped
+    order = [[Path(f).name for f in files].index(r) for r in table["relpath"]]
+    np.testing.assert_allclose(table[[f"aecfe{i}" for i in range(50)]].to_numpy(),
+                               model.encode(arrays["features"])[order], atol=1e-5)
