@@ -81,7 +81,7 @@ PROFILES: dict[str, Profile] = {
             "05_benchmark": {"max_per_site": 0, "n_repetitions": 5},
             "06_figures": {"max_per_site": 0},
         },
-        autoencoder={"max_per_site": 0, "max_source_images": 4000, "ae_preset": "cpu", "epochs": 8,
+        autoencoder={"max_per_site": 0, "max_source_images": 4000, "ae_preset": "cpu", "epochs": 12,
                      "batch_size": 128},
     ),
     "gpu": _profile(

@@ -29,9 +29,9 @@ artifacts_dir: str = "artifacts/cpu"  # detector is read from, checkpoints and c
 max_per_site: int = 0  # 0: every image; else a seeded subset per site (as 03-05)
 max_source_images: int = 4000  # label-free subset of the source site the autoencoder trains on (0: all)
 ae_preset: str = "cpu"  # AEConfig preset: cpu (64x14x14 -> 64 px crops), paper (256x14x14 -> 128 px), tiny
-epochs: int = 8  # autoencoder epochs per variant
+epochs: int = 12  # autoencoder epochs per variant
 batch_size: int = 128  # autoencoder batch size (the released code used 500 on a GPU)
-variants: str = "moment,mmd,source_only,no_alignment,no_detector,moment_site_standardized"  # variants to train, comma-separated
+variants: str = "moment,mmd,source_only,no_alignment,no_detector,site_standardized"  # variants to train, comma-separated
 num_threads: int = 2  # torch CPU threads
 train_autoencoder: bool = True  # True: train (resuming an interrupted run); False: restore saved checkpoints
 
@@ -76,12 +76,13 @@ detections
 # | `source_only` | none (one site) | source site only, as the abstract says | detected cell |
 # | `no_alignment` | none (weight 0) | all sites | detected cell |
 # | `no_detector` | moment matching | all sites | whole image |
-# | `moment_site_standardized` | moment matching, after per-site standardisation of the instance features (our addition) | all sites | detected cell |
+# | `site_standardized` | none (weight 0); per-site standardisation of the instance features instead (our addition) | all sites | detected cell |
 #
 # The last variant is not in the paper: before the autoencoder, each site's instance features
 # are standardised per channel with that site's own mean and standard deviation over its
 # unlabelled images (`bcfeat.site_standardization`), which removes a lab's overall shift of the
-# feature maps; the released code scales each cell's features on their own.
+# feature maps at the input instead of through a loss term; the released code scales each
+# cell's features on their own.
 
 # %% tags=["hide-input"]
 histories = aes.train_variants(plan, samples, instances, artifacts / "checkpoints", train=train_autoencoder)

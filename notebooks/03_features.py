@@ -29,9 +29,9 @@ max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset p
 raw_pixels_size: int = 32  # side of the resized image of the raw-pixel baseline
 max_source_images: int = 4000  # as 02_autoencoder (identifies its checkpoints)
 ae_preset: str = "cpu"  # as 02_autoencoder
-epochs: int = 8  # as 02_autoencoder
+epochs: int = 12  # as 02_autoencoder
 batch_size: int = 128  # as 02_autoencoder
-variants: str = "moment,mmd,source_only,no_alignment,no_detector,moment_site_standardized"  # autoencoder variants to encode with (first: headline)
+variants: str = "moment,mmd,source_only,no_alignment,no_detector,site_standardized"  # autoencoder variants to encode with (first: headline)
 num_threads: int = 2  # as 02_autoencoder
 
 # %% tags=["remove-cell"]

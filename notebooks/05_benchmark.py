@@ -28,9 +28,9 @@ results_dir: str = "book/results"  # tables go to <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # feature sets are read from, per-cell predictions written to, here
 max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site (as 03 and 04)
 n_repetitions: int = 5  # stratified splits per site
-feature_sets: str = "aecfe_moment,aecfe_mmd,aecfe_source_only,aecfe_no_alignment,aecfe_no_detector,aecfe_moment_site_standardized,raw_pixels,colour_shape"  # feature sets to compare (files of 03_features)
+feature_sets: str = "aecfe_moment,aecfe_mmd,aecfe_source_only,aecfe_no_alignment,aecfe_no_detector,aecfe_site_standardized,raw_pixels,colour_shape"  # feature sets to compare (files of 03_features)
 headline: str = "aecfe_moment"  # the feature set of the headline numbers
-addition: str = "aecfe_moment_site_standardized"  # our addition (not in the paper), reported beside the headline
+addition: str = "aecfe_site_standardized"  # our addition (not in the paper), reported beside the headline
 raw_pixels_pca: int = 50  # PCA components of the raw-pixel baseline (fitted inside each training split)
 
 # %% tags=["remove-cell"]

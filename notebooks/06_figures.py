@@ -25,7 +25,7 @@ results_dir: str = "book/results"  # tables are read from <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # feature sets and per-cell predictions are read from here
 max_per_site: int = 0  # as 05_benchmark
 headline: str = "aecfe_moment"  # feature set of the headline figures
-compare: str = "aecfe_no_alignment"  # feature set shown beside it in the latent-space figure
+compare: str = "aecfe_site_standardized"  # feature set shown beside it in the latent-space figure
 per_class_sets: str = "aecfe_moment,colour_shape,oracle (narrow_resnet, batch norm)"  # feature sets of the per-class F1 figure
 
 # %% tags=["remove-cell"]
