@@ -207,6 +207,16 @@ def load_variant(plan: VariantPlan, name: str, samples: pd.DataFrame, checkpoint
     return model.eval(), path
 
 
+def save_variant_model(plan: VariantPlan, name: str, samples: pd.DataFrame, artifacts: Path, path: Path) -> Path:
+    """One model file (detector + this variant's autoencoder) for ``bcfeat extract`` and the transformer."""
+    from bcfeat.extractor import save_model
+
+    variant = plan.variants[name]
+    _, checkpoint = load_variant(plan, name, samples, Path(artifacts) / "checkpoints")
+    return save_model(path, detector_checkpoint(artifacts), checkpoint, plan.extraction(variant.region),
+                      site_standardize=variant.site_standardize)
+
+
 def history_figure(history: pd.DataFrame):
     """Loss terms per epoch, one line per variant."""
     import matplotlib.pyplot as plt

@@ -583,7 +583,7 @@ def pseudo_label(items: Sequence[Any], image_size: int, seg_cfg: SegmentationCon
                 [t.numpy() for t in cached["images"]], [t.numpy() for t in cached["masks"]],
                 cached["confident"].numpy(), cached["quality"].numpy(), sources)
         print(f"pseudo-mask cache {cache_path} was made from other inputs; recomputing")
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     images, masks, confident, quality = [], [], [], []
     for it in tqdm(items, desc="pseudo-masks", disable=not progress, leave=False):
@@ -791,7 +791,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, progress, stop_after):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     data = images if isinstance(images, PseudoLabelledSet) else pseudo_label(
         images, cfg.image_size, seg_cfg, cache_path, progress)

@@ -23,8 +23,14 @@ def _plt():
 
 def umap_embedding(X: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1) -> np.ndarray:
     """2-d UMAP of standardized features, ``(n, d) -> (n, 2)``, with a fixed seed (repeatable)."""
-    import umap
+    import warnings
+
     from sklearn.preprocessing import StandardScaler
+
+    with warnings.catch_warnings():
+        # umap imports tqdm.auto, which warns in a kernel without ipywidgets (we show no bars).
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import umap
 
     scaled = StandardScaler().fit_transform(np.asarray(X, dtype=np.float64))
     reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, random_state=seed, n_jobs=1)

@@ -160,7 +160,7 @@ def extract_instances(detector: MaskRCNN, images: Iterable[Any], crop_size: int 
             fallback.append(det.fallback)
             n_cand.append(det.n_candidates)
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     batch: list[np.ndarray] = []
     for item in tqdm(images, desc="instances", disable=not progress, leave=False):

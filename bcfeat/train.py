@@ -305,7 +305,7 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
         When a loss term or a weight becomes NaN/inf; names the epoch, the batch
         and the term. The checkpoint from the last good epoch is left as it was.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     path = Path(checkpoint_path)
     data_info = data_info or {}

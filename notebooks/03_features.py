@@ -44,7 +44,6 @@ from bcfeat import autoencoder_study as aes
 from bcfeat import study
 from bcfeat.baselines import ColorShapeFeatures
 from bcfeat.data import resolve_data_root
-from bcfeat.extractor import save_model
 
 root = resolve_data_root(data_root or None)
 artifacts = Path(artifacts_dir)
@@ -67,10 +66,9 @@ for name in plan.names:
     latent = aes.encode_samples(plan, name, samples, instances, artifacts / "checkpoints")
     study.save_feature_set(study.feature_path(artifacts, f"aecfe_{name}"), keys, latent, variant=name)
     dimensions[f"aecfe_{name}"] = latent.shape[1]
-headline_model = save_model(artifacts / "aecfe_model.pt", aes.detector_checkpoint(artifacts),
-                            aes.load_variant(plan, plan.names[0], samples, artifacts / "checkpoints")[1],
-                            plan.extraction(plan.variants[plan.names[0]].region),
-                            site_standardize=plan.variants[plan.names[0]].site_standardize)
+headline_model = aes.save_variant_model(plan, plan.names[0], samples, artifacts, artifacts / "aecfe_model.pt")
+if "site_standardized" in plan.names:  # our addition, for users' own images too
+    aes.save_variant_model(plan, "site_standardized", samples, artifacts, artifacts / "aecfe_model_site_standardized.pt")
 pd.DataFrame({"feature set": list(dimensions), "images": len(samples), "dimensions": list(dimensions.values())})
 
 # %% [markdown]

@@ -113,6 +113,8 @@ glue("best_unseen_name", unseen.index[0], display=False)
 glue("best_unseen_value", float(unseen.iloc[0]), display=False)
 glue("best_unseen_aecfe_name", autoencoders.index[0], display=False)
 glue("best_unseen_aecfe_value", float(autoencoders.iloc[0]), display=False)
+glue("oracle_unseen_value", float(unseen[unseen.index.str.startswith("oracle")].max()), display=False)
+glue("headline_unseen_value", float(unseen[headline]), display=False)
 target
 
 # %% [markdown]

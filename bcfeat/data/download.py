@@ -183,7 +183,7 @@ class _Progress:
 
     def start(self, done: int, total: int | None) -> None:
         if self.enabled:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
 
             if self.bar is not None:
                 self.bar.close()
