@@ -43,6 +43,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.data import load_image, scan_dataset
 from bcfeat.segmentation import SegmentationConfig, centred_ellipse, segment_white_cell
+from bcfeat.train import resolve_device
 
 CHECKPOINT_FORMAT = "bcfeat.detector/1"
 _RESERVED_KEYS = ("format", "config", "state_dict")
@@ -779,13 +780,6 @@ def _training_identity(train_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in train_config.items() if k not in _DEVICE_SETTINGS}
 
 
-def training_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA if available, else CPU; anything else -> ``torch.device(name)``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -803,7 +797,7 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
 
     torch.manual_seed(train_cfg.seed)
     model = build_detector(cfg)
-    device = training_device(train_cfg.device)
+    device = resolve_device(train_cfg.device)
     use_amp = bool(train_cfg.amp) and device.type == "cuda"
     model.to(device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

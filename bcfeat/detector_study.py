@@ -57,11 +57,12 @@ def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, train: boo
     run_checkpoint = Path(artifacts) / "checkpoints" / f"detector_{key}.pt"
     handoff = handoff_path(artifacts)
     if train:
-        pseudo_cache = Path(artifacts) / "cache" / f"pseudo_masks_{key}.pt"
-        model, history = train_detector(paths, plan.config, plan.train_config, run_checkpoint, resume=True,
-                                        cache_path=pseudo_cache, progress=False)
+        # Pseudo-labelled once: the same set trains the detector and calibrates its mask threshold.
+        data = pseudo_label(paths, plan.config.image_size, cache_path=Path(artifacts) / "cache" / f"pseudo_masks_{key}.pt",
+                            progress=False)
+        model, history = train_detector(data, plan.config, plan.train_config, run_checkpoint, resume=True,
+                                        progress=False)
         # The mask threshold that best reproduces the training pseudo-masks (no expert labels).
-        data = pseudo_label(paths, plan.config.image_size, cache_path=pseudo_cache, progress=False)
         threshold, calibration = calibrate_mask_threshold(model, data, seed=plan.seed)
         model.bcfeat_config = replace(model.bcfeat_config, mask_thresh=threshold)
         stored = _read_checkpoint(run_checkpoint)

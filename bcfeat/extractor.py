@@ -93,7 +93,7 @@ def whole_image_instances(detector, images: Sequence[Any], crop_size: int, batch
         image_list, _ = detector.transform(tensors)
         maps = detector.backbone(image_list.tensors)
         whole = [torch.tensor([[0.0, 0.0, float(w), float(h)]], device=device) for h, w in image_list.image_sizes]
-        features.append(pool(maps, whole, image_list.image_sizes).float().cpu())
+        features.append(pool(maps, whole, image_list.image_sizes).cpu())
         for im in chunk:
             h, w = im.shape[:2]
             crops.append(masked_crop(im, np.ones((h, w), bool), (0, 0, w, h), crop_size))
@@ -127,14 +127,15 @@ def instance_arrays(detector, paths: Sequence[Any], cfg: ExtractionConfig) -> di
 def cached_instance_arrays(detector_checkpoint: str | os.PathLike, paths: Sequence[str], cfg: ExtractionConfig,
                            cache_dir: str | os.PathLike, progress: bool = True) -> dict[str, np.ndarray]:
     """:func:`instance_arrays` for every path, computed once per (images, detector file, config)."""
-    from bcfeat.detector import load_detector, training_device
+    from bcfeat.detector import load_detector
+    from bcfeat.train import resolve_device
 
     key = cache_key(paths, detector_checkpoint, asdict(cfg))
     detector: list = []
 
     def compute(chunk: list[str]) -> dict[str, np.ndarray]:
         if not detector:  # load lazily: a complete cache entry never touches the detector
-            detector.append(load_detector(detector_checkpoint).to(training_device()).eval())
+            detector.append(load_detector(detector_checkpoint).to(resolve_device()).eval())
         with torch.inference_mode():
             return instance_arrays(detector[0], chunk, cfg)
 
@@ -319,7 +320,7 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
     files = folder_images(folder, layout)
     label_of = dict(zip(files["path"], files["label"]))
     skipped = SkippedImages()
-    rows, batch, features = [], [], []
+    rows, batch, encoded = [], [], []
 
     def flush() -> None:
         with torch.inference_mode():
@@ -327,7 +328,8 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
         for (path, _), fb, score in zip(batch, arrays["fallback"], arrays["scores"]):
             rows.append({"relpath": str(Path(path).relative_to(folder)), "label": label_of.get(str(path), ""),
                          "fallback": bool(fb), "score": float(score)})
-        features.append(arrays["features"])
+        # A site-standardised model needs the whole folder's statistics: keep its features until the end.
+        encoded.append(arrays["features"] if model.site_standardize else model.encode(arrays["features"]))
         batch.clear()
 
     for path, image in tqdm(iter_images(files["path"], skipped), total=len(files), disable=not progress,
@@ -339,8 +341,7 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
         flush()
     table = pd.DataFrame(rows, columns=["relpath", "label", "fallback", "score"])
     if rows:
-        # Encoded once all are detected: a site-standardised model takes the folder as one site.
-        latent = model.encode(np.concatenate(features))
+        latent = model.encode(np.concatenate(encoded)) if model.site_standardize else np.concatenate(encoded)
         table = pd.concat([table, pd.DataFrame(latent, columns=[f"aecfe{i}" for i in range(latent.shape[1])])],
                           axis=1)
     return table, [str(p) for p in skipped.paths]

@@ -152,7 +152,7 @@ def extract_instances(detector: MaskRCNN, images: Iterable[Any], crop_size: int 
     def flush(batch: list[np.ndarray]) -> None:
         run = _run_batch(detector, batch, score_thresh)
         # The same FPN maps the heads just used: no second backbone pass.
-        feats.append(pool(run.features, run.boxes_transformed, run.image_sizes).float().cpu())
+        feats.append(pool(run.features, run.boxes_transformed, run.image_sizes).cpu())
         for img, det in zip(batch, run.detections):
             crops.append(masked_crop(img, det.mask, det.box, crop_size, background))
             boxes.append(det.box)

@@ -45,6 +45,7 @@ from torchvision.models.resnet import BasicBlock
 
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.baselines import resize_images
+from bcfeat.train import resolve_device
 
 ARCHS = ("narrow_resnet", "resnet18", "resnext50_32x4d")
 NORMS = ("batch", "group")
@@ -237,7 +238,7 @@ class TrainedOracle:
         Runs on the config's device (the model stays there afterwards).
         """
         x = prepare_images(images, self.config.image_size)
-        device = _device(self.config)
+        device = resolve_device(self.config.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             device = torch.device("cpu")  # a GPU-trained checkpoint loaded on a CPU machine
         self.model.to(device)
@@ -302,10 +303,6 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-def _device(cfg: OracleConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
@@ -406,7 +403,7 @@ def train_oracle(
             opt.load_state_dict(ckpt["optimizer"])
             start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
 
-        device = _device(cfg)
+        device = resolve_device(cfg.device)
         model.to(device)
         for state in opt.state.values():  # optimizer moments follow the model to the GPU
             for k, v in state.items():
