@@ -25,7 +25,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.data import load_image, scan_dataset
 from bcfeat.segmentation import SegmentationConfig, centred_ellipse, segment_white_cell
 from bcfeat.train import resolve_device
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CHECKPOINT_FORMAT = "bcfeat.detector/1"
 _RESERVED_KEYS = ("format", "config", "state_dict")
@@ -255,6 +258,10 @@ class TrainConfig:
         always holds CPU tensors, so a GPU-trained detector loads anywhere.
     amp : bool
         Mixed precision (float16 autocast + GradScaler); used on CUDA only.
+    balance_groups : bool
+        Draw every training image with probability 1 / (number of usable images of its
+        group), so each group (site) fills the same share of the batches, however few images
+        it has. Needs ``groups`` in :func:`train_detector`. False: every usable image equally.
     """
 
     steps: int = 2500
@@ -276,6 +283,7 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"
     amp: bool = True
+    balance_groups: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.scale_jitter, list):
@@ -603,11 +611,11 @@ def pseudo_label(items: Sequence[Any], image_size: int, seg_cfg: SegmentationCon
     return out
 
 
-def training_image_paths(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops"),
-                         per_dataset: int | dict[str, int] = 400, *, root: str | os.PathLike | None = None,
-                         exclude_class_folders: Sequence[str] = ("platelet",), holdout_every: int = 0,
-                         seed: int = 0) -> list[str]:
-    """A seeded sample of unlabelled image paths from several datasets (labels are not used).
+def training_images(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops"),
+                    per_dataset: int | dict[str, int] = 400, *, root: str | os.PathLike | None = None,
+                    exclude_class_folders: Sequence[str] = ("platelet",), holdout_every: int = 0,
+                    seed: int = 0) -> pd.DataFrame:
+    """A seeded sample of unlabelled images from several datasets (labels are not used).
 
     Parameters
     ----------
@@ -620,9 +628,17 @@ def training_image_paths(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng
         When > 1, every ``holdout_every``-th image (in sorted order) is never drawn, so
         that it can serve as held-out evaluation (see :func:`holdout_paths`).
     seed : int
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``dataset, path``, one row per image, datasets in the given order (the ``groups``
+        that :attr:`TrainConfig.balance_groups` balances).
     """
+    import pandas as pd
+
     rng = np.random.default_rng(seed)
-    out: list[str] = []
+    frames = []
     for ds in datasets:
         samples = scan_dataset(ds, root, label_space=None).samples
         samples = samples[~samples.class_folder.isin(list(exclude_class_folders))].reset_index(drop=True)
@@ -630,8 +646,14 @@ def training_image_paths(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng
             samples = samples[samples.index % holdout_every != 0]
         n = per_dataset.get(ds, 0) if isinstance(per_dataset, dict) else per_dataset
         pick = rng.permutation(len(samples))[: min(n, len(samples))]
-        out.extend(samples.path.iloc[np.sort(pick)].astype(str).tolist())
-    return out
+        frames.append(pd.DataFrame({"dataset": ds, "path": samples.path.iloc[np.sort(pick)].astype(str).tolist()}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["dataset", "path"])
+
+
+def training_image_paths(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops"),
+                         per_dataset: int | dict[str, int] = 400, **kwargs: Any) -> list[str]:
+    """The paths of :func:`training_images` (same arguments)."""
+    return training_images(datasets, per_dataset, **kwargs).path.tolist()
 
 
 def holdout_paths(dataset: str, holdout_every: int, *, root: str | os.PathLike | None = None,
@@ -707,6 +729,7 @@ def train_detector(
     cache_path: str | os.PathLike | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    groups: Sequence[str] | None = None,
 ) -> tuple[MaskRCNN, list[dict[str, float]]]:
     """Train the one-class Mask R-CNN from scratch on label-free pseudo-masks.
 
@@ -731,6 +754,9 @@ def train_detector(
     stop_after : int, optional
         Stop once this many steps are done (a checkpoint is written there), e.g. to train
         in time slices; calling again with ``resume=True`` continues to ``train_cfg.steps``.
+    groups : sequence of str, optional
+        The group (site) of each training image, in the order of ``images``; required by
+        ``train_cfg.balance_groups``.
 
     Returns
     -------
@@ -758,7 +784,7 @@ def train_detector(
     old_threads = torch.get_num_threads()
     torch.set_num_threads(train_cfg.num_threads)
     try:
-        return _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, progress, stop_after)
+        return _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, progress, stop_after, groups)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -784,7 +810,20 @@ def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, progress, stop_after):
+def _sampling_weights(keep: np.ndarray, groups: Sequence[str] | None, n_images: int, balance: bool) -> Tensor | None:
+    """Per-image draw probabilities over ``keep`` (None: uniform)."""
+    if not balance:
+        return None
+    if groups is None:
+        raise ValueError("TrainConfig.balance_groups needs the group of every training image (groups=...)")
+    if len(groups) != n_images:
+        raise ValueError(f"groups has {len(groups)} entries for {n_images} training images")
+    kept = np.asarray(groups, dtype=object)[keep]
+    _, inverse, counts = np.unique(kept.astype(str), return_inverse=True, return_counts=True)
+    return torch.from_numpy(1.0 / counts[inverse]).double()
+
+
+def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, progress, stop_after, groups=None):
     from tqdm import tqdm
 
     data = images if isinstance(images, PseudoLabelledSet) else pseudo_label(
@@ -794,6 +833,7 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
     if len(keep) == 0:
         raise ValueError(f"no usable pseudo-masks among {len(data)} training images "
                          f"({int(data.confident.sum())} confident)")
+    weights = _sampling_weights(keep, groups, len(data), train_cfg.balance_groups)
 
     torch.manual_seed(train_cfg.seed)
     model = build_detector(cfg)
@@ -842,7 +882,9 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
     bar = tqdm(range(start, end), desc="detector", disable=not progress, initial=start,
                total=train_cfg.steps, leave=False)
     for step in bar:
-        idx = keep[torch.randint(0, len(keep), (train_cfg.batch_size,), generator=g).numpy()]
+        draw = (torch.randint(0, len(keep), (train_cfg.batch_size,), generator=g) if weights is None
+                else torch.multinomial(weights, train_cfg.batch_size, replacement=True, generator=g))
+        idx = keep[draw.numpy()]
         batch, targets = [], []
         for i in idx:
             img = torch.from_numpy(data.images[i]).permute(2, 0, 1).float() / 255
@@ -1124,16 +1166,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--cache", type=Path, default=paths.CACHE / "detector_pseudo_masks.pt")
     ap.add_argument("--eval-dir", type=Path, default=paths.ARTIFACTS / "detector_eval")
     ap.add_argument("--no-resume", action="store_true")
+    ap.add_argument("--no-balance-sites", action="store_true",
+                    help="draw every training image equally often instead of every site equally often")
     args = ap.parse_args(argv)
 
     per = {k: int(v) for k, v in (item.split("=") for item in args.per_dataset)}
     cfg = {"cpu": DetectorConfig.cpu, "default": DetectorConfig, "tiny": DetectorConfig.tiny}[args.preset]()
-    train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed)
-    files = training_image_paths(tuple(per), per, holdout_every=args.holdout_every, seed=args.seed)
+    train_cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                            balance_groups=not args.no_balance_sites)
+    sample = training_images(tuple(per), per, holdout_every=args.holdout_every, seed=args.seed)
+    files = sample.path.tolist()
     print(f"{len(files)} unlabelled training images: {per} (holdout_every={args.holdout_every})")
     t0 = time.perf_counter()
     model, history = train_detector(files, cfg, train_cfg, args.checkpoint, resume=not args.no_resume,
-                                    cache_path=args.cache)
+                                    cache_path=args.cache, groups=sample.dataset.tolist())
     print(f"trained {train_cfg.steps} steps: {model.bcfeat_extra['seconds'] / 60:.1f} min in the training loop, "
           f"{(time.perf_counter() - t0) / 60:.1f} min in this call; checkpoint {args.checkpoint}")
     torch.set_num_threads(train_cfg.num_threads)

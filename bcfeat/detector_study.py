@@ -24,15 +24,17 @@ class DetectorPlan:
 
     @classmethod
     def from_parameters(cls, preset: str, steps: int, batch_size: int, seed: int,
-                        images_per_site: int) -> "DetectorPlan":
+                        images_per_site: int, balance_sites: bool = True) -> "DetectorPlan":
         from bcfeat.detector import DetectorConfig, TrainConfig
 
         # gpu: the default architecture, whose 256-channel FPN gives the paper's 256x14x14 features
         presets = {"cpu": DetectorConfig.cpu, "tiny": DetectorConfig.tiny, "gpu": DetectorConfig}
         if preset not in presets:
             raise ValueError(f"unknown detector_preset {preset!r}; choose from {sorted(presets)}")
+        # balance_sites: each site fills the same share of the batches (CellaVision has 100
+        # images, Acevedo-20 400): the small sites' stains are learnt as well as the large ones'.
         train_config = TrainConfig(steps=steps, batch_size=batch_size, seed=seed,
-                                   checkpoint_every=max(1, min(250, steps)))
+                                   checkpoint_every=max(1, min(250, steps)), balance_groups=balance_sites)
         return cls(presets[preset](), train_config, images_per_site, seed)
 
 
@@ -49,9 +51,10 @@ def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, train: boo
     model, history (DataFrame), info (dict with ``n_images``, ``steps``, ``checkpoint``)
     """
     from bcfeat.detector import (_read_checkpoint, calibrate_mask_threshold, load_detector, pseudo_label,
-                                 save_detector, train_detector, training_image_paths)
+                                 save_detector, train_detector, training_images)
 
-    paths = training_image_paths(study.SITES, per_dataset=plan.images_per_site, root=root, seed=plan.seed)
+    sample = training_images(study.SITES, per_dataset=plan.images_per_site, root=root, seed=plan.seed)
+    paths = sample.path.tolist()
     key = study.run_key(pd.DataFrame({"dataset": "", "relpath": paths, "label": ""}),
                         {"detector": plan.config, "train": plan.train_config})
     run_checkpoint = Path(artifacts) / "checkpoints" / f"detector_{key}.pt"
@@ -61,7 +64,7 @@ def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, train: boo
         data = pseudo_label(paths, plan.config.image_size, cache_path=Path(artifacts) / "cache" / f"pseudo_masks_{key}.pt",
                             progress=False)
         model, history = train_detector(data, plan.config, plan.train_config, run_checkpoint, resume=True,
-                                        progress=False)
+                                        progress=False, groups=sample.dataset.tolist())
         # The mask threshold that best reproduces the training pseudo-masks (no expert labels).
         threshold, calibration = calibrate_mask_threshold(model, data, seed=plan.seed)
         model.bcfeat_config = replace(model.bcfeat_config, mask_thresh=threshold)
@@ -134,6 +137,17 @@ def evaluate_against_experts(model, root: Path | None = None, max_images: int | 
         table = table.drop(columns="subset")
     keys = ["dataset", "source"] + (["subset"] if held else [])
     return ExpertComparison(table.set_index(keys).sort_index(), pd.concat(per_image, ignore_index=True))
+
+
+def detector_gain(table: pd.DataFrame, metric: str = "mean_iou") -> pd.Series:
+    """Detector minus pseudo-mask ``metric`` per dataset (positive: the student beats its teacher).
+
+    ``table`` is :attr:`ExpertComparison.table`; with ``subset`` rows only ``all`` is used.
+    """
+    if "subset" in table.index.names:
+        table = table.xs("all", level="subset")
+    by_source = table[metric].unstack("source")
+    return (by_source["detector"] - by_source["pseudo_mask"]).rename(f"{metric}_gain")
 
 
 def outline_examples(model, per_image: pd.DataFrame, root: Path, per_dataset: int = 3):

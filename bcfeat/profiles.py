@@ -75,7 +75,7 @@ PROFILES: dict[str, Profile] = {
         "cpu", "the whole study on the four shared datasets, sized for a 2-core CPU", False,
         {
             "00_data_overview": {"max_images_per_dataset": 0},
-            "01_detector": {"images_per_site": 400, "steps": 1500, "batch_size": 6, "detector_preset": "cpu"},
+            "01_detector": {"images_per_site": 400, "steps": 2500, "batch_size": 6, "detector_preset": "cpu"},
             "03_features": {"max_per_site": 0},
             "04_oracle": {"max_per_site": 0, "n_repetitions": 5, "oracle_repetitions": 1},
             "05_benchmark": {"max_per_site": 0, "n_repetitions": 5},

@@ -27,8 +27,9 @@ data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datas
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # the detector is written to <artifacts_dir>/checkpoints/detector.pt
 images_per_site: int = 400  # unlabelled training images drawn from each site
-steps: int = 1500  # optimizer steps
+steps: int = 2500  # optimizer steps
 batch_size: int = 6  # images per step
+balance_sites: bool = True  # every site fills the same share of the batches (False: every image equally often)
 detector_preset: str = "cpu"  # DetectorConfig preset: cpu (64-channel FPN), gpu (256, as the paper) or tiny
 max_eval_images: int = 0  # expert-masked images scored per dataset (0: all)
 train_detector: bool = True  # True: train (resuming an interrupted run); False: restore the saved detector
@@ -44,7 +45,7 @@ from bcfeat.data import resolve_data_root
 root = resolve_data_root(data_root or None)
 tables = Path(results_dir) / "tables"
 tables.mkdir(parents=True, exist_ok=True)
-plan = ds.DetectorPlan.from_parameters(detector_preset, steps, batch_size, seed, images_per_site)
+plan = ds.DetectorPlan.from_parameters(detector_preset, steps, batch_size, seed, images_per_site, balance_sites)
 
 # %% [markdown]
 # ## Training on pseudo-masks
@@ -82,6 +83,8 @@ for (dataset, source), row in evaluation.table.iterrows():
     glue(f"iou_{source}_{dataset}", float(row["mean_iou"]), display=False)
     glue(f"detrate_{source}_{dataset}", float(row["detection_rate"]), display=False)
 glue("detector_vs_expert", evaluation.table, display=False)
+for dataset, gain in ds.detector_gain(evaluation.table).items():
+    glue(f"iou_gain_{dataset}", float(gain), display=False)
 evaluation.table
 
 # %% [markdown]

@@ -242,6 +242,53 @@ def test_the_mask_threshold_is_an_inference_setting(tmp_path):
         DetectorConfig(mask_thresh=1.0)
 
 
+def _drawn_images(monkeypatch, tmp_path, data, train_cfg, groups=None) -> list[int]:
+    """Indices of the training images that each step drew, in order (augmentation off)."""
+    import bcfeat.detector as det
+
+    index_of = {torch.from_numpy(m).data_ptr(): i for i, m in enumerate(data.masks)}
+    drawn: list[int] = []
+    to_target = det._to_target
+
+    def record(mask):
+        drawn.append(index_of[mask.data_ptr()])
+        return to_target(mask)
+
+    monkeypatch.setattr(det, "_to_target", record)
+    train_detector(data, DetectorConfig.tiny(), train_cfg, tmp_path / f"{len(list(tmp_path.iterdir()))}.pt",
+                   progress=False, groups=groups)
+    return drawn
+
+
+def test_balanced_sampling_gives_every_site_the_same_share(tmp_path, monkeypatch):
+    data = _disk_images(10)
+    groups = ["big_site"] * 8 + ["small_site"] * 2
+    cfg = dict(steps=20, batch_size=5, augment=False)
+    uniform = np.array(_drawn_images(monkeypatch, tmp_path, data, _train_cfg(**cfg), groups))
+    balanced = np.array(_drawn_images(monkeypatch, tmp_path, data, _train_cfg(balance_groups=True, **cfg), groups))
+    assert len(uniform) == len(balanced) == 100
+    # The small site holds 2 of 10 images: 20 % of the draws uniformly, half of them when balanced.
+    assert (uniform >= 8).mean() < 0.3
+    assert 0.4 <= (balanced >= 8).mean() <= 0.6
+    assert set(balanced) == set(range(10))  # every image still drawn
+    with pytest.raises(ValueError, match="groups"):
+        train_detector(data, DetectorConfig.tiny(), _train_cfg(balance_groups=True), None, progress=False)
+    with pytest.raises(ValueError, match="3 entries for 10"):
+        train_detector(data, DetectorConfig.tiny(), _train_cfg(balance_groups=True), None, progress=False,
+                       groups=groups[:3])
+
+
+def test_training_images_name_the_site_of_each_path(data_root):
+    from bcfeat.detector import training_image_paths, training_images
+
+    sample = training_images(("jtsc_zheng18", "cellavision_zheng18"), {"jtsc_zheng18": 5, "cellavision_zheng18": 3},
+                             root=data_root, seed=1)
+    assert sample.dataset.tolist() == ["jtsc_zheng18"] * 5 + ["cellavision_zheng18"] * 3
+    assert all(f"/{ds}/" in path for ds, path in zip(sample.dataset, sample.path))
+    assert training_image_paths(("jtsc_zheng18", "cellavision_zheng18"), {"jtsc_zheng18": 5, "cellavision_zheng18": 3},
+                                root=data_root, seed=1) == sample.path.tolist()
+
+
 def test_non_finite_losses_are_skipped_then_stop(tmp_path, monkeypatch):
     import torchvision.models.detection.roi_heads as rh
 
@@ -291,3 +338,16 @@ def test_trained_detector_finds_the_cell_far_better_than_a_centred_box(tmp_path,
     assert det.mask_iou.mean() > blind.mask_iou.mean() + 0.15
     assert (det.mask_iou.values > blind.mask_iou.values).mean() >= 0.7  # same image order in both
     assert det.detected.mean() >= 0.8 and det.fallback.mean() <= 0.1
+
+
+def test_detector_gain_is_detector_minus_pseudo_mask_per_dataset():
+    import pandas as pd
+
+    from bcfeat.detector_study import detector_gain
+
+    rows = [("cv", "detector", "all", 0.92), ("cv", "pseudo_mask", "all", 0.90), ("cv", "detector", "held_out", 0.5),
+            ("cv", "pseudo_mask", "held_out", 0.9), ("jt", "detector", "all", 0.94), ("jt", "pseudo_mask", "all", 0.95)]
+    table = pd.DataFrame(rows, columns=["dataset", "source", "subset", "mean_iou"]).set_index(["dataset", "source", "subset"])
+    gain = detector_gain(table)
+    assert gain.round(6).to_dict() == {"cv": 0.02, "jt": -0.01}
+    assert detector_gain(table.xs("all", level="subset")).round(6).to_dict() == {"cv": 0.02, "jt": -0.01}
