@@ -351,3 +351,21 @@ def test_detector_gain_is_detector_minus_pseudo_mask_per_dataset():
     gain = detector_gain(table)
     assert gain.round(6).to_dict() == {"cv": 0.02, "jt": -0.01}
     assert detector_gain(table.xs("all", level="subset")).round(6).to_dict() == {"cv": 0.02, "jt": -0.01}
+
+
+def test_detector_command_trains_calibrates_and_scores_against_experts(tmp_path, data_root, capsys):
+    import pandas as pd
+
+    from bcfeat.detector import _read_checkpoint, main
+
+    main(["--preset", "tiny", "--steps", "3", "--batch-size", "2", "--per-dataset", "jtsc_zheng18=6",
+          "cellavision_zheng18=4", "--checkpoint", str(tmp_path / "d.pt"), "--cache", str(tmp_path / "c.pt"),
+          "--eval-dir", str(tmp_path / "eval")])
+    out = capsys.readouterr().out
+    assert "10 unlabelled training images" in out and "mask threshold calibrated on the pseudo-masks" in out
+    assert "detector minus pseudo-mask mean IoU" in out
+    stored = _read_checkpoint(tmp_path / "d.pt")
+    assert stored["step"] == 3 and stored["train_config"]["balance_groups"] is True
+    summary = pd.read_csv(tmp_path / "eval" / "detector_vs_experts_summary.csv")
+    assert set(summary.source) == {"detector", "pseudo_mask"} and set(summary.subset) == {"all", "held_out"}
+    assert len(pd.read_csv(tmp_path / "eval" / "detector_vs_experts_per_image.csv")) == 2 * 400
