@@ -818,8 +818,7 @@ def _sampling_weights(keep: np.ndarray, groups: Sequence[str] | None, n_images: 
         raise ValueError("TrainConfig.balance_groups needs the group of every training image (groups=...)")
     if len(groups) != n_images:
         raise ValueError(f"groups has {len(groups)} entries for {n_images} training images")
-    kept = np.asarray(groups, dtype=object)[keep]
-    _, inverse, counts = np.unique(kept.astype(str), return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(np.asarray(groups, dtype=str)[keep], return_inverse=True, return_counts=True)
     return torch.from_numpy(1.0 / counts[inverse]).double()
 
 
@@ -1035,12 +1034,13 @@ def _run_batch(model: MaskRCNN, images: list[np.ndarray], score_thresh: float | 
     by_index = dict(zip(found, pasted))
     detections, probabilities = [], []
     for i, (h, w) in enumerate(original_sizes):
-        probabilities.append(by_index[i]["masks"][0, 0] if i in by_index else None)
         if i in by_index:
             p = by_index[i]
+            probabilities.append(p["masks"][0, 0])
             detections.append(Detection(tuple(float(v) for v in p["boxes"][0]), (p["masks"][0, 0] > mask_thresh).cpu().numpy(),
                                         float(p["scores"][0]), n_cands[i], False))
         else:
+            probabilities.append(None)
             detections.append(Detection(centred_box(h, w), centred_ellipse(h, w), 0.0, 0, True))
     model.train(was_training)
     return _RawRun(detections, features, boxes_t, [tuple(s) for s in image_list.image_sizes], probabilities)

@@ -50,8 +50,8 @@ def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, train: boo
     -------
     model, history (DataFrame), info (dict with ``n_images``, ``steps``, ``checkpoint``)
     """
-    from bcfeat.detector import (_read_checkpoint, calibrate_mask_threshold, load_detector, pseudo_label,
-                                 save_detector, train_detector, training_images)
+    from bcfeat.detector import (_RESERVED_KEYS, _read_checkpoint, calibrate_mask_threshold, load_detector,
+                                 pseudo_label, save_detector, train_detector, training_images)
 
     sample = training_images(study.SITES, per_dataset=plan.images_per_site, root=root, seed=plan.seed)
     paths = sample.path.tolist()
@@ -69,7 +69,7 @@ def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, train: boo
         threshold, calibration = calibrate_mask_threshold(model, data, seed=plan.seed)
         model.bcfeat_config = replace(model.bcfeat_config, mask_thresh=threshold)
         stored = _read_checkpoint(run_checkpoint)
-        extra = {k: v for k, v in stored.items() if k not in ("format", "config", "state_dict")}
+        extra = {k: v for k, v in stored.items() if k not in _RESERVED_KEYS}
         extra["mask_threshold_calibration"] = calibration.to_dict(orient="list")
         save_detector(handoff, model, extra)
     else:

@@ -303,8 +303,6 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-
-
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     """``torch.save`` to a temporary file in the same folder, then an atomic rename."""
     atomic_torch_save(payload, path, fsync=False)

@@ -26,11 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from bcfeat import paths
 from bcfeat.profiles import PROFILES, get_profile
