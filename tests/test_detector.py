@@ -18,6 +18,7 @@ from bcfeat.detector import (
     centred_box,
     detect,
     load_detector,
+    paste_mask_subpixel,
     pseudo_label,
     resize_long_side,
     save_detector,
@@ -25,7 +26,10 @@ from bcfeat.detector import (
     summarize_detections,
     train_detector,
 )
-from bcfeat.mask_metrics import evaluate_mask_predictor
+from bcfeat.mask_metrics import evaluate_mask_predictor, mask_iou
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import roi_align
 from bcfeat.segmentation import centred_ellipse
 
 torch.set_num_threads(1)
@@ -91,6 +95,44 @@ def test_resize_long_side():
     assert resize_long_side(img, 120) is img
 
 
+@pytest.mark.parametrize("upsample", [1, 2])
+def test_image_guided_mask_branch_reads_the_input_pixels_of_each_box(upsample):
+    torch.manual_seed(0)
+    model = build_detector(DetectorConfig.tiny(mask_image_guidance=True, mask_upsample=upsample)).eval()
+    heads, size = model.roi_heads, 28 * upsample
+    with pytest.raises(RuntimeError, match="backbone to run first"):
+        heads.mask_roi_pool({}, [torch.zeros(1, 4)], [(128, 128)])
+    x = torch.rand(2, 3, 128, 128)
+    boxes = [torch.tensor([[20.0, 30.0, 90.0, 100.0]]), torch.tensor([[0.0, 0.0, 64.0, 50.0], [10.0, 10.0, 120.0, 120.0]])]
+    features = model.backbone(x)
+    pooled, crops = heads.mask_roi_pool(features, boxes, [(128, 128)] * 2)
+    assert pooled.shape == (3, 16, 14, 14) and crops.shape == (3, 3, size, size)
+    # The crops are the boxes' pixels, sampled like torchvision samples the mask targets.
+    assert torch.allclose(crops, roi_align(x, boxes, size, 1.0, 2))
+    assert heads.mask_predictor(heads.mask_head((pooled, crops))).shape == (3, 2, size, size)
+
+
+def test_image_guided_detector_trains_its_pixel_branch_and_round_trips(tmp_path):
+    data = _disk_images(4)
+    cfg = DetectorConfig.tiny(mask_image_guidance=True)
+    model, hist = train_detector(data, cfg, _train_cfg(steps=2), tmp_path / "g.pt", progress=False)
+    assert all(np.isfinite(h["loss_mask"]) for h in hist)
+    model.train()
+    img = torch.tensor(data.images[0]).permute(2, 0, 1).float() / 255
+    ys, xs = np.nonzero(data.masks[0])
+    box = [[xs.min(), ys.min(), xs.max() + 1.0, ys.max() + 1.0]]
+    target = {"boxes": torch.tensor(box, dtype=torch.float32), "labels": torch.ones(1, dtype=torch.int64),
+              "masks": torch.tensor(data.masks[0][None], dtype=torch.uint8)}
+    model([img], [target])["loss_mask"].backward()
+    first_pixel_conv = model.roi_heads.mask_predictor.image_conv[0].weight
+    assert first_pixel_conv.grad is not None and first_pixel_conv.grad.abs().sum() > 0
+    loaded = load_detector(tmp_path / "g.pt").eval()
+    assert loaded.bcfeat_config.mask_image_guidance
+    a, b = detect(load_detector(tmp_path / "g.pt"), data.images[:2]), detect(loaded, data.images[:2])
+    for da, db in zip(a, b):
+        assert da.box == db.box and np.array_equal(da.mask, db.mask) and da.mask.shape == (96, 96)
+
+
 # ---------------------------------------------------------------- one cell per image
 def test_no_cell_falls_back_to_a_centred_box_and_ellipse():
     model = _blind(build_detector(DetectorConfig.tiny())).eval()
@@ -110,9 +152,10 @@ def test_select_detection_takes_the_best_scoring():
     assert select_detection(boxes, torch.tensor([0.1, 0.2, 0.3]), score_thresh=0.5) == (None, 0)
 
 
-def test_several_detections_keep_the_best_scoring_one(monkeypatch):
+@pytest.mark.parametrize("paste", ["torchvision", "subpixel"])
+def test_several_detections_keep_the_best_scoring_one(monkeypatch, paste):
     """Drive detect() with three known candidates: the 0.9 one must come back, full size."""
-    model = build_detector(DetectorConfig.tiny()).eval()
+    model = build_detector(DetectorConfig.tiny(mask_paste=paste)).eval()
     candidates = {
         "boxes": torch.tensor([[10.0, 10.0, 40.0, 40.0], [50.0, 60.0, 110.0, 120.0], [0.0, 0.0, 20.0, 20.0]]),
         "scores": torch.tensor([0.3, 0.9, 0.6]),
@@ -130,6 +173,25 @@ def test_several_detections_keep_the_best_scoring_one(monkeypatch):
     assert d.box == pytest.approx((25.0, 30.0, 55.0, 60.0))
     assert d.mask.shape == (64, 64) and d.mask[30:60, 25:55].all() and not d.mask[:20, :20].any()
     assert summarize_detections([d])["n_multiple"] == 1
+    if paste == "subpixel":  # exactly the box's pixels: nothing of the one-cell widening
+        assert d.mask.sum() == 30 * 30
+
+
+def test_subpixel_paste_puts_a_roialigned_mask_back_where_it_was_cut():
+    """A 120 px cell seen at 256 px: cut its mask like a training target, paste it back."""
+    yy, xx = np.mgrid[:120, :120]
+    cell = (yy - 57.3) ** 2 + (xx - 63.8) ** 2 < 31.0**2
+    seen = torch.nn.functional.interpolate(torch.tensor(cell, dtype=torch.float32)[None, None], size=(256, 256),
+                                           mode="bilinear") > 0.5
+    ys, xs = np.nonzero(seen[0, 0].numpy())
+    box = (float(xs.min()), float(ys.min()), xs.max() + 1.0, ys.max() + 1.0)
+    target = roi_align(seen.float(), [torch.tensor([box], dtype=torch.float32)], 28, 1.0, 2)[0, 0]
+    subpixel = paste_mask_subpixel(target, box, (256, 256), (120, 120)).numpy() > 0.5
+    box_120 = resize_boxes(torch.tensor([box], dtype=torch.float32), [256, 256], [120, 120])
+    rounded = paste_masks_in_image(target[None, None], box_120, (120, 120))[0, 0].numpy() > 0.5
+    assert mask_iou(subpixel, cell) > 0.98
+    # torchvision's paste rounds the box out to whole pixels and widens it: a fatter outline
+    assert rounded.sum() > subpixel.sum() and mask_iou(rounded, cell) < mask_iou(subpixel, cell) - 0.01
 
 
 # ---------------------------------------------------------------- checkpoints and training
@@ -371,3 +433,10 @@ def test_detector_command_trains_calibrates_and_scores_against_experts(tmp_path,
     summary = pd.read_csv(tmp_path / "eval" / "detector_vs_experts_summary.csv")
     assert set(summary.source) == {"detector", "pseudo_mask"} and set(summary.subset) == {"all", "held_out"}
     assert len(pd.read_csv(tmp_path / "eval" / "detector_vs_experts_per_image.csv")) == 2 * 400
+    assert "(subpixel paste)" in out and stored["config"]["mask_image_guidance"] is False
+    # The ablations of the closing note: the pixels given to the mask predictor, torchvision's paste.
+    main(["--preset", "tiny", "--steps", "2", "--batch-size", "2", "--per-dataset", "jtsc_zheng18=4",
+          "--checkpoint", str(tmp_path / "g.pt"), "--cache", str(tmp_path / "c2.pt"), "--eval-dir", str(tmp_path / "g"),
+          "--mask-image-guidance", "--mask-paste", "torchvision"])
+    assert "(torchvision paste)" in capsys.readouterr().out
+    assert _read_checkpoint(tmp_path / "g.pt")["config"]["mask_image_guidance"] is True
