@@ -510,21 +510,26 @@ def build_detector(cfg: DetectorConfig | None = None) -> MaskRCNN:
         out_channels=cfg.fpn_channels,
         extra_blocks=LastLevelMaxPool(),
     )
+    stash: dict[str, Tensor] = {}  # the image-guided mask branch reads the input batch from here
+    backbone = (_ImageKeepingFPN(body, image_stash=stash, **fpn_args) if cfg.mask_image_guidance
+                else BackboneWithFPN(body, **fpn_args))
+    anchors = AnchorGenerator(sizes=tuple((s,) for s in cfg.anchor_sizes),
+                              aspect_ratios=(tuple(cfg.aspect_ratios),) * cfg.n_levels)
     c = cfg.fpn_channels
+    # The heads are built in the order of the arguments below, so that a seed gives the same
+    # initial weights as in earlier versions of this function.
+    rpn_head = RPNHead(c, anchors.num_anchors_per_location()[0])
+    box_head = TwoMLPHead(c * 7 * 7, cfg.representation_size)
+    box_predictor = FastRCNNPredictor(cfg.representation_size, 2)
     mask_norm = (lambda ch: _norm(cfg.norm, ch, cfg.gn_groups)) if cfg.norm != "none" else None
     mask_head = MaskRCNNHeads(c, [cfg.mask_head_width] * cfg.mask_head_layers, 1, norm_layer=mask_norm)
     if cfg.mask_image_guidance:
-        stash: dict[str, Tensor] = {}
-        backbone: BackboneWithFPN = _ImageKeepingFPN(body, image_stash=stash, **fpn_args)
         mask_size = 28 * 2 ** (cfg.mask_upsample - 1)
         mask_branch = dict(mask_roi_pool=_ImageGuidedRoIPool(cfg.feature_names, 14, 2, mask_size, stash),
                            mask_head=_ImageGuidedMaskHead(mask_head), mask_predictor=_ImageGuidedMaskPredictor(cfg))
     else:
-        backbone = BackboneWithFPN(body, **fpn_args)
         mask_branch = dict(mask_roi_pool=MultiScaleRoIAlign(cfg.feature_names, 14, 2), mask_head=mask_head,
                            mask_predictor=_mask_predictor(cfg))
-    anchors = AnchorGenerator(sizes=tuple((s,) for s in cfg.anchor_sizes),
-                              aspect_ratios=(tuple(cfg.aspect_ratios),) * cfg.n_levels)
     model = MaskRCNN(
         backbone,
         num_classes=None,  # given by the predictors below: 2 = background + white cell
@@ -533,15 +538,15 @@ def build_detector(cfg: DetectorConfig | None = None) -> MaskRCNN:
         image_mean=list(cfg.image_mean),
         image_std=list(cfg.image_std),
         rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(c, anchors.num_anchors_per_location()[0]),
+        rpn_head=rpn_head,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         box_roi_pool=MultiScaleRoIAlign(cfg.feature_names, 7, 2),
-        box_head=TwoMLPHead(c * 7 * 7, cfg.representation_size),
-        box_predictor=FastRCNNPredictor(cfg.representation_size, 2),
+        box_head=box_head,
+        box_predictor=box_predictor,
         box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_detections_per_img=cfg.box_detections_per_img,
         box_score_thresh=cfg.box_score_thresh,
