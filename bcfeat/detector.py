@@ -1346,9 +1346,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"trained {train_cfg.steps} steps: {model.bcfeat_extra['seconds'] / 60:.1f} min in the training loop, "
           f"{(time.perf_counter() - t0) / 60:.1f} min in this call; checkpoint {args.checkpoint}")
     torch.set_num_threads(train_cfg.num_threads)
-    # As the study does: the mask threshold that best reproduces the training pseudo-masks.
     if args.mask_paste is not None:
         model.bcfeat_config = replace(model.bcfeat_config, mask_paste=args.mask_paste)
+    # As the study does: the mask threshold that best reproduces the training pseudo-masks.
     threshold, _ = calibrate_mask_threshold(model, data, seed=args.seed)
     model.bcfeat_config = replace(model.bcfeat_config, mask_thresh=threshold)
     print(f"mask threshold calibrated on the pseudo-masks ({model.bcfeat_config.mask_paste} paste): {threshold:.2f}")
