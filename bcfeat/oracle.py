@@ -483,6 +483,54 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> n
     return torch.cat(out).numpy()
 
 
+@torch.no_grad()
+def adapt_batch_norm(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """AdaBN (Li et al., 2018): a copy of ``model`` whose BatchNorm statistics are re-estimated on ``x``.
+
+    The images of one site, without labels, ``(n, 3, s, s)`` uint8, pass through the network in
+    training mode with cumulative averaging (``momentum=None``), so every BatchNorm layer ends
+    with the mean and variance of that site's activations in place of the training site's.
+    Weights are unchanged. A model without BatchNorm is returned as an unchanged copy.
+    """
+    import copy
+
+    adapted = copy.deepcopy(model)
+    norms = [m for m in adapted.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return adapted.eval()
+    if len(x) < 2:
+        raise ValueError(f"AdaBN needs at least 2 images of the site, got {len(x)}")
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    adapted.eval()
+    for m in norms:
+        m.train()
+    device = next(adapted.parameters()).device
+    for i in range(0, len(x), batch_size):
+        chunk = x[i:i + batch_size]
+        if len(chunk) < 2:  # BatchNorm cannot take a batch of one; fold it into the previous one
+            chunk = x[max(0, i - 1):i + 1]
+        adapted(chunk.to(device))
+    return adapted.eval()
+
+
+@torch.no_grad()
+def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """The pooled features the oracle's last linear layer reads: ``(n, 3, s, s)`` -> ``(n, d)`` float32."""
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].float().cpu()))
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size].to(device))
+    finally:
+        handle.remove()
+    return torch.cat(captured).numpy()
+
+
 class OracleClassifier(ClassifierMixin, BaseEstimator):
     """The oracle CNN as an sklearn classifier (for :func:`bcfeat.benchmark.domain_matrix`).
 
@@ -496,6 +544,10 @@ class OracleClassifier(ClassifierMixin, BaseEstimator):
         Resumable checkpoint of :func:`train_oracle`. A ``{seed}`` in it is
         replaced by the seed used, so the repetitions of a domain matrix
         (one seed each) get one checkpoint each.
+    adapt_batch_norm : bool, default=False
+        AdaBN: each call of ``predict``/``predict_proba`` takes its images as one
+        unlabelled site and re-estimates the BatchNorm statistics on them first
+        (:func:`adapt_batch_norm`); the trained weights are never changed.
 
     Attributes
     ----------
@@ -512,10 +564,11 @@ class OracleClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, config: OracleConfig | None = None, random_state: int | None = None,
-                 checkpoint_path: str | os.PathLike | None = None):
+                 checkpoint_path: str | os.PathLike | None = None, adapt_batch_norm: bool = False):
         self.config = config
         self.random_state = random_state
         self.checkpoint_path = checkpoint_path
+        self.adapt_batch_norm = adapt_batch_norm
 
     def fit(self, X: Any, y: Sequence) -> OracleClassifier:
         """Train on images ``X`` (see :func:`prepare_images`) with labels ``y``."""
@@ -532,7 +585,10 @@ class OracleClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """``(n, n_classes)`` probabilities, columns in the order of ``classes_``."""
         check_is_fitted(self, "oracle_")
-        return self.oracle_.predict_proba(X)
+        if not self.adapt_batch_norm:
+            return self.oracle_.predict_proba(X)
+        x = prepare_images(X, self.oracle_.config.image_size)
+        return predict_proba(adapt_batch_norm(self.oracle_.model, x), x)
 
     def predict(self, X: Any) -> np.ndarray:
         """``(n,)`` labels."""
@@ -549,7 +605,9 @@ __all__ = [
     "OracleConfig",
     "Standardize",
     "TrainedOracle",
+    "adapt_batch_norm",
     "build_oracle",
+    "embed",
     "load_checkpoint",
     "oracle_config",
     "predict_proba",

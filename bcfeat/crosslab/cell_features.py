@@ -1,0 +1,289 @@
+"""Features a haematologist would name, measured on a canonical cell crop.
+
+Given a :class:`bcfeat.crosslab.cell_crop.CellCrop` (every cell at the same diameter, with
+its mask and the slide's white point), :func:`cell_features` returns one vector of named
+measurements in five groups:
+
+- ``size``: the cell's diameter in the image's own pixels and relative to the red cells of
+  the same image (lymphocytes are small, monocytes large);
+- ``shape``: cell and nucleus outline (solidity, circularity, eccentricity), nucleus share of
+  the cell, lobes (segmented neutrophils, eosinophils), indentation (band, monocyte kidney
+  shape), thinness of the nuclear strands, nucleus offset;
+- ``colour``: optical density, OD chromaticity and Lab of nucleus and cytoplasm (basophilic
+  blue cytoplasm, orange eosinophil granules, pale monocyte cytoplasm) and their contrast;
+- ``texture``: chromatin and granule texture (grey-level co-occurrence, local binary
+  patterns, difference-of-Gaussian energy at three scales, granule density);
+- ``profile``: optical density in rings from the cell's edge to its centre.
+
+The nucleus is found inside the cell mask as the darker class of an Otsu split of the total
+optical density (the nucleus takes up most dye in every stain here). No labels are used
+anywhere; how each feature is then made comparable between labs is the job of
+:mod:`bcfeat.crosslab.adaptation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.spatial import ConvexHull, QhullError
+from skimage import filters, measure
+from skimage.feature import graycomatrix, graycoprops
+
+from bcfeat.crosslab.cell_crop import CellCrop
+from bcfeat.crosslab.stain import MAX_OD, od_chromaticity, optical_density, white_balanced_lab
+
+GROUPS: tuple[str, ...] = ("size", "shape", "colour", "texture", "profile")
+_GLCM_LEVELS = 16
+_GLCM_DISTANCES = (1, 2, 4)
+_GLCM_PROPS = ("contrast", "homogeneity", "energy", "correlation")
+_LBP_RADII = (1, 2)
+_DOG_SIGMAS = (1.0, 2.0, 4.0)
+_N_RINGS = 6
+
+
+def _hull_area(mask: np.ndarray) -> float:
+    """Area of the convex hull of a mask's pixel squares (corners of the boundary pixels)."""
+    edge = mask & ~ndi.binary_erosion(mask)
+    ys, xs = np.nonzero(edge)
+    corners = np.concatenate([np.stack([ys + dy, xs + dx], axis=1) for dy in (0, 1) for dx in (0, 1)])
+    try:
+        return float(ConvexHull(corners).volume)
+    except QhullError:  # a line of pixels
+        return float(mask.sum())
+
+
+def _eccentricity(mask: np.ndarray) -> float:
+    """Eccentricity of the ellipse with the same second moments as the mask."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) < 3:
+        return 0.0
+    cov = np.cov(np.stack([ys, xs]).astype(np.float64))
+    small, large = np.linalg.eigvalsh(cov)
+    return float(np.sqrt(max(0.0, 1.0 - small / large))) if large > 0 else 0.0
+
+
+def _region_shape(mask: np.ndarray) -> list[float]:
+    """Solidity, circularity and eccentricity of a mask (zeros when empty)."""
+    area = int(mask.sum())
+    if area < 4:
+        return [0.0, 0.0, 0.0]
+    perimeter = max(float(measure.perimeter(mask)), 1.0)
+    return [area / max(_hull_area(mask), 1.0), float(min(4 * np.pi * area / perimeter ** 2, 1.5)),
+            _eccentricity(mask)]
+
+
+def _nucleus_mask(od_total: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """The darker Otsu class of the total optical density inside the cell, lightly cleaned."""
+    values = od_total[cell]
+    if values.size < 16 or np.ptp(values) < 1e-4:
+        return np.zeros_like(cell)
+    nucleus = (od_total > filters.threshold_otsu(values)) & cell
+    nucleus = ndi.binary_opening(nucleus, iterations=1)
+    return ndi.binary_fill_holes(nucleus)
+
+
+def _shape_features(cell: np.ndarray, nucleus: np.ndarray) -> list[float]:
+    cell_area = max(int(cell.sum()), 1)
+    nuc_area = int(nucleus.sum())
+    feats = _region_shape(cell)
+    feats += _region_shape(nucleus)
+    feats.append(nuc_area / cell_area)
+    # lobes: components of the nucleus, and of its thick parts (strands between lobes removed)
+    labels, n_parts = ndi.label(nucleus)
+    big_parts = int(np.sum(np.bincount(labels.ravel())[1:] >= 0.05 * max(nuc_area, 1))) if n_parts else 0
+    depth = ndi.distance_transform_edt(nucleus)
+    max_depth = float(depth.max()) if nuc_area else 0.0
+    equivalent_radius = np.sqrt(nuc_area / np.pi) if nuc_area else 1.0
+    thick = depth > 0.5 * max_depth if nuc_area else nucleus
+    _, n_thick = ndi.label(thick)
+    feats += [float(big_parts), float(n_thick), max_depth / equivalent_radius,
+              float(depth[nucleus].mean() / equivalent_radius) if nuc_area else 0.0]
+    if nuc_area >= 4:
+        cy, cx = ndi.center_of_mass(cell)
+        ny, nx = ndi.center_of_mass(nucleus)
+        feats.append(float(np.hypot(cy - ny, cx - nx) / np.sqrt(cell_area / np.pi)))
+    else:
+        feats.append(0.0)
+    return feats
+
+
+_SHAPE_NAMES = ["cell_solidity", "cell_circularity", "cell_eccentricity", "nucleus_solidity",
+                "nucleus_circularity", "nucleus_eccentricity", "nucleus_share", "nucleus_parts",
+                "nucleus_thick_parts", "nucleus_max_depth", "nucleus_mean_depth", "nucleus_offset"]
+
+
+def _colour_stats(region: np.ndarray, od: np.ndarray, chroma: np.ndarray, lab: np.ndarray) -> list[float]:
+    """Mean OD (3), OD std (3), OD-sum quantiles (3), chromaticity mean (3), Lab mean (3) and Lab std (3)."""
+    if region.sum() < 4:
+        return [0.0] * 18
+    o, c, lb = od[region], chroma[region], lab[region]
+    total = o.sum(axis=1)
+    return [*o.mean(axis=0), *o.std(axis=0), *np.quantile(total, (0.1, 0.5, 0.9)), *c.mean(axis=0),
+            *lb.mean(axis=0), *lb.std(axis=0)]
+
+
+_COLOUR_STAT_NAMES = ["od_r", "od_g", "od_b", "od_r_std", "od_g_std", "od_b_std", "od_sum_q10", "od_sum_q50",
+                      "od_sum_q90", "chroma_r", "chroma_g", "chroma_b", "lab_l", "lab_a", "lab_b", "lab_l_std",
+                      "lab_a_std", "lab_b_std"]
+
+
+def _glcm_features(grey: np.ndarray, region: np.ndarray) -> list[float]:
+    """Co-occurrence statistics of the region's grey levels (outside the region ignored)."""
+    if region.sum() < 16:
+        return [0.0] * (len(_GLCM_PROPS) * len(_GLCM_DISTANCES))
+    levels = np.zeros(grey.shape, np.uint8)
+    levels[region] = 1 + np.minimum((grey[region] / MAX_OD * 3.0 * (_GLCM_LEVELS - 1)).astype(int),
+                                    _GLCM_LEVELS - 2)
+    m = graycomatrix(levels, _GLCM_DISTANCES, (0, np.pi / 4, np.pi / 2, 3 * np.pi / 4), levels=_GLCM_LEVELS)
+    m = m[1:, 1:].astype(np.float64)  # pairs touching the outside (level 0) are dropped
+    m = m.sum(axis=3, keepdims=True)  # rotation-invariant: a cell has no orientation
+    m /= np.maximum(m.sum(axis=(0, 1), keepdims=True), 1)
+    return [float(v) for prop in _GLCM_PROPS for v in np.nan_to_num(graycoprops(m, prop)[:, 0])]
+
+
+def uniform_lbp(grey: np.ndarray, radius: int) -> np.ndarray:
+    """Rotation-invariant uniform local binary patterns with 8 neighbours at ``radius`` pixels.
+
+    The neighbours are taken at the nearest pixel (diagonals at ``round(radius / sqrt 2)``).
+    Codes 0-8 count the neighbours at least as bright as the centre for patterns with at most
+    two 0/1 transitions around the circle; every other pattern is code 9 (the "uniform"
+    mapping of Ojala et al. 2002). ``(H, W)`` -> ``(H, W)`` int64; edges are replicated.
+    """
+    d = int(round(radius / np.sqrt(2)))
+    offsets = [(0, radius), (-d, d), (-radius, 0), (-d, -d), (0, -radius), (d, -d), (radius, 0), (d, d)]
+    padded = np.pad(grey, radius, mode="edge")
+    h, w = grey.shape
+    bits = np.stack([padded[radius + dy:radius + dy + h, radius + dx:radius + dx + w] >= grey for dy, dx in offsets])
+    ones = bits.sum(axis=0)
+    transitions = (bits != np.roll(bits, 1, axis=0)).sum(axis=0)
+    return np.where(transitions <= 2, ones, 9).astype(np.int64)
+
+
+def _texture_features(od_total: np.ndarray, nucleus: np.ndarray, cytoplasm: np.ndarray) -> list[float]:
+    """GLCM, LBP histograms (rotation-invariant uniform, 8 points), difference-of-Gaussian energy
+    and granule density, for the nucleus and then the cytoplasm."""
+    # 8-bit grey levels for the LBP (it compares neighbours; float noise would flip codes)
+    grey = np.clip(od_total / (3 * MAX_OD) * 255 * 3, 0, 255).astype(np.uint8)
+    codes = [uniform_lbp(grey, radius) for radius in _LBP_RADII]
+    blurred = {s: ndi.gaussian_filter(od_total, s) for s in sorted({*_DOG_SIGMAS, *(2 * s for s in _DOG_SIGMAS)})}
+    dogs = [np.abs(blurred[s] - blurred[2 * s]) for s in _DOG_SIGMAS]
+    smooth = blurred[1.0]
+    peaks_all = smooth == ndi.maximum_filter(smooth, size=3)
+    feats: list[float] = []
+    for region in (nucleus, cytoplasm):
+        n = int(region.sum())
+        feats += _glcm_features(od_total, region)
+        for code in codes:
+            hist = np.bincount(code[region], minlength=10)[:10].astype(np.float64)
+            feats += list(hist / max(hist.sum(), 1))
+        feats += [float(d[region].mean()) if n >= 4 else 0.0 for d in dogs]
+        if n >= 16:  # granules: local maxima of the optical density per 100 px of region
+            peaks = peaks_all & region & (smooth > np.median(smooth[region]))
+            feats.append(100.0 * peaks.sum() / n)
+        else:
+            feats.append(0.0)
+    return feats
+
+
+@lru_cache(maxsize=4)
+def _texture_names() -> list[str]:
+    names = []
+    for part in ("nucleus", "cytoplasm"):
+        names += [f"{part}_glcm_{p}_d{d}" for p in _GLCM_PROPS for d in _GLCM_DISTANCES]
+        names += [f"{part}_lbp_r{r}_{k}" for r in _LBP_RADII for k in range(10)]
+        names += [f"{part}_dog_s{s:g}" for s in _DOG_SIGMAS]
+        names.append(f"{part}_granules_per_100px")
+    return names
+
+
+def _profile_features(od_total: np.ndarray, chroma: np.ndarray, cell: np.ndarray) -> list[float]:
+    """Mean OD sum and blue chromaticity in rings from the cell's edge (ring 0) to its centre."""
+    depth = ndi.distance_transform_edt(cell)
+    if depth.max() <= 0:
+        return [0.0] * (2 * _N_RINGS)
+    ring = np.minimum((depth / depth.max() * _N_RINGS).astype(int), _N_RINGS - 1)
+    counts = np.bincount(ring[cell], minlength=_N_RINGS).astype(np.float64)
+    od_sum = np.bincount(ring[cell], weights=od_total[cell], minlength=_N_RINGS)
+    blue = np.bincount(ring[cell], weights=chroma[..., 2][cell], minlength=_N_RINGS)
+    counts = np.maximum(counts, 1)
+    return [*(od_sum / counts), *(blue / counts)]
+
+
+def feature_names() -> list[str]:
+    """Names of :func:`cell_features`' values, in order."""
+    names = ["log_cell_diameter_px", "log_cell_over_red_cell"]
+    names += _SHAPE_NAMES
+    for part in ("nucleus", "cytoplasm", "cell"):
+        names += [f"{part}_{n}" for n in _COLOUR_STAT_NAMES]
+    names += ["contrast_od_sum", "contrast_chroma_b", "contrast_lab_l", "contrast_lab_a", "contrast_lab_b"]
+    names += _texture_names()
+    names += [f"ring{k}_od_sum" for k in range(_N_RINGS)] + [f"ring{k}_chroma_b" for k in range(_N_RINGS)]
+    return names
+
+
+def feature_groups() -> dict[str, list[int]]:
+    """Indices of :func:`feature_names` per group of :data:`GROUPS`."""
+    names = feature_names()
+    groups: dict[str, list[int]] = {g: [] for g in GROUPS}
+    for i, name in enumerate(names):
+        if name.startswith(("log_cell",)):
+            groups["size"].append(i)
+        elif name in _SHAPE_NAMES:
+            groups["shape"].append(i)
+        elif name.startswith("ring"):
+            groups["profile"].append(i)
+        elif name in _texture_names():
+            groups["texture"].append(i)
+        else:
+            groups["colour"].append(i)
+    return groups
+
+
+def cell_features(crop: CellCrop) -> np.ndarray:
+    """One canonical cell crop -> ``(len(feature_names()),)`` float64 features.
+
+    ``log_cell_over_red_cell`` is NaN when the image shows no single red cell; the
+    adaptation step fills it with the site's median.
+
+    Examples
+    --------
+    >>> from bcfeat.crosslab.cell_crop import canonical_crop
+    >>> img = np.full((90, 90, 3), 235, np.uint8)
+    >>> yy, xx = np.mgrid[:90, :90]
+    >>> cell = (yy - 45) ** 2 + (xx - 45) ** 2 < 30 ** 2
+    >>> img[cell] = (200, 170, 210); img[(yy - 45) ** 2 + (xx - 45) ** 2 < 12 ** 2] = (90, 40, 130)
+    >>> f = dict(zip(feature_names(), cell_features(canonical_crop(img, cell))))
+    >>> round(float(f["nucleus_share"]), 1), float(f["nucleus_parts"])
+    (0.2, 1.0)
+    """
+    od = optical_density(crop.image, crop.background)
+    od_total = od.sum(axis=-1)
+    chroma = od_chromaticity(od)
+    lab = white_balanced_lab(crop.image, crop.background)
+    cell = crop.mask
+    nucleus = _nucleus_mask(od_total, cell)
+    cytoplasm = cell & ~ndi.binary_dilation(nucleus, iterations=1)
+    feats = [np.log(crop.cell_diameter_px), np.log(crop.cell_diameter_px / crop.red_cell_diameter_px)]
+    feats += _shape_features(cell, nucleus)
+    stats = {}
+    for name, region in (("nucleus", nucleus), ("cytoplasm", cytoplasm), ("cell", cell)):
+        stats[name] = _colour_stats(region, od, chroma, lab)
+        feats += stats[name]
+    n, c = np.array(stats["nucleus"]), np.array(stats["cytoplasm"])
+    feats += [n[7] - c[7], n[11] - c[11], n[12] - c[12], n[13] - c[13], n[14] - c[14]]
+    feats += _texture_features(od_total, nucleus, cytoplasm)
+    feats += _profile_features(od_total, chroma, cell)
+    return np.asarray(feats, dtype=np.float64)
+
+
+def crops_features(crops: Sequence[CellCrop]) -> np.ndarray:
+    """:func:`cell_features` of many crops -> ``(n, n_features)``."""
+    if not crops:
+        return np.zeros((0, len(feature_names())))
+    return np.stack([cell_features(c) for c in crops])
+
+
+__all__ = ["GROUPS", "feature_names", "feature_groups", "cell_features", "crops_features"]

@@ -1,0 +1,284 @@
+"""The cross-lab cell model: find the cell, cut a canonical crop, measure it; optionally classify.
+
+:class:`CrossLabModel` is what the study writes and what a lab uses:
+
+- a **mask source**: the study's white-cell detector (:mod:`bcfeat.detector`, its weights
+  stored inside the model file) or the label-free stain segmentation
+  (:mod:`bcfeat.segmentation`, no weights);
+- the **canonical crop** (:mod:`bcfeat.crosslab.cell_crop`) and the **cell features**
+  (:mod:`bcfeat.crosslab.cell_features`);
+- optionally a **classifier** (:class:`bcfeat.crosslab.adaptation.CrossLabClassifier`,
+  logistic) trained on one lab's labelled folders, with a record of what it was trained on.
+
+Model files are data, not code: a ``torch.save`` of tensors and plain values, read back with
+``torch.load(weights_only=True)``, with a ``kind`` and a ``version`` checked on loading.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bcfeat.atomic_io import atomic_torch_save
+from bcfeat.crosslab.adaptation import CrossLabClassifier, SiteStatistics
+from bcfeat.crosslab.cell_crop import CellCrop, CropConfig, canonical_crop
+from bcfeat.crosslab.cell_features import cell_features, feature_names
+from bcfeat.data.images import ImageDecodeError, SkippedImages, load_image
+
+log = logging.getLogger(__name__)
+
+MODEL_KIND = "bcfeat-crosslab-model"
+MODEL_VERSION = 1
+MASK_SOURCES = ("detector", "stain")
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used: missing, damaged, of another kind or version."""
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """How cells are found and cut out.
+
+    Attributes
+    ----------
+    mask_source : {"detector", "stain"}
+        The study's detector (needs its weights) or the label-free stain segmentation.
+    crop : CropConfig
+    detector_batch_size : int
+        Images per detector forward pass.
+    n_workers : int
+        Processes measuring the crops in parallel (1: in this process).
+    """
+
+    mask_source: str = "detector"
+    crop: CropConfig = field(default_factory=CropConfig)
+    detector_batch_size: int = 16
+    n_workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mask_source not in MASK_SOURCES:
+            raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
+        if self.detector_batch_size < 1 or self.n_workers < 1:
+            raise ValueError("detector_batch_size and n_workers must be >= 1, got "
+                             f"{self.detector_batch_size} and {self.n_workers}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExtractorConfig:
+        d = dict(d)
+        d["crop"] = CropConfig(**d.get("crop", {}))
+        return cls(**d)
+
+
+def _measure(args: tuple[np.ndarray, np.ndarray, CropConfig]) -> tuple[np.ndarray, np.ndarray]:
+    """One image and its cell mask -> (features, canonical crop image)."""
+    image, mask, crop_cfg = args
+    crop = canonical_crop(image, mask, crop_cfg)
+    return cell_features(crop), crop.image
+
+
+def _as_image(item: Any) -> np.ndarray:
+    if isinstance(item, np.ndarray):
+        if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8 or min(item.shape[:2]) < 8:
+            raise ImageDecodeError("<array>", f"expected an (H, W, 3) uint8 RGB image of at least 8 x 8 px, "
+                                   f"got shape {item.shape} dtype {item.dtype}")
+        return item
+    return load_image(item)
+
+
+class CrossLabModel:
+    """Mask source + canonical crop + cell features, and optionally a trained classifier.
+
+    Parameters
+    ----------
+    config : ExtractorConfig
+    detector : torchvision MaskRCNN or None
+        Needed when ``config.mask_source == "detector"``.
+    classifier : CrossLabClassifier or None
+    record : dict
+        Free-form provenance (what the detector / classifier was trained on).
+    """
+
+    def __init__(self, config: ExtractorConfig, detector: Any = None, classifier: CrossLabClassifier | None = None,
+                 record: dict | None = None):
+        if config.mask_source == "detector" and detector is None:
+            raise ValueError("mask_source='detector' needs a detector")
+        self.config = config
+        self.detector = detector
+        self.classifier = classifier
+        self.record = dict(record or {})
+
+    @property
+    def feature_names(self) -> list[str]:
+        return feature_names()
+
+    def _masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        if self.config.mask_source == "stain":
+            from bcfeat.segmentation import segment_white_cell
+
+            return [segment_white_cell(im).mask for im in images]
+        from bcfeat.detector import detect
+
+        with torch.inference_mode():
+            return [d.mask for d in detect(self.detector, images, batch_size=self.config.detector_batch_size)]
+
+    def measure(self, images: Sequence[Any], skipped: SkippedImages | None = None,
+                return_crops: bool = False) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cell features of images (arrays or paths).
+
+        Returns ``(features (m, d), kept (m,) indices into images)``, and the canonical crops
+        ``(m, S, S, 3)`` uint8 with ``return_crops``. Unreadable images (and images whose cell
+        cannot be cut out) are skipped, named in ``skipped`` and logged with their count.
+        """
+        skipped = SkippedImages() if skipped is None else skipped
+        loaded, kept = [], []
+        for i, item in enumerate(images):
+            try:
+                loaded.append(_as_image(item))
+                kept.append(i)
+            except (ImageDecodeError, OSError) as error:
+                skipped.add(item if not isinstance(item, np.ndarray) else f"<array {i}>", str(error))
+        masks = self._masks(loaded) if loaded else []
+        jobs = [(im, m, self.config.crop) for im, m in zip(loaded, masks)]
+        if self.config.n_workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(self.config.n_workers) as pool:
+                results = list(pool.map(_measure, jobs, chunksize=max(1, len(jobs) // (4 * self.config.n_workers))))
+        else:
+            results = [_measure(job) for job in jobs]
+        d = len(feature_names())
+        feats = np.stack([r[0] for r in results]) if results else np.zeros((0, d))
+        crops = (np.stack([r[1] for r in results]) if results
+                 else np.zeros((0, self.config.crop.size, self.config.crop.size, 3), np.uint8))
+        if len(skipped):
+            log.warning("%s", skipped.summary())
+        out = (feats, np.asarray(kept, dtype=np.int64))
+        return (*out, crops) if return_crops else out
+
+    def classify(self, images: Sequence[Any], skipped: SkippedImages | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities of **one lab's** images: ``((m, n_classes), kept indices)``.
+
+        The classifier standardises the images of one call with their own statistics, so
+        pass one lab's cells together (at least ``MIN_SITE_CELLS``).
+        """
+        if self.classifier is None:
+            raise ValueError("this model has no classifier: train one with `bcfeat train-classifier`")
+        feats, kept = self.measure(images, skipped)
+        return self.classifier.predict_proba(feats), kept
+
+
+# ----------------------------------------------------------------------------- model files
+def classifier_payload(clf: CrossLabClassifier) -> dict:
+    """A fitted logistic :class:`CrossLabClassifier` as tensors and plain values."""
+    if clf.model != "logistic":
+        raise ValueError("only the logistic CrossLabClassifier can be stored in a model file "
+                         f"(a forest is not plain data), got model={clf.model!r}")
+    est = clf.estimator_
+    return {
+        "params": clf.get_params(),
+        "classes": [str(c) for c in clf.classes_],
+        "coef": torch.from_numpy(np.asarray(est.coef_, np.float64)),
+        "intercept": torch.from_numpy(np.asarray(est.intercept_, np.float64)),
+        "source_statistics": clf.source_statistics_.to_dict(),
+        "train_z": torch.from_numpy(clf._Z_train.astype(np.float32)),
+        "train_y": [str(v) for v in clf._y_train],
+    }
+
+
+def classifier_from_payload(p: dict) -> CrossLabClassifier:
+    from sklearn.linear_model import LogisticRegression
+
+    clf = CrossLabClassifier(**p["params"])
+    clf.classes_ = np.asarray(p["classes"])
+    est = LogisticRegression(C=clf.C, max_iter=3000, class_weight="balanced")
+    est.classes_ = clf.classes_
+    est.coef_ = p["coef"].numpy()
+    est.intercept_ = p["intercept"].numpy()
+    est.n_features_in_ = est.coef_.shape[1]
+    clf.estimator_ = est
+    clf.n_features_in_ = est.coef_.shape[1]
+    clf.source_statistics_ = SiteStatistics.from_dict(p["source_statistics"])
+    clf._Z_train = p["train_z"].numpy().astype(np.float64)
+    clf._y_train = np.asarray(p["train_y"])
+    return clf
+
+
+def save_model(path: str | os.PathLike, model: CrossLabModel) -> Path:
+    """Write a model file (atomic): tensors and plain values only."""
+    payload: dict[str, Any] = {
+        "kind": MODEL_KIND,
+        "version": MODEL_VERSION,
+        "config": {**asdict(model.config), "crop": asdict(model.config.crop)},
+        "feature_names": feature_names(),
+        "record": model.record,
+        "detector": None,
+        "classifier": None if model.classifier is None else classifier_payload(model.classifier),
+    }
+    if model.detector is not None:
+        from bcfeat.detector import config_of
+
+        payload["detector"] = {"config": asdict(config_of(model.detector)),
+                               "state_dict": {k: v.detach().cpu() for k, v in model.detector.state_dict().items()}}
+    return atomic_torch_save(payload, path)
+
+
+def read_model_payload(path: str | os.PathLike) -> dict:
+    """The payload of a cross-lab model file, read without executing anything.
+
+    Raises
+    ------
+    ModelFileError
+        Missing, damaged, of another kind or of an unknown version; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # damaged zip, truncated, or a pickle that wants to run code
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFileError(f"{path}: not a readable bcfeat model file ({first})") from None
+    if not isinstance(payload, dict) or payload.get("kind") != MODEL_KIND:
+        kind = payload.get("kind", payload.get("format")) if isinstance(payload, dict) else type(payload).__name__
+        raise ModelFileError(f"{path}: a file of kind {kind!r}, not a cross-lab model ({MODEL_KIND!r})")
+    if payload.get("version") != MODEL_VERSION:
+        raise ModelFileError(f"{path}: cross-lab model version {payload.get('version')!r}; this bcfeat reads "
+                             f"version {MODEL_VERSION} (re-create it with the study's notebook 07)")
+    if payload.get("feature_names") != feature_names():
+        raise ModelFileError(f"{path}: its features differ from this bcfeat's; re-create it with notebook 07")
+    return payload
+
+
+def load_model(path: str | os.PathLike) -> CrossLabModel:
+    """Rebuild a :class:`CrossLabModel` from a file of :func:`save_model`."""
+    payload = read_model_payload(path)
+    config = ExtractorConfig.from_dict(payload["config"])
+    detector = None
+    if payload["detector"] is not None:
+        from bcfeat.detector import DetectorConfig, build_detector
+
+        detector = build_detector(DetectorConfig.from_dict(payload["detector"]["config"]))
+        detector.load_state_dict(payload["detector"]["state_dict"])
+        detector.eval()
+    classifier = None if payload["classifier"] is None else classifier_from_payload(payload["classifier"])
+    return CrossLabModel(config, detector, classifier, payload.get("record", {}))
+
+
+def is_crosslab_model_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a cross-lab model file (read safely; False for anything else)."""
+    try:
+        read_model_payload(path)
+    except ModelFileError:
+        return False
+    return True
+
+
+__all__ = ["MODEL_KIND", "MODEL_VERSION", "MASK_SOURCES", "ModelFileError", "ExtractorConfig", "CrossLabModel",
+           "save_model", "load_model", "read_model_payload", "is_crosslab_model_file"]

@@ -1,0 +1,233 @@
+"""A self-supervised cell encoder: what stays the same when the lab changes.
+
+A small CNN learns, without labels, to give two differently "re-stained" views of the same
+canonical cell crop (:mod:`bcfeat.crosslab.cell_crop`) the same embedding, and different
+cells different embeddings (SimCLR's NT-Xent loss, Chen et al. 2020; or VICReg's variance-
+invariance-covariance loss, Bardes et al. 2022). The views model a lab shift: per-channel
+stain gains in optical-density space, brightness, contrast, gamma, blur, rotations and flips
+(a cell has no orientation), and a little scale jitter. Trained on the unlabelled crops of
+every site (transductive, as the released AE-CFE code trains on all domains), or on the
+source site alone.
+
+The encoder uses GroupNorm, so nothing site-specific hides in batch statistics; its
+embeddings then go through the same per-site standardisation as the hand features
+(:mod:`bcfeat.crosslab.adaptation`). The book reports it as the "objective" lever of the
+ablation, alone and beside the hand features.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("simclr", "vicreg")
+
+
+@dataclass(frozen=True)
+class SelfSupervisedConfig:
+    """One self-supervised training run (stored with the encoder).
+
+    Attributes
+    ----------
+    objective : {"simclr", "vicreg"}
+    image_size : int
+        Side of the crops the encoder reads (canonical crops are resized to it).
+    width : int
+        Channels of the first stage; the four stages have ``w, 2w, 4w, 4w``.
+    projection_dim : int
+        Output of the projection head the loss sees (the embedding is before it).
+    epochs, batch_size : int
+    lr, weight_decay : float
+        AdamW, cosine decay to zero.
+    temperature : float
+        NT-Xent temperature.
+    seed : int
+    """
+
+    objective: str = "simclr"
+    image_size: int = 48
+    width: int = 24
+    projection_dim: int = 64
+    epochs: int = 15
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        for name in ("image_size", "width", "projection_dim", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SelfSupervisedConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < 4:
+            raise ValueError(f"SelfSupervisedConfig.batch_size must be >= 4 (contrastive pairs), got {self.batch_size}")
+
+
+class CellEncoder(nn.Module):
+    """``(n, 3, s, s)`` float in [0, 1] -> ``(n, 4 * width)`` embedding (GroupNorm CNN, strides 2, 2, 2, 1, global pool)."""
+
+    def __init__(self, width: int = 24, projection_dim: int = 64):
+        super().__init__()
+        chans = [3, width, 2 * width, 4 * width, 4 * width]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=2 if i < 3 else 1, padding=1, bias=False),
+                       nn.GroupNorm(math.gcd(8, chans[i + 1]), chans[i + 1]), nn.ReLU(inplace=True),
+                       nn.Conv2d(chans[i + 1], chans[i + 1], 3, padding=1, bias=False),
+                       nn.GroupNorm(math.gcd(8, chans[i + 1]), chans[i + 1]), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.embedding_dim = chans[-1]
+        self.projector = nn.Sequential(nn.Linear(chans[-1], chans[-1]), nn.ReLU(inplace=True),
+                                       nn.Linear(chans[-1], projection_dim))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.embed(x))
+
+
+def lab_shift_views(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One random "other lab" view of a batch ``(n, 3, s, s)`` in [0, 1].
+
+    Stain: each channel's optical density is scaled by a factor in [0.7, 1.4] and the total by
+    [0.8, 1.25]; light: brightness +-0.1, contrast [0.75, 1.33], gamma [0.7, 1.4]; optics: a
+    3x3 blur with probability 0.3; geometry: any of the 8 rotations/flips and a zoom in
+    [0.9, 1.1].
+    """
+    n = x.shape[0]
+
+    def u(lo: float, hi: float, *shape: int) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, *shape, generator=gen)
+
+    od = -torch.log(x.clamp(1 / 255, 1.0))
+    od = od * u(0.7, 1.4, 3, 1, 1) * u(0.8, 1.25, 1, 1, 1)
+    x = torch.exp(-od)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * u(0.75, 1.33, 1, 1, 1) + mean + u(-0.1, 0.1, 1, 1, 1)
+    x = x.clamp(0, 1) ** u(0.7, 1.4, 1, 1, 1)
+    blur = torch.rand(n, generator=gen) < 0.3
+    if blur.any():
+        kernel = torch.tensor([1.0, 2.0, 1.0])
+        kernel = (kernel[:, None] * kernel[None, :] / 16).expand(3, 1, 3, 3)
+        x[blur] = F.conv2d(F.pad(x[blur], (1, 1, 1, 1), mode="replicate"), kernel, groups=3)
+    k = torch.randint(0, 4, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = x.clone()
+    x[flip] = x[flip].flip(-1)
+    for r in (1, 2, 3):
+        sel = k == r
+        if sel.any():
+            x[sel] = torch.rot90(x[sel], r, dims=(-2, -1))
+    zoom = u(0.9, 1.1)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / zoom
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's normalised-temperature cross entropy of two views ``(n, d)`` each."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.T / temperature
+    sim.fill_diagonal_(float("-inf"))
+    n = len(z1)
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(sim, target)
+
+
+def vicreg(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    """VICReg: invariance (MSE) + variance (hinge on the std) + covariance (off-diagonal) terms."""
+    inv = F.mse_loss(z1, z2)
+    std = [torch.sqrt(z.var(dim=0) + 1e-4) for z in (z1, z2)]
+    var = sum(F.relu(1 - s).mean() for s in std)
+    cov = 0.0
+    for z in (z1, z2):
+        zc = z - z.mean(dim=0)
+        c = zc.T @ zc / (len(z) - 1)
+        cov = cov + (c - torch.diag(torch.diag(c))).pow(2).sum() / z.shape[1]
+    return 25 * inv + 25 * var + cov
+
+
+def to_tensor(crops: np.ndarray, image_size: int) -> torch.Tensor:
+    """``(n, S, S, 3)`` uint8 canonical crops -> ``(n, 3, s, s)`` float in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float().div_(255)
+    if x.shape[-1] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    return x
+
+
+def train_encoder(crops: np.ndarray, cfg: SelfSupervisedConfig,
+                  callback: Callable[[dict], None] | None = None) -> tuple[CellEncoder, list[dict]]:
+    """Train a :class:`CellEncoder` on unlabelled canonical crops ``(n, S, S, 3)`` uint8.
+
+    Returns the encoder (eval mode) and its history (one dict per epoch: loss, seconds).
+    """
+    if len(crops) < cfg.batch_size:
+        raise ValueError(f"{len(crops)} crops are fewer than one batch of {cfg.batch_size}")
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x = to_tensor(crops, cfg.image_size)
+    model = CellEncoder(cfg.width, cfg.projection_dim)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(x) // cfg.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+                                                pct_start=0.1)
+    history = []
+    for epoch in range(cfg.epochs):
+        model.train()
+        start, total = time.perf_counter(), 0.0
+        order = torch.randperm(len(x), generator=gen)
+        for step in range(steps_per_epoch):
+            batch = x[order[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
+            z1, z2 = model(lab_shift_views(batch, gen)), model(lab_shift_views(batch, gen))
+            loss = nt_xent(z1, z2, cfg.temperature) if cfg.objective == "simclr" else vicreg(z1, z2)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"self-supervised loss is {loss.item()} at epoch {epoch}, step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        record = {"epoch": epoch, "loss": total / steps_per_epoch, "seconds": time.perf_counter() - start}
+        history.append(record)
+        log.info("self-supervised epoch %d: loss %.4f (%.0f s)", epoch, record["loss"], record["seconds"])
+        if callback is not None:
+            callback(record)
+    return model.eval(), history
+
+
+@torch.no_grad()
+def embed_crops(model: CellEncoder, crops: np.ndarray, image_size: int, batch_size: int = 512) -> np.ndarray:
+    """``(n, S, S, 3)`` uint8 canonical crops -> ``(n, embedding_dim)`` float32 embeddings."""
+    model.eval()
+    out = [model.embed(to_tensor(crops[i:i + batch_size], image_size)) for i in range(0, len(crops), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, model.embedding_dim), np.float32)
+
+
+def encoder_payload(model: CellEncoder, cfg: SelfSupervisedConfig, history: list[dict]) -> dict:
+    """Tensors and plain values only: loadable with ``torch.load(weights_only=True)``."""
+    return {"config": asdict(cfg), "state_dict": model.state_dict(), "history": history}
+
+
+def encoder_from_payload(payload: dict) -> tuple[CellEncoder, SelfSupervisedConfig]:
+    cfg = SelfSupervisedConfig(**payload["config"])
+    model = CellEncoder(cfg.width, cfg.projection_dim)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), cfg
+
+
+__all__ = ["OBJECTIVES", "SelfSupervisedConfig", "CellEncoder", "lab_shift_views", "nt_xent", "vicreg",
+           "train_encoder", "embed_crops", "encoder_payload", "encoder_from_payload", "to_tensor"]
