@@ -41,6 +41,7 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from bcfeat.atomic_io import atomic_torch_save
+from bcfeat.model_files import build_from_payload, load_model_file
 from bcfeat.data import load_image, scan_dataset
 from bcfeat.segmentation import SegmentationConfig, centred_ellipse, segment_white_cell
 from bcfeat.train import resolve_device
@@ -598,17 +599,24 @@ def save_detector(path: str | os.PathLike, model: MaskRCNN, extra: dict[str, Any
 
 
 def _read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The payload of a detector file, opened safely (:func:`bcfeat.model_files.load_model_file`)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no detector checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated or foreign file
-        raise ValueError(f"cannot read detector checkpoint {path}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        fmt = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path} is not a bcfeat detector checkpoint (format {fmt!r}, expected {CHECKPOINT_FORMAT!r})")
-    return payload
+    return load_model_file(path, "detector")
+
+
+def detector_from_payload(payload: dict[str, Any], source: str | os.PathLike = "<payload>") -> MaskRCNN:
+    """Rebuild a detector from a checkpoint payload (eval mode, CPU); ``source`` names it in errors."""
+    def build() -> MaskRCNN:
+        model = build_detector(DetectorConfig.from_dict(payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+        return model
+
+    model = build_from_payload(source, "detector configuration or weights", build)
+    model.bcfeat_extra = {k: v for k, v in payload.items()
+                          if k not in _RESERVED_KEYS and k not in ("optimizer", "scheduler", "rng", "torch_rng", "scaler")}
+    return model.eval()
 
 
 def load_detector(path: str | os.PathLike) -> MaskRCNN:
@@ -616,12 +624,7 @@ def load_detector(path: str | os.PathLike) -> MaskRCNN:
 
     The other stored entries (training config, history, ...) are in ``model.bcfeat_extra``.
     """
-    payload = _read_checkpoint(path)
-    model = build_detector(DetectorConfig.from_dict(payload["config"]))
-    model.load_state_dict(payload["state_dict"])
-    model.bcfeat_extra = {k: v for k, v in payload.items()
-                          if k not in _RESERVED_KEYS and k not in ("optimizer", "scheduler", "rng", "torch_rng", "scaler")}
-    return model.eval()
+    return detector_from_payload(_read_checkpoint(path), path)
 
 
 # ----------------------------------------------------------------------------- training data
