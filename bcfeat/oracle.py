@@ -47,6 +47,7 @@ from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.baselines import resize_images
 from bcfeat.model_files import build_from_payload, format_name, load_model_file
 from bcfeat.train import resolve_device
+from bcfeat.validation import require_int
 
 ARCHS = ("narrow_resnet", "resnet18", "resnext50_32x4d")
 NORMS = ("batch", "group")
@@ -110,6 +111,8 @@ class OracleConfig:
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         self.blocks = tuple(int(b) for b in self.blocks)  # a list after a JSON/asdict round-trip
+        for name in ("epochs", "batch_size", "image_size", "num_threads"):
+            require_int(f"OracleConfig.{name}", getattr(self, name), 1)
 
 
 # Profiles of the study (bcfeat.profiles passes the name). "cpu": 8 epochs over the 5,149 coarse5
