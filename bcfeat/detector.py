@@ -639,6 +639,8 @@ def _as_image(item: Any) -> np.ndarray:
     if isinstance(item, np.ndarray):
         if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
             raise ValueError(f"expected (H, W, 3) uint8 RGB images, got {item.shape} {item.dtype}")
+        if item.shape[0] == 0 or item.shape[1] == 0:
+            raise ValueError(f"empty image of shape {item.shape} (0 pixels high or wide)")
         return item
     return load_image(item)
 
