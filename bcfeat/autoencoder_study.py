@@ -20,6 +20,7 @@ from bcfeat.extractor import ExtractionConfig, autoencoder_inputs, cached_instan
 from bcfeat.losses import LossWeights
 from bcfeat.model import AEConfig
 from bcfeat.train import TrainConfig
+from bcfeat.validation import require_int
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ def autoencoder_samples(root: Path, max_per_site: int, max_source_images: int, s
     source site (any class, labels unused) and every image of the other sites. The benchmark's
     labelled images are added (``ae_train`` False unless also drawn).
     """
+    require_int("max_source_images", max_source_images, 0, meaning="0: every source image")
     unlabelled = study.site_samples(root, None, study.SITES, max_per_site, seed)
     source = unlabelled["domain"] == study.SOURCE_SITE
     train = unlabelled[~source]

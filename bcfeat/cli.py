@@ -5,9 +5,9 @@
 ``bcfeat scan NAME``      count the samples per label and the exclusions
 ``bcfeat splits NAME``    make (or check) the stored stratified split of a dataset
 
-Each subcommand is a small function over the :mod:`bcfeat.data` API; exit
-status 0 means success, 1 a problem found in the data, 2 a usage or data-root
-error (with the message on stderr).
+Each subcommand is a small function over the :mod:`bcfeat.data` API. Exit status
+(:mod:`bcfeat.exit_codes`): 0 success, 1 a problem found in the data or an unexpected
+error (traceback with ``--verbose``), 2 a usage or input error (one line on stderr).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from bcfeat.exit_codes import one_line
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
@@ -37,6 +39,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from bcfeat.data.manifest import available_manifests, verify_dataset
+    from bcfeat.data.registry import DatasetNotFound
     from bcfeat.data.root import resolve_data_root
 
     root = resolve_data_root(args.root)
@@ -46,7 +49,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         return 2
     problems = 0
     for name in names:
-        report = verify_dataset(name, root, manifest_dir=args.manifests, fast=args.fast)
+        try:
+            report = verify_dataset(name, root, manifest_dir=args.manifests, fast=args.fast)
+        except DatasetNotFound as missing:  # one absent dataset must not hide the state of the others
+            print(f"{name}: MISSING: {one_line(missing)}")
+            problems += 1
+            continue
         print(report.summary())
         problems += not report.ok
     print(f"verified {len(names)} dataset(s) under {root}: {'all OK' if not problems else f'{problems} with problems'}")
@@ -86,38 +94,84 @@ def _cmd_splits(args: argparse.Namespace) -> int:
     return 0
 
 
+OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
+
+
+def check_output_path(output: str | os.PathLike) -> Path:
+    """The ``--output`` of ``bcfeat extract``, checked before any work (format, folder, writability).
+
+    Raises
+    ------
+    ValueError
+        Unknown extension, a folder, or a path below a file; no file is created.
+    """
+    out = Path(output)
+    fmt = OUTPUT_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"--output {out}: unknown table format {out.suffix or '(no extension)'!r}; "
+                         f"use one of {', '.join(OUTPUT_FORMATS)}")
+    if out.is_dir():
+        raise ValueError(f"--output {out} is a folder; give a file name such as {out / ('features' + out.suffix)}")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--output {out}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"--output {out}: folder {parent} is not writable")
+            break
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401  (pandas' parquet engine, pinned in the lock)
+        except ImportError:
+            raise ValueError("--output .parquet needs pyarrow (in requirements.lock); install it or write .csv") from None
+    return out
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
+    from bcfeat.atomic_io import atomic_path
     from bcfeat.extractor import extract_folder
 
+    out = check_output_path(args.output)  # refuse a bad --output before minutes of extraction
     table, skipped = extract_folder(args.model, args.input, layout=args.layout, batch_size=args.batch_size,
                                     progress=not args.no_progress)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    if out.suffix == ".parquet":
-        table.to_parquet(tmp, index=False)
-    else:
-        table.to_csv(tmp, index=False)
-    os.replace(tmp, out)
-    print(f"bcfeat extract: {len(table)} images -> {out}" + (f"; {len(skipped)} unreadable images skipped: "
-          + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "") if skipped else ""))
+    with atomic_path(out) as tmp:  # creates the folder; the temporary file is removed on any error
+        if OUTPUT_FORMATS[out.suffix.lower()] == "parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
+    print(f"bcfeat extract: {len(table)} images -> {out}; {len(skipped)} file(s) skipped"
+          + (":" if skipped else ""))
+    for path, reason in skipped:  # every file without a row, named with the reason
+        print(f"  skipped {path}: {reason}")
     return 0
+
+
+def _http_url(text: str) -> str:
+    import urllib.parse
+
+    if urllib.parse.urlsplit(text).scheme not in ("http", "https"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     from bcfeat.data.download import SOURCES
     from bcfeat.data.registry import DATASETS, LAYOUTS
+    from bcfeat.exit_codes import float_between, int_at_least
 
     p = argparse.ArgumentParser(prog="bcfeat", description="bcfeat: AE-CFE white blood cell features, reproducibly.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="log progress messages; show the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("download", help="download a public dataset archive into the data folder")
     d.add_argument("name", choices=sorted(SOURCES), help="dataset name")
     d.add_argument("--dest", default=None, help="data folder to fill (default: <repo>/data)")
-    d.add_argument("--url", default=None, help="archive URL to use instead of the built-in one (a mirror)")
+    d.add_argument("--url", default=None, type=_http_url,
+                   help="http(s) archive URL to use instead of the built-in one (a mirror)")
     d.add_argument("--sha256", default=None, help="expected sha256 of the archive given by --url")
-    d.add_argument("--force", action="store_true", help="replace the dataset if already in place")
+    d.add_argument("--force", action="store_true",
+                   help="fetch the archive again (never from the cache) and replace the dataset if in place")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_download)
 
@@ -140,9 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--root", default=None)
     t.add_argument("--label-space", default="coarse5", choices=["coarse5", "common13", "all"])
     t.add_argument("--kind", default="holdout", choices=["holdout", "kfold"])
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--test-size", type=float, default=0.2)
-    t.add_argument("--n-folds", type=int, default=5)
+    t.add_argument("--seed", type=int_at_least(0), default=0)
+    t.add_argument("--test-size", type=float_between(0.0, 1.0), default=0.2, help="fraction in (0, 1)")
+    t.add_argument("--n-folds", type=int_at_least(2), default=5)
     t.add_argument("--out-dir", default=None, help="folder of split CSVs (default: book/results/splits)")
     t.add_argument("--overwrite", action="store_true", help="remake the split even if a file exists")
     t.set_defaults(func=_cmd_splits)
@@ -153,27 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--layout", default="files", choices=["files", *sorted(LAYOUTS)],
                    help="'files': every image below the folder, no labels; else a dataset layout (labels kept)")
     e.add_argument("--output", required=True, help="table to write (.csv or .parquet)")
-    e.add_argument("--batch-size", type=int, default=64, help="images per step")
+    e.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per step (>= 1)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_extract)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    from bcfeat.data.download import DownloadError
-    from bcfeat.data.registry import DatasetNotFound
-    from bcfeat.data.root import DataRootNotFound
-    from bcfeat.data.splits import SplitMismatch
+    """Run the command line; returns the exit status (see :mod:`bcfeat.exit_codes`)."""
+    from bcfeat.exit_codes import run_command
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (DataRootNotFound, DatasetNotFound, DownloadError, SplitMismatch, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"bcfeat {args.command}: {msg}", file=sys.stderr)
-        return 2
+    return run_command(f"bcfeat {args.command}", lambda: args.func(args), verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
@@ -42,8 +43,10 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.data import load_image, scan_dataset
+from bcfeat.model_files import build_from_payload, load_model_file
 from bcfeat.segmentation import SegmentationConfig, centred_ellipse, segment_white_cell
 from bcfeat.train import resolve_device
+from bcfeat.validation import require_int, require_positive
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -310,6 +313,11 @@ class TrainConfig:
             self.scale_jitter = tuple(self.scale_jitter)
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "num_threads"):
+            require_int(f"detector TrainConfig.{name}", getattr(self, name), 1)
+        for name in ("warmup_steps", "max_bad_steps"):
+            require_int(f"detector TrainConfig.{name}", getattr(self, name), 0)
+        require_positive("detector TrainConfig.lr", self.lr)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -598,17 +606,24 @@ def save_detector(path: str | os.PathLike, model: MaskRCNN, extra: dict[str, Any
 
 
 def _read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The payload of a detector file, opened safely (:func:`bcfeat.model_files.load_model_file`)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no detector checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated or foreign file
-        raise ValueError(f"cannot read detector checkpoint {path}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        fmt = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path} is not a bcfeat detector checkpoint (format {fmt!r}, expected {CHECKPOINT_FORMAT!r})")
-    return payload
+    return load_model_file(path, "detector")
+
+
+def detector_from_payload(payload: dict[str, Any], source: str | os.PathLike = "<payload>") -> MaskRCNN:
+    """Rebuild a detector from a checkpoint payload (eval mode, CPU); ``source`` names it in errors."""
+    def build() -> MaskRCNN:
+        model = build_detector(DetectorConfig.from_dict(payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+        return model
+
+    model = build_from_payload(source, "detector configuration or weights", build)
+    model.bcfeat_extra = {k: v for k, v in payload.items()
+                          if k not in _RESERVED_KEYS and k not in ("optimizer", "scheduler", "rng", "torch_rng", "scaler")}
+    return model.eval()
 
 
 def load_detector(path: str | os.PathLike) -> MaskRCNN:
@@ -616,12 +631,7 @@ def load_detector(path: str | os.PathLike) -> MaskRCNN:
 
     The other stored entries (training config, history, ...) are in ``model.bcfeat_extra``.
     """
-    payload = _read_checkpoint(path)
-    model = build_detector(DetectorConfig.from_dict(payload["config"]))
-    model.load_state_dict(payload["state_dict"])
-    model.bcfeat_extra = {k: v for k, v in payload.items()
-                          if k not in _RESERVED_KEYS and k not in ("optimizer", "scheduler", "rng", "torch_rng", "scaler")}
-    return model.eval()
+    return detector_from_payload(_read_checkpoint(path), path)
 
 
 # ----------------------------------------------------------------------------- training data
@@ -629,6 +639,8 @@ def _as_image(item: Any) -> np.ndarray:
     if isinstance(item, np.ndarray):
         if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
             raise ValueError(f"expected (H, W, 3) uint8 RGB images, got {item.shape} {item.dtype}")
+        if item.shape[0] == 0 or item.shape[1] == 0:
+            raise ValueError(f"empty image of shape {item.shape} (0 pixels high or wide)")
         return item
     return load_image(item)
 
@@ -1299,24 +1311,35 @@ def summarize_detections(detections: Sequence[Detection]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- command line
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m bcfeat.detector``: train (or resume) the detector, then score it and the
-    pseudo-masks against the expert masks. See ``--help``."""
+def _per_dataset(item: str) -> tuple[str, int]:
+    """``"name=count"`` of ``--per-dataset`` (count >= 1)."""
     import argparse
 
-    import pandas as pd
+    name, sep, count = item.partition("=")
+    if not sep or not name or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"{item!r} is not name=count with a count >= 1")
+    return name, int(count)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bcfeat.detector``: train (or resume) the detector, then score it and the
+    pseudo-masks against the expert masks. See ``--help``. Exit status as
+    :mod:`bcfeat.exit_codes` (0 ok, 1 unexpected error, 2 a bad value or input)."""
+    import argparse
 
     from bcfeat import paths
+    from bcfeat.exit_codes import int_at_least, run_command
 
     ap = argparse.ArgumentParser(prog="python -m bcfeat.detector", description=main.__doc__)
     ap.add_argument("--preset", choices=("cpu", "default", "tiny"), default="cpu")
-    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
-    ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--per-dataset", nargs="+", default=["pbc_acevedo20=900", "jtsc_zheng18=300",
-                                                          "cellavision_zheng18=100", "bccd_crops=351"],
+    ap.add_argument("--steps", type=int_at_least(1), default=TrainConfig.steps)
+    ap.add_argument("--batch-size", type=int_at_least(1), default=TrainConfig.batch_size)
+    ap.add_argument("--seed", type=int_at_least(0), default=0)
+    ap.add_argument("--per-dataset", nargs="+", type=_per_dataset,
+                    default=[("pbc_acevedo20", 900), ("jtsc_zheng18", 300), ("cellavision_zheng18", 100),
+                             ("bccd_crops", 351)],
                     help="training images drawn per dataset, as name=count")
-    ap.add_argument("--holdout-every", type=int, default=4,
+    ap.add_argument("--holdout-every", type=int_at_least(0), default=4,
                     help="every n-th image of each dataset is never trained on (0: use all)")
     ap.add_argument("--checkpoint", type=Path, default=paths.CHECKPOINTS / "detector_cpu.pt")
     ap.add_argument("--cache", type=Path, default=paths.CACHE / "detector_pseudo_masks.pt")
@@ -1328,9 +1351,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="give the mask predictor the box's pixels as well (DetectorConfig.mask_image_guidance)")
     ap.add_argument("--mask-paste", choices=("subpixel", "torchvision"), default=None,
                     help="how the kept mask is put back on the image (default: the preset's)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an unexpected error")
     args = ap.parse_args(argv)
+    return run_command("python -m bcfeat.detector", lambda: _train_and_evaluate(args), verbose=args.verbose)
 
-    per = {k: int(v) for k, v in (item.split("=") for item in args.per_dataset)}
+
+def _train_and_evaluate(args: Any) -> int:
+    """The work of :func:`main` on parsed arguments."""
+    import pandas as pd
+
+    per = dict(args.per_dataset)
     cfg = {"cpu": DetectorConfig.cpu, "default": DetectorConfig, "tiny": DetectorConfig.tiny}[args.preset]()
     if args.mask_image_guidance:
         cfg = replace(cfg, mask_image_guidance=True)
@@ -1362,10 +1392,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(evaluation.table.round(3).to_string())
         print("detector minus pseudo-mask mean IoU:", detector_gain(evaluation.table).round(4).to_dict())
     print(f"tables in {args.eval_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
 
 
 __all__ = ["DetectorConfig", "TrainConfig", "SmallResNet", "build_detector", "build_reference_maskrcnn",

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bcfeat import study
+from bcfeat.validation import require_int
 
 
 @dataclass
@@ -33,6 +34,7 @@ class DetectorPlan:
             raise ValueError(f"unknown detector_preset {preset!r}; choose from {sorted(presets)}")
         # balance_sites: each site fills the same share of the batches (CellaVision has 100
         # images, Acevedo-20 400): the small sites' stains are learnt as well as the large ones'.
+        require_int("images_per_site", images_per_site, 1)
         train_config = TrainConfig(steps=steps, batch_size=batch_size, seed=seed,
                                    checkpoint_every=max(1, min(250, steps)), balance_groups=balance_sites)
         return cls(presets[preset](), train_config, images_per_site, seed)

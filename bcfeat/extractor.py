@@ -25,8 +25,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.feature_cache import cache_key, cached_arrays
+from bcfeat.model_files import ModelFileError, build_from_payload, format_name, load_model_file, parse_format
 
-MODEL_FORMAT = "bcfeat.aecfe/1"
+MODEL_FORMAT = format_name("aecfe", 1)
 
 
 @dataclass
@@ -203,42 +204,98 @@ class AECFEModel:
 def save_model(path: str | os.PathLike, detector_checkpoint: str | os.PathLike,
                autoencoder_checkpoint: str | os.PathLike, extraction: ExtractionConfig,
                site_standardize: bool = False) -> Path:
-    """Bundle a detector checkpoint and an autoencoder checkpoint into one file (atomic write)."""
+    """Bundle a detector checkpoint and an autoencoder checkpoint into one file (atomic write).
+
+    The file holds only weights and plain values (see :mod:`bcfeat.model_files`):
+    ``{"format": "bcfeat.aecfe/1", "site_standardize", "extraction", "detector", "autoencoder"}``,
+    the two parts being the payloads of their own checkpoint files.
+    """
     payload = {
         "format": MODEL_FORMAT,
         "site_standardize": bool(site_standardize),
         "extraction": asdict(extraction),
-        "detector": torch.load(detector_checkpoint, map_location="cpu", weights_only=False),
-        "autoencoder": torch.load(autoencoder_checkpoint, map_location="cpu", weights_only=False),
+        "detector": load_model_file(detector_checkpoint, "detector"),
+        "autoencoder": load_model_file(autoencoder_checkpoint, "autoencoder"),
     }
     return atomic_torch_save(payload, path)
 
 
 def load_model(path: str | os.PathLike) -> AECFEModel:
-    """Rebuild an :class:`AECFEModel` from one file written by :func:`save_model`."""
-    import tempfile
+    """Rebuild an :class:`AECFEModel` from one file written by :func:`save_model`.
 
-    from bcfeat.detector import load_detector
-    from bcfeat.model import load_checkpoint
+    The file is opened as data (:func:`bcfeat.model_files.load_model_file`): nothing in it
+    is ever executed.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    bcfeat.model_files.ModelFileError
+        A file of another kind, damaged, missing a part, or holding code (one line naming it).
+    """
+    from bcfeat.detector import detector_from_payload
+    from bcfeat.model import autoencoder_from_payload
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no AE-CFE model file at {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not an AE-CFE model file (expected format {MODEL_FORMAT!r})")
-    with tempfile.TemporaryDirectory() as tmp:  # the part loaders read files; reuse them unchanged
-        det_file, ae_file = Path(tmp) / "detector.pt", Path(tmp) / "autoencoder.pt"
-        torch.save(payload["detector"], det_file)
-        torch.save(payload["autoencoder"], ae_file)
-        detector = load_detector(det_file)
-        autoencoder, _, _ = load_checkpoint(ae_file)
-    return AECFEModel(detector.eval(), autoencoder.eval(), ExtractionConfig(**payload["extraction"]),
-                      bool(payload.get("site_standardize", False)))
+    payload = load_model_file(path, "aecfe", required=("extraction", "detector", "autoencoder"))
+    for part, kind in (("detector", "detector"), ("autoencoder", "autoencoder")):
+        inner = payload[part]
+        missing = [k for k in ("config", "state_dict") if not isinstance(inner, dict) or k not in inner]
+        if missing:
+            raise ModelFileError(path, f"is incomplete: its {part} part lacks {', '.join(map(repr, missing))}")
+        if parse_format(inner.get("format")) != (kind, 1):
+            raise ModelFileError(path, f"its {part} part is not a bcfeat {kind} (format {inner.get('format')!r})")
+    detector = detector_from_payload(payload["detector"], path)
+    autoencoder, _, _ = autoencoder_from_payload(payload["autoencoder"], path)
+    extraction = build_from_payload(path, "extraction settings", lambda: ExtractionConfig(**payload["extraction"]))
+    return AECFEModel(detector.eval(), autoencoder.eval(), extraction, bool(payload.get("site_standardize", False)))
+
+
+ON_ERROR = ("raise", "nan")
+
+
+def _as_items(X: Any) -> list[Any]:
+    """The images of ``X`` as a list: one path or one ``(H, W, 3)`` array is one image, not a sequence."""
+    if isinstance(X, (str, bytes, os.PathLike)):
+        return [X]
+    if isinstance(X, np.ndarray) and X.ndim == 3:
+        return [X]
+    if isinstance(X, pd.Series):
+        return X.tolist()
+    return list(X)
+
+
+def read_image(item: Any) -> np.ndarray:
+    """One image (a path or an array) as a checked ``(H, W, 3) uint8`` array.
+
+    Raises
+    ------
+    FileNotFoundError, ImageDecodeError
+        A path that does not exist or does not decode.
+    ValueError
+        An array of another shape or type, or an empty one (0 pixels high or wide).
+    """
+    from bcfeat.data.images import load_image
+
+    if isinstance(item, np.ndarray):
+        if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {item.shape} {item.dtype}")
+        if item.shape[0] == 0 or item.shape[1] == 0:
+            raise ValueError(f"empty image of shape {item.shape} (0 pixels high or wide)")
+        return item
+    if isinstance(item, (str, os.PathLike)):
+        return load_image(item)
+    raise TypeError(f"expected an image path or an (H, W, 3) uint8 array, got {type(item).__name__}")
 
 
 class AECFEFeatures(TransformerMixin, BaseEstimator):
     """AE-CFE features as a scikit-learn transformer: images or image paths -> ``(n, 50)``.
+
+    ``transform`` returns one row per input, always. What happens to an input that is not
+    a readable image (a missing or broken file, an empty or wrongly shaped array) is
+    chosen by ``on_error``.
 
     Parameters
     ----------
@@ -246,78 +303,150 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
         A model file of :func:`save_model` (detector + autoencoder). ``fit`` loads it; the
         autoencoder is trained without labels beforehand (``notebooks/02_autoencoder.py``),
         so ``fit`` learns nothing from ``X`` or ``y``.
+    on_error : {"raise", "nan"}
+        ``"raise"`` (default): the first unreadable input stops ``transform`` with an error
+        naming it. ``"nan"``: its row is all NaN, and the count and reasons are kept in
+        ``n_skipped_`` and ``skipped_`` (scikit-learn's random forests accept NaN).
 
     Attributes
     ----------
     model_ : AECFEModel
     n_features_out_ : int
+    n_skipped_ : int
+        Inputs of the last ``transform`` call that gave a NaN row (``on_error="nan"``).
+    skipped_ : list of (int, str)
+        Their positions in that call's input and why each was skipped.
 
     Examples
     --------
     >>> from sklearn.base import clone
     >>> clone(AECFEFeatures("model.pt")).get_params()
-    {'model_path': 'model.pt'}
+    {'model_path': 'model.pt', 'on_error': 'raise'}
     """
 
-    def __init__(self, model_path: str | os.PathLike | None = None):
+    def __init__(self, model_path: str | os.PathLike | None = None, on_error: str = "raise"):
         self.model_path = model_path
+        self.on_error = on_error
 
     def fit(self, X: Any = None, y: Any = None) -> "AECFEFeatures":
         if self.model_path is None:
             raise ValueError("AECFEFeatures needs model_path, a model file written by bcfeat.extractor.save_model")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         self.model_ = load_model(self.model_path)
         self.n_features_out_ = int(self.model_.autoencoder.cfg.latent_dim)
+        self.n_skipped_, self.skipped_ = 0, []
         return self
 
-    def transform(self, X: Sequence[Any]) -> np.ndarray:
+    def transform(self, X: Any) -> np.ndarray:
+        """Images -> ``(n_inputs, n_features_out_)`` float32, one row per input (see ``on_error``)."""
+        import logging
+
+        from bcfeat.data.images import ImageDecodeError
+
         check_is_fitted(self, "model_")
-        return self.model_.transform(list(X))
+        items = _as_items(X)
+        images, kept, skipped = [], [], []
+        for i, item in enumerate(items):
+            try:
+                images.append(read_image(item))
+            except (ImageDecodeError, OSError, ValueError, TypeError) as error:
+                if self.on_error == "raise":
+                    raise ValueError(f"input {i} is not a readable image: {error} "
+                                     "(AECFEFeatures(on_error='nan') gives it a NaN row instead)") from error
+                skipped.append((i, str(error)))
+                continue
+            kept.append(i)
+        out = np.full((len(items), self.n_features_out_), np.nan, dtype=np.float32)
+        if images:
+            out[kept] = self.model_.transform(images)
+        self.n_skipped_, self.skipped_ = len(skipped), skipped
+        if skipped:
+            logging.getLogger(__name__).warning("AECFEFeatures: %d of %d inputs unreadable, NaN rows: %s",
+                                                len(skipped), len(items), "; ".join(f"{i}: {r}" for i, r in skipped[:5]))
+        return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self, "model_")
         return np.asarray([f"aecfe{i}" for i in range(self.n_features_out_)], dtype=object)
 
 
-def folder_images(folder: str | os.PathLike, layout: str = "files") -> pd.DataFrame:
-    """The images of a folder: ``[path, relpath, label]`` (label empty for layout ``files``)."""
-    import pandas as pd
+def folder_images(folder: str | os.PathLike, layout: str = "files") -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """The images of a folder, and every file below it that is not taken, with the reason.
 
+    Returns
+    -------
+    table : pd.DataFrame
+        ``[path, relpath, label]`` (label empty for layout ``files``).
+    dropped : list of (str, str)
+        ``(relpath, reason)`` of each file left out: another file type (a GIF, a text
+        file), a broken or looping link, an unlistable folder; for a dataset layout, what
+        the scanner excluded as unreadable.
+    """
     from bcfeat.data.images import IMAGE_SUFFIXES
     from bcfeat.data.registry import scan_folder
 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no folder {folder}")
+    dropped: list[tuple[str, str]] = []
     if layout == "files":
-        paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = []
+
+        def unlistable(error: OSError) -> None:
+            dropped.append((str(error.filename), f"cannot list folder: {error.strerror or error}"))
+
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=unlistable):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                rel = str(path.relative_to(folder))
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    dropped.append((rel, f"not an image type bcfeat reads ({path.suffix or 'no extension'}; "
+                                         f"reads {', '.join(sorted(IMAGE_SUFFIXES))})"))
+                elif not path.is_file():  # a broken or looping link
+                    try:
+                        path.stat()
+                        reason = "not a regular file"
+                    except OSError as error:
+                        reason = f"broken or looping link ({error.strerror or error})"
+                    dropped.append((rel, reason))
+                else:
+                    paths.append(path)
+        paths.sort()
         table = pd.DataFrame({"path": [str(p) for p in paths],
                               "relpath": [str(p.relative_to(folder)) for p in paths], "label": ""})
     else:
-        samples = scan_folder(folder, layout=layout, label_space=None).samples
+        scan = scan_folder(folder, layout=layout, label_space=None)
+        samples = scan.samples
         table = samples[["path", "relpath"]].assign(label=samples["cell_type"].fillna(""))
+        dropped += [(str(rel), reason) for rel, reason in scan.skipped]
     if table.empty:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found below {folder}")
-    return table.reset_index(drop=True)
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found below {folder}"
+                                + (f" ({len(dropped)} other file(s), e.g. {dropped[0][0]})" if dropped else ""))
+    return table.reset_index(drop=True), dropped
 
 
 def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, layout: str = "files",
                    batch_size: int = 64, progress: bool = True):
-    """The features of every image below ``folder``: one row per file, unreadable files skipped.
+    """The features of every image below ``folder``: one row per image, every other file named.
 
     Returns
     -------
     table : pd.DataFrame
         ``relpath, label, fallback, score, aecfe0 .. aecfe49``.
-    skipped : list of str
-        Files that could not be decoded (named, counted, never fatal).
+    skipped : list of (str, str)
+        ``(relpath, reason)`` for every file below ``folder`` without a row: not an image
+        type, a broken or looping link, or not decodable (named, counted, never fatal).
     """
-    import pandas as pd
     from tqdm import tqdm
 
     from bcfeat.data.images import SkippedImages, iter_images
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model = load_model(model_path)
-    files = folder_images(folder, layout)
+    files, dropped = folder_images(folder, layout)
     label_of = dict(zip(files["path"], files["label"]))
     skipped = SkippedImages()
     rows, batch, encoded = [], [], []
@@ -332,8 +461,8 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
         encoded.append(arrays["features"] if model.site_standardize else model.encode(arrays["features"]))
         batch.clear()
 
-    for path, image in tqdm(iter_images(files["path"], skipped), total=len(files), disable=not progress,
-                            desc="extracting", unit="img"):
+    for path, image in tqdm(iter_images(files["path"], skipped), total=len(files),
+                            disable=not progress, desc="extracting", unit="img"):
         batch.append((str(path), image))
         if len(batch) == batch_size:
             flush()
@@ -344,4 +473,5 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
         latent = model.encode(np.concatenate(encoded)) if model.site_standardize else np.concatenate(encoded)
         table = pd.concat([table, pd.DataFrame(latent, columns=[f"aecfe{i}" for i in range(latent.shape[1])])],
                           axis=1)
-    return table, [str(p) for p in skipped.paths]
+    undecodable = [(str(Path(p).relative_to(folder)), reason) for p, reason in skipped]
+    return table, sorted(dropped + undecodable)

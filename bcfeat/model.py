@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from bcfeat.atomic_io import atomic_torch_save
+from bcfeat.model_files import build_from_payload, load_model_file
 
 CHECKPOINT_FORMAT = "bcfeat.autoencoder/1"
 _RESERVED_KEYS = ("format", "config", "state_dict")
@@ -391,19 +392,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         Every other top-level entry that :func:`save_checkpoint` stored.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no autoencoder checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated or foreign file
-        raise ValueError(f"cannot read autoencoder checkpoint {path}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        fmt = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path} is not a bcfeat autoencoder checkpoint "
-                         f"(format {fmt!r}, expected {CHECKPOINT_FORMAT!r})")
-    cfg = AEConfig.from_dict(payload["config"])
-    model = CrossDomainAutoencoder(cfg)
-    model.load_state_dict(payload["state_dict"])
-    model.to(map_location).eval()
+    model, cfg, extra = autoencoder_from_payload(load_model_file(path, "autoencoder", map_location=map_location),
+                                                 path)
+    return model.to(map_location).eval(), cfg, extra
+
+
+def autoencoder_from_payload(payload: dict[str, Any], source: str | os.PathLike = "<payload>"
+                             ) -> tuple[CrossDomainAutoencoder, AEConfig, dict[str, Any]]:
+    """Rebuild the autoencoder from a checkpoint payload; ``source`` names it in errors."""
+    def build() -> tuple[CrossDomainAutoencoder, AEConfig]:
+        cfg = AEConfig.from_dict(payload["config"])
+        model = CrossDomainAutoencoder(cfg)
+        model.load_state_dict(payload["state_dict"])
+        return model, cfg
+
+    model, cfg = build_from_payload(source, "autoencoder configuration or weights", build)
     extra = {k: v for k, v in payload.items() if k not in _RESERVED_KEYS}
-    return model, cfg, extra
+    return model.eval(), cfg, extra

@@ -45,10 +45,13 @@ from torchvision.models.resnet import BasicBlock
 
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.baselines import resize_images
+from bcfeat.model_files import build_from_payload, format_name, load_model_file
 from bcfeat.train import resolve_device
+from bcfeat.validation import require_int
 
 ARCHS = ("narrow_resnet", "resnet18", "resnext50_32x4d")
 NORMS = ("batch", "group")
+CHECKPOINT_FORMAT = format_name("oracle", 1)
 
 
 @dataclass
@@ -108,6 +111,8 @@ class OracleConfig:
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         self.blocks = tuple(int(b) for b in self.blocks)  # a list after a JSON/asdict round-trip
+        for name in ("epochs", "batch_size", "image_size", "num_threads"):
+            require_int(f"OracleConfig.{name}", getattr(self, name), 1)
 
 
 # Profiles of the study (bcfeat.profiles passes the name). "cpu": 8 epochs over the 5,149 coarse5
@@ -308,6 +313,13 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     atomic_torch_save(payload, path, fsync=False)
 
 
+def _read_checkpoint(path: str | os.PathLike) -> dict:
+    """An oracle file's payload, opened safely (files from before the ``format`` entry included)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no oracle checkpoint at {path}")
+    return load_model_file(path, "oracle", required=("config", "classes", "state_dict"), legacy={"kind": "oracle"})
+
+
 def load_checkpoint(path: str | os.PathLike) -> TrainedOracle:
     """Rebuild a trained oracle from its checkpoint (config, classes, state_dict).
 
@@ -317,12 +329,15 @@ def load_checkpoint(path: str | os.PathLike) -> TrainedOracle:
         Missing file, or a file that is not an oracle checkpoint.
     """
     path = Path(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "oracle" or "config" not in ckpt:
-        raise ValueError(f"{path} is not an oracle checkpoint")
-    cfg = OracleConfig(**ckpt["config"])
-    model = build_oracle(cfg, len(ckpt["classes"]))
-    model.load_state_dict(ckpt["state_dict"])
+    ckpt = _read_checkpoint(path)
+
+    def build() -> tuple[OracleConfig, nn.Module]:
+        cfg = OracleConfig(**ckpt["config"])
+        model = build_oracle(cfg, len(ckpt["classes"]))
+        model.load_state_dict(ckpt["state_dict"])
+        return cfg, model
+
+    cfg, model = build_from_payload(path, "oracle configuration or weights", build)
     model.eval()
     return TrainedOracle(model, list(ckpt["classes"]), cfg, list(ckpt.get("history", [])))
 
@@ -390,7 +405,7 @@ def train_oracle(
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         start_epoch, history = 0, []
         if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
-            ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+            ckpt = _read_checkpoint(checkpoint_path)
             stored = OracleConfig(**ckpt["config"])
             if stored != cfg or list(ckpt["classes"]) != classes or ckpt["data_fingerprint"] != fingerprint:
                 raise ValueError(
@@ -444,7 +459,8 @@ def train_oracle(
                 save_checkpoint(
                     checkpoint_path,
                     {
-                        "kind": "oracle",
+                        "format": CHECKPOINT_FORMAT,
+                        "kind": "oracle",  # what files from before the format entry were recognised by
                         "config": asdict(cfg),
                         "classes": classes,
                         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -9,6 +9,14 @@ A provenance record (commit, parameters, package versions, hardware, seconds per
 notebook) is rewritten after every stage, so a failure late in a long run never loses
 the record of the stages that finished.
 
+A stage's outputs reach the results folder only when the stage finishes: it runs with
+``results_dir`` pointing at a staging copy, ``<output>/.staging/<stem>``, and the runner
+moves what it wrote into place after it succeeded. A stage that fails, or a run that is
+killed, leaves every earlier table as it was; the next run removes the staging folder.
+
+Exit status (:mod:`bcfeat.exit_codes`): 0 every stage ran, 1 a stage failed (its
+executed notebook is kept as ``<stem>.failed.ipynb``), 2 a usage error.
+
 Usage::
 
     python -m bcfeat.pipeline --profile cpu            # the whole study (the README's main command)
@@ -22,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,8 +131,65 @@ def notebook_path(stem: str) -> Path:
     return paths.NOTEBOOKS / f"{stem}.py"
 
 
+STAGING = ".staging"
+
+
+class StageFailed(RuntimeError):
+    """A notebook of the chain raised (or its kernel died); earlier outputs are untouched."""
+
+
+def _stage_copy(output_dir: Path, staging: Path) -> None:
+    """A fresh staging folder holding a copy of the results a stage may read (not the notebooks)."""
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for entry in output_dir.iterdir():
+        if entry.name.startswith(".") or entry.suffix == ".ipynb":
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, staging / entry.name, symlinks=True)
+        else:
+            shutil.copy2(entry, staging / entry.name)
+
+
+def _publish(staging: Path, output_dir: Path, skip: Path) -> list[Path]:
+    """Move every file the stage added or changed from ``staging`` into ``output_dir``.
+
+    Each file is replaced in one step (``os.replace``); unchanged copies are left alone.
+    """
+    import filecmp
+
+    moved = []
+    for source in sorted(p for p in staging.rglob("*") if p.is_file() and p != skip):
+        target = output_dir / source.relative_to(staging)
+        if target.is_file() and filecmp.cmp(source, target, shallow=False):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+        moved.append(target)
+    return moved
+
+
+def _point_at(notebook: Path, staged: str, final: str) -> None:
+    """Make an executed notebook name the results folder it is published to, not the staging one."""
+    text = notebook.read_text()
+    if staged in text:
+        notebook.write_text(text.replace(json.dumps(staged)[1:-1], json.dumps(final)[1:-1]))
+
+
+def clean_staging(output_dir: Path) -> None:
+    """Remove what a killed run left behind: the staging folder and old-style running notebooks."""
+    shutil.rmtree(Path(output_dir) / STAGING, ignore_errors=True)
+    for leftover in Path(output_dir).glob(".*.running.ipynb"):
+        leftover.unlink(missing_ok=True)
+
+
 def execute_stage(stage: Stage, parameters: dict, output_dir: Path) -> Path:
-    """Convert one text notebook, run it with papermill, return the executed notebook's path."""
+    """Convert one text notebook, run it with papermill, return the executed notebook's path.
+
+    The notebook runs against a staging copy of ``output_dir`` (its ``results_dir``
+    parameter is replaced); the tables it wrote and the executed notebook are moved into
+    ``output_dir`` only when it finished without error.
+    """
     import jupytext
     import nbformat
     import papermill
@@ -133,26 +199,39 @@ def execute_stage(stage: Stage, parameters: dict, output_dir: Path) -> Path:
         raise FileNotFoundError(f"stage {stage.stem}: notebook {source} does not exist")
     notebook = jupytext.read(source)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    output_dir = Path(output_dir)
     output = output_dir / f"{stage.stem}.ipynb"
-    # Papermill writes its output while it runs; the book must never show a half-run notebook, so it
-    # runs under another name and replaces the previous output only on success. A failed run is
+    # The book must never show a half-run notebook, nor tables from a half-run stage: the stage
+    # runs in a staging copy and replaces the previous outputs only on success. A failed run is
     # kept as <stem>.failed.ipynb, executed up to the failing cell.
-    running = output_dir / f".{stage.stem}.running.ipynb"
+    staging = output_dir / STAGING / stage.stem
+    running = staging / f"{stage.stem}.ipynb"
     failed = output_dir / f"{stage.stem}.failed.ipynb"
-    with tempfile.TemporaryDirectory() as tmp:
-        converted = Path(tmp) / f"{stage.stem}.ipynb"
-        nbformat.write(notebook, converted)
-        try:
-            papermill.execute_notebook(
-                str(converted), str(running), parameters=parameters, kernel_name="python3",
-                cwd=str(paths.ROOT), progress_bar=False, log_output=False,
-            )
-        except BaseException:
-            if running.exists():
-                os.replace(running, failed)
-            raise
-    os.replace(running, output)
-    failed.unlink(missing_ok=True)
+    final_dir = parameters.get("results_dir", display_path(output_dir))
+    staged_dir = display_path(staging)
+    _stage_copy(output_dir, staging)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            converted = Path(tmp) / f"{stage.stem}.ipynb"
+            nbformat.write(notebook, converted)
+            try:
+                papermill.execute_notebook(
+                    str(converted), str(running), parameters={**parameters, "results_dir": staged_dir},
+                    kernel_name="python3", cwd=str(paths.ROOT), progress_bar=False, log_output=False,
+                )
+            except BaseException:
+                if running.exists():
+                    _point_at(running, staged_dir, final_dir)
+                    os.replace(running, failed)
+                raise
+        _point_at(running, staged_dir, final_dir)
+        _publish(staging, output_dir, skip=running)
+        os.replace(running, output)  # last: the notebook appears with its tables in place
+        failed.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if (output_dir / STAGING).is_dir() and not any((output_dir / STAGING).iterdir()):
+            (output_dir / STAGING).rmdir()
     return output
 
 
@@ -162,16 +241,19 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
 
     Raises
     ------
-    RuntimeError
-        If a stage fails; stages before it keep their outputs and the provenance file
-        says which stage failed and why.
+    StageFailed
+        If a stage fails; every output of earlier stages (and of earlier runs) is kept as
+        it was, and the provenance file says which stage failed and why.
     """
     profile = get_profile(profile_name)
     output_dir = Path(output_dir) if output_dir else default_output_dir(profile.name)
-    output_dir.mkdir(parents=True, exist_ok=True)
     unknown = set(only or []) - {s.stem for s in STAGES}
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {[s.stem for s in STAGES]}")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output {output_dir} is a file, not a folder")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    clean_staging(output_dir)
     record_path = output_dir / "provenance.json"
     record = {
         "profile": profile.name, "description": profile.description,
@@ -205,8 +287,8 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
                          error=f"{type(error).__name__}: {str(error)[-2000:]}")
             record["stages"].append(entry)
             save()
-            raise RuntimeError(f"stage {stage.stem} failed; executed notebook so far: "
-                               f"{output_dir / (stage.stem + '.failed.ipynb')}\n{error}") from error
+            raise StageFailed(f"stage {stage.stem} failed; executed notebook so far: "
+                              f"{output_dir / (stage.stem + '.failed.ipynb')}\n{error}") from error
         entry.update(status="ok", seconds=round(time.perf_counter() - start, 1))
         record["stages"].append(entry)
         save()
@@ -249,21 +331,29 @@ def provenance_frames(record: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bcfeat.exit_codes import PROBLEM, run_command
+
     parser = argparse.ArgumentParser(prog="python -m bcfeat.pipeline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     parser.add_argument("--output", type=Path, default=None,
                         help="folder for executed notebooks and tables (default: book/results for cpu, "
                              "artifacts/runs/<profile> otherwise)")
-    parser.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages")
+    parser.add_argument("--only", nargs="+", metavar="STAGE", choices=[s.stem for s in STAGES],
+                        help="run only these stages")
     parser.add_argument("--restore", action="store_true",
                         help="restore expensive steps (training) from their saved outputs instead of re-running")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an unexpected error")
     args = parser.parse_args(argv)
-    try:
-        run(args.profile, args.output, args.only, args.restore)
-    except (RuntimeError, ValueError, FileNotFoundError) as error:
-        print(f"[bcfeat] error: {error}", file=sys.stderr)
-        return 1
-    return 0
+
+    def command() -> int:
+        try:
+            run(args.profile, args.output, args.only, args.restore)
+        except StageFailed as error:
+            print(f"[bcfeat] error: {error}", file=sys.stderr)
+            return PROBLEM
+        return 0
+
+    return run_command("[bcfeat] error", command, verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pandas as pd
 from bcfeat.benchmark import SplitPlan, make_splits
 from bcfeat.data import load_image, scan_dataset
 from bcfeat.data_overview import subsample
+from bcfeat.validation import require_int
 
 SITES: tuple[str, ...] = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
 SOURCE_SITE = "pbc_acevedo20"
@@ -35,6 +36,7 @@ def site_samples(root: Path, label_space: str | None = "coarse5", sites: Sequenc
     ``label_space=None`` keeps every image (for label-free steps: detector, autoencoder,
     feature extraction). ``max_per_site`` > 0 takes a seeded class-stratified subset per site.
     """
+    require_int("max_per_site", max_per_site, 0, meaning="0: every image; else images per site")
     frames = []
     for site in sites:
         samples = scan_dataset(site, root=root, label_space=label_space).samples

@@ -45,7 +45,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from bcfeat.losses import ALIGNMENT_KINDS, LossTerms, LossWeights, autoencoder_loss
-from bcfeat.model import CHECKPOINT_FORMAT, AEConfig, CrossDomainAutoencoder, save_checkpoint
+from bcfeat.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
+from bcfeat.model_files import load_model_file
 
 SETTINGS = ("source_only", "transductive")
 # TrainConfig fields that may change between a run and its resumption: how long
@@ -319,9 +320,8 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
     last_saved: int | None = None
 
     if resume and path.exists():
-        payload = torch.load(path, map_location=device, weights_only=True)
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"cannot resume from {path}: not a bcfeat checkpoint")
+        payload = load_model_file(path, "autoencoder", required=("config", "state_dict", "optimizer", "epoch"),
+                                  map_location=device)
         _check_resumable(path, payload, model_config, cfg, data_info)
         model.load_state_dict(payload["state_dict"])
         optimizer.load_state_dict(payload["optimizer"])

@@ -47,6 +47,7 @@ from bcfeat.data import resolve_data_root
 
 root = resolve_data_root(data_root or None)
 tables = Path(results_dir) / "tables"
+tables.mkdir(parents=True, exist_ok=True)
 artifacts = Path(artifacts_dir)
 plan = aes.VariantPlan.from_parameters(variants, ae_preset, epochs, batch_size, seed, num_threads)
 

@@ -55,9 +55,32 @@ def test_book_pages_exist_and_show_their_content(built_book):
             assert needle in html, f"{page} lacks {needle!r}"
 
 
+def test_a_fresh_clone_builds_the_book_with_the_bare_command(tmp_path):
+    """`jupyter-book build book/` before any make target: no warning, equations via the CDN MathJax."""
+    clone = tmp_path / "clone"
+    shutil.copytree(paths.BOOK, clone / "book", symlinks=True,
+                    ignore=shutil.ignore_patterns("_assets", "_build", "results"))
+    (clone / "book" / "results").mkdir()
+    for name in ("_config.yml", "package.json"):
+        shutil.copy(paths.ROOT / name, clone / name)
+    # the chapters without executed notebooks: the method chapter's equations are what matters here
+    (clone / "book" / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: method\n")
+    (clone / "book" / "intro.md").write_text("# bcfeat\n")
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    result = subprocess.run([str(jupyter_book), "build", "book/", "-W", "-n"], cwd=clone,
+                            capture_output=True, text=True, timeout=300)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "WARNING" not in log, log[-4000:]
+    method = (clone / "book" / "_build" / "html" / "method.html").read_text()
+    assert re.search(r'<script[^>]+src="https://cdn\.jsdelivr\.net/npm/mathjax@3\.2\.2/es5/tex-chtml\.js"', method)
+    assert "\\(" in method or "\\[" in method or "math notranslate" in method  # equations left for MathJax
+
+
 @pytest.mark.slow
 def test_book_loads_nothing_from_the_web(built_book):
     """MathJax and every script are served from the book itself, so it renders offline."""
+    assert (paths.BOOK / "_assets" / "mathjax" / "tex-chtml.js").exists(), \
+        "book/_assets/mathjax is made by `make env` (the tests run after it); without it the book uses the CDN"
     for page in PAGES:
         html = (built_book / page).read_text()
         remote = re.findall(r'<script[^>]+src="(https?://[^"]+)"', html)

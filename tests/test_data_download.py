@@ -353,3 +353,50 @@ def test_cli_download(server, tmp_path, capsys):
     assert main(["download", "pbc_acevedo20", "--dest", str(tmp_path / "d2"), "--url", f"{base}/pbc.zip",
                  "--sha256", "0" * 64, "--no-progress"]) == 2  # fmt: skip
     assert "sha256" in capsys.readouterr().err and not (tmp_path / "d2" / "PBC_dataset_normal_DIB").exists()
+
+
+# --- a cache that heals ---------------------------------------------------------------
+
+
+def test_an_archive_without_the_dataset_is_discarded_and_the_right_url_is_fetched(server, tmp_path):
+    base, st = server
+    st.files["/wrong.zip"] = _zip({"something_else/a.jpg": _jpeg(1)})
+    st.files["/pbc.zip"] = _zip(PBC_MEMBERS)
+    data = tmp_path / "data"
+    with pytest.raises(DownloadError, match="no folder 'PBC_dataset_normal_DIB'.*discarded"):
+        download_dataset("pbc_acevedo20", data, url=f"{base}/wrong.zip", progress=False)
+    assert _leftovers(data) == []
+    st.requests = []
+    target = download_dataset("pbc_acevedo20", data, url=f"{base}/pbc.zip", progress=False)
+    assert [path for path, _ in st.requests] == ["/pbc.zip"] and (target / "basophil" / "BA_1.jpg").is_file()
+
+
+def test_a_cached_archive_from_another_url_is_not_reused(server, tmp_path):
+    base, st = server
+    st.files["/old.zip"] = _zip({"PBC_dataset_normal_DIB/basophil/BA_9.jpg": _jpeg(9)})
+    st.files["/pbc.zip"] = _zip(PBC_MEMBERS)
+    data = tmp_path / "data"
+    download_dataset("pbc_acevedo20", data, url=f"{base}/old.zip", progress=False, keep_archive=True)
+    st.requests = []
+    target = download_dataset("pbc_acevedo20", data, url=f"{base}/pbc.zip", progress=False, force=True)
+    assert [path for path, _ in st.requests] == ["/pbc.zip"]
+    assert (target / "ig" / "MMY_3.jpg").is_file() and not (target / "basophil" / "BA_9.jpg").exists()
+
+
+def test_force_always_fetches_even_from_the_same_url(server, tmp_path):
+    base, st = server
+    st.files["/pbc.zip"] = _zip(PBC_MEMBERS)
+    data = tmp_path / "data"
+    download_dataset("pbc_acevedo20", data, url=f"{base}/pbc.zip", progress=False, keep_archive=True)
+    st.requests = []
+    download_dataset("pbc_acevedo20", data, url=f"{base}/pbc.zip", progress=False, keep_archive=True, force=True)
+    assert [path for path, _ in st.requests] == ["/pbc.zip"]
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1/pbc.zip", "file:///etc/passwd", "pbc.zip"])
+def test_cli_refuses_a_url_that_is_not_http(url, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["download", "pbc_acevedo20", "--dest", str(tmp_path), "--url", url])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "is not an http:// or https:// URL" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

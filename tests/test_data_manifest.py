@@ -103,3 +103,15 @@ def test_manifest_counts_are_per_class_folder(data_root, manifest_dir, manifests
     r = verify_dataset("pbc_acevedo20", data_root, manifest_dir=manifest_dir, fast=True)
     want = manifests["pbc_acevedo20"]["class_folder"].value_counts().sort_index()
     pd.testing.assert_series_equal(r.counts["expected"].sort_index(), want, check_names=False)
+
+
+def test_cli_verify_checks_every_dataset_when_some_are_missing(fake_root, manifests, capsys):
+    """A root holding one dataset: that one is verified, each absent one is named, exit 1."""
+    root, mdir, _ = fake_root
+    manifests["bccd_crops"].to_csv(mdir / "bccd_crops.csv", index=False)
+    manifests["cellavision_zheng18"].to_csv(mdir / "cellavision_zheng18.csv", index=False)
+    rc = main(["verify", "--root", str(root), "--manifests", str(mdir)])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "bccd_crops: MISSING" in out and "cellavision_zheng18: MISSING" in out
+    assert "jtsc_zheng18" in out and "verified 3 dataset(s)" in out and "2 with problems" in out

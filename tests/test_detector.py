@@ -422,9 +422,9 @@ def test_detector_command_trains_calibrates_and_scores_against_experts(tmp_path,
 
     from bcfeat.detector import _read_checkpoint, main
 
-    main(["--preset", "tiny", "--steps", "3", "--batch-size", "2", "--per-dataset", "jtsc_zheng18=6",
-          "cellavision_zheng18=4", "--checkpoint", str(tmp_path / "d.pt"), "--cache", str(tmp_path / "c.pt"),
-          "--eval-dir", str(tmp_path / "eval")])
+    assert main(["--preset", "tiny", "--steps", "3", "--batch-size", "2", "--per-dataset", "jtsc_zheng18=6",
+                 "cellavision_zheng18=4", "--checkpoint", str(tmp_path / "d.pt"), "--cache", str(tmp_path / "c.pt"),
+                 "--eval-dir", str(tmp_path / "eval")]) == 0
     out = capsys.readouterr().out
     assert "10 unlabelled training images" in out and "mask threshold calibrated on the pseudo-masks" in out
     assert "detector minus pseudo-mask mean IoU" in out
@@ -435,8 +435,8 @@ def test_detector_command_trains_calibrates_and_scores_against_experts(tmp_path,
     assert len(pd.read_csv(tmp_path / "eval" / "detector_vs_experts_per_image.csv")) == 2 * 400
     assert "(subpixel paste)" in out and stored["config"]["mask_image_guidance"] is False
     # The ablations of the closing note: the pixels given to the mask predictor, torchvision's paste.
-    main(["--preset", "tiny", "--steps", "2", "--batch-size", "2", "--per-dataset", "jtsc_zheng18=4",
-          "--checkpoint", str(tmp_path / "g.pt"), "--cache", str(tmp_path / "c2.pt"), "--eval-dir", str(tmp_path / "g"),
-          "--mask-image-guidance", "--mask-paste", "torchvision"])
+    assert main(["--preset", "tiny", "--steps", "2", "--batch-size", "2", "--per-dataset", "jtsc_zheng18=4",
+                 "--checkpoint", str(tmp_path / "g.pt"), "--cache", str(tmp_path / "c2.pt"),
+                 "--eval-dir", str(tmp_path / "g"), "--mask-image-guidance", "--mask-paste", "torchvision"]) == 0
     assert "(torchvision paste)" in capsys.readouterr().out
     assert _read_checkpoint(tmp_path / "g.pt")["config"]["mask_image_guidance"] is True

@@ -59,7 +59,7 @@ def test_model_file_round_trip_gives_identical_features(model_file, real_paths):
 
 def test_load_model_rejects_other_files(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="not an AE-CFE model file"):
+    with pytest.raises(ValueError, match="other.pt: is not a bcfeat aecfe file"):
         load_model(tmp_path / "other.pt")
     with pytest.raises(FileNotFoundError, match="no AE-CFE model file"):
         load_model(tmp_path / "missing.pt")
@@ -67,7 +67,7 @@ def test_load_model_rejects_other_files(tmp_path):
 
 def test_transformer_contract_and_pipeline(model_file, real_paths, data_root):
     features = AECFEFeatures(model_file)
-    assert clone(features).get_params() == {"model_path": model_file}
+    assert clone(features).get_params() == {"model_path": model_file, "on_error": "raise"}
     with pytest.raises(NotFittedError):
         features.transform(real_paths[:1])
     labels = [p.split("/")[-2] for p in real_paths]
@@ -97,8 +97,99 @@ def test_extract_command_writes_one_row_per_readable_file(model_file, real_paths
     assert cli_main(["extract", str(model_file), str(folder), "--output", str(out), "--no-progress"]) == 0
     table = pd.read_csv(out)
     assert len(table) == 3 and {"relpath", "fallback", "score", "aecfe49"} <= set(table.columns)
-    assert "1 unreadable images skipped" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "1 file(s) skipped" in stdout and "skipped a/broken.png: cannot decode image" in stdout
     assert cli_main(["extract", str(model_file), str(tmp_path / "nothing"), "--output", str(out)]) == 2
+
+
+def test_extract_names_every_file_it_leaves_out(model_file, real_paths, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    shutil.copy(real_paths[0], folder / "cell.jpg")
+    frames = [Image.new("RGB", (8, 8), c) for c in ("red", "blue")]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:], loop=0)
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    (folder / "gone.jpg").symlink_to(folder / "missing.jpg")
+    (folder / "empty.bmp").write_bytes(b"")
+    out = tmp_path / "new" / "deeper" / "features.parquet"  # folders created, parquet written
+    assert cli_main(["extract", str(model_file), str(folder), "--output", str(out), "--no-progress"]) == 0
+    assert len(pd.read_parquet(out)) == 1
+    stdout = capsys.readouterr().out
+    assert "1 images" in stdout and "4 file(s) skipped" in stdout
+    for name, reason in [("animated.gif", "not an image type"), ("loop.png", "looping link"),
+                         ("gone.jpg", "broken or looping link"), ("empty.bmp", "empty file")]:
+        assert f"skipped {name}: " in stdout and reason in stdout.split(f"skipped {name}: ")[1].split("\n")[0]
+
+
+@pytest.mark.parametrize("output, message", [
+    ("features.xlsx", "unknown table format '.xlsx'"),
+    ("features", "unknown table format '(no extension)'"),
+    ("folder.csv/", "is a folder"),
+    ("afile/x.csv", "afile is a file, not a folder"),
+])
+def test_extract_refuses_a_bad_output_before_any_work(tmp_path, capsys, monkeypatch, output, message):
+    import bcfeat.extractor
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("extraction started")
+
+    monkeypatch.setattr(bcfeat.extractor, "extract_folder", must_not_run)
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "afile").write_text("x")
+    status = cli_main(["extract", str(tmp_path / "model.pt"), str(tmp_path), "--output", str(tmp_path / output)])
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_extract_leaves_no_temporary_file_when_writing_fails(model_file, real_paths, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    shutil.copy(real_paths[0], folder / "cell.jpg")
+
+    def disk_full(self, path, **kwargs):
+        Path(path).write_text("half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full)
+    out = tmp_path / "out" / "f.csv"
+    assert cli_main(["extract", str(model_file), str(folder), "--output", str(out), "--no-progress"]) == 1
+    assert not out.exists() and list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_extract_batch_size_must_be_positive(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["extract", "m.pt", str(tmp_path), "--output", "f.csv", "--batch-size", value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--batch-size" in err and (">= 1" in err or "whole number" in err)
+
+
+def test_transformer_gives_one_row_per_input(model_file, real_paths, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    good = np.ascontiguousarray(np.full((40, 40, 3), 200, np.uint8))
+    inputs = [real_paths[0], str(broken), np.zeros((0, 0, 3), np.uint8), good, str(tmp_path / "missing.png")]
+    strict = AECFEFeatures(model_file).fit()
+    with pytest.raises(ValueError, match="input 1 is not a readable image: cannot decode image .*broken.png"):
+        strict.transform(inputs)
+    with pytest.raises(ValueError, match=r"input 0 is not a readable image: empty image of shape \(0, 0, 3\)"):
+        strict.transform([np.zeros((0, 0, 3), np.uint8)])
+    lenient = AECFEFeatures(model_file, on_error="nan").fit()
+    out = lenient.transform(inputs)
+    assert out.shape == (5, 50)
+    assert np.isnan(out[[1, 2, 4]]).all() and np.isfinite(out[[0, 3]]).all()
+    assert lenient.n_skipped_ == 3 and [i for i, _ in lenient.skipped_] == [1, 2, 4]
+    # (a batch is padded to its largest image, so batch-mates shift results slightly: atol)
+    np.testing.assert_allclose(out[[0, 3]], strict.transform([real_paths[0], good]), atol=1e-6)
+    # A bare path is one image, not a sequence of characters.
+    np.testing.assert_allclose(strict.transform(real_paths[0]), out[[0]], atol=1e-4)
+    np.testing.assert_allclose(strict.transform(Path(real_paths[0])), out[[0]], atol=1e-4)
+    with pytest.raises(ValueError, match="on_error"):
+        AECFEFeatures(model_file, on_error="skip").fit()
 
 
 def test_a_site_standardised_model_takes_each_call_as_one_site(tmp_path, data_root):

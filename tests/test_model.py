@@ -138,7 +138,7 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         load_checkpoint(junk)
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, other)
-    with pytest.raises(ValueError, match="other.pt is not a bcfeat autoencoder checkpoint"):
+    with pytest.raises(ValueError, match="other.pt: is not a bcfeat autoencoder file"):
         load_checkpoint(other)
     with pytest.raises(ValueError, match="reserved"):
         save_checkpoint(tmp_path / "x.pt", CrossDomainAutoencoder(cfg), cfg, {"config": {}})

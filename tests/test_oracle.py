@@ -102,7 +102,7 @@ def test_checkpoint_round_trip_and_resume_is_exact(toy, tmp_path):
     # Interrupted after epoch 1 (the callback stops it), then resumed to the end.
     first = train_oracle(train_x, train_y, cfg, path, callback=lambda rec: rec["epoch"] == 1)
     assert len(first.history) == 1
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)  # plain data: no code can run
     assert ckpt["epoch"] == 1 and ckpt["config"]["arch"] == "narrow_resnet"
     assert set(ckpt) >= {"config", "state_dict", "classes", "optimizer", "data_fingerprint"}
     resumed = train_oracle(train_x, train_y, cfg, path)
@@ -132,7 +132,7 @@ def test_resume_refuses_another_config_or_data(toy, tmp_path):
     # resume=False starts over and overwrites.
     again = train_oracle(train_x, train_y, OracleConfig(**{**TINY, "epochs": 1, "seed": 5}), path, resume=False)
     assert load_checkpoint(path).config.seed == 5 and len(again.history) == 1
-    with pytest.raises(ValueError, match="not an oracle checkpoint"):
+    with pytest.raises(ValueError, match="other.pt: is not a bcfeat oracle file"):
         torch.save({"state_dict": {}}, tmp_path / "other.pt")
         load_checkpoint(tmp_path / "other.pt")
 

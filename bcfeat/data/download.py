@@ -13,6 +13,16 @@ Checksums: none of the providers publishes a sha256 for these archives
 (GitHub even regenerates its zip archives), so ``sha256`` is None for all of
 them and the archive's digest is logged after download for you to record.
 The staged subsets are verified file by file with ``bcfeat verify`` instead.
+
+The cache heals itself: an archive in ``<data_dir>/.downloads`` is reused only when it
+came from the same URL, it is discarded as soon as it fails a check (not an archive,
+unsafe member paths, no release folder inside), and ``force=True`` always fetches anew.
+
+Why not ``pooch``: pooch does hash-checked, cached downloads with archive processors,
+but it restarts an interrupted transfer from zero (no HTTP ``Range`` resume), which is
+what matters for the multi-hundred-megabyte archives here on a flaky link, and its
+processors unpack in place rather than into a temporary folder renamed into place when
+complete. This module is kept for those two things; it uses only the standard library.
 """
 
 from __future__ import annotations
@@ -358,6 +368,16 @@ def _find_folder(tree: Path, name: str) -> Path | None:
     return None
 
 
+def _part(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".part")
+
+
+def _discard(archive: Path) -> None:
+    """Remove a cached archive, its partial download and its origin record."""
+    for path in (archive, _part(archive), archive.with_name(archive.name + ".url")):
+        path.unlink(missing_ok=True)
+
+
 def download_dataset(
     name: str,
     data_dir: str | os.PathLike | None = None,
@@ -381,7 +401,7 @@ def download_dataset(
     progress : bool or callable
         See :func:`download_file`.
     force : bool
-        Replace an existing release folder.
+        Fetch the archive again (never from the cache) and replace an existing release folder.
     keep_archive : bool
         Keep the downloaded archive in ``<data_dir>/.downloads`` after extraction.
 
@@ -411,8 +431,21 @@ def download_dataset(
         return target
     data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / ".downloads" / source.archive_name
+    origin = archive.with_name(archive.name + ".url")  # where the cached archive (or .part) came from
+    cached_from = origin.read_text().strip() if origin.is_file() else None
+    if force or (cached_from != url and (archive.exists() or _part(archive).exists())):
+        if archive.exists() or _part(archive).exists():
+            log.info("%s: discarding the cached archive %s (%s)", name, archive,
+                     "force" if force else f"it came from {cached_from or 'an unknown URL'}, not {url}")
+        _discard(archive)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    origin.write_text(url + "\n")
     expected = sha256 or source.sha256
-    download_file(url, archive, sha256=expected, progress=progress)
+    try:
+        download_file(url, archive, sha256=expected, progress=progress)
+    except ChecksumMismatch:
+        _discard(archive)
+        raise
     if expected is None:
         log.warning(
             "%s: no published sha256 for %s; integrity of the archive is not verified "
@@ -425,8 +458,8 @@ def download_dataset(
         try:
             extract_archive(archive, tmp)
         except (DownloadError, zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
-            archive.unlink(missing_ok=True)  # a broken archive must not be "resumed" next time
-            raise DownloadError(f"could not extract {archive} from {url}: {e}") from e
+            _discard(archive)  # a broken archive must not be "resumed" or reused next time
+            raise DownloadError(f"could not extract {archive} from {url}: {e}; the archive was discarded") from e
         found = _find_folder(tmp, source.release_folder)
         if found is None:
             # one wrapping archive (some providers zip the zip): extract it and look again
@@ -436,14 +469,16 @@ def download_dataset(
                 found = _find_folder(tmp / ".inner", source.release_folder)
         if found is None:
             tops = sorted(p.name for p in tmp.iterdir())
-            raise DownloadError(f"archive {archive} has no folder {source.release_folder!r}; its top level holds {tops}")
+            _discard(archive)  # not the dataset: the next run (e.g. with the right --url) must fetch again
+            raise DownloadError(f"archive {archive} from {url} has no folder {source.release_folder!r}; its top "
+                                f"level holds {tops}; the archive was discarded")
         if target.exists():  # force: move the old copy aside first, delete it with tmp
             os.rename(target, tmp / ".replaced")
         os.rename(found, target)  # same file system (tmp is beside target): atomic
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not keep_archive:
-        archive.unlink(missing_ok=True)
+        _discard(archive)
     if source.note:
         log.info("%s: %s", name, source.note)
     return target

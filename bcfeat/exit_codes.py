@@ -1,0 +1,111 @@
+"""Exit statuses and error reporting shared by every bcfeat command.
+
+``bcfeat ...``, ``python -m bcfeat.pipeline`` and ``python -m bcfeat.detector`` all end with
+
+====  =====================================================================================
+0     success
+1     the command ran and found a problem (``bcfeat verify``: files that do not match;
+      the pipeline: a stage that failed), or an unexpected error (a bug: run again with
+      ``--verbose`` for the traceback)
+2     a usage error: a bad option or value, a missing or unreadable input, a refused
+      model file; one line on stderr says what and where, and nothing was written
+====  =====================================================================================
+
+A user's mistake never shows a traceback; a bug shows one only with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+OK, PROBLEM, USAGE = 0, 1, 2
+
+log = logging.getLogger(__name__)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "the input was wrong", reported in one line with exit 2."""
+    from bcfeat.data.download import DownloadError
+    from bcfeat.data.registry import DatasetNotFound
+    from bcfeat.data.root import DataRootNotFound
+    from bcfeat.data.splits import SplitMismatch
+
+    # ValueError covers ModelFileError, ImageDecodeError, ChecksumMismatch and the config checks.
+    return (DataRootNotFound, DatasetNotFound, DownloadError, SplitMismatch, FileNotFoundError,
+            NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError, KeyError, ValueError)
+
+
+def one_line(error: BaseException) -> str:
+    """The message of an exception, as one line (a KeyError's without its quotes)."""
+    message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    return " ".join(str(message).split("\n"))
+
+
+def run_command(prog: str, func: Callable[[], int | None], verbose: bool = False) -> int:
+    """Run ``func`` and turn its errors into the exit statuses above, with one line on stderr.
+
+    Parameters
+    ----------
+    prog : str
+        Prefix of the error line, e.g. ``"bcfeat extract"``.
+    func : callable
+        The command; returns its exit status (None means 0).
+    verbose : bool
+        Re-raise unexpected errors so their traceback is shown.
+    """
+    try:
+        status = func()
+    except user_errors() as error:
+        if verbose:
+            log.exception("%s failed", prog)
+        print(f"{prog}: {one_line(error)}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: say so, traceback on request
+        if verbose:
+            raise
+        print(f"{prog}: unexpected error ({type(error).__name__}: {one_line(error)}); "
+              "run again with --verbose for the traceback", file=sys.stderr)
+        return PROBLEM
+    return OK if status is None else int(status)
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for an integer ``>= minimum`` whose error names the value and range.
+
+    >>> int_at_least(1)("3")
+    3
+    """
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: must be >= {minimum}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def float_between(low: float, high: float, inclusive: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` for a float in ``(low, high)`` (``[low, high]`` with ``inclusive``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        inside = low <= value <= high if inclusive else low < value < high
+        if not inside:
+            bounds = f"[{low}, {high}]" if inclusive else f"({low}, {high})"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: must be in {bounds}")
+        return value
+
+    parse.__name__ = "number"
+    return parse

@@ -1,0 +1,206 @@
+"""Reading and writing bcfeat model files as data: weights and plain values, never code.
+
+Every file bcfeat writes for a trained model (the detector, the autoencoder, the
+one-file AE-CFE extractor, the oracle) is a ``torch.save`` of one dict whose
+``"format"`` entry names its **kind and version**, e.g. ``"bcfeat.detector/1"``,
+beside the model's configuration as plain JSON-able values and its weights as
+tensors. :func:`load_model_file` is the only way bcfeat opens such a file:
+
+1. the file must be a complete zip archive (PyTorch's format) whose every member
+   passes its CRC-32 check, so a truncated or bit-flipped file is refused before
+   anything is unpickled;
+2. it is unpickled with ``torch.load(weights_only=True)``, whose unpickler only
+   builds tensors, numbers, strings and containers: a file with code in it (any
+   other Python object) is refused **without running that code**;
+3. its kind and version must be the ones asked for, and every required part present.
+
+Each refusal raises :class:`ModelFileError`, one line naming the file and the problem
+(and, for files that only an unsafe load could open, how to re-create them).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+# How each kind of file is (re)made, for the message on a file that cannot be opened safely.
+REMAKE: dict[str, str] = {
+    "detector": "re-run the detector stage: `make pipeline RUN_ARGS=\"--only 01_detector\"` "
+                "(notebooks/01_detector.py) or `python -m bcfeat.detector`",
+    "autoencoder": "re-run the autoencoder stage: `make pipeline RUN_ARGS=\"--only 02_autoencoder\"` "
+                   "(notebooks/02_autoencoder.py)",
+    "aecfe": "re-run the autoencoder stage, which writes artifacts/<profile>/aecfe_model*.pt: "
+             "`make pipeline RUN_ARGS=\"--only 02_autoencoder\"` (notebooks/02_autoencoder.py)",
+    "oracle": "re-run the oracle stage: `make pipeline RUN_ARGS=\"--only 04_oracle\"` (notebooks/04_oracle.py)",
+}
+
+
+class ModelFileError(ValueError):
+    """A model file was refused: wrong kind, damaged, incomplete or holding code.
+
+    The message is one line naming the file and what is wrong with it.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str, unsafe: bool = False):
+        self.path = Path(path)
+        self.problem = problem
+        self.unsafe = unsafe  # True: refused because unpickling it would have to run code
+        super().__init__(f"model file {self.path}: {problem}")
+
+
+def format_name(kind: str, version: int) -> str:
+    """The ``"format"`` entry of a file of this kind and version.
+
+    >>> format_name("detector", 1)
+    'bcfeat.detector/1'
+    """
+    return f"bcfeat.{kind}/{int(version)}"
+
+
+def parse_format(value: Any) -> tuple[str, int] | None:
+    """``"bcfeat.detector/1"`` -> ``("detector", 1)``; None for anything else.
+
+    >>> parse_format("bcfeat.aecfe/1"), parse_format("other")
+    (('aecfe', 1), None)
+    """
+    if not isinstance(value, str) or not value.startswith("bcfeat.") or "/" not in value:
+        return None
+    kind, _, version = value[len("bcfeat."):].partition("/")
+    return (kind, int(version)) if version.isdigit() else None
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a file that is not a complete, undamaged zip archive (PyTorch's file format)."""
+    if path.is_dir():
+        raise ModelFileError(path, "is a folder, not a file")
+    if path.stat().st_size == 0:
+        raise ModelFileError(path, "is empty (0 bytes)")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(path, "is damaged or not a model file: not a complete PyTorch zip archive "
+                                   "(truncated, or written by another program)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()  # reads every member and checks its CRC-32
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise ModelFileError(path, f"is damaged (its archive cannot be read: {exc})") from None
+    if bad is not None:
+        raise ModelFileError(path, f"is damaged (checksum error in its part {bad!r}; bit-flipped or overwritten)")
+
+
+def read_payload(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """Unpickle a model file safely, without checking its kind (see :func:`load_model_file`).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ModelFileError
+        The file is damaged, or holds anything but weights and plain values.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no model file at {path}")
+    _check_archive(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses every global it does not know, before calling it
+        detail = str(exc).split("\n")[0][:200]
+        raise ModelFileError(path, "holds Python objects other than weights and plain values (possibly code); "
+                                   f"it was not opened ({detail})", unsafe=True) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        detail = str(exc).split("\n")[0][:200]
+        raise ModelFileError(path, f"is damaged ({type(exc).__name__}: {detail})") from None
+
+
+def load_model_file(path: str | os.PathLike, kind: str, versions: Iterable[int] = (1,),
+                    required: Iterable[str] = ("config", "state_dict"), map_location: Any = "cpu",
+                    legacy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Open a model file of one kind safely and return its payload dict.
+
+    Parameters
+    ----------
+    path : path-like
+    kind : str
+        ``"detector"``, ``"autoencoder"``, ``"aecfe"`` or ``"oracle"``.
+    versions : iterable of int
+        Versions of that kind this code can read.
+    required : iterable of str
+        Entries the payload must have.
+    map_location : str or torch.device
+        Where tensors are loaded.
+    legacy : dict, optional
+        ``{key: value}`` that identifies a file of this kind written before it had a
+        ``"format"`` entry (the oracle's ``{"kind": "oracle"}``), read as version 0.
+
+    Returns
+    -------
+    dict
+        The payload: ``format``, configuration (plain values) and weights (tensors).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ModelFileError
+        Damaged, of another kind or version, incomplete, or holding code.
+
+    Examples
+    --------
+    >>> import tempfile, torch
+    >>> p = Path(tempfile.mkdtemp()) / "m.pt"
+    >>> torch.save({"format": "bcfeat.detector/1", "config": {}, "state_dict": {}}, p)
+    >>> sorted(load_model_file(p, "detector"))
+    ['config', 'format', 'state_dict']
+    >>> load_model_file(p, "oracle")
+    Traceback (most recent call last):
+    ...
+    bcfeat.model_files.ModelFileError: model file ...m.pt: is a bcfeat detector file, not a bcfeat oracle file
+    """
+    path = Path(path)
+    try:
+        payload = read_payload(path, map_location)
+    except ModelFileError as error:
+        if error.unsafe and kind in REMAKE:
+            raise ModelFileError(path, f"{error.problem}. If it is an older bcfeat file, {REMAKE[kind]}") from None
+        raise
+    if not isinstance(payload, dict):
+        raise ModelFileError(path, f"is not a bcfeat {kind} file (it holds a {type(payload).__name__}, not a dict)")
+    found = parse_format(payload.get("format"))
+    if found is None and legacy and all(payload.get(k) == v for k, v in legacy.items()):
+        found = (kind, 0)
+    if found is None:
+        raise ModelFileError(path, f"is not a bcfeat {kind} file (no bcfeat format entry; "
+                                   f"expected {format_name(kind, max(versions))!r})")
+    if found[0] != kind:
+        raise ModelFileError(path, f"is a bcfeat {found[0]} file, not a bcfeat {kind} file")
+    allowed = set(versions) | ({0} if legacy else set())
+    if found[1] not in allowed:
+        raise ModelFileError(path, f"is a {kind} file of version {found[1]}, this bcfeat reads versions "
+                                   f"{sorted(allowed)}; {REMAKE.get(kind, 'write it again with this bcfeat')}")
+    missing = [key for key in required if key not in payload]
+    if missing:
+        raise ModelFileError(path, f"is incomplete: its {', '.join(map(repr, missing))} part(s) are missing")
+    return payload
+
+
+def build_from_payload(path: str | os.PathLike, what: str, build: Any) -> Any:
+    """``build()`` with its config and weight errors turned into one-line :class:`ModelFileError`.
+
+    ``build`` rebuilds a model from a payload (config -> module, ``load_state_dict``); a
+    config with unknown keys or weights of the wrong shape mean the file does not fit
+    this bcfeat's model.
+    """
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        detail = str(exc).split("\n")[0][:300]
+        raise ModelFileError(path, f"its {what} does not fit this bcfeat ({type(exc).__name__}: {detail})") from None
