@@ -127,22 +127,64 @@ def check_output_path(output: str | os.PathLike) -> Path:
     return out
 
 
-def _cmd_extract(args: argparse.Namespace) -> int:
+def _write_table(table, out: Path) -> None:
     from bcfeat.atomic_io import atomic_path
-    from bcfeat.extractor import extract_folder
 
-    out = check_output_path(args.output)  # refuse a bad --output before minutes of extraction
-    table, skipped = extract_folder(args.model, args.input, layout=args.layout, batch_size=args.batch_size,
-                                    progress=not args.no_progress)
     with atomic_path(out) as tmp:  # creates the folder; the temporary file is removed on any error
         if OUTPUT_FORMATS[out.suffix.lower()] == "parquet":
             table.to_parquet(tmp, index=False)
         else:
             table.to_csv(tmp, index=False)
-    print(f"bcfeat extract: {len(table)} images -> {out}; {len(skipped)} file(s) skipped"
-          + (":" if skipped else ""))
+
+
+def _report_skipped(command: str, n_rows: int, out: Path, skipped) -> None:
+    print(f"bcfeat {command}: {n_rows} images -> {out}; {len(skipped)} file(s) skipped" + (":" if skipped else ""))
     for path, reason in skipped:  # every file without a row, named with the reason
         print(f"  skipped {path}: {reason}")
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from bcfeat.crosslab.model import is_crosslab_model_file
+
+    out = check_output_path(args.output)  # refuse a bad --output before minutes of extraction
+    if is_crosslab_model_file(args.model):
+        from bcfeat.crosslab.folders import extract_folder as extract_cells
+
+        if args.layout != "files":
+            raise ValueError("--layout applies to AE-CFE model files; a cross-lab model reads every image below the folder")
+        table, skipped = extract_cells(args.model, args.input)
+    else:
+        from bcfeat.extractor import extract_folder
+
+        table, skipped = extract_folder(args.model, args.input, layout=args.layout, batch_size=args.batch_size,
+                                        progress=not args.no_progress)
+    _write_table(table, out)
+    _report_skipped("extract", len(table), out, skipped)
+    return 0
+
+
+def _cmd_train_classifier(args: argparse.Namespace) -> int:
+    from bcfeat.crosslab.folders import train_classifier
+
+    out = Path(args.output)
+    if out.is_dir():
+        raise ValueError(f"--output {out} is a folder; give a file name such as {out / 'classifier.pt'}")
+    path, counts, skipped = train_classifier(args.model, args.labelled, out, C=args.C, groups=args.groups)
+    print(f"bcfeat train-classifier: {int(counts.sum())} cells of {len(counts)} classes "
+          f"({', '.join(f'{k} {v}' for k, v in counts.items())}) -> {path}; {len(skipped)} file(s) skipped"
+          + (":" if skipped else ""))
+    for p, reason in skipped:
+        print(f"  skipped {p}: {reason}")
+    return 0
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from bcfeat.crosslab.folders import classify_folder
+
+    out = check_output_path(args.output)
+    table, skipped = classify_folder(args.model, args.input)
+    _write_table(table, out)
+    _report_skipped("classify", len(table), out, skipped)
     return 0
 
 
@@ -201,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="remake the split even if a file exists")
     t.set_defaults(func=_cmd_splits)
 
-    e = sub.add_parser("extract", help="the 50-d AE-CFE features of a folder of images, one row per file")
-    e.add_argument("model", help="model file (detector + autoencoder) written by bcfeat.extractor.save_model")
+    e = sub.add_parser("extract", help="the features of a folder of images, one row per file "
+                                       "(cross-lab cell features or the 50-d AE-CFE code, by model file)")
+    e.add_argument("model", help="a cross-lab model file (artifacts/<profile>/crosslab_model.pt) or an AE-CFE "
+                                 "model file (artifacts/<profile>/aecfe_model.pt)")
     e.add_argument("input", help="folder of images")
     e.add_argument("--layout", default="files", choices=["files", *sorted(LAYOUTS)],
                    help="'files': every image below the folder, no labels; else a dataset layout (labels kept)")
@@ -210,6 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per step (>= 1)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_cmd_extract)
+
+    tc = sub.add_parser("train-classifier", help="train a classifier on labelled folders <folder>/<class>/<image> "
+                                                  "and write it with the cross-lab model to one file")
+    tc.add_argument("model", help="cross-lab model file (artifacts/<profile>/crosslab_model.pt)")
+    tc.add_argument("labelled", help="folder of class folders, <folder>/<class>/<image>")
+    tc.add_argument("--output", required=True, help="model + classifier file to write (.pt)")
+    tc.add_argument("--C", type=float_between(1e-6, 1e6), default=0.03,
+                    help="inverse L2 strength of the linear model (default 0.03)")
+    tc.add_argument("--groups", default="all", help="feature groups: 'all' or 'no_<group>' (e.g. no_texture)")
+    tc.set_defaults(func=_cmd_train_classifier)
+
+    c = sub.add_parser("classify", help="classify a folder of one lab's cells to a table (class, probability)")
+    c.add_argument("model", help="model + classifier file written by `bcfeat train-classifier` or the study")
+    c.add_argument("input", help="folder of one lab's images (at least 10)")
+    c.add_argument("--output", required=True, help="table to write (.csv or .parquet)")
+    c.set_defaults(func=_cmd_classify)
     return p
 
 

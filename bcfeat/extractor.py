@@ -300,9 +300,10 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     model_path : path-like
-        A model file of :func:`save_model` (detector + autoencoder). ``fit`` loads it; the
-        autoencoder is trained without labels beforehand (``notebooks/02_autoencoder.py``),
-        so ``fit`` learns nothing from ``X`` or ``y``.
+        A model file of :func:`save_model` (detector + autoencoder), or a cross-lab model file
+        (:mod:`bcfeat.crosslab.model`; then the output is its named cell features, raw, before
+        any per-lab standardisation). ``fit`` loads it; both are trained beforehand by the
+        study, so ``fit`` learns nothing from ``X`` or ``y``.
     on_error : {"raise", "nan"}
         ``"raise"`` (default): the first unreadable input stops ``transform`` with an error
         naming it. ``"nan"``: its row is all NaN, and the count and reasons are kept in
@@ -333,8 +334,15 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
             raise ValueError("AECFEFeatures needs model_path, a model file written by bcfeat.extractor.save_model")
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
-        self.model_ = load_model(self.model_path)
-        self.n_features_out_ = int(self.model_.autoencoder.cfg.latent_dim)
+        from bcfeat.crosslab.model import is_crosslab_model_file
+        from bcfeat.crosslab.model import load_model as load_crosslab_model
+
+        if is_crosslab_model_file(self.model_path):
+            self.model_ = _CellFeatures(load_crosslab_model(self.model_path))
+            self.n_features_out_ = len(self.model_.names)
+        else:
+            self.model_ = load_model(self.model_path)
+            self.n_features_out_ = int(self.model_.autoencoder.cfg.latent_dim)
         self.n_skipped_, self.skipped_ = 0, []
         return self
 
@@ -368,7 +376,23 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         check_is_fitted(self, "model_")
+        if isinstance(self.model_, _CellFeatures):
+            return np.asarray(self.model_.names, dtype=object)
         return np.asarray([f"aecfe{i}" for i in range(self.n_features_out_)], dtype=object)
+
+
+class _CellFeatures:
+    """A cross-lab model seen through the extractor's ``transform(images)`` interface."""
+
+    def __init__(self, model):
+        self.model = model
+        self.names = list(model.feature_names)
+
+    def transform(self, images: Sequence[Any]) -> np.ndarray:
+        feats, kept = self.model.measure(images)
+        if len(kept) != len(images):  # images were decoded already; a failure here is a bug
+            raise RuntimeError(f"{len(images) - len(kept)} decoded image(s) could not be measured")
+        return feats.astype(np.float32)
 
 
 def folder_images(folder: str | os.PathLike, layout: str = "files") -> tuple[pd.DataFrame, list[tuple[str, str]]]:

@@ -36,6 +36,8 @@ REMAKE: dict[str, str] = {
     "aecfe": "re-run the autoencoder stage, which writes artifacts/<profile>/aecfe_model*.pt: "
              "`make pipeline RUN_ARGS=\"--only 02_autoencoder\"` (notebooks/02_autoencoder.py)",
     "oracle": "re-run the oracle stage: `make pipeline RUN_ARGS=\"--only 04_oracle\"` (notebooks/04_oracle.py)",
+    "crosslab": "re-run the cross-lab stage: `make pipeline RUN_ARGS=\"--only 07_crosslab\"` "
+                "(notebooks/07_crosslab.py), or `bcfeat train-classifier` for a classifier file",
 }
 
 

@@ -65,6 +65,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("04_oracle", run_parameter="train_oracle"),
     Stage("05_benchmark"),
     Stage("06_figures"),
+    Stage("07_crosslab"),
     Stage("90_provenance"),
 )
 

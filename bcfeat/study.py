@@ -158,6 +158,14 @@ def oracle_factory(config, checkpoint_pattern: Path, train: bool) -> Callable[[i
     return make
 
 
+def oracle_checkpoint_pattern(checkpoints: str | os.PathLike, config: object, samples: pd.DataFrame, norm: str,
+                              seed: int | None = None) -> Path:
+    """Where 04_oracle keeps the oracle of one normalisation: ``{seed}`` left in the name for
+    :func:`oracle_factory`, or filled with ``seed`` (the oracle of the repetition of that seed)."""
+    path = Path(checkpoints) / f"oracle_{norm}_{run_key(samples, config)}_seed{{seed}}.pt"
+    return path if seed is None else Path(str(path).replace("{seed}", str(seed)))
+
+
 def benchmark_samples(root: Path, max_per_site: int = 0, seed: int = 0) -> dict[str, pd.DataFrame]:
     """The labelled samples of the benchmark: coarse5 on every site, common13 within the source site."""
     return {

@@ -63,8 +63,8 @@ oracle_plan = study.first_repetitions(plan, oracle_repetitions)
 configs = {norm: oracle_config(profile, norm=norm, **({"epochs": oracle_epochs} if oracle_epochs else {}))
            for norm in study.parse_list(oracle_norms)}
 images = study.decoded_images(samples["path"].tolist(), next(iter(configs.values())).image_size)
-classifiers = {norm: study.oracle_factory(
-    cfg, checkpoints / f"oracle_{norm}_{study.run_key(samples, cfg)}_seed{{seed}}.pt", train_oracle)
+classifiers = {norm: study.oracle_factory(cfg, study.oracle_checkpoint_pattern(checkpoints, cfg, samples, norm),
+                                          train_oracle)
                for norm, cfg in configs.items()}
 scores, predictions = study.run_feature_sets(
     {f"oracle ({cfg.arch}, {norm} norm)": images for norm, cfg in configs.items()}, samples, oracle_plan,

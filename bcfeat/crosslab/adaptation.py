@@ -190,6 +190,8 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
     confidence : float, default=0.9
     n_estimators : int, default=200
         Trees of the forest.
+    columns : tuple of int or None, default=None
+        The feature columns used (e.g. all but the texture group); ``None``: every column.
     random_state : int or None, default=None
 
     Attributes
@@ -211,7 +213,8 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, model: str = "logistic", C: float = 0.1, site_standardize: bool = True,
                  balance_rounds: int = 2, prior_correction: str = "none", self_training: int = 0,
-                 confidence: float = 0.9, n_estimators: int = 200, random_state: int | None = None):
+                 confidence: float = 0.9, n_estimators: int = 200, columns: tuple[int, ...] | None = None,
+                 random_state: int | None = None):
         self.model = model
         self.C = C
         self.site_standardize = site_standardize
@@ -220,6 +223,7 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         self.self_training = self_training
         self.confidence = confidence
         self.n_estimators = n_estimators
+        self.columns = columns
         self.random_state = random_state
 
     def _check_params(self) -> None:
@@ -241,6 +245,9 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         return RandomForestClassifier(n_estimators=self.n_estimators, max_depth=16, class_weight="balanced",
                                       n_jobs=1, random_state=self.random_state)
 
+    def _select(self, X: np.ndarray) -> np.ndarray:
+        return X if self.columns is None else X[:, list(self.columns)]
+
     def fit(self, X: np.ndarray, y: Sequence) -> CrossLabClassifier:
         """Fit on one lab's features ``(n, d)`` (raw, unstandardised) and labels ``(n,)``."""
         self._check_params()
@@ -249,11 +256,14 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         if X.ndim != 2 or len(X) != len(y):
             raise ValueError(f"X must be (n, d) with one row per label; got {X.shape} and {len(y)} labels")
+        self.n_features_in_ = X.shape[1]
+        if self.columns is not None and (min(self.columns) < 0 or max(self.columns) >= X.shape[1]):
+            raise ValueError(f"columns must index the {X.shape[1]} features, got {min(self.columns)}..{max(self.columns)}")
+        X = self._select(X)
         self.classes_ = np.unique(y)
         onehot = (y[:, None] == self.classes_[None, :]).astype(float)
         weights = class_balanced_weights(onehot) if self.balance_rounds > 0 else None
         self.source_statistics_ = site_statistics(X, weights)
-        self.n_features_in_ = X.shape[1]
         self._Z_train, self._y_train = standardize(X, self.source_statistics_), y
         self.estimator_ = self._new_estimator().fit(self._Z_train, y)
         return self
@@ -266,7 +276,9 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         Z = standardize(X, site_statistics(X))
         P = estimator.predict_proba(Z)
         for _ in range(self.balance_rounds):
-            Z = standardize(X, site_statistics(X, class_balanced_weights(P)))
+            # hard labels: soft posteriors of a regularised model are too flat to move the weights
+            hard = np.eye(P.shape[1])[P.argmax(axis=1)]
+            Z = standardize(X, site_statistics(X, class_balanced_weights(hard)))
             P = estimator.predict_proba(Z)
         return Z, P
 
@@ -276,6 +288,7 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"X must be (n, {self.n_features_in_}), got {X.shape}")
+        X = self._select(X)
         estimator = self.estimator_
         Z, P = self._site_view(X, estimator)
         for _ in range(self.self_training):

@@ -37,11 +37,19 @@ class CropConfig:
         ``size / cell_diameter`` is the margin of context kept around the cell.
     ruler_work_size : int
         Long side, in pixels, of the downscaled copy the red-cell ruler is measured on.
+    rescale : bool
+        True: every cell is brought to ``cell_diameter``. False (the ablation's "no
+        rescaling"): one zoom for every image, ``cell_diameter / reference_diameter_px``, so
+        cells keep their pixel size.
+    reference_diameter_px : float
+        The cell diameter, in image pixels, that the fixed zoom maps to ``cell_diameter``.
     """
 
     size: int = 80
     cell_diameter: float = 56.0
     ruler_work_size: int = 160
+    rescale: bool = True
+    reference_diameter_px: float = 140.0
 
     def __post_init__(self) -> None:
         if self.size < 16:
@@ -50,6 +58,8 @@ class CropConfig:
             raise ValueError(f"CropConfig.cell_diameter must lie in [4, size={self.size}], got {self.cell_diameter}")
         if self.ruler_work_size < 32:
             raise ValueError(f"CropConfig.ruler_work_size must be >= 32, got {self.ruler_work_size}")
+        if not self.reference_diameter_px > 0:
+            raise ValueError(f"CropConfig.reference_diameter_px must be > 0, got {self.reference_diameter_px}")
 
 
 @dataclass
@@ -169,7 +179,8 @@ def canonical_crop(image: np.ndarray, cell_mask: np.ndarray, cfg: CropConfig | N
         raise ValueError("the cell mask is empty")
     background = background_colour(image, cell_mask)
     diameter = 2.0 * np.sqrt(area / np.pi)
-    zoom = cfg.cell_diameter / diameter  # canvas pixels per image pixel
+    # canvas pixels per image pixel
+    zoom = cfg.cell_diameter / (diameter if cfg.rescale else cfg.reference_diameter_px)
     cy, cx = ndi.center_of_mass(cell_mask)
     # canvas pixel (i, j) samples the image at centre + (index - canvas centre) / zoom
     offsets = (np.arange(cfg.size, dtype=np.float64) - (cfg.size - 1) / 2) / zoom

@@ -10,8 +10,8 @@
 - optionally a **classifier** (:class:`bcfeat.crosslab.adaptation.CrossLabClassifier`,
   logistic) trained on one lab's labelled folders, with a record of what it was trained on.
 
-Model files are data, not code: a ``torch.save`` of tensors and plain values, read back with
-``torch.load(weights_only=True)``, with a ``kind`` and a ``version`` checked on loading.
+Model files are data, not code: a ``torch.save`` of tensors and plain values of format
+``bcfeat.crosslab/1``, opened only through :func:`bcfeat.model_files.load_model_file`.
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ from bcfeat.crosslab.adaptation import CrossLabClassifier, SiteStatistics
 from bcfeat.crosslab.cell_crop import CellCrop, CropConfig, canonical_crop
 from bcfeat.crosslab.cell_features import cell_features, feature_names
 from bcfeat.data.images import ImageDecodeError, SkippedImages, load_image
+from bcfeat.model_files import (ModelFileError, build_from_payload, format_name, load_model_file, parse_format,
+                                read_payload)
 
 log = logging.getLogger(__name__)
 
-MODEL_KIND = "bcfeat-crosslab-model"
+MODEL_KIND = "crosslab"
 MODEL_VERSION = 1
 MASK_SOURCES = ("detector", "stain")
-
-
-class ModelFileError(ValueError):
-    """A model file that cannot be used: missing, damaged, of another kind or version."""
+REMAKE_HINT = ("re-run the cross-lab stage: `make pipeline RUN_ARGS=\"--only 07_crosslab\"` "
+               "(notebooks/07_crosslab.py), or `bcfeat train-classifier` for a classifier file")
 
 
 @dataclass(frozen=True)
@@ -181,8 +181,10 @@ def classifier_payload(clf: CrossLabClassifier) -> dict:
         raise ValueError("only the logistic CrossLabClassifier can be stored in a model file "
                          f"(a forest is not plain data), got model={clf.model!r}")
     est = clf.estimator_
+    params = clf.get_params()
+    params["columns"] = None if clf.columns is None else [int(c) for c in clf.columns]
     return {
-        "params": clf.get_params(),
+        "params": params,
         "classes": [str(c) for c in clf.classes_],
         "coef": torch.from_numpy(np.asarray(est.coef_, np.float64)),
         "intercept": torch.from_numpy(np.asarray(est.intercept_, np.float64)),
@@ -195,7 +197,9 @@ def classifier_payload(clf: CrossLabClassifier) -> dict:
 def classifier_from_payload(p: dict) -> CrossLabClassifier:
     from sklearn.linear_model import LogisticRegression
 
-    clf = CrossLabClassifier(**p["params"])
+    params = dict(p["params"])
+    params["columns"] = None if params.get("columns") is None else tuple(params["columns"])
+    clf = CrossLabClassifier(**params)
     clf.classes_ = np.asarray(p["classes"])
     est = LogisticRegression(C=clf.C, max_iter=3000, class_weight="balanced")
     est.classes_ = clf.classes_
@@ -203,7 +207,7 @@ def classifier_from_payload(p: dict) -> CrossLabClassifier:
     est.intercept_ = p["intercept"].numpy()
     est.n_features_in_ = est.coef_.shape[1]
     clf.estimator_ = est
-    clf.n_features_in_ = est.coef_.shape[1]
+    clf.n_features_in_ = len(feature_names())
     clf.source_statistics_ = SiteStatistics.from_dict(p["source_statistics"])
     clf._Z_train = p["train_z"].numpy().astype(np.float64)
     clf._y_train = np.asarray(p["train_y"])
@@ -213,8 +217,7 @@ def classifier_from_payload(p: dict) -> CrossLabClassifier:
 def save_model(path: str | os.PathLike, model: CrossLabModel) -> Path:
     """Write a model file (atomic): tensors and plain values only."""
     payload: dict[str, Any] = {
-        "kind": MODEL_KIND,
-        "version": MODEL_VERSION,
+        "format": format_name(MODEL_KIND, MODEL_VERSION),
         "config": {**asdict(model.config), "crop": asdict(model.config.crop)},
         "feature_names": feature_names(),
         "record": model.record,
@@ -230,55 +233,50 @@ def save_model(path: str | os.PathLike, model: CrossLabModel) -> Path:
 
 
 def read_model_payload(path: str | os.PathLike) -> dict:
-    """The payload of a cross-lab model file, read without executing anything.
+    """The payload of a cross-lab model file, opened as data (:func:`bcfeat.model_files.load_model_file`).
 
     Raises
     ------
+    FileNotFoundError
+        No file at ``path``.
     ModelFileError
-        Missing, damaged, of another kind or of an unknown version; the message names the file.
+        Damaged, of another kind or version, holding code, or measuring other features than
+        this bcfeat; the message names the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such model file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # damaged zip, truncated, or a pickle that wants to run code
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelFileError(f"{path}: not a readable bcfeat model file ({first})") from None
-    if not isinstance(payload, dict) or payload.get("kind") != MODEL_KIND:
-        kind = payload.get("kind", payload.get("format")) if isinstance(payload, dict) else type(payload).__name__
-        raise ModelFileError(f"{path}: a file of kind {kind!r}, not a cross-lab model ({MODEL_KIND!r})")
-    if payload.get("version") != MODEL_VERSION:
-        raise ModelFileError(f"{path}: cross-lab model version {payload.get('version')!r}; this bcfeat reads "
-                             f"version {MODEL_VERSION} (re-create it with the study's notebook 07)")
-    if payload.get("feature_names") != feature_names():
-        raise ModelFileError(f"{path}: its features differ from this bcfeat's; re-create it with notebook 07")
+    payload = load_model_file(path, MODEL_KIND, versions=(MODEL_VERSION,),
+                              required=("config", "feature_names", "detector", "classifier"))
+    if payload["feature_names"] != feature_names():
+        raise ModelFileError(path, f"measures other cell features than this bcfeat; {REMAKE_HINT}")
     return payload
 
 
 def load_model(path: str | os.PathLike) -> CrossLabModel:
     """Rebuild a :class:`CrossLabModel` from a file of :func:`save_model`."""
     payload = read_model_payload(path)
-    config = ExtractorConfig.from_dict(payload["config"])
-    detector = None
-    if payload["detector"] is not None:
-        from bcfeat.detector import DetectorConfig, build_detector
 
-        detector = build_detector(DetectorConfig.from_dict(payload["detector"]["config"]))
-        detector.load_state_dict(payload["detector"]["state_dict"])
-        detector.eval()
-    classifier = None if payload["classifier"] is None else classifier_from_payload(payload["classifier"])
-    return CrossLabModel(config, detector, classifier, payload.get("record", {}))
+    def build() -> CrossLabModel:
+        config = ExtractorConfig.from_dict(payload["config"])
+        detector = None
+        if payload["detector"] is not None:
+            from bcfeat.detector import DetectorConfig, build_detector
+
+            detector = build_detector(DetectorConfig.from_dict(payload["detector"]["config"]))
+            detector.load_state_dict(payload["detector"]["state_dict"])
+            detector.eval()
+        classifier = None if payload["classifier"] is None else classifier_from_payload(payload["classifier"])
+        return CrossLabModel(config, detector, classifier, payload.get("record", {}))
+
+    return build_from_payload(path, "cross-lab model", build)
 
 
 def is_crosslab_model_file(path: str | os.PathLike) -> bool:
     """True when ``path`` is a cross-lab model file (read safely; False for anything else)."""
     try:
-        read_model_payload(path)
-    except ModelFileError:
+        payload = read_payload(path)
+    except (ModelFileError, FileNotFoundError):
         return False
-    return True
+    return isinstance(payload, dict) and parse_format(payload.get("format")) == (MODEL_KIND, MODEL_VERSION)
 
 
-__all__ = ["MODEL_KIND", "MODEL_VERSION", "MASK_SOURCES", "ModelFileError", "ExtractorConfig", "CrossLabModel",
+__all__ = ["MODEL_KIND", "MODEL_VERSION", "MASK_SOURCES", "ExtractorConfig", "CrossLabModel",
            "save_model", "load_model", "read_model_payload", "is_crosslab_model_file"]

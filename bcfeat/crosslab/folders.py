@@ -1,0 +1,112 @@
+"""A lab's path through the cross-lab model: features of a folder, a classifier trained on labelled
+folders, and a folder of new cells classified to a table.
+
+Labelled folders are ``<folder>/<class>/<image>``: the first folder below ``<folder>`` is the class,
+as written (a lab's own class names are kept). Unreadable files are never fatal: each one is named
+with its reason in the ``skipped`` list and left out of the table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bcfeat.crosslab.adaptation import MIN_SITE_CELLS, CrossLabClassifier
+from bcfeat.crosslab.model import CrossLabModel, load_model, save_model
+
+log = logging.getLogger(__name__)
+
+# Fewer labelled cells of a class cannot train a classifier that means anything.
+MIN_CELLS_PER_CLASS = 2
+
+
+def _folder_files(folder: str | os.PathLike, labelled: bool) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    from bcfeat.extractor import folder_images
+
+    files, dropped = folder_images(folder, "files")
+    if labelled:
+        parts = files["relpath"].map(lambda r: Path(r).parts)
+        top = parts.map(len) >= 2
+        dropped += [(r, "not inside a class folder (<folder>/<class>/<image>)") for r in files.loc[~top, "relpath"]]
+        files = files[top].copy()
+        files["label"] = parts[top].map(lambda p: p[0])
+    return files.reset_index(drop=True), dropped
+
+
+def _measure_folder(model: CrossLabModel, folder: str | os.PathLike, labelled: bool):
+    from bcfeat.data.images import SkippedImages
+
+    files, dropped = _folder_files(folder, labelled)
+    if files.empty:
+        raise FileNotFoundError(f"no images found below {folder}" + (" in class folders" if labelled else ""))
+    skipped = SkippedImages()
+    feats, kept = model.measure(files["path"].tolist(), skipped)
+    dropped = dropped + [(str(Path(p).relative_to(folder)) if Path(p).is_absolute() else str(p), reason)
+                         for p, reason in skipped]
+    return files.iloc[kept].reset_index(drop=True), feats, sorted(dropped)
+
+
+def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike):
+    """Cell features of every image below ``folder``: ``(table, skipped)``; the table has
+    ``relpath`` and one column per feature (raw, before any per-site standardisation)."""
+    model = load_model(model_path)
+    files, feats, skipped = _measure_folder(model, folder, labelled=False)
+    table = pd.concat([files[["relpath"]], pd.DataFrame(feats, columns=model.feature_names)], axis=1)
+    return table, skipped
+
+
+def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, output: str | os.PathLike,
+                     C: float = 0.03, groups: str = "all") -> tuple[Path, pd.Series, list[tuple[str, str]]]:
+    """Train the cross-lab classifier on labelled folders and write model + classifier to ``output``.
+
+    Returns the written path, the number of cells per class, and the skipped files.
+    """
+    from bcfeat.crosslab.study_steps import columns_for
+
+    columns = columns_for(groups)  # an unknown name fails before any work
+    if not C > 0:
+        raise ValueError(f"C must be > 0, got {C}")
+    model = load_model(model_path)
+    files, feats, skipped = _measure_folder(model, folder, labelled=True)
+    counts = files["label"].value_counts().sort_index()
+    small = counts[counts < MIN_CELLS_PER_CLASS]
+    if len(small):
+        raise ValueError(f"class folder(s) {', '.join(f'{k!r} ({v})' for k, v in small.items())} hold fewer than "
+                         f"{MIN_CELLS_PER_CLASS} readable images")
+    if len(counts) < 2:
+        raise ValueError(f"{folder} holds one class folder ({', '.join(counts.index)}); a classifier needs two or more")
+    if len(files) < MIN_SITE_CELLS:
+        raise ValueError(f"{len(files)} readable images; at least {MIN_SITE_CELLS} are needed for the lab's statistics")
+    clf = CrossLabClassifier(model="logistic", C=C, balance_rounds=0, columns=columns)
+    model.classifier = clf.fit(feats, files["label"].to_numpy())
+    model.record = {**model.record, "classifier_trained_on": str(Path(folder).resolve()),
+                    "class_counts": {str(k): int(v) for k, v in counts.items()}, "n_cells": int(len(files)),
+                    "n_skipped": len(skipped), "C": C, "groups": groups,
+                    "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return save_model(output, model), counts, skipped
+
+
+def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike):
+    """Classify every image below ``folder`` as one lab's cells: ``(table, skipped)`` with
+    ``relpath, predicted, probability`` and one ``p_<class>`` column per class."""
+    model = load_model(model_path)
+    if model.classifier is None:
+        raise ValueError(f"{model_path} holds no classifier: train one with `bcfeat train-classifier`")
+    files, feats, skipped = _measure_folder(model, folder, labelled=False)
+    if len(files) < MIN_SITE_CELLS:
+        raise ValueError(f"{len(files)} readable images below {folder}; the model standardises a lab's cells with "
+                         f"their own statistics and needs at least {MIN_SITE_CELLS}")
+    proba = model.classifier.predict_proba(feats)
+    classes = model.classifier.classes_
+    table = pd.DataFrame({"relpath": files["relpath"], "predicted": classes[proba.argmax(axis=1)],
+                          "probability": proba.max(axis=1)})
+    table = pd.concat([table, pd.DataFrame(proba, columns=[f"p_{c}" for c in classes])], axis=1)
+    return table, skipped
+
+
+__all__ = ["extract_folder", "train_classifier", "classify_folder", "MIN_CELLS_PER_CLASS"]

@@ -1,0 +1,606 @@
+"""The steps of the study's "Beyond the paper" chapter (``notebooks/07_crosslab.py``).
+
+The notebook calls these functions in order; each returns tables or figures. Hand-offs from
+earlier stages: the detector of ``01_detector`` (:func:`bcfeat.detector_study.handoff_path`),
+the feature sets of ``03_features`` and the BatchNorm oracle of ``04_oracle``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from bcfeat import study
+from bcfeat.benchmark import SplitPlan, default_classifier, domain_matrix, matrix_table, summarize
+from bcfeat.crosslab import evaluation as ev
+from bcfeat.crosslab.adaptation import CrossLabClassifier
+from bcfeat.crosslab.cell_crop import CropConfig
+from bcfeat.crosslab.cell_features import GROUPS, feature_groups, feature_names
+
+log = logging.getLogger(__name__)
+
+LABELS = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
+OURS = "crosslab"
+
+
+# ----------------------------------------------------------------------------- measuring
+@dataclass
+class Measured:
+    """Every cell's features ``(n, d)`` and canonical crop ``(n, S, S, 3)``, aligned with the samples."""
+
+    features: np.ndarray
+    crops: np.ndarray
+    minutes: float
+    detector_file: str | None
+
+
+def _model(artifacts: Path, mask_source: str, n_workers: int, crop: CropConfig | None = None):
+    from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig
+    from bcfeat.detector import load_detector
+    from bcfeat.detector_study import handoff_path
+
+    config = ExtractorConfig(mask_source=mask_source, crop=crop or CropConfig(), n_workers=n_workers)
+    detector = None
+    if mask_source == "detector":
+        path = handoff_path(artifacts)
+        if not path.is_file():
+            raise FileNotFoundError(f"the detector {path} does not exist: run the stage 01_detector first")
+        detector = load_detector(path)
+    return CrossLabModel(config, detector)
+
+
+def measure_cells(samples: pd.DataFrame, artifacts: Path, mask_source: str = "detector", n_workers: int = 2,
+                  crop: CropConfig | None = None, cache_name: str = "crosslab") -> Measured:
+    """Features and canonical crops of every sample, computed once per (images, detector, settings)."""
+    from bcfeat.data.images import SkippedImages
+    from bcfeat.detector_study import handoff_path
+    from bcfeat.feature_cache import cache_key, cached_arrays
+
+    model = _model(Path(artifacts), mask_source, n_workers, crop)
+    paths = samples["path"].tolist()
+    detector_file = str(handoff_path(artifacts)) if mask_source == "detector" else None
+    key = cache_key(paths, detector_file, {"mask_source": mask_source, "crop": asdict(model.config.crop),
+                                           "features": feature_names()})
+
+    def compute(chunk: list[str]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        skipped = SkippedImages()
+        feats, kept, crops = model.measure(chunk, skipped, return_crops=True)
+        if len(kept) != len(chunk):
+            raise ValueError(f"{len(skipped)} study image(s) could not be measured: {skipped.summary()}")
+        seconds = np.full(len(chunk), (time.perf_counter() - start) / len(chunk))
+        return {"features": feats, "crops": crops, "seconds": seconds}
+
+    arrays = cached_arrays(paths, compute, Path(artifacts) / "cache" / cache_name, key=key, chunk_size=512,
+                           progress=False, description="cross-lab cells")
+    return Measured(arrays["features"], arrays["crops"], float(arrays["seconds"].sum() / 60), detector_file)
+
+
+def feature_group_table(X: np.ndarray) -> pd.DataFrame:
+    """Features per group, with examples and the share of cells where each group is finite."""
+    names = feature_names()
+    rows = []
+    for group, idx in feature_groups().items():
+        rows.append({"group": group, "n_features": len(idx), "examples": ", ".join(names[i] for i in idx[:4]),
+                     "finite_share": float(np.isfinite(X[:, idx]).all(axis=1).mean())})
+    return pd.DataFrame(rows)
+
+
+def check_same_splits(plan: SplitPlan, path: Path) -> bool:
+    """The benchmark's splits file, when present, must hold the same splits as ``plan``."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    stored = pd.read_csv(path)
+    fresh = plan.to_frame()
+    cols = [c for c in fresh.columns if c in stored.columns]
+    if len(stored) != len(fresh) or not (stored[cols].astype(str).values == fresh[cols].astype(str).values).all():
+        raise ValueError(f"{path} holds other splits than this run's; re-run 04_oracle and 05_benchmark first")
+    return True
+
+
+# ----------------------------------------------------------------------------- settings
+def columns_for(groups: str) -> tuple[int, ...] | None:
+    """``"all"`` -> None; ``"no_<group>"`` -> every column but that group's."""
+    if groups == "all":
+        return None
+    if groups.startswith("no_") and groups[3:] in GROUPS:
+        drop = set(feature_groups()[groups[3:]])
+        return tuple(i for i in range(len(feature_names())) if i not in drop)
+    raise ValueError(f"unknown feature groups {groups!r}: 'all' or 'no_<group>' with group in {GROUPS}")
+
+
+def candidate_grid(cs: Sequence[str], groups: Sequence[str]) -> list[dict]:
+    """The compared settings: the linear model at each ``C`` and the paper's forest, per feature groups."""
+    if not cs or not groups:
+        raise ValueError("candidate_C and candidate_groups must each name at least one value")
+    grid = []
+    for g in groups:
+        columns_for(g)  # an unknown name fails here, before any work
+        grid += [{"name": f"logistic C={float(c):g} {g}", "model": "logistic", "C": float(c), "groups": g}
+                 for c in cs]
+        grid.append({"name": f"forest {g}", "model": "forest", "C": None, "groups": g})
+    return grid
+
+
+def make_factory(setting: dict):
+    """``random_state -> estimator`` on per-site standardised features for one setting."""
+    cols = columns_for(setting["groups"])
+
+    def make(random_state: int):
+        if setting["model"] == "forest":
+            clf = default_classifier(random_state, n_jobs=2)  # the paper's forest, max_depth 16
+        else:
+            clf = LogisticRegression(C=setting["C"], max_iter=3000, class_weight="balanced")
+        if cols is None:
+            return clf
+        return make_pipeline(ColumnTransformer([("keep", "passthrough", list(cols))]), clf)
+
+    return make
+
+
+def score_candidates(X: np.ndarray, samples: pd.DataFrame, plan: SplitPlan, grid: list[dict], seed: int) -> pd.DataFrame:
+    """Every setting trained on the source site (the benchmark's splits), tested on every site."""
+    Z = ev.standardize_per_site(X, samples["domain"].to_numpy())
+    frames = []
+    for setting in grid:
+        start = time.perf_counter()
+        s = domain_matrix(Z, samples["label"].to_numpy(), samples["domain"].to_numpy(), plan,
+                          make_classifier=make_factory(setting), label_space_name="coarse5",
+                          feature_set_name=f"{OURS} ({setting['name']})", random_state=seed,
+                          train_domains=[study.SOURCE_SITE])
+        frames.append(s.assign(setting=setting["name"], seconds=time.perf_counter() - start))
+    return pd.concat(frames, ignore_index=True)
+
+
+def select_settings(grid_scores: pd.DataFrame, unseen: Sequence[str]) -> pd.DataFrame:
+    """Leave-one-target-out choice per unseen site (:func:`bcfeat.crosslab.evaluation.select_without_target`)."""
+    cross = grid_scores[~grid_scores["in_domain"]]
+    return ev.select_without_target(cross, "setting", "test_domain", "balanced_accuracy", unseen)
+
+
+def deployed_setting(grid_scores: pd.DataFrame, unseen: Sequence[str], model: str = "logistic") -> str:
+    """The setting of ``model`` with the best mean balanced accuracy over all unseen sites: the one
+    the model file ships (to labs outside the study) and the later sections use."""
+    part = grid_scores[grid_scores["test_domain"].isin(unseen) & grid_scores["setting"].str.startswith(model)]
+    return str(part.groupby("setting")["balanced_accuracy"].mean().idxmax())
+
+
+def setting_by_name(name: str) -> dict:
+    """Parse a setting name of :func:`candidate_grid` back into its dict."""
+    parts = name.split()
+    if parts[0] == "forest":
+        return {"name": name, "model": "forest", "C": None, "groups": parts[1]}
+    return {"name": name, "model": "logistic", "C": float(parts[1].split("=")[1]), "groups": parts[2]}
+
+
+# ----------------------------------------------------------------------------- oracle, AdaBN
+@dataclass
+class AdaBNOracle:
+    scores: pd.DataFrame
+    predictions: pd.DataFrame
+    embeddings: np.ndarray  # (n, d), each site's images through its own adapted network
+
+
+def oracle_checkpoint(artifacts: Path, profile: str, samples: pd.DataFrame, norm: str, seed: int) -> Path:
+    """04_oracle's checkpoint of the first split (the path that notebook writes)."""
+    from bcfeat.oracle import oracle_config
+
+    cfg = oracle_config(profile, norm=norm)
+    return study.oracle_checkpoint_pattern(Path(artifacts) / "checkpoints", cfg, samples, norm, seed)
+
+
+def adabn_oracle_scores(samples: pd.DataFrame, plan: SplitPlan, artifacts: Path, profile: str, norm: str,
+                        seed: int) -> AdaBNOracle:
+    """04's oracle of the first split, with BatchNorm statistics re-estimated on each site's
+    images (all of them, unlabelled) before predicting that site's test split and all its cells."""
+    import torch
+
+    from bcfeat.benchmark import as_test_masks
+    from bcfeat.oracle import adapt_batch_norm, embed, load_checkpoint, predict_proba, prepare_images
+
+    path = oracle_checkpoint(artifacts, profile, samples, norm, seed)
+    if not path.is_file():
+        raise FileNotFoundError(f"the oracle checkpoint {path} does not exist: run the stage 04_oracle first")
+    oracle = load_checkpoint(path)
+    torch.set_num_threads(2)
+    images = prepare_images(study.decoded_images(samples["path"].tolist(), oracle.config.image_size),
+                            oracle.config.image_size)
+    is_test = as_test_masks(plan, len(samples))[0]
+    y, domain = samples["label"].to_numpy(), samples["domain"].to_numpy()
+    classes = np.asarray(oracle.classes)
+    name = f"oracle AdaBN ({oracle.config.arch}, {norm} norm)"
+    rows, preds = [], []
+    embeddings = np.zeros((len(samples), 0), np.float32)
+    for site in pd.unique(domain):
+        site_rows = np.flatnonzero(domain == site)
+        model = adapt_batch_norm(oracle.model, images[site_rows])
+        site_embed = embed(model, images[site_rows])
+        if embeddings.shape[1] == 0:
+            embeddings = np.zeros((len(samples), site_embed.shape[1]), np.float32)
+        embeddings[site_rows] = site_embed
+        pred = classes[predict_proba(model, images[site_rows]).argmax(axis=1)]
+        test = is_test[site_rows]
+        in_domain = site == study.SOURCE_SITE
+        score = ev.score_row(y[site_rows][test], pred[test], LABELS)
+        rows.append({"feature_set": name, "train_domain": study.SOURCE_SITE, "test_domain": site,
+                     "in_domain": in_domain, "repetition": 0, **score})
+        if not in_domain:
+            preds.append(pd.DataFrame({"test_domain": site, "row": site_rows, "y_true": y[site_rows],
+                                       "y_pred": pred}))
+    return AdaBNOracle(pd.DataFrame(rows), pd.concat(preds, ignore_index=True), embeddings)
+
+
+# ----------------------------------------------------------------------------- comparison
+def domain_matrices(X: np.ndarray, samples: pd.DataFrame, plan: SplitPlan, grid: list[dict], headline: str,
+                    seed: int) -> pd.DataFrame:
+    """The full domain matrix (every site as the training site) of the headline linear setting and
+    of the paper's forest on the same feature groups."""
+    chosen = setting_by_name(headline)
+    forest = {"name": f"forest {chosen['groups']}", "model": "forest", "C": None, "groups": chosen["groups"]}
+    Z = ev.standardize_per_site(X, samples["domain"].to_numpy())
+    frames = []
+    for setting in (chosen, forest):
+        s = domain_matrix(Z, samples["label"].to_numpy(), samples["domain"].to_numpy(), plan,
+                          make_classifier=make_factory(setting), label_space_name="coarse5",
+                          feature_set_name=f"{OURS} ({setting['name']})", random_state=seed)
+        frames.append(s.assign(setting=setting["name"]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def comparison_table(matrix: pd.DataFrame, selection: pd.DataFrame, benchmark_summary: Path,
+                     adabn_scores: pd.DataFrame, headline: str, aecfe: str) -> pd.DataFrame:
+    """Acevedo-20 as the training site: balanced accuracy on every site, the reproduction's rows
+    (chapter 5's summary), both oracles, AdaBN, and ours (paper forest, linear probe, and the
+    linear probe with the setting chosen per site without that site's labels)."""
+    sites = list(study.SITES)
+    unseen = [s for s in sites if s != study.SOURCE_SITE]
+    rows = []
+
+    def add(name: str, kind: str, values: dict[str, float]):
+        row = {"features": name, "kind": kind, **{s: values.get(s, np.nan) for s in sites}}
+        row["mean_unseen"] = float(np.mean([row[s] for s in unseen]))
+        row["min_unseen"] = float(np.min([row[s] for s in unseen]))
+        rows.append(row)
+
+    bench = pd.read_csv(benchmark_summary) if Path(benchmark_summary).exists() else pd.DataFrame()
+    if len(bench):
+        src = bench[bench["train_domain"] == study.SOURCE_SITE]
+        for name, kind in ((aecfe, "reproduction (the paper's recipe)"),
+                           ("aecfe_site_standardized", "reproduction + per-site standardisation"),
+                           ("colour_shape", "baseline")):
+            part = src[src["feature_set"] == name]
+            if len(part):
+                add(name, kind, dict(zip(part["test_domain"], part["balanced_accuracy_mean"])))
+        for name in sorted(n for n in src["feature_set"].unique() if str(n).startswith("oracle")):
+            part = src[src["feature_set"] == name]
+            add(name, "oracle (labels of the source)", dict(zip(part["test_domain"], part["balanced_accuracy_mean"])))
+    add(str(adabn_scores["feature_set"].iloc[0]), "oracle + AdaBN (first split)",
+        dict(zip(adabn_scores["test_domain"], adabn_scores["balanced_accuracy"])))
+    summary = summarize(matrix)
+    src = summary[summary["train_domain"] == study.SOURCE_SITE]
+    for setting in matrix["setting"].unique():
+        part = src[src["feature_set"] == f"{OURS} ({setting})"]
+        kind = "ours, the paper's forest" if setting.startswith("forest") else "ours, linear probe (deployed setting)"
+        add(f"{OURS} ({setting})", kind, dict(zip(part["test_domain"], part["balanced_accuracy_mean"])))
+    head = src[src["feature_set"] == f"{OURS} ({headline})"]
+    protocol = dict(zip(selection["test_domain"], selection["balanced_accuracy"]))
+    protocol[study.SOURCE_SITE] = float(head.loc[head["test_domain"] == study.SOURCE_SITE, "balanced_accuracy_mean"].iloc[0])
+    add(f"{OURS} (setting chosen without the site's labels)", "ours, headline", protocol)
+    return pd.DataFrame(rows)
+
+
+def comparison_display(comparison: pd.DataFrame) -> pd.DataFrame:
+    return comparison.set_index("features").round(3)
+
+
+def comparison_glue(comparison: pd.DataFrame, selection: pd.DataFrame, unseen: Sequence[str]) -> dict:
+    """Numbers of the chapter's text: the headline per site, its mean and minimum, the best oracle,
+    and whether the milestone (>= 0.70 each, above every oracle) and target (>= 0.75, >= 0.95 in) hold."""
+    head = comparison[comparison["kind"] == "ours, headline"].iloc[0]
+    oracles = comparison[comparison["kind"].str.startswith("oracle")]
+    best_oracle = oracles.loc[oracles["mean_unseen"].idxmax()]
+    out = {f"crosslab_head_{s}": float(head[s]) for s in [study.SOURCE_SITE, *unseen]}
+    out.update(crosslab_head_mean=float(head["mean_unseen"]), crosslab_head_min=float(head["min_unseen"]),
+               crosslab_best_oracle=str(best_oracle["features"]),
+               crosslab_best_oracle_mean=float(best_oracle["mean_unseen"]),
+               crosslab_best_oracle_min=float(best_oracle["min_unseen"]))
+    milestone = head["min_unseen"] >= 0.70 and all(head[s] > oracles[s].max() for s in unseen)
+    target = head["min_unseen"] >= 0.75 and head[study.SOURCE_SITE] >= 0.95
+    out["crosslab_milestone"] = "met" if milestone else "not met"
+    out["crosslab_target"] = "met" if target else "not met"
+    out["crosslab_chosen_settings"] = "; ".join(f"{r.test_domain}: {r.chosen}" for r in selection.itertuples())
+    for kind, key in (("reproduction (the paper's recipe)", "crosslab_aecfe_mean"),):
+        part = comparison[comparison["kind"] == kind]
+        if len(part):
+            out[key] = float(part["mean_unseen"].iloc[0])
+    return out
+
+
+def matrix_display(matrix: pd.DataFrame, setting: str) -> pd.DataFrame:
+    summary = summarize(matrix[matrix["setting"] == setting])
+    return matrix_table(summary, "balanced_accuracy", digits=2)
+
+
+def matrix_figure(matrix: pd.DataFrame, setting: str):
+    from bcfeat.figures import domain_matrix_heatmap
+
+    return domain_matrix_heatmap(summarize(matrix[matrix["setting"] == setting]),
+                                 title=f"{OURS} ({setting}): train site x test site")
+
+
+# ----------------------------------------------------------------------------- all cells, ablations
+def _source_train_rows(samples: pd.DataFrame, plan: SplitPlan) -> np.ndarray:
+    from bcfeat.benchmark import as_test_masks
+
+    is_test = as_test_masks(plan, len(samples))[0]
+    return np.flatnonzero((samples["domain"].to_numpy() == study.SOURCE_SITE) & ~is_test), is_test
+
+
+def all_cells_transfer(X: np.ndarray, samples: pd.DataFrame, plan: SplitPlan, setting: str, n_boot: int, seed: int):
+    """The headline classifier of the first split on all cells of every unseen site, with intervals."""
+    train, is_test = _source_train_rows(samples, plan)
+    Z = ev.standardize_per_site(X, samples["domain"].to_numpy())
+    in_test = is_test & (samples["domain"].to_numpy() == study.SOURCE_SITE)
+    factory = make_factory(setting_by_name(setting))
+    return ev.transfer_scores(Z, samples["label"].to_numpy(), samples["domain"].to_numpy(), train, in_test,
+                              lambda: factory(seed), study.SOURCE_SITE, n_boot, seed, return_predictions=True)
+
+
+def per_class_table(ours: pd.DataFrame, adabn: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+    """F1 per class on all cells of each unseen site: ours (headline) and the AdaBN oracle."""
+    from sklearn.metrics import f1_score
+
+    rows = []
+    for name, preds in ((OURS, ours[ours["test_domain"] != study.SOURCE_SITE]), ("oracle AdaBN", adabn)):
+        for site, g in preds.groupby("test_domain", sort=False):
+            present = [c for c in LABELS if (g["y_true"] == c).any()]
+            f1 = f1_score(g["y_true"], g["y_pred"], labels=present, average=None, zero_division=0)
+            rows += [{"feature_set": name, "test_domain": site, "label": c, "f1": float(v),
+                      "support": int((g["y_true"] == c).sum())} for c, v in zip(present, f1)]
+    return pd.DataFrame(rows)
+
+
+def per_class_figure(per_class: pd.DataFrame):
+    from bcfeat.figures import per_class_f1_figure
+
+    return per_class_f1_figure(per_class, title="F1 per class on all cells of each unseen site")
+
+
+def _adaptation_variants(setting: dict) -> dict[str, dict]:
+    base = {"model": "logistic", "C": setting["C"], "columns": columns_for(setting["groups"])}
+    return {
+        "no adaptation (source statistics for every site)": {**base, "site_standardize": False, "balance_rounds": 0},
+        "per-site standardisation (headline)": {**base, "balance_rounds": 0},
+        "+ class-balanced site statistics (2 rounds)": {**base, "balance_rounds": 2},
+        "+ EM class-prior correction": {**base, "balance_rounds": 0, "prior_correction": "em"},
+        "+ self-training (2 rounds, p >= 0.9)": {**base, "balance_rounds": 0, "self_training": 2},
+    }
+
+
+def _transfer_with(X, samples, train, in_test, make):
+    return ev.transfer_scores(X, samples["label"].to_numpy(), samples["domain"].to_numpy(), train, in_test, make,
+                              study.SOURCE_SITE)
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, (time.perf_counter() - start) / 60
+
+
+def _subsample(samples: pd.DataFrame, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _, g in samples.groupby("domain", sort=False):
+        idx = g.index.to_numpy()
+        rows.append(np.sort(rng.choice(idx, min(n, len(idx)), replace=False)))
+    return np.concatenate(rows)
+
+
+def ablations(X, crops, samples, plan, setting: str, artifacts: Path, measured: Measured, ablation_cells: int,
+              ssl_epochs: int, ssl_image_size: int, seed: int, n_workers: int) -> pd.DataFrame:
+    """One row per variant (lever on/off), scored like :func:`all_cells_transfer` (no intervals)."""
+    chosen = setting_by_name(setting)
+    train, is_test = _source_train_rows(samples, plan)
+    domain = samples["domain"].to_numpy()
+    in_test = is_test & (domain == study.SOURCE_SITE)
+    unseen = [s for s in study.SITES if s != study.SOURCE_SITE]
+    results, minutes, lever = {}, {}, {}
+    for name, params in _adaptation_variants(chosen).items():
+        results[name], minutes[name] = _timed(lambda p=params: _transfer_with(
+            X, samples, train, in_test, lambda: CrossLabClassifier(**p, random_state=seed)))
+        lever[name] = "adaptation"
+    Z = ev.standardize_per_site(X, domain)
+    for group in GROUPS:
+        keep = [i for i in range(X.shape[1]) if i not in set(feature_groups()[group])]
+        make = lambda k=keep: make_pipeline(ColumnTransformer([("keep", "passthrough", k)]),  # noqa: E731
+                                            LogisticRegression(C=chosen["C"], max_iter=3000, class_weight="balanced"))
+        name = f"all features but {group}"
+        results[name], minutes[name] = _timed(lambda m=make: _transfer_with(Z, samples, train, in_test, m))
+        lever[name] = "features"
+    forest = make_factory({**chosen, "model": "forest"})
+    name = "paper's random forest in place of the linear model"
+    results[name], minutes[name] = _timed(lambda: _transfer_with(Z, samples, train, in_test, lambda: forest(seed)))
+    lever[name] = "classifier"
+    linear = make_factory(chosen)
+    if ablation_cells > 0:
+        sub = _subsample(samples, ablation_cells, seed)
+        sub_samples = samples.iloc[sub].reset_index(drop=True)
+        sub_train = np.flatnonzero(np.isin(sub, train))
+        sub_test = np.isin(sub, np.flatnonzero(in_test))
+        source_sub = sub_samples["domain"].to_numpy() == study.SOURCE_SITE
+        median_d = float(np.exp(np.median(X[sub][source_sub, 0])))  # the source's median cell diameter, px
+        variants = {
+            "crop: detector mask, canonical size (headline, subsample)": None,
+            "crop: label-free stain mask, canonical size (subsample)": ("stain", CropConfig()),
+            "crop: detector mask, one zoom for all (no rescaling, subsample)":
+                ("detector", CropConfig(rescale=False, reference_diameter_px=median_d)),
+        }
+        for name, how in variants.items():
+            if how is None:
+                feats, mins = X[sub], measured.minutes * len(sub) / len(X)
+            else:
+                m = measure_cells(sub_samples, artifacts, how[0], n_workers, how[1], cache_name="crosslab_ablation")
+                feats, mins = m.features, m.minutes
+            Zs = ev.standardize_per_site(feats, sub_samples["domain"].to_numpy())
+            results[name] = _transfer_with(Zs, sub_samples, sub_train, sub_test, lambda: linear(seed))
+            minutes[name], lever[name] = mins, "crop"
+    if ssl_epochs > 0:
+        for name, table, mins in _self_supervised_variants(X, crops, samples, train, in_test, chosen, ssl_epochs,
+                                                           ssl_image_size, seed):
+            results[name], minutes[name], lever[name] = table, mins, "objective"
+    table = ev.ablation_table(results, unseen, study.SOURCE_SITE, minutes)
+    table.insert(0, "lever", [lever[v] for v in table["variant"]])
+    return table
+
+
+def _self_supervised_variants(X, crops, samples, train, in_test, chosen, epochs, image_size, seed):
+    """The objective lever: a SimCLR encoder trained on all sites' crops (transductive) and on the
+    source's alone, each alone and beside the hand features."""
+    import torch
+
+    from bcfeat.crosslab.self_supervised import SelfSupervisedConfig, embed_crops, train_encoder
+
+    torch.set_num_threads(2)
+    domain = samples["domain"].to_numpy()
+    linear = make_factory({**chosen, "groups": "all"})
+    Zh = ev.standardize_per_site(X, domain)
+    for scope, rows in (("all sites", np.arange(len(crops))), ("source only", np.flatnonzero(domain == study.SOURCE_SITE))):
+        cfg = SelfSupervisedConfig(image_size=image_size, epochs=epochs, seed=seed, batch_size=min(256, len(rows) // 2))
+        start = time.perf_counter()
+        encoder, _ = train_encoder(crops[rows], cfg)
+        E = embed_crops(encoder, crops, image_size)
+        mins = (time.perf_counter() - start) / 60
+        Ze = ev.standardize_per_site(E, domain)
+        alone = _transfer_with(Ze, samples, train, in_test, lambda: linear(seed))
+        both = _transfer_with(np.hstack([Zh, Ze]), samples, train, in_test, lambda: linear(seed))
+        yield f"objective: SimCLR encoder ({scope}, {epochs} epochs) alone", alone, mins
+        yield f"objective: hand features + SimCLR encoder ({scope})", both, mins
+
+
+def ablation_glue(ablation: pd.DataFrame) -> dict:
+    out = {}
+    for lever, part in ablation.groupby("lever"):
+        best = part.loc[part["mean_unseen"].idxmax()]
+        out[f"crosslab_ablation_best_{lever}"] = str(best["variant"])
+    adapt = ablation.set_index("variant")["mean_unseen"]
+    out["crosslab_no_adaptation_mean"] = float(adapt["no adaptation (source statistics for every site)"])
+    out["crosslab_site_std_mean"] = float(adapt["per-site standardisation (headline)"])
+    return out
+
+
+# ----------------------------------------------------------------------------- few-shot
+def few_shot(X, samples, plan, setting: str, artifacts: Path, aecfe: str, adabn: AdaBNOracle, shots: Sequence[int],
+             n_draws: int, source_cells: int, seed: int) -> pd.DataFrame:
+    """The few-shot curve of ours, AE-CFE (the paper's forest on its features) and the AdaBN oracle's
+    embeddings (linear), on each unseen site."""
+    train, _ = _source_train_rows(samples, plan)
+    domain, y = samples["domain"].to_numpy(), samples["label"].to_numpy()
+    if source_cells and len(train) > source_cells:
+        from sklearn.model_selection import train_test_split
+
+        train, _ = train_test_split(train, train_size=source_cells, stratify=y[train], random_state=seed)
+    chosen = setting_by_name(setting)
+    sets = {OURS: (ev.standardize_per_site(X, domain), make_factory(chosen)),
+            "oracle AdaBN embeddings": (ev.standardize_per_site(adabn.embeddings, domain),
+                                        make_factory({**chosen, "groups": "all"}))}
+    aecfe_path = study.feature_path(artifacts, aecfe)
+    if aecfe_path.exists():
+        sets[f"{aecfe} (paper's forest)"] = (study.load_feature_set(aecfe_path, samples), lambda rs: default_classifier(rs, n_jobs=2))
+    frames = []
+    for name, (F, factory) in sets.items():
+        for target in [s for s in study.SITES if s != study.SOURCE_SITE]:
+            curve = ev.few_shot_curve(F, y, domain, train, target, shots, n_draws, lambda f=factory: f(seed), seed)
+            frames.append(curve.assign(features=name))
+    return ev.summarize_curve(pd.concat(frames, ignore_index=True))
+
+
+def few_shot_figure(curve: pd.DataFrame):
+    from bcfeat.figures import _plt
+
+    plt = _plt()
+    targets = list(dict.fromkeys(curve["target"]))
+    fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.4), squeeze=False, sharey=True)
+    for ax, target in zip(axes[0], targets):
+        for name, g in curve[curve["target"] == target].groupby("features", sort=False):
+            ax.errorbar(g["k"], g["balanced_accuracy_mean"], yerr=g["balanced_accuracy_std"], marker="o",
+                        capsize=3, label=name)
+        ax.set_title(target, fontsize=9)
+        ax.set_xlabel("labelled cells per class of the target lab")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("balanced accuracy (rest of the lab)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def few_shot_glue(curve: pd.DataFrame) -> dict:
+    out = {}
+    for (name, k), g in curve.groupby(["features", "k"]):
+        if name == OURS:
+            out[f"crosslab_few_shot_k{k}"] = float(g["balanced_accuracy_mean"].mean())
+    return out
+
+
+# ----------------------------------------------------------------------------- figures, model file
+def umap_figure(X: np.ndarray, samples: pd.DataFrame, seed: int):
+    from bcfeat.figures import umap_embedding
+    from bcfeat.figures import umap_figure as draw
+
+    Z = ev.standardize_per_site(X, samples["domain"].to_numpy())
+    return draw(umap_embedding(Z, seed=seed), samples["domain"], samples["label"],
+                title=f"{OURS} features, standardised per site")
+
+
+def gallery_figure(crops: np.ndarray, samples: pd.DataFrame, predictions: pd.DataFrame, seed: int, per_row: int = 8):
+    """Canonical crops of each unseen site: a row of correctly and a row of wrongly classified cells."""
+    from bcfeat.figures import image_grid
+
+    rng = np.random.default_rng(seed)
+    rows, labels = {}, {}
+    for site, g in predictions[predictions["test_domain"] != study.SOURCE_SITE].groupby("test_domain", sort=False):
+        for ok, title in ((True, "right"), (False, "wrong")):
+            part = g[(g["y_true"] == g["y_pred"]) == ok]
+            pick = part.iloc[rng.permutation(len(part))[:per_row]]
+            rows[f"{site}/{title}"] = [crops[r] for r in pick["row"]]
+            labels[f"{site}/{title}"] = f"{site}\n{title}"
+            if not ok and len(pick):
+                labels[f"{site}/{title}"] += "\n" + "; ".join(f"{t[:4]}>{p[:4]}" for t, p in
+                                                              zip(pick["y_true"][:3], pick["y_pred"][:3]))
+    return image_grid(rows, labels)
+
+
+def write_model_file(X: np.ndarray, samples: pd.DataFrame, artifacts: Path, mask_source: str, setting: str,
+                     n_workers: int) -> Path:
+    """The deployed model: detector + features + the headline classifier trained on all source cells."""
+    from bcfeat.crosslab.model import save_model
+
+    chosen = setting_by_name(setting)
+    if chosen["model"] != "logistic":
+        raise ValueError(f"the model file holds a linear classifier; the setting {setting!r} is not one")
+    source = samples["domain"].to_numpy() == study.SOURCE_SITE
+    y = samples["label"].to_numpy()
+    clf = CrossLabClassifier(model="logistic", C=chosen["C"], balance_rounds=0,
+                             columns=columns_for(chosen["groups"])).fit(X[source], y[source])
+    model = _model(Path(artifacts), mask_source, n_workers)
+    model.classifier = clf
+    model.record = {"trained_on": study.SOURCE_SITE, "n_cells": int(source.sum()),
+                    "class_counts": {str(k): int(v) for k, v in pd.Series(y[source]).value_counts().items()},
+                    "setting": setting, "label_space": "coarse5"}
+    return save_model(Path(artifacts) / "crosslab_model.pt", model)
+
+
+__all__ = ["Measured", "measure_cells", "candidate_grid", "score_candidates", "select_settings", "deployed_setting",
+           "adabn_oracle_scores", "domain_matrices", "comparison_table", "all_cells_transfer", "ablations",
+           "few_shot", "write_model_file"]

@@ -1,0 +1,107 @@
+"""Throughput of the cross-lab model: cells/s from image files to cell features (and classes).
+
+Measures, in one run and on the same real images (drawn evenly from the four shared sites):
+
+* ``measure`` with the detector's masks: decode, detector, canonical crop, cell features, with
+  1 and with 2 worker processes for the crops (the detector runs in the main process);
+* the same with the label-free stain segmentation in place of the detector (no weights);
+* the split of the time between the mask source and the crops + features.
+
+Usage::
+
+    python benchmarks/bench_crosslab_extraction.py --model artifacts/cpu/crosslab_model.pt
+    python benchmarks/bench_crosslab_extraction.py --model artifacts/cpu/crosslab_model.pt --n-images 400
+
+Without ``--model`` the detector has random weights (its cost does not depend on them). The
+figures are printed and written to ``artifacts/benchmarks/bench_crosslab_extraction.json``.
+Target (issue "Features that carry across labs"): >= 50 cells/s on the 2-core CPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from bcfeat import paths  # noqa: E402
+from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, load_model  # noqa: E402
+from bcfeat.data import scan_dataset  # noqa: E402
+
+DATASETS = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
+
+
+def sample_paths(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    for i, ds in enumerate(DATASETS):
+        paths_ = scan_dataset(ds, root=paths.SHARED_DATA, label_space="coarse5").samples["path"].tolist()
+        k = n // len(DATASETS) + (1 if i < n % len(DATASETS) else 0)
+        out += [paths_[j] for j in rng.choice(len(paths_), min(k, len(paths_)), replace=False)]
+    return out
+
+
+def timed(model: CrossLabModel, files: list[str]) -> float:
+    start = time.perf_counter()
+    feats, kept = model.measure(files)
+    assert len(kept) == len(files), "every benchmark image must be measured"
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="cross-lab model file (default: random-weight cpu detector)")
+    parser.add_argument("--n-images", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of the detector")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    files = sample_paths(args.n_images)
+    if args.model:
+        base = load_model(args.model)
+        detector = base.detector
+    else:
+        from bcfeat.detector import DetectorConfig, build_detector
+
+        torch.manual_seed(0)
+        detector = build_detector(DetectorConfig.cpu()).eval()
+    results = {"n_images": len(files), "torch_threads": args.threads, "model": args.model}
+    timed(CrossLabModel(ExtractorConfig("detector", n_workers=1), detector), files[:8])  # warm-up
+    for workers in (1, 2):
+        model = CrossLabModel(ExtractorConfig("detector", n_workers=workers), detector)
+        seconds = timed(model, files)
+        results[f"detector_workers{workers}_cells_per_s"] = len(files) / seconds
+    # where the time goes: the masks alone
+    from bcfeat.data import load_image
+
+    images = [load_image(p) for p in files]
+    model = CrossLabModel(ExtractorConfig("detector", n_workers=1), detector)
+    start = time.perf_counter()
+    masks = model._masks(images)
+    results["detector_masks_only_cells_per_s"] = len(files) / (time.perf_counter() - start)
+    from bcfeat.crosslab.model import _measure
+
+    start = time.perf_counter()
+    for im, m in zip(images, masks):
+        _measure((im, m, model.config.crop))
+    results["crop_and_features_only_cells_per_s"] = len(files) / (time.perf_counter() - start)
+    stain = CrossLabModel(ExtractorConfig("stain", n_workers=2))
+    results["stain_workers2_cells_per_s"] = len(files) / timed(stain, files)
+    for key, value in results.items():
+        print(f"{key:40s} {value:.1f}" if isinstance(value, float) else f"{key:40s} {value}")
+    out = paths.ROOT / "artifacts" / "benchmarks" / "bench_crosslab_extraction.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

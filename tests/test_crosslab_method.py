@@ -1,0 +1,295 @@
+"""Adaptation, evaluation protocol, model files and the lab commands of the cross-lab method."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from bcfeat.crosslab import evaluation as ev
+from bcfeat.crosslab.adaptation import (CrossLabClassifier, class_balanced_weights, em_class_priors,
+                                        site_statistics, standardize)
+from bcfeat.crosslab.cell_features import feature_names
+from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, is_crosslab_model_file, load_model, save_model
+from bcfeat.model_files import ModelFileError
+
+
+def _lab(rng, n_per_class, shift, scale, d=6):
+    """Two classes separated along every feature; a lab multiplies and shifts everything."""
+    y = np.repeat([0, 1], n_per_class)
+    X = (y[:, None] * 2.0 + rng.normal(size=(len(y), d))) * scale + shift
+    return X, y
+
+
+def test_site_statistics_weights_and_nans():
+    X = np.array([[0.0, 1.0], [2.0, np.nan], [4.0, 3.0]] * 4)
+    s = site_statistics(X)
+    assert s.centre == pytest.approx([2.0, 2.0])
+    Z = standardize(X, s)
+    assert np.isfinite(Z).all() and Z[1, 1] == pytest.approx(0.0)
+    w = site_statistics(X, np.array([1.0, 0.0, 0.0] * 4))
+    assert w.centre[0] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="at least"):
+        site_statistics(X[:3])
+
+
+def test_class_balanced_weights_equalise_classes():
+    P = np.eye(3)[[0] * 8 + [1] * 2 + [2] * 1]
+    w = class_balanced_weights(P)
+    totals = [w[P[:, c] == 1].sum() for c in range(3)]
+    assert totals == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_em_recovers_a_known_class_mix():
+    rng = np.random.default_rng(0)
+    y = rng.random(4000) < 0.8  # 80 % class 1 at the target
+    x = rng.normal(np.where(y, 1.0, -1.0), 1.0)
+    # posteriors of a classifier trained under equal priors: logistic of the log-likelihood ratio 2x
+    p1 = 1 / (1 + np.exp(-2 * x))
+    _, priors = em_class_priors(np.stack([1 - p1, p1], axis=1), np.array([0.5, 0.5]))
+    assert priors[1] == pytest.approx(0.8, abs=0.03)
+
+
+def test_per_site_standardisation_carries_a_classifier_to_a_shifted_lab():
+    rng = np.random.default_rng(1)
+    Xs, ys = _lab(rng, 100, 0.0, 1.0)
+    Xt, yt = _lab(rng, 100, 7.0, 3.0)
+    adapted = CrossLabClassifier(random_state=0).fit(Xs, ys)
+    plain = CrossLabClassifier(site_standardize=False, random_state=0).fit(Xs, ys)
+    assert (adapted.predict(Xt) == yt).mean() > 0.9
+    assert (plain.predict(Xt) == yt).mean() < 0.7
+
+
+def test_class_balanced_statistics_undo_a_skewed_class_mix():
+    rng = np.random.default_rng(2)
+    Xs, ys = _lab(rng, 200, 0.0, 1.0)
+    yt = np.array([0] * 20 + [1] * 380)  # the target lab is 95 % class 1
+    Xt = (yt[:, None] * 2.0 + rng.normal(size=(400, 6))) * 2.0 + 5.0
+    from sklearn.metrics import balanced_accuracy_score as bas
+
+    plain = CrossLabClassifier(balance_rounds=0).fit(Xs, ys)
+    balanced = CrossLabClassifier(balance_rounds=3).fit(Xs, ys)
+    assert bas(yt, balanced.predict(Xt)) > bas(yt, plain.predict(Xt))
+    # the mechanism: the plain centre sits near class 1 (its mean is 9, class 0's is 5); the balanced
+    # one moves towards the midpoint
+    weights = class_balanced_weights(np.eye(2)[balanced.predict(Xt)])
+    plain_centre = site_statistics(Xt).centre.mean()
+    assert plain_centre == pytest.approx(8.8, abs=0.3)
+    assert site_statistics(Xt, weights).centre.mean() < plain_centre - 0.15
+
+
+def test_crosslab_classifier_refuses_bad_settings_and_shapes():
+    X, y = _lab(np.random.default_rng(3), 20, 0.0, 1.0)
+    with pytest.raises(ValueError, match="model must be"):
+        CrossLabClassifier(model="svm").fit(X, y)
+    with pytest.raises(ValueError, match="C must be"):
+        CrossLabClassifier(C=0).fit(X, y)
+    clf = CrossLabClassifier(columns=(0, 2)).fit(X, y)
+    with pytest.raises(ValueError, match=r"\(n, 6\)"):
+        clf.predict(X[:, :3])
+    with pytest.raises(ValueError, match="columns must index"):
+        CrossLabClassifier(columns=(0, 9)).fit(X, y)
+
+
+def test_select_without_target_never_reads_the_reported_site():
+    scores = pd.DataFrame({
+        "setting": ["a", "a", "a", "b", "b", "b"],
+        "test_domain": ["s1", "s2", "s3"] * 2,
+        "balanced_accuracy": [0.9, 0.9, 0.1, 0.5, 0.5, 0.99],
+    })
+    chosen = ev.select_without_target(scores).set_index("test_domain")
+    # s3 is reported with "a" (best on s1 and s2) although "b" would have been better on s3 itself
+    assert chosen.loc["s3", "chosen"] == "a" and chosen.loc["s3", "balanced_accuracy"] == pytest.approx(0.1)
+    assert chosen.loc["s3", "oracle_choice"] == "b"
+    # changing s3's own scores cannot change what is reported for s3
+    scores.loc[scores["test_domain"] == "s3", "balanced_accuracy"] = [0.0, 1.0]
+    assert ev.select_without_target(scores).set_index("test_domain").loc["s3", "chosen"] == "a"
+
+
+def test_bootstrap_interval_covers_the_estimate_and_narrows_with_more_cells():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 40)
+    p = np.where(rng.random(len(y)) < 0.8, y, (y + 1) % 3)
+    lo, hi = ev.bootstrap_interval(y, p, n_boot=300)
+    est = ev.score_row(y, p, [0, 1, 2])["balanced_accuracy"]
+    assert lo <= est <= hi
+    y4, p4 = np.tile(y, 4), np.tile(p, 4)
+    lo4, hi4 = ev.bootstrap_interval(y4, p4, n_boot=300)
+    assert hi4 - lo4 < hi - lo
+
+
+def test_few_shot_curve_adds_target_cells_and_tests_on_the_rest():
+    rng = np.random.default_rng(4)
+    Xs, ys = _lab(rng, 60, 0.0, 1.0)
+    Xt, yt = _lab(rng, 30, 0.0, 1.0)
+    Xt[:, 0] += np.where(yt == 1, -6.0, 6.0)  # the target lab flips the first feature: labels help
+    X = np.vstack([Xs, Xt])
+    y = np.concatenate([ys, yt])
+    dom = np.array(["s"] * len(ys) + ["t"] * len(yt))
+    from sklearn.linear_model import LogisticRegression
+
+    curve = ev.few_shot_curve(X, y, dom, np.flatnonzero(dom == "s"), "t", [0, 1, 10], 3,
+                              lambda: LogisticRegression(max_iter=500), seed=0)
+    assert set(curve["k"]) == {0, 1, 10} and (curve.groupby("k")["draw"].nunique() == 3).all()
+    assert (curve.loc[curve["k"] == 10, "n_test"] == 60 - 20).all()
+    means = curve.groupby("k")["balanced_accuracy"].mean()
+    assert means[10] > means[0]
+
+
+def _stain_model(tmp_path: Path, with_classifier: bool):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, len(feature_names())))
+    y = np.repeat(["lymphocyte", "neutrophil"], 20)
+    X[y == "neutrophil", 0] += 3
+    clf = CrossLabClassifier(C=0.5).fit(X, y) if with_classifier else None
+    model = CrossLabModel(ExtractorConfig(mask_source="stain"), None, clf, {"trained_on": "synthetic"})
+    return save_model(tmp_path / "m.pt", model), X, clf
+
+
+def test_model_file_round_trip_keeps_predictions(tmp_path):
+    path, X, clf = _stain_model(tmp_path, True)
+    assert is_crosslab_model_file(path)
+    loaded = load_model(path)
+    assert loaded.record == {"trained_on": "synthetic"}
+    np.testing.assert_allclose(loaded.classifier.predict_proba(X), clf.predict_proba(X), rtol=1e-6)
+
+
+def test_model_file_with_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "bcfeat.crosslab/1", "config": Evil()}, path)
+    with pytest.raises(ModelFileError, match="evil.pt"):
+        load_model(path)
+    assert not marker.exists()
+    assert not is_crosslab_model_file(path)
+
+
+def test_damaged_or_foreign_model_files_are_refused_by_name(tmp_path):
+    path, _, _ = _stain_model(tmp_path, False)
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="cut.pt"):
+        load_model(tmp_path / "cut.pt")
+    torch.save({"format": "bcfeat.oracle/1", "config": {}, "state_dict": {}}, tmp_path / "oracle.pt")
+    with pytest.raises(ModelFileError, match="not a bcfeat crosslab file"):
+        load_model(tmp_path / "oracle.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["feature_names"] = payload["feature_names"][:-1]
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(ModelFileError, match="other cell features"):
+        load_model(tmp_path / "old.pt")
+    (tmp_path / "pickle.pt").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ModelFileError):
+        load_model(tmp_path / "pickle.pt")
+
+
+def _write_cell(path: Path, nucleus_lobes: int, radius: int, rng) -> None:
+    img = np.full((120, 120, 3), (235, 225, 215), np.uint8)
+    yy, xx = np.mgrid[:120, :120]
+    img[(yy - 60) ** 2 + (xx - 60) ** 2 < radius ** 2] = (200, 170, 210)
+    for k in range(nucleus_lobes):
+        a = 2 * np.pi * k / max(nucleus_lobes, 1)
+        cy, cx = (60 + 0.45 * radius * np.sin(a), 60 + 0.45 * radius * np.cos(a)) if nucleus_lobes > 1 else (60, 60)
+        r = radius * (0.25 if nucleus_lobes > 1 else 0.55)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2] = (90, 40, 130)
+    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+def test_train_classifier_and_classify_a_folder_from_the_command_line(tmp_path):
+    from bcfeat.cli import main
+
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        _write_cell(tmp_path / "lab" / "lymph" / f"l{i}.png", 1, 22 + i % 3, rng)
+        _write_cell(tmp_path / "lab" / "neut" / f"n{i}.png", 3, 34 + i % 3, rng)
+        _write_cell(tmp_path / "new" / f"l{i}.png", 1, 22 + i % 3, rng)
+        _write_cell(tmp_path / "new" / f"n{i}.png", 3, 34 + i % 3, rng)
+    (tmp_path / "lab" / "stray.png").write_bytes(b"not in a class folder")
+    (tmp_path / "new" / "broken.png").write_bytes(b"not an image")
+    base = save_model(tmp_path / "base.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
+    clf_file = tmp_path / "out" / "clf.pt"
+    assert main(["train-classifier", str(base), str(tmp_path / "lab"), "--output", str(clf_file)]) == 0
+    assert load_model(clf_file).record["class_counts"] == {"lymph": 8, "neut": 8}
+    table_file = tmp_path / "out" / "pred.csv"
+    assert main(["classify", str(clf_file), str(tmp_path / "new"), "--output", str(table_file)]) == 0
+    table = pd.read_csv(table_file)
+    assert len(table) == 16 and "broken.png" not in set(table["relpath"])
+    truth = table["relpath"].str.startswith("l").map({True: "lymph", False: "neut"})
+    assert (table["predicted"] == truth).mean() >= 0.9
+    assert table["probability"].between(0.5, 1).all()
+    assert main(["extract", str(base), str(tmp_path / "new"), "--output", str(tmp_path / "f.csv")]) == 0
+    assert list(pd.read_csv(tmp_path / "f.csv").columns[1:]) == feature_names()
+    # a model without classifier, and a bad --groups, are user errors (exit 2) with one line
+    assert main(["classify", str(base), str(tmp_path / "new"), "--output", str(tmp_path / "x.csv")]) == 2
+    assert main(["train-classifier", str(base), str(tmp_path / "lab"), "--output", str(tmp_path / "y.pt"),
+                 "--groups", "no_colours"]) == 2
+    assert not (tmp_path / "y.pt").exists()
+
+
+def test_adabn_re_estimates_batch_norm_statistics_without_touching_weights():
+    from bcfeat.oracle import OracleConfig, adapt_batch_norm, build_oracle, embed
+
+    torch.manual_seed(0)
+    model = build_oracle(OracleConfig(arch="narrow_resnet", width=4, norm="batch"), 3).eval()
+    x = torch.randint(0, 255, (12, 3, 16, 16), dtype=torch.uint8)
+    adapted = adapt_batch_norm(model, x)
+    first_bn = [m for m in adapted.modules() if isinstance(m, torch.nn.BatchNorm2d)][0]
+    with torch.no_grad():
+        stem_out = adapted[1].stem[0](adapted[0](x))
+    assert first_bn.running_mean == pytest.approx(stem_out.mean(dim=(0, 2, 3)), abs=1e-4)
+    for (k, a), (_, b) in zip(adapted.state_dict().items(), model.state_dict().items()):
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(a, b), k
+    assert embed(adapted, x).shape == (12, 32)
+    group = build_oracle(OracleConfig(arch="narrow_resnet", width=4, norm="group"), 3).eval()
+    same = adapt_batch_norm(group, x)
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), group.state_dict().values()))
+
+
+def test_self_supervised_encoder_trains_and_embeds():
+    from bcfeat.crosslab.self_supervised import SelfSupervisedConfig, embed_crops, lab_shift_views, train_encoder
+
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 255, (16, 24, 24, 3), dtype=np.uint8)
+    view = lab_shift_views(torch.rand(4, 3, 24, 24), torch.Generator().manual_seed(0))
+    assert view.shape == (4, 3, 24, 24) and 0 <= float(view.min()) and float(view.max()) <= 1
+    cfg = SelfSupervisedConfig(image_size=24, width=4, projection_dim=8, epochs=2, batch_size=8)
+    encoder, history = train_encoder(crops, cfg)
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    assert embed_crops(encoder, crops, 24).shape == (16, 16)
+    with pytest.raises(ValueError, match="objective"):
+        SelfSupervisedConfig(objective="byol")
+
+
+def test_the_scikit_learn_transformer_loads_a_crosslab_model_file(tmp_path):
+    from sklearn.pipeline import make_pipeline
+
+    from bcfeat.extractor import AECFEFeatures
+
+    rng = np.random.default_rng(1)
+    paths, labels = [], []
+    for i in range(6):
+        for lobes, radius, label in ((1, 22, "lymph"), (3, 34, "neut")):
+            p = tmp_path / f"{label}{i}.png"
+            _write_cell(p, lobes, radius + i % 3, rng)
+            paths.append(str(p))
+            labels.append(label)
+    base = save_model(tmp_path / "base.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
+    features = AECFEFeatures(str(base), on_error="nan").fit()
+    out = features.transform(paths + [str(tmp_path / "missing.png")])
+    assert out.shape == (13, len(feature_names())) and np.isnan(out[-1]).all() and features.n_skipped_ == 1
+    assert list(features.get_feature_names_out()) == feature_names()
+    clf = make_pipeline(AECFEFeatures(str(base)), CrossLabClassifier()).fit(paths, labels)
+    assert (clf.predict(paths) == np.array(labels)).mean() >= 0.9
