@@ -42,7 +42,8 @@ from torchvision.ops import MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from bcfeat.atomic_io import atomic_torch_save
-from bcfeat.data import load_image, scan_dataset
+from bcfeat.data import scan_dataset
+from bcfeat.data.images import read_image
 from bcfeat.model_files import build_from_payload, load_model_file
 from bcfeat.segmentation import SegmentationConfig, centred_ellipse, segment_white_cell
 from bcfeat.train import resolve_device
@@ -636,13 +637,7 @@ def load_detector(path: str | os.PathLike) -> MaskRCNN:
 
 # ----------------------------------------------------------------------------- training data
 def _as_image(item: Any) -> np.ndarray:
-    if isinstance(item, np.ndarray):
-        if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
-            raise ValueError(f"expected (H, W, 3) uint8 RGB images, got {item.shape} {item.dtype}")
-        if item.shape[0] == 0 or item.shape[1] == 0:
-            raise ValueError(f"empty image of shape {item.shape} (0 pixels high or wide)")
-        return item
-    return load_image(item)
+    return read_image(item)
 
 
 def resize_long_side(image: np.ndarray, size: int) -> np.ndarray:

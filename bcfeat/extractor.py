@@ -267,27 +267,8 @@ def _as_items(X: Any) -> list[Any]:
     return list(X)
 
 
-def read_image(item: Any) -> np.ndarray:
-    """One image (a path or an array) as a checked ``(H, W, 3) uint8`` array.
-
-    Raises
-    ------
-    FileNotFoundError, ImageDecodeError
-        A path that does not exist or does not decode.
-    ValueError
-        An array of another shape or type, or an empty one (0 pixels high or wide).
-    """
-    from bcfeat.data.images import load_image
-
-    if isinstance(item, np.ndarray):
-        if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
-            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {item.shape} {item.dtype}")
-        if item.shape[0] == 0 or item.shape[1] == 0:
-            raise ValueError(f"empty image of shape {item.shape} (0 pixels high or wide)")
-        return item
-    if isinstance(item, (str, os.PathLike)):
-        return load_image(item)
-    raise TypeError(f"expected an image path or an (H, W, 3) uint8 array, got {type(item).__name__}")
+# one reader of "an image path or an (H, W, 3) uint8 array" for every entry point
+from bcfeat.data.images import read_image  # noqa: E402
 
 
 class AECFEFeatures(TransformerMixin, BaseEstimator):

@@ -31,7 +31,7 @@ from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.crosslab.adaptation import CrossLabClassifier, SiteStatistics
 from bcfeat.crosslab.cell_crop import CellCrop, CropConfig, canonical_crop
 from bcfeat.crosslab.cell_features import cell_features, feature_names
-from bcfeat.data.images import ImageDecodeError, SkippedImages, load_image
+from bcfeat.data.images import ImageDecodeError, SkippedImages, read_image
 from bcfeat.model_files import (ModelFileError, build_from_payload, format_name, load_model_file, parse_format,
                                 read_payload)
 
@@ -85,15 +85,6 @@ def _measure(args: tuple[np.ndarray, np.ndarray, CropConfig]) -> tuple[np.ndarra
     return cell_features(crop), crop.image
 
 
-def _as_image(item: Any) -> np.ndarray:
-    if isinstance(item, np.ndarray):
-        if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8 or min(item.shape[:2]) < 8:
-            raise ImageDecodeError("<array>", f"expected an (H, W, 3) uint8 RGB image of at least 8 x 8 px, "
-                                   f"got shape {item.shape} dtype {item.dtype}")
-        return item
-    return load_image(item)
-
-
 class CrossLabModel:
     """Mask source + canonical crop + cell features, and optionally a trained classifier.
 
@@ -142,9 +133,9 @@ class CrossLabModel:
         loaded, kept = [], []
         for i, item in enumerate(images):
             try:
-                loaded.append(_as_image(item))
+                loaded.append(read_image(item))
                 kept.append(i)
-            except (ImageDecodeError, OSError) as error:
+            except (ImageDecodeError, OSError, ValueError, TypeError) as error:
                 skipped.add(item if not isinstance(item, np.ndarray) else f"<array {i}>", str(error))
         masks = self._masks(loaded) if loaded else []
         jobs = [(im, m, self.config.crop) for im, m in zip(loaded, masks)]

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -214,6 +215,27 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         except Exception as e:  # tifffile raises many types for broken files
             raise ImageDecodeError(path, f"{type(pil_error).__name__}: {pil_error}; tifffile: {e}") from e
     raise ImageDecodeError(path, f"{type(pil_error).__name__}: {pil_error}") from pil_error
+
+
+def read_image(item: Any) -> np.ndarray:
+    """One image (a path or an array) as a checked ``(H, W, 3) uint8`` array.
+
+    Raises
+    ------
+    FileNotFoundError, ImageDecodeError
+        A path that does not exist or does not decode.
+    ValueError
+        An array of another shape or type, or an empty one (0 pixels high or wide).
+    """
+    if isinstance(item, np.ndarray):
+        if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {item.shape} {item.dtype}")
+        if item.shape[0] == 0 or item.shape[1] == 0:
+            raise ValueError(f"empty image of shape {item.shape} (0 pixels high or wide)")
+        return item
+    if isinstance(item, (str, os.PathLike)):
+        return load_image(item)
+    raise TypeError(f"expected an image path or an (H, W, 3) uint8 array, got {type(item).__name__}")
 
 
 @dataclass
