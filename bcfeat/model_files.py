@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -112,8 +113,9 @@ def read_payload(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        # weights_only refuses every global it does not know, before calling it
-        detail = str(exc).split("\n")[0][:200]
+        # weights_only refuses every global it does not know, before calling it; torch's message
+        # carries terminal escape codes (bold), which a one-line error does not want
+        detail = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).split("\n")[0])[:200]
         raise ModelFileError(path, "holds Python objects other than weights and plain values (possibly code); "
                                    f"it was not opened ({detail})", unsafe=True) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:

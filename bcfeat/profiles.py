@@ -69,7 +69,7 @@ PROFILES: dict[str, Profile] = {
             "06_figures": {"max_per_site": 60, "per_class_sets": "aecfe_moment,colour_shape,oracle (narrow_resnet, batch norm)"},
             "07_crosslab": {"max_per_site": 60, "n_repetitions": 2, "candidate_C": "0.03,0.1", "ablation_cells": 20,
                             "ssl_epochs": 1, "ssl_image_size": 24, "n_boot": 50, "shots": "0,1,5", "n_draws": 2,
-                            "few_shot_source_cells": 0, "n_workers": 1},
+                            "few_shot_source_cells": 0, "n_workers": 2},
         },
         autoencoder={"max_per_site": 60, "max_source_images": 60, "ae_preset": "tiny", "epochs": 1,
                      "batch_size": 32},

@@ -78,9 +78,13 @@ class ExtractorConfig:
         return cls(**d)
 
 
-def _measure(args: tuple[np.ndarray, np.ndarray, CropConfig]) -> tuple[np.ndarray, np.ndarray]:
-    """One image and its cell mask -> (features, canonical crop image)."""
+def _measure(args: tuple[np.ndarray, np.ndarray | None, CropConfig]) -> tuple[np.ndarray, np.ndarray]:
+    """One image and its cell mask (None: the label-free stain segmentation's) -> (features, crop image)."""
     image, mask, crop_cfg = args
+    if mask is None:
+        from bcfeat.segmentation import segment_white_cell
+
+        mask = segment_white_cell(image).mask
     crop = canonical_crop(image, mask, crop_cfg)
     return cell_features(crop), crop.image
 
@@ -111,11 +115,10 @@ class CrossLabModel:
     def feature_names(self) -> list[str]:
         return feature_names()
 
-    def _masks(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def _masks(self, images: list[np.ndarray]) -> list[np.ndarray | None]:
+        """The detector's masks; None per image for the stain segmentation, which runs in the workers."""
         if self.config.mask_source == "stain":
-            from bcfeat.segmentation import segment_white_cell
-
-            return [segment_white_cell(im).mask for im in images]
+            return [None] * len(images)
         from bcfeat.detector import detect
 
         with torch.inference_mode():

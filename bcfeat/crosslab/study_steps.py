@@ -85,6 +85,24 @@ def measure_cells(samples: pd.DataFrame, artifacts: Path, mask_source: str = "de
     return Measured(arrays["features"], arrays["crops"], float(arrays["seconds"].sum() / 60), detector_file)
 
 
+def measure_all(samples: pd.DataFrame, artifacts: Path, mask_sources: Sequence[str], n_workers: int = 2
+                ) -> dict[str, Measured]:
+    """:func:`measure_cells` with each mask source (the selection chooses between them)."""
+    from bcfeat.crosslab.model import MASK_SOURCES
+
+    unknown = [m for m in mask_sources if m not in MASK_SOURCES]
+    if unknown or not mask_sources:
+        raise ValueError(f"mask_sources must name one or more of {MASK_SOURCES}, got {list(mask_sources)}")
+    return {m: measure_cells(samples, artifacts, m, n_workers) for m in mask_sources}
+
+
+def measured_table(measured: dict[str, Measured]) -> pd.DataFrame:
+    """Cost of measuring every cell with each mask source."""
+    return pd.DataFrame([{"mask_source": m, "n_cells": len(v.features), "cpu_minutes": v.minutes,
+                          "cells_per_cpu_second": len(v.features) / max(v.minutes * 60, 1e-9)}
+                         for m, v in measured.items()])
+
+
 def feature_group_table(X: np.ndarray) -> pd.DataFrame:
     """Features per group, with examples and the share of cells where each group is finite."""
     names = feature_names()
@@ -119,16 +137,18 @@ def columns_for(groups: str) -> tuple[int, ...] | None:
     raise ValueError(f"unknown feature groups {groups!r}: 'all' or 'no_<group>' with group in {GROUPS}")
 
 
-def candidate_grid(cs: Sequence[str], groups: Sequence[str]) -> list[dict]:
-    """The compared settings: the linear model at each ``C`` and the paper's forest, per feature groups."""
-    if not cs or not groups:
-        raise ValueError("candidate_C and candidate_groups must each name at least one value")
+def candidate_grid(cs: Sequence[str], groups: Sequence[str], sources: Sequence[str] = ("detector",)) -> list[dict]:
+    """The compared settings: per mask source and feature groups, the linear model at each ``C`` and
+    the paper's forest."""
+    if not cs or not groups or not sources:
+        raise ValueError("candidate_C, candidate_groups and mask_sources must each name at least one value")
     grid = []
-    for g in groups:
-        columns_for(g)  # an unknown name fails here, before any work
-        grid += [{"name": f"logistic C={float(c):g} {g}", "model": "logistic", "C": float(c), "groups": g}
-                 for c in cs]
-        grid.append({"name": f"forest {g}", "model": "forest", "C": None, "groups": g})
+    for source in sources:
+        for g in groups:
+            columns_for(g)  # an unknown name fails here, before any work
+            grid += [{"name": f"logistic C={float(c):g} {g} {source}", "model": "logistic", "C": float(c),
+                      "groups": g, "source": source} for c in cs]
+            grid.append({"name": f"forest {g} {source}", "model": "forest", "C": None, "groups": g, "source": source})
     return grid
 
 
@@ -148,13 +168,15 @@ def make_factory(setting: dict):
     return make
 
 
-def score_candidates(X: np.ndarray, samples: pd.DataFrame, plan: SplitPlan, grid: list[dict], seed: int) -> pd.DataFrame:
+def score_candidates(measured: dict[str, Measured], samples: pd.DataFrame, plan: SplitPlan, grid: list[dict],
+                     seed: int) -> pd.DataFrame:
     """Every setting trained on the source site (the benchmark's splits), tested on every site."""
-    Z = ev.standardize_per_site(X, samples["domain"].to_numpy())
+    domain = samples["domain"].to_numpy()
+    Z = {m: ev.standardize_per_site(v.features, domain) for m, v in measured.items()}
     frames = []
     for setting in grid:
         start = time.perf_counter()
-        s = domain_matrix(Z, samples["label"].to_numpy(), samples["domain"].to_numpy(), plan,
+        s = domain_matrix(Z[setting["source"]], samples["label"].to_numpy(), domain, plan,
                           make_classifier=make_factory(setting), label_space_name="coarse5",
                           feature_set_name=f"{OURS} ({setting['name']})", random_state=seed,
                           train_domains=[study.SOURCE_SITE])
@@ -176,11 +198,26 @@ def deployed_setting(grid_scores: pd.DataFrame, unseen: Sequence[str], model: st
 
 
 def setting_by_name(name: str) -> dict:
-    """Parse a setting name of :func:`candidate_grid` back into its dict."""
+    """Parse a setting name of :func:`candidate_grid` back into its dict.
+
+    >>> setting_by_name("logistic C=0.03 no_texture stain")["C"]
+    0.03
+    """
     parts = name.split()
     if parts[0] == "forest":
-        return {"name": name, "model": "forest", "C": None, "groups": parts[1]}
-    return {"name": name, "model": "logistic", "C": float(parts[1].split("=")[1]), "groups": parts[2]}
+        return {"name": name, "model": "forest", "C": None, "groups": parts[1], "source": parts[2]}
+    return {"name": name, "model": "logistic", "C": float(parts[1].split("=")[1]), "groups": parts[2],
+            "source": parts[3]}
+
+
+def _rename(setting: dict, **changes) -> dict:
+    """A setting with some fields changed, and its name rebuilt to match."""
+    s = {**setting, **changes}
+    if s["model"] == "forest":
+        s["name"] = f"forest {s['groups']} {s['source']}"
+    else:
+        s["name"] = f"logistic C={s['C']:g} {s['groups']} {s['source']}"
+    return s
 
 
 # ----------------------------------------------------------------------------- oracle, AdaBN
@@ -246,7 +283,7 @@ def domain_matrices(X: np.ndarray, samples: pd.DataFrame, plan: SplitPlan, grid:
     """The full domain matrix (every site as the training site) of the headline linear setting and
     of the paper's forest on the same feature groups."""
     chosen = setting_by_name(headline)
-    forest = {"name": f"forest {chosen['groups']}", "model": "forest", "C": None, "groups": chosen["groups"]}
+    forest = _rename(chosen, model="forest", C=None)
     Z = ev.standardize_per_site(X, samples["domain"].to_numpy())
     frames = []
     for setting in (chosen, forest):
@@ -407,10 +444,14 @@ def _subsample(samples: pd.DataFrame, n: int, seed: int) -> np.ndarray:
     return np.concatenate(rows)
 
 
-def ablations(X, crops, samples, plan, setting: str, artifacts: Path, measured: Measured, ablation_cells: int,
+def ablations(measured: dict[str, Measured], samples, plan, setting: str, artifacts: Path, ablation_cells: int,
               ssl_epochs: int, ssl_image_size: int, seed: int, n_workers: int) -> pd.DataFrame:
-    """One row per variant (lever on/off), scored like :func:`all_cells_transfer` (no intervals)."""
+    """One row per variant (lever on/off), scored like :func:`all_cells_transfer` (no intervals).
+
+    The crop lever compares the mask sources on every cell, and the canonical rescaling against one
+    zoom for every image on a subsample of ``ablation_cells`` per site (re-measured)."""
     chosen = setting_by_name(setting)
+    X, crops = measured[chosen["source"]].features, measured[chosen["source"]].crops
     train, is_test = _source_train_rows(samples, plan)
     domain = samples["domain"].to_numpy()
     in_test = is_test & (domain == study.SOURCE_SITE)
@@ -428,11 +469,16 @@ def ablations(X, crops, samples, plan, setting: str, artifacts: Path, measured: 
         name = f"all features but {group}"
         results[name], minutes[name] = _timed(lambda m=make: _transfer_with(Z, samples, train, in_test, m))
         lever[name] = "features"
-    forest = make_factory({**chosen, "model": "forest"})
+    forest = make_factory(_rename(chosen, model="forest", C=None))
     name = "paper's random forest in place of the linear model"
     results[name], minutes[name] = _timed(lambda: _transfer_with(Z, samples, train, in_test, lambda: forest(seed)))
     lever[name] = "classifier"
     linear = make_factory(chosen)
+    for source, m in measured.items():
+        name = f"crop: {source} mask, canonical size" + (" (headline)" if source == chosen["source"] else "")
+        Zm = ev.standardize_per_site(m.features, domain)
+        results[name] = _transfer_with(Zm, samples, train, in_test, lambda: linear(seed))
+        minutes[name], lever[name] = m.minutes, "crop"
     if ablation_cells > 0:
         sub = _subsample(samples, ablation_cells, seed)
         sub_samples = samples.iloc[sub].reset_index(drop=True)
@@ -440,18 +486,12 @@ def ablations(X, crops, samples, plan, setting: str, artifacts: Path, measured: 
         sub_test = np.isin(sub, np.flatnonzero(in_test))
         source_sub = sub_samples["domain"].to_numpy() == study.SOURCE_SITE
         median_d = float(np.exp(np.median(X[sub][source_sub, 0])))  # the source's median cell diameter, px
-        variants = {
-            "crop: detector mask, canonical size (headline, subsample)": None,
-            "crop: label-free stain mask, canonical size (subsample)": ("stain", CropConfig()),
-            "crop: detector mask, one zoom for all (no rescaling, subsample)":
-                ("detector", CropConfig(rescale=False, reference_diameter_px=median_d)),
-        }
-        for name, how in variants.items():
-            if how is None:
-                feats, mins = X[sub], measured.minutes * len(sub) / len(X)
-            else:
-                m = measure_cells(sub_samples, artifacts, how[0], n_workers, how[1], cache_name="crosslab_ablation")
-                feats, mins = m.features, m.minutes
+        fixed = measure_cells(sub_samples, artifacts, chosen["source"], n_workers,
+                              CropConfig(rescale=False, reference_diameter_px=median_d), cache_name="crosslab_ablation")
+        for name, feats, mins in ((f"crop: {chosen['source']} mask, canonical size (subsample)", X[sub],
+                                   measured[chosen["source"]].minutes * len(sub) / len(X)),
+                                  (f"crop: {chosen['source']} mask, one zoom for all (no rescaling, subsample)",
+                                   fixed.features, fixed.minutes)):
             Zs = ev.standardize_per_site(feats, sub_samples["domain"].to_numpy())
             results[name] = _transfer_with(Zs, sub_samples, sub_train, sub_test, lambda: linear(seed))
             minutes[name], lever[name] = mins, "crop"
@@ -473,7 +513,7 @@ def _self_supervised_variants(X, crops, samples, train, in_test, chosen, epochs,
 
     torch.set_num_threads(2)
     domain = samples["domain"].to_numpy()
-    linear = make_factory({**chosen, "groups": "all"})
+    linear = make_factory(_rename(chosen, groups="all"))
     Zh = ev.standardize_per_site(X, domain)
     for scope, rows in (("all sites", np.arange(len(crops))), ("source only", np.flatnonzero(domain == study.SOURCE_SITE))):
         cfg = SelfSupervisedConfig(image_size=image_size, epochs=epochs, seed=seed, batch_size=min(256, len(rows) // 2))
@@ -513,7 +553,7 @@ def few_shot(X, samples, plan, setting: str, artifacts: Path, aecfe: str, adabn:
     chosen = setting_by_name(setting)
     sets = {OURS: (ev.standardize_per_site(X, domain), make_factory(chosen)),
             "oracle AdaBN embeddings": (ev.standardize_per_site(adabn.embeddings, domain),
-                                        make_factory({**chosen, "groups": "all"}))}
+                                        make_factory(_rename(chosen, groups="all")))}
     aecfe_path = study.feature_path(artifacts, aecfe)
     if aecfe_path.exists():
         sets[f"{aecfe} (paper's forest)"] = (study.load_feature_set(aecfe_path, samples), lambda rs: default_classifier(rs, n_jobs=2))
