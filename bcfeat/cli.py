@@ -260,9 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("model", help="cross-lab model file (artifacts/<profile>/crosslab_model.pt)")
     tc.add_argument("labelled", help="folder of class folders, <folder>/<class>/<image>")
     tc.add_argument("--output", required=True, help="model + classifier file to write (.pt)")
-    tc.add_argument("--C", type=float_between(1e-6, 1e6), default=0.03,
-                    help="inverse L2 strength of the linear model (default 0.03)")
-    tc.add_argument("--groups", default="all", help="feature groups: 'all' or 'no_<group>' (e.g. no_texture)")
+    tc.add_argument("--C", type=float_between(1e-6, 1e6), default=None,
+                    help="inverse L2 strength of the linear model (default: the model file's study setting)")
+    tc.add_argument("--groups", default=None, help="feature set: all, no_texture, no_fine_texture or no_<group> "
+                                                   "(default: the model file's study setting)")
     tc.set_defaults(func=_cmd_train_classifier)
 
     c = sub.add_parser("classify", help="classify a folder of one lab's cells to a table (class, probability)")

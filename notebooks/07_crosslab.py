@@ -33,7 +33,7 @@ n_repetitions: int = 5  # stratified splits (the benchmark's)
 mask_sources: str = "detector,stain"  # cell masks compared by the selection: detector (01's), stain (label-free segmentation)
 n_workers: int = 2  # processes measuring the crops
 candidate_C: str = "0.01,0.03,0.1"  # inverse L2 strengths of the linear model compared by the selection
-candidate_groups: str = "all,no_texture"  # feature groups compared by the selection
+candidate_groups: str = "all,no_texture,no_fine_texture"  # feature sets compared by the selection
 ablation_cells: int = 400  # cells per site re-measured for the crop lever (0: skip it)
 ssl_epochs: int = 4  # epochs of the self-supervised encoder (0: skip the lever)
 ssl_image_size: int = 40  # crop side the encoder reads
@@ -94,7 +94,7 @@ cs.feature_group_table(any_x)
 # %% [markdown]
 # ## Choosing settings without the target's labels
 #
-# Candidate settings (mask source, linear model strength, feature groups, linear vs forest) are scored on the
+# Candidate settings (mask source, linear model strength, feature set) are scored on the
 # benchmark's splits with Acevedo-20 as the training site. For each unseen site, the setting is
 # chosen by its mean balanced accuracy on the *other two* unseen sites; the number reported for a
 # site never saw that site's labels.

@@ -242,6 +242,32 @@ def feature_groups() -> dict[str, list[int]]:
     return groups
 
 
+# Named subsets of the features that the study's selection compares. "no_fine_texture" drops the
+# pixel-scale texture measures (co-occurrence, local binary patterns, granule counts), which follow
+# each lab's resolution and blur as much as the cell, and keeps the difference-of-Gaussian energies.
+FEATURE_SETS: tuple[str, ...] = ("all", "no_texture", "no_fine_texture")
+
+
+def feature_set_columns(name: str) -> tuple[int, ...] | None:
+    """Column indices of a named feature set (``None``: every column).
+
+    ``"all"``, ``"no_fine_texture"``, or ``"no_<group>"`` for a group of :data:`GROUPS`.
+
+    >>> len(feature_set_columns("no_texture")) == len(feature_names()) - len(feature_groups()["texture"])
+    True
+    """
+    names = feature_names()
+    if name == "all":
+        return None
+    if name == "no_fine_texture":
+        fine = ("_glcm_", "_lbp_", "_granules_")
+        return tuple(i for i, n in enumerate(names) if not any(f in n for f in fine))
+    if name.startswith("no_") and name[3:] in GROUPS:
+        drop = set(feature_groups()[name[3:]])
+        return tuple(i for i in range(len(names)) if i not in drop)
+    raise ValueError(f"unknown feature set {name!r}: one of {FEATURE_SETS} or 'no_<group>' with group in {GROUPS}")
+
+
 def cell_features(crop: CellCrop) -> np.ndarray:
     """One canonical cell crop -> ``(len(feature_names()),)`` float64 features.
 
@@ -286,4 +312,5 @@ def crops_features(crops: Sequence[CellCrop]) -> np.ndarray:
     return np.stack([cell_features(c) for c in crops])
 
 
-__all__ = ["GROUPS", "feature_names", "feature_groups", "cell_features", "crops_features"]
+__all__ = ["GROUPS", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "cell_features",
+           "crops_features"]

@@ -61,17 +61,27 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike):
 
 
 def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, output: str | os.PathLike,
-                     C: float = 0.03, groups: str = "all") -> tuple[Path, pd.Series, list[tuple[str, str]]]:
+                     C: float | None = None, groups: str | None = None) -> tuple[Path, pd.Series, list[tuple[str, str]]]:
     """Train the cross-lab classifier on labelled folders and write model + classifier to ``output``.
 
-    Returns the written path, the number of cells per class, and the skipped files.
+    ``C`` and ``groups`` (the feature set) default to the setting the study chose for the model
+    file (its record), else 0.03 and ``"all"``. Returns the written path, the number of cells per
+    class, and the skipped files.
     """
-    from bcfeat.crosslab.study_steps import columns_for
+    from bcfeat.crosslab.cell_features import feature_set_columns
 
-    columns = columns_for(groups)  # an unknown name fails before any work
-    if not C > 0:
+    if groups is not None:
+        feature_set_columns(groups)  # an unknown name fails before any work
+    if C is not None and not C > 0:
         raise ValueError(f"C must be > 0, got {C}")
     model = load_model(model_path)
+    setting = str(model.record.get("setting", "")).split()
+    if setting and setting[0] == "logistic":
+        C = float(setting[1].split("=")[1]) if C is None else C
+        groups = setting[2] if groups is None else groups
+    C = 0.03 if C is None else C
+    groups = "all" if groups is None else groups
+    columns = feature_set_columns(groups)
     files, feats, skipped = _measure_folder(model, folder, labelled=True)
     counts = files["label"].value_counts().sort_index()
     small = counts[counts < MIN_CELLS_PER_CLASS]

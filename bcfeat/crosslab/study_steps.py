@@ -24,7 +24,7 @@ from bcfeat.benchmark import SplitPlan, default_classifier, domain_matrix, matri
 from bcfeat.crosslab import evaluation as ev
 from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_crop import CropConfig
-from bcfeat.crosslab.cell_features import GROUPS, feature_groups, feature_names
+from bcfeat.crosslab.cell_features import GROUPS, feature_groups, feature_names, feature_set_columns
 
 log = logging.getLogger(__name__)
 
@@ -128,18 +128,13 @@ def check_same_splits(plan: SplitPlan, path: Path) -> bool:
 
 # ----------------------------------------------------------------------------- settings
 def columns_for(groups: str) -> tuple[int, ...] | None:
-    """``"all"`` -> None; ``"no_<group>"`` -> every column but that group's."""
-    if groups == "all":
-        return None
-    if groups.startswith("no_") and groups[3:] in GROUPS:
-        drop = set(feature_groups()[groups[3:]])
-        return tuple(i for i in range(len(feature_names())) if i not in drop)
-    raise ValueError(f"unknown feature groups {groups!r}: 'all' or 'no_<group>' with group in {GROUPS}")
+    """The columns of a named feature set (:func:`bcfeat.crosslab.cell_features.feature_set_columns`)."""
+    return feature_set_columns(groups)
 
 
 def candidate_grid(cs: Sequence[str], groups: Sequence[str], sources: Sequence[str] = ("detector",)) -> list[dict]:
-    """The compared settings: per mask source and feature groups, the linear model at each ``C`` and
-    the paper's forest."""
+    """The compared settings: per mask source and feature set, the linear model at each ``C``. (The
+    paper's forest is reported beside the chosen setting, on the same features.)"""
     if not cs or not groups or not sources:
         raise ValueError("candidate_C, candidate_groups and mask_sources must each name at least one value")
     grid = []
@@ -148,7 +143,6 @@ def candidate_grid(cs: Sequence[str], groups: Sequence[str], sources: Sequence[s
             columns_for(g)  # an unknown name fails here, before any work
             grid += [{"name": f"logistic C={float(c):g} {g} {source}", "model": "logistic", "C": float(c),
                       "groups": g, "source": source} for c in cs]
-            grid.append({"name": f"forest {g} {source}", "model": "forest", "C": None, "groups": g, "source": source})
     return grid
 
 
