@@ -293,3 +293,12 @@ def test_the_scikit_learn_transformer_loads_a_crosslab_model_file(tmp_path):
     assert list(features.get_feature_names_out()) == feature_names()
     clf = make_pipeline(AECFEFeatures(str(base)), CrossLabClassifier()).fit(paths, labels)
     assert (clf.predict(paths) == np.array(labels)).mean() >= 0.9
+
+
+def test_an_empty_mask_falls_back_to_the_centred_ellipse():
+    from bcfeat.crosslab.model import _measure
+    from bcfeat.crosslab.cell_crop import CropConfig
+
+    image = np.full((60, 60, 3), 200, np.uint8)
+    feats, crop = _measure((image, np.zeros((60, 60), bool), CropConfig()))
+    assert feats.shape == (len(feature_names()),) and crop.shape == (80, 80, 3)

@@ -85,6 +85,10 @@ def _measure(args: tuple[np.ndarray, np.ndarray | None, CropConfig]) -> tuple[np
         from bcfeat.segmentation import segment_white_cell
 
         mask = segment_white_cell(image).mask
+    if not mask.any():  # nothing found: the detector's own fallback, a centred ellipse
+        from bcfeat.segmentation import centred_ellipse
+
+        mask = centred_ellipse(*image.shape[:2])
     crop = canonical_crop(image, mask, crop_cfg)
     return cell_features(crop), crop.image
 
