@@ -1,0 +1,73 @@
+"""Figures of the "Beyond the paper" chapter (``notebooks/07_crosslab.py``): the domain matrix,
+per-class F1, the few-shot curve, the UMAP and the gallery of canonical crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bcfeat import study
+from bcfeat.benchmark import summarize
+from bcfeat.crosslab import evaluation as ev
+
+OURS = "crosslab"
+
+
+def matrix_figure(matrix: pd.DataFrame, setting: str):
+    from bcfeat.figures import domain_matrix_heatmap
+
+    return domain_matrix_heatmap(summarize(matrix[matrix["setting"] == setting]),
+                                 title=f"{OURS} ({setting}): train site x test site")
+
+
+def per_class_figure(per_class: pd.DataFrame):
+    from bcfeat.figures import per_class_f1_figure
+
+    return per_class_f1_figure(per_class, title="F1 per class on all cells of each unseen site")
+
+
+def few_shot_figure(curve: pd.DataFrame):
+    from bcfeat.figures import _plt
+
+    plt = _plt()
+    targets = list(dict.fromkeys(curve["target"]))
+    fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.4), squeeze=False, sharey=True)
+    for ax, target in zip(axes[0], targets):
+        for name, g in curve[curve["target"] == target].groupby("features", sort=False):
+            ax.errorbar(g["k"], g["balanced_accuracy_mean"], yerr=g["balanced_accuracy_std"], marker="o",
+                        capsize=3, label=name)
+        ax.set_title(target, fontsize=9)
+        ax.set_xlabel("labelled cells per class of the target lab")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("balanced accuracy (rest of the lab)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def umap_figure(X: np.ndarray, samples: pd.DataFrame, seed: int):
+    from bcfeat.figures import umap_embedding
+    from bcfeat.figures import umap_figure as draw
+
+    Z = ev.standardize_per_site(X, samples["domain"].to_numpy())
+    return draw(umap_embedding(Z, seed=seed), samples["domain"], samples["label"],
+                title=f"{OURS} features, standardised per site")
+
+
+def gallery_figure(crops: np.ndarray, samples: pd.DataFrame, predictions: pd.DataFrame, seed: int, per_row: int = 8):
+    """Canonical crops of each unseen site: a row of correctly and a row of wrongly classified cells."""
+    from bcfeat.figures import image_grid
+
+    rng = np.random.default_rng(seed)
+    rows, labels = {}, {}
+    for site, g in predictions[predictions["test_domain"] != study.SOURCE_SITE].groupby("test_domain", sort=False):
+        for ok, title in ((True, "right"), (False, "wrong")):
+            part = g[(g["y_true"] == g["y_pred"]) == ok]
+            pick = part.iloc[rng.permutation(len(part))[:per_row]]
+            rows[f"{site}/{title}"] = [crops[r] for r in pick["row"]]
+            labels[f"{site}/{title}"] = f"{site}\n{title}"
+            if not ok and len(pick):
+                labels[f"{site}/{title}"] += "\n" + "; ".join(f"{t[:4]}>{p[:4]}" for t, p in
+                                                              zip(pick["y_true"][:3], pick["y_pred"][:3]))
+    return image_grid(rows, labels)
