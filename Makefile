@@ -34,11 +34,11 @@ $(MATHJAX)/tex-chtml.js: node_modules/mathjax/es5/tex-chtml.js
 
 # The main job: environment, the whole pipeline (papermill, profile $(PROFILE)), then the book.
 study: env
-	$(PY) -m bcfeat.pipeline --profile $(PROFILE) $(RUN_ARGS)
+	$(PY) -m bcfeat.runner --profile $(PROFILE) $(RUN_ARGS)
 	$(MAKE) --no-print-directory book
 
 pipeline: env
-	$(PY) -m bcfeat.pipeline --profile $(PROFILE) $(RUN_ARGS)
+	$(PY) -m bcfeat.runner --profile $(PROFILE) $(RUN_ARGS)
 
 # Builds from the committed executed notebooks in book/results; never re-executes them.
 book: env

@@ -16,7 +16,7 @@ def require_int(name: str, value: object, minimum: int, maximum: int | None = No
     Parameters
     ----------
     name : str
-        The setting as the user wrote it (``"max_per_site"``, ``"TrainConfig.steps"``).
+        The setting as the user wrote it (``"max_per_site"``, ``"DetectorTrainingConfig.steps"``).
     value : object
         Must be a whole number (``bool`` is refused: ``True`` is not a count).
     minimum, maximum : int

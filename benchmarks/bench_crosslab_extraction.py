@@ -68,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     detector = load_model(args.model).detector if args.model else None
     study_detector = paths.ROOT / "artifacts" / "cpu" / "checkpoints" / "detector.pt"
     if detector is None and study_detector.is_file():  # a stain-mask model holds no detector: the study's
-        from bcfeat.detector import load_detector
+        from bcfeat.detection.checkpoint import load_detector
 
         detector = load_detector(study_detector)
     if detector is None:  # its cost does not depend on the weights
-        from bcfeat.detector import DetectorConfig, build_detector
+        from bcfeat.detection.config import DetectorConfig
+        from bcfeat.detection.architecture import build_detector
 
         torch.manual_seed(0)
         detector = build_detector(DetectorConfig.cpu()).eval()

@@ -3,9 +3,9 @@
 Measures, in one process and on the same real images:
 
 * the CPU detector (``DetectorConfig.cpu()`` or a trained checkpoint): cells/s of
-  :func:`bcfeat.instance_features.extract_instances` (transform, backbone+FPN, RPN, box and
+  :func:`bcfeat.detection.instance_features.extract_instances` (transform, backbone+FPN, RPN, box and
   mask heads, mask pasting, RoIAlign 14x14, masked crop), then the same followed by the
-  autoencoder's encoder (``bcfeat.model``, ``AEConfig.cpu`` sized to the FPN width, random
+  autoencoder's encoder (``bcfeat.autoencoder.model``, ``AEConfig.cpu`` sized to the FPN width, random
   weights: the encoder's cost does not depend on its weights);
 * the paper's reference configuration on a few images: Mask R-CNN ResNet-101-FPN at
   1024 px, random weights, torchvision defaults (256 x 14 x 14 features);
@@ -42,8 +42,10 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 from bcfeat import paths  # noqa: E402
 from bcfeat.data import load_image, scan_dataset  # noqa: E402
-from bcfeat.detector import DetectorConfig, build_detector, build_reference_maskrcnn, load_detector  # noqa: E402
-from bcfeat.instance_features import extract_instances  # noqa: E402
+from bcfeat.detection.config import DetectorConfig  # noqa: E402
+from bcfeat.detection.architecture import build_detector, build_reference_maskrcnn  # noqa: E402
+from bcfeat.detection.checkpoint import load_detector  # noqa: E402
+from bcfeat.detection.instance_features import extract_instances  # noqa: E402
 
 DATASETS = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
 
@@ -91,7 +93,7 @@ def _scale_features(f: torch.Tensor) -> torch.Tensor:
 
 def build_encoder(channels: int):
     try:
-        from bcfeat.model import AEConfig, CrossDomainAutoencoder
+        from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder
     except ImportError:  # the autoencoder lives in another module; report without it
         return None
     torch.manual_seed(0)

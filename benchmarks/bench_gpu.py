@@ -6,7 +6,7 @@ with mixed precision (float16 autocast + GradScaler, the default on CUDA) and in
 * detector training, ``DetectorConfig()`` (256-channel FPN, the paper's 256 x 14 x 14
   features) and the cpu preset: seconds per optimiser step at the gpu profile's batch;
 * autoencoder training, ``AEConfig.paper`` (128 px image decoder), batch 500 as the
-  released code: samples/s of :func:`bcfeat.train.fit_autoencoder`;
+  released code: samples/s of :func:`bcfeat.autoencoder.training.fit_autoencoder`;
 * extraction with the gpu-preset detector + the paper encoder: cells/s;
 
 and from those, the projected time of the gpu profile's two trainings. Usage::
@@ -34,12 +34,14 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from bcfeat.data import load_image  # noqa: E402
-from bcfeat.detector import DetectorConfig, TrainConfig, pseudo_label, train_detector  # noqa: E402
-from bcfeat.instance_features import extract_instances  # noqa: E402
-from bcfeat.model import AEConfig, CrossDomainAutoencoder  # noqa: E402
-from bcfeat.profiles import get_profile, projected_gpu_minutes  # noqa: E402
-from bcfeat.train import TrainConfig as AETrainConfig  # noqa: E402
-from bcfeat.train import fit_autoencoder  # noqa: E402
+from bcfeat.detection.config import DetectorConfig, DetectorTrainingConfig  # noqa: E402
+from bcfeat.detection.training_data import pseudo_label  # noqa: E402
+from bcfeat.detection.training import train_detector  # noqa: E402
+from bcfeat.detection.instance_features import extract_instances  # noqa: E402
+from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder  # noqa: E402
+from bcfeat.runner.profiles import get_profile, projected_gpu_minutes  # noqa: E402
+from bcfeat.autoencoder.training import AutoencoderTrainingConfig as AETrainConfig  # noqa: E402
+from bcfeat.autoencoder.training import fit_autoencoder  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 # Every image of the four shared sites: the gpu profile's autoencoders train on all of them.
@@ -53,9 +55,9 @@ def _sync() -> None:
 
 def time_detector_training(data, cfg: DetectorConfig, batch_size: int, steps: int, amp: bool, device: str) -> dict:
     """Seconds per step over ``steps`` steps after a 5-step warm-up run (no checkpoint written)."""
-    warm = TrainConfig(steps=5, batch_size=batch_size, warmup_steps=1, device=device, amp=amp, log_every=1)
+    warm = DetectorTrainingConfig(steps=5, batch_size=batch_size, warmup_steps=1, device=device, amp=amp, log_every=1)
     train_detector(data, cfg, warm, None, progress=False)
-    tc = TrainConfig(steps=steps, batch_size=batch_size, warmup_steps=5, device=device, amp=amp, log_every=1)
+    tc = DetectorTrainingConfig(steps=steps, batch_size=batch_size, warmup_steps=5, device=device, amp=amp, log_every=1)
     _sync()
     t0 = time.perf_counter()
     _, hist = train_detector(data, cfg, tc, None, progress=False)
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"(batch {ae_stage['batch_size']}), finite {r['finite']}", flush=True)
 
     torch.manual_seed(0)
-    detector, _ = train_detector(data, DetectorConfig(), TrainConfig(steps=20, batch_size=8, warmup_steps=2,
+    detector, _ = train_detector(data, DetectorConfig(), DetectorTrainingConfig(steps=20, batch_size=8, warmup_steps=2,
                                                                       device=args.device), None, progress=False)
     encoder = CrossDomainAutoencoder(AEConfig.paper()).to(args.device).eval()
     reps = max(1, 256 // len(images))

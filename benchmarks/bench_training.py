@@ -17,9 +17,9 @@ from dataclasses import asdict
 
 import torch
 
-from bcfeat.losses import LossWeights, autoencoder_loss
-from bcfeat.model import AEConfig, CrossDomainAutoencoder
-from bcfeat.train import resolve_device
+from bcfeat.autoencoder.losses import LossWeights, autoencoder_loss
+from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder
+from bcfeat.autoencoder.training import resolve_device
 
 PRESETS = {"cpu": AEConfig.cpu, "paper": AEConfig.paper, "tiny": AEConfig.tiny}
 

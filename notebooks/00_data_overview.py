@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 from myst_nb import glue
 
-from bcfeat import data_overview as overview
+from bcfeat.study import data_overview as overview
 from bcfeat.data import resolve_data_root, scan_dataset
 
 root = resolve_data_root(data_root or None)

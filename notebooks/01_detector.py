@@ -39,7 +39,7 @@ from pathlib import Path
 
 from myst_nb import glue
 
-from bcfeat import detector_study as ds
+from bcfeat.study import detector as ds
 from bcfeat.data import resolve_data_root
 
 root = resolve_data_root(data_root or None)

@@ -41,8 +41,8 @@ from pathlib import Path
 import pandas as pd
 from myst_nb import glue
 
-from bcfeat import autoencoder_study as aes
-from bcfeat import study
+from bcfeat.study import autoencoder as aes
+from bcfeat.study import common as study
 from bcfeat.data import resolve_data_root
 
 root = resolve_data_root(data_root or None)
@@ -81,7 +81,7 @@ detections
 #
 # The last variant is not in the paper: before the autoencoder, each site's instance features
 # are standardised per channel with that site's own mean and standard deviation over its
-# unlabelled images (`bcfeat.site_standardization`), which removes a lab's overall shift of the
+# unlabelled images (`bcfeat.autoencoder.site_standardization`), which removes a lab's overall shift of the
 # feature maps at the input instead of through a loss term; the released code scales each
 # cell's features on their own.
 

@@ -40,9 +40,9 @@ from pathlib import Path
 import pandas as pd
 from myst_nb import glue
 
-from bcfeat import autoencoder_study as aes
-from bcfeat import study
-from bcfeat.baselines import ColorShapeFeatures
+from bcfeat.study import autoencoder as aes
+from bcfeat.study import common as study
+from bcfeat.evaluation.baselines import ColorShapeFeatures
 from bcfeat.data import resolve_data_root
 
 root = resolve_data_root(data_root or None)
@@ -57,7 +57,7 @@ plan = aes.VariantPlan.from_parameters(variants, ae_preset, epochs, batch_size, 
 #
 # The 50-d latent code of every image under each autoencoder variant. The headline variant,
 # with its detector, is also written as one model file that `bcfeat extract` and the
-# scikit-learn transformer `bcfeat.extractor.AECFEFeatures` load.
+# scikit-learn transformer `bcfeat.autoencoder.extractor.AECFEFeatures` load.
 
 # %% tags=["hide-input"]
 instances = aes.instances_for(samples, artifacts, plan, progress=False)

@@ -39,10 +39,10 @@ from pathlib import Path
 
 from myst_nb import glue
 
-from bcfeat import study
-from bcfeat.benchmark import matrix_table, save_table, summarize
+from bcfeat.study import common as study
+from bcfeat.evaluation.benchmark import matrix_table, save_table, summarize
 from bcfeat.data import resolve_data_root
-from bcfeat.oracle import oracle_config
+from bcfeat.evaluation.oracle_model import oracle_config
 
 root = resolve_data_root(data_root or None)
 # Classes too small to split (one basophil in a small site) stay in training; the splits table lists them.

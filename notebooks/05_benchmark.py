@@ -40,10 +40,10 @@ from pathlib import Path
 import pandas as pd
 from myst_nb import glue
 
-from bcfeat import study
-from bcfeat.benchmark import matrix_table, save_table, summarize
+from bcfeat.study import common as study
+from bcfeat.evaluation.benchmark import matrix_table, save_table, summarize
 from bcfeat.data import resolve_data_root
-from bcfeat.domain_invariance import pairwise_mmd, site_classification
+from bcfeat.evaluation.domain_invariance import pairwise_mmd, site_classification
 
 root = resolve_data_root(data_root or None)
 # Classes too small to split (one basophil in a small site) stay in training; the splits table lists them.

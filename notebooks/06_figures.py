@@ -34,8 +34,9 @@ from pathlib import Path
 import pandas as pd
 from myst_nb import glue
 
-from bcfeat import figures, study
-from bcfeat.benchmark import confusion_matrices, per_class_f1
+from bcfeat.study import figures
+from bcfeat.study import common as study
+from bcfeat.evaluation.benchmark import confusion_matrices, per_class_f1
 from bcfeat.data import resolve_data_root
 from bcfeat.data.labels import COARSE5
 

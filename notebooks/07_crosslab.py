@@ -52,9 +52,9 @@ import numpy as np
 import pandas as pd
 from myst_nb import glue
 
-from bcfeat import study
-from bcfeat.benchmark import save_table
-from bcfeat.crosslab import study_steps as cs
+from bcfeat.study import common as study
+from bcfeat.evaluation.benchmark import save_table
+from bcfeat.study import crosslab as cs
 from bcfeat.data import resolve_data_root
 from bcfeat.validation import require_int
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import pandas as pd
 from myst_nb import glue
 
-from bcfeat.pipeline import load_provenance, provenance_frames, stage_parameter
-from bcfeat.profiles import projected_gpu_minutes
+from bcfeat.runner.pipeline import load_provenance, provenance_frames, stage_parameter
+from bcfeat.runner.profiles import projected_gpu_minutes
 
 record = load_provenance(results_dir)
 run_table, stages, packages = provenance_frames(record)

@@ -11,14 +11,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 
-from bcfeat.baselines import (
-    ColorShapeFeatures,
-    RawPixelsPCA,
-    check_images,
-    resize_images,
-    threshold_masks,
-)
-from bcfeat.benchmark import domain_matrix
+from bcfeat.evaluation.baselines import ColorShapeFeatures, RawPixelsPCA, check_images, resize_images, threshold_masks
+from bcfeat.evaluation.benchmark import domain_matrix
 
 BACKGROUND = (235, 215, 205)  # beige, like pbc_acevedo20
 

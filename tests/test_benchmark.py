@@ -10,20 +10,8 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from bcfeat.benchmark import (
-    METRICS,
-    as_test_masks,
-    classification_scores,
-    confusion_matrices,
-    default_classifier,
-    domain_matrix,
-    make_splits,
-    matrix_table,
-    per_class_f1,
-    save_table,
-    summarize,
-    SplitPlan,
-)
+from bcfeat.evaluation.benchmark import METRICS, classification_scores, confusion_matrices, default_classifier, domain_matrix, matrix_table, per_class_f1, save_table, summarize
+from bcfeat.evaluation.repeated_splits import as_test_masks, make_splits, SplitPlan
 
 LABELS = ("a", "b", "c")
 
@@ -233,15 +221,9 @@ def test_split_plan_is_accepted_directly():
     assert isinstance(plan, SplitPlan) and df.repetition.nunique() == 2
 
 
-# --- domain invariance (bcfeat.domain_invariance) -------------------------------------------------
+# --- domain invariance (bcfeat.evaluation.domain_invariance) -------------------------------------------------
 
-from bcfeat.domain_invariance import (  # noqa: E402
-    balanced_subsample,
-    median_bandwidth,
-    mmd2_unbiased,
-    pairwise_mmd,
-    site_classification,
-)
+from bcfeat.evaluation.domain_invariance import balanced_subsample, median_bandwidth, mmd2_unbiased, pairwise_mmd, site_classification
 
 
 def two_sites(shift, n_a=400, n_b=120, d=5, seed=0):

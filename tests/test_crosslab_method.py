@@ -208,7 +208,7 @@ def _write_cell(path: Path, nucleus_lobes: int, radius: int, rng) -> None:
 
 
 def test_train_classifier_and_classify_a_folder_from_the_command_line(tmp_path):
-    from bcfeat.cli import main
+    from bcfeat.runner.cli import main
 
     rng = np.random.default_rng(0)
     for i in range(8):
@@ -239,7 +239,8 @@ def test_train_classifier_and_classify_a_folder_from_the_command_line(tmp_path):
 
 
 def test_adabn_re_estimates_batch_norm_statistics_without_touching_weights():
-    from bcfeat.oracle import OracleConfig, adapt_batch_norm, build_oracle, embed
+    from bcfeat.evaluation.oracle_model import OracleConfig, build_oracle
+    from bcfeat.evaluation.oracle import adapt_batch_norm, embed
 
     torch.manual_seed(0)
     model = build_oracle(OracleConfig(arch="narrow_resnet", width=4, norm="batch"), 3).eval()
@@ -276,7 +277,7 @@ def test_self_supervised_encoder_trains_and_embeds():
 def test_the_scikit_learn_transformer_loads_a_crosslab_model_file(tmp_path):
     from sklearn.pipeline import make_pipeline
 
-    from bcfeat.extractor import AECFEFeatures
+    from bcfeat.autoencoder.extractor import AECFEFeatures
 
     rng = np.random.default_rng(1)
     paths, labels = [], []

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bcfeat.cli import main
+from bcfeat.runner.cli import main
 from bcfeat.data import (
     ChecksumMismatch,
     DownloadError,

@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from bcfeat.cli import main
+from bcfeat.runner.cli import main
 from bcfeat.data import verify_dataset
 
 STAGED = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")

@@ -1,4 +1,4 @@
-"""The one-class Mask R-CNN white-cell detector (bcfeat.detector)."""
+"""The one-class Mask R-CNN white-cell detector (bcfeat.detection)."""
 
 from __future__ import annotations
 
@@ -9,28 +9,17 @@ import pytest
 import torch
 from scipy import ndimage
 
-from bcfeat.detector import (
-    Detection,
-    DetectorConfig,
-    PseudoLabelledSet,
-    TrainConfig,
-    build_detector,
-    centred_box,
-    detect,
-    load_detector,
-    paste_mask_subpixel,
-    pseudo_label,
-    resize_long_side,
-    save_detector,
-    select_detection,
-    summarize_detections,
-    train_detector,
-)
-from bcfeat.mask_metrics import evaluate_mask_predictor, mask_iou
+from bcfeat.detection.inference import Detection, centred_box, detect, paste_mask_subpixel, select_detection, summarize_detections
+from bcfeat.detection.config import DetectorConfig, DetectorTrainingConfig
+from bcfeat.detection.training_data import PseudoLabelledSet, pseudo_label, resize_long_side
+from bcfeat.detection.architecture import build_detector
+from bcfeat.detection.checkpoint import load_detector, save_detector
+from bcfeat.detection.training import train_detector
+from bcfeat.detection.mask_metrics import evaluate_mask_predictor, mask_iou
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import roi_align
-from bcfeat.segmentation import centred_ellipse
+from bcfeat.detection.pseudo_masks import centred_ellipse
 
 torch.set_num_threads(1)
 
@@ -213,11 +202,11 @@ def test_checkpoint_round_trip(tmp_path):
         load_detector(tmp_path / "missing.pt")
 
 
-def _train_cfg(**kw) -> TrainConfig:
+def _train_cfg(**kw) -> DetectorTrainingConfig:
     base = dict(steps=6, batch_size=2, warmup_steps=2, checkpoint_every=3, log_every=1, num_threads=1, device="cpu",
                 scale_jitter=(0.8, 1.0))
     base.update(kw)
-    return TrainConfig(**base)
+    return DetectorTrainingConfig(**base)
 
 
 def test_training_is_seeded_and_resumes_exactly(tmp_path):
@@ -234,7 +223,7 @@ def test_training_is_seeded_and_resumes_exactly(tmp_path):
         assert torch.allclose(a, b, atol=1e-6), k
     stored = torch.load(tmp_path / "b.pt", weights_only=True)
     assert stored["step"] == 6 and stored["config"] == asdict(cfg) and len(stored["history"]) == 6
-    with pytest.raises(ValueError, match="another TrainConfig"):
+    with pytest.raises(ValueError, match="another DetectorTrainingConfig"):
         train_detector(data, cfg, _train_cfg(lr=0.5), tmp_path / "b.pt", resume=True, progress=False)
 
 
@@ -247,7 +236,7 @@ def test_a_run_resumes_under_other_device_settings(tmp_path):
     _, hist = train_detector(data, cfg, _train_cfg(device="auto", num_threads=2, amp=False), tmp_path / "d.pt",
                              progress=False)
     assert [h["step"] for h in hist] == list(range(6))
-    with pytest.raises(ValueError, match="another TrainConfig"):
+    with pytest.raises(ValueError, match="another DetectorTrainingConfig"):
         train_detector(data, cfg, _train_cfg(device="cpu", seed=1), tmp_path / "d.pt", progress=False)
 
 
@@ -268,7 +257,7 @@ def test_cuda_training_with_mixed_precision_gives_a_detector_that_loads_on_the_c
 
 
 def test_mask_threshold_is_calibrated_on_the_pseudo_masks(monkeypatch):
-    import bcfeat.detector as det
+    import bcfeat.detection.inference as det
 
     data = _disk_images(10)
     # A detector whose mask probability is a smooth bump that crosses 0.3 at the true edge.
@@ -279,9 +268,9 @@ def test_mask_threshold_is_calibrated_on_the_pseudo_masks(monkeypatch):
             dist = ndimage.distance_transform_edt(data.masks[i]) - ndimage.distance_transform_edt(~data.masks[i])
             logit = dist / 2.0 + np.log(0.3 / 0.7)  # 0.3 exactly on the edge
             probs.append(torch.from_numpy(1 / (1 + np.exp(-logit))))
-        return det._RawRun([], {}, [], [], probs)
+        return det.RawRun([], {}, [], [], probs)
 
-    monkeypatch.setattr(det, "_run_batch", fake_run)
+    monkeypatch.setattr(det, "run_batch", fake_run)
     best, table = det.calibrate_mask_threshold(None, data, thresholds=[0.1, 0.3, 0.5, 0.7])
     assert best == 0.3
     assert table["mean_iou"].max() > 0.95 and table.loc[table.threshold == 0.7, "mean_iou"].item() < 0.95
@@ -306,17 +295,17 @@ def test_the_mask_threshold_is_an_inference_setting(tmp_path):
 
 def _drawn_images(monkeypatch, tmp_path, data, train_cfg, groups=None) -> list[int]:
     """Indices of the training images that each step drew, in order (augmentation off)."""
-    import bcfeat.detector as det
+    import bcfeat.detection.training as det
 
     index_of = {torch.from_numpy(m).data_ptr(): i for i, m in enumerate(data.masks)}
     drawn: list[int] = []
-    to_target = det._to_target
+    to_target = det.to_target
 
     def record(mask):
         drawn.append(index_of[mask.data_ptr()])
         return to_target(mask)
 
-    monkeypatch.setattr(det, "_to_target", record)
+    monkeypatch.setattr(det, "to_target", record)
     train_detector(data, DetectorConfig.tiny(), train_cfg, tmp_path / f"{len(list(tmp_path.iterdir()))}.pt",
                    progress=False, groups=groups)
     return drawn
@@ -341,7 +330,7 @@ def test_balanced_sampling_gives_every_site_the_same_share(tmp_path, monkeypatch
 
 
 def test_training_images_name_the_site_of_each_path(data_root):
-    from bcfeat.detector import training_image_paths, training_images
+    from bcfeat.detection.training_data import training_image_paths, training_images
 
     sample = training_images(("jtsc_zheng18", "cellavision_zheng18"), {"jtsc_zheng18": 5, "cellavision_zheng18": 3},
                              root=data_root, seed=1)
@@ -379,7 +368,7 @@ def test_pseudo_label_cache_is_keyed_by_its_inputs(tmp_path, data_root):
 @pytest.mark.slow
 def test_trained_detector_finds_the_cell_far_better_than_a_centred_box(tmp_path, data_root):
     """~1-2 min: train on 48 real images (pseudo-masks only), score held-out images vs experts."""
-    from bcfeat.mask_metrics import expert_mask_pairs
+    from bcfeat.detection.mask_metrics import expert_mask_pairs
 
     datasets = ("jtsc_zheng18", "cellavision_zheng18")
     pairs = {ds: expert_mask_pairs(ds, data_root) for ds in datasets}  # sorted by file stem
@@ -387,7 +376,7 @@ def test_trained_detector_finds_the_cell_far_better_than_a_centred_box(tmp_path,
     held = {ds: set(pairs[ds].image_path.iloc[60:72]) for ds in datasets}  # never trained on
     assert not set(files) & set().union(*held.values())
     cfg = DetectorConfig.cpu(image_size=160, anchor_sizes=(24, 48, 96, 160))
-    model, hist = train_detector(files, cfg, TrainConfig(steps=260, batch_size=4, warmup_steps=30, lr=2e-3,
+    model, hist = train_detector(files, cfg, DetectorTrainingConfig(steps=260, batch_size=4, warmup_steps=30, lr=2e-3,
                                                          checkpoint_every=1000, seed=0), tmp_path / "s.pt",
                                  progress=False)
     assert hist[-1]["loss"] < hist[0]["loss"]
@@ -407,7 +396,7 @@ def test_trained_detector_finds_the_cell_far_better_than_a_centred_box(tmp_path,
 def test_detector_gain_is_detector_minus_pseudo_mask_per_dataset():
     import pandas as pd
 
-    from bcfeat.detector_study import detector_gain
+    from bcfeat.study.detector import detector_gain
 
     rows = [("cv", "detector", "all", 0.92), ("cv", "pseudo_mask", "all", 0.90), ("cv", "detector", "held_out", 0.5),
             ("cv", "pseudo_mask", "held_out", 0.9), ("jt", "detector", "all", 0.94), ("jt", "pseudo_mask", "all", 0.95)]
@@ -420,7 +409,8 @@ def test_detector_gain_is_detector_minus_pseudo_mask_per_dataset():
 def test_detector_command_trains_calibrates_and_scores_against_experts(tmp_path, data_root, capsys):
     import pandas as pd
 
-    from bcfeat.detector import _read_checkpoint, main
+    from bcfeat.detection.checkpoint import read_detector_file
+    from bcfeat.detection.__main__ import main
 
     assert main(["--preset", "tiny", "--steps", "3", "--batch-size", "2", "--per-dataset", "jtsc_zheng18=6",
                  "cellavision_zheng18=4", "--checkpoint", str(tmp_path / "d.pt"), "--cache", str(tmp_path / "c.pt"),
@@ -428,7 +418,7 @@ def test_detector_command_trains_calibrates_and_scores_against_experts(tmp_path,
     out = capsys.readouterr().out
     assert "10 unlabelled training images" in out and "mask threshold calibrated on the pseudo-masks" in out
     assert "detector minus pseudo-mask mean IoU" in out
-    stored = _read_checkpoint(tmp_path / "d.pt")
+    stored = read_detector_file(tmp_path / "d.pt")
     assert stored["step"] == 3 and stored["train_config"]["balance_groups"] is True
     summary = pd.read_csv(tmp_path / "eval" / "detector_vs_experts_summary.csv")
     assert set(summary.source) == {"detector", "pseudo_mask"} and set(summary.subset) == {"all", "held_out"}
@@ -439,4 +429,4 @@ def test_detector_command_trains_calibrates_and_scores_against_experts(tmp_path,
                  "--checkpoint", str(tmp_path / "g.pt"), "--cache", str(tmp_path / "c2.pt"),
                  "--eval-dir", str(tmp_path / "g"), "--mask-image-guidance", "--mask-paste", "torchvision"]) == 0
     assert "(torchvision paste)" in capsys.readouterr().out
-    assert _read_checkpoint(tmp_path / "g.pt")["config"]["mask_image_guidance"] is True
+    assert read_detector_file(tmp_path / "g.pt")["config"]["mask_image_guidance"] is True

@@ -14,12 +14,13 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 
-from bcfeat.cli import main as cli_main
+from bcfeat.runner.cli import main as cli_main
 from bcfeat.data import scan_dataset
-from bcfeat.detector import DetectorConfig, build_detector, save_detector
-from bcfeat.extractor import (AECFEFeatures, ExtractionConfig, instance_arrays, load_model, save_model,
-                              scale_features)
-from bcfeat.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
+from bcfeat.detection.config import DetectorConfig
+from bcfeat.detection.architecture import build_detector
+from bcfeat.detection.checkpoint import save_detector
+from bcfeat.autoencoder.extractor import AECFEFeatures, ExtractionConfig, instance_arrays, load_model, save_model, scale_features
+from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +131,12 @@ def test_extract_names_every_file_it_leaves_out(model_file, real_paths, tmp_path
     ("afile/x.csv", "afile is a file, not a folder"),
 ])
 def test_extract_refuses_a_bad_output_before_any_work(tmp_path, capsys, monkeypatch, output, message):
-    import bcfeat.extractor
+    import bcfeat.autoencoder.extractor
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("extraction started")
 
-    monkeypatch.setattr(bcfeat.extractor, "extract_folder", must_not_run)
+    monkeypatch.setattr(bcfeat.autoencoder.extractor, "extract_folder", must_not_run)
     (tmp_path / "folder.csv").mkdir()
     (tmp_path / "afile").write_text("x")
     status = cli_main(["extract", str(tmp_path / "model.pt"), str(tmp_path), "--output", str(tmp_path / output)])
@@ -196,7 +197,7 @@ def test_a_site_standardised_model_takes_each_call_as_one_site(tmp_path, data_ro
     """The model file remembers the per-site standardisation; a folder (or one transform call) is a site."""
     import tempfile
 
-    from bcfeat.site_standardization import MIN_SITE_IMAGES
+    from bcfeat.autoencoder.site_standardization import MIN_SITE_IMAGES
 
     torch.manual_seed(0)
     detector = build_detector(DetectorConfig.tiny())
@@ -217,7 +218,7 @@ def test_a_site_standardised_model_takes_each_call_as_one_site(tmp_path, data_ro
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:
             shutil.copy(f, tmp)
-        from bcfeat.extractor import extract_folder
+        from bcfeat.autoencoder.extractor import extract_folder
 
         table, skipped = extract_folder(path, tmp, progress=False)
     assert len(table) == MIN_SITE_IMAGES and not skipped

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bcfeat.feature_cache import cache_key, cached_arrays
+from bcfeat.detection.feature_cache import cache_key, cached_arrays
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import numpy as np
 import pandas as pd
 
-from bcfeat import figures
+from bcfeat.study import figures
 
 
 def test_umap_is_repeatable_and_separates_clusters():

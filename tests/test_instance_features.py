@@ -8,8 +8,10 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 
 from bcfeat.data import load_image
-from bcfeat.detector import DetectorConfig, build_detector, detect
-from bcfeat.instance_features import ROI_SIZE, InstanceBatch, extract_instances, masked_crop
+from bcfeat.detection.config import DetectorConfig
+from bcfeat.detection.architecture import build_detector
+from bcfeat.detection.inference import detect
+from bcfeat.detection.instance_features import ROI_SIZE, InstanceBatch, extract_instances, masked_crop
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Tests of bcfeat.losses against hand computations and reference implementations."""
+"""Tests of bcfeat.autoencoder.losses against hand computations and reference implementations."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
-import bcfeat.losses as losses_mod
-from bcfeat.losses import (LossWeights, autoencoder_loss, domain_alignment, feature_mse, mmd_loss,
-                           moment_matching_loss, ssim, ssim_loss)
+import bcfeat.autoencoder.losses as losses_mod
+from bcfeat.autoencoder.losses import LossWeights, autoencoder_loss, domain_alignment, feature_mse, mmd_loss, moment_matching_loss, ssim, ssim_loss
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Contract tests of bcfeat.model: sub-network shapes, config checks, checkpoints."""
+"""Contract tests of bcfeat.autoencoder.model: sub-network shapes, config checks, checkpoints."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import bcfeat.model as model_mod
-from bcfeat.model import AEConfig, AEOutput, CrossDomainAutoencoder, load_checkpoint, save_checkpoint
+import bcfeat.autoencoder.model as model_mod
+from bcfeat.autoencoder.model import AEConfig, AEOutput, CrossDomainAutoencoder, load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(autouse=True)

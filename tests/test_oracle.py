@@ -9,16 +9,9 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from torch import nn
 
-from bcfeat.benchmark import domain_matrix
-from bcfeat.oracle import (
-    OracleClassifier,
-    OracleConfig,
-    build_oracle,
-    load_checkpoint,
-    oracle_config,
-    prepare_images,
-    train_oracle,
-)
+from bcfeat.evaluation.benchmark import domain_matrix
+from bcfeat.evaluation.oracle import OracleClassifier, load_checkpoint, prepare_images, train_oracle
+from bcfeat.evaluation.oracle_model import OracleConfig, build_oracle, oracle_config
 
 TINY = dict(arch="narrow_resnet", width=8, image_size=24, batch_size=16, lr=5e-3, epochs=4, num_threads=1,
             device="cpu")

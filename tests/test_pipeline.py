@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from bcfeat.pipeline import STAGES, notebook_path, provenance_frames, run
-from bcfeat.profiles import PROFILES, get_profile
+from bcfeat.runner.pipeline import STAGES, notebook_path, provenance_frames, run
+from bcfeat.runner.profiles import PROFILES, get_profile
 
 
 def parameters_cell(stem: str) -> dict[str, str]:
@@ -81,7 +81,7 @@ def test_smoke_run_of_every_notebook(tmp_path):
 
 def test_failed_stage_is_recorded_and_earlier_outputs_kept(tmp_path, monkeypatch):
     """A failing notebook stops the run with its name; the record keeps what finished."""
-    import bcfeat.pipeline as pipeline
+    import bcfeat.runner.pipeline as pipeline
 
     broken = tmp_path / "notebooks"
     broken.mkdir()
@@ -126,7 +126,7 @@ def _previous_outputs(out):
 
 
 def test_a_failed_stage_changes_no_earlier_table(tmp_path, monkeypatch):
-    import bcfeat.pipeline as pipeline
+    import bcfeat.runner.pipeline as pipeline
 
     notebooks = _stage_notebooks(tmp_path / "nb", '(tables / "class_counts.csv").write_text("half-run table")\n'
                                                   '(tables / "new.csv").write_text("x")\nraise RuntimeError("boom")\n')
@@ -149,14 +149,14 @@ def test_a_killed_run_changes_no_earlier_output_and_the_next_run_cleans_up(tmp_p
     import subprocess
     import sys
 
-    import bcfeat.pipeline as pipeline
+    import bcfeat.runner.pipeline as pipeline
     from bcfeat import paths
 
     killing = _stage_notebooks(tmp_path / "killing", '(tables / "class_counts.csv").write_text("half-run table")\n'
                                                      'os.kill(os.getppid(), signal.SIGKILL)\nos._exit(1)\n')
     out = tmp_path / "out"
     _previous_outputs(out)
-    code = ("import sys; from pathlib import Path; import bcfeat.pipeline as p; p.paths.NOTEBOOKS = Path(sys.argv[1]); "
+    code = ("import sys; from pathlib import Path; import bcfeat.runner.pipeline as p; p.paths.NOTEBOOKS = Path(sys.argv[1]); "
             "sys.exit(p.main(['--profile', 'smoke', '--output', sys.argv[2], '--only', '00_data_overview']))")
     result = subprocess.run([sys.executable, "-c", code, str(killing), str(out)], cwd=paths.ROOT,
                             capture_output=True, text=True, timeout=300)
@@ -175,7 +175,7 @@ def test_a_killed_run_changes_no_earlier_output_and_the_next_run_cleans_up(tmp_p
 
 
 def test_runner_exit_codes(tmp_path, monkeypatch, capsys):
-    import bcfeat.pipeline as pipeline
+    import bcfeat.runner.pipeline as pipeline
 
     with pytest.raises(SystemExit) as stop:
         pipeline.main(["--only", "nope", "--output", str(tmp_path)])

@@ -1,4 +1,4 @@
-"""Label-free white-cell pseudo-masks (bcfeat.segmentation) and their scoring (bcfeat.mask_metrics)."""
+"""Label-free white-cell pseudo-masks (bcfeat.detection.pseudo_masks) and their scoring (bcfeat.detection.mask_metrics)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,8 @@ import pytest
 
 from bcfeat import paths
 from bcfeat.data import load_image
-from bcfeat.mask_metrics import (
-    MASKED_DATASETS,
-    box_iou,
-    evaluate_mask_predictor,
-    expert_mask_pairs,
-    load_expert_mask,
-    mask_box,
-    mask_iou,
-    summarize,
-)
-from bcfeat.segmentation import SegmentationConfig, centred_ellipse, segment_white_cell
+from bcfeat.detection.mask_metrics import MASKED_DATASETS, box_iou, evaluate_mask_predictor, expert_mask_pairs, load_expert_mask, mask_box, mask_iou, summarize
+from bcfeat.detection.pseudo_masks import SegmentationConfig, centred_ellipse, segment_white_cell
 
 
 def synthetic_cell(size: int = 120, radius: int = 30, nucleus: int = 14, rbc: bool = True, seed: int = 0):

@@ -1,12 +1,11 @@
-"""Per-site standardisation of instance features (bcfeat.site_standardization)."""
+"""Per-site standardisation of instance features (bcfeat.autoencoder.site_standardization)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bcfeat.site_standardization import (MIN_SITE_IMAGES, channel_statistics, standardize,
-                                         standardize_per_site)
+from bcfeat.autoencoder.site_standardization import MIN_SITE_IMAGES, channel_statistics, standardize, standardize_per_site
 
 
 def _site(n, shift, scale, seed):

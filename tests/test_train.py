@@ -1,4 +1,4 @@
-"""Tests of bcfeat.train: batching, gradients, overfitting, resumption, guards."""
+"""Tests of bcfeat.autoencoder.training: batching, gradients, overfitting, resumption, guards."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import bcfeat.train as train_mod
-from bcfeat.losses import LossWeights, autoencoder_loss
-from bcfeat.model import AEConfig, CrossDomainAutoencoder, load_checkpoint
-from bcfeat.train import (NonFiniteLossError, TrainConfig, fit_autoencoder, mixed_domain_batches,
-                          resolve_device)
+import bcfeat.autoencoder.training as train_mod
+from bcfeat.autoencoder.losses import LossWeights, autoencoder_loss
+from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, load_checkpoint
+from bcfeat.autoencoder.training import NonFiniteLossError, AutoencoderTrainingConfig, fit_autoencoder, mixed_domain_batches, resolve_device
 
 LOSS_COLUMNS = ["total", "image", "features", "alignment", "alignment_pairs", "alignment_skipped", "batches", "samples"]
 
@@ -42,10 +41,10 @@ def toy_data(n_per_domain=(12, 8, 4), seed=0, cfg: AEConfig | None = None):
     return x, crops, dom
 
 
-def cfg_(**kw) -> TrainConfig:
+def cfg_(**kw) -> AutoencoderTrainingConfig:
     base = dict(epochs=2, batch_size=8, progress=False, num_threads=1, device="cpu")
     base.update(kw)
-    return TrainConfig(**base)
+    return AutoencoderTrainingConfig(**base)
 
 
 # --------------------------------------------------------------- batching
@@ -108,7 +107,7 @@ def test_fit_writes_a_loadable_checkpoint_with_configs_and_history(tmp_path):
     assert list(hist["epoch"]) == [1, 2] and hist["alignment_pairs"].gt(0).all()
     loaded, ae_cfg, extra = load_checkpoint(tmp_path / "ae.pt")
     assert ae_cfg == AEConfig.tiny()
-    assert TrainConfig.from_dict(extra["train_config"]) == cfg
+    assert AutoencoderTrainingConfig.from_dict(extra["train_config"]) == cfg
     assert extra["epoch"] == 2 and extra["scaler"] is None  # no mixed precision on the CPU
     assert set(extra) >= {"optimizer", "rng", "history", "data"}
     assert extra["data"] == {"n_samples": 24, "domains": [[0, 12], [1, 8], [2, 4]]}
@@ -231,7 +230,7 @@ def test_missing_source_domain_and_bad_shapes_are_clear_errors(tmp_path):
                                   image_decoder_strides=(2, 2, 1))
         fit_autoencoder(data, big_image, cfg_(), tmp_path / "b.pt")
     with pytest.raises(ValueError, match="setting must be one of"):
-        TrainConfig(setting="semi")
+        AutoencoderTrainingConfig(setting="semi")
 
 
 class DictDataset(torch.utils.data.Dataset):
@@ -257,8 +256,8 @@ def test_a_dataset_of_mappings_trains_like_tensors(tmp_path, capsys):
 
 
 def test_config_round_trip_and_device():
-    cfg = TrainConfig(weights=LossWeights(alignment=1.0), alignment="mmd")
-    assert TrainConfig.from_dict(dataclasses.asdict(cfg)) == cfg
+    cfg = AutoencoderTrainingConfig(weights=LossWeights(alignment=1.0), alignment="mmd")
+    assert AutoencoderTrainingConfig.from_dict(dataclasses.asdict(cfg)) == cfg
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == torch.device("cpu")
 

@@ -4,27 +4,29 @@ from __future__ import annotations
 
 import pytest
 
-from bcfeat import detector, study
-from bcfeat.autoencoder_study import autoencoder_samples
-from bcfeat.detector_study import DetectorPlan
-from bcfeat.oracle import OracleConfig
+from bcfeat.detection.__main__ import main as detector_main
+from bcfeat.detection.config import DetectorTrainingConfig
+from bcfeat.study import common as study
+from bcfeat.study.autoencoder import autoencoder_samples
+from bcfeat.study.detector import DetectorPlan
+from bcfeat.evaluation.oracle_model import OracleConfig
 from bcfeat.validation import require_int
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("steps", -1, r"detector TrainConfig.steps=-1 is out of range: must be >= 1"),
-    ("steps", 0, r"detector TrainConfig.steps=0 is out of range: must be >= 1"),
-    ("batch_size", 0, r"detector TrainConfig.batch_size=0 is out of range: must be >= 1"),
-    ("batch_size", 2.5, r"detector TrainConfig.batch_size=2.5 is not a whole number"),
-    ("lr", 0.0, r"detector TrainConfig.lr=0.0 is out of range: must be a number > 0"),
+    ("steps", -1, r"DetectorTrainingConfig.steps=-1 is out of range: must be >= 1"),
+    ("steps", 0, r"DetectorTrainingConfig.steps=0 is out of range: must be >= 1"),
+    ("batch_size", 0, r"DetectorTrainingConfig.batch_size=0 is out of range: must be >= 1"),
+    ("batch_size", 2.5, r"DetectorTrainingConfig.batch_size=2.5 is not a whole number"),
+    ("lr", 0.0, r"DetectorTrainingConfig.lr=0.0 is out of range: must be a number > 0"),
 ])
 def test_detector_training_settings(field, value, message):
     with pytest.raises(ValueError, match=message):
-        detector.TrainConfig(**{field: value})
+        DetectorTrainingConfig(**{field: value})
 
 
 def test_detector_plan_from_notebook_parameters():
-    with pytest.raises(ValueError, match="detector TrainConfig.steps=-1"):
+    with pytest.raises(ValueError, match="DetectorTrainingConfig.steps=-1"):
         DetectorPlan.from_parameters("tiny", steps=-1, batch_size=2, seed=0, images_per_site=4)
     with pytest.raises(ValueError, match="images_per_site=0 is out of range: must be >= 1"):
         DetectorPlan.from_parameters("tiny", steps=1, batch_size=2, seed=0, images_per_site=0)
@@ -62,7 +64,7 @@ def test_require_int_refuses_bools_and_strings():
 ])
 def test_detector_command_refuses_bad_values(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
-        detector.main(argv)
+        detector_main(argv)
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
@@ -72,7 +74,7 @@ def test_detector_command_refuses_bad_values(argv, message, capsys):
     (["--seed", "-1"], "argument --seed: -1 is out of range: must be >= 0"),
 ])
 def test_splits_command_refuses_bad_values(argv, message, capsys):
-    from bcfeat.cli import main
+    from bcfeat.runner.cli import main
 
     with pytest.raises(SystemExit) as stop:
         main(["splits", "jtsc_zheng18", *argv])
@@ -80,7 +82,7 @@ def test_splits_command_refuses_bad_values(argv, message, capsys):
 
 
 def test_an_unexpected_error_is_one_line_and_a_traceback_only_with_verbose(monkeypatch, tmp_path, capsys):
-    import bcfeat.cli as cli
+    import bcfeat.runner.cli as cli
 
     def bug(args):
         raise ZeroDivisionError("division by zero")

@@ -6,5 +6,5 @@ Modules: :mod:`~bcfeat.crosslab.cell_crop`, :mod:`~bcfeat.crosslab.stain`,
 :mod:`~bcfeat.crosslab.cell_features`, :mod:`~bcfeat.crosslab.adaptation`,
 :mod:`~bcfeat.crosslab.self_supervised`, :mod:`~bcfeat.crosslab.model`,
 :mod:`~bcfeat.crosslab.folders`, :mod:`~bcfeat.crosslab.evaluation`,
-:mod:`~bcfeat.crosslab.study_steps`.
+:mod:`~bcfeat.study.crosslab`.
 """

@@ -2,9 +2,9 @@
 
 :class:`CrossLabModel` is what the study writes and what a lab uses:
 
-- a **mask source**: the study's white-cell detector (:mod:`bcfeat.detector`, its weights
+- a **mask source**: the study's white-cell detector (:mod:`bcfeat.detection`, its weights
   stored inside the model file) or the label-free stain segmentation
-  (:mod:`bcfeat.segmentation`, no weights);
+  (:mod:`bcfeat.detection.pseudo_masks`, no weights);
 - the **canonical crop** (:mod:`bcfeat.crosslab.cell_crop`) and the **cell features**
   (:mod:`bcfeat.crosslab.cell_features`);
 - optionally a **classifier** (:class:`bcfeat.crosslab.adaptation.CrossLabClassifier`,
@@ -82,11 +82,11 @@ def _measure(args: tuple[np.ndarray, np.ndarray | None, CropConfig]) -> tuple[np
     """One image and its cell mask (None: the label-free stain segmentation's) -> (features, crop image)."""
     image, mask, crop_cfg = args
     if mask is None:
-        from bcfeat.segmentation import segment_white_cell
+        from bcfeat.detection.pseudo_masks import segment_white_cell
 
         mask = segment_white_cell(image).mask
     if not mask.any():  # nothing found: the detector's own fallback, a centred ellipse
-        from bcfeat.segmentation import centred_ellipse
+        from bcfeat.detection.pseudo_masks import centred_ellipse
 
         mask = centred_ellipse(*image.shape[:2])
     crop = canonical_crop(image, mask, crop_cfg)
@@ -123,7 +123,7 @@ class CrossLabModel:
         """The detector's masks; None per image for the stain segmentation, which runs in the workers."""
         if self.config.mask_source == "stain":
             return [None] * len(images)
-        from bcfeat.detector import detect
+        from bcfeat.detection.inference import detect
 
         with torch.inference_mode():
             return [d.mask for d in detect(self.detector, images, batch_size=self.config.detector_batch_size)]
@@ -223,7 +223,7 @@ def save_model(path: str | os.PathLike, model: CrossLabModel) -> Path:
         "classifier": None if model.classifier is None else classifier_payload(model.classifier),
     }
     if model.detector is not None:
-        from bcfeat.detector import config_of
+        from bcfeat.detection.architecture import config_of
 
         payload["detector"] = {"config": asdict(config_of(model.detector)),
                                "state_dict": {k: v.detach().cpu() for k, v in model.detector.state_dict().items()}}
@@ -256,7 +256,8 @@ def load_model(path: str | os.PathLike) -> CrossLabModel:
         config = ExtractorConfig.from_dict(payload["config"])
         detector = None
         if payload["detector"] is not None:
-            from bcfeat.detector import DetectorConfig, build_detector
+            from bcfeat.detection.config import DetectorConfig
+            from bcfeat.detection.architecture import build_detector
 
             detector = build_detector(DetectorConfig.from_dict(payload["detector"]["config"]))
             detector.load_state_dict(payload["detector"]["state_dict"])

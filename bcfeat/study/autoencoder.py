@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bcfeat import study
-from bcfeat.extractor import ExtractionConfig, autoencoder_inputs, cached_instance_arrays
-from bcfeat.losses import LossWeights
-from bcfeat.model import AEConfig
-from bcfeat.train import TrainConfig
+from bcfeat.study import common as study
+from bcfeat.autoencoder.extractor import ExtractionConfig, autoencoder_inputs, cached_instance_arrays
+from bcfeat.autoencoder.losses import LossWeights
+from bcfeat.autoencoder.model import AEConfig
+from bcfeat.autoencoder.training import AutoencoderTrainingConfig
 from bcfeat.validation import require_int
 
 
@@ -39,7 +39,7 @@ class Variant:
         RoIAlign at the detected cell, or at the whole image (no detector).
     site_standardize : bool
         Standardise each site's instance features with its own channel statistics before
-        the autoencoder (:mod:`bcfeat.site_standardization`; our addition, not the paper's).
+        the autoencoder (:mod:`bcfeat.autoencoder.site_standardization`; our addition, not the paper's).
     """
 
     alignment: str = "moment"
@@ -67,7 +67,7 @@ class VariantPlan:
 
     names: list[str]
     ae_config: AEConfig
-    train_configs: dict[str, TrainConfig]
+    train_configs: dict[str, AutoencoderTrainingConfig]
     variants: dict[str, Variant]
 
     @classmethod
@@ -80,7 +80,7 @@ class VariantPlan:
         presets = {"cpu": AEConfig.cpu, "paper": AEConfig.paper, "tiny": AEConfig.tiny}
         if preset not in presets:
             raise ValueError(f"unknown ae_preset {preset!r}; choose from {sorted(presets)}")
-        base = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, num_threads=num_threads,
+        base = AutoencoderTrainingConfig(epochs=epochs, batch_size=batch_size, seed=seed, num_threads=num_threads,
                            progress=False)
         configs = {}
         for name in chosen:
@@ -132,7 +132,7 @@ def variant_features(instances: dict, samples: pd.DataFrame, variant: Variant) -
     features = instances[variant.region]["features"]
     if not variant.site_standardize:
         return features
-    from bcfeat.site_standardization import standardize_per_site
+    from bcfeat.autoencoder.site_standardization import standardize_per_site
 
     return standardize_per_site(features, samples["domain"].to_numpy())
 
@@ -180,7 +180,7 @@ def variant_checkpoint(plan: VariantPlan, name: str, samples: pd.DataFrame, chec
 def train_variants(plan: VariantPlan, samples: pd.DataFrame, instances: dict, checkpoints: Path,
                    train: bool = True) -> dict[str, pd.DataFrame]:
     """Train (or, with ``train=False``, restore) every variant; returns each one's loss history."""
-    from bcfeat.train import fit_autoencoder
+    from bcfeat.autoencoder.training import fit_autoencoder
 
     histories = {}
     domain = domain_ids(samples["domain"])
@@ -200,7 +200,7 @@ def train_variants(plan: VariantPlan, samples: pd.DataFrame, instances: dict, ch
 
 def load_variant(plan: VariantPlan, name: str, samples: pd.DataFrame, checkpoints: Path):
     """The trained autoencoder of one variant (eval mode)."""
-    from bcfeat.model import load_checkpoint
+    from bcfeat.autoencoder.model import load_checkpoint
 
     path = variant_checkpoint(plan, name, samples, checkpoints)
     if not path.exists():
@@ -211,7 +211,7 @@ def load_variant(plan: VariantPlan, name: str, samples: pd.DataFrame, checkpoint
 
 def save_variant_model(plan: VariantPlan, name: str, samples: pd.DataFrame, artifacts: Path, path: Path) -> Path:
     """One model file (detector + this variant's autoencoder) for ``bcfeat extract`` and the transformer."""
-    from bcfeat.extractor import save_model
+    from bcfeat.autoencoder.extractor import save_model
 
     variant = plan.variants[name]
     _, checkpoint = load_variant(plan, name, samples, Path(artifacts) / "checkpoints")
@@ -238,8 +238,8 @@ def history_figure(history: pd.DataFrame):
 def reconstruction_examples(plan: VariantPlan, samples: pd.DataFrame, instances: dict, checkpoints: Path,
                             per_site: int = 6, seed: int = 0):
     """Input crops and the headline variant's reconstructions for a seeded pick of cells per site."""
-    from bcfeat.extractor import reconstruct
-    from bcfeat.figures import reconstruction_figure
+    from bcfeat.autoencoder.extractor import reconstruct
+    from bcfeat.study.figures import reconstruction_figure
 
     name = plan.names[0]
     model, _ = load_variant(plan, name, samples, checkpoints)
@@ -257,7 +257,7 @@ def reconstruction_examples(plan: VariantPlan, samples: pd.DataFrame, instances:
 def encode_samples(plan: VariantPlan, name: str, all_samples: pd.DataFrame, instances: dict,
                    checkpoints: Path) -> np.ndarray:
     """The 50-d latent of every sample for one variant, ``(n, 50)``."""
-    from bcfeat.extractor import encode_features
+    from bcfeat.autoencoder.extractor import encode_features
 
     model, _ = load_variant(plan, name, all_samples, checkpoints)
     return encode_features(model, variant_features(instances, all_samples, plan.variants[name]))

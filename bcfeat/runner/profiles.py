@@ -4,7 +4,7 @@
 ``cpu``: the default, the whole study on the shared data on a 2-core CPU.
 ``gpu``: the paper's scale (full image decoder, 150 epochs, ResNeXt-50 oracle).
 
-The runner (:mod:`bcfeat.pipeline`) passes ``Profile.parameters_for(stage)`` to
+The runner (:mod:`bcfeat.runner.pipeline`) passes ``Profile.parameters_for(stage)`` to
 each notebook's parameters cell; nothing else reaches a notebook.
 """
 
@@ -117,7 +117,7 @@ def projected_gpu_minutes(bench: dict[str, Any]) -> dict[str, Any]:
     """Minutes the ``gpu`` profile's two trainings take at the rates ``benchmarks/bench_gpu.py``
     measured (its JSON): detector steps x seconds per step, and autoencoder epochs x variants x
     images / samples per second, both with mixed precision (the default on CUDA)."""
-    from bcfeat.autoencoder_study import VARIANTS
+    from bcfeat.study.autoencoder import VARIANTS
 
     gpu = PROFILES["gpu"]
     detector, autoencoder = gpu.parameters_for("01_detector"), gpu.parameters_for("02_autoencoder")

@@ -1,7 +1,7 @@
 """The steps of the study's "Beyond the paper" chapter (``notebooks/07_crosslab.py``).
 
 The notebook calls these functions in order; each returns tables or figures. Hand-offs from
-earlier stages: the detector of ``01_detector`` (:func:`bcfeat.detector_study.handoff_path`),
+earlier stages: the detector of ``01_detector`` (:func:`bcfeat.study.detector.handoff_path`),
 the feature sets of ``03_features`` and the BatchNorm oracle of ``04_oracle``.
 """
 
@@ -19,13 +19,13 @@ from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
-from bcfeat import study
-from bcfeat.benchmark import SplitPlan, default_classifier, domain_matrix, matrix_table, summarize
+from bcfeat.study import common as study
+from bcfeat.evaluation.repeated_splits import SplitPlan
+from bcfeat.evaluation.benchmark import default_classifier, domain_matrix, matrix_table, summarize
 from bcfeat.crosslab import evaluation as ev
 from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_crop import CropConfig
-from bcfeat.crosslab.figures import (few_shot_figure, gallery_figure, matrix_figure,  # noqa: F401  (the notebook's calls)
-                                     per_class_figure, umap_figure)
+from bcfeat.study.crosslab_figures import few_shot_figure, gallery_figure, matrix_figure, per_class_figure, umap_figure
 from bcfeat.crosslab.cell_features import GROUPS, feature_groups, feature_names, feature_set_columns
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ class Measured:
 
 def _model(artifacts: Path, mask_source: str, n_workers: int, crop: CropConfig | None = None):
     from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig
-    from bcfeat.detector import load_detector
-    from bcfeat.detector_study import handoff_path
+    from bcfeat.detection.checkpoint import load_detector
+    from bcfeat.study.detector import handoff_path
 
     config = ExtractorConfig(mask_source=mask_source, crop=crop or CropConfig(), n_workers=n_workers)
     detector = None
@@ -64,8 +64,8 @@ def measure_cells(samples: pd.DataFrame, artifacts: Path, mask_source: str = "de
                   crop: CropConfig | None = None, cache_name: str = "crosslab") -> Measured:
     """Features and canonical crops of every sample, computed once per (images, detector, settings)."""
     from bcfeat.data.images import SkippedImages
-    from bcfeat.detector_study import handoff_path
-    from bcfeat.feature_cache import cache_key, cached_arrays
+    from bcfeat.study.detector import handoff_path
+    from bcfeat.detection.feature_cache import cache_key, cached_arrays
 
     model = _model(Path(artifacts), mask_source, n_workers, crop)
     paths = samples["path"].tolist()
@@ -226,7 +226,7 @@ class AdaBNOracle:
 
 def oracle_checkpoint(artifacts: Path, profile: str, samples: pd.DataFrame, norm: str, seed: int) -> Path:
     """04_oracle's checkpoint of the first split (the path that notebook writes)."""
-    from bcfeat.oracle import oracle_config
+    from bcfeat.evaluation.oracle_model import oracle_config
 
     cfg = oracle_config(profile, norm=norm)
     return study.oracle_checkpoint_pattern(Path(artifacts) / "checkpoints", cfg, samples, norm, seed)
@@ -238,8 +238,8 @@ def adabn_oracle_scores(samples: pd.DataFrame, plan: SplitPlan, artifacts: Path,
     images (all of them, unlabelled) before predicting that site's test split and all its cells."""
     import torch
 
-    from bcfeat.benchmark import as_test_masks
-    from bcfeat.oracle import adapt_batch_norm, embed, load_checkpoint, predict_proba, prepare_images
+    from bcfeat.evaluation.repeated_splits import as_test_masks
+    from bcfeat.evaluation.oracle import adapt_batch_norm, embed, load_checkpoint, predict_proba, prepare_images
 
     path = oracle_checkpoint(artifacts, profile, samples, norm, seed)
     if not path.is_file():
@@ -366,7 +366,7 @@ def matrix_display(matrix: pd.DataFrame, setting: str) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- all cells, ablations
 def _source_train_rows(samples: pd.DataFrame, plan: SplitPlan) -> np.ndarray:
-    from bcfeat.benchmark import as_test_masks
+    from bcfeat.evaluation.repeated_splits import as_test_masks
 
     is_test = as_test_masks(plan, len(samples))[0]
     return np.flatnonzero((samples["domain"].to_numpy() == study.SOURCE_SITE) & ~is_test), is_test

@@ -2,8 +2,8 @@
 
 Two of the four datasets (``jtsc_zheng18``, ``cellavision_zheng18``) come with expert
 nucleus/cytoplasm masks (Zheng et al. 2018); the whole cell is every pixel > 0. Any
-predictor (the label-free pseudo-masks of :mod:`bcfeat.segmentation`, or the trained
-detector of :mod:`bcfeat.detector`) is scored here by
+predictor (the label-free pseudo-masks of :mod:`bcfeat.detection.pseudo_masks`, or the trained
+detector of :mod:`bcfeat.detection`) is scored here by
 
 * mask IoU with the expert whole-cell mask, per image;
 * detection rate: the fraction of images with mask IoU >= 0.5 (the usual "found it"
@@ -181,7 +181,7 @@ def evaluate_mask_predictor(
         Takes a list of ``(H, W, 3)`` uint8 images, returns one prediction per image:
         either a ``(H, W)`` bool mask, or an object with a ``mask`` attribute (and
         optionally ``box``, ``fallback``, ``confident``), e.g. a
-        :class:`bcfeat.segmentation.PseudoMask` or :class:`bcfeat.detector.Detection`.
+        :class:`bcfeat.detection.pseudo_masks.PseudoMask` or :class:`bcfeat.detection.inference.Detection`.
     datasets : sequence of str
         Masked datasets to score.
     max_images : int, optional

@@ -1,7 +1,7 @@
 """Label-free stain segmentation of the white cell: the pseudo-masks the detector learns from.
 
 The paper (Sec. 2.1) trains its Mask R-CNN on expert-drawn white-cell masks. Here no expert
-label may reach training, so the detector (:mod:`bcfeat.detector`) learns from masks this
+label may reach training, so the detector (:mod:`bcfeat.detection`) learns from masks this
 module computes from colour and layout alone, with rules that hold for all four stains
 (MGG/CellaVision, the JTSC rapid stain with its yellow background, the BCCD smears):
 
@@ -27,7 +27,7 @@ module computes from colour and layout alone, with rules that hold for all four 
 Parameters were set by looking at montages of all four datasets; the handful of numbers
 that were compared by IoU against the expert masks while developing (histogram bins 12/16/
 24/32, inside radius 0.2-0.4, frame width) are listed in :class:`SegmentationConfig`. The
-expert masks are read only by :mod:`bcfeat.mask_metrics`, never here.
+expert masks are read only by :mod:`bcfeat.detection.mask_metrics`, never here.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_array
 
-from bcfeat.benchmark import RF_MAX_DEPTH, RF_N_ESTIMATORS
+from bcfeat.evaluation.benchmark import RF_MAX_DEPTH, RF_N_ESTIMATORS
 
 
 def balanced_subsample(domain: Sequence, n_per_site: int, random_state: int | np.random.Generator = 0) -> np.ndarray:

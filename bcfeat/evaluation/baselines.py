@@ -14,7 +14,7 @@ any learned feature must beat:
 Both are sklearn transformers (params in ``__init__``, learned state in ``*_``
 attributes, ``fit`` returns ``self``), so ``make_pipeline(RawPixelsPCA(),
 RandomForestClassifier())`` plugs straight into
-:func:`bcfeat.benchmark.domain_matrix`. Their input is a list of ``(H, W, 3)``
+:func:`bcfeat.evaluation.benchmark.domain_matrix`. Their input is a list of ``(H, W, 3)``
 uint8 RGB images of any size, an ``(n, H, W, 3)`` uint8 array, or a list of
 image paths (read with :func:`bcfeat.data.load_image`).
 """
@@ -182,7 +182,7 @@ class RawPixelsPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
 # Why these channels: the nucleus takes up the basic (blue/purple) dye in all four stains, so it
 # is bluer than green (B - G > 0) and darkest in green; red cells (pink) and the beige, yellow or
-# grey backgrounds are not. Same reasoning as bcfeat.segmentation, in a self-contained fallback.
+# grey backgrounds are not. Same reasoning as bcfeat.detection.pseudo_masks, in a self-contained fallback.
 _SHAPE_FEATURES = (
     "cell_area_frac",
     "nucleus_area_frac",
@@ -255,7 +255,7 @@ def threshold_masks(image: np.ndarray, smooth_sigma: float = 1.0) -> tuple[np.nd
 
 
 def _pseudo_masks(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from bcfeat.segmentation import segment_white_cell
+    from bcfeat.detection.pseudo_masks import segment_white_cell
 
     pm = segment_white_cell(image)
     return np.asarray(pm.mask, bool), np.asarray(pm.nucleus, bool)
@@ -266,7 +266,7 @@ def _resolve_segmenter(segmenter: Any) -> str:
         return "threshold"
     if segmenter in ("auto", "pseudo_mask"):
         try:
-            from bcfeat.segmentation import segment_white_cell  # noqa: F401
+            from bcfeat.detection.pseudo_masks import segment_white_cell  # noqa: F401
         except ImportError:
             if segmenter == "pseudo_mask":
                 raise
@@ -291,7 +291,7 @@ class ColorShapeFeatures(TransformerMixin, BaseEstimator):
     work_size : int, default=128
         Long side, in pixels, of the image the features are computed on.
     segmenter : {"auto", "pseudo_mask", "threshold"}, default="auto"
-        ``"pseudo_mask"``: :func:`bcfeat.segmentation.segment_white_cell`;
+        ``"pseudo_mask"``: :func:`bcfeat.detection.pseudo_masks.segment_white_cell`;
         ``"threshold"``: :func:`threshold_masks` (self-contained); ``"auto"``:
         the former when that module is importable, else the latter.
     min_lobe_frac : float, default=0.05

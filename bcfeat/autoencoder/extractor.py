@@ -24,7 +24,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from bcfeat.atomic_io import atomic_torch_save
-from bcfeat.feature_cache import cache_key, cached_arrays
+from bcfeat.detection.feature_cache import cache_key, cached_arrays
 from bcfeat.model_files import ModelFileError, build_from_payload, format_name, load_model_file, parse_format
 
 MODEL_FORMAT = format_name("aecfe", 1)
@@ -74,19 +74,20 @@ def whole_image_instances(detector, images: Sequence[Any], crop_size: int, batch
     """The "no detector" ablation: RoIAlign over the FPN at the **whole image**, and the whole image
     as the crop. Only the backbone and FPN run (no proposals, no heads); no fallback is involved.
 
-    Returns an :class:`bcfeat.instance_features.InstanceBatch` (scores 1, no fallbacks).
+    Returns an :class:`bcfeat.detection.instance_features.InstanceBatch` (scores 1, no fallbacks).
     """
     from torchvision.ops import MultiScaleRoIAlign
 
-    from bcfeat.detector import _as_image, config_of
-    from bcfeat.instance_features import ROI_SIZE, InstanceBatch, masked_crop
+    from bcfeat.data.images import read_image
+    from bcfeat.detection.architecture import config_of
+    from bcfeat.detection.instance_features import ROI_SIZE, InstanceBatch, masked_crop
 
     cfg = config_of(detector)
     device = next(detector.parameters()).device
     pool = MultiScaleRoIAlign(cfg.feature_names, ROI_SIZE, sampling_ratio=2)
     detector.eval()
     features, crops, boxes = [], [], []
-    images = [_as_image(item) for item in images]
+    images = [read_image(item) for item in images]
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
         tensors = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).to(device).float().div_(255)
@@ -108,7 +109,7 @@ def whole_image_instances(detector, images: Sequence[Any], crop_size: int, batch
 
 def instance_arrays(detector, paths: Sequence[Any], cfg: ExtractionConfig) -> dict[str, np.ndarray]:
     """Instance features (float16), crops (uint8, ``(n, 3, S, S)``) and detection records of images."""
-    from bcfeat.instance_features import extract_instances
+    from bcfeat.detection.instance_features import extract_instances
 
     if cfg.region == "whole":
         batch = whole_image_instances(detector, list(paths), cfg.crop_size, cfg.batch_size)
@@ -128,8 +129,8 @@ def instance_arrays(detector, paths: Sequence[Any], cfg: ExtractionConfig) -> di
 def cached_instance_arrays(detector_checkpoint: str | os.PathLike, paths: Sequence[str], cfg: ExtractionConfig,
                            cache_dir: str | os.PathLike, progress: bool = True) -> dict[str, np.ndarray]:
     """:func:`instance_arrays` for every path, computed once per (images, detector file, config)."""
-    from bcfeat.detector import load_detector
-    from bcfeat.train import resolve_device
+    from bcfeat.detection.checkpoint import load_detector
+    from bcfeat.autoencoder.training import resolve_device
 
     key = cache_key(paths, detector_checkpoint, asdict(cfg))
     detector: list = []
@@ -145,7 +146,7 @@ def cached_instance_arrays(detector_checkpoint: str | os.PathLike, paths: Sequen
 
 
 def autoencoder_inputs(arrays: dict[str, np.ndarray], domain: Sequence[int]):
-    """``(features, crops, domain)`` tensors for :func:`bcfeat.train.fit_autoencoder`.
+    """``(features, crops, domain)`` tensors for :func:`bcfeat.autoencoder.training.fit_autoencoder`.
 
     Features are min-max scaled per sample (:func:`scale_features`); crops become float in [0, 1].
     """
@@ -176,7 +177,7 @@ def reconstruct(autoencoder, features: np.ndarray) -> np.ndarray:
 class AECFEModel:
     """A trained extractor: detector, autoencoder and the extraction settings.
 
-    With ``site_standardize`` (:mod:`bcfeat.site_standardization`), the images of one call
+    With ``site_standardize`` (:mod:`bcfeat.autoencoder.site_standardization`), the images of one call
     are taken as one site and standardised with their own channel statistics: pass one
     site's images per call, at least ``MIN_SITE_IMAGES`` of them.
     """
@@ -195,7 +196,7 @@ class AECFEModel:
     def encode(self, features: np.ndarray) -> np.ndarray:
         """Instance features of one site's images ``(n, C, 14, 14)`` -> latent codes ``(n, 50)``."""
         if self.site_standardize:
-            from bcfeat.site_standardization import channel_statistics, standardize
+            from bcfeat.autoencoder.site_standardization import channel_statistics, standardize
 
             features = standardize(features, channel_statistics(features))
         return encode_features(self.autoencoder, features)
@@ -233,8 +234,8 @@ def load_model(path: str | os.PathLike) -> AECFEModel:
     bcfeat.model_files.ModelFileError
         A file of another kind, damaged, missing a part, or holding code (one line naming it).
     """
-    from bcfeat.detector import detector_from_payload
-    from bcfeat.model import autoencoder_from_payload
+    from bcfeat.detection.checkpoint import detector_from_payload
+    from bcfeat.autoencoder.model import autoencoder_from_payload
 
     path = Path(path)
     if not path.exists():
@@ -312,7 +313,7 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
 
     def fit(self, X: Any = None, y: Any = None) -> "AECFEFeatures":
         if self.model_path is None:
-            raise ValueError("AECFEFeatures needs model_path, a model file written by bcfeat.extractor.save_model")
+            raise ValueError("AECFEFeatures needs model_path, a model file written by bcfeat.autoencoder.extractor.save_model")
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
         from bcfeat.crosslab.model import is_crosslab_model_file

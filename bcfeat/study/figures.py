@@ -13,7 +13,7 @@ import pandas as pd
 SITE_ORDER = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
 
 
-def _plt():
+def pyplot():
     # No backend is forced here: in a notebook the inline backend must stay, or glued figures
     # lose their PNG; scripts and tests choose Agg themselves.
     import matplotlib.pyplot as plt
@@ -39,7 +39,7 @@ def umap_embedding(X: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist
 
 def umap_figure(embedding: np.ndarray, site: Sequence[str], label: Sequence[str], title: str = ""):
     """Two panels of one embedding: coloured by site, and by class."""
-    plt = _plt()
+    plt = pyplot()
     site, label = np.asarray(site), np.asarray(label)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     for ax, values, name in ((axes[0], site, "site"), (axes[1], label, "class")):
@@ -63,7 +63,7 @@ def umap_figure(embedding: np.ndarray, site: Sequence[str], label: Sequence[str]
 def image_grid(rows: dict[str, Sequence[np.ndarray]], row_labels: dict[str, str] | None = None,
                column_titles: Sequence[str] | None = None, tile: float = 1.2):
     """A grid of images: one row per key, images as (H, W, 3) uint8 or float in [0, 1]."""
-    plt = _plt()
+    plt = pyplot()
     n_cols = max(len(v) for v in rows.values())
     fig, axes = plt.subplots(len(rows), n_cols, figsize=(n_cols * tile, len(rows) * tile * 1.05), squeeze=False)
     for r, (key, images) in enumerate(rows.items()):
@@ -99,7 +99,7 @@ def mask_outline_figure(images: Sequence[np.ndarray], masks: dict[str, Sequence[
     """Images with mask outlines overlaid: one colour per mask source (e.g. expert, pseudo, detector)."""
     from skimage.segmentation import find_boundaries
 
-    plt = _plt()
+    plt = pyplot()
     colours = {name: c for name, c in zip(masks, ("lime", "orange", "magenta", "cyan"))}
     fig, axes = plt.subplots(1, len(images), figsize=(len(images) * 1.9, 2.2), squeeze=False)
     for i, image in enumerate(images):
@@ -126,7 +126,7 @@ def domain_matrix_heatmap(summary: pd.DataFrame, metric: str = "balanced_accurac
     """Train site (rows) x test site (columns) heatmap of ``<metric>_mean`` with ``± std`` annotations."""
     import seaborn as sns
 
-    plt = _plt()
+    plt = pyplot()
     mean = summary.pivot(index="train_domain", columns="test_domain", values=f"{metric}_mean")
     std = summary.pivot(index="train_domain", columns="test_domain", values=f"{metric}_std")
     order_r = [s for s in SITE_ORDER if s in mean.index] + [s for s in mean.index if s not in SITE_ORDER]
@@ -148,7 +148,7 @@ def confusion_figure(confusions: pd.DataFrame, cells: Sequence[tuple[str, str]],
     """Row-normalized confusion matrices for several (train site, test site) cells, side by side."""
     import seaborn as sns
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(cells), figsize=(3.4 * len(cells), 3.3), squeeze=False)
     for ax, (train, test) in zip(axes[0], cells):
         part = confusions[(confusions["train_domain"] == train) & (confusions["test_domain"] == test)]

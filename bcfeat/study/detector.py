@@ -1,6 +1,6 @@
 """The detector chapter's steps: train (or restore) the detector and score it against experts.
 
-``notebooks/01_detector.py`` calls these; the detector itself is :mod:`bcfeat.detector`.
+``notebooks/01_detector.py`` calls these; the detector itself is :mod:`bcfeat.detection`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bcfeat import study
+from bcfeat.study import common as study
 from bcfeat.validation import require_int
 
 
@@ -26,7 +26,7 @@ class DetectorPlan:
     @classmethod
     def from_parameters(cls, preset: str, steps: int, batch_size: int, seed: int,
                         images_per_site: int, balance_sites: bool = True) -> "DetectorPlan":
-        from bcfeat.detector import DetectorConfig, TrainConfig
+        from bcfeat.detection.config import DetectorConfig, DetectorTrainingConfig
 
         # gpu: the default architecture, whose 256-channel FPN gives the paper's 256x14x14 features
         presets = {"cpu": DetectorConfig.cpu, "tiny": DetectorConfig.tiny, "gpu": DetectorConfig}
@@ -35,7 +35,7 @@ class DetectorPlan:
         # balance_sites: each site fills the same share of the batches (CellaVision has 100
         # images, Acevedo-20 400): the small sites' stains are learnt as well as the large ones'.
         require_int("images_per_site", images_per_site, 1)
-        train_config = TrainConfig(steps=steps, batch_size=batch_size, seed=seed,
+        train_config = DetectorTrainingConfig(steps=steps, batch_size=batch_size, seed=seed,
                                    checkpoint_every=max(1, min(250, steps)), balance_groups=balance_sites)
         return cls(presets[preset](), train_config, images_per_site, seed)
 
@@ -52,8 +52,10 @@ def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, train: boo
     -------
     model, history (DataFrame), info (dict with ``n_images``, ``steps``, ``checkpoint``)
     """
-    from bcfeat.detector import (_RESERVED_KEYS, _read_checkpoint, calibrate_mask_threshold, load_detector,
-                                 pseudo_label, save_detector, train_detector, training_images)
+    from bcfeat.detection.checkpoint import RESERVED_KEYS, read_detector_file, load_detector, save_detector
+    from bcfeat.detection.inference import calibrate_mask_threshold
+    from bcfeat.detection.training_data import pseudo_label, training_images
+    from bcfeat.detection.training import train_detector
 
     sample = training_images(study.SITES, per_dataset=plan.images_per_site, root=root, seed=plan.seed)
     paths = sample.path.tolist()
@@ -70,15 +72,15 @@ def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, train: boo
         # The mask threshold that best reproduces the training pseudo-masks (no expert labels).
         threshold, calibration = calibrate_mask_threshold(model, data, seed=plan.seed)
         model.bcfeat_config = replace(model.bcfeat_config, mask_thresh=threshold)
-        stored = _read_checkpoint(run_checkpoint)
-        extra = {k: v for k, v in stored.items() if k not in _RESERVED_KEYS}
+        stored = read_detector_file(run_checkpoint)
+        extra = {k: v for k, v in stored.items() if k not in RESERVED_KEYS}
         extra["mask_threshold_calibration"] = calibration.to_dict(orient="list")
         save_detector(handoff, model, extra)
     else:
         if not handoff.exists():
             raise FileNotFoundError(f"restore requested but no detector at {handoff}; run with train_detector=True")
         model = load_detector(handoff)
-        stored = _read_checkpoint(handoff)
+        stored = read_detector_file(handoff)
         history = stored.get("history", [])
         calibration = pd.DataFrame(stored.get("mask_threshold_calibration", {}))
     return model.eval(), pd.DataFrame(history), {"n_images": len(paths), "steps": plan.train_config.steps,
@@ -113,11 +115,12 @@ def evaluate_against_experts(model, root: Path | None = None, max_images: int | 
     """Pseudo-masks and detector masks scored against the expert masks of both masked datasets.
 
     With ``holdout_every > 1`` the table also has ``held_out`` rows: only the images that
-    :func:`bcfeat.detector.holdout_paths` keeps out of training.
+    :func:`bcfeat.detection.training_data.holdout_paths` keeps out of training.
     """
-    from bcfeat.detector import detect, holdout_paths
-    from bcfeat.mask_metrics import MASKED_DATASETS, evaluate_mask_predictor, summarize
-    from bcfeat.segmentation import segment_white_cell
+    from bcfeat.detection.inference import detect
+    from bcfeat.detection.training_data import holdout_paths
+    from bcfeat.detection.mask_metrics import MASKED_DATASETS, evaluate_mask_predictor, summarize
+    from bcfeat.detection.pseudo_masks import segment_white_cell
 
     predictors = {
         "pseudo_mask": lambda images: [segment_white_cell(image) for image in images],
@@ -155,10 +158,10 @@ def detector_gain(table: pd.DataFrame, metric: str = "mean_iou") -> pd.Series:
 def outline_examples(model, per_image: pd.DataFrame, root: Path, per_dataset: int = 3):
     """Best, median and worst detector images of each masked dataset with all three outlines."""
     from bcfeat.data import load_image
-    from bcfeat.detector import detect
-    from bcfeat.figures import mask_outline_figure
-    from bcfeat.mask_metrics import expert_mask_pairs, load_expert_mask
-    from bcfeat.segmentation import segment_white_cell
+    from bcfeat.detection.inference import detect
+    from bcfeat.study.figures import mask_outline_figure
+    from bcfeat.detection.mask_metrics import expert_mask_pairs, load_expert_mask
+    from bcfeat.detection.pseudo_masks import segment_white_cell
 
     detector_rows = per_image[per_image["source"] == "detector"]
     picks = []

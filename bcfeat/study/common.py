@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bcfeat.benchmark import SplitPlan, make_splits
+from bcfeat.evaluation.repeated_splits import SplitPlan, make_splits
 from bcfeat.data import load_image, scan_dataset
-from bcfeat.data_overview import subsample
+from bcfeat.study.data_overview import subsample
 from bcfeat.validation import require_int
 
 SITES: tuple[str, ...] = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
@@ -126,7 +126,7 @@ def run_feature_sets(feature_sets: dict[str, np.ndarray], samples: pd.DataFrame,
     ``make_classifier`` (default: the released code's random forest) serves every set unless
     ``classifier_per_set`` names another factory for it.
     """
-    from bcfeat.benchmark import domain_matrix
+    from bcfeat.evaluation.benchmark import domain_matrix
 
     scores, predictions = [], []
     for name, X in feature_sets.items():
@@ -146,7 +146,7 @@ def oracle_factory(config, checkpoint_pattern: Path, train: bool) -> Callable[[i
     ``train=False`` restores: every checkpoint the benchmark needs must already exist (the
     error names the missing file), and nothing is trained.
     """
-    from bcfeat.oracle import OracleClassifier
+    from bcfeat.evaluation.oracle import OracleClassifier
 
     def make(random_state: int):
         path = Path(str(checkpoint_pattern).replace("{seed}", str(random_state)))
@@ -197,7 +197,7 @@ def pca_forest_factory(n_components: int) -> Callable[[int], object]:
     from sklearn.decomposition import PCA
     from sklearn.pipeline import make_pipeline
 
-    from bcfeat.benchmark import default_classifier
+    from bcfeat.evaluation.benchmark import default_classifier
 
     def make(random_state: int):
         return make_pipeline(PCA(n_components=n_components, random_state=random_state),

@@ -1,6 +1,6 @@
 """Exit statuses and error reporting shared by every bcfeat command.
 
-``bcfeat ...``, ``python -m bcfeat.pipeline`` and ``python -m bcfeat.detector`` all end with
+``bcfeat ...``, ``python -m bcfeat.runner`` and ``python -m bcfeat.detection`` all end with
 
 ====  =====================================================================================
 0     success

@@ -7,7 +7,7 @@ returns both:
 
 * ``features`` ``(N, C, 14, 14)``: ``torchvision.ops.MultiScaleRoIAlign`` over the FPN
   levels (as the Mask R-CNN mask head pools, level chosen by box size) at the one box that
-  :mod:`bcfeat.detector` keeps; ``C = fpn_channels`` (256 as in the paper, 64 in the cpu
+  :mod:`bcfeat.detection` keeps; ``C = fpn_channels`` (256 as in the paper, 64 in the cpu
   preset). The backbone, FPN, RPN and heads run once per image; RoIAlign reads the very
   FPN maps the detection used.
 * ``crops`` ``(N, 3, S, S)``: the cell cut out of the original image, float in [0, 1]. The
@@ -16,7 +16,7 @@ returns both:
   default; 1 gives white), resampled to ``S x S`` by bilinear RoIAlign on the image.
 
 When the detector finds nothing, the centred fallback box and ellipse of
-:func:`bcfeat.detector.detect` are used and flagged in ``fallback``.
+:func:`bcfeat.detection.inference.detect` are used and flagged in ``fallback``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from torch import Tensor
 from torchvision.models.detection import MaskRCNN
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-from bcfeat.detector import Detection, _as_image, _run_batch
+from bcfeat.detection.inference import Detection, run_batch
+from bcfeat.detection.training_data import read_image
 
 #: Spatial side of the instance features (Mask R-CNN's mask-head RoIAlign size).
 ROI_SIZE = 14
@@ -124,7 +125,7 @@ def extract_instances(detector: MaskRCNN, images: Iterable[Any], crop_size: int 
     Parameters
     ----------
     detector : MaskRCNN
-        From :func:`bcfeat.detector.build_detector` / ``train_detector`` / ``load_detector``
+        From :func:`bcfeat.detection.architecture.build_detector` / ``train_detector`` / ``load_detector``
         (any torchvision ``MaskRCNN`` works).
     images : iterable of np.ndarray or path
         ``(H, W, 3)`` uint8 RGB images or image files, any size.
@@ -150,7 +151,7 @@ def extract_instances(detector: MaskRCNN, images: Iterable[Any], crop_size: int 
     feats, crops, boxes, scores, fallback, n_cand = [], [], [], [], [], []
 
     def flush(batch: list[np.ndarray]) -> None:
-        run = _run_batch(detector, batch, score_thresh)
+        run = run_batch(detector, batch, score_thresh)
         # The same FPN maps the heads just used: no second backbone pass.
         feats.append(pool(run.features, run.boxes_transformed, run.image_sizes).cpu())
         for img, det in zip(batch, run.detections):
@@ -164,7 +165,7 @@ def extract_instances(detector: MaskRCNN, images: Iterable[Any], crop_size: int 
 
     batch: list[np.ndarray] = []
     for item in tqdm(images, desc="instances", disable=not progress, leave=False):
-        batch.append(_as_image(item))
+        batch.append(read_image(item))
         if len(batch) == batch_size:
             flush(batch)
             batch = []

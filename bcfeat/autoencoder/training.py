@@ -1,7 +1,7 @@
 """Training: a generic, resumable fit loop and the autoencoder's use of it (paper Sec. 2.2).
 
 :func:`fit` knows nothing about the autoencoder: it takes a model, a function
-that turns a batch into :class:`bcfeat.losses.LossTerms`, a dataset and a rule
+that turns a batch into :class:`bcfeat.autoencoder.losses.LossTerms`, a dataset and a rule
 for the batches of each epoch. It handles the device, mixed precision (CUDA
 only), determinism, the progress bar, the NaN/inf guard and atomic, resumable
 checkpoints. :func:`fit_autoencoder` supplies the AE-CFE pieces: the model, the
@@ -44,12 +44,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from bcfeat.losses import ALIGNMENT_KINDS, LossTerms, LossWeights, autoencoder_loss
-from bcfeat.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
+from bcfeat.autoencoder.losses import ALIGNMENT_KINDS, LossTerms, LossWeights, autoencoder_loss
+from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
 from bcfeat.model_files import load_model_file
 
 SETTINGS = ("source_only", "transductive")
-# TrainConfig fields that may change between a run and its resumption: how long
+# AutoencoderTrainingConfig fields that may change between a run and its resumption: how long
 # (epochs: training may be extended) and where/how fast, not what is optimised.
 # (device and amp change the rounding, so resumption is then no longer bitwise.)
 _RESUMABLE_CHANGES = ("epochs", "device", "amp", "num_threads", "checkpoint_every", "progress", "deterministic")
@@ -60,7 +60,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 @dataclass
-class TrainConfig:
+class AutoencoderTrainingConfig:
     """How the autoencoder is trained; stored in every checkpoint.
 
     Attributes
@@ -78,8 +78,8 @@ class TrainConfig:
     weights : LossWeights
         Loss weights (image 1, features 1, alignment 5 as released).
     alignment : {"moment", "mmd"}
-        :func:`bcfeat.losses.moment_matching_loss` (released) or
-        :func:`bcfeat.losses.mmd_loss`.
+        :func:`bcfeat.autoencoder.losses.moment_matching_loss` (released) or
+        :func:`bcfeat.autoencoder.losses.mmd_loss`.
     setting : {"transductive", "source_only"}
         See the module docstring.
     source_domain : int
@@ -121,22 +121,22 @@ class TrainConfig:
         if isinstance(self.weights, dict):
             self.weights = LossWeights(**self.weights)
         if self.alignment not in ALIGNMENT_KINDS:
-            raise ValueError(f"TrainConfig.alignment must be one of {ALIGNMENT_KINDS}, got {self.alignment!r}")
+            raise ValueError(f"AutoencoderTrainingConfig.alignment must be one of {ALIGNMENT_KINDS}, got {self.alignment!r}")
         if self.setting not in SETTINGS:
-            raise ValueError(f"TrainConfig.setting must be one of {SETTINGS}, got {self.setting!r}")
+            raise ValueError(f"AutoencoderTrainingConfig.setting must be one of {SETTINGS}, got {self.setting!r}")
         for name in ("epochs", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"AutoencoderTrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.min_per_domain < 2:
-            raise ValueError(f"TrainConfig.min_per_domain must be >= 2, got {self.min_per_domain}")
+            raise ValueError(f"AutoencoderTrainingConfig.min_per_domain must be >= 2, got {self.min_per_domain}")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, d: dict[str, Any]) -> AutoencoderTrainingConfig:
         """Rebuild from ``asdict(cfg)``; unknown keys are an error naming them."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys are {sorted(known)}")
+            raise ValueError(f"unknown AutoencoderTrainingConfig keys {unknown}; known keys are {sorted(known)}")
         return cls(**d)
 
 
@@ -227,7 +227,7 @@ def _iter_batches(dataset: Dataset, plan: Sequence[np.ndarray]) -> Iterator[Any]
 
 
 @contextmanager
-def _training_environment(cfg: TrainConfig) -> Iterator[None]:
+def _training_environment(cfg: AutoencoderTrainingConfig) -> Iterator[None]:
     """Threads and determinism for the run, restored afterwards."""
     threads = torch.get_num_threads()
     det, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
@@ -244,7 +244,7 @@ def _training_environment(cfg: TrainConfig) -> Iterator[None]:
         torch.use_deterministic_algorithms(det, warn_only=warn_only)
 
 
-def _check_resumable(path: Path, payload: dict, model_config: Any, cfg: TrainConfig, data_info: dict) -> None:
+def _check_resumable(path: Path, payload: dict, model_config: Any, cfg: AutoencoderTrainingConfig, data_info: dict) -> None:
     if payload.get("config") != asdict(model_config):
         raise ValueError(f"checkpoint {path} was trained with a different model config; "
                          f"stored {payload.get('config')}, requested {asdict(model_config)} "
@@ -261,7 +261,7 @@ def _check_resumable(path: Path, payload: dict, model_config: Any, cfg: TrainCon
 
 
 def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, batch_plan: BatchPlan,
-        cfg: TrainConfig, checkpoint_path: str | os.PathLike, resume: bool = True,
+        cfg: AutoencoderTrainingConfig, checkpoint_path: str | os.PathLike, resume: bool = True,
         data_info: dict | None = None) -> tuple[nn.Module, pd.DataFrame]:
     """Train ``model`` with Adam on ``loss_fn``, checkpointing so that it can resume.
 
@@ -279,7 +279,7 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
     batch_plan : callable ``epoch (0-based) -> sequence of index arrays``
         Must depend only on its argument (and fixed seeds) for resumption to
         repeat the uninterrupted run.
-    cfg : TrainConfig
+    cfg : AutoencoderTrainingConfig
         Uses ``epochs, lr, device, amp, num_threads, deterministic,
         checkpoint_every, progress``; stored in the checkpoint.
     checkpoint_path : path-like
@@ -457,7 +457,7 @@ def _check_sample(dataset: Dataset, index: int, ae_cfg: AEConfig) -> None:
         raise ValueError(f"sample {index}: crop has dtype {crop.dtype}; pass float values in [0, 1]")
 
 
-def fit_autoencoder(data: Dataset | Sequence[Tensor], ae_cfg: AEConfig, train_cfg: TrainConfig,
+def fit_autoencoder(data: Dataset | Sequence[Tensor], ae_cfg: AEConfig, train_cfg: AutoencoderTrainingConfig,
                     checkpoint_path: str | os.PathLike, resume: bool = True
                     ) -> tuple[CrossDomainAutoencoder, pd.DataFrame]:
     """Train the AE-CFE autoencoder without labels.
@@ -471,10 +471,10 @@ def fit_autoencoder(data: Dataset | Sequence[Tensor], ae_cfg: AEConfig, train_cf
         (a ``domain``/``domains`` attribute avoids reading every item once to
         find the domains).
     ae_cfg : AEConfig
-    train_cfg : TrainConfig
+    train_cfg : AutoencoderTrainingConfig
     checkpoint_path : path-like
         Where the checkpoint goes (see :func:`fit`); loads with
-        :func:`bcfeat.model.load_checkpoint`.
+        :func:`bcfeat.autoencoder.model.load_checkpoint`.
     resume : bool
         Continue an interrupted run from ``checkpoint_path``.
 

@@ -6,30 +6,30 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bcfeat import study
-from bcfeat.benchmark import summarize
+from bcfeat.study import common as study
+from bcfeat.evaluation.benchmark import summarize
 from bcfeat.crosslab import evaluation as ev
 
 OURS = "crosslab"
 
 
 def matrix_figure(matrix: pd.DataFrame, setting: str):
-    from bcfeat.figures import domain_matrix_heatmap
+    from bcfeat.study.figures import domain_matrix_heatmap
 
     return domain_matrix_heatmap(summarize(matrix[matrix["setting"] == setting]),
                                  title=f"{OURS} ({setting}): train site x test site")
 
 
 def per_class_figure(per_class: pd.DataFrame):
-    from bcfeat.figures import per_class_f1_figure
+    from bcfeat.study.figures import per_class_f1_figure
 
     return per_class_f1_figure(per_class, title="F1 per class on all cells of each unseen site")
 
 
 def few_shot_figure(curve: pd.DataFrame):
-    from bcfeat.figures import _plt
+    from bcfeat.study.figures import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     targets = list(dict.fromkeys(curve["target"]))
     fig, axes = plt.subplots(1, len(targets), figsize=(4 * len(targets), 3.4), squeeze=False, sharey=True)
     for ax, target in zip(axes[0], targets):
@@ -47,8 +47,8 @@ def few_shot_figure(curve: pd.DataFrame):
 
 
 def umap_figure(X: np.ndarray, samples: pd.DataFrame, seed: int):
-    from bcfeat.figures import umap_embedding
-    from bcfeat.figures import umap_figure as draw
+    from bcfeat.study.figures import umap_embedding
+    from bcfeat.study.figures import umap_figure as draw
 
     Z = ev.standardize_per_site(X, samples["domain"].to_numpy())
     return draw(umap_embedding(Z, seed=seed), samples["domain"], samples["label"],
@@ -57,7 +57,7 @@ def umap_figure(X: np.ndarray, samples: pd.DataFrame, seed: int):
 
 def gallery_figure(crops: np.ndarray, samples: pd.DataFrame, predictions: pd.DataFrame, seed: int, per_row: int = 8):
     """Canonical crops of each unseen site: a row of correctly and a row of wrongly classified cells."""
-    from bcfeat.figures import image_grid
+    from bcfeat.study.figures import image_grid
 
     rng = np.random.default_rng(seed)
     rows, labels = {}, {}

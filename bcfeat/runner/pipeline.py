@@ -14,14 +14,14 @@ A stage's outputs reach the results folder only when the stage finishes: it runs
 moves what it wrote into place after it succeeded. A stage that fails, or a run that is
 killed, leaves every earlier table as it was; the next run removes the staging folder.
 
-Exit status (:mod:`bcfeat.exit_codes`): 0 every stage ran, 1 a stage failed (its
+Exit status (:mod:`bcfeat.runner.exit_codes`): 0 every stage ran, 1 a stage failed (its
 executed notebook is kept as ``<stem>.failed.ipynb``), 2 a usage error.
 
 Usage::
 
-    python -m bcfeat.pipeline --profile cpu            # the whole study (the README's main command)
-    python -m bcfeat.pipeline --profile smoke --output /tmp/smoke
-    python -m bcfeat.pipeline --profile cpu --restore  # restore expensive steps from saved outputs
+    python -m bcfeat.runner --profile cpu            # the whole study (the README's main command)
+    python -m bcfeat.runner --profile smoke --output /tmp/smoke
+    python -m bcfeat.runner --profile cpu --restore  # restore expensive steps from saved outputs
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bcfeat import paths
-from bcfeat.profiles import PROFILES, get_profile
+from bcfeat.runner.profiles import PROFILES, get_profile
 
 
 @dataclass(frozen=True)
@@ -303,7 +303,7 @@ def load_provenance(results_dir: Path) -> dict:
     """The provenance record a run wrote into ``results_dir``."""
     path = Path(results_dir) / "provenance.json"
     if not path.exists():
-        raise FileNotFoundError(f"no provenance record at {path}: run `python -m bcfeat.pipeline` first")
+        raise FileNotFoundError(f"no provenance record at {path}: run `python -m bcfeat.runner` first")
     return json.loads(path.read_text())
 
 
@@ -332,9 +332,9 @@ def provenance_frames(record: dict):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bcfeat.exit_codes import PROBLEM, run_command
+    from bcfeat.runner.exit_codes import PROBLEM, run_command
 
-    parser = argparse.ArgumentParser(prog="python -m bcfeat.pipeline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bcfeat.runner", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     parser.add_argument("--output", type=Path, default=None,
                         help="folder for executed notebooks and tables (default: book/results for cpu, "

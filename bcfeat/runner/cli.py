@@ -6,7 +6,7 @@
 ``bcfeat splits NAME``    make (or check) the stored stratified split of a dataset
 
 Each subcommand is a small function over the :mod:`bcfeat.data` API. Exit status
-(:mod:`bcfeat.exit_codes`): 0 success, 1 a problem found in the data or an unexpected
+(:mod:`bcfeat.runner.exit_codes`): 0 success, 1 a problem found in the data or an unexpected
 error (traceback with ``--verbose``), 2 a usage or input error (one line on stderr).
 """
 
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from bcfeat.exit_codes import one_line
+from bcfeat.runner.exit_codes import one_line
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
@@ -154,7 +154,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             raise ValueError("--layout applies to AE-CFE model files; a cross-lab model reads every image below the folder")
         table, skipped = extract_cells(args.model, args.input)
     else:
-        from bcfeat.extractor import extract_folder
+        from bcfeat.autoencoder.extractor import extract_folder
 
         table, skipped = extract_folder(args.model, args.input, layout=args.layout, batch_size=args.batch_size,
                                         progress=not args.no_progress)
@@ -199,7 +199,7 @@ def _http_url(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from bcfeat.data.download import SOURCES
     from bcfeat.data.registry import DATASETS, LAYOUTS
-    from bcfeat.exit_codes import float_between, int_at_least
+    from bcfeat.runner.exit_codes import float_between, int_at_least
 
     p = argparse.ArgumentParser(prog="bcfeat", description="bcfeat: AE-CFE white blood cell features, reproducibly.")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -275,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (see :mod:`bcfeat.exit_codes`)."""
-    from bcfeat.exit_codes import run_command
+    """Run the command line; returns the exit status (see :mod:`bcfeat.runner.exit_codes`)."""
+    from bcfeat.runner.exit_codes import run_command
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,248 @@
+"""Training the one-class Mask R-CNN from scratch on pseudo-masks (resumable, seeded)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import MaskRCNN
+
+from bcfeat.detection.pseudo_masks import SegmentationConfig
+from bcfeat.autoencoder.training import resolve_device
+from bcfeat.detection.architecture import build_detector
+from bcfeat.detection.checkpoint import read_detector_file, save_detector
+from bcfeat.detection.config import DetectorConfig, DetectorTrainingConfig
+from bcfeat.detection.training_data import PseudoLabelledSet, augment, to_target, pseudo_label
+
+
+
+def _lr_factor(step: int, cfg: DetectorTrainingConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.final_lr_frac + (1 - cfg.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train_detector(
+    images: Sequence[Any] | PseudoLabelledSet,
+    cfg: DetectorConfig | None = None,
+    train_cfg: DetectorTrainingConfig | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = True,
+    *,
+    seg_cfg: SegmentationConfig | None = None,
+    cache_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    groups: Sequence[str] | None = None,
+) -> tuple[MaskRCNN, list[dict[str, float]]]:
+    """Train the one-class Mask R-CNN from scratch on label-free pseudo-masks.
+
+    Parameters
+    ----------
+    images : sequence of path or np.ndarray, or PseudoLabelledSet
+        Unlabelled training images (their pseudo-masks are computed here, see
+        :func:`pseudo_label`), or an already pseudo-labelled set.
+    cfg : DetectorConfig, optional
+        Architecture (default ``DetectorConfig.cpu()``). On resume the stored one is used and
+        must equal ``cfg`` if given.
+    train_cfg : DetectorTrainingConfig, optional
+    checkpoint_path : path, optional
+        Written atomically every ``checkpoint_every`` steps and at the end, with the
+        config, optimiser, scheduler, RNG state, step and history inside.
+    resume : bool
+        Continue from ``checkpoint_path`` when it exists (a finished run returns at once).
+    seg_cfg, cache_path : optional
+        Passed to :func:`pseudo_label`.
+    progress : bool
+        Show a progress bar with the loss.
+    stop_after : int, optional
+        Stop once this many steps are done (a checkpoint is written there), e.g. to train
+        in time slices; calling again with ``resume=True`` continues to ``train_cfg.steps``.
+    groups : sequence of str, optional
+        The group (site) of each training image, in the order of ``images``; required by
+        ``train_cfg.balance_groups``.
+
+    Returns
+    -------
+    model : MaskRCNN
+        In eval mode.
+    history : list of dict
+        ``{"step", "loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
+        "loss_rpn_box_reg", "lr", "seconds"}`` every ``log_every`` steps.
+    """
+    train_cfg = train_cfg or DetectorTrainingConfig()
+    state: dict[str, Any] | None = None
+    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        state = read_detector_file(checkpoint_path)
+        stored = DetectorConfig.from_dict(state["config"])
+        if cfg is not None and _architecture(asdict(cfg)) != _architecture(asdict(stored)):
+            raise ValueError(f"checkpoint {checkpoint_path} was trained with another DetectorConfig; "
+                             "pass the same config or resume=False")
+        cfg = stored
+        stored_train = state.get("train_config")
+        if stored_train is not None and _training_identity(stored_train) != _training_identity(asdict(train_cfg)):
+            raise ValueError(f"checkpoint {checkpoint_path} was trained with another DetectorTrainingConfig: "
+                             f"{state['train_config']} (got {asdict(train_cfg)}); pass the same or resume=False")
+    cfg = cfg or DetectorConfig.cpu()
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(train_cfg.num_threads)
+    try:
+        return _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, progress, stop_after, groups)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+# Inference settings of a DetectorConfig: not what is trained, so they may differ on resume.
+_INFERENCE_SETTINGS = ("mask_thresh", "mask_paste")
+
+
+def _architecture(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in _INFERENCE_SETTINGS}
+
+
+# Settings that change where and how fast a run computes, not what it trains: a run may resume
+# under other values (on another device the rounding differs, so the result is then not bitwise).
+_DEVICE_SETTINGS = ("device", "amp", "num_threads")
+
+
+def _training_identity(train_config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in train_config.items() if k not in _DEVICE_SETTINGS}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _sampling_weights(keep: np.ndarray, groups: Sequence[str] | None, n_images: int, balance: bool) -> Tensor | None:
+    """Per-image draw probabilities over ``keep`` (None: uniform)."""
+    if not balance:
+        return None
+    if groups is None:
+        raise ValueError("DetectorTrainingConfig.balance_groups needs the group of every training image (groups=...)")
+    if len(groups) != n_images:
+        raise ValueError(f"groups has {len(groups)} entries for {n_images} training images")
+    _, inverse, counts = np.unique(np.asarray(groups, dtype=str)[keep], return_inverse=True, return_counts=True)
+    return torch.from_numpy(1.0 / counts[inverse]).double()
+
+
+def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, progress, stop_after, groups=None):
+    from tqdm import tqdm
+
+    data = images if isinstance(images, PseudoLabelledSet) else pseudo_label(
+        images, cfg.image_size, seg_cfg, cache_path, progress)
+    keep = np.flatnonzero(data.confident) if train_cfg.confident_only else np.arange(len(data))
+    keep = np.array([i for i in keep if data.masks[i].any()], dtype=np.int64)
+    if len(keep) == 0:
+        raise ValueError(f"no usable pseudo-masks among {len(data)} training images "
+                         f"({int(data.confident.sum())} confident)")
+    weights = _sampling_weights(keep, groups, len(data), train_cfg.balance_groups)
+
+    torch.manual_seed(train_cfg.seed)
+    model = build_detector(cfg)
+    device = resolve_device(train_cfg.device)
+    use_amp = bool(train_cfg.amp) and device.type == "cuda"
+    model.to(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if train_cfg.optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=train_cfg.lr, momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, train_cfg))
+    g = torch.Generator().manual_seed(train_cfg.seed)
+    history: list[dict[str, float]] = []
+    start, elapsed = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+        if use_amp and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        sched.load_state_dict(state["scheduler"])
+        g.set_state(state["rng"])
+        # The RPN / RoI samplers draw from the global generator.
+        torch.set_rng_state(state["torch_rng"])
+        history = list(state.get("history", []))
+        start = int(state["step"])
+        elapsed = float(state.get("seconds", 0.0))
+
+    def save(step: int) -> None:
+        if checkpoint_path is None:
+            return
+        save_detector(checkpoint_path, model, {
+            "train_config": asdict(train_cfg), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "rng": g.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
+            "scaler": scaler.state_dict() if use_amp else {}, "history": history, "seconds": elapsed, "skipped": skipped,
+            "n_train_images": len(data), "n_used_images": int(len(keep)),
+            "seg_config": asdict(seg_cfg or SegmentationConfig()),
+        })
+
+    model.train()
+    bad = 0
+    skipped = int(state.get("skipped", 0)) if state is not None else 0
+    t_last = time.perf_counter()
+    end = train_cfg.steps if stop_after is None else max(start, min(train_cfg.steps, stop_after))
+    bar = tqdm(range(start, end), desc="detector", disable=not progress, initial=start,
+               total=train_cfg.steps, leave=False)
+    for step in bar:
+        draw = (torch.randint(0, len(keep), (train_cfg.batch_size,), generator=g) if weights is None
+                else torch.multinomial(weights, train_cfg.batch_size, replacement=True, generator=g))
+        idx = keep[draw.numpy()]
+        batch, targets = [], []
+        for i in idx:
+            img = torch.from_numpy(data.images[i]).permute(2, 0, 1).float() / 255
+            mask = torch.from_numpy(data.masks[i])
+            if train_cfg.augment:
+                aug_img, aug_mask = augment(img, mask, train_cfg, g)
+                if aug_mask.any():  # a zoom-out can shrink a tiny cell to nothing
+                    img, mask = aug_img, aug_mask
+            batch.append(img.to(device, non_blocking=True))
+            targets.append({k: v.to(device, non_blocking=True) for k, v in to_target(mask).items()})
+        with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+            losses = model(batch, targets)
+        losses = {k: v.float() for k, v in losses.items()}
+        loss = sum(losses.values())
+        finite = bool(torch.isfinite(loss))
+        opt.zero_grad(set_to_none=True)
+        if finite:
+            bad = 0
+            scaler.scale(loss).backward()
+            if train_cfg.grad_clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+        else:
+            # Skip the update (weights stay finite); give up after too many in a row.
+            bad += 1
+            skipped += 1
+            if bad > train_cfg.max_bad_steps:
+                save(step)
+                raise FloatingPointError(f"{bad} consecutive non-finite losses up to step {step}: "
+                                         f"{ {k: v.item() for k, v in losses.items()} }")
+        sched.step()
+        now = time.perf_counter()
+        elapsed += now - t_last
+        t_last = now
+        if finite and (step % train_cfg.log_every == 0 or step == end - 1):
+            rec = {"step": step, "loss": loss.item(), "lr": float(sched.get_last_lr()[0]), "seconds": elapsed,
+                   "skipped": skipped}
+            rec.update({k: v.item() for k, v in losses.items()})
+            history.append(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", mask=f"{rec['loss_mask']:.3f}")
+        if (step + 1) % train_cfg.checkpoint_every == 0 or step == end - 1:
+            save(step + 1)
+    bar.close()
+    model.eval()
+    model.bcfeat_extra = {"history": history, "seconds": elapsed, "skipped": skipped,
+                          "train_config": asdict(train_cfg)}
+    return model, history
