@@ -223,7 +223,7 @@ def test_training_is_seeded_and_resumes_exactly(tmp_path):
         assert torch.allclose(a, b, atol=1e-6), k
     stored = torch.load(tmp_path / "b.pt", weights_only=True)
     assert stored["step"] == 6 and stored["config"] == asdict(cfg) and len(stored["history"]) == 6
-    with pytest.raises(ValueError, match="another DetectorTrainingConfig"):
+    with pytest.raises(ValueError, match=r"cannot resume .*b.pt: its DetectorTrainingConfig differs \(lr: 0.001 -> 0.5\)"):
         train_detector(data, cfg, _train_cfg(lr=0.5), tmp_path / "b.pt", resume=True, progress=False)
 
 
@@ -236,7 +236,7 @@ def test_a_run_resumes_under_other_device_settings(tmp_path):
     _, hist = train_detector(data, cfg, _train_cfg(device="auto", num_threads=2, amp=False), tmp_path / "d.pt",
                              progress=False)
     assert [h["step"] for h in hist] == list(range(6))
-    with pytest.raises(ValueError, match="another DetectorTrainingConfig"):
+    with pytest.raises(ValueError, match=r"its DetectorTrainingConfig differs \(seed: 0 -> 1\)"):
         train_detector(data, cfg, _train_cfg(device="cpu", seed=1), tmp_path / "d.pt", progress=False)
 
 
@@ -286,7 +286,7 @@ def test_the_mask_threshold_is_an_inference_setting(tmp_path):
     # A finished run returns at once under another threshold; another architecture is refused.
     model, _ = train_detector(data, DetectorConfig.tiny(mask_thresh=0.3), _train_cfg(steps=2), tmp_path / "t.pt",
                               progress=False)
-    with pytest.raises(ValueError, match="another DetectorConfig"):
+    with pytest.raises(ValueError, match=r"t.pt: its DetectorConfig differs \(mask_head_width: 16 -> 8\)"):
         train_detector(data, DetectorConfig.tiny(mask_head_width=8), _train_cfg(steps=2), tmp_path / "t.pt",
                        progress=False)
     with pytest.raises(ValueError, match="mask_thresh"):

@@ -118,10 +118,12 @@ def test_resume_refuses_another_config_or_data(toy, tmp_path):
     cfg = OracleConfig(**{**TINY, "epochs": 1})
     path = tmp_path / "o.pt"
     train_oracle(train_x, train_y, cfg, path)
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match=r"cannot resume .*o.pt: its OracleConfig differs \(lr: 0.005 -> 0.01\)"):
         train_oracle(train_x, train_y, OracleConfig(**{**TINY, "epochs": 1, "lr": 1e-2}), path)
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match=r"cannot resume .*o.pt: it was trained on other data \(data_fingerprint: "):
         train_oracle(train_x[::-1], train_y, cfg, path)
+    with pytest.raises(ValueError, match=r"other data \(classes: \['blue', 'red'\] -> \['blue', 'green', 'red'\]"):
+        train_oracle(train_x, train_y, cfg, path, classes=["blue", "green", "red"])
     # resume=False starts over and overwrites.
     again = train_oracle(train_x, train_y, OracleConfig(**{**TINY, "epochs": 1, "seed": 5}), path, resume=False)
     assert load_checkpoint(path).config.seed == 5 and len(again.history) == 1

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 import bcfeat.autoencoder.training as train_mod
 from bcfeat.autoencoder.losses import LossWeights, autoencoder_loss
 from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, load_checkpoint
-from bcfeat.autoencoder.training import NonFiniteLossError, AutoencoderTrainingConfig, fit_autoencoder, mixed_domain_batches, resolve_device
+from bcfeat.autoencoder.training import NonFiniteLossError, AutoencoderTrainingConfig, fit_autoencoder, mixed_domain_batches
+from bcfeat.training.device import resolve_device
 
 LOSS_COLUMNS = ["total", "image", "features", "alignment", "alignment_pairs", "alignment_skipped", "batches", "samples"]
 
@@ -167,7 +168,7 @@ def test_resume_refuses_a_changed_config_or_data(tmp_path):
     fit_autoencoder(data, AEConfig.tiny(), cfg_(epochs=1), tmp_path / "ae.pt")
     with pytest.raises(ValueError, match=r"lr: 0.001 -> 0.01"):
         fit_autoencoder(data, AEConfig.tiny(), cfg_(epochs=2, lr=1e-2), tmp_path / "ae.pt")
-    with pytest.raises(ValueError, match="different model config"):
+    with pytest.raises(ValueError, match=r"cannot resume .*ae.pt: its AEConfig differs \(latent_dim: 50 -> 20\)"):
         fit_autoencoder(data, AEConfig.tiny(latent_dim=20), cfg_(epochs=2), tmp_path / "ae.pt")
     with pytest.raises(ValueError, match="other data"):
         fit_autoencoder(toy_data((12, 8, 6)), AEConfig.tiny(), cfg_(epochs=2), tmp_path / "ae.pt")

@@ -27,18 +27,17 @@ rebuilt from that stored config (:func:`load_checkpoint`); never a pickled model
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from bcfeat.atomic_io import atomic_torch_save
-from bcfeat.model_files import build_from_payload, load_model_file
+from bcfeat.model_files import build_from_payload, format_name
+from bcfeat.training.checkpoint import RESERVED_KEYS, config_from_dict, read_model_file, save_model_file
 
-CHECKPOINT_FORMAT = "bcfeat.autoencoder/1"
-_RESERVED_KEYS = ("format", "config", "state_dict")
+CHECKPOINT_FORMAT = format_name("autoencoder", 1)
 
 
 @dataclass
@@ -153,11 +152,7 @@ class AEConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AEConfig:
         """Rebuild from ``asdict(cfg)``; unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown AEConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     # -- size bookkeeping -------------------------------------------------------
     def encoder_sizes(self) -> list[int]:
@@ -359,18 +354,7 @@ def save_checkpoint(path: str | os.PathLike, model: CrossDomainAutoencoder, cfg:
     Path
         ``path``.
     """
-    path = Path(path)
-    extra = dict(extra or {})
-    clash = sorted(set(extra) & set(_RESERVED_KEYS))
-    if clash:
-        raise ValueError(f"save_checkpoint: extra keys {clash} are reserved")
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": asdict(cfg),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        **extra,
-    }
-    return atomic_torch_save(payload, path)
+    return save_model_file(path, "autoencoder", cfg, model.state_dict(), extra)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
@@ -391,10 +375,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     extra : dict
         Every other top-level entry that :func:`save_checkpoint` stored.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no autoencoder checkpoint at {path}")
-    model, cfg, extra = autoencoder_from_payload(load_model_file(path, "autoencoder", map_location=map_location),
+    model, cfg, extra = autoencoder_from_payload(read_model_file(path, "autoencoder", map_location=map_location),
                                                  path)
     return model.to(map_location).eval(), cfg, extra
 
@@ -409,5 +390,5 @@ def autoencoder_from_payload(payload: dict[str, Any], source: str | os.PathLike 
         return model, cfg
 
     model, cfg = build_from_payload(source, "autoencoder configuration or weights", build)
-    extra = {k: v for k, v in payload.items() if k not in _RESERVED_KEYS}
+    extra = {k: v for k, v in payload.items() if k not in RESERVED_KEYS}
     return model.eval(), cfg, extra

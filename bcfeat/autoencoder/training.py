@@ -25,18 +25,21 @@ deterministic algorithms are requested. Because an epoch's batches depend only
 on ``(seed, epoch)`` and every checkpoint holds the weights, the optimizer
 state and the RNG states, training that resumes after an interruption gives
 the same weights as training straight through.
+
+The device, threads, optimiser step (mixed precision, NaN policy), resume state and checkpoint
+convention are :mod:`bcfeat.training`'s, shared with the detector and the oracle.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,18 +49,13 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from bcfeat.autoencoder.losses import ALIGNMENT_KINDS, LossTerms, LossWeights, autoencoder_loss
 from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
-from bcfeat.model_files import load_model_file
+from bcfeat.training.checkpoint import check_resumable, config_from_dict, read_model_file
+from bcfeat.training.device import resolve_device, training_threads
+from bcfeat.training.loop import NonFiniteLossError, OptimizerStep, restore_resume_state, resume_state
+
+logger = logging.getLogger(__name__)
 
 SETTINGS = ("source_only", "transductive")
-# AutoencoderTrainingConfig fields that may change between a run and its resumption: how long
-# (epochs: training may be extended) and where/how fast, not what is optimised.
-# (device and amp change the rounding, so resumption is then no longer bitwise.)
-_RESUMABLE_CHANGES = ("epochs", "device", "amp", "num_threads", "checkpoint_every", "progress", "deterministic")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss term or a weight became NaN or infinite; training stopped before saving it."""
-
 
 @dataclass
 class AutoencoderTrainingConfig:
@@ -117,6 +115,12 @@ class AutoencoderTrainingConfig:
     deterministic: bool = True
     progress: bool = True
 
+    # Fields that may change between a run and its resumption: how long (epochs: training may be
+    # extended) and where/how fast, not what is optimised. (device and amp change the rounding, so
+    # resumption is then no longer bitwise.)
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("epochs", "device", "amp", "num_threads", "checkpoint_every",
+                                                    "progress", "deterministic")
+
     def __post_init__(self) -> None:
         if isinstance(self.weights, dict):
             self.weights = LossWeights(**self.weights)
@@ -133,18 +137,7 @@ class AutoencoderTrainingConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AutoencoderTrainingConfig:
         """Rebuild from ``asdict(cfg)``; unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown AutoencoderTrainingConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA if available, else CPU; anything else -> ``torch.device(name)``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        return config_from_dict(cls, d)
 
 
 def mixed_domain_batches(index: np.ndarray, domain: np.ndarray, batch_size: int, seed: int, epoch: int,
@@ -226,40 +219,6 @@ def _iter_batches(dataset: Dataset, plan: Sequence[np.ndarray]) -> Iterator[Any]
         yield from DataLoader(dataset, batch_sampler=[list(map(int, b)) for b in plan], num_workers=0)
 
 
-@contextmanager
-def _training_environment(cfg: AutoencoderTrainingConfig) -> Iterator[None]:
-    """Threads and determinism for the run, restored afterwards."""
-    threads = torch.get_num_threads()
-    det, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    if cfg.deterministic:
-        # cuBLAS needs this to be deterministic; only effective before its first use.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(det, warn_only=warn_only)
-
-
-def _check_resumable(path: Path, payload: dict, model_config: Any, cfg: AutoencoderTrainingConfig, data_info: dict) -> None:
-    if payload.get("config") != asdict(model_config):
-        raise ValueError(f"checkpoint {path} was trained with a different model config; "
-                         f"stored {payload.get('config')}, requested {asdict(model_config)} "
-                         "(pass resume=False to start over)")
-    stored = payload.get("train_config", {})
-    now = asdict(cfg)
-    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and stored.get(k) != now[k])
-    if changed:
-        diffs = ", ".join(f"{k}: {stored.get(k)!r} -> {now[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume {path}: training config changed ({diffs}); pass resume=False to start over")
-    if payload.get("data") != data_info:
-        raise ValueError(f"cannot resume {path}: it was trained on other data "
-                         f"(stored {payload.get('data')}, now {data_info}); pass resume=False to start over")
-
-
 def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, batch_plan: BatchPlan,
         cfg: AutoencoderTrainingConfig, checkpoint_path: str | os.PathLike, resume: bool = True,
         data_info: dict | None = None) -> tuple[nn.Module, pd.DataFrame]:
@@ -311,33 +270,26 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
     path = Path(checkpoint_path)
     data_info = data_info or {}
     device = resolve_device(cfg.device)
-    use_amp = bool(cfg.amp) and device.type == "cuda"
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # The autoencoder stops at the first non-finite loss (max_bad_steps=0): nothing is skipped.
+    step = OptimizerStep(optimizer, device, cfg.amp, max_bad_steps=0)
     history: list[dict[str, Any]] = []
     start = 0
     last_saved: int | None = None
 
     if resume and path.exists():
-        payload = load_model_file(path, "autoencoder", required=("config", "state_dict", "optimizer", "epoch"),
+        payload = read_model_file(path, "autoencoder", required=("config", "state_dict", "optimizer", "epoch"),
                                   map_location=device)
-        _check_resumable(path, payload, model_config, cfg, data_info)
+        check_resumable(path, payload, {"config": model_config, "train_config": cfg}, {"data": data_info})
         model.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(payload["optimizer"])
-        if use_amp and payload.get("scaler"):
-            scaler.load_state_dict(payload["scaler"])
         start = last_saved = int(payload["epoch"])
         if start > cfg.epochs:
             raise ValueError(f"checkpoint {path} has already trained {start} epochs, more than the {cfg.epochs} "
                              "requested; raise epochs or pass resume=False to start over")
+        restore_resume_state(payload, step)
         hist = payload.get("history") or {}
         history = pd.DataFrame(hist).to_dict("records") if hist else []
-        rng = payload.get("rng") or {}
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"].cpu())
-        if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
 
     def checkpoint(epoch: int) -> None:
         nonlocal last_saved
@@ -345,23 +297,22 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
         if bad:
             raise NonFiniteLossError(f"after epoch {epoch}/{cfg.epochs} the weights {bad[:5]} are not finite; "
                                      f"not saving (the last good checkpoint {path}, epoch {last_saved}, is kept)")
-        rng_state = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and device.type == "cuda":
-            rng_state["cuda"] = torch.cuda.get_rng_state_all()
         save_checkpoint(path, model, model_config, {
             "train_config": asdict(cfg),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if use_amp else None,
+            **resume_state(step, device=device),
             "epoch": epoch,
-            "rng": rng_state,
             "history": pd.DataFrame(history).to_dict("list"),
             "data": data_info,
         })
         last_saved = epoch
 
+    def kept() -> str:
+        return (f"the last good checkpoint {path} (epoch {last_saved}) is kept" if last_saved is not None
+                else f"no checkpoint was written to {path}")
+
     # One bar over the epochs (kept, showing the latest epoch means), one per epoch over its batches.
     epochs_bar = tqdm(total=cfg.epochs, initial=start, desc="training", unit="epoch", disable=not cfg.progress)
-    with _training_environment(cfg), epochs_bar:
+    with training_threads(cfg.num_threads, cfg.deterministic), epochs_bar:
         for epoch in range(start, cfg.epochs):
             model.train()
             plan = batch_plan(epoch)
@@ -373,21 +324,11 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
                       leave=False) as bar:
                 for b, batch in enumerate(_iter_batches(dataset, plan)):
                     batch = _to_device(batch, device)
-                    optimizer.zero_grad(set_to_none=True)
-                    autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
-                    with autocast:
+                    with step.autocast():
                         loss = loss_fn(model, batch)
                     values = {"total": float(loss.total.detach()), **{k: float(v) for k, v in loss.terms.items()}}
-                    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-                    if bad:
-                        kept = (f"the last good checkpoint {path} (epoch {last_saved}) is kept"
-                                if last_saved is not None else f"no checkpoint was written to {path}")
-                        raise NonFiniteLossError(
-                            f"non-finite loss in epoch {epoch + 1}/{cfg.epochs}, batch {b + 1}/{len(plan)}: "
-                            + ", ".join(f"{k}={v}" for k, v in bad.items()) + f"; stopping, {kept}")
-                    scaler.scale(loss.total).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
+                    step(loss.total, loss.terms, where=f"epoch {epoch + 1}/{cfg.epochs}, batch {b + 1}/{len(plan)}",
+                         on_give_up=kept)
                     for k, v in values.items():
                         sums[k] = sums.get(k, 0.0) + v
                     for k, v in loss.counts.items():
@@ -401,6 +342,7 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
             row.update(counts)
             row.update({"batches": len(plan), "samples": n_samples, "seconds": seconds})
             history.append(row)
+            logger.debug("epoch %d/%d: %s", epoch + 1, cfg.epochs, {k: round(row[k], 5) for k in sums})
             epochs_bar.set_postfix({k: f"{row[k]:.4f}" for k in sums}, refresh=False)
             epochs_bar.update()
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:

@@ -4,21 +4,22 @@ through :func:`bcfeat.model_files.load_model_file`; the model is rebuilt from th
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from torchvision.models.detection import MaskRCNN
 
-from bcfeat.atomic_io import atomic_torch_save
-from bcfeat.model_files import build_from_payload, load_model_file
 from bcfeat.detection.architecture import build_detector, config_of
 from bcfeat.detection.config import DetectorConfig
+from bcfeat.model_files import build_from_payload, format_name
+from bcfeat.training.checkpoint import RESERVED_KEYS, read_model_file, save_model_file
+
+CHECKPOINT_FORMAT = format_name("detector", 1)
+# Training state that a rebuilt detector does not carry in ``bcfeat_extra`` (``torch_rng``: files
+# written before the shared resume state).
+_RESUME_KEYS = ("optimizer", "scheduler", "rng", "torch_rng", "scaler")
 
 
-
-CHECKPOINT_FORMAT = "bcfeat.detector/1"
-RESERVED_KEYS = ("format", "config", "state_dict")
 def save_detector(path: str | os.PathLike, model: MaskRCNN, extra: dict[str, Any] | None = None) -> Path:
     """Write ``{"format", "config": asdict(cfg), "state_dict", **extra}`` atomically.
 
@@ -26,26 +27,12 @@ def save_detector(path: str | os.PathLike, model: MaskRCNN, extra: dict[str, Any
     interrupted write leaves the previous checkpoint intact. ``extra`` values must load
     with ``torch.load(weights_only=True)`` (tensors, numbers, strings, containers).
     """
-    path = Path(path)
-    extra = dict(extra or {})
-    clash = sorted(set(extra) & set(RESERVED_KEYS))
-    if clash:
-        raise ValueError(f"save_detector: extra keys {clash} are reserved")
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "config": asdict(config_of(model)),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        **extra,
-    }
-    return atomic_torch_save(payload, path)
+    return save_model_file(path, "detector", config_of(model), model.state_dict(), extra)
 
 
 def read_detector_file(path: str | os.PathLike) -> dict[str, Any]:
     """The payload of a detector file, opened safely (:func:`bcfeat.model_files.load_model_file`)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no detector checkpoint at {path}")
-    return load_model_file(path, "detector")
+    return read_model_file(path, "detector")
 
 
 def detector_from_payload(payload: dict[str, Any], source: str | os.PathLike = "<payload>") -> MaskRCNN:
@@ -57,7 +44,7 @@ def detector_from_payload(payload: dict[str, Any], source: str | os.PathLike = "
 
     model = build_from_payload(source, "detector configuration or weights", build)
     model.bcfeat_extra = {k: v for k, v in payload.items()
-                          if k not in RESERVED_KEYS and k not in ("optimizer", "scheduler", "rng", "torch_rng", "scaler")}
+                          if k not in RESERVED_KEYS and k not in _RESUME_KEYS}
     return model.eval()
 
 

@@ -4,11 +4,10 @@ inference settings) and :class:`DetectorTrainingConfig` (schedule, sampling, aug
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
-
+from bcfeat.training.checkpoint import config_from_dict
 from bcfeat.validation import require_int, require_positive
-
 
 
 @dataclass
@@ -116,6 +115,9 @@ class DetectorConfig:
     mask_thresh: float = 0.5
     mask_paste: str = "subpixel"
 
+    # Inference settings, not what is trained: a run may resume (or a finished one return) under others.
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("mask_thresh", "mask_paste")
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -183,11 +185,7 @@ class DetectorConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DetectorConfig":
         """Rebuild from ``asdict(cfg)``; unknown keys are an error naming them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DetectorConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 @dataclass
@@ -263,6 +261,10 @@ class DetectorTrainingConfig:
     amp: bool = True
     balance_groups: bool = False
 
+    # Where and how fast a run computes, not what it trains: a run may resume under other values
+    # (on another device the rounding differs, so the result is then not bitwise).
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("device", "amp", "num_threads")
+
     def __post_init__(self) -> None:
         if isinstance(self.scale_jitter, list):
             self.scale_jitter = tuple(self.scale_jitter)
@@ -276,8 +278,5 @@ class DetectorTrainingConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DetectorTrainingConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DetectorTrainingConfig keys {unknown}; known keys are {sorted(known)}")
-        return cls(**d)
+        """Rebuild from ``asdict(cfg)``; unknown keys are an error naming them."""
+        return config_from_dict(cls, d)

@@ -1,11 +1,18 @@
-"""Training the one-class Mask R-CNN from scratch on pseudo-masks (resumable, seeded)."""
+"""Training the one-class Mask R-CNN from scratch on pseudo-masks (resumable, seeded).
+
+What is specific to the detector lives here: its batches (images drawn with replacement, uniformly or
+balanced per site, then augmented), its loss (the sum of Mask R-CNN's five terms) and its schedule
+(linear warm-up, cosine decay). The device, threads, optimiser step (mixed precision, clipping, the
+NaN policy: skip a non-finite step, stop after ``max_bad_steps`` in a row), resume state and the
+checkpoint convention are :mod:`bcfeat.training`'s.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,13 +22,16 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 
-from bcfeat.detection.pseudo_masks import SegmentationConfig
-from bcfeat.autoencoder.training import resolve_device
 from bcfeat.detection.architecture import build_detector
 from bcfeat.detection.checkpoint import read_detector_file, save_detector
 from bcfeat.detection.config import DetectorConfig, DetectorTrainingConfig
-from bcfeat.detection.training_data import PseudoLabelledSet, augment, to_target, pseudo_label
+from bcfeat.detection.pseudo_masks import SegmentationConfig
+from bcfeat.detection.training_data import PseudoLabelledSet, augment, pseudo_label, to_target
+from bcfeat.training.checkpoint import check_resumable
+from bcfeat.training.device import resolve_device, training_threads
+from bcfeat.training.loop import OptimizerStep, restore_resume_state, resume_state
 
+logger = logging.getLogger(__name__)
 
 
 def _lr_factor(step: int, cfg: DetectorTrainingConfig) -> float:
@@ -84,39 +94,14 @@ def train_detector(
     if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
         state = read_detector_file(checkpoint_path)
         stored = DetectorConfig.from_dict(state["config"])
-        if cfg is not None and _architecture(asdict(cfg)) != _architecture(asdict(stored)):
-            raise ValueError(f"checkpoint {checkpoint_path} was trained with another DetectorConfig; "
-                             "pass the same config or resume=False")
+        # The stored architecture is used; a config given must agree with it (but for the
+        # inference settings, DetectorConfig.RESUMABLE_CHANGES).
+        check_resumable(checkpoint_path, state, {"config": cfg or stored, "train_config": train_cfg})
         cfg = stored
-        stored_train = state.get("train_config")
-        if stored_train is not None and _training_identity(stored_train) != _training_identity(asdict(train_cfg)):
-            raise ValueError(f"checkpoint {checkpoint_path} was trained with another DetectorTrainingConfig: "
-                             f"{state['train_config']} (got {asdict(train_cfg)}); pass the same or resume=False")
     cfg = cfg or DetectorConfig.cpu()
 
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(train_cfg.num_threads)
-    try:
+    with training_threads(train_cfg.num_threads):
         return _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, progress, stop_after, groups)
-    finally:
-        torch.set_num_threads(old_threads)
-
-
-# Inference settings of a DetectorConfig: not what is trained, so they may differ on resume.
-_INFERENCE_SETTINGS = ("mask_thresh", "mask_paste")
-
-
-def _architecture(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in _INFERENCE_SETTINGS}
-
-
-# Settings that change where and how fast a run computes, not what it trains: a run may resume
-# under other values (on another device the rounding differs, so the result is then not bitwise).
-_DEVICE_SETTINGS = ("device", "amp", "num_threads")
-
-
-def _training_identity(train_config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in train_config.items() if k not in _DEVICE_SETTINGS}
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -147,30 +132,29 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
                          f"({int(data.confident.sum())} confident)")
     weights = _sampling_weights(keep, groups, len(data), train_cfg.balance_groups)
 
+    data_info = {"n_train_images": len(data), "n_used_images": int(len(keep))}
+    if state is not None:
+        check_resumable(checkpoint_path, state, {}, data_info)
+
     torch.manual_seed(train_cfg.seed)
     model = build_detector(cfg)
     device = resolve_device(train_cfg.device)
-    use_amp = bool(train_cfg.amp) and device.type == "cuda"
     model.to(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     params = [p for p in model.parameters() if p.requires_grad]
     if train_cfg.optimizer == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     else:
         opt = torch.optim.SGD(params, lr=train_cfg.lr, momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay)
+    step_fn = OptimizerStep(opt, device, train_cfg.amp, grad_clip=train_cfg.grad_clip,
+                            max_bad_steps=train_cfg.max_bad_steps, params=params)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, train_cfg))
     g = torch.Generator().manual_seed(train_cfg.seed)
     history: list[dict[str, float]] = []
     start, elapsed = 0, 0.0
     if state is not None:
         model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
-        if use_amp and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        sched.load_state_dict(state["scheduler"])
-        g.set_state(state["rng"])
-        # The RPN / RoI samplers draw from the global generator.
-        torch.set_rng_state(state["torch_rng"])
+        # The RPN / RoI samplers draw from the global generators: their states are restored too.
+        restore_resume_state(state, step_fn, sched, g)
         history = list(state.get("history", []))
         start = int(state["step"])
         elapsed = float(state.get("seconds", 0.0))
@@ -179,16 +163,12 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
         if checkpoint_path is None:
             return
         save_detector(checkpoint_path, model, {
-            "train_config": asdict(train_cfg), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "rng": g.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
-            "scaler": scaler.state_dict() if use_amp else {}, "history": history, "seconds": elapsed, "skipped": skipped,
-            "n_train_images": len(data), "n_used_images": int(len(keep)),
+            "train_config": asdict(train_cfg), **resume_state(step_fn, sched, g, device), "step": step,
+            "history": history, "seconds": elapsed, **data_info,
             "seg_config": asdict(seg_cfg or SegmentationConfig()),
         })
 
     model.train()
-    bad = 0
-    skipped = int(state.get("skipped", 0)) if state is not None else 0
     t_last = time.perf_counter()
     end = train_cfg.steps if stop_after is None else max(start, min(train_cfg.steps, stop_after))
     bar = tqdm(range(start, end), desc="detector", disable=not progress, initial=start,
@@ -207,35 +187,24 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
                     img, mask = aug_img, aug_mask
             batch.append(img.to(device, non_blocking=True))
             targets.append({k: v.to(device, non_blocking=True) for k, v in to_target(mask).items()})
-        with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+        with step_fn.autocast():
             losses = model(batch, targets)
         losses = {k: v.float() for k, v in losses.items()}
         loss = sum(losses.values())
-        finite = bool(torch.isfinite(loss))
-        opt.zero_grad(set_to_none=True)
-        if finite:
-            bad = 0
-            scaler.scale(loss).backward()
-            if train_cfg.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-        else:
-            # Skip the update (weights stay finite); give up after too many in a row.
-            bad += 1
-            skipped += 1
-            if bad > train_cfg.max_bad_steps:
-                save(step)
-                raise FloatingPointError(f"{bad} consecutive non-finite losses up to step {step}: "
-                                         f"{ {k: v.item() for k, v in losses.items()} }")
+
+        def give_up(step: int = step) -> str:
+            save(step)  # the skipped steps are counted in it; its weights are finite
+            return f"checkpoint {checkpoint_path} holds step {step}" if checkpoint_path is not None else ""
+
+        # A non-finite step is skipped (the weights stay finite); max_bad_steps in a row stop training.
+        finite = step_fn(loss, losses, where=f"step {step + 1}/{train_cfg.steps}", on_give_up=give_up)
         sched.step()
         now = time.perf_counter()
         elapsed += now - t_last
         t_last = now
         if finite and (step % train_cfg.log_every == 0 or step == end - 1):
             rec = {"step": step, "loss": loss.item(), "lr": float(sched.get_last_lr()[0]), "seconds": elapsed,
-                   "skipped": skipped}
+                   "skipped": step_fn.skipped}
             rec.update({k: v.item() for k, v in losses.items()})
             history.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", mask=f"{rec['loss_mask']:.3f}")
@@ -243,6 +212,6 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
             save(step + 1)
     bar.close()
     model.eval()
-    model.bcfeat_extra = {"history": history, "seconds": elapsed, "skipped": skipped,
+    model.bcfeat_extra = {"history": history, "seconds": elapsed, "skipped": step_fn.skipped,
                           "train_config": asdict(train_cfg)}
     return model, history

@@ -25,6 +25,7 @@ kept as buffers in its ``state_dict``).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import time
@@ -41,11 +42,17 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.evaluation.baselines import resize_images
-from bcfeat.model_files import build_from_payload, load_model_file
-from bcfeat.autoencoder.training import resolve_device
-from bcfeat.evaluation.oracle_model import CHECKPOINT_FORMAT, OracleConfig, build_oracle, oracle_config
+from bcfeat.evaluation.oracle_model import OracleConfig, build_oracle, oracle_config
+from bcfeat.model_files import build_from_payload
+from bcfeat.training.checkpoint import check_resumable, read_model_file, save_model_file
+from bcfeat.training.device import resolve_device, training_threads
+from bcfeat.training.loop import OptimizerStep, restore_resume_state, resume_state
+
+logger = logging.getLogger(__name__)
+
+# Non-finite steps in a row that are skipped before training stops (the detector's default).
+MAX_BAD_STEPS = 10
 
 
 @dataclass
@@ -139,16 +146,9 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    """``torch.save`` to a temporary file in the same folder, then an atomic rename."""
-    atomic_torch_save(payload, path, fsync=False)
-
-
-def _read_checkpoint(path: str | os.PathLike) -> dict:
+def read_oracle_file(path: str | os.PathLike) -> dict:
     """An oracle file's payload, opened safely (files from before the ``format`` entry included)."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"no oracle checkpoint at {path}")
-    return load_model_file(path, "oracle", required=("config", "classes", "state_dict"), legacy={"kind": "oracle"})
+    return read_model_file(path, "oracle", required=("config", "classes", "state_dict"), legacy={"kind": "oracle"})
 
 
 def load_checkpoint(path: str | os.PathLike) -> TrainedOracle:
@@ -160,10 +160,10 @@ def load_checkpoint(path: str | os.PathLike) -> TrainedOracle:
         Missing file, or a file that is not an oracle checkpoint.
     """
     path = Path(path)
-    ckpt = _read_checkpoint(path)
+    ckpt = read_oracle_file(path)
 
     def build() -> tuple[OracleConfig, nn.Module]:
-        cfg = OracleConfig(**ckpt["config"])
+        cfg = OracleConfig.from_dict(ckpt["config"])
         model = build_oracle(cfg, len(ckpt["classes"]))
         model.load_state_dict(ckpt["state_dict"])
         return cfg, model
@@ -192,12 +192,14 @@ def train_oracle(
     labels : array-like, shape (n,)
     cfg : OracleConfig
     checkpoint_path : path-like or None
-        Where the checkpoint ``{"kind", "config", "classes", "state_dict",
-        "optimizer", "epoch", "history", "data_fingerprint"}`` is written after
-        every epoch (atomically). ``None``: no checkpoint.
+        Where the checkpoint ``{"format", "config", "classes", "state_dict",
+        "optimizer", "scaler", "skipped", "rng", "epoch", "history", "data_fingerprint"}``
+        (:mod:`bcfeat.training.checkpoint`) is written after every epoch (atomically).
+        ``None``: no checkpoint.
     resume : bool
         Continue from an existing checkpoint (a complete one is just loaded).
-        Its config, classes and training data must match, else ValueError.
+        Its config (but for ``device`` and ``num_threads``), classes and training data
+        must match, else ValueError naming what differs.
         ``False`` starts over and overwrites it.
     classes : sequence or None
         Output order of the labels (default: sorted unique labels).
@@ -225,34 +227,27 @@ def train_oracle(
         raise ValueError(f"{len(x)} images but {len(y)} labels")
     fingerprint = _fingerprint(x, y)
 
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.num_threads)
-    try:
+    with training_threads(cfg.num_threads):
         torch.manual_seed(cfg.seed)
         model = build_oracle(cfg, len(classes))
         mean, std = _channel_stats(x)
         model[0].mean.copy_(mean.view(1, 3, 1, 1))
         model[0].std.copy_(std.clamp_min(1e-3).view(1, 3, 1, 1))
+        device = resolve_device(cfg.device)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # No mixed precision for the oracle: the step is loss.backward(); opt.step().
+        step_fn = OptimizerStep(opt, device, amp=False, max_bad_steps=MAX_BAD_STEPS)
         start_epoch, history = 0, []
         if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
-            ckpt = _read_checkpoint(checkpoint_path)
-            stored = OracleConfig(**ckpt["config"])
-            if stored != cfg or list(ckpt["classes"]) != classes or ckpt["data_fingerprint"] != fingerprint:
-                raise ValueError(
-                    f"checkpoint {checkpoint_path} was trained with another config, classes or data; "
-                    "delete it or pass resume=False"
-                )
+            ckpt = read_oracle_file(checkpoint_path)
+            check_resumable(checkpoint_path, ckpt, {"config": cfg},
+                            {"classes": classes, "data_fingerprint": fingerprint})
             model.load_state_dict(ckpt["state_dict"])
-            opt.load_state_dict(ckpt["optimizer"])
+            model.to(device)
+            restore_resume_state(ckpt, step_fn)  # the optimizer moments follow the model to its device
             start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
 
-        device = resolve_device(cfg.device)
         model.to(device)
-        for state in opt.state.values():  # optimizer moments follow the model to the GPU
-            for k, v in state.items():
-                if isinstance(v, torch.Tensor) and k != "step":
-                    state[k] = v.to(device)
         y_t = torch.from_numpy(y)
         n = len(y)
         steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -272,11 +267,10 @@ def train_oracle(
                 if cfg.augment:
                     xb = _augment(xb, gen)
                 xb, yb = xb.to(device, non_blocking=True), y_t[idx].to(device)
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                with step_fn.autocast():
+                    logits = model(xb)
+                    loss = F.cross_entropy(logits, yb)
+                step_fn(loss, where=f"epoch {epoch + 1}/{cfg.epochs}, batch {b + 1}/{steps_per_epoch}")
                 loss_sum += float(loss.detach()) * len(idx)
                 correct += int((logits.argmax(1) == yb).sum())
             record = {
@@ -286,36 +280,20 @@ def train_oracle(
                 "seconds": time.perf_counter() - t0,
             }
             history.append(record)
+            logger.debug("oracle epoch %d/%d: loss %.4f, train accuracy %.3f", epoch + 1, cfg.epochs,
+                         record["loss"], record["train_accuracy"])
             if checkpoint_path is not None:
-                save_checkpoint(
-                    checkpoint_path,
-                    {
-                        "format": CHECKPOINT_FORMAT,
-                        "kind": "oracle",  # what files from before the format entry were recognised by
-                        "config": asdict(cfg),
-                        "classes": classes,
-                        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                        "optimizer": _optimizer_state_cpu(opt),
-                        "epoch": epoch + 1,
-                        "history": history,
-                        "data_fingerprint": fingerprint,
-                    },
-                )
+                save_model_file(checkpoint_path, "oracle", cfg, model.state_dict(), {
+                    "classes": classes,
+                    **resume_state(step_fn, device=device),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "data_fingerprint": fingerprint,
+                }, fsync=False)
             if callback is not None and callback(record):
                 break
-    finally:
-        torch.set_num_threads(prev_threads)
     model.cpu().eval()
     return TrainedOracle(model, classes, cfg, history)
-
-
-def _optimizer_state_cpu(opt: torch.optim.Optimizer) -> dict:
-    sd = opt.state_dict()
-    sd["state"] = {
-        k: {n: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for n, v in s.items()}
-        for k, s in sd["state"].items()
-    }
-    return sd
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from torchvision import models
 from torchvision.models.resnet import BasicBlock
 
 from bcfeat.model_files import format_name
+from bcfeat.training.checkpoint import config_from_dict
 from bcfeat.validation import require_int
 
 
@@ -74,6 +75,10 @@ class OracleConfig:
     device: str = "auto"
     num_threads: int = 2
 
+    # Where and how fast a run computes, not what it trains: a run may resume under other values.
+    # (epochs stays: the cosine schedule spans all of them.)
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("device", "num_threads")
+
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
@@ -82,6 +87,11 @@ class OracleConfig:
         self.blocks = tuple(int(b) for b in self.blocks)  # a list after a JSON/asdict round-trip
         for name in ("epochs", "batch_size", "image_size", "num_threads"):
             require_int(f"OracleConfig.{name}", getattr(self, name), 1)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OracleConfig:
+        """Rebuild from ``asdict(cfg)``; unknown keys are an error naming them."""
+        return config_from_dict(cls, d)
 
 
 # Profiles of the study (bcfeat.runner.profiles passes the name). "cpu": 8 epochs over the 5,149 coarse5

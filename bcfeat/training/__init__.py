@@ -1,0 +1,13 @@
+"""What the detector, the autoencoder and the oracle share when they are trained.
+
+* :mod:`bcfeat.training.device` - the device (``"auto"``: CUDA when there is one) and the
+  thread count / determinism of a run, restored afterwards.
+* :mod:`bcfeat.training.checkpoint` - one file convention, ``{"format": "bcfeat.<kind>/<version>",
+  "config": asdict(cfg), "state_dict": ..., **extra}``, written atomically and read through
+  :func:`bcfeat.model_files.load_model_file`; one ``config_from_dict`` for every config; one
+  resume check.
+* :mod:`bcfeat.training.loop` - the optimiser step (mixed precision, gradient scaling, clipping,
+  one NaN policy) and the resume state (optimiser, scheduler, scaler, RNG states).
+
+Each model's own module keeps only what is specific to it: its batches, its loss, its schedule.
+"""

@@ -1,0 +1,182 @@
+"""The optimiser step shared by every training loop, and the state a run resumes from.
+
+:class:`OptimizerStep` is one update: float16 autocast and a GradScaler when mixed precision
+is on (CUDA only), the backward pass, optional gradient-norm clipping, the optimiser step, and
+one policy for non-finite losses: the update is skipped (the weights stay finite) and, after
+``max_bad_steps`` skipped steps in a row, :class:`NonFiniteLossError` names where it happened
+and which loss terms were not finite. ``max_bad_steps=0`` stops at the first one.
+
+With mixed precision off the GradScaler is a pass-through, so a step is exactly
+``loss.backward(); optimizer.step()``.
+
+:func:`resume_state` and :func:`restore_resume_state` save and restore what continuing a run
+needs beyond the weights: the optimiser, scheduler and scaler states, the skipped-step count
+and the RNG states (global CPU, CUDA, and the run's own generator).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term (or a weight) became NaN or infinite too often; training stopped."""
+
+
+def _value(v: Any) -> float:
+    return float(v.detach()) if isinstance(v, Tensor) else float(v)
+
+
+class OptimizerStep:
+    """One optimiser update with mixed precision, clipping and the NaN policy.
+
+    Parameters
+    ----------
+    optimizer : torch.optim.Optimizer
+    device : torch.device
+        Mixed precision is used only when ``amp`` and this is a CUDA device.
+    amp : bool
+    grad_clip : float
+        Clip the global gradient norm of ``params`` to this (0: no clipping).
+    max_bad_steps : int
+        Non-finite steps in a row that are skipped; one more raises :class:`NonFiniteLossError`.
+    params : iterable of Tensor, optional
+        What is clipped (default: every parameter of the optimiser, in its order).
+    amp_dtype : torch.dtype
+        Autocast dtype (float16, which the GradScaler is for).
+
+    Attributes
+    ----------
+    scaler : torch.amp.GradScaler
+        Disabled (a pass-through) without mixed precision.
+    skipped : int
+        Non-finite steps skipped so far (restored on resumption).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device, amp: bool = False, *,
+                 grad_clip: float = 0.0, max_bad_steps: int = 0, params: Iterable[Tensor] | None = None,
+                 amp_dtype: torch.dtype = torch.float16) -> None:
+        self.optimizer = optimizer
+        self.use_amp = bool(amp) and torch.device(device).type == "cuda"
+        self.amp_dtype = amp_dtype
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.grad_clip = float(grad_clip)
+        self.max_bad_steps = int(max_bad_steps)
+        self.params = list(params) if params is not None else [p for g in optimizer.param_groups for p in g["params"]]
+        self.bad = 0
+        self.skipped = 0
+
+    def autocast(self) -> AbstractContextManager:
+        """The context the forward pass runs in (autocast with mixed precision, else nothing)."""
+        return torch.autocast("cuda", dtype=self.amp_dtype) if self.use_amp else nullcontext()
+
+    def __call__(self, loss: Tensor, terms: Mapping[str, Any] | None = None, *, where: str = "",
+                 on_give_up: Callable[[], str] | None = None) -> bool:
+        """Backward and update on ``loss`` if it and every term are finite; otherwise skip.
+
+        Parameters
+        ----------
+        loss : Tensor
+            The scalar that is minimised.
+        terms : mapping of str to Tensor or float, optional
+            The loss terms, named in the error.
+        where : str
+            Where the step is, for the error (``"epoch 3/4, batch 1/3"``, ``"step 17"``).
+        on_give_up : callable, optional
+            Called before raising; returns a sentence for the error (e.g. which checkpoint is kept).
+
+        Returns
+        -------
+        bool
+            True when the weights were updated, False when the step was skipped.
+
+        Raises
+        ------
+        NonFiniteLossError
+            After ``max_bad_steps + 1`` non-finite steps in a row.
+        """
+        values = {"total": _value(loss), **{k: _value(v) for k, v in (terms or {}).items()}}
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        self.optimizer.zero_grad(set_to_none=True)
+        if not bad:
+            self.bad = 0
+            self.scaler.scale(loss).backward()
+            if self.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return True
+        self.bad += 1
+        self.skipped += 1
+        if self.bad > self.max_bad_steps:
+            note = on_give_up() if on_give_up is not None else ""
+            raise NonFiniteLossError(
+                f"non-finite loss in {where}: " + ", ".join(f"{k}={v}" for k, v in bad.items())
+                + f"; {self.bad} non-finite step(s) in a row (at most {self.max_bad_steps} are skipped), stopping"
+                + (f"; {note}" if note else ""))
+        return False
+
+
+def _cpu(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+def resume_state(step: OptimizerStep, scheduler: Any = None, generator: torch.Generator | None = None,
+                 device: torch.device | None = None) -> dict[str, Any]:
+    """What a checkpoint needs beyond the weights to continue the run exactly.
+
+    Returns
+    -------
+    dict
+        ``optimizer`` (CPU tensors), ``scaler`` (None without mixed precision), ``skipped``,
+        ``rng`` (``{"torch", "cuda" when training on CUDA, "generator" when given}``) and
+        ``scheduler`` when given.
+    """
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        rng["generator"] = generator.get_state()
+    state = {"optimizer": _cpu(step.optimizer.state_dict()),
+             "scaler": step.scaler.state_dict() if step.use_amp else None,
+             "skipped": step.skipped, "rng": rng}
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
+    return state
+
+
+def restore_resume_state(payload: Mapping[str, Any], step: OptimizerStep, scheduler: Any = None,
+                         generator: torch.Generator | None = None) -> None:
+    """Load what :func:`resume_state` saved (optimiser moments follow the parameters' device).
+
+    Also reads detector checkpoints written before this convention (``rng`` = the generator's
+    state, ``torch_rng`` = the global one).
+    """
+    step.optimizer.load_state_dict(payload["optimizer"])
+    if step.use_amp and payload.get("scaler"):
+        step.scaler.load_state_dict(payload["scaler"])
+    if scheduler is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    rng = payload.get("rng") or {}
+    if isinstance(rng, Tensor):
+        rng = {"generator": rng, "torch": payload.get("torch_rng")}
+    if generator is not None and rng.get("generator") is not None:
+        generator.set_state(rng["generator"])
+    if rng.get("torch") is not None:
+        torch.set_rng_state(rng["torch"].cpu())
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+    step.skipped = int(payload.get("skipped", 0))
