@@ -19,7 +19,7 @@ import torch
 
 from bcfeat.autoencoder.losses import LossWeights, autoencoder_loss
 from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder
-from bcfeat.autoencoder.training import resolve_device
+from bcfeat.training.device import resolve_device
 
 PRESETS = {"cpu": AEConfig.cpu, "paper": AEConfig.paper, "tiny": AEConfig.tiny}
 

@@ -130,7 +130,7 @@ def cached_instance_arrays(detector_checkpoint: str | os.PathLike, paths: Sequen
                            cache_dir: str | os.PathLike, progress: bool = True) -> dict[str, np.ndarray]:
     """:func:`instance_arrays` for every path, computed once per (images, detector file, config)."""
     from bcfeat.detection.checkpoint import load_detector
-    from bcfeat.autoencoder.training import resolve_device
+    from bcfeat.training.device import resolve_device
 
     key = cache_key(paths, detector_checkpoint, asdict(cfg))
     detector: list = []
