@@ -170,9 +170,10 @@ def restore_resume_state(payload: Mapping[str, Any], step: OptimizerStep, schedu
         step.scaler.load_state_dict(payload["scaler"])
     if scheduler is not None:
         scheduler.load_state_dict(payload["scheduler"])
-    rng = payload.get("rng") or {}
+    rng = payload.get("rng")
     if isinstance(rng, Tensor):
         rng = {"generator": rng, "torch": payload.get("torch_rng")}
+    rng = rng or {}
     if generator is not None and rng.get("generator") is not None:
         generator.set_state(rng["generator"])
     if rng.get("torch") is not None:
