@@ -406,27 +406,54 @@ def test_detector_gain_is_detector_minus_pseudo_mask_per_dataset():
     assert detector_gain(table.xs("all", level="subset")).round(6).to_dict() == {"cv": 0.02, "jt": -0.01}
 
 
-def test_detector_command_trains_calibrates_and_scores_against_experts(tmp_path, data_root, capsys):
+def test_detector_command_trains_as_the_study_does_and_scores_against_experts(tmp_path, data_root, capsys):
     import pandas as pd
 
     from bcfeat.detection.checkpoint import read_detector_file
     from bcfeat.detection.__main__ import main
+    from bcfeat.study.detector import DetectorPlan, handoff_path, train_or_restore
 
-    assert main(["--preset", "tiny", "--steps", "3", "--batch-size", "2", "--per-dataset", "jtsc_zheng18=6",
-                 "cellavision_zheng18=4", "--checkpoint", str(tmp_path / "d.pt"), "--cache", str(tmp_path / "c.pt"),
-                 "--eval-dir", str(tmp_path / "eval")]) == 0
+    art = tmp_path / "art"
+    assert main(["--preset", "tiny", "--steps", "3", "--batch-size", "2", "--images-per-site", "3",
+                 "--data-root", str(data_root), "--artifacts-dir", str(art), "--eval-dir", str(tmp_path / "eval"),
+                 "--max-eval-images", "4"]) == 0
     out = capsys.readouterr().out
-    assert "10 unlabelled training images" in out and "mask threshold calibrated on the pseudo-masks" in out
+    assert "trained 3 steps on 12 unlabelled training images" in out
+    assert "mask threshold calibrated on the pseudo-masks (subpixel paste)" in out
     assert "detector minus pseudo-mask mean IoU" in out
-    stored = read_detector_file(tmp_path / "d.pt")
-    assert stored["step"] == 3 and stored["train_config"]["balance_groups"] is True
+    handoff = read_detector_file(handoff_path(art))
+    assert handoff["step"] == 3 and handoff["train_config"]["balance_groups"] is True
+    assert handoff["config"]["mask_image_guidance"] is False and "mask_threshold_calibration" in handoff
     summary = pd.read_csv(tmp_path / "eval" / "detector_vs_experts_summary.csv")
-    assert set(summary.source) == {"detector", "pseudo_mask"} and set(summary.subset) == {"all", "held_out"}
-    assert len(pd.read_csv(tmp_path / "eval" / "detector_vs_experts_per_image.csv")) == 2 * 400
-    assert "(subpixel paste)" in out and stored["config"]["mask_image_guidance"] is False
+    assert set(summary.source) == {"detector", "pseudo_mask"}
+    assert len(pd.read_csv(tmp_path / "eval" / "detector_vs_experts_per_image.csv")) == 2 * 2 * 4
+    # The study's function with the same parameters finds that run finished: the same detector.
+    model, _, info = train_or_restore(DetectorPlan.from_parameters("tiny", 3, 2, 0, 3), data_root, art)
+    assert info["checkpoint"] == str(handoff_path(art))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, handoff["state_dict"][k]), k
     # The ablations of the closing note: the pixels given to the mask predictor, torchvision's paste.
-    assert main(["--preset", "tiny", "--steps", "2", "--batch-size", "2", "--per-dataset", "jtsc_zheng18=4",
-                 "--checkpoint", str(tmp_path / "g.pt"), "--cache", str(tmp_path / "c2.pt"),
-                 "--eval-dir", str(tmp_path / "g"), "--mask-image-guidance", "--mask-paste", "torchvision"]) == 0
+    assert main(["--preset", "tiny", "--steps", "2", "--batch-size", "2", "--images-per-site", "2",
+                 "--data-root", str(data_root), "--artifacts-dir", str(tmp_path / "g"),
+                 "--eval-dir", str(tmp_path / "g_eval"), "--max-eval-images", "2",
+                 "--mask-image-guidance", "--mask-paste", "torchvision"]) == 0
     assert "(torchvision paste)" in capsys.readouterr().out
-    assert read_detector_file(tmp_path / "g.pt")["config"]["mask_image_guidance"] is True
+    assert read_detector_file(handoff_path(tmp_path / "g"))["config"]["mask_image_guidance"] is True
+    with pytest.raises(SystemExit) as bad_value:
+        main(["--preset", "default"])
+    assert bad_value.value.code == 2  # bcfeat.runner.exit_codes.USAGE
+
+
+def test_detector_command_defaults_are_the_study_notebooks_parameters():
+    import re
+
+    from bcfeat import paths
+    from bcfeat.detection.__main__ import parser
+
+    cell = (paths.ROOT / "notebooks" / "01_detector.py").read_text()
+    nb = {m[1]: eval(m[2]) for m in re.finditer(r"^(\w+): \w+ = (.+?)  #", cell, re.M)}
+    args = parser().parse_args([])
+    assert (args.preset, args.steps, args.batch_size, args.seed, args.images_per_site, not args.no_balance_sites,
+            args.max_eval_images) == (nb["detector_preset"], nb["steps"], nb["batch_size"], nb["seed"],
+                                      nb["images_per_site"], nb["balance_sites"], nb["max_eval_images"])
+    assert args.artifacts_dir == paths.ROOT / nb["artifacts_dir"]

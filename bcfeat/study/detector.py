@@ -25,7 +25,13 @@ class DetectorPlan:
 
     @classmethod
     def from_parameters(cls, preset: str, steps: int, batch_size: int, seed: int,
-                        images_per_site: int, balance_sites: bool = True) -> "DetectorPlan":
+                        images_per_site: int, balance_sites: bool = True, *, mask_image_guidance: bool = False,
+                        mask_paste: str | None = None) -> "DetectorPlan":
+        """The plan of notebooks/01_detector.py's parameters (and of ``python -m bcfeat.detection``).
+
+        ``mask_image_guidance`` and ``mask_paste`` (None: the preset's) change the preset's
+        :class:`DetectorConfig`; the study leaves them at their defaults.
+        """
         from bcfeat.detection.config import DetectorConfig, DetectorTrainingConfig
 
         # gpu: the default architecture, whose 256-channel FPN gives the paper's 256x14x14 features
@@ -37,7 +43,11 @@ class DetectorPlan:
         require_int("images_per_site", images_per_site, 1)
         train_config = DetectorTrainingConfig(steps=steps, batch_size=batch_size, seed=seed,
                                    checkpoint_every=max(1, min(250, steps)), balance_groups=balance_sites)
-        return cls(presets[preset](), train_config, images_per_site, seed)
+        overrides = {"mask_image_guidance": True} if mask_image_guidance else {}
+        if mask_paste is not None:
+            overrides["mask_paste"] = mask_paste
+        config = replace(presets[preset](), **overrides) if overrides else presets[preset]()
+        return cls(config, train_config, images_per_site, seed)
 
 
 def handoff_path(artifacts: Path) -> Path:
