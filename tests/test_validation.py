@@ -59,8 +59,8 @@ def test_require_int_refuses_bools_and_strings():
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "-1"], "argument --steps: -1 is out of range: must be >= 1"),
     (["--batch-size", "0"], "argument --batch-size: 0 is out of range: must be >= 1"),
-    (["--per-dataset", "jtsc_zheng18"], "'jtsc_zheng18' is not name=count"),
-    (["--holdout-every", "-2"], "argument --holdout-every: -2 is out of range: must be >= 0"),
+    (["--images-per-site", "0"], "argument --images-per-site: 0 is out of range: must be >= 1"),
+    (["--max-eval-images", "-2"], "argument --max-eval-images: -2 is out of range: must be >= 0"),
 ])
 def test_detector_command_refuses_bad_values(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:

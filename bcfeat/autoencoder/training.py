@@ -288,6 +288,7 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
             raise ValueError(f"checkpoint {path} has already trained {start} epochs, more than the {cfg.epochs} "
                              "requested; raise epochs or pass resume=False to start over")
         restore_resume_state(payload, step)
+        logger.info("resuming %s after epoch %d of %d", path, start, cfg.epochs)
         hist = payload.get("history") or {}
         history = pd.DataFrame(hist).to_dict("records") if hist else []
 

@@ -157,6 +157,7 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
         restore_resume_state(state, step_fn, sched, g)
         history = list(state.get("history", []))
         start = int(state["step"])
+        logger.info("resuming %s at step %d of %d", checkpoint_path, start, train_cfg.steps)
         elapsed = float(state.get("seconds", 0.0))
 
     def save(step: int) -> None:

@@ -246,6 +246,7 @@ def train_oracle(
             model.to(device)
             restore_resume_state(ckpt, step_fn)  # the optimizer moments follow the model to its device
             start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
+            logger.info("resuming %s after epoch %d of %d", checkpoint_path, start_epoch, cfg.epochs)
 
         model.to(device)
         y_t = torch.from_numpy(y)
