@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from bcfeat import paths
+from bcfeat.atomic_io import write_text
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +440,7 @@ def download_dataset(
                      "force" if force else f"it came from {cached_from or 'an unknown URL'}, not {url}")
         _discard(archive)
     archive.parent.mkdir(parents=True, exist_ok=True)
-    origin.write_text(url + "\n")
+    write_text(url + "\n", origin)
     expected = sha256 or source.sha256
     try:
         download_file(url, archive, sha256=expected, progress=progress)

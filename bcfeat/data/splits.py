@@ -16,7 +16,6 @@ notebooks and the tests read the same assignment.
 from __future__ import annotations
 
 import os
-import tempfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from bcfeat import paths
+from bcfeat.atomic_io import atomic_path
 from bcfeat.data.registry import ScanResult, scan_dataset
 
 SPLIT_KINDS = ("holdout", "kfold")
@@ -178,17 +178,10 @@ _META_PREFIX = "# bcfeat-splits "
 def write_splits(splits: pd.DataFrame, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Write a split table as CSV (one ``# bcfeat-splits key=value ...`` line first), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = _META_PREFIX + " ".join(f"{k}={v}" for k, v in (meta or {}).items()) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            f.write(header)
-            splits.to_csv(f, index=False, lineterminator="\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        f.write(header)
+        splits.to_csv(f, index=False, lineterminator="\n")
     return path
 
 

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bcfeat.atomic_io import TABLE_FORMATS, save_table
 from bcfeat.runner.exit_codes import one_line
 
 
@@ -94,9 +95,6 @@ def _cmd_splits(args: argparse.Namespace) -> int:
     return 0
 
 
-OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
-
-
 def check_output_path(output: str | os.PathLike) -> Path:
     """The ``--output`` of ``bcfeat extract``, checked before any work (format, folder, writability).
 
@@ -106,10 +104,10 @@ def check_output_path(output: str | os.PathLike) -> Path:
         Unknown extension, a folder, or a path below a file; no file is created.
     """
     out = Path(output)
-    fmt = OUTPUT_FORMATS.get(out.suffix.lower())
-    if fmt is None:
+    fmt = out.suffix.lower()
+    if fmt not in TABLE_FORMATS:
         raise ValueError(f"--output {out}: unknown table format {out.suffix or '(no extension)'!r}; "
-                         f"use one of {', '.join(OUTPUT_FORMATS)}")
+                         f"use one of {', '.join(TABLE_FORMATS)}")
     if out.is_dir():
         raise ValueError(f"--output {out} is a folder; give a file name such as {out / ('features' + out.suffix)}")
     for parent in out.parents:
@@ -119,22 +117,12 @@ def check_output_path(output: str | os.PathLike) -> Path:
             if not os.access(parent, os.W_OK):
                 raise ValueError(f"--output {out}: folder {parent} is not writable")
             break
-    if fmt == "parquet":
+    if fmt == ".parquet":
         try:
             import pyarrow  # noqa: F401  (pandas' parquet engine, pinned in the lock)
         except ImportError:
             raise ValueError("--output .parquet needs pyarrow (in requirements.lock); install it or write .csv") from None
     return out
-
-
-def _write_table(table, out: Path) -> None:
-    from bcfeat.atomic_io import atomic_path
-
-    with atomic_path(out) as tmp:  # creates the folder; the temporary file is removed on any error
-        if OUTPUT_FORMATS[out.suffix.lower()] == "parquet":
-            table.to_parquet(tmp, index=False)
-        else:
-            table.to_csv(tmp, index=False)
 
 
 def _report_skipped(command: str, n_rows: int, out: Path, skipped) -> None:
@@ -158,7 +146,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
         table, skipped = extract_folder(args.model, args.input, layout=args.layout, batch_size=args.batch_size,
                                         progress=not args.no_progress)
-    _write_table(table, out)
+    save_table(table, out)  # creates the folder; never leaves half a table
     _report_skipped("extract", len(table), out, skipped)
     return 0
 
@@ -183,7 +171,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
     out = check_output_path(args.output)
     table, skipped = classify_folder(args.model, args.input)
-    _write_table(table, out)
+    save_table(table, out)  # creates the folder; never leaves half a table
     _report_skipped("classify", len(table), out, skipped)
     return 0
 
