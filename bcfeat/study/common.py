@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bcfeat.atomic_io import save_npz, save_table
 from bcfeat.evaluation.repeated_splits import SplitPlan, make_splits
 from bcfeat.data import load_image, scan_dataset
 from bcfeat.study.data_overview import subsample
@@ -66,8 +67,7 @@ def study_splits(samples: pd.DataFrame, n_repetitions: int, seed: int, path: str
         frame = plan.to_frame()
         frame.insert(0, "key", sample_keys(samples))
         frame.insert(1, "label", samples["label"].to_numpy())
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False)
+        save_table(frame, path)
     return plan
 
 
@@ -89,14 +89,7 @@ def decoded_images(paths: Sequence[str], size: int) -> np.ndarray:
 
 def save_feature_set(path: str | os.PathLike, keys: Sequence[str], X: np.ndarray, **info) -> Path:
     """Write one feature set (rows keyed by ``dataset/relpath``) as ``.npz``, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, keys=np.asarray(list(keys)), X=np.asarray(X),
-                 info=np.asarray(repr(info)))
-    os.replace(tmp, path)
-    return path
+    return save_npz(path, keys=np.asarray(list(keys)), X=np.asarray(X), info=np.asarray(repr(info)))
 
 
 def load_feature_set(path: str | os.PathLike, samples: pd.DataFrame) -> np.ndarray:
