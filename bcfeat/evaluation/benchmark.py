@@ -47,7 +47,8 @@ from sklearn.base import BaseEstimator
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, recall_score
 
-from bcfeat.evaluation.repeated_splits import DEFAULT_N_REPETITIONS, DEFAULT_TEST_SIZE, SplitPlan, as_test_masks, make_splits
+from bcfeat.data.splits import (DEFAULT_N_REPETITIONS, DEFAULT_TEST_SIZE, SplitPlan, as_test_masks, make_splits,
+                                unique_in_order)
 
 # The released AE-CFE code: RandomForestClassifier(max_depth=16, random_state=0), i.e. sklearn's
 # default of 100 trees; train_test_split(test_size=0.20).
@@ -176,7 +177,7 @@ def domain_matrix(
             y, domain, n_repetitions=n_repetitions, test_size=test_size, random_state=random_state
         )
     is_test = as_test_masks(splits, n)
-    all_domains = _unique_in_order(domain)
+    all_domains = unique_in_order(domain)
     train_domains = all_domains if train_domains is None else list(train_domains)
     test_domains = all_domains if test_domains is None else list(test_domains)
     for d in [*train_domains, *test_domains]:
@@ -316,8 +317,8 @@ def matrix_table(summary: pd.DataFrame, metric: str = "balanced_accuracy", digit
         lambda r: f"{r[f'{metric}_mean']:.{digits}f} ± {r[f'{metric}_std']:.{digits}f}", axis=1
     )
     table = summary.assign(cell=cell).pivot(index="train_domain", columns="test_domain", values="cell")
-    order_rows = _unique_in_order(summary["train_domain"].to_numpy())
-    order_cols = _unique_in_order(summary["test_domain"].to_numpy())
+    order_rows = unique_in_order(summary["train_domain"].to_numpy())
+    order_cols = unique_in_order(summary["test_domain"].to_numpy())
     return table.loc[order_rows, order_cols]
 
 
@@ -401,13 +402,6 @@ def per_class_f1(predictions: pd.DataFrame, labels: Sequence | None = None) -> p
                  "f1": f[i], "support": int(s[i])}
             )
     return pd.DataFrame(rows)
-
-
-def _unique_in_order(values: np.ndarray) -> list:
-    """Unique values in order of first appearance (domains keep the caller's order)."""
-    values = np.asarray(values)
-    _, first = np.unique(values, return_index=True)
-    return values[np.sort(first)].tolist()
 
 
 def _n_samples(X: Any) -> int:

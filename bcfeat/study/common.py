@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bcfeat.atomic_io import save_npz, save_table
-from bcfeat.evaluation.repeated_splits import SplitPlan, make_splits
+from bcfeat.data.splits import SplitPlan, make_splits
 from bcfeat.data import load_image, scan_dataset
 from bcfeat.study.data_overview import subsample
 from bcfeat.validation import require_int
