@@ -2,6 +2,7 @@
 
 Modules (one concept each):
 
+- :mod:`~bcfeat.data.sites` - the study's four sites and its source site;
 - :mod:`~bcfeat.data.labels` - the one label map (COMMON13, COARSE5, dataset vocabularies);
 - :mod:`~bcfeat.data.root` - resolving the data root;
 - :mod:`~bcfeat.data.registry` - dataset specs, layouts and :func:`scan_dataset`;
@@ -33,6 +34,7 @@ from bcfeat.data.registry import (
     scan_folder,
 )
 from bcfeat.data.root import DataRootNotFound, resolve_data_root
+from bcfeat.data.sites import SITES, SOURCE_SITE
 from bcfeat.data.splits import SplitConfig, SplitMismatch, SplitPlan, make_or_load_splits, make_splits, split_samples
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "COMMON13",
     "DATASETS",
     "LAYOUTS",
+    "SITES",
+    "SOURCE_SITE",
     "ChecksumMismatch",
     "DataRootNotFound",
     "DatasetNotFound",

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.data import scan_dataset
+from bcfeat.data.sites import SITES
 from bcfeat.data.images import read_image
 from bcfeat.detection.pseudo_masks import SegmentationConfig, segment_white_cell
 from bcfeat.detection.config import DetectorTrainingConfig
@@ -112,7 +113,7 @@ def pseudo_label(items: Sequence[Any], image_size: int, seg_cfg: SegmentationCon
     return out
 
 
-def training_images(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops"),
+def training_images(datasets: Sequence[str] = SITES,
                     per_dataset: int | dict[str, int] = 400, *, root: str | os.PathLike | None = None,
                     exclude_class_folders: Sequence[str] = ("platelet",), holdout_every: int = 0,
                     seed: int = 0) -> pd.DataFrame:
@@ -151,7 +152,7 @@ def training_images(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng18", 
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["dataset", "path"])
 
 
-def training_image_paths(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops"),
+def training_image_paths(datasets: Sequence[str] = SITES,
                          per_dataset: int | dict[str, int] = 400, **kwargs: Any) -> list[str]:
     """The paths of :func:`training_images` (same arguments)."""
     return training_images(datasets, per_dataset, **kwargs).path.tolist()

@@ -19,10 +19,8 @@ from bcfeat.atomic_io import save_npz, save_table
 from bcfeat.data.splits import SplitPlan, make_splits
 from bcfeat.data import load_image, scan_dataset
 from bcfeat.study.data_overview import subsample
+from bcfeat.data.sites import SITES, SOURCE_SITE
 from bcfeat.validation import require_int
-
-SITES: tuple[str, ...] = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
-SOURCE_SITE = "pbc_acevedo20"
 
 
 def parse_list(text: str) -> list[str]:
