@@ -3,6 +3,7 @@ the per-site sample of training images, and the augmentation drawn for each step
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from bcfeat.detection.config import DetectorTrainingConfig
 if TYPE_CHECKING:
     import pandas as pd
 
+logger = logging.getLogger(__name__)
 
 
 def resize_long_side(image: np.ndarray, size: int) -> np.ndarray:
@@ -93,7 +95,7 @@ def pseudo_label(items: Sequence[Any], image_size: int, seg_cfg: SegmentationCon
             return PseudoLabelledSet(
                 [t.numpy() for t in cached["images"]], [t.numpy() for t in cached["masks"]],
                 cached["confident"].numpy(), cached["quality"].numpy(), sources)
-        print(f"pseudo-mask cache {cache_path} was made from other inputs; recomputing")
+        logger.info("pseudo-mask cache %s was made from other inputs; recomputing", cache_path)
     from tqdm import tqdm
 
     images, masks, confident, quality = [], [], [], []

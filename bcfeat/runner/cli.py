@@ -13,7 +13,6 @@ error (traceback with ``--verbose``), 2 a usage or input error (one line on stde
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -191,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="bcfeat", description="bcfeat: AE-CFE white blood cell features, reproducibly.")
     p.add_argument("-v", "--verbose", action="store_true",
-                   help="log progress messages; show the traceback of an unexpected error")
+                   help="log debug messages too; show the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("download", help="download a public dataset archive into the data folder")
@@ -264,10 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see :mod:`bcfeat.runner.exit_codes`)."""
-    from bcfeat.runner.exit_codes import run_command
+    from bcfeat.runner.exit_codes import configure_logging, run_command
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     return run_command(f"bcfeat {args.command}", lambda: args.func(args), verbose=args.verbose)
 
 

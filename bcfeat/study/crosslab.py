@@ -7,7 +7,6 @@ the feature sets of ``03_features`` and the BatchNorm oracle of ``04_oracle``.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -27,8 +26,6 @@ from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_crop import CropConfig
 from bcfeat.study.crosslab_figures import few_shot_figure, gallery_figure, matrix_figure, per_class_figure, umap_figure
 from bcfeat.crosslab.cell_features import GROUPS, feature_groups, feature_names, feature_set_columns
-
-log = logging.getLogger(__name__)
 
 LABELS = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 OURS = "crosslab"
