@@ -1,5 +1,6 @@
 """Every command line ends the same way: exit 2 and one line on stderr for a bad value, and the
-library's log shown on stderr (INFO, one line, no traceback; DEBUG and tracebacks with --verbose)."""
+library's log shown on stderr (INFO, one line, no traceback; DEBUG and tracebacks with --verbose).
+And pytest runs the package's doctests without importing a command's ``__main__``."""
 
 from __future__ import annotations
 
@@ -98,3 +99,16 @@ def test_an_already_configured_root_logger_is_left_alone():
         root.addHandler(handler)
         exit_codes.configure_logging(verbose=True)
         assert root.handlers == [handler]
+
+
+def test_pytest_collects_the_package_doctests_and_never_a_command_module():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(paths.ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "bcfeat"],
+                            capture_output=True, text=True, env=env, cwd=paths.ROOT, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    collected = result.stdout.splitlines()
+    for doctest in ("bcfeat/atomic_io.py::bcfeat.atomic_io.atomic_path",
+                    "bcfeat/data/splits.py::bcfeat.data.splits.make_splits",
+                    "bcfeat/evaluation/baselines.py::bcfeat.evaluation.baselines.ColorShapeFeatures"):
+        assert doctest in collected
+    assert not [line for line in collected if "__main__" in line]
