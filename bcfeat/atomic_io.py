@@ -1,7 +1,17 @@
 """Atomic writes: a file is either its old self or completely new, never half-written.
 
-Every checkpoint, model file and result table goes through :func:`atomic_torch_save` or
-:func:`atomic_path`, so an interrupted long run leaves the last good file in place.
+Every file the package writes goes through this module, so an interrupted long run leaves the
+last good file in place and no temporary file behind:
+
+- :func:`atomic_path`: the primitive, a temporary path beside the target, moved over it on success;
+- :func:`atomic_torch_save`: checkpoints and model files (fsynced);
+- :func:`save_table`: result tables, ``.csv`` (or ``.parquet``) by the file's suffix;
+- :func:`save_npz`: arrays (feature sets, cache chunks);
+- :func:`write_text`: small text files.
+
+Two writes are atomic by other means, on purpose: a download keeps its ``.part`` file on an error
+so the next run resumes it, and an extracted dataset folder is renamed into place as a whole
+(both in :mod:`bcfeat.data.download`).
 """
 
 from __future__ import annotations
@@ -12,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+TABLE_FORMATS = (".csv", ".parquet")
 
 
 @contextmanager
@@ -48,4 +60,56 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, fsync: bool = True) -> 
 
     with atomic_path(path, fsync=fsync) as tmp, open(tmp, "wb") as handle:
         torch.save(obj, handle)
+    return Path(path)
+
+
+def save_table(df: Any, path: str | os.PathLike, index: bool = False) -> Path:
+    """Write a table atomically: CSV for a ``.csv`` path, Parquet for ``.parquet``; folders are created.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+    path : path-like
+        Destination; its suffix chooses the format.
+    index : bool
+        Write the row index too (off: the tables are tidy, their keys are columns).
+
+    Returns
+    -------
+    Path
+        The written path.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, pandas as pd
+    >>> target = save_table(pd.DataFrame({"a": [1, 2]}), pathlib.Path(tempfile.mkdtemp()) / "t.csv")
+    >>> target.read_text()
+    'a\\n1\\n2\\n'
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_FORMATS:
+        raise ValueError(f"{path}: unknown table format {path.suffix or '(no extension)'!r}; "
+                         f"use one of {', '.join(TABLE_FORMATS)}")
+    with atomic_path(path) as tmp:
+        if suffix == ".parquet":
+            df.to_parquet(tmp, index=index)
+        else:
+            df.to_csv(tmp, index=index)
+    return path
+
+
+def save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
+    """``numpy.savez(path, **arrays)`` atomically (the name is kept as given, no ``.npz`` is appended)."""
+    import numpy as np
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    return Path(path)
+
+
+def write_text(text: str, path: str | os.PathLike, encoding: str = "utf-8") -> Path:
+    """``Path(path).write_text(text)`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding=encoding)
     return Path(path)

@@ -2,7 +2,8 @@
 
 Everything the pipeline writes lives below ``ROOT``; no absolute machine path
 appears anywhere else in the code. Data is *read* from a data root resolved by
-:func:`bcfeat.data.root.resolve_data_root`, never copied here.
+:func:`bcfeat.data.root.resolve_data_root`, never copied here. Figures have no folder:
+every figure lives in the executed notebook that makes it (glued into the book).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ RESULTS = BOOK / "results"
 ARTIFACTS = ROOT / "artifacts"
 CHECKPOINTS = ARTIFACTS / "checkpoints"
 CACHE = ARTIFACTS / "cache"
-FIGURES = ARTIFACTS / "figures"
 SPLITS = RESULTS / "splits"
 # Where `bcfeat download` puts public datasets when no other data root exists.
 DOWNLOADED_DATA = ROOT / "data"

@@ -40,7 +40,8 @@ from pathlib import Path
 from myst_nb import glue
 
 from bcfeat.study import common as study
-from bcfeat.evaluation.benchmark import matrix_table, save_table, summarize
+from bcfeat.atomic_io import save_table
+from bcfeat.evaluation.benchmark import matrix_table, summarize
 from bcfeat.data import resolve_data_root
 from bcfeat.evaluation.oracle_model import oracle_config
 

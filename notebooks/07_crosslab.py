@@ -53,7 +53,7 @@ import pandas as pd
 from myst_nb import glue
 
 from bcfeat.study import common as study
-from bcfeat.evaluation.benchmark import save_table
+from bcfeat.atomic_io import save_table
 from bcfeat.study import crosslab as cs
 from bcfeat.data import resolve_data_root
 from bcfeat.validation import require_int

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from bcfeat import paths
+from bcfeat.data.sites import SITES
 
-STAGED_DATASETS = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
+STAGED_DATASETS = SITES
 
 
 @pytest.fixture(scope="session")

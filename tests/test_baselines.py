@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from sklearn.base import clone
@@ -11,8 +12,9 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 
-from bcfeat.evaluation.baselines import ColorShapeFeatures, RawPixelsPCA, check_images, resize_images, threshold_masks
+from bcfeat.evaluation.baselines import ColorShapeFeatures, check_images, resize_images, threshold_masks
 from bcfeat.evaluation.benchmark import domain_matrix
+from bcfeat.study import common as study
 
 BACKGROUND = (235, 215, 205)  # beige, like pbc_acevedo20
 
@@ -72,28 +74,37 @@ def test_resize_images_shape_and_content():
     assert out[0, 1].mean() > 150 and out[0, -2].mean() < 50
 
 
-def test_raw_pixels_pca_shapes_contract_and_determinism(cells):
-    images, _ = cells
-    est = RawPixelsPCA(image_size=16, n_components=10, random_state=0)
-    with pytest.raises(NotFittedError):
-        est.transform(images)
-    Z = est.fit(images).transform(images)
-    assert Z.shape == (len(images), 10)
-    assert est.n_features_in_ == 16 * 16 * 3
-    assert est.get_feature_names_out()[0] == "rawpixelspca0"
-    np.testing.assert_allclose(clone(est).fit_transform(images), Z, rtol=1e-5, atol=1e-5)
-    assert clone(est).get_params() == {"image_size": 16, "n_components": 10, "whiten": False, "random_state": 0}
-    assert not hasattr(clone(est), "pca_")
-    with pytest.raises(ValueError, match="n_components=50"):
-        RawPixelsPCA(image_size=4).fit(images)
+def test_raw_pixels_are_the_decoded_images_resized(tmp_path):
+    rng = np.random.default_rng(3)
+    paths = []
+    for i, (h, w) in enumerate([(30, 20), (16, 16), (9, 41)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    Image.fromarray(np.full((12, 12), 90, np.uint8)).save(tmp_path / "grey.png")  # one channel: repeated to RGB
+    paths.append(str(tmp_path / "grey.png"))
+    pixels = study.decoded_images(paths, 16)
+    assert pixels.shape == (4, 16, 16, 3) and pixels.dtype == np.uint8
+    for i in range(3):  # the whole crop, PIL bilinear (a square crop of the right size is kept as it is)
+        expected = np.asarray(Image.open(paths[i]).convert("RGB").resize((16, 16), Image.Resampling.BILINEAR))
+        np.testing.assert_array_equal(pixels[i], expected)
+    assert (pixels[3] == 90).all()
 
 
-def test_raw_pixels_pca_needs_same_pixel_count_after_fit(cells):
-    images, _ = cells
-    est = RawPixelsPCA(image_size=16, n_components=5).fit(images)
-    est.set_params(image_size=8)  # changing a param after fit must not silently mis-project
-    with pytest.raises(ValueError, match="features"):
-        est.transform(images)
+def test_raw_pixels_pca_forest_is_fitted_per_split_and_seeded(cells):
+    images, kinds = cells
+    X = resize_images(images, 16).reshape(len(images), -1)
+    make = study.pca_forest_factory(8)
+    model = make(5)
+    assert [name for name, _ in model.steps] == ["pca", "randomforestclassifier"]
+    assert model.get_params()["pca__n_components"] == 8 and model.get_params()["pca__random_state"] == 5
+    rf = model.named_steps["randomforestclassifier"]
+    assert (rf.max_depth, rf.n_estimators, rf.random_state) == (16, 100, 5)  # the benchmark's forest
+    assert not hasattr(model.named_steps["pca"], "components_")  # a fresh, unfitted pipeline per call
+    assert make(5) is not model
+    fitted = make(5).fit(X, kinds)
+    assert fitted.named_steps["pca"].components_.shape == (8, X.shape[1])
+    np.testing.assert_array_equal(fitted.predict_proba(X), make(5).fit(X, kinds).predict_proba(X))
+    assert cross_val_score(make(0), X, kinds, cv=3).mean() > 0.8
 
 
 def test_threshold_masks_find_the_nucleus(cells):
@@ -142,13 +153,20 @@ def test_color_shape_features_contract(cells):
         ColorShapeFeatures(segmenter="magic").fit(images[:2])
 
 
-@pytest.mark.parametrize("extractor", [RawPixelsPCA(image_size=16, n_components=8, random_state=0),
-                                       ColorShapeFeatures(segmenter="threshold")])
-def test_pipelines_classify_and_plug_into_the_domain_matrix(cells, extractor):
+def test_pipelines_classify_and_plug_into_the_domain_matrix(cells):
     images, kinds = cells
-    pipe = make_pipeline(extractor, RandomForestClassifier(n_estimators=25, random_state=0, n_jobs=1))
+    pipe = make_pipeline(ColorShapeFeatures(segmenter="threshold"),
+                         RandomForestClassifier(n_estimators=25, random_state=0, n_jobs=1))
     assert cross_val_score(pipe, images, kinds, cv=3).mean() > 0.8
     domain = np.asarray(["x", "y"] * 6 + ["y", "x"] * 6)
     df = domain_matrix(images, kinds, domain, make_classifier=lambda s: clone(pipe).set_params(
-        randomforestclassifier__random_state=s), n_repetitions=2, feature_set_name=type(extractor).__name__)
+        randomforestclassifier__random_state=s), n_repetitions=2, feature_set_name="ColorShapeFeatures")
     assert len(df) == 8 and set(df.classifier) == {"Pipeline"}
+    # The raw-pixel baseline, as notebook 05 runs it: flattened pixels, PCA + forest per training split.
+    pixels = resize_images(images, 16).reshape(len(images), -1)
+    raw = domain_matrix(pixels, kinds, domain, make_classifier=study.pca_forest_factory(8), n_repetitions=2,
+                        feature_set_name="raw_pixels")
+    assert len(raw) == 8 and set(raw.classifier) == {"Pipeline"}
+    again = domain_matrix(pixels, kinds, domain, make_classifier=study.pca_forest_factory(8), n_repetitions=2,
+                          feature_set_name="raw_pixels")
+    pd.testing.assert_frame_equal(raw, again)  # seeded: the same scores twice

@@ -10,8 +10,9 @@ import pytest
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from bcfeat.evaluation.benchmark import METRICS, classification_scores, confusion_matrices, default_classifier, domain_matrix, matrix_table, per_class_f1, save_table, summarize
-from bcfeat.evaluation.repeated_splits import as_test_masks, make_splits, SplitPlan
+from bcfeat.atomic_io import save_table
+from bcfeat.evaluation.benchmark import METRICS, classification_scores, confusion_matrices, default_classifier, domain_matrix, matrix_table, per_class_f1, summarize
+from bcfeat.data.splits import as_test_masks, make_splits, SplitPlan
 
 LABELS = ("a", "b", "c")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcfeat.data import SplitConfig, SplitMismatch, make_or_load_splits, make_splits, scan_dataset
+from bcfeat.data import SplitConfig, SplitMismatch, make_or_load_splits, split_samples, scan_dataset
 from bcfeat.data.splits import read_splits, stratified_holdout, stratified_kfold
 
 
@@ -20,30 +20,30 @@ def pbc(data_root):
 
 
 def test_same_seed_same_split_in_any_input_order(pbc):
-    a = make_splits(pbc.samples, SplitConfig("holdout", seed=3))
+    a = split_samples(pbc.samples, SplitConfig("holdout", seed=3))
     shuffled = pbc.samples.sample(frac=1.0, random_state=np.random.RandomState(7))
-    b = make_splits(shuffled, SplitConfig("holdout", seed=3))
+    b = split_samples(shuffled, SplitConfig("holdout", seed=3))
     pd.testing.assert_frame_equal(a, b)
 
 
 def test_different_seed_different_split(pbc):
-    a = make_splits(pbc.samples, SplitConfig("holdout", seed=0))["split"]
-    b = make_splits(pbc.samples, SplitConfig("holdout", seed=1))["split"]
+    a = split_samples(pbc.samples, SplitConfig("holdout", seed=0))["split"]
+    b = split_samples(pbc.samples, SplitConfig("holdout", seed=1))["split"]
     assert (a != b).mean() > 0.2  # ~32% expected for two independent 80/20 draws
-    fa = make_splits(pbc.samples, SplitConfig("kfold", seed=0))["fold"]
-    fb = make_splits(pbc.samples, SplitConfig("kfold", seed=1))["fold"]
+    fa = split_samples(pbc.samples, SplitConfig("kfold", seed=0))["fold"]
+    fb = split_samples(pbc.samples, SplitConfig("kfold", seed=1))["fold"]
     assert (fa != fb).mean() > 0.5
 
 
 def test_holdout_is_stratified(pbc):
-    s = make_splits(pbc.samples, SplitConfig("holdout", seed=0, test_size=0.25))
+    s = split_samples(pbc.samples, SplitConfig("holdout", seed=0, test_size=0.25))
     for label, g in s.groupby("label"):
         n_test = (g["split"] == "test").sum()
         assert abs(n_test - 0.25 * len(g)) <= 0.5, label
 
 
 def test_kfold_is_stratified_and_balanced(pbc):
-    s = make_splits(pbc.samples, SplitConfig("kfold", seed=0, n_folds=5))
+    s = split_samples(pbc.samples, SplitConfig("kfold", seed=0, n_folds=5))
     assert set(s["fold"]) == set(range(5))
     for label, g in s.groupby("label"):
         sizes = np.bincount(g["fold"], minlength=5)
@@ -66,14 +66,14 @@ def test_tiny_classes_keep_a_training_sample():
 
 _SUBPROCESS = """
 import sys
-from bcfeat.data import scan_dataset, make_splits, SplitConfig
+from bcfeat.data import scan_dataset, split_samples, SplitConfig
 s = scan_dataset("jtsc_zheng18", sys.argv[1], "coarse5").samples
-sys.stdout.write(make_splits(s, SplitConfig("kfold", seed=11)).to_csv(index=False))
+sys.stdout.write(split_samples(s, SplitConfig("kfold", seed=11)).to_csv(index=False))
 """
 
 
 def test_identical_across_processes_and_hash_seeds(data_root):
-    here = make_splits(scan_dataset("jtsc_zheng18", data_root).samples, SplitConfig("kfold", seed=11))
+    here = split_samples(scan_dataset("jtsc_zheng18", data_root).samples, SplitConfig("kfold", seed=11))
     outs = []
     for hash_seed in ("1", "4242"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}

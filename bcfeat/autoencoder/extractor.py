@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +27,8 @@ from sklearn.utils.validation import check_is_fitted
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.detection.feature_cache import cache_key, cached_arrays
 from bcfeat.model_files import ModelFileError, build_from_payload, format_name, load_model_file, parse_format
+
+logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = format_name("aecfe", 1)
 
@@ -330,8 +333,6 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
 
     def transform(self, X: Any) -> np.ndarray:
         """Images -> ``(n_inputs, n_features_out_)`` float32, one row per input (see ``on_error``)."""
-        import logging
-
         from bcfeat.data.images import ImageDecodeError
 
         check_is_fitted(self, "model_")
@@ -352,8 +353,8 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
             out[kept] = self.model_.transform(images)
         self.n_skipped_, self.skipped_ = len(skipped), skipped
         if skipped:
-            logging.getLogger(__name__).warning("AECFEFeatures: %d of %d inputs unreadable, NaN rows: %s",
-                                                len(skipped), len(items), "; ".join(f"{i}: {r}" for i, r in skipped[:5]))
+            logger.warning("AECFEFeatures: %d of %d inputs unreadable, NaN rows: %s",
+                           len(skipped), len(items), "; ".join(f"{i}: {r}" for i, r in skipped[:5]))
         return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:

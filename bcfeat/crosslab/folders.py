@@ -8,7 +8,6 @@ with its reason in the ``skipped`` list and left out of the table.
 
 from __future__ import annotations
 
-import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,8 +17,6 @@ import pandas as pd
 
 from bcfeat.crosslab.adaptation import MIN_SITE_CELLS, CrossLabClassifier
 from bcfeat.crosslab.model import CrossLabModel, load_model, save_model
-
-log = logging.getLogger(__name__)
 
 # Fewer labelled cells of a class cannot train a classifier that means anything.
 MIN_CELLS_PER_CLASS = 2

@@ -35,7 +35,7 @@ from bcfeat.data.images import ImageDecodeError, SkippedImages, read_image
 from bcfeat.model_files import (ModelFileError, build_from_payload, format_name, load_model_file, parse_format,
                                 read_payload)
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MODEL_KIND = "crosslab"
 MODEL_VERSION = 1
@@ -156,7 +156,7 @@ class CrossLabModel:
         crops = (np.stack([r[1] for r in results]) if results
                  else np.zeros((0, self.config.crop.size, self.config.crop.size, 3), np.uint8))
         if len(skipped):
-            log.warning("%s", skipped.summary())
+            logger.warning("%s", skipped.summary())
         out = (feats, np.asarray(kept, dtype=np.int64))
         return (*out, crops) if return_crops else out
 

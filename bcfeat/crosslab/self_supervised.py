@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("simclr", "vicreg")
 
@@ -203,7 +203,7 @@ def train_encoder(crops: np.ndarray, cfg: SelfSupervisedConfig,
             total += loss.item()
         record = {"epoch": epoch, "loss": total / steps_per_epoch, "seconds": time.perf_counter() - start}
         history.append(record)
-        log.info("self-supervised epoch %d: loss %.4f (%.0f s)", epoch, record["loss"], record["seconds"])
+        logger.info("self-supervised epoch %d: loss %.4f (%.0f s)", epoch, record["loss"], record["seconds"])
         if callback is not None:
             callback(record)
     return model.eval(), history

@@ -2,11 +2,12 @@
 
 Modules (one concept each):
 
+- :mod:`~bcfeat.data.sites` - the study's four sites and its source site;
 - :mod:`~bcfeat.data.labels` - the one label map (COMMON13, COARSE5, dataset vocabularies);
 - :mod:`~bcfeat.data.root` - resolving the data root;
 - :mod:`~bcfeat.data.registry` - dataset specs, layouts and :func:`scan_dataset`;
 - :mod:`~bcfeat.data.images` - :func:`load_image` to ``(H, W, 3) uint8`` RGB;
-- :mod:`~bcfeat.data.splits` - deterministic stratified splits stored as CSV;
+- :mod:`~bcfeat.data.splits` - the study's repeated per-site splits and stored per-dataset splits;
 - :mod:`~bcfeat.data.manifest` - verification against the manifests;
 - :mod:`~bcfeat.data.download` - downloading the public archives.
 """
@@ -33,13 +34,16 @@ from bcfeat.data.registry import (
     scan_folder,
 )
 from bcfeat.data.root import DataRootNotFound, resolve_data_root
-from bcfeat.data.splits import SplitConfig, SplitMismatch, make_or_load_splits, make_splits
+from bcfeat.data.sites import SITES, SOURCE_SITE
+from bcfeat.data.splits import SplitConfig, SplitMismatch, SplitPlan, make_or_load_splits, make_splits, split_samples
 
 __all__ = [
     "COARSE5",
     "COMMON13",
     "DATASETS",
     "LAYOUTS",
+    "SITES",
+    "SOURCE_SITE",
     "ChecksumMismatch",
     "DataRootNotFound",
     "DatasetNotFound",
@@ -51,6 +55,7 @@ __all__ = [
     "SkippedImages",
     "SplitConfig",
     "SplitMismatch",
+    "SplitPlan",
     "VerificationReport",
     "download_dataset",
     "download_file",
@@ -64,5 +69,6 @@ __all__ = [
     "resolve_data_root",
     "scan_dataset",
     "scan_folder",
+    "split_samples",
     "verify_dataset",
 ]

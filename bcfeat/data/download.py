@@ -46,8 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from bcfeat import paths
+from bcfeat.atomic_io import write_text
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 USER_AGENT = "bcfeat-download/0.1 (+https://github.com; python-urllib)"
 
@@ -267,7 +268,7 @@ def download_file(
     dest = Path(dest)
     expected = sha256.lower() if sha256 else None
     if dest.is_file() and (expected is None or _file_sha256(dest) == expected):
-        log.info("%s already present, not downloading", dest)
+        logger.info("%s already present, not downloading", dest)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -324,7 +325,7 @@ def download_file(
                         f"download of {url} failed after {retries} retries: {e}; "
                         f"the partial file {part} is kept: run again to resume"
                     ) from e
-                log.warning("download of %s interrupted (%s); resuming (retry %d/%d)", url, e, failures, retries)
+                logger.warning("download of %s interrupted (%s); resuming (retry %d/%d)", url, e, failures, retries)
             time.sleep(min(backoff * 2 ** (failures - 1), 30.0))
     finally:
         bar.close()
@@ -427,7 +428,7 @@ def download_dataset(
     data_dir = Path(paths.DOWNLOADED_DATA if data_dir is None else data_dir)
     target = data_dir / source.release_folder
     if target.is_dir() and any(target.iterdir()) and not force:
-        log.info("%s is already in place at %s (use force=True to replace it)", name, target)
+        logger.info("%s is already in place at %s (use force=True to replace it)", name, target)
         return target
     data_dir.mkdir(parents=True, exist_ok=True)
     archive = data_dir / ".downloads" / source.archive_name
@@ -435,11 +436,11 @@ def download_dataset(
     cached_from = origin.read_text().strip() if origin.is_file() else None
     if force or (cached_from != url and (archive.exists() or _part(archive).exists())):
         if archive.exists() or _part(archive).exists():
-            log.info("%s: discarding the cached archive %s (%s)", name, archive,
+            logger.info("%s: discarding the cached archive %s (%s)", name, archive,
                      "force" if force else f"it came from {cached_from or 'an unknown URL'}, not {url}")
         _discard(archive)
     archive.parent.mkdir(parents=True, exist_ok=True)
-    origin.write_text(url + "\n")
+    write_text(url + "\n", origin)
     expected = sha256 or source.sha256
     try:
         download_file(url, archive, sha256=expected, progress=progress)
@@ -447,7 +448,7 @@ def download_dataset(
         _discard(archive)
         raise
     if expected is None:
-        log.warning(
+        logger.warning(
             "%s: no published sha256 for %s; integrity of the archive is not verified "
             "(its sha256 is %s; `bcfeat verify` checks files listed in a manifest)",
             name, url, _file_sha256(archive),
@@ -480,5 +481,5 @@ def download_dataset(
     if not keep_archive:
         _discard(archive)
     if source.note:
-        log.info("%s: %s", name, source.note)
+        logger.info("%s: %s", name, source.note)
     return target

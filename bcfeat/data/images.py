@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 
@@ -309,4 +309,4 @@ def iter_images(
     n_new = len(skipped) - n_before
     if n_new:
         new = SkippedImages(skipped.entries[n_before:])
-        log.warning(new.summary())
+        logger.warning(new.summary())

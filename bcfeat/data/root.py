@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from bcfeat import paths
+from bcfeat.data.sites import SITES
 
 ENV_VAR = "BCFEAT_DATA_ROOT"
 
@@ -85,7 +86,7 @@ def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:
         f"  3. the shared datasets folder beside the checkout: {shared} (missing)\n"
         f"  4. the download folder: {downloaded} (missing or empty)\n"
         "To get the data by hand: run `bcfeat download <name>` "
-        "(names: pbc_acevedo20, jtsc_zheng18, cellavision_zheng18, bccd_crops) "
+        f"(names: {', '.join(SITES)}) "
         f"to fill {downloaded}, or set {ENV_VAR}=/path/to/datasets, a folder "
         "holding one sub-folder per dataset."
     )

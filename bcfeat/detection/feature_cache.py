@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bcfeat.atomic_io import atomic_path
+from bcfeat.atomic_io import save_npz, write_text
 from bcfeat.data.manifest import sha256_of
 
 
@@ -33,11 +33,6 @@ def cache_key(paths: Sequence[str | os.PathLike], model_file: str | os.PathLike 
     for path in paths:
         digest.update(Path(path).name.encode() + b":" + sha256_of(path).encode())
     return digest.hexdigest()[:20]
-
-
-def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
 
 
 def cached_arrays(paths: Sequence[str | os.PathLike], compute: Callable[[list[str]], dict[str, np.ndarray]],
@@ -68,7 +63,7 @@ def cached_arrays(paths: Sequence[str | os.PathLike], compute: Callable[[list[st
     paths = [str(p) for p in paths]
     entry = Path(cache_dir) / key
     entry.mkdir(parents=True, exist_ok=True)
-    (entry / "paths.txt").write_text("\n".join(paths))
+    write_text("\n".join(paths), entry / "paths.txt")
     starts = list(range(0, len(paths), chunk_size))
     chunks = []
     bar = tqdm(total=len(paths), desc=description, disable=not progress, unit="img")
@@ -84,7 +79,7 @@ def cached_arrays(paths: Sequence[str | os.PathLike], compute: Callable[[list[st
             if bad:
                 raise ValueError(f"compute returned arrays with the wrong number of rows {bad} "
                                  f"for a chunk of {len(batch)} images")
-            _save_atomic(chunk_file, arrays)
+            save_npz(chunk_file, **arrays)
         chunks.append(arrays)
         bar.update(len(batch))
     bar.close()

@@ -3,6 +3,7 @@ the per-site sample of training images, and the augmentation drawn for each step
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from torch import Tensor
 
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.data import scan_dataset
+from bcfeat.data.sites import SITES
 from bcfeat.data.images import read_image
 from bcfeat.detection.pseudo_masks import SegmentationConfig, segment_white_cell
 from bcfeat.detection.config import DetectorTrainingConfig
@@ -22,6 +24,7 @@ from bcfeat.detection.config import DetectorTrainingConfig
 if TYPE_CHECKING:
     import pandas as pd
 
+logger = logging.getLogger(__name__)
 
 
 def resize_long_side(image: np.ndarray, size: int) -> np.ndarray:
@@ -92,7 +95,7 @@ def pseudo_label(items: Sequence[Any], image_size: int, seg_cfg: SegmentationCon
             return PseudoLabelledSet(
                 [t.numpy() for t in cached["images"]], [t.numpy() for t in cached["masks"]],
                 cached["confident"].numpy(), cached["quality"].numpy(), sources)
-        print(f"pseudo-mask cache {cache_path} was made from other inputs; recomputing")
+        logger.info("pseudo-mask cache %s was made from other inputs; recomputing", cache_path)
     from tqdm import tqdm
 
     images, masks, confident, quality = [], [], [], []
@@ -112,7 +115,7 @@ def pseudo_label(items: Sequence[Any], image_size: int, seg_cfg: SegmentationCon
     return out
 
 
-def training_images(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops"),
+def training_images(datasets: Sequence[str] = SITES,
                     per_dataset: int | dict[str, int] = 400, *, root: str | os.PathLike | None = None,
                     exclude_class_folders: Sequence[str] = ("platelet",), holdout_every: int = 0,
                     seed: int = 0) -> pd.DataFrame:
@@ -151,7 +154,7 @@ def training_images(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng18", 
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["dataset", "path"])
 
 
-def training_image_paths(datasets: Sequence[str] = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops"),
+def training_image_paths(datasets: Sequence[str] = SITES,
                          per_dataset: int | dict[str, int] = 400, **kwargs: Any) -> list[str]:
     """The paths of :func:`training_images` (same arguments)."""
     return training_images(datasets, per_dataset, **kwargs).path.tolist()

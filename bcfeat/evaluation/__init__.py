@@ -1,2 +1,2 @@
-"""Scoring features across labs: repeated splits, the random-forest benchmark, the baselines,
-the supervised oracle and the domain-invariance measures."""
+"""Scoring features across labs: the random-forest benchmark (on the splits of
+:mod:`bcfeat.data.splits`), the baselines, the supervised oracle and the domain-invariance measures."""

@@ -4,17 +4,18 @@ The paper compares its autoencoder features with an ImageNet/supervised CNN
 (Sec. 3, Table 1). Two label-free, training-free baselines set the floor that
 any learned feature must beat:
 
-* :class:`RawPixelsPCA`: the image itself, downsized and compressed to 50
-  principal components (the same dimension as the AE-CFE features).
-* :class:`ColorShapeFeatures`: what a haematologist looks at, as numbers:
+* raw pixels: the image itself, downsized (:func:`bcfeat.study.common.decoded_images`)
+  and compressed to 50 principal components fitted on each training split
+  (:func:`bcfeat.study.common.pca_forest_factory`);
+* :class:`ColorShapeFeatures` (here): what a haematologist looks at, as numbers:
   colour histograms of the nucleus and of the cytoplasm, and the shape of the
   nucleus (area, perimeter, eccentricity, solidity, lobes) and its share of the
   cell.
 
-Both are sklearn transformers (params in ``__init__``, learned state in ``*_``
-attributes, ``fit`` returns ``self``), so ``make_pipeline(RawPixelsPCA(),
+:class:`ColorShapeFeatures` is an sklearn transformer (params in ``__init__``, learned state
+in ``*_`` attributes, ``fit`` returns ``self``), so ``make_pipeline(ColorShapeFeatures(),
 RandomForestClassifier())`` plugs straight into
-:func:`bcfeat.evaluation.benchmark.domain_matrix`. Their input is a list of ``(H, W, 3)``
+:func:`bcfeat.evaluation.benchmark.domain_matrix`. Its input is a list of ``(H, W, 3)``
 uint8 RGB images of any size, an ``(n, H, W, 3)`` uint8 array, or a list of
 image paths (read with :func:`bcfeat.data.load_image`).
 """
@@ -28,9 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
-from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.decomposition import PCA
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
 from skimage import color, filters, measure
 
 
@@ -114,70 +114,6 @@ def resize_images(images: Any, size: int) -> np.ndarray:
         else:
             out[i] = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
     return out
-
-
-class RawPixelsPCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
-    """Downsized RGB pixels projected on their principal components.
-
-    Parameters
-    ----------
-    image_size : int, default=32
-        Images are resized to ``image_size x image_size`` RGB, scaled to [0, 1]
-        and flattened (``3 * image_size**2`` values).
-    n_components : int, default=50
-        Principal components kept (50 = the AE-CFE feature dimension).
-    whiten : bool, default=False
-        Passed to :class:`sklearn.decomposition.PCA`.
-    random_state : int or None, default=None
-        Seed of the randomized PCA solver.
-
-    Attributes
-    ----------
-    n_features_in_ : int
-        Pixel values per image, ``3 * image_size**2``.
-    pca_ : PCA
-        The fitted projection.
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(0)
-    >>> imgs = rng.integers(0, 256, size=(20, 40, 40, 3), dtype=np.uint8)
-    >>> RawPixelsPCA(image_size=8, n_components=5, random_state=0).fit_transform(imgs).shape
-    (20, 5)
-    """
-
-    def __init__(self, image_size: int = 32, n_components: int = 50, whiten: bool = False,
-                 random_state: int | None = None):
-        self.image_size = image_size
-        self.n_components = n_components
-        self.whiten = whiten
-        self.random_state = random_state
-
-    def _pixels(self, X: Any) -> np.ndarray:
-        """Images -> ``(n, 3 * image_size**2)`` float32 in [0, 1]."""
-        small = resize_images(X, self.image_size)
-        return small.reshape(len(small), -1).astype(np.float32) / 255.0
-
-    def fit(self, X: Any, y: Any = None) -> RawPixelsPCA:
-        """Fit the PCA on the resized pixels of ``X`` (``y`` is ignored)."""
-        P = validate_data(self, self._pixels(X), reset=True, dtype=np.float32)
-        if self.n_components > min(P.shape):
-            raise ValueError(
-                f"n_components={self.n_components} exceeds min(n_images, n_pixel_values)={min(P.shape)}"
-            )
-        self.pca_ = PCA(n_components=self.n_components, whiten=self.whiten, random_state=self.random_state)
-        self.pca_.fit(P)
-        return self
-
-    def transform(self, X: Any) -> np.ndarray:
-        """Project images: ``(n, ...)`` images -> ``(n, n_components)`` float32."""
-        check_is_fitted(self, "pca_")
-        P = validate_data(self, self._pixels(X), reset=False, dtype=np.float32)
-        return self.pca_.transform(P)
-
-    @property
-    def _n_features_out(self) -> int:
-        return self.pca_.n_components_
 
 
 # Why these channels: the nucleus takes up the basic (blue/purple) dye in all four stains, so it

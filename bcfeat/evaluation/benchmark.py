@@ -38,10 +38,7 @@ Design decisions (each one is a parameter, recorded in the output rows):
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,11 +46,11 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, recall_score
-from bcfeat.evaluation.repeated_splits import DEFAULT_N_REPETITIONS, DEFAULT_TEST_SIZE, SplitPlan, as_test_masks, make_splits
+
+from bcfeat.data.splits import (DEFAULT_N_REPETITIONS, DEFAULT_TEST_SIZE, SplitPlan, as_test_masks, make_splits,
+                                unique_in_order)
 
 # The released AE-CFE code: RandomForestClassifier(max_depth=16, random_state=0), i.e. sklearn's
-
-
 # default of 100 trees; train_test_split(test_size=0.20).
 RF_MAX_DEPTH = 16
 RF_N_ESTIMATORS = 100
@@ -180,7 +177,7 @@ def domain_matrix(
             y, domain, n_repetitions=n_repetitions, test_size=test_size, random_state=random_state
         )
     is_test = as_test_masks(splits, n)
-    all_domains = _unique_in_order(domain)
+    all_domains = unique_in_order(domain)
     train_domains = all_domains if train_domains is None else list(train_domains)
     test_domains = all_domains if test_domains is None else list(test_domains)
     for d in [*train_domains, *test_domains]:
@@ -320,8 +317,8 @@ def matrix_table(summary: pd.DataFrame, metric: str = "balanced_accuracy", digit
         lambda r: f"{r[f'{metric}_mean']:.{digits}f} ± {r[f'{metric}_std']:.{digits}f}", axis=1
     )
     table = summary.assign(cell=cell).pivot(index="train_domain", columns="test_domain", values="cell")
-    order_rows = _unique_in_order(summary["train_domain"].to_numpy())
-    order_cols = _unique_in_order(summary["test_domain"].to_numpy())
+    order_rows = unique_in_order(summary["train_domain"].to_numpy())
+    order_cols = unique_in_order(summary["test_domain"].to_numpy())
     return table.loc[order_rows, order_cols]
 
 
@@ -405,40 +402,6 @@ def per_class_f1(predictions: pd.DataFrame, labels: Sequence | None = None) -> p
                  "f1": f[i], "support": int(s[i])}
             )
     return pd.DataFrame(rows)
-
-
-def save_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a table as CSV, atomically (a crash never leaves half a file).
-
-    Parameters
-    ----------
-    df : pd.DataFrame
-    path : path-like
-        Destination ``.csv``; parent folders are created.
-
-    Returns
-    -------
-    Path
-        The written path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            df.to_csv(fh, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _unique_in_order(values: np.ndarray) -> list:
-    """Unique values in order of first appearance (domains keep the caller's order)."""
-    values = np.asarray(values)
-    _, first = np.unique(values, return_index=True)
-    return values[np.sort(first)].tolist()
 
 
 def _n_samples(X: Any) -> int:

@@ -13,12 +13,12 @@ error (traceback with ``--verbose``), 2 a usage or input error (one line on stde
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bcfeat.atomic_io import TABLE_FORMATS, save_table
 from bcfeat.runner.exit_codes import one_line
 
 
@@ -94,9 +94,6 @@ def _cmd_splits(args: argparse.Namespace) -> int:
     return 0
 
 
-OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
-
-
 def check_output_path(output: str | os.PathLike) -> Path:
     """The ``--output`` of ``bcfeat extract``, checked before any work (format, folder, writability).
 
@@ -106,10 +103,10 @@ def check_output_path(output: str | os.PathLike) -> Path:
         Unknown extension, a folder, or a path below a file; no file is created.
     """
     out = Path(output)
-    fmt = OUTPUT_FORMATS.get(out.suffix.lower())
-    if fmt is None:
+    fmt = out.suffix.lower()
+    if fmt not in TABLE_FORMATS:
         raise ValueError(f"--output {out}: unknown table format {out.suffix or '(no extension)'!r}; "
-                         f"use one of {', '.join(OUTPUT_FORMATS)}")
+                         f"use one of {', '.join(TABLE_FORMATS)}")
     if out.is_dir():
         raise ValueError(f"--output {out} is a folder; give a file name such as {out / ('features' + out.suffix)}")
     for parent in out.parents:
@@ -119,22 +116,12 @@ def check_output_path(output: str | os.PathLike) -> Path:
             if not os.access(parent, os.W_OK):
                 raise ValueError(f"--output {out}: folder {parent} is not writable")
             break
-    if fmt == "parquet":
+    if fmt == ".parquet":
         try:
             import pyarrow  # noqa: F401  (pandas' parquet engine, pinned in the lock)
         except ImportError:
             raise ValueError("--output .parquet needs pyarrow (in requirements.lock); install it or write .csv") from None
     return out
-
-
-def _write_table(table, out: Path) -> None:
-    from bcfeat.atomic_io import atomic_path
-
-    with atomic_path(out) as tmp:  # creates the folder; the temporary file is removed on any error
-        if OUTPUT_FORMATS[out.suffix.lower()] == "parquet":
-            table.to_parquet(tmp, index=False)
-        else:
-            table.to_csv(tmp, index=False)
 
 
 def _report_skipped(command: str, n_rows: int, out: Path, skipped) -> None:
@@ -158,7 +145,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
         table, skipped = extract_folder(args.model, args.input, layout=args.layout, batch_size=args.batch_size,
                                         progress=not args.no_progress)
-    _write_table(table, out)
+    save_table(table, out)  # creates the folder; never leaves half a table
     _report_skipped("extract", len(table), out, skipped)
     return 0
 
@@ -183,7 +170,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
     out = check_output_path(args.output)
     table, skipped = classify_folder(args.model, args.input)
-    _write_table(table, out)
+    save_table(table, out)  # creates the folder; never leaves half a table
     _report_skipped("classify", len(table), out, skipped)
     return 0
 
@@ -203,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="bcfeat", description="bcfeat: AE-CFE white blood cell features, reproducibly.")
     p.add_argument("-v", "--verbose", action="store_true",
-                   help="log progress messages; show the traceback of an unexpected error")
+                   help="log debug messages too; show the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("download", help="download a public dataset archive into the data folder")
@@ -276,10 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (see :mod:`bcfeat.runner.exit_codes`)."""
-    from bcfeat.runner.exit_codes import run_command
+    from bcfeat.runner.exit_codes import configure_logging, run_command
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     return run_command(f"bcfeat {args.command}", lambda: args.func(args), verbose=args.verbose)
 
 

@@ -12,6 +12,10 @@
 ====  =====================================================================================
 
 A user's mistake never shows a traceback; a bug shows one only with ``--verbose``.
+
+The library reports through :mod:`logging` (one ``logger`` per module) and never prints; a command
+decides what the user sees with :func:`configure_logging`: the package's INFO messages and every
+WARNING on stderr, one line each; with ``--verbose`` the package's DEBUG messages and tracebacks too.
 """
 
 from __future__ import annotations
@@ -23,7 +27,38 @@ from collections.abc import Callable
 
 OK, PROBLEM, USAGE = 0, 1, 2
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
+
+
+class _OneLine(logging.Formatter):
+    """A record as one line: its message without the traceback (``--verbose`` shows that)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Show the log on stderr: bcfeat's INFO (DEBUG with ``verbose``) and every library's WARNING.
+
+    Without ``verbose`` each record is one line and never a traceback. A root logger that already
+    has handlers (the caller's own set-up, or pytest's) is left as it is.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    if verbose:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(_OneLine("%(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)  # other libraries: warnings only
+    logging.getLogger("bcfeat").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -60,7 +95,7 @@ def run_command(prog: str, func: Callable[[], int | None], verbose: bool = False
         status = func()
     except user_errors() as error:
         if verbose:
-            log.exception("%s failed", prog)
+            logger.exception("%s failed", prog)
         print(f"{prog}: {one_line(error)}", file=sys.stderr)
         return USAGE
     except KeyboardInterrupt:

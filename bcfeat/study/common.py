@@ -15,13 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bcfeat.evaluation.repeated_splits import SplitPlan, make_splits
+from bcfeat.atomic_io import save_npz, save_table
+from bcfeat.data.splits import SplitPlan, make_splits
 from bcfeat.data import load_image, scan_dataset
 from bcfeat.study.data_overview import subsample
+from bcfeat.data.sites import SITES, SOURCE_SITE
 from bcfeat.validation import require_int
-
-SITES: tuple[str, ...] = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
-SOURCE_SITE = "pbc_acevedo20"
 
 
 def parse_list(text: str) -> list[str]:
@@ -66,8 +65,7 @@ def study_splits(samples: pd.DataFrame, n_repetitions: int, seed: int, path: str
         frame = plan.to_frame()
         frame.insert(0, "key", sample_keys(samples))
         frame.insert(1, "label", samples["label"].to_numpy())
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False)
+        save_table(frame, path)
     return plan
 
 
@@ -89,14 +87,7 @@ def decoded_images(paths: Sequence[str], size: int) -> np.ndarray:
 
 def save_feature_set(path: str | os.PathLike, keys: Sequence[str], X: np.ndarray, **info) -> Path:
     """Write one feature set (rows keyed by ``dataset/relpath``) as ``.npz``, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, keys=np.asarray(list(keys)), X=np.asarray(X),
-                 info=np.asarray(repr(info)))
-    os.replace(tmp, path)
-    return path
+    return save_npz(path, keys=np.asarray(list(keys)), X=np.asarray(X), info=np.asarray(repr(info)))
 
 
 def load_feature_set(path: str | os.PathLike, samples: pd.DataFrame) -> np.ndarray:

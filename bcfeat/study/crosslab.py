@@ -7,7 +7,6 @@ the feature sets of ``03_features`` and the BatchNorm oracle of ``04_oracle``.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -20,15 +19,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 
 from bcfeat.study import common as study
-from bcfeat.evaluation.repeated_splits import SplitPlan
+from bcfeat.data.splits import SplitPlan
 from bcfeat.evaluation.benchmark import default_classifier, domain_matrix, matrix_table, summarize
 from bcfeat.crosslab import evaluation as ev
 from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_crop import CropConfig
 from bcfeat.study.crosslab_figures import few_shot_figure, gallery_figure, matrix_figure, per_class_figure, umap_figure
 from bcfeat.crosslab.cell_features import GROUPS, feature_groups, feature_names, feature_set_columns
-
-log = logging.getLogger(__name__)
 
 LABELS = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 OURS = "crosslab"
@@ -238,7 +235,7 @@ def adabn_oracle_scores(samples: pd.DataFrame, plan: SplitPlan, artifacts: Path,
     images (all of them, unlabelled) before predicting that site's test split and all its cells."""
     import torch
 
-    from bcfeat.evaluation.repeated_splits import as_test_masks
+    from bcfeat.data.splits import as_test_masks
     from bcfeat.evaluation.oracle import adapt_batch_norm, embed, load_checkpoint, predict_proba, prepare_images
 
     path = oracle_checkpoint(artifacts, profile, samples, norm, seed)
@@ -366,7 +363,7 @@ def matrix_display(matrix: pd.DataFrame, setting: str) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- all cells, ablations
 def _source_train_rows(samples: pd.DataFrame, plan: SplitPlan) -> np.ndarray:
-    from bcfeat.evaluation.repeated_splits import as_test_masks
+    from bcfeat.data.splits import as_test_masks
 
     is_test = as_test_masks(plan, len(samples))[0]
     return np.flatnonzero((samples["domain"].to_numpy() == study.SOURCE_SITE) & ~is_test), is_test
