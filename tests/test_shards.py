@@ -213,3 +213,24 @@ def test_crosslab_model_shards_merge_to_the_single_table(data_root, tmp_path):
     merged, merged_skipped = merge_shards(out)
     pd.testing.assert_frame_equal(merged, table, check_exact=True)
     assert merged_skipped == skipped
+
+
+def test_torchrun_with_two_processes_merges_to_the_single_table(model_file, folder, tmp_path):
+    """Two CPU processes under torchrun; torchrun runs each with OMP_NUM_THREADS=1, and float sums depend on
+    the thread count, so the reference is a single process with one thread too."""
+    import os
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip(f"no torchrun beside {sys.executable}")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    args = ["extract", str(model_file), str(folder), "--batch-size", "2", "--no-progress", "--output"]
+    subprocess.run([sys.executable, "-m", "bcfeat.runner.cli", *args, str(tmp_path / "single.csv")], env=env,
+                   check=True, capture_output=True)
+    subprocess.run([str(torchrun), "--nproc_per_node=2", "--master_port=0", "-m", "bcfeat.runner.cli", *args,
+                    str(tmp_path / "f.csv")], env=env, check=True, capture_output=True, timeout=300)
+    assert sorted(p.name for p in shard_folder(tmp_path / "f.csv").iterdir()) == ["shard-1-of-2.npz", "shard-2-of-2.npz"]
+    assert (tmp_path / "f.csv").read_bytes() == (tmp_path / "single.csv").read_bytes()
