@@ -7,7 +7,8 @@ last good file in place and no temporary file behind:
 - :func:`atomic_torch_save`: checkpoints and model files (fsynced);
 - :func:`save_table`: result tables, ``.csv`` (or ``.parquet``) by the file's suffix;
 - :func:`save_npz`: arrays (feature sets, cache chunks);
-- :func:`write_text`: small text files.
+- :func:`write_text`: small text files;
+- :func:`atomic_folder`: a folder written as a whole (a data pack), swapped in when complete.
 
 Two writes are atomic by other means, on purpose: a download keeps its ``.part`` file on an error
 so the next run resumes it, and an extracted dataset folder is renamed into place as a whole
@@ -17,6 +18,7 @@ so the next run resumes it, and an extracted dataset folder is renamed into plac
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -113,3 +115,44 @@ def write_text(text: str, path: str | os.PathLike, encoding: str = "utf-8") -> P
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding=encoding)
     return Path(path)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``path``, renamed to ``path`` on normal exit and removed on error.
+
+    An existing ``path`` is refused (``FileExistsError``, before any work) unless ``overwrite``;
+    then it is replaced only once the new folder is complete.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "pack"
+    >>> with atomic_folder(target) as tmp:
+    ...     _ = (tmp / "a.txt").write_text("done")
+    >>> sorted(p.name for p in target.iterdir())
+    ['a.txt']
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; remove it or ask to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if not path.exists():
+            os.replace(tmp, path)
+            return
+        # The old folder steps aside only once the new one is complete, and comes back if the swap fails.
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        os.replace(path, old / path.name)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(old / path.name, path)
+            old.rmdir()
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

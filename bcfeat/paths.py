@@ -26,3 +26,5 @@ DOWNLOADED_DATA = ROOT / "data"
 SHARED_DATA = ROOT.parent / "shared" / "datasets"
 SHARED_MANIFESTS = ROOT.parent / "shared" / "manifests"
 SHARED_MASKS = ROOT.parent / "shared" / "masks"
+# Where `bcfeat pack` writes the compact data pack by default: beside the checkout, never inside it.
+PACK = ROOT.parent / "bcfeat_pack"

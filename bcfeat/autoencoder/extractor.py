@@ -468,11 +468,14 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
         encoded.append(arrays["features"] if model.site_standardize else model.encode(arrays["features"]))
         batch.clear()
 
+    block_of = {p: i // batch_size for i, p in enumerate(files["path"])}
     for path, image in tqdm(iter_images(files["path"], skipped), total=len(files),
                             disable=not progress, desc="extracting", unit="img"):
-        batch.append((str(path), image))
-        if len(batch) == batch_size:
+        # A batch is the readable images of batch_size consecutive files (batch-mates shift results
+        # slightly), so an unreadable file never moves later batches: a shard gives the same rows.
+        if batch and block_of[str(path)] != block_of[batch[0][0]]:
             flush()
+        batch.append((str(path), image))
     if batch:
         flush()
     table = pd.DataFrame(rows, columns=["relpath", "label", "fallback", "score"])

@@ -30,6 +30,13 @@ def _holds_data(folder: Path) -> bool:
         return False
 
 
+def _pack_datasets(root: Path) -> Path:
+    """A data pack's ``datasets/`` folder when ``root`` is a pack, else ``root``."""
+    from bcfeat.data.pack import DATASETS_DIR, PACK_INFO
+
+    return root / DATASETS_DIR if (root / PACK_INFO).is_file() and (root / DATASETS_DIR).is_dir() else root
+
+
 def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:
     """Return the data root, looking in a fixed order.
 
@@ -41,6 +48,7 @@ def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:
 
     A root given explicitly (1 or 2) must exist: it is an error, not a reason to
     fall through to the next candidate, so a typo never silently selects other data.
+    A data pack (``bcfeat pack``) given as 1 or 2 stands for its ``datasets/`` folder.
 
     Parameters
     ----------
@@ -61,7 +69,7 @@ def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:
         root = Path(explicit).expanduser()
         if not root.is_dir():
             raise DataRootNotFound(f"data root given explicitly does not exist or is not a folder: {root}")
-        return root.resolve()
+        return _pack_datasets(root).resolve()
 
     from_env = os.environ.get(ENV_VAR)
     if from_env:
@@ -71,7 +79,7 @@ def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:
                 f"{ENV_VAR}={from_env} does not exist or is not a folder; "
                 f"fix the variable or unset it to use the default locations"
             )
-        return root.resolve()
+        return _pack_datasets(root).resolve()
 
     shared, downloaded = Path(paths.SHARED_DATA), Path(paths.DOWNLOADED_DATA)
     if shared.is_dir():

@@ -95,7 +95,8 @@ def expert_mask_pairs(dataset: str, data_root: str | Path | None = None,
         One of :data:`MASKED_DATASETS`.
     data_root, masks_root : path, optional
         Data root (default: :func:`bcfeat.data.resolve_data_root`) and expert-mask folder
-        (default: ``bcfeat.paths.SHARED_MASKS``).
+        (default: ``masks/`` beside the data root, as in the shared folder and a data pack, else
+        ``bcfeat.paths.SHARED_MASKS``).
 
     Returns
     -------
@@ -107,7 +108,10 @@ def expert_mask_pairs(dataset: str, data_root: str | Path | None = None,
     if dataset not in MASKED_DATASETS:
         raise ValueError(f"no expert masks for {dataset!r}; masked datasets: {MASKED_DATASETS}")
     data_root = resolve_data_root(data_root)
-    masks_root = Path(masks_root) if masks_root is not None else paths.SHARED_MASKS
+    if masks_root is None:
+        beside = data_root.parent / "masks" / dataset
+        masks_root = beside.parent if beside.is_dir() else paths.SHARED_MASKS
+    masks_root = Path(masks_root)
     image_dir, mask_dir = data_root / dataset, masks_root / dataset
     if not image_dir.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {image_dir}")

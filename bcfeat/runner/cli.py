@@ -4,6 +4,7 @@
 ``bcfeat verify``         check a data root against the manifests (exit 1 on problems)
 ``bcfeat scan NAME``      count the samples per label and the exclusions
 ``bcfeat splits NAME``    make (or check) the stored stratified split of a dataset
+``bcfeat pack``, ``bcfeat merge-shards``, ``bcfeat extract --shard K/N``: see :mod:`bcfeat.runner.cli_scale_out`
 
 Each subcommand is a small function over the :mod:`bcfeat.data` API. Exit status
 (:mod:`bcfeat.runner.exit_codes`): 0 success, 1 a problem found in the data or an unexpected
@@ -42,6 +43,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from bcfeat.data.registry import DatasetNotFound
     from bcfeat.data.root import resolve_data_root
 
+    from bcfeat.runner.cli_scale_out import verify_if_pack
+
+    if (status := verify_if_pack(args)) is not None:  # a data pack is checked against its own manifest
+        return status
     root = resolve_data_root(args.root)
     names = args.dataset or available_manifests(args.manifests)
     if not names:
@@ -133,7 +138,11 @@ def _report_skipped(command: str, n_rows: int, out: Path, skipped) -> None:
 def _cmd_extract(args: argparse.Namespace) -> int:
     from bcfeat.crosslab.model import is_crosslab_model_file
 
+    from bcfeat.runner.cli_scale_out import run_extract_shard
+
     out = check_output_path(args.output)  # refuse a bad --output before minutes of extraction
+    if (status := run_extract_shard(args, out)) is not None:  # --shard K/N, or under torchrun
+        return status
     if is_crosslab_model_file(args.model):
         from bcfeat.crosslab.folders import extract_folder as extract_cells
 
@@ -186,6 +195,7 @@ def _http_url(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from bcfeat.data.download import SOURCES
     from bcfeat.data.registry import DATASETS, LAYOUTS
+    from bcfeat.runner.cli_scale_out import add_commands, add_shard_options
     from bcfeat.runner.exit_codes import float_between, int_at_least
 
     p = argparse.ArgumentParser(prog="bcfeat", description="bcfeat: AE-CFE white blood cell features, reproducibly.")
@@ -240,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", required=True, help="table to write (.csv or .parquet)")
     e.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per step (>= 1)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_shard_options(e)
     e.set_defaults(func=_cmd_extract)
 
     tc = sub.add_parser("train-classifier", help="train a classifier on labelled folders <folder>/<class>/<image> "
@@ -258,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("input", help="folder of one lab's images (at least 10)")
     c.add_argument("--output", required=True, help="table to write (.csv or .parquet)")
     c.set_defaults(func=_cmd_classify)
+    add_commands(sub)
     return p
 
 
