@@ -57,7 +57,7 @@ plan = aes.VariantPlan.from_parameters(variants, ae_preset, epochs, batch_size, 
 #
 # The 50-d latent code of every image under each autoencoder variant. The headline variant,
 # with its detector, is also written as one model file that `bcfeat extract` and the
-# scikit-learn transformer `bcfeat.autoencoder.extractor.AECFEFeatures` load.
+# scikit-learn transformer `bcfeat.extraction.transformer.AECFEFeatures` load.
 
 # %% tags=["hide-input"]
 instances = aes.instances_for(samples, artifacts, plan, progress=False)

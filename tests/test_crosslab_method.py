@@ -277,7 +277,7 @@ def test_self_supervised_encoder_trains_and_embeds():
 def test_the_scikit_learn_transformer_loads_a_crosslab_model_file(tmp_path):
     from sklearn.pipeline import make_pipeline
 
-    from bcfeat.autoencoder.extractor import AECFEFeatures
+    from bcfeat.extraction.transformer import AECFEFeatures
 
     rng = np.random.default_rng(1)
     paths, labels = [], []

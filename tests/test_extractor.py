@@ -19,7 +19,8 @@ from bcfeat.data import scan_dataset
 from bcfeat.detection.config import DetectorConfig
 from bcfeat.detection.architecture import build_detector
 from bcfeat.detection.checkpoint import save_detector
-from bcfeat.autoencoder.extractor import AECFEFeatures, ExtractionConfig, instance_arrays, load_model, save_model, scale_features
+from bcfeat.extraction.transformer import AECFEFeatures
+from bcfeat.autoencoder.aecfe_model import ExtractionConfig, instance_arrays, load_model, save_model, scale_features
 from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
 
 
@@ -131,12 +132,12 @@ def test_extract_names_every_file_it_leaves_out(model_file, real_paths, tmp_path
     ("afile/x.csv", "afile is a file, not a folder"),
 ])
 def test_extract_refuses_a_bad_output_before_any_work(tmp_path, capsys, monkeypatch, output, message):
-    import bcfeat.autoencoder.extractor
+    import bcfeat.extraction.folder
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("extraction started")
 
-    monkeypatch.setattr(bcfeat.autoencoder.extractor, "extract_folder", must_not_run)
+    monkeypatch.setattr(bcfeat.extraction.folder, "extract_folder", must_not_run)
     (tmp_path / "folder.csv").mkdir()
     (tmp_path / "afile").write_text("x")
     status = cli_main(["extract", str(tmp_path / "model.pt"), str(tmp_path), "--output", str(tmp_path / output)])
@@ -218,7 +219,7 @@ def test_a_site_standardised_model_takes_each_call_as_one_site(tmp_path, data_ro
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:
             shutil.copy(f, tmp)
-        from bcfeat.autoencoder.extractor import extract_folder
+        from bcfeat.extraction.folder import extract_folder
 
         table, skipped = extract_folder(path, tmp, progress=False)
     assert len(table) == MIN_SITE_IMAGES and not skipped

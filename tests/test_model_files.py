@@ -13,7 +13,7 @@ from bcfeat.runner.cli import main as cli_main
 from bcfeat.detection.config import DetectorConfig
 from bcfeat.detection.architecture import build_detector
 from bcfeat.detection.checkpoint import load_detector, save_detector
-from bcfeat.autoencoder.extractor import ExtractionConfig, load_model, save_model
+from bcfeat.autoencoder.aecfe_model import ExtractionConfig, load_model, save_model
 from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, load_checkpoint, save_checkpoint
 from bcfeat.model_files import ModelFileError, load_model_file
 

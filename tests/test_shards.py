@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from bcfeat.autoencoder.extractor import ExtractionConfig, extract_folder, save_model
+from bcfeat.autoencoder.aecfe_model import ExtractionConfig, save_model
+from bcfeat.extraction.folder import extract_folder
 from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
-from bcfeat.autoencoder.shards import Shard, extract_shard, merge_shards, shard_folder, shard_path, shard_range
+from bcfeat.extraction.shards import Shard, extract_shard, merge_shards, shard_folder, shard_path, shard_range
 from bcfeat.detection.architecture import build_detector
 from bcfeat.detection.checkpoint import save_detector
 from bcfeat.detection.config import DetectorConfig
@@ -153,7 +154,7 @@ def test_bad_shard_numbers_are_refused(tmp_path, capsys, value, message):
 
 
 def test_a_killed_shard_resumes_where_it_stopped(model_file, folder, tmp_path, monkeypatch):
-    import bcfeat.autoencoder.extractor as extractor
+    import bcfeat.autoencoder.aecfe_model as extractor
 
     real = extractor.instance_arrays
     calls = []

@@ -8,7 +8,7 @@ unlabelled images, removes the first two moments of that shift before the autoen
 sees the features (the idea of adaptive batch normalisation, Li et al. 2018, applied to
 the autoencoder's input). It needs a set of unlabelled images of every site, no labels;
 the released AE-CFE code has no such step (it scales each sample to [-1, 1] on its own,
-:func:`bcfeat.autoencoder.extractor.scale_features`, which is still applied afterwards).
+:func:`bcfeat.autoencoder.aecfe_model.scale_features`, which is still applied afterwards).
 """
 
 from __future__ import annotations

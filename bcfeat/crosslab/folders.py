@@ -23,7 +23,7 @@ MIN_CELLS_PER_CLASS = 2
 
 
 def _folder_files(folder: str | os.PathLike, labelled: bool) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    from bcfeat.autoencoder.extractor import folder_images
+    from bcfeat.data.image_folders import folder_images
 
     files, dropped = folder_images(folder, "files")
     if labelled:

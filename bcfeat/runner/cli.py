@@ -129,7 +129,7 @@ def check_output_path(output: str | os.PathLike) -> Path:
     return out
 
 
-def _report_skipped(command: str, n_rows: int, out: Path, skipped) -> None:
+def report_skipped(command: str, n_rows: int, out: Path, skipped) -> None:
     print(f"bcfeat {command}: {n_rows} images -> {out}; {len(skipped)} file(s) skipped" + (":" if skipped else ""))
     for path, reason in skipped:  # every file without a row, named with the reason
         print(f"  skipped {path}: {reason}")
@@ -150,12 +150,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             raise ValueError("--layout applies to AE-CFE model files; a cross-lab model reads every image below the folder")
         table, skipped = extract_cells(args.model, args.input)
     else:
-        from bcfeat.autoencoder.extractor import extract_folder
+        from bcfeat.extraction.folder import extract_folder
 
         table, skipped = extract_folder(args.model, args.input, layout=args.layout, batch_size=args.batch_size,
                                         progress=not args.no_progress)
     save_table(table, out)  # creates the folder; never leaves half a table
-    _report_skipped("extract", len(table), out, skipped)
+    report_skipped("extract", len(table), out, skipped)
     return 0
 
 
@@ -180,7 +180,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     out = check_output_path(args.output)
     table, skipped = classify_folder(args.model, args.input)
     save_table(table, out)  # creates the folder; never leaves half a table
-    _report_skipped("classify", len(table), out, skipped)
+    report_skipped("classify", len(table), out, skipped)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 ``bcfeat pack``                      write the compact data pack (:mod:`bcfeat.data.pack`)
 ``bcfeat verify --root PACK``        recompute a pack's sha256s, name every file that differs
-``bcfeat extract ... --shard K/N``   extract one shard (:mod:`bcfeat.autoencoder.shards`)
+``bcfeat extract ... --shard K/N``   extract one shard (:mod:`bcfeat.extraction.shards`)
 ``bcfeat merge-shards --output F``   check the N shards and write the merged table
 
 :func:`add_commands` registers them on the parser of :mod:`bcfeat.runner.cli`.
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def _shard_arg(text: str):
-    from bcfeat.autoencoder.shards import Shard
+    from bcfeat.extraction.shards import Shard
 
     try:
         return Shard.parse(text)
@@ -95,13 +95,14 @@ def verify_if_pack(args: argparse.Namespace) -> int | None:
 
 
 def _write_merged(output: Path, n_shards: int | None = None, model: str | None = None) -> int:
-    from bcfeat.autoencoder.shards import merge_shards
-    from bcfeat.runner.cli import _report_skipped, _write_table, check_output_path
+    from bcfeat.extraction.shards import merge_shards
+    from bcfeat.atomic_io import save_table
+    from bcfeat.runner.cli import check_output_path, report_skipped
 
     out = check_output_path(output)
     table, skipped = merge_shards(out, n_shards, model)
-    _write_table(table, out)
-    _report_skipped("merge-shards", len(table), out, skipped)
+    save_table(table, out)
+    report_skipped("merge-shards", len(table), out, skipped)
     return 0
 
 
@@ -111,7 +112,7 @@ def cmd_merge_shards(args: argparse.Namespace) -> int:
 
 def run_extract_shard(args: argparse.Namespace, out: Path) -> int | None:
     """``bcfeat extract`` with ``--shard`` (or under torchrun): its exit status, else None (a plain run)."""
-    from bcfeat.autoencoder.shards import Shard, all_shards_present, extract_shard
+    from bcfeat.extraction.shards import Shard, all_shards_present, extract_shard
 
     shard = args.shard or Shard.from_env()
     if shard is None:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from bcfeat.study import common as study
-from bcfeat.autoencoder.extractor import ExtractionConfig, autoencoder_inputs, cached_instance_arrays
+from bcfeat.autoencoder.aecfe_model import ExtractionConfig, autoencoder_inputs, cached_instance_arrays
 from bcfeat.autoencoder.losses import LossWeights
 from bcfeat.autoencoder.model import AEConfig
 from bcfeat.autoencoder.training import AutoencoderTrainingConfig
@@ -211,7 +211,7 @@ def load_variant(plan: VariantPlan, name: str, samples: pd.DataFrame, checkpoint
 
 def save_variant_model(plan: VariantPlan, name: str, samples: pd.DataFrame, artifacts: Path, path: Path) -> Path:
     """One model file (detector + this variant's autoencoder) for ``bcfeat extract`` and the transformer."""
-    from bcfeat.autoencoder.extractor import save_model
+    from bcfeat.autoencoder.aecfe_model import save_model
 
     variant = plan.variants[name]
     _, checkpoint = load_variant(plan, name, samples, Path(artifacts) / "checkpoints")
@@ -238,7 +238,7 @@ def history_figure(history: pd.DataFrame):
 def reconstruction_examples(plan: VariantPlan, samples: pd.DataFrame, instances: dict, checkpoints: Path,
                             per_site: int = 6, seed: int = 0):
     """Input crops and the headline variant's reconstructions for a seeded pick of cells per site."""
-    from bcfeat.autoencoder.extractor import reconstruct
+    from bcfeat.autoencoder.aecfe_model import reconstruct
     from bcfeat.study.figures import reconstruction_figure
 
     name = plan.names[0]
@@ -257,7 +257,7 @@ def reconstruction_examples(plan: VariantPlan, samples: pd.DataFrame, instances:
 def encode_samples(plan: VariantPlan, name: str, all_samples: pd.DataFrame, instances: dict,
                    checkpoints: Path) -> np.ndarray:
     """The 50-d latent of every sample for one variant, ``(n, 50)``."""
-    from bcfeat.autoencoder.extractor import encode_features
+    from bcfeat.autoencoder.aecfe_model import encode_features
 
     model, _ = load_variant(plan, name, all_samples, checkpoints)
     return encode_features(model, variant_features(instances, all_samples, plan.variants[name]))

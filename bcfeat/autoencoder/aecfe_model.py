@@ -1,17 +1,16 @@
-"""The trained AE-CFE feature extractor: the cell detector and the autoencoder's encoder as one model.
+"""The AE-CFE model file: the cell detector and the autoencoder's encoder as one model.
 
 * :func:`instance_arrays` / :func:`cached_instance_arrays`: images -> instance features and
   masked crops (through the detector), cached on disk per data and detector checkpoint.
 * :func:`autoencoder_inputs`: those arrays as the autoencoder's training tensors.
 * :class:`AECFEModel`: detector + autoencoder in **one checkpoint file** (:func:`save_model`,
   :func:`load_model`), each part rebuilt from the config stored inside it.
-* :class:`AECFEFeatures`: a scikit-learn transformer, images or paths -> ``(n, 50)`` latents,
-  so the benchmark is ``make_pipeline(AECFEFeatures(model_path), RandomForestClassifier())``.
+
+The scikit-learn transformer over any bcfeat model file is :class:`bcfeat.extraction.transformer.AECFEFeatures`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,16 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils.validation import check_is_fitted
 
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.detection.feature_cache import cache_key, cached_arrays
 from bcfeat.model_files import ModelFileError, build_from_payload, format_name, load_model_file, parse_format
 
-logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = format_name("aecfe", 1)
 
@@ -255,233 +250,3 @@ def load_model(path: str | os.PathLike) -> AECFEModel:
     autoencoder, _, _ = autoencoder_from_payload(payload["autoencoder"], path)
     extraction = build_from_payload(path, "extraction settings", lambda: ExtractionConfig(**payload["extraction"]))
     return AECFEModel(detector.eval(), autoencoder.eval(), extraction, bool(payload.get("site_standardize", False)))
-
-
-ON_ERROR = ("raise", "nan")
-
-
-def _as_items(X: Any) -> list[Any]:
-    """The images of ``X`` as a list: one path or one ``(H, W, 3)`` array is one image, not a sequence."""
-    if isinstance(X, (str, bytes, os.PathLike)):
-        return [X]
-    if isinstance(X, np.ndarray) and X.ndim == 3:
-        return [X]
-    if isinstance(X, pd.Series):
-        return X.tolist()
-    return list(X)
-
-
-# one reader of "an image path or an (H, W, 3) uint8 array" for every entry point
-from bcfeat.data.images import read_image  # noqa: E402
-
-
-class AECFEFeatures(TransformerMixin, BaseEstimator):
-    """AE-CFE features as a scikit-learn transformer: images or image paths -> ``(n, 50)``.
-
-    ``transform`` returns one row per input, always. What happens to an input that is not
-    a readable image (a missing or broken file, an empty or wrongly shaped array) is
-    chosen by ``on_error``.
-
-    Parameters
-    ----------
-    model_path : path-like
-        A model file of :func:`save_model` (detector + autoencoder), or a cross-lab model file
-        (:mod:`bcfeat.crosslab.model`; then the output is its named cell features, raw, before
-        any per-lab standardisation). ``fit`` loads it; both are trained beforehand by the
-        study, so ``fit`` learns nothing from ``X`` or ``y``.
-    on_error : {"raise", "nan"}
-        ``"raise"`` (default): the first unreadable input stops ``transform`` with an error
-        naming it. ``"nan"``: its row is all NaN, and the count and reasons are kept in
-        ``n_skipped_`` and ``skipped_`` (scikit-learn's random forests accept NaN).
-
-    Attributes
-    ----------
-    model_ : AECFEModel
-    n_features_out_ : int
-    n_skipped_ : int
-        Inputs of the last ``transform`` call that gave a NaN row (``on_error="nan"``).
-    skipped_ : list of (int, str)
-        Their positions in that call's input and why each was skipped.
-
-    Examples
-    --------
-    >>> from sklearn.base import clone
-    >>> clone(AECFEFeatures("model.pt")).get_params()
-    {'model_path': 'model.pt', 'on_error': 'raise'}
-    """
-
-    def __init__(self, model_path: str | os.PathLike | None = None, on_error: str = "raise"):
-        self.model_path = model_path
-        self.on_error = on_error
-
-    def fit(self, X: Any = None, y: Any = None) -> "AECFEFeatures":
-        if self.model_path is None:
-            raise ValueError("AECFEFeatures needs model_path, a model file written by bcfeat.autoencoder.extractor.save_model")
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
-        from bcfeat.crosslab.model import is_crosslab_model_file
-        from bcfeat.crosslab.model import load_model as load_crosslab_model
-
-        if is_crosslab_model_file(self.model_path):
-            self.model_ = _CellFeatures(load_crosslab_model(self.model_path))
-            self.n_features_out_ = len(self.model_.names)
-        else:
-            self.model_ = load_model(self.model_path)
-            self.n_features_out_ = int(self.model_.autoencoder.cfg.latent_dim)
-        self.n_skipped_, self.skipped_ = 0, []
-        return self
-
-    def transform(self, X: Any) -> np.ndarray:
-        """Images -> ``(n_inputs, n_features_out_)`` float32, one row per input (see ``on_error``)."""
-        from bcfeat.data.images import ImageDecodeError
-
-        check_is_fitted(self, "model_")
-        items = _as_items(X)
-        images, kept, skipped = [], [], []
-        for i, item in enumerate(items):
-            try:
-                images.append(read_image(item))
-            except (ImageDecodeError, OSError, ValueError, TypeError) as error:
-                if self.on_error == "raise":
-                    raise ValueError(f"input {i} is not a readable image: {error} "
-                                     "(AECFEFeatures(on_error='nan') gives it a NaN row instead)") from error
-                skipped.append((i, str(error)))
-                continue
-            kept.append(i)
-        out = np.full((len(items), self.n_features_out_), np.nan, dtype=np.float32)
-        if images:
-            out[kept] = self.model_.transform(images)
-        self.n_skipped_, self.skipped_ = len(skipped), skipped
-        if skipped:
-            logger.warning("AECFEFeatures: %d of %d inputs unreadable, NaN rows: %s",
-                           len(skipped), len(items), "; ".join(f"{i}: {r}" for i, r in skipped[:5]))
-        return out
-
-    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        check_is_fitted(self, "model_")
-        if isinstance(self.model_, _CellFeatures):
-            return np.asarray(self.model_.names, dtype=object)
-        return np.asarray([f"aecfe{i}" for i in range(self.n_features_out_)], dtype=object)
-
-
-class _CellFeatures:
-    """A cross-lab model seen through the extractor's ``transform(images)`` interface."""
-
-    def __init__(self, model):
-        self.model = model
-        self.names = list(model.feature_names)
-
-    def transform(self, images: Sequence[Any]) -> np.ndarray:
-        feats, kept = self.model.measure(images)
-        if len(kept) != len(images):  # images were decoded already; a failure here is a bug
-            raise RuntimeError(f"{len(images) - len(kept)} decoded image(s) could not be measured")
-        return feats.astype(np.float32)
-
-
-def folder_images(folder: str | os.PathLike, layout: str = "files") -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """The images of a folder, and every file below it that is not taken, with the reason.
-
-    Returns
-    -------
-    table : pd.DataFrame
-        ``[path, relpath, label]`` (label empty for layout ``files``).
-    dropped : list of (str, str)
-        ``(relpath, reason)`` of each file left out: another file type (a GIF, a text
-        file), a broken or looping link, an unlistable folder; for a dataset layout, what
-        the scanner excluded as unreadable.
-    """
-    from bcfeat.data.images import IMAGE_SUFFIXES
-    from bcfeat.data.registry import scan_folder
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no folder {folder}")
-    dropped: list[tuple[str, str]] = []
-    if layout == "files":
-        paths = []
-
-        def unlistable(error: OSError) -> None:
-            dropped.append((str(error.filename), f"cannot list folder: {error.strerror or error}"))
-
-        for dirpath, dirnames, filenames in os.walk(folder, onerror=unlistable):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                rel = str(path.relative_to(folder))
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    dropped.append((rel, f"not an image type bcfeat reads ({path.suffix or 'no extension'}; "
-                                         f"reads {', '.join(sorted(IMAGE_SUFFIXES))})"))
-                elif not path.is_file():  # a broken or looping link
-                    try:
-                        path.stat()
-                        reason = "not a regular file"
-                    except OSError as error:
-                        reason = f"broken or looping link ({error.strerror or error})"
-                    dropped.append((rel, reason))
-                else:
-                    paths.append(path)
-        paths.sort()
-        table = pd.DataFrame({"path": [str(p) for p in paths],
-                              "relpath": [str(p.relative_to(folder)) for p in paths], "label": ""})
-    else:
-        scan = scan_folder(folder, layout=layout, label_space=None)
-        samples = scan.samples
-        table = samples[["path", "relpath"]].assign(label=samples["cell_type"].fillna(""))
-        dropped += [(str(rel), reason) for rel, reason in scan.skipped]
-    if table.empty:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found below {folder}"
-                                + (f" ({len(dropped)} other file(s), e.g. {dropped[0][0]})" if dropped else ""))
-    return table.reset_index(drop=True), dropped
-
-
-def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, layout: str = "files",
-                   batch_size: int = 64, progress: bool = True):
-    """The features of every image below ``folder``: one row per image, every other file named.
-
-    Returns
-    -------
-    table : pd.DataFrame
-        ``relpath, label, fallback, score, aecfe0 .. aecfe49``.
-    skipped : list of (str, str)
-        ``(relpath, reason)`` for every file below ``folder`` without a row: not an image
-        type, a broken or looping link, or not decodable (named, counted, never fatal).
-    """
-    from tqdm import tqdm
-
-    from bcfeat.data.images import SkippedImages, iter_images
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model = load_model(model_path)
-    files, dropped = folder_images(folder, layout)
-    label_of = dict(zip(files["path"], files["label"]))
-    skipped = SkippedImages()
-    rows, batch, encoded = [], [], []
-
-    def flush() -> None:
-        with torch.inference_mode():
-            arrays = instance_arrays(model.detector, [image for _, image in batch], model.extraction)
-        for (path, _), fb, score in zip(batch, arrays["fallback"], arrays["scores"]):
-            rows.append({"relpath": str(Path(path).relative_to(folder)), "label": label_of.get(str(path), ""),
-                         "fallback": bool(fb), "score": float(score)})
-        # A site-standardised model needs the whole folder's statistics: keep its features until the end.
-        encoded.append(arrays["features"] if model.site_standardize else model.encode(arrays["features"]))
-        batch.clear()
-
-    block_of = {p: i // batch_size for i, p in enumerate(files["path"])}
-    for path, image in tqdm(iter_images(files["path"], skipped), total=len(files),
-                            disable=not progress, desc="extracting", unit="img"):
-        # A batch is the readable images of batch_size consecutive files (batch-mates shift results
-        # slightly), so an unreadable file never moves later batches: a shard gives the same rows.
-        if batch and block_of[str(path)] != block_of[batch[0][0]]:
-            flush()
-        batch.append((str(path), image))
-    if batch:
-        flush()
-    table = pd.DataFrame(rows, columns=["relpath", "label", "fallback", "score"])
-    if rows:
-        latent = model.encode(np.concatenate(encoded)) if model.site_standardize else np.concatenate(encoded)
-        table = pd.concat([table, pd.DataFrame(latent, columns=[f"aecfe{i}" for i in range(latent.shape[1])])],
-                          axis=1)
-    undecodable = [(str(Path(p).relative_to(folder)), reason) for p, reason in skipped]
-    return table, sorted(dropped + undecodable)

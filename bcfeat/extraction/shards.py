@@ -1,6 +1,6 @@
 """Sharded extraction: `bcfeat extract` over a folder split across processes or machines, then merged.
 
-The sorted file list of a folder (:func:`bcfeat.autoencoder.extractor.folder_images`) is cut
+The sorted file list of a folder (:func:`bcfeat.data.image_folders.folder_images`) is cut
 into ``N`` contiguous shards whose boundaries fall on whole batches, and a batch is the
 readable images of ``batch_size`` consecutive files, as in the single-process run: every
 batch a shard runs is a batch the single-process run runs too (a batch is padded to its
@@ -160,7 +160,7 @@ class _Job:
 
 
 def _prepare(model_path: Path, folder: Path, shard: Shard, layout: str, batch_size: int) -> _Job:
-    from bcfeat.autoencoder.extractor import folder_images
+    from bcfeat.data.image_folders import folder_images
     from bcfeat.crosslab.model import is_crosslab_model_file
 
     if batch_size < 1:
@@ -176,7 +176,7 @@ def _prepare(model_path: Path, folder: Path, shard: Shard, layout: str, batch_si
         # the detector's batches are the unit a shard must not cut (the stain segmentation is per image)
         unit = model.config.detector_batch_size if model.config.mask_source != "stain" else 1
     else:
-        from bcfeat.autoencoder.extractor import load_model
+        from bcfeat.autoencoder.aecfe_model import load_model
 
         kind, model, unit = "aecfe", load_model(model_path), batch_size
     files, dropped = folder_images(folder, layout)
@@ -200,7 +200,7 @@ def extract_shard(model_path: str | os.PathLike, folder: str | os.PathLike, outp
     Parameters
     ----------
     model_path, folder, layout, batch_size
-        As for :func:`bcfeat.autoencoder.extractor.extract_folder` (or the cross-lab
+        As for :func:`bcfeat.extraction.folder.extract_folder` (or the cross-lab
         :func:`bcfeat.crosslab.folders.extract_folder`).
     output : path-like
         The merged table's path; the shard goes into ``<output>.shards/``.
@@ -250,7 +250,7 @@ def _run_aecfe(job: _Job, batch_size: int, resume, save_partial: Callable, check
     import torch
     from tqdm import tqdm
 
-    from bcfeat.autoencoder.extractor import instance_arrays
+    from bcfeat.autoencoder.aecfe_model import instance_arrays
     from bcfeat.data.images import SkippedImages, iter_images
 
     model, folder = job.model, job.folder
@@ -449,7 +449,7 @@ def merge_shards(output: str | os.PathLike, n_shards: int | None = None,
                           "fallback": [bool(x) for part in parts for x in part["fallback"]],
                           "score": [float(x) for part in parts for x in part["score"]]}, columns=columns)
     latent = np.concatenate(encoded)
-    from bcfeat.autoencoder.extractor import load_model
+    from bcfeat.autoencoder.aecfe_model import load_model
 
     if latent.ndim > 2:  # site-standardised: the single-process run encodes the whole folder at once
         model_path = Path(meta["model"] if model_path is None else model_path)

@@ -1,0 +1,66 @@
+"""``bcfeat extract``: the features of every image below a folder, one row per image, every other file named."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bcfeat.autoencoder.aecfe_model import load_model, instance_arrays
+from bcfeat.data.image_folders import folder_images
+
+
+def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, layout: str = "files",
+                   batch_size: int = 64, progress: bool = True):
+    """The features of every image below ``folder``: one row per image, every other file named.
+
+    Returns
+    -------
+    table : pd.DataFrame
+        ``relpath, label, fallback, score, aecfe0 .. aecfe49``.
+    skipped : list of (str, str)
+        ``(relpath, reason)`` for every file below ``folder`` without a row: not an image
+        type, a broken or looping link, or not decodable (named, counted, never fatal).
+    """
+    from tqdm import tqdm
+
+    from bcfeat.data.images import SkippedImages, iter_images
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model = load_model(model_path)
+    files, dropped = folder_images(folder, layout)
+    label_of = dict(zip(files["path"], files["label"]))
+    skipped = SkippedImages()
+    rows, batch, encoded = [], [], []
+
+    def flush() -> None:
+        with torch.inference_mode():
+            arrays = instance_arrays(model.detector, [image for _, image in batch], model.extraction)
+        for (path, _), fb, score in zip(batch, arrays["fallback"], arrays["scores"]):
+            rows.append({"relpath": str(Path(path).relative_to(folder)), "label": label_of.get(str(path), ""),
+                         "fallback": bool(fb), "score": float(score)})
+        # A site-standardised model needs the whole folder's statistics: keep its features until the end.
+        encoded.append(arrays["features"] if model.site_standardize else model.encode(arrays["features"]))
+        batch.clear()
+
+    block_of = {p: i // batch_size for i, p in enumerate(files["path"])}
+    for path, image in tqdm(iter_images(files["path"], skipped), total=len(files),
+                            disable=not progress, desc="extracting", unit="img"):
+        # A batch is the readable images of batch_size consecutive files (batch-mates shift results
+        # slightly), so an unreadable file never moves later batches: a shard gives the same rows.
+        if batch and block_of[str(path)] != block_of[batch[0][0]]:
+            flush()
+        batch.append((str(path), image))
+    if batch:
+        flush()
+    table = pd.DataFrame(rows, columns=["relpath", "label", "fallback", "score"])
+    if rows:
+        latent = model.encode(np.concatenate(encoded)) if model.site_standardize else np.concatenate(encoded)
+        table = pd.concat([table, pd.DataFrame(latent, columns=[f"aecfe{i}" for i in range(latent.shape[1])])],
+                          axis=1)
+    undecodable = [(str(Path(p).relative_to(folder)), reason) for p, reason in skipped]
+    return table, sorted(dropped + undecodable)

@@ -1,0 +1,141 @@
+"""A scikit-learn transformer over any bcfeat model file: images or paths -> one feature row per input,
+so a benchmark is ``make_pipeline(AECFEFeatures(model_path), RandomForestClassifier())``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from bcfeat.autoencoder.aecfe_model import load_model
+
+logger = logging.getLogger(__name__)
+
+
+ON_ERROR = ("raise", "nan")
+
+
+def _as_items(X: Any) -> list[Any]:
+    """The images of ``X`` as a list: one path or one ``(H, W, 3)`` array is one image, not a sequence."""
+    if isinstance(X, (str, bytes, os.PathLike)):
+        return [X]
+    if isinstance(X, np.ndarray) and X.ndim == 3:
+        return [X]
+    if isinstance(X, pd.Series):
+        return X.tolist()
+    return list(X)
+
+
+# one reader of "an image path or an (H, W, 3) uint8 array" for every entry point
+from bcfeat.data.images import read_image
+
+
+class AECFEFeatures(TransformerMixin, BaseEstimator):
+    """AE-CFE features as a scikit-learn transformer: images or image paths -> ``(n, 50)``.
+
+    ``transform`` returns one row per input, always. What happens to an input that is not
+    a readable image (a missing or broken file, an empty or wrongly shaped array) is
+    chosen by ``on_error``.
+
+    Parameters
+    ----------
+    model_path : path-like
+        A model file of :func:`save_model` (detector + autoencoder), or a cross-lab model file
+        (:mod:`bcfeat.crosslab.model`; then the output is its named cell features, raw, before
+        any per-lab standardisation). ``fit`` loads it; both are trained beforehand by the
+        study, so ``fit`` learns nothing from ``X`` or ``y``.
+    on_error : {"raise", "nan"}
+        ``"raise"`` (default): the first unreadable input stops ``transform`` with an error
+        naming it. ``"nan"``: its row is all NaN, and the count and reasons are kept in
+        ``n_skipped_`` and ``skipped_`` (scikit-learn's random forests accept NaN).
+
+    Attributes
+    ----------
+    model_ : AECFEModel
+    n_features_out_ : int
+    n_skipped_ : int
+        Inputs of the last ``transform`` call that gave a NaN row (``on_error="nan"``).
+    skipped_ : list of (int, str)
+        Their positions in that call's input and why each was skipped.
+
+    Examples
+    --------
+    >>> from sklearn.base import clone
+    >>> clone(AECFEFeatures("model.pt")).get_params()
+    {'model_path': 'model.pt', 'on_error': 'raise'}
+    """
+
+    def __init__(self, model_path: str | os.PathLike | None = None, on_error: str = "raise"):
+        self.model_path = model_path
+        self.on_error = on_error
+
+    def fit(self, X: Any = None, y: Any = None) -> "AECFEFeatures":
+        if self.model_path is None:
+            raise ValueError("AECFEFeatures needs model_path, a model file written by bcfeat.autoencoder.aecfe_model.save_model")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
+        from bcfeat.crosslab.model import is_crosslab_model_file
+        from bcfeat.crosslab.model import load_model as load_crosslab_model
+
+        if is_crosslab_model_file(self.model_path):
+            self.model_ = _CellFeatures(load_crosslab_model(self.model_path))
+            self.n_features_out_ = len(self.model_.names)
+        else:
+            self.model_ = load_model(self.model_path)
+            self.n_features_out_ = int(self.model_.autoencoder.cfg.latent_dim)
+        self.n_skipped_, self.skipped_ = 0, []
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Images -> ``(n_inputs, n_features_out_)`` float32, one row per input (see ``on_error``)."""
+        from bcfeat.data.images import ImageDecodeError
+
+        check_is_fitted(self, "model_")
+        items = _as_items(X)
+        images, kept, skipped = [], [], []
+        for i, item in enumerate(items):
+            try:
+                images.append(read_image(item))
+            except (ImageDecodeError, OSError, ValueError, TypeError) as error:
+                if self.on_error == "raise":
+                    raise ValueError(f"input {i} is not a readable image: {error} "
+                                     "(AECFEFeatures(on_error='nan') gives it a NaN row instead)") from error
+                skipped.append((i, str(error)))
+                continue
+            kept.append(i)
+        out = np.full((len(items), self.n_features_out_), np.nan, dtype=np.float32)
+        if images:
+            out[kept] = self.model_.transform(images)
+        self.n_skipped_, self.skipped_ = len(skipped), skipped
+        if skipped:
+            logger.warning("AECFEFeatures: %d of %d inputs unreadable, NaN rows: %s",
+                           len(skipped), len(items), "; ".join(f"{i}: {r}" for i, r in skipped[:5]))
+        return out
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        check_is_fitted(self, "model_")
+        if isinstance(self.model_, _CellFeatures):
+            return np.asarray(self.model_.names, dtype=object)
+        return np.asarray([f"aecfe{i}" for i in range(self.n_features_out_)], dtype=object)
+
+
+class _CellFeatures:
+    """A cross-lab model seen through the extractor's ``transform(images)`` interface."""
+
+    def __init__(self, model):
+        self.model = model
+        self.names = list(model.feature_names)
+
+    def transform(self, images: Sequence[Any]) -> np.ndarray:
+        feats, kept = self.model.measure(images)
+        if len(kept) != len(images):  # images were decoded already; a failure here is a bug
+            raise RuntimeError(f"{len(images) - len(kept)} decoded image(s) could not be measured")
+        return feats.astype(np.float32)
+
+
