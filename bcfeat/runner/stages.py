@@ -87,6 +87,9 @@ STAGES: tuple[Stage, ...] = (
 
 # Parameters the runner sets from its own options, never from ``-p``.
 RUNNER_PARAMETERS = ("profile", "results_dir")
+# ``-p artifacts_dir DIR`` moves every ``{artifacts_dir}`` file of the run, so it is valid even
+# when no selected stage's parameters cell declares the folder itself.
+ARTIFACTS = "artifacts_dir"
 
 
 def stage_names(stages: Iterable[Stage] = STAGES) -> list[str]:
@@ -259,7 +262,7 @@ def split_overrides(pairs: Sequence[Sequence[str]], declared: dict[str, dict[str
         runner sets itself, or a value of the wrong type.
     """
     out: dict[str, dict[str, Any]] = {stem: {} for stem in declared}
-    valid = sorted({n for cell in declared.values() for n in cell} - set(RUNNER_PARAMETERS))
+    valid = sorted({ARTIFACTS, *(n for cell in declared.values() for n in cell)} - set(RUNNER_PARAMETERS))
     for pair in pairs:
         name, text = pair
         stem, dot, short = name.rpartition(".")
@@ -269,7 +272,7 @@ def split_overrides(pairs: Sequence[Sequence[str]], declared: dict[str, dict[str
             raise ValueError(f"-p {name}: {short} is set by the runner (use --profile / --output)")
         targets = [stem] if dot else [s for s, cell in declared.items() if short in cell]
         targets = [s for s in targets if short in declared[s]]
-        if not targets:
+        if not targets and not (short == ARTIFACTS and not dot):
             if dot:
                 names = sorted(set(declared[stem]) - set(RUNNER_PARAMETERS))
                 raise ValueError(f"-p {name}: no parameter {short!r} in stage {stem}; valid names: {names}")
