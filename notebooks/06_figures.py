@@ -45,6 +45,7 @@ from bcfeat.data.labels import COARSE5
 
 root = resolve_data_root(data_root or None)
 tables = Path(results_dir) / "tables"
+tables.mkdir(parents=True, exist_ok=True)
 coarse5 = study.site_samples(root, "coarse5", max_per_site=max_per_site, seed=seed)
 summary = pd.read_csv(benchmark_summary_file)
 predictions = pd.read_csv(benchmark_predictions_file)
