@@ -25,7 +25,8 @@ smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of the image sample and of training
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
-artifacts_dir: str = "artifacts/cpu"  # the detector is written to <artifacts_dir>/checkpoints/detector.pt
+artifacts_dir: str = "artifacts/cpu"  # the training run's checkpoints and pseudo-mask cache go here
+detector_file: str = "artifacts/cpu/checkpoints/detector.pt"  # output: the trained detector the later stages read
 images_per_site: int = 400  # unlabelled training images drawn from each site
 steps: int = 2500  # optimizer steps
 batch_size: int = 6  # images per step
@@ -51,7 +52,7 @@ plan = ds.DetectorPlan.from_parameters(detector_preset, steps, batch_size, seed,
 # ## Training on pseudo-masks
 
 # %% tags=["hide-input"]
-model, history, info = ds.train_or_restore(plan, root, Path(artifacts_dir), train=train_detector)
+model, history, info = ds.train_or_restore(plan, root, Path(artifacts_dir), Path(detector_file), train=train_detector)
 glue("detector_train_images", info["n_images"], display=False)
 glue("detector_steps", info["steps"], display=False)
 figure = ds.history_figure(history)

@@ -25,8 +25,10 @@ smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of the subsets and of every training run
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
-artifacts_dir: str = "artifacts/cpu"  # detector is read from, checkpoints and caches written to, here
-max_per_site: int = 0  # 0: every image; else a seeded subset per site (as 03-05)
+artifacts_dir: str = "artifacts/cpu"  # checkpoints go to <artifacts_dir>/checkpoints, caches to <artifacts_dir>/cache
+detector_file: str = "artifacts/cpu/checkpoints/detector.pt"  # input: the detector (made by 01_detector)
+autoencoders_file: str = "artifacts/cpu/checkpoints/autoencoders.json"  # output: the variants' settings and checkpoints (read by 03_features)
+max_per_site: int = 0  # 0: every image; else a seeded subset per site (as 04-07)
 max_source_images: int = 4000  # label-free subset of the source site the autoencoder trains on (0: all)
 ae_preset: str = "cpu"  # AEConfig preset: cpu (64x14x14 -> 64 px crops), paper (256x14x14 -> 128 px), tiny
 epochs: int = 12  # autoencoder epochs per variant
@@ -49,7 +51,10 @@ root = resolve_data_root(data_root or None)
 tables = Path(results_dir) / "tables"
 tables.mkdir(parents=True, exist_ok=True)
 artifacts = Path(artifacts_dir)
-plan = aes.VariantPlan.from_parameters(variants, ae_preset, epochs, batch_size, seed, num_threads)
+plan_parameters = dict(names=variants, preset=ae_preset, epochs=epochs, batch_size=batch_size, seed=seed,
+                       num_threads=num_threads)
+sample_parameters = dict(max_per_site=max_per_site, max_source_images=max_source_images, seed=seed)
+plan = aes.VariantPlan.from_parameters(**plan_parameters)
 
 # %% [markdown]
 # ## Instance features of every image
@@ -59,8 +64,8 @@ plan = aes.VariantPlan.from_parameters(variants, ae_preset, epochs, batch_size, 
 # the detector; the result is cached per data and detector checkpoint.
 
 # %% tags=["hide-input"]
-samples = aes.autoencoder_samples(root, max_per_site, max_source_images, seed)
-instances = aes.instances_for(samples, artifacts, plan, progress=False)
+samples = aes.autoencoder_samples(root, **sample_parameters)
+instances = aes.instances_for(samples, detector_file, artifacts / "cache", plan, progress=False)
 detections = aes.detection_summary(samples, instances["detected"])
 save_path = tables / "detections_per_site.csv"
 detections.to_csv(save_path)
@@ -87,6 +92,7 @@ detections
 
 # %% tags=["hide-input"]
 histories = aes.train_variants(plan, samples, instances, artifacts / "checkpoints", train=train_autoencoder)
+aes.TrainedVariants.made(plan_parameters, sample_parameters, samples, artifacts / "checkpoints").write(autoencoders_file)
 history = pd.concat([h.assign(variant=name) for name, h in histories.items()], ignore_index=True)
 history.to_csv(tables / "autoencoder_history.csv", index=False)
 figure = aes.history_figure(history)

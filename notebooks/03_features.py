@@ -24,15 +24,13 @@ smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of the subsets
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
-artifacts_dir: str = "artifacts/cpu"  # feature sets go to <artifacts_dir>/features
-max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site (as 05_benchmark)
+artifacts_dir: str = "artifacts/cpu"  # instance features are cached in <artifacts_dir>/cache
 raw_pixels_size: int = 32  # side of the resized image of the raw-pixel baseline
-max_source_images: int = 4000  # as 02_autoencoder (identifies its checkpoints)
-ae_preset: str = "cpu"  # as 02_autoencoder
-epochs: int = 12  # as 02_autoencoder
-batch_size: int = 128  # as 02_autoencoder
-variants: str = "moment,mmd,source_only,no_alignment,no_detector,site_standardized"  # autoencoder variants to encode with (first: headline)
-num_threads: int = 2  # as 02_autoencoder
+detector_file: str = "artifacts/cpu/checkpoints/detector.pt"  # input: the detector (made by 01_detector)
+autoencoders_file: str = "artifacts/cpu/checkpoints/autoencoders.json"  # input: the trained variants, their samples and settings (made by 02_autoencoder; the first variant is the headline)
+features_dir: str = "artifacts/cpu/features"  # output: one <name>.npz per feature set
+aecfe_model_file: str = "artifacts/cpu/aecfe_model.pt"  # output: detector + headline autoencoder, for bcfeat extract
+site_standardized_model_file: str = "artifacts/cpu/aecfe_model_site_standardized.pt"  # output: the same with the site_standardized variant (when 02 trained it)
 
 # %% tags=["remove-cell"]
 from pathlib import Path
@@ -46,11 +44,11 @@ from bcfeat.evaluation.baselines import ColorShapeFeatures
 from bcfeat.data import resolve_data_root
 
 root = resolve_data_root(data_root or None)
-artifacts = Path(artifacts_dir)
-samples = aes.autoencoder_samples(root, max_per_site, max_source_images, seed)
+trained = aes.TrainedVariants.read(autoencoders_file)
+plan = trained.plan()
+samples = trained.samples(root)
 keys = study.sample_keys(samples)
 glue("n_feature_images", len(samples), display=False)
-plan = aes.VariantPlan.from_parameters(variants, ae_preset, epochs, batch_size, seed, num_threads)
 
 # %% [markdown]
 # ## AE-CFE features
@@ -60,15 +58,17 @@ plan = aes.VariantPlan.from_parameters(variants, ae_preset, epochs, batch_size, 
 # scikit-learn transformer `bcfeat.extraction.transformer.AECFEFeatures` load.
 
 # %% tags=["hide-input"]
-instances = aes.instances_for(samples, artifacts, plan, progress=False)
+instances = aes.instances_for(samples, detector_file, Path(artifacts_dir) / "cache", plan, progress=False)
 dimensions = {}
 for name in plan.names:
-    latent = aes.encode_samples(plan, name, samples, instances, artifacts / "checkpoints")
-    study.save_feature_set(study.feature_path(artifacts, f"aecfe_{name}"), keys, latent, variant=name)
-    dimensions[f"aecfe_{name}"] = latent.shape[1]
-headline_model = aes.save_variant_model(plan, plan.names[0], samples, artifacts, artifacts / "aecfe_model.pt")
+    latent = aes.encode_samples(plan, name, samples, instances, trained.checkpoints[name])
+    study.save_feature_set(study.feature_path(features_dir, study.aecfe_feature_set(name)), keys, latent, variant=name)
+    dimensions[study.aecfe_feature_set(name)] = latent.shape[1]
+headline = plan.names[0]
+headline_model = aes.save_variant_model(plan, headline, trained.checkpoints[headline], detector_file, aecfe_model_file)
 if "site_standardized" in plan.names:  # our addition, for users' own images too
-    aes.save_variant_model(plan, "site_standardized", samples, artifacts, artifacts / "aecfe_model_site_standardized.pt")
+    aes.save_variant_model(plan, "site_standardized", trained.checkpoints["site_standardized"], detector_file,
+                           site_standardized_model_file)
 pd.DataFrame({"feature set": list(dimensions), "images": len(samples), "dimensions": list(dimensions.values())})
 
 # %% [markdown]
@@ -76,10 +76,10 @@ pd.DataFrame({"feature set": list(dimensions), "images": len(samples), "dimensio
 
 # %% tags=["hide-input"]
 pixels = study.decoded_images(samples["path"].tolist(), raw_pixels_size)
-study.save_feature_set(study.feature_path(artifacts_dir, "raw_pixels"), keys, pixels.reshape(len(pixels), -1),
+study.save_feature_set(study.feature_path(features_dir, study.RAW_PIXELS), keys, pixels.reshape(len(pixels), -1),
                        size=raw_pixels_size)
 colour_shape = study.transform_paths(ColorShapeFeatures().fit(samples["path"].tolist()[:8]), samples["path"].tolist())
-study.save_feature_set(study.feature_path(artifacts_dir, "colour_shape"), keys, colour_shape)
-pd.DataFrame({"feature set": ["raw_pixels", "colour_shape"],
+study.save_feature_set(study.feature_path(features_dir, study.COLOUR_SHAPE), keys, colour_shape)
+pd.DataFrame({"feature set": list(study.BASELINE_FEATURE_SETS),
               "images": [len(pixels), len(colour_shape)],
               "dimensions": [pixels[0].size, colour_shape.shape[1]]})

@@ -24,14 +24,18 @@ profile: str = "cpu"  # run profile (smoke, cpu, gpu): picks the oracle architec
 smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of the splits and of every oracle
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
-results_dir: str = "book/results"  # tables go to <results_dir>/tables
+results_dir: str = "book/results"  # results folder (this stage's tables are the *_file outputs below)
 artifacts_dir: str = "artifacts/cpu"  # checkpoints go to <artifacts_dir>/checkpoints
 max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site
-n_repetitions: int = 5  # stratified splits of the benchmark (shared with 05_benchmark)
+n_repetitions: int = 5  # stratified splits of the benchmark (05_benchmark and 07_crosslab check they use the same)
 oracle_repetitions: int = 1  # how many of those splits the oracle is trained on (each is a full training)
 oracle_norms: str = "batch,group"  # normalisation layers to compare, comma-separated
 oracle_epochs: int = 0  # 0: the profile's default
 train_oracle: bool = True  # True: train (resuming an interrupted run); False: restore the saved checkpoints
+splits_file: str = "book/results/tables/splits_coarse5.csv"  # output: the coarse5 splits every later stage tests on
+oracles_file: str = "artifacts/cpu/checkpoints/oracles.json"  # output: each oracle's feature-set name and checkpoints
+oracle_scores_file: str = "book/results/tables/oracle_scores.csv"  # output: scores per split and test site
+oracle_predictions_file: str = "book/results/tables/oracle_predictions.csv"  # output: per-cell predictions
 
 # %% tags=["remove-cell"]
 import warnings
@@ -48,10 +52,9 @@ from bcfeat.evaluation.oracle_model import oracle_config
 root = resolve_data_root(data_root or None)
 # Classes too small to split (one basophil in a small site) stay in training; the splits table lists them.
 warnings.filterwarnings("ignore", message="classes with < 2 samples")
-tables = Path(results_dir) / "tables"
 checkpoints = Path(artifacts_dir) / "checkpoints"
 samples = study.site_samples(root, "coarse5", max_per_site=max_per_site, seed=seed)
-plan = study.study_splits(samples, n_repetitions, seed, tables / "splits_coarse5.csv")
+plan = study.study_splits(samples, n_repetitions, seed, splits_file)
 oracle_plan = study.first_repetitions(plan, oracle_repetitions)
 
 # %% [markdown]
@@ -67,12 +70,14 @@ images = study.decoded_images(samples["path"].tolist(), next(iter(configs.values
 classifiers = {norm: study.oracle_factory(cfg, study.oracle_checkpoint_pattern(checkpoints, cfg, samples, norm),
                                           train_oracle)
                for norm, cfg in configs.items()}
+names = {norm: study.oracle_feature_set(cfg.arch, norm) for norm, cfg in configs.items()}
 scores, predictions = study.run_feature_sets(
-    {f"oracle ({cfg.arch}, {norm} norm)": images for norm, cfg in configs.items()}, samples, oracle_plan,
+    {names[norm]: images for norm in configs}, samples, oracle_plan,
     "coarse5", seed, make_classifier=None, train_domains=[study.SOURCE_SITE],
-    classifier_per_set={f"oracle ({cfg.arch}, {norm} norm)": classifiers[norm] for norm, cfg in configs.items()})
-save_table(scores, tables / "oracle_scores.csv")
-save_table(predictions, tables / "oracle_predictions.csv")
+    classifier_per_set={names[norm]: classifiers[norm] for norm in configs})
+save_table(scores, oracle_scores_file)
+save_table(predictions, oracle_predictions_file)
+study.write_handoff(oracles_file, study.oracle_handoff(configs, samples, checkpoints, seed, oracle_plan.n_repetitions))
 summary = summarize(scores)
 summary[["feature_set", "test_domain", "n_repetitions", "accuracy_mean", "balanced_accuracy_mean", "macro_f1_mean"]]
 

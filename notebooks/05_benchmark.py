@@ -25,13 +25,18 @@ smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of the splits and of every forest
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
-artifacts_dir: str = "artifacts/cpu"  # feature sets are read from, per-cell predictions written to, here
-max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site (as 03 and 04)
-n_repetitions: int = 5  # stratified splits per site
-feature_sets: str = "aecfe_moment,aecfe_mmd,aecfe_source_only,aecfe_no_alignment,aecfe_no_detector,aecfe_site_standardized,raw_pixels,colour_shape"  # feature sets to compare (files of 03_features)
+max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site (as 04)
+n_repetitions: int = 5  # stratified splits per site (coarse5: must match 04_oracle's splits_file)
+feature_sets: str = "aecfe_moment,aecfe_mmd,aecfe_source_only,aecfe_no_alignment,aecfe_no_detector,aecfe_site_standardized,raw_pixels,colour_shape"  # feature sets to compare (names of 03_features' files; an unknown name is an error)
 headline: str = "aecfe_moment"  # the feature set of the headline numbers
 addition: str = "aecfe_site_standardized"  # our addition (not in the paper), reported beside the headline
 raw_pixels_pca: int = 50  # PCA components of the raw-pixel baseline (fitted inside each training split)
+features_dir: str = "artifacts/cpu/features"  # input: the feature sets (made by 03_features)
+splits_file: str = "book/results/tables/splits_coarse5.csv"  # input: the coarse5 splits (made by 04_oracle)
+oracle_scores_file: str = "book/results/tables/oracle_scores.csv"  # input: the oracle's scores (made by 04_oracle)
+oracle_predictions_file: str = "book/results/tables/oracle_predictions.csv"  # input: its per-cell predictions (made by 04_oracle)
+benchmark_summary_file: str = "book/results/tables/benchmark_summary.csv"  # output: mean and std per feature set, train and test site
+benchmark_predictions_file: str = "artifacts/cpu/benchmark_predictions.csv"  # output: one row per test cell, feature set and split (~18 MB, not in the book)
 
 # %% tags=["remove-cell"]
 import warnings
@@ -52,12 +57,13 @@ warnings.filterwarnings("ignore", message="classes with < 2 samples")
 tables = Path(results_dir) / "tables"
 labelled = study.benchmark_samples(root, max_per_site, seed)
 coarse5, common13 = labelled["coarse5"], labelled["common13"]
-plan = study.study_splits(coarse5, n_repetitions, seed, tables / "splits_coarse5.csv")
+plan = study.study_splits(coarse5, n_repetitions, seed)
+study.check_same_splits(plan, splits_file)  # the oracle was tested on the same cells
 plan13 = study.study_splits(common13, n_repetitions, seed, tables / "splits_common13.csv")
 names = study.parse_list(feature_sets)
-X5 = {name: study.load_feature_set(study.feature_path(artifacts_dir, name), coarse5) for name in names}
-X13 = {name: study.load_feature_set(study.feature_path(artifacts_dir, name), common13) for name in names}
-factories = {"raw_pixels": study.pca_forest_factory(raw_pixels_pca)}
+X5 = study.load_feature_sets(features_dir, names, coarse5)
+X13 = study.load_feature_sets(features_dir, names, common13)
+factories = {study.RAW_PIXELS: study.pca_forest_factory(raw_pixels_pca)}
 
 # %% [markdown]
 # ## The domain matrix (coarse5)
@@ -66,15 +72,14 @@ factories = {"raw_pixels": study.pca_forest_factory(raw_pixels_pca)}
 scores, predictions = study.run_feature_sets(X5, coarse5, plan, "coarse5", seed, classifier_per_set=factories)
 scores_all, _ = study.run_feature_sets({headline: X5[headline]}, coarse5, plan, "coarse5", seed,
                                        classifier_per_set=factories, cross_domain_test="all")
-oracle = pd.read_csv(tables / "oracle_scores.csv")
-oracle_predictions = pd.read_csv(tables / "oracle_predictions.csv")
+oracle = pd.read_csv(oracle_scores_file)
+oracle_predictions = pd.read_csv(oracle_predictions_file)
 all_scores = pd.concat([scores, oracle], ignore_index=True)
 save_table(all_scores, tables / "benchmark_scores.csv")
 # one row per test cell, feature set and split (~18 MB): kept with the artifacts, not in the book
-save_table(pd.concat([predictions, oracle_predictions], ignore_index=True),
-           Path(artifacts_dir) / "benchmark_predictions.csv")
+save_table(pd.concat([predictions, oracle_predictions], ignore_index=True), benchmark_predictions_file)
 summary = summarize(all_scores)
-save_table(summary, tables / "benchmark_summary.csv")
+save_table(summary, benchmark_summary_file)
 headline_table = study.source_row_table(summary)
 glue("source_table", headline_table, display=False)
 headline_table
@@ -148,7 +153,7 @@ summary13[["feature_set", "n_test", "accuracy_mean", "balanced_accuracy_mean", "
 
 # %% tags=["hide-input"]
 invariance = study.domain_invariance_table(
-    {name: X5[name] for name in names if name != "raw_pixels"}, coarse5, seed,
+    {name: X5[name] for name in names if name != study.RAW_PIXELS}, coarse5, seed,
     site_classification=site_classification, pairwise_mmd=pairwise_mmd)
 save_table(invariance, tables / "domain_invariance.csv")
 glue("invariance_table", invariance, display=False)

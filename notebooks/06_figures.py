@@ -22,11 +22,14 @@ smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of UMAP and of the subsets
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables are read from <results_dir>/tables
-artifacts_dir: str = "artifacts/cpu"  # feature sets and per-cell predictions are read from here
 max_per_site: int = 0  # as 05_benchmark
 headline: str = "aecfe_moment"  # feature set of the headline figures
 compare: str = "aecfe_site_standardized"  # feature set shown beside it in the latent-space figure
-per_class_sets: str = "aecfe_moment,colour_shape,oracle (narrow_resnet, batch norm)"  # feature sets of the per-class F1 figure
+per_class_sets: str = "aecfe_moment,colour_shape"  # feature sets of the per-class F1 figure (oracle_batch, oracle_group: the oracles; an unknown name is an error)
+features_dir: str = "artifacts/cpu/features"  # input: the feature sets (made by 03_features)
+oracles_file: str = "artifacts/cpu/checkpoints/oracles.json"  # input: the oracles' feature-set names (made by 04_oracle)
+benchmark_summary_file: str = "book/results/tables/benchmark_summary.csv"  # input: the benchmark's summary (made by 05_benchmark)
+benchmark_predictions_file: str = "artifacts/cpu/benchmark_predictions.csv"  # input: its per-cell predictions (made by 05_benchmark)
 
 # %% tags=["remove-cell"]
 from pathlib import Path
@@ -42,9 +45,11 @@ from bcfeat.data.labels import COARSE5
 
 root = resolve_data_root(data_root or None)
 tables = Path(results_dir) / "tables"
+tables.mkdir(parents=True, exist_ok=True)
 coarse5 = study.site_samples(root, "coarse5", max_per_site=max_per_site, seed=seed)
-summary = pd.read_csv(tables / "benchmark_summary.csv")
-predictions = pd.read_csv(Path(artifacts_dir) / "benchmark_predictions.csv")
+summary = pd.read_csv(benchmark_summary_file)
+predictions = pd.read_csv(benchmark_predictions_file)
+oracle_names = study.read_handoff(oracles_file, "04_oracle")["feature_sets"]
 
 # %% [markdown]
 # ## The latent space
@@ -53,8 +58,7 @@ predictions = pd.read_csv(Path(artifacts_dir) / "benchmark_predictions.csv")
 # the headline features, and the same autoencoder trained without the alignment term.
 
 # %% tags=["hide-input"]
-for name in (headline, compare):
-    X = study.load_feature_set(study.feature_path(artifacts_dir, name), coarse5)
+for name, X in study.load_feature_sets(features_dir, [headline, compare], coarse5).items():
     embedding = figures.umap_embedding(X, seed=seed)
     glue(f"umap_{name}", figures.umap_figure(embedding, coarse5["domain"], coarse5["label"], title=name),
          display=False)
@@ -81,7 +85,8 @@ glue("confusion_headline", figures.confusion_figure(confusions, cells, list(COAR
 # ## Per-class F1 on every site (trained on Acevedo-20)
 
 # %% tags=["hide-input"]
-chosen = [s for s in study.parse_list(per_class_sets) if s in set(predictions["feature_set"])]
+chosen = study.resolve_feature_sets(study.parse_list(per_class_sets), list(pd.unique(predictions["feature_set"])),
+                                    aliases=oracle_names)
 from_source = predictions[(predictions["train_domain"] == study.SOURCE_SITE) & predictions["feature_set"].isin(chosen)]
 f1 = per_class_f1(from_source, labels=list(COARSE5))
 f1.to_csv(tables / "per_class_f1.csv", index=False)

@@ -27,9 +27,9 @@ smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of the splits, draws and models
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
-artifacts_dir: str = "artifacts/cpu"  # reads 01's detector, 03's features, 04's oracle; writes the model file and caches
+artifacts_dir: str = "artifacts/cpu"  # measured cells are cached in <artifacts_dir>/cache
 max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site (as 04 and 05)
-n_repetitions: int = 5  # stratified splits (the benchmark's)
+n_repetitions: int = 5  # stratified splits (must match 04_oracle's splits_file)
 mask_sources: str = "detector,stain"  # cell masks compared by the selection: detector (01's), stain (label-free segmentation)
 n_workers: int = 2  # processes measuring the crops
 candidate_C: str = "0.01,0.03,0.1"  # inverse L2 strengths of the linear model compared by the selection
@@ -43,6 +43,12 @@ n_draws: int = 5  # draws per few-shot point
 few_shot_source_cells: int = 2000  # source training cells of the few-shot curve (stratified subsample; 0: all)
 aecfe_features: str = "aecfe_moment"  # 03's feature set shown as AE-CFE in the comparisons
 oracle_norm: str = "batch"  # 04's oracle whose BatchNorm statistics are re-estimated per site (AdaBN)
+detector_file: str = "artifacts/cpu/checkpoints/detector.pt"  # input: the detector (made by 01_detector)
+features_dir: str = "artifacts/cpu/features"  # input: the feature sets (made by 03_features)
+oracles_file: str = "artifacts/cpu/checkpoints/oracles.json"  # input: the oracles' checkpoints (made by 04_oracle)
+splits_file: str = "book/results/tables/splits_coarse5.csv"  # input: the coarse5 splits (made by 04_oracle)
+benchmark_summary_file: str = "book/results/tables/benchmark_summary.csv"  # input: the benchmark's summary (made by 05_benchmark)
+crosslab_model_file: str = "artifacts/cpu/crosslab_model.pt"  # output: detector + features + headline classifier, for bcfeat classify
 
 # %% tags=["remove-cell"]
 import warnings
@@ -69,7 +75,7 @@ tables.mkdir(parents=True, exist_ok=True)
 artifacts = Path(artifacts_dir)
 samples = study.site_samples(root, "coarse5", max_per_site=max_per_site, seed=seed)
 plan = study.study_splits(samples, n_repetitions, seed)
-plan_ok = cs.check_same_splits(plan, tables / "splits_coarse5.csv")
+plan_ok = study.check_same_splits(plan, splits_file)
 unseen = [s for s in study.SITES if s != study.SOURCE_SITE]
 
 # %% [markdown]
@@ -81,7 +87,7 @@ unseen = [s for s in study.SITES if s != study.SOURCE_SITE]
 # better is left to the selection below.
 
 # %% tags=["hide-input"]
-measured = cs.measure_all(samples, artifacts, study.parse_list(mask_sources), n_workers)
+measured = cs.measure_all(samples, artifacts, study.parse_list(mask_sources), n_workers, detector_file=detector_file)
 costs = cs.measured_table(measured)
 save_table(costs, tables / "crosslab_measurement.csv")
 any_x = next(iter(measured.values())).features
@@ -119,11 +125,11 @@ selection
 # with its statistics re-estimated on each target site's images (no labels).
 
 # %% tags=["hide-input"]
-adabn = cs.adabn_oracle_scores(samples, plan, artifacts, profile, oracle_norm, seed)
+adabn = cs.adabn_oracle_scores(samples, plan, oracles_file, oracle_norm, seed)
 save_table(adabn.scores, tables / "crosslab_adabn_oracle_scores.csv")
 matrix = cs.domain_matrices(X, samples, plan, grid, headline_setting, seed)
 save_table(matrix, tables / "crosslab_domain_matrix.csv")
-comparison = cs.comparison_table(matrix, selection, tables / "benchmark_summary.csv", adabn.scores,
+comparison = cs.comparison_table(matrix, selection, benchmark_summary_file, adabn.scores,
                                  headline_setting, aecfe_features)
 save_table(comparison, tables / "crosslab_comparison.csv")
 for key, value in cs.comparison_glue(comparison, selection, unseen).items():
@@ -180,7 +186,7 @@ ablation.round(3)
 # model, AE-CFE with the paper's forest, and the AdaBN oracle's embeddings with a linear model.
 
 # %% tags=["hide-input"]
-curve = cs.few_shot(X, samples, plan, headline_setting, artifacts, aecfe_features, adabn,
+curve = cs.few_shot(X, samples, plan, headline_setting, features_dir, aecfe_features, adabn,
                     [int(k) for k in study.parse_list(shots)], n_draws, few_shot_source_cells, seed)
 save_table(curve, tables / "crosslab_few_shot.csv")
 glue("crosslab_few_shot_figure", cs.few_shot_figure(curve), display=False)
@@ -203,6 +209,7 @@ glue("crosslab_gallery", cs.gallery_figure(crops, samples, predictions, seed), d
 # scikit-learn transformer load.
 
 # %% tags=["hide-input"]
-model_path = cs.write_model_file(X, samples, artifacts, headline_source, headline_setting, n_workers)
+model_path = cs.write_model_file(X, samples, crosslab_model_file, headline_source, headline_setting, n_workers,
+                                 detector_file=detector_file)
 glue("crosslab_model_file", str(model_path), display=False)
 print(model_path)

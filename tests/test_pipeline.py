@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import ast
 import json
 
 import pytest
 
-from bcfeat.runner.pipeline import STAGES, notebook_path, provenance_frames, run
+from bcfeat.runner import stages
+from bcfeat.runner.pipeline import STAGES, notebook_path, plan_run, provenance_frames, run
 from bcfeat.runner.profiles import PROFILES, get_profile
 
 
 def parameters_cell(stem: str) -> dict[str, str]:
     """Names and annotated types of a text notebook's parameters cell."""
-    import jupytext
-
-    notebook = jupytext.read(notebook_path(stem))
-    cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(cells) == 1, f"{stem}: expected exactly one cell tagged 'parameters', found {len(cells)}"
-    assert cells[0] is [c for c in notebook.cells if c.cell_type == "code"][0], \
-        f"{stem}: the parameters cell must be the first code cell"
-    names = {}
-    for line in cells[0].source.splitlines():
-        if not line.strip():
-            continue
-        assert "#" in line, f"{stem}: parameter line lacks a '# meaning' comment: {line!r}"
-        node = ast.parse(line).body[0]
-        assert isinstance(node, ast.AnnAssign), f"{stem}: not `name: type = default`: {line!r}"
-        names[node.target.id] = ast.unparse(node.annotation)
-    return names
+    return {name: p.type for name, p in stages.parameters_cell(notebook_path(stem)).items()}
 
 
 @pytest.mark.parametrize("stage", [s.stem for s in STAGES])
@@ -41,6 +26,153 @@ def test_every_profile_parameter_exists_in_the_notebook(stage):
         for name, value in passed.items():
             expected = {"str": str, "int": int, "float": (int, float), "bool": bool}[declared[name]]
             assert isinstance(value, expected), f"{profile.name}/{stage}: {name}={value!r} is not {declared[name]}"
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=[s.stem for s in STAGES])
+def test_every_declared_file_is_a_parameter_whose_default_is_the_cpu_run(stage):
+    """A notebook run alone (plain papermill, defaults) reads and writes the files the runner would."""
+    cell = stages.parameters_cell(notebook_path(stage.stem))
+    for name, path in stages.file_parameters(stage, "book/results", "artifacts/cpu").items():
+        assert name in cell, f"{stage.stem} does not declare its file parameter {name}"
+        assert cell[name].type == "str" and cell[name].default == path, f"{stage.stem}: {name}"
+        role = "input" if name in stage.inputs else "output"
+        assert cell[name].meaning.startswith(f"{role}:"), f"{stage.stem}: say '{role}:' in the meaning of {name}"
+    if stage.run_parameter:
+        assert cell[stage.run_parameter].type == "bool"
+
+
+def test_every_file_is_made_by_exactly_one_earlier_stage():
+    stages.check_declarations()
+    made = [name for s in STAGES for name in s.outputs]
+    assert len(made) == len(set(made))
+    assert stages.makers()["splits_file"].stem == "04_oracle"
+    assert stages.makers()["detector_file"].stem == "01_detector"
+    twice = (stages.Stage("a", outputs={"x_file": "{results_dir}/x"}), stages.Stage("b", outputs={"x_file": "{results_dir}/y"}))
+    with pytest.raises(ValueError, match="x_file is made by two stages, a and b"):
+        stages.check_declarations(twice)
+    same_file = (stages.Stage("a", outputs={"x_file": "{results_dir}/x"}), stages.Stage("b", outputs={"y_file": "{results_dir}/x"}))
+    with pytest.raises(ValueError, match="declared by two outputs"):
+        stages.check_declarations(same_file)
+    backwards = (stages.Stage("a", inputs=("x_file",)), stages.Stage("b", outputs={"x_file": "{results_dir}/x"}))
+    with pytest.raises(ValueError, match=r"stage a reads x_file, which only the later stage\(s\) \['b'\] make"):
+        stages.check_declarations(backwards)
+
+
+def test_no_notebook_or_profile_types_another_stage_s_file_name():
+    """Hand-off names live in bcfeat/runner/stages.py only (the notebooks' defaults aside)."""
+    import re
+
+    from bcfeat import paths
+
+    pattern = re.compile(r"detector\.pt|splits_coarse5|\boracle_scores\.csv|benchmark_summary\.csv|/ \"features\"")
+    for path in [*paths.NOTEBOOKS.glob("*.py"), paths.ROOT / "bcfeat" / "runner" / "profiles.py",
+                 paths.ROOT / "bcfeat" / "study" / "autoencoder.py", paths.ROOT / "bcfeat" / "study" / "crosslab.py",
+                 paths.ROOT / "bcfeat" / "study" / "detector.py", paths.ROOT / "bcfeat" / "study" / "common.py"]:
+        code = [line for line in path.read_text().splitlines()
+                if not re.match(r"^\w+: str = .*  # (input|output):", line)]  # parameter defaults
+        hits = [line for line in code if pattern.search(line)]
+        assert not hits, f"{path.name} names another stage's file: {hits}"
+    # the oracle's feature-set name is never typed out: it comes from its architecture
+    for path in [*paths.NOTEBOOKS.glob("*.py"), paths.ROOT / "bcfeat" / "runner" / "profiles.py"]:
+        assert not re.search(r"oracle \(\w+, \w+ norm", path.read_text()), path.name
+
+
+def test_a_missing_input_names_the_file_and_the_stage_that_makes_it(tmp_path):
+    empty = str(tmp_path / "artifacts")
+    with pytest.raises(stages.MissingInput, match=r"stage 05_benchmark needs .*artifacts/features \(features_dir\)"
+                                                  r".*made by the stage 03_features"):
+        run("smoke", tmp_path / "out", only=["05_benchmark"], overrides=[("artifacts_dir", empty)])
+    with pytest.raises(stages.MissingInput, match=r"stage 02_autoencoder needs .*detector\.pt .*01_detector"):
+        plan_run("smoke", tmp_path / "out", only=["02_autoencoder", "03_features"], overrides=[("artifacts_dir", empty)])
+    # made by an earlier selected stage: nothing to check before the run
+    planned = plan_run("smoke", tmp_path / "out", only=["01_detector", "02_autoencoder"],
+                       overrides=[("artifacts_dir", empty)])
+    assert planned[1].parameters["detector_file"] == planned[0].parameters["detector_file"] == \
+        f"{empty}/checkpoints/detector.pt"
+    assert not (tmp_path / "out").exists(), "a refused run writes nothing"
+
+
+def test_restore_needs_the_stage_s_own_saved_output(tmp_path):
+    empty = str(tmp_path / "artifacts")
+    with pytest.raises(stages.MissingInput, match=r"stage 01_detector restores from .*detector\.pt.*without --restore"):
+        plan_run("smoke", tmp_path, only=["01_detector"], restore=True, overrides=[("artifacts_dir", empty)])
+    planned = plan_run("smoke", tmp_path, only=["01_detector"], overrides=[("artifacts_dir", empty)])
+    assert planned[0].parameters["train_detector"] is True
+    # -p decides per stage, after --restore
+    with pytest.raises(stages.MissingInput, match="restores from"):
+        plan_run("smoke", tmp_path, only=["01_detector"], overrides=[("artifacts_dir", empty), ("train_detector", "False")])
+
+
+def _made_before_04(artifacts):
+    """Stand-ins for the files of 01_detector and 03_features (the runner checks only that they exist)."""
+    (artifacts / "features").mkdir(parents=True)
+    (artifacts / "checkpoints" / "detector.pt").parent.mkdir(parents=True)
+    (artifacts / "checkpoints" / "detector.pt").write_text("")
+    return str(artifacts)
+
+
+def test_overrides_apply_to_every_selected_stage_that_declares_them(tmp_path):
+    artifacts = _made_before_04(tmp_path / "artifacts")
+    planned = {p.stage.stem: p for p in plan_run("smoke", tmp_path, only=["04_oracle", "05_benchmark", "07_crosslab"],
+                                                 restore=True, overrides=[("artifacts_dir", artifacts),
+                                                                          ("n_repetitions", "3"),
+                                                                          ("05_benchmark.raw_pixels_pca", "7"),
+                                                                          ("shots", "5"), ("train_oracle", "True")])}
+    assert [planned[s].parameters["n_repetitions"] for s in planned] == [3, 3, 3]
+    assert planned["05_benchmark"].parameters["raw_pixels_pca"] == 7
+    assert planned["07_crosslab"].parameters["shots"] == "5"  # a str parameter keeps the text
+    assert planned["04_oracle"].parameters["train_oracle"] is True  # -p after --restore
+    assert planned["05_benchmark"].overrides == {"n_repetitions": 3, "raw_pixels_pca": 7}
+    assert planned["04_oracle"].overrides == {"artifacts_dir": artifacts, "n_repetitions": 3, "train_oracle": True}
+    assert planned["07_crosslab"].parameters["oracles_file"] == f"{artifacts}/checkpoints/oracles.json"
+    assert planned["05_benchmark"].parameters["splits_file"] == f"{tmp_path}/tables/splits_coarse5.csv"
+
+
+@pytest.mark.parametrize("pair, message", [
+    (("n_epochs", "3"), r"no selected stage declares 'n_epochs'; valid names: \[.*'max_per_site'.*'n_repetitions'"),
+    (("05_benchmark.shots", "3"), r"no parameter 'shots' in stage 05_benchmark; valid names: \[.*'raw_pixels_pca'"),
+    (("07_crosslab.seed", "1"), r"'07_crosslab' is not a selected stage"),
+    (("n_repetitions", "2.5"), r"05_benchmark declares n_repetitions: int"),
+    (("smoke", "yes"), r"declares smoke: bool \(True or False\)"),
+    (("results_dir", "x"), r"set by the runner"),
+])
+def test_a_bad_override_is_an_error_listing_the_valid_names(tmp_path, pair, message):
+    artifacts = _made_before_04(tmp_path / "artifacts")
+    with pytest.raises(ValueError, match=message):
+        plan_run("smoke", tmp_path, only=["05_benchmark"], overrides=[("artifacts_dir", artifacts), pair])
+
+
+@pytest.mark.parametrize("text", ["True", "False", "None", "3", "-2", "0.5", "1e-3", "inf", "true", "a,b", "", " 7"])
+def test_override_values_are_typed_as_papermill_types_them(text):
+    from papermill.cli import _resolve_type  # papermill's own -p typing, the reference
+
+    assert stages.papermill_value(text) == _resolve_type(text)
+    assert type(stages.papermill_value(text)) is type(_resolve_type(text))
+
+
+def test_main_takes_p_and_records_the_overrides_in_the_provenance(tmp_path, monkeypatch, capsys):
+    import bcfeat.runner.pipeline as pipeline
+
+    notebooks = _stage_notebooks(tmp_path / "nb", '(tables / "seen.txt").write_text(f"{max_images_per_dataset!r} {seed!r}")\n')
+    monkeypatch.setattr(pipeline.paths, "NOTEBOOKS", notebooks)
+    out = tmp_path / "out"
+    status = pipeline.main(["--profile", "smoke", "--output", str(out), "--only", "00_data_overview",
+                            "-p", "max_images_per_dataset", "3", "-p", "seed", "5"])
+    assert status == 0
+    assert (out / "tables" / "seen.txt").read_text() == "3 5"
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["overrides"] == [["max_images_per_dataset", "3"], ["seed", "5"]]
+    assert record["stages"][0]["overrides"] == {"max_images_per_dataset": 3, "seed": 5}
+    assert record["stages"][0]["parameters"]["max_images_per_dataset"] == 3
+    _, table, _ = provenance_frames(record)
+    assert table.loc[0, "overrides (-p)"] == "max_images_per_dataset=3, seed=5"
+    # a name no selected stage declares: exit 2, one line naming the valid ones, nothing run
+    status = pipeline.main(["--profile", "smoke", "--output", str(tmp_path / "other"), "--only", "00_data_overview",
+                            "-p", "epochs", "3"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "no selected stage declares 'epochs'; valid names:" in err and "max_images_per_dataset" in err
+    assert not (tmp_path / "other").exists()
 
 
 def test_unknown_profile_is_named_in_the_error():

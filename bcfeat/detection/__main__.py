@@ -61,22 +61,26 @@ def _train_and_evaluate(args: Any) -> int:
     """The work of :func:`main` on parsed arguments."""
     import pandas as pd
 
+    from bcfeat.atomic_io import save_table
     from bcfeat.data import resolve_data_root
+    from bcfeat.runner.stages import get_stage, resolve
     from bcfeat.study.detector import DetectorPlan, detector_gain, evaluate_against_experts, train_or_restore
 
     root = resolve_data_root(args.data_root)
     plan = DetectorPlan.from_parameters(args.preset, args.steps, args.batch_size, args.seed, args.images_per_site,
                                         not args.no_balance_sites, mask_image_guidance=args.mask_image_guidance,
                                         mask_paste=args.mask_paste)
-    model, _, info = train_or_restore(plan, root, args.artifacts_dir, train=True)
+    # The hand-off file where the study's stage 01_detector declares it.
+    detector_file = Path(resolve(get_stage("01_detector").outputs["detector_file"], results_dir="",
+                                 artifacts_dir=str(args.artifacts_dir)))
+    model, _, info = train_or_restore(plan, root, args.artifacts_dir, detector_file, train=True)
     print(f"trained {info['steps']} steps on {info['n_images']} unlabelled training images "
           f"({args.images_per_site} per site); detector {info['checkpoint']}")
     print(f"mask threshold calibrated on the pseudo-masks ({model.bcfeat_config.mask_paste} paste): "
           f"{info['mask_thresh']:.2f}")
     evaluation = evaluate_against_experts(model, root, args.max_eval_images or None)
-    args.eval_dir.mkdir(parents=True, exist_ok=True)
-    evaluation.per_image.to_csv(args.eval_dir / "detector_vs_experts_per_image.csv", index=False)
-    evaluation.table.to_csv(args.eval_dir / "detector_vs_experts_summary.csv")
+    save_table(evaluation.per_image, args.eval_dir / "detector_vs_experts_per_image.csv")
+    save_table(evaluation.table, args.eval_dir / "detector_vs_experts_summary.csv", index=True)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(evaluation.table.round(3).to_string())
         print("detector minus pseudo-mask mean IoU:", detector_gain(evaluation.table).round(4).to_dict())

@@ -2,8 +2,11 @@
 
 Each stage is a jupytext text notebook ``notebooks/<stem>.py`` whose parameters cell is
 its whole interface. The runner converts it to ``.ipynb`` (papermill cannot read the
-text format), injects the profile's parameters, and writes the executed notebook to the
-profile's results folder; the book includes those files without re-executing them.
+text format), injects the profile's parameters, the paths of the files the stage reads and
+makes (declared in :mod:`bcfeat.runner.stages`) and the ``-p`` overrides, and writes the
+executed notebook to the profile's results folder; the book includes those files without
+re-executing them. A stage whose input file is missing stops before it runs, naming the file
+and the stage that makes it.
 
 A provenance record (commit, parameters, package versions, hardware, seconds per
 notebook) is rewritten after every stage, so a failure late in a long run never loses
@@ -22,6 +25,7 @@ Usage::
     python -m bcfeat.runner --profile cpu            # the whole study (the README's main command)
     python -m bcfeat.runner --profile smoke --output /tmp/smoke
     python -m bcfeat.runner --profile cpu --restore  # restore expensive steps from saved outputs
+    python -m bcfeat.runner --profile smoke --only 05_benchmark -p n_repetitions 3   # override a parameter
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -43,31 +48,8 @@ from typing import Any
 
 from bcfeat import paths
 from bcfeat.runner.profiles import PROFILES, get_profile
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One notebook of the chain.
-
-    ``run_parameter`` names the boolean parameter that chooses between running an
-    expensive step and restoring it from its saved output (None: always cheap).
-    """
-
-    stem: str
-    run_parameter: str | None = None
-
-
-STAGES: tuple[Stage, ...] = (
-    Stage("00_data_overview"),
-    Stage("01_detector", run_parameter="train_detector"),
-    Stage("02_autoencoder", run_parameter="train_autoencoder"),
-    Stage("03_features"),
-    Stage("04_oracle", run_parameter="train_oracle"),
-    Stage("05_benchmark"),
-    Stage("06_figures"),
-    Stage("07_crosslab"),
-    Stage("90_provenance"),
-)
+from bcfeat.runner.stages import (STAGES, MissingInput, Stage, check_declarations, file_parameters, makers,  # noqa: F401
+                                  missing_input, notebook_path, parameters_cell, split_overrides)
 
 PROVENANCE_PACKAGES = (
     "bcfeat", "torch", "torchvision", "numpy", "pandas", "scikit-learn", "scikit-image",
@@ -126,10 +108,6 @@ def display_path(path: Path) -> str:
         return str(path.relative_to(paths.ROOT))
     except ValueError:
         return str(path)
-
-
-def notebook_path(stem: str) -> Path:
-    return paths.NOTEBOOKS / f"{stem}.py"
 
 
 STAGING = ".staging"
@@ -210,6 +188,12 @@ def execute_stage(stage: Stage, parameters: dict, output_dir: Path) -> Path:
     failed = output_dir / f"{stage.stem}.failed.ipynb"
     final_dir = parameters.get("results_dir", display_path(output_dir))
     staged_dir = display_path(staging)
+    # The files the stage makes in the results folder are made in the staging copy too.
+    staged_parameters = {**parameters, "results_dir": staged_dir}
+    for name in stage.files:
+        value = parameters.get(name)
+        if isinstance(value, str) and value.startswith(final_dir.rstrip("/") + "/"):
+            staged_parameters[name] = staged_dir + value[len(final_dir.rstrip("/")):]
     _stage_copy(output_dir, staging)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -217,7 +201,7 @@ def execute_stage(stage: Stage, parameters: dict, output_dir: Path) -> Path:
             nbformat.write(notebook, converted)
             try:
                 papermill.execute_notebook(
-                    str(converted), str(running), parameters={**parameters, "results_dir": staged_dir},
+                    str(converted), str(running), parameters=staged_parameters,
                     kernel_name="python3", cwd=str(paths.ROOT), progress_bar=False, log_output=False,
                 )
             except BaseException:
@@ -236,30 +220,103 @@ def execute_stage(stage: Stage, parameters: dict, output_dir: Path) -> Path:
     return output
 
 
+@dataclass
+class PlannedStage:
+    """A selected stage with the parameters it will receive and the overrides among them."""
+
+    stage: Stage
+    parameters: dict[str, Any]
+    overrides: dict[str, Any]
+
+
+def _exists(path: str) -> bool:
+    return (paths.ROOT / path).exists()  # repository-relative paths are relative to the notebooks' cwd
+
+
+def plan_run(profile_name: str, output_dir: Path, only: Sequence[str] | None = None, restore: bool = False,
+             overrides: Sequence[Sequence[str]] = ()) -> list[PlannedStage]:
+    """The selected stages, in order, with each one's parameters; nothing is run.
+
+    A stage receives its profile's parameters, ``results_dir``, ``artifacts_dir`` (when its
+    parameters cell declares it), the paths of the files it reads and makes (from the
+    declarations of :mod:`bcfeat.runner.stages`), ``<run_parameter>=not restore``, and last the
+    ``-p`` overrides that apply to it.
+
+    Raises
+    ------
+    ValueError
+        An unknown stage, an override no selected stage declares (the error lists the valid
+        names), or a stage whose notebook lacks a file parameter it declares.
+    MissingInput
+        A stage needs a file that no earlier selected stage makes and that is not there (the
+        error names the file and the stage that makes it).
+    """
+    check_declarations()
+    profile = get_profile(profile_name)
+    unknown = set(only or []) - {s.stem for s in STAGES}
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {[s.stem for s in STAGES]}")
+    selected = [s for s in STAGES if not only or s.stem in only]
+    declared = {s.stem: parameters_cell(notebook_path(s.stem)) for s in selected}
+    per_stage = split_overrides(overrides, declared)
+    results_dir = display_path(output_dir)
+    # Files live under the profile's artifacts folder, or the one ``-p artifacts_dir`` names.
+    artifacts_dir = next((value for name, value in overrides if name == "artifacts_dir"), profile.artifacts_dir)
+    made_by = makers()
+    planned, will_make = [], set()
+    for stage in selected:
+        cell = declared[stage.stem]
+        parameters = profile.parameters_for(stage.stem)
+        parameters["results_dir"] = results_dir
+        if "artifacts_dir" in cell:
+            parameters["artifacts_dir"] = artifacts_dir
+        parameters.update(file_parameters(stage, results_dir, artifacts_dir))
+        if stage.run_parameter is not None:
+            parameters[stage.run_parameter] = not restore
+        parameters.update(per_stage[stage.stem])
+        lacking = [n for n in (*stage.files, stage.run_parameter) if n is not None and n not in cell]
+        if lacking:
+            raise ValueError(f"{notebook_path(stage.stem)} does not declare its parameter(s) {lacking} "
+                             "(see bcfeat/runner/stages.py)")
+        needed = [n for n in stage.inputs if n not in will_make]
+        if stage.run_parameter is not None and parameters[stage.run_parameter] is False:
+            needed += list(stage.restore_from)
+        for name in needed:
+            if not _exists(parameters[name]):
+                raise missing_input(stage, name, parameters[name], made_by[name], profile.name)
+        will_make |= set(stage.outputs)
+        planned.append(PlannedStage(stage, parameters, per_stage[stage.stem]))
+    return planned
+
+
 def run(profile_name: str, output_dir: Path | None = None, only: list[str] | None = None,
-        restore: bool = False) -> dict:
+        restore: bool = False, overrides: Sequence[Sequence[str]] = ()) -> dict:
     """Run the chain (or the stages named in ``only``) and return the provenance record.
+
+    ``overrides`` are ``(NAME, VALUE)`` pairs, as ``-p NAME VALUE`` gives them (see
+    :func:`bcfeat.runner.stages.split_overrides`); the record keeps them.
 
     Raises
     ------
     StageFailed
         If a stage fails; every output of earlier stages (and of earlier runs) is kept as
         it was, and the provenance file says which stage failed and why.
+    MissingInput
+        Before anything runs, if a selected stage needs a file that is not there.
     """
     profile = get_profile(profile_name)
     output_dir = Path(output_dir) if output_dir else default_output_dir(profile.name)
-    unknown = set(only or []) - {s.stem for s in STAGES}
-    if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {[s.stem for s in STAGES]}")
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"--output {output_dir} is a file, not a folder")
+    planned = plan_run(profile.name, output_dir, only, restore, overrides)
     output_dir.mkdir(parents=True, exist_ok=True)
     clean_staging(output_dir)
     record_path = output_dir / "provenance.json"
     record = {
         "profile": profile.name, "description": profile.description,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **git_commit(), "hardware": hardware(), "packages": package_versions(), "stages": [],
+        **git_commit(), "hardware": hardware(), "packages": package_versions(),
+        "overrides": [list(pair) for pair in overrides], "stages": [],
     }
     if only and record_path.exists():
         # A partial re-run keeps the records of the stages it does not repeat.
@@ -271,16 +328,15 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
         tmp.write_text(json.dumps(record, indent=2, default=str))
         os.replace(tmp, record_path)
 
-    for stage in STAGES:
-        if only and stage.stem not in only:
-            continue
-        parameters = profile.parameters_for(stage.stem)
-        parameters["results_dir"] = display_path(output_dir)
-        if stage.run_parameter is not None:
-            parameters[stage.run_parameter] = not restore
+    made_by = makers()
+    for step in planned:
+        stage, parameters = step.stage, step.parameters
+        for name in stage.inputs:  # an earlier stage of this run may not have made what it declares
+            if not _exists(parameters[name]):
+                raise missing_input(stage, name, parameters[name], made_by[name], profile.name)
         print(f"[bcfeat] {stage.stem} ({profile.name}) ...", flush=True)
         start = time.perf_counter()
-        entry = {"stem": stage.stem, "parameters": parameters}
+        entry = {"stem": stage.stem, "parameters": parameters, "overrides": step.overrides}
         try:
             execute_stage(stage, parameters, output_dir)
         except Exception as error:  # recorded, then re-raised with the stage named
@@ -323,9 +379,11 @@ def provenance_frames(record: dict):
                 "uncommitted changes": record.get("dirty"), "started (UTC)": record.get("started"),
                 **{f"hardware: {k}": v for k, v in record.get("hardware", {}).items()}}
     run_table = pd.DataFrame({"value": [str(v) for v in run_info.values()]}, index=list(run_info))
+    files = {name for stage in STAGES for name in stage.files} | {"results_dir", "artifacts_dir"}
     stages = pd.DataFrame([{"notebook": s["stem"], "status": s["status"], "seconds": s["seconds"],
                             "parameters": ", ".join(f"{k}={v}" for k, v in s["parameters"].items()
-                                                    if k != "results_dir")}
+                                                    if k not in files),
+                            "overrides (-p)": ", ".join(f"{k}={v}" for k, v in s.get("overrides", {}).items())}
                            for s in record.get("stages", [])])
     packages = pd.DataFrame({"version": record.get("packages", {})})
     return run_table, stages, packages
@@ -343,12 +401,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only these stages")
     parser.add_argument("--restore", action="store_true",
                         help="restore expensive steps (training) from their saved outputs instead of re-running")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        dest="overrides",
+                        help="override a notebook parameter, as papermill -p does (typed as papermill types "
+                             "it: True/False, None, int, float, else text); NAME applies to every selected "
+                             "stage that declares it, STAGE.NAME to one stage; repeatable")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an unexpected error")
     args = parser.parse_args(argv)
 
     def command() -> int:
         try:
-            run(args.profile, args.output, args.only, args.restore)
+            run(args.profile, args.output, args.only, args.restore, args.overrides)
         except StageFailed as error:
             print(f"[bcfeat] error: {error}", file=sys.stderr)
             return PROBLEM

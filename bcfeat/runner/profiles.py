@@ -5,7 +5,9 @@
 ``gpu``: the paper's scale (full image decoder, 150 epochs, ResNeXt-50 oracle).
 
 The runner (:mod:`bcfeat.runner.pipeline`) passes ``Profile.parameters_for(stage)`` to
-each notebook's parameters cell; nothing else reaches a notebook.
+each notebook's parameters cell, with the folders and the paths of the files the stage reads
+and makes (declared in :mod:`bcfeat.runner.stages`) and the ``-p`` overrides; nothing else
+reaches a notebook.
 """
 
 from __future__ import annotations
@@ -35,26 +37,19 @@ class Profile:
     common: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    @property
+    def artifacts_dir(self) -> str:
+        """The profile's checkpoints, feature sets and caches (repository-relative)."""
+        return f"artifacts/{self.name}"
+
     def parameters_for(self, stage: str) -> dict[str, Any]:
         """The parameters for one notebook: common ones, then the stage's own."""
         return {"profile": self.name, **self.common, **self.stages.get(stage, {})}
 
 
-def _profile(name: str, description: str, smoke: bool, stages: dict[str, dict[str, Any]],
-             autoencoder: dict[str, Any] | None = None) -> Profile:
-    """A profile whose stages that write checkpoints share ``artifacts/<name>``, and whose
-    autoencoder settings reach both the notebook that trains it and the one that encodes with it."""
-    artifacts = f"artifacts/{name}"
-    for stage in ("02_autoencoder", "03_features"):
-        stages.setdefault(stage, {}).update(autoencoder or {})
-    for stage, parameters in stages.items():
-        if stage not in CHEAP_STAGES:
-            parameters.setdefault("artifacts_dir", artifacts)
+def _profile(name: str, description: str, smoke: bool, stages: dict[str, dict[str, Any]]) -> Profile:
     return Profile(name=name, description=description, common={"seed": 0, "smoke": smoke}, stages=stages)
 
-
-# Stages that write no checkpoint or cache (no artifacts_dir parameter).
-CHEAP_STAGES = ("00_data_overview", "90_provenance")
 
 PROFILES: dict[str, Profile] = {
     "smoke": _profile(
@@ -63,44 +58,41 @@ PROFILES: dict[str, Profile] = {
             "00_data_overview": {"max_images_per_dataset": 40},
             "01_detector": {"images_per_site": 12, "steps": 6, "batch_size": 2, "detector_preset": "tiny",
                             "max_eval_images": 6},
-            "03_features": {"max_per_site": 60},
+            "02_autoencoder": {"max_per_site": 60, "max_source_images": 60, "ae_preset": "tiny", "epochs": 1,
+                               "batch_size": 32},
             "04_oracle": {"max_per_site": 60, "n_repetitions": 2, "oracle_repetitions": 1},
             "05_benchmark": {"max_per_site": 60, "n_repetitions": 2, "raw_pixels_pca": 10},
-            "06_figures": {"max_per_site": 60, "per_class_sets": "aecfe_moment,colour_shape,oracle (narrow_resnet, batch norm)"},
+            "06_figures": {"max_per_site": 60},
             "07_crosslab": {"max_per_site": 60, "n_repetitions": 2, "candidate_C": "0.03,0.1", "ablation_cells": 20,
                             "ssl_epochs": 1, "ssl_image_size": 24, "n_boot": 50, "shots": "0,1,5", "n_draws": 2,
                             "few_shot_source_cells": 0, "n_workers": 2},
         },
-        autoencoder={"max_per_site": 60, "max_source_images": 60, "ae_preset": "tiny", "epochs": 1,
-                     "batch_size": 32},
     ),
     "cpu": _profile(
         "cpu", "the whole study on the four shared datasets, sized for a 2-core CPU", False,
         {
             "00_data_overview": {"max_images_per_dataset": 0},
             "01_detector": {"images_per_site": 400, "steps": 2500, "batch_size": 6, "detector_preset": "cpu"},
-            "03_features": {"max_per_site": 0},
+            "02_autoencoder": {"max_per_site": 0, "max_source_images": 4000, "ae_preset": "cpu", "epochs": 12,
+                               "batch_size": 128},
             "04_oracle": {"max_per_site": 0, "n_repetitions": 5, "oracle_repetitions": 1},
             "05_benchmark": {"max_per_site": 0, "n_repetitions": 5},
             "06_figures": {"max_per_site": 0},
             "07_crosslab": {"max_per_site": 0, "n_repetitions": 5},
         },
-        autoencoder={"max_per_site": 0, "max_source_images": 4000, "ae_preset": "cpu", "epochs": 12,
-                     "batch_size": 128},
     ),
     "gpu": _profile(
         "gpu", "the paper's scale: full image decoder, 150 epochs, ResNeXt-50 oracle (needs a CUDA GPU)", False,
         {
             "00_data_overview": {"max_images_per_dataset": 0},
             "01_detector": {"images_per_site": 2000, "steps": 6000, "batch_size": 8, "detector_preset": "gpu"},
-            "03_features": {"max_per_site": 0},
+            "02_autoencoder": {"max_per_site": 0, "max_source_images": 0, "ae_preset": "paper", "epochs": 150,
+                               "batch_size": 500, "num_threads": 8},
             "04_oracle": {"max_per_site": 0, "n_repetitions": 5, "oracle_repetitions": 5},
             "05_benchmark": {"max_per_site": 0, "n_repetitions": 5},
-            "06_figures": {"max_per_site": 0, "per_class_sets": "aecfe_moment,colour_shape,oracle (resnext50_32x4d, batch norm)"},
+            "06_figures": {"max_per_site": 0},
             "07_crosslab": {"max_per_site": 0, "n_repetitions": 5, "ssl_epochs": 30, "ssl_image_size": 64},
         },
-        autoencoder={"max_per_site": 0, "max_source_images": 0, "ae_preset": "paper", "epochs": 150,
-                     "batch_size": 500, "num_threads": 8},
     ),
 }
 

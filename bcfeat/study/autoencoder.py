@@ -118,11 +118,13 @@ def autoencoder_samples(root: Path, max_per_site: int, max_source_images: int, s
     return table.reset_index(drop=True)
 
 
-def instances_for(samples: pd.DataFrame, artifacts: Path, plan: VariantPlan, progress: bool = True) -> dict:
-    """Instance arrays of every sample for every region the plan needs, through the cached detector."""
-    detector = detector_checkpoint(artifacts)
+def instances_for(samples: pd.DataFrame, detector_file: Path, cache_dir: Path, plan: VariantPlan,
+                  progress: bool = True) -> dict:
+    """Instance arrays of every sample for every region the plan needs, through the detector
+    ``detector_file`` (``01_detector``'s), cached in ``cache_dir``."""
+    detector = study.require_input(detector_file, "01_detector")
     return {region: cached_instance_arrays(detector, samples["path"].tolist(), plan.extraction(region),
-                                           Path(artifacts) / "cache", progress=progress)
+                                           Path(cache_dir), progress=progress)
             for region in plan.regions}
 
 
@@ -135,14 +137,6 @@ def variant_features(instances: dict, samples: pd.DataFrame, variant: Variant) -
     from bcfeat.autoencoder.site_standardization import standardize_per_site
 
     return standardize_per_site(features, samples["domain"].to_numpy())
-
-
-def detector_checkpoint(artifacts: Path) -> Path:
-    """Where ``01_detector`` writes the trained detector."""
-    path = Path(artifacts) / "checkpoints" / "detector.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"no trained detector at {path}: run notebooks/01_detector.py first")
-    return path
 
 
 def detection_summary(samples: pd.DataFrame, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -209,13 +203,14 @@ def load_variant(plan: VariantPlan, name: str, samples: pd.DataFrame, checkpoint
     return model.eval(), path
 
 
-def save_variant_model(plan: VariantPlan, name: str, samples: pd.DataFrame, artifacts: Path, path: Path) -> Path:
-    """One model file (detector + this variant's autoencoder) for ``bcfeat extract`` and the transformer."""
+def save_variant_model(plan: VariantPlan, name: str, checkpoint: Path, detector_file: Path, path: Path) -> Path:
+    """One model file (detector + this variant's autoencoder ``checkpoint``) for ``bcfeat extract``
+    and the transformer."""
     from bcfeat.autoencoder.aecfe_model import save_model
 
     variant = plan.variants[name]
-    _, checkpoint = load_variant(plan, name, samples, Path(artifacts) / "checkpoints")
-    return save_model(path, detector_checkpoint(artifacts), checkpoint, plan.extraction(variant.region),
+    return save_model(path, study.require_input(detector_file, "01_detector"),
+                      study.require_input(checkpoint, "02_autoencoder"), plan.extraction(variant.region),
                       site_standardize=variant.site_standardize)
 
 
@@ -255,9 +250,44 @@ def reconstruction_examples(plan: VariantPlan, samples: pd.DataFrame, instances:
 
 
 def encode_samples(plan: VariantPlan, name: str, all_samples: pd.DataFrame, instances: dict,
-                   checkpoints: Path) -> np.ndarray:
-    """The 50-d latent of every sample for one variant, ``(n, 50)``."""
+                   checkpoint: Path) -> np.ndarray:
+    """The 50-d latent of every sample for one variant (its trained ``checkpoint``), ``(n, 50)``."""
     from bcfeat.autoencoder.aecfe_model import encode_features
+    from bcfeat.autoencoder.model import load_checkpoint
 
-    model, _ = load_variant(plan, name, all_samples, checkpoints)
-    return encode_features(model, variant_features(instances, all_samples, plan.variants[name]))
+    model, _, _ = load_checkpoint(study.require_input(checkpoint, "02_autoencoder"))
+    return encode_features(model.eval(), variant_features(instances, all_samples, plan.variants[name]))
+
+
+@dataclass
+class TrainedVariants:
+    """What ``02_autoencoder`` hands on (its ``autoencoders_file``): the settings it trained the
+    variants with, the settings of its samples, and each variant's checkpoint."""
+
+    plan_parameters: dict
+    sample_parameters: dict
+    checkpoints: dict[str, str]
+
+    def plan(self) -> VariantPlan:
+        return VariantPlan.from_parameters(**self.plan_parameters)
+
+    def samples(self, root: Path) -> pd.DataFrame:
+        """The samples the variants were trained (and are encoded) with: per-site standardisation
+        takes its statistics over them, so the encoding stage must use the same ones."""
+        return autoencoder_samples(root, **self.sample_parameters)
+
+    @classmethod
+    def made(cls, plan_parameters: dict, sample_parameters: dict, samples: pd.DataFrame,
+             checkpoints: Path) -> "TrainedVariants":
+        plan = VariantPlan.from_parameters(**plan_parameters)
+        return cls(plan_parameters, sample_parameters,
+                   {name: str(variant_checkpoint(plan, name, samples, checkpoints)) for name in plan.names})
+
+    def write(self, path: Path) -> Path:
+        return study.write_handoff(path, {"plan": self.plan_parameters, "samples": self.sample_parameters,
+                                          "checkpoints": self.checkpoints})
+
+    @classmethod
+    def read(cls, path: Path) -> "TrainedVariants":
+        record = study.read_handoff(path, "02_autoencoder")
+        return cls(record["plan"], record["samples"], record["checkpoints"])

@@ -172,9 +172,144 @@ def union_samples(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
         .reset_index(drop=True)
 
 
-def feature_path(artifacts_dir: str | os.PathLike, name: str) -> Path:
-    """Where feature set ``name`` is stored."""
-    return Path(artifacts_dir) / "features" / f"{name}.npz"
+def feature_path(features_dir: str | os.PathLike, name: str) -> Path:
+    """Where feature set ``name`` is stored in ``features_dir`` (the folder ``03_features`` makes)."""
+    return Path(features_dir) / f"{name}.npz"
+
+
+# ----------------------------------------------------------------------------- feature-set names
+# Every feature set's name is made here: the benchmark's tables, the figures and the profiles
+# refer to feature sets by these names, and asking for one that does not exist is an error.
+RAW_PIXELS, COLOUR_SHAPE = "raw_pixels", "colour_shape"
+BASELINE_FEATURE_SETS: tuple[str, ...] = (RAW_PIXELS, COLOUR_SHAPE)
+
+
+def aecfe_feature_set(variant: str) -> str:
+    """The feature set of one autoencoder variant's latent code.
+
+    >>> aecfe_feature_set("moment")
+    'aecfe_moment'
+    """
+    return f"aecfe_{variant}"
+
+
+def oracle_feature_set(arch: str, norm: str) -> str:
+    """The oracle's feature-set name in the tables, from its architecture and normalisation.
+
+    >>> oracle_feature_set("narrow_resnet", "batch")
+    'oracle (narrow_resnet, batch norm)'
+    """
+    return f"oracle ({arch}, {norm} norm)"
+
+
+def oracle_short_name(norm: str) -> str:
+    """The name a parameter list uses for the oracle of one normalisation, whatever its
+    architecture (a full name holds a comma, which a comma-separated list cannot).
+
+    >>> oracle_short_name("batch")
+    'oracle_batch'
+    """
+    return f"oracle_{norm}"
+
+
+def feature_set_names(features_dir: str | os.PathLike) -> list[str]:
+    """The feature sets stored in ``features_dir``, sorted."""
+    return sorted(p.stem for p in Path(features_dir).glob("*.npz"))
+
+
+def resolve_feature_sets(requested: Sequence[str], available: Sequence[str],
+                         aliases: dict[str, str] | None = None) -> list[str]:
+    """``requested`` names (or short names in ``aliases``) as feature-set names, in their order.
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown names and listing the valid ones.
+
+    Examples
+    --------
+    >>> resolve_feature_sets(["a", "oracle_batch"], ["a", "oracle (x, batch norm)"],
+    ...                      {"oracle_batch": "oracle (x, batch norm)"})
+    ['a', 'oracle (x, batch norm)']
+    """
+    aliases = {k: v for k, v in (aliases or {}).items() if v in set(available)}
+    names = [aliases.get(name, name) for name in requested]
+    unknown = [r for r, n in zip(requested, names) if n not in set(available)]
+    if unknown:
+        valid = list(dict.fromkeys([*available, *aliases]))
+        raise ValueError(f"unknown feature set(s) {unknown}; valid names are {valid}")
+    return names
+
+
+def load_feature_sets(features_dir: str | os.PathLike, names: Sequence[str],
+                      samples: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The named feature sets of ``features_dir`` for ``samples`` (an unknown name is an error
+    listing the feature sets the folder holds)."""
+    resolve_feature_sets(names, feature_set_names(features_dir))
+    return {name: load_feature_set(feature_path(features_dir, name), samples) for name in names}
+
+
+# ----------------------------------------------------------------------------- hand-off files
+def require_input(path: str | os.PathLike, made_by: str) -> Path:
+    """``path`` if the file exists; else an error naming the stage that makes it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: it is made by the stage {made_by}; run that stage first")
+    return path
+
+
+def write_handoff(path: str | os.PathLike, record: dict) -> Path:
+    """Write a stage's hand-off record (JSON: what it made and with which settings), atomically."""
+    import json
+
+    from bcfeat.atomic_io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+    return Path(path)
+
+
+def read_handoff(path: str | os.PathLike, made_by: str) -> dict:
+    """A hand-off record written by :func:`write_handoff`; the error names the stage that makes it."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run the stage {made_by} first")
+    return json.loads(path.read_text())
+
+
+def oracle_handoff(configs: dict[str, object], samples: pd.DataFrame, checkpoints: str | os.PathLike,
+                   seed: int, n_repetitions: int) -> dict:
+    """What ``04_oracle`` hands on: per normalisation, its feature-set name and the checkpoint of
+    every repetition it trained (repetition ``r`` is trained with seed ``seed + r``)."""
+    return {"feature_sets": {oracle_short_name(norm): oracle_feature_set(cfg.arch, norm)
+                             for norm, cfg in configs.items()},
+            "checkpoints": {norm: [str(oracle_checkpoint_pattern(checkpoints, cfg, samples, norm, seed + r))
+                                   for r in range(n_repetitions)]
+                            for norm, cfg in configs.items()}}
+
+
+def oracle_checkpoint(oracles_file: str | os.PathLike, norm: str, repetition: int = 0) -> Path:
+    """The oracle checkpoint of one normalisation and repetition, as ``04_oracle`` recorded it."""
+    record = read_handoff(oracles_file, "04_oracle")
+    if norm not in record["checkpoints"]:
+        raise ValueError(f"{oracles_file}: no oracle with {norm!r} norm; 04_oracle trained {sorted(record['checkpoints'])}")
+    return Path(record["checkpoints"][norm][repetition])
+
+
+def check_same_splits(plan: SplitPlan, path: str | os.PathLike) -> bool:
+    """The splits file ``04_oracle`` wrote must hold the same splits as ``plan`` (every later
+    stage tests on the same cells); True when it does."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"the splits file {path} does not exist: run the stage 04_oracle first")
+    stored = pd.read_csv(path)
+    fresh = plan.to_frame()
+    cols = [c for c in fresh.columns if c in stored.columns]
+    if len(stored) != len(fresh) or not (stored[cols].astype(str).values == fresh[cols].astype(str).values).all():
+        raise ValueError(f"{path} holds other splits than this run's; re-run 04_oracle and 05_benchmark first")
+    return True
 
 
 def transform_paths(transformer, paths: Sequence[str], chunk: int = 500) -> np.ndarray:

@@ -1,7 +1,7 @@
 """The steps of the study's "Beyond the paper" chapter (``notebooks/07_crosslab.py``).
 
 The notebook calls these functions in order; each returns tables or figures. Hand-offs from
-earlier stages: the detector of ``01_detector`` (:func:`bcfeat.study.detector.handoff_path`),
+earlier stages, passed in as the notebook's file parameters: the detector of ``01_detector``,
 the feature sets of ``03_features`` and the BatchNorm oracle of ``04_oracle``.
 """
 
@@ -42,31 +42,30 @@ class Measured:
     detector_file: str | None
 
 
-def _model(artifacts: Path, mask_source: str, n_workers: int, crop: CropConfig | None = None):
+def _model(detector_file: str | Path | None, mask_source: str, n_workers: int, crop: CropConfig | None = None):
     from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig
     from bcfeat.detection.checkpoint import load_detector
-    from bcfeat.study.detector import handoff_path
 
     config = ExtractorConfig(mask_source=mask_source, crop=crop or CropConfig(), n_workers=n_workers)
     detector = None
     if mask_source == "detector":
-        path = handoff_path(artifacts)
-        if not path.is_file():
-            raise FileNotFoundError(f"the detector {path} does not exist: run the stage 01_detector first")
-        detector = load_detector(path)
+        if detector_file is None:
+            raise ValueError("the detector mask source needs the detector file (01_detector's detector_file)")
+        detector = load_detector(study.require_input(detector_file, "01_detector"))
     return CrossLabModel(config, detector)
 
 
 def measure_cells(samples: pd.DataFrame, artifacts: Path, mask_source: str = "detector", n_workers: int = 2,
-                  crop: CropConfig | None = None, cache_name: str = "crosslab") -> Measured:
-    """Features and canonical crops of every sample, computed once per (images, detector, settings)."""
+                  crop: CropConfig | None = None, cache_name: str = "crosslab",
+                  detector_file: str | Path | None = None) -> Measured:
+    """Features and canonical crops of every sample, computed once per (images, detector, settings);
+    the cache is kept under ``<artifacts>/cache``."""
     from bcfeat.data.images import SkippedImages
-    from bcfeat.study.detector import handoff_path
     from bcfeat.detection.feature_cache import cache_key, cached_arrays
 
-    model = _model(Path(artifacts), mask_source, n_workers, crop)
+    model = _model(detector_file, mask_source, n_workers, crop)
     paths = samples["path"].tolist()
-    detector_file = str(handoff_path(artifacts)) if mask_source == "detector" else None
+    detector_file = str(detector_file) if mask_source == "detector" else None
     key = cache_key(paths, detector_file, {"mask_source": mask_source, "crop": asdict(model.config.crop),
                                            "features": feature_names()})
 
@@ -84,15 +83,15 @@ def measure_cells(samples: pd.DataFrame, artifacts: Path, mask_source: str = "de
     return Measured(arrays["features"], arrays["crops"], float(arrays["seconds"].sum() / 60), detector_file)
 
 
-def measure_all(samples: pd.DataFrame, artifacts: Path, mask_sources: Sequence[str], n_workers: int = 2
-                ) -> dict[str, Measured]:
+def measure_all(samples: pd.DataFrame, artifacts: Path, mask_sources: Sequence[str], n_workers: int = 2,
+                detector_file: str | Path | None = None) -> dict[str, Measured]:
     """:func:`measure_cells` with each mask source (the selection chooses between them)."""
     from bcfeat.crosslab.model import MASK_SOURCES
 
     unknown = [m for m in mask_sources if m not in MASK_SOURCES]
     if unknown or not mask_sources:
         raise ValueError(f"mask_sources must name one or more of {MASK_SOURCES}, got {list(mask_sources)}")
-    return {m: measure_cells(samples, artifacts, m, n_workers) for m in mask_sources}
+    return {m: measure_cells(samples, artifacts, m, n_workers, detector_file=detector_file) for m in mask_sources}
 
 
 def measured_table(measured: dict[str, Measured]) -> pd.DataFrame:
@@ -110,19 +109,6 @@ def feature_group_table(X: np.ndarray) -> pd.DataFrame:
         rows.append({"group": group, "n_features": len(idx), "examples": ", ".join(names[i] for i in idx[:4]),
                      "finite_share": float(np.isfinite(X[:, idx]).all(axis=1).mean())})
     return pd.DataFrame(rows)
-
-
-def check_same_splits(plan: SplitPlan, path: Path) -> bool:
-    """The benchmark's splits file, when present, must hold the same splits as ``plan``."""
-    path = Path(path)
-    if not path.exists():
-        return False
-    stored = pd.read_csv(path)
-    fresh = plan.to_frame()
-    cols = [c for c in fresh.columns if c in stored.columns]
-    if len(stored) != len(fresh) or not (stored[cols].astype(str).values == fresh[cols].astype(str).values).all():
-        raise ValueError(f"{path} holds other splits than this run's; re-run 04_oracle and 05_benchmark first")
-    return True
 
 
 # ----------------------------------------------------------------------------- settings
@@ -221,15 +207,7 @@ class AdaBNOracle:
     embeddings: np.ndarray  # (n, d), each site's images through its own adapted network
 
 
-def oracle_checkpoint(artifacts: Path, profile: str, samples: pd.DataFrame, norm: str, seed: int) -> Path:
-    """04_oracle's checkpoint of the first split (the path that notebook writes)."""
-    from bcfeat.evaluation.oracle_model import oracle_config
-
-    cfg = oracle_config(profile, norm=norm)
-    return study.oracle_checkpoint_pattern(Path(artifacts) / "checkpoints", cfg, samples, norm, seed)
-
-
-def adabn_oracle_scores(samples: pd.DataFrame, plan: SplitPlan, artifacts: Path, profile: str, norm: str,
+def adabn_oracle_scores(samples: pd.DataFrame, plan: SplitPlan, oracles_file: Path, norm: str,
                         seed: int) -> AdaBNOracle:
     """04's oracle of the first split, with BatchNorm statistics re-estimated on each site's
     images (all of them, unlabelled) before predicting that site's test split and all its cells."""
@@ -238,9 +216,7 @@ def adabn_oracle_scores(samples: pd.DataFrame, plan: SplitPlan, artifacts: Path,
     from bcfeat.data.splits import as_test_masks
     from bcfeat.evaluation.oracle import adapt_batch_norm, embed, load_checkpoint, predict_proba, prepare_images
 
-    path = oracle_checkpoint(artifacts, profile, samples, norm, seed)
-    if not path.is_file():
-        raise FileNotFoundError(f"the oracle checkpoint {path} does not exist: run the stage 04_oracle first")
+    path = study.require_input(study.oracle_checkpoint(oracles_file, norm, repetition=0), "04_oracle")
     oracle = load_checkpoint(path)
     torch.set_num_threads(2)
     images = prepare_images(study.decoded_images(samples["path"].tolist(), oracle.config.image_size),
@@ -467,7 +443,8 @@ def ablations(measured: dict[str, Measured], samples, plan, setting: str, artifa
         source_sub = sub_samples["domain"].to_numpy() == study.SOURCE_SITE
         median_d = float(np.exp(np.median(X[sub][source_sub, 0])))  # the source's median cell diameter, px
         fixed = measure_cells(sub_samples, artifacts, chosen["source"], n_workers,
-                              CropConfig(rescale=False, reference_diameter_px=median_d), cache_name="crosslab_ablation")
+                              CropConfig(rescale=False, reference_diameter_px=median_d), cache_name="crosslab_ablation",
+                              detector_file=measured[chosen["source"]].detector_file)
         for name, feats, mins in ((f"crop: {chosen['source']} mask, canonical size (subsample)", X[sub],
                                    measured[chosen["source"]].minutes * len(sub) / len(X)),
                                   (f"crop: {chosen['source']} mask, one zoom for all (no rescaling, subsample)",
@@ -520,7 +497,7 @@ def ablation_glue(ablation: pd.DataFrame) -> dict:
 
 
 # ----------------------------------------------------------------------------- few-shot
-def few_shot(X, samples, plan, setting: str, artifacts: Path, aecfe: str, adabn: AdaBNOracle, shots: Sequence[int],
+def few_shot(X, samples, plan, setting: str, features_dir: Path, aecfe: str, adabn: AdaBNOracle, shots: Sequence[int],
              n_draws: int, source_cells: int, seed: int) -> pd.DataFrame:
     """The few-shot curve of ours, AE-CFE (the paper's forest on its features) and the AdaBN oracle's
     embeddings (linear), on each unseen site."""
@@ -534,9 +511,8 @@ def few_shot(X, samples, plan, setting: str, artifacts: Path, aecfe: str, adabn:
     sets = {OURS: (ev.standardize_per_site(X, domain), make_factory(chosen)),
             "oracle AdaBN embeddings": (ev.standardize_per_site(adabn.embeddings, domain),
                                         make_factory(_rename(chosen, groups="all")))}
-    aecfe_path = study.feature_path(artifacts, aecfe)
-    if aecfe_path.exists():
-        sets[f"{aecfe} (paper's forest)"] = (study.load_feature_set(aecfe_path, samples), lambda rs: default_classifier(rs, n_jobs=2))
+    aecfe_X = study.load_feature_sets(features_dir, [aecfe], samples)[aecfe]
+    sets[f"{aecfe} (paper's forest)"] = (aecfe_X, lambda rs: default_classifier(rs, n_jobs=2))
     frames = []
     for name, (F, factory) in sets.items():
         for target in [s for s in study.SITES if s != study.SOURCE_SITE]:
@@ -554,9 +530,10 @@ def few_shot_glue(curve: pd.DataFrame) -> dict:
 
 
 # ----------------------------------------------------------------------------- figures, model file
-def write_model_file(X: np.ndarray, samples: pd.DataFrame, artifacts: Path, mask_source: str, setting: str,
-                     n_workers: int) -> Path:
-    """The deployed model: detector + features + the headline classifier trained on all source cells."""
+def write_model_file(X: np.ndarray, samples: pd.DataFrame, path: Path, mask_source: str, setting: str,
+                     n_workers: int, detector_file: str | Path | None = None) -> Path:
+    """The deployed model, written to ``path``: detector + features + the headline classifier
+    trained on all source cells."""
     from bcfeat.crosslab.model import save_model
 
     chosen = setting_by_name(setting)
@@ -566,12 +543,12 @@ def write_model_file(X: np.ndarray, samples: pd.DataFrame, artifacts: Path, mask
     y = samples["label"].to_numpy()
     clf = CrossLabClassifier(model="logistic", C=chosen["C"], balance_rounds=0,
                              columns=columns_for(chosen["groups"])).fit(X[source], y[source])
-    model = _model(Path(artifacts), mask_source, n_workers)
+    model = _model(detector_file, mask_source, n_workers)
     model.classifier = clf
     model.record = {"trained_on": study.SOURCE_SITE, "n_cells": int(source.sum()),
                     "class_counts": {str(k): int(v) for k, v in pd.Series(y[source]).value_counts().items()},
                     "setting": setting, "label_space": "coarse5"}
-    return save_model(Path(artifacts) / "crosslab_model.pt", model)
+    return save_model(Path(path), model)
 
 
 __all__ = ["Measured", "measure_cells", "candidate_grid", "score_candidates", "select_settings", "deployed_setting",

@@ -50,13 +50,11 @@ class DetectorPlan:
         return cls(config, train_config, images_per_site, seed)
 
 
-def handoff_path(artifacts: Path) -> Path:
-    """The detector the later notebooks read (a copy of the finished run's checkpoint)."""
-    return Path(artifacts) / "checkpoints" / "detector.pt"
-
-
-def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, train: bool = True):
+def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, detector_file: Path, train: bool = True):
     """Train the detector on pseudo-masks (resuming an interrupted run), or restore it.
+
+    The run's checkpoints and caches stay in ``artifacts``; the finished detector is written to
+    (or restored from) ``detector_file``, the file the later stages read.
 
     Returns
     -------
@@ -72,7 +70,7 @@ def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, train: boo
     key = study.run_key(pd.DataFrame({"dataset": "", "relpath": paths, "label": ""}),
                         {"detector": plan.config, "train": plan.train_config})
     run_checkpoint = Path(artifacts) / "checkpoints" / f"detector_{key}.pt"
-    handoff = handoff_path(artifacts)
+    handoff = Path(detector_file)
     if train:
         # Pseudo-labelled once: the same set trains the detector and calibrates its mask threshold.
         data = pseudo_label(paths, plan.config.image_size, cache_path=Path(artifacts) / "cache" / f"pseudo_masks_{key}.pt",
