@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bcfeat import paths
+from bcfeat.atomic_io import write_text
 from bcfeat.runner.profiles import PROFILES, get_profile
 from bcfeat.runner.stages import (STAGES, MissingInput, Stage, check_declarations, file_parameters, makers,  # noqa: F401
                                   missing_input, notebook_path, parameters_cell, split_overrides)
@@ -152,7 +153,7 @@ def _point_at(notebook: Path, staged: str, final: str) -> None:
     """Make an executed notebook name the results folder it is published to, not the staging one."""
     text = notebook.read_text()
     if staged in text:
-        notebook.write_text(text.replace(json.dumps(staged)[1:-1], json.dumps(final)[1:-1]))
+        write_text(text.replace(json.dumps(staged)[1:-1], json.dumps(final)[1:-1]), notebook)
 
 
 def clean_staging(output_dir: Path) -> None:
@@ -324,9 +325,7 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
         record["stages"] = [s for s in previous.get("stages", []) if s["stem"] not in only]
 
     def save() -> None:
-        tmp = record_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, record_path)
+        write_text(json.dumps(record, indent=2, default=str), record_path)
 
     made_by = makers()
     for step in planned:
