@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 from myst_nb import glue
 
+from bcfeat.atomic_io import save_table
 from bcfeat.study import data_overview as overview
 from bcfeat.data import resolve_data_root, scan_dataset
 
@@ -47,7 +48,7 @@ tables.mkdir(parents=True, exist_ok=True)
 
 # %% tags=["hide-input"]
 counts = overview.class_counts(names, root, max_images_per_dataset, seed)
-counts.to_csv(tables / "class_counts.csv", index=False)
+save_table(counts, tables / "class_counts.csv")
 coarse5 = overview.count_matrix(counts, "coarse5")
 glue("coarse5_counts", coarse5, display=False)
 coarse5
@@ -75,7 +76,7 @@ for name in names:
 # %% tags=["hide-input"]
 sizes = overview.image_sizes(pd.concat(list(samples.values())))
 summary = overview.size_summary(sizes)
-summary.to_csv(tables / "image_sizes.csv")
+save_table(summary, tables / "image_sizes.csv", index=True)
 glue("image_sizes", summary, display=False)
 summary
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from myst_nb import glue
 
+from bcfeat.atomic_io import save_table
 from bcfeat.study import detector as ds
 from bcfeat.data import resolve_data_root
 
@@ -65,7 +66,7 @@ glue("detector_history", figure, display=False)
 
 # %% tags=["hide-input"]
 calibration = info["mask_threshold_calibration"]
-calibration.to_csv(tables / "detector_mask_threshold.csv", index=False)
+save_table(calibration, tables / "detector_mask_threshold.csv")
 glue("detector_mask_thresh", info["mask_thresh"], display=False)
 calibration.round(4)
 
@@ -78,8 +79,8 @@ calibration.round(4)
 
 # %% tags=["hide-input"]
 evaluation = ds.evaluate_against_experts(model, root, max_eval_images or None)
-evaluation.table.to_csv(tables / "detector_vs_expert.csv")
-evaluation.per_image.to_csv(tables / "detector_vs_expert_per_image.csv", index=False)
+save_table(evaluation.table, tables / "detector_vs_expert.csv", index=True)
+save_table(evaluation.per_image, tables / "detector_vs_expert_per_image.csv")
 for (dataset, source), row in evaluation.table.iterrows():
     glue(f"iou_{source}_{dataset}", float(row["mean_iou"]), display=False)
     glue(f"detrate_{source}_{dataset}", float(row["detection_rate"]), display=False)

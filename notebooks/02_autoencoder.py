@@ -43,6 +43,7 @@ from pathlib import Path
 import pandas as pd
 from myst_nb import glue
 
+from bcfeat.atomic_io import save_table
 from bcfeat.study import autoencoder as aes
 from bcfeat.study import common as study
 from bcfeat.data import resolve_data_root
@@ -68,7 +69,7 @@ samples = aes.autoencoder_samples(root, **sample_parameters)
 instances = aes.instances_for(samples, detector_file, artifacts / "cache", plan, progress=False)
 detections = aes.detection_summary(samples, instances["detected"])
 save_path = tables / "detections_per_site.csv"
-detections.to_csv(save_path)
+save_table(detections, save_path, index=True)
 glue("detections_per_site", detections, display=False)
 detections
 
@@ -94,7 +95,7 @@ detections
 histories = aes.train_variants(plan, samples, instances, artifacts / "checkpoints", train=train_autoencoder)
 aes.TrainedVariants.made(plan_parameters, sample_parameters, samples, artifacts / "checkpoints").write(autoencoders_file)
 history = pd.concat([h.assign(variant=name) for name, h in histories.items()], ignore_index=True)
-history.to_csv(tables / "autoencoder_history.csv", index=False)
+save_table(history, tables / "autoencoder_history.csv")
 figure = aes.history_figure(history)
 glue("ae_history", figure, display=False)
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 from myst_nb import glue
 
+from bcfeat.atomic_io import save_table
 from bcfeat.study import figures
 from bcfeat.study import common as study
 from bcfeat.evaluation.benchmark import confusion_matrices, per_class_f1
@@ -76,7 +77,7 @@ glue("domain_matrix_heatmap", figures.domain_matrix_heatmap(
 
 # %% tags=["hide-input"]
 confusions = confusion_matrices(predictions[predictions["feature_set"] == headline], labels=list(COARSE5))
-confusions.to_csv(tables / "confusion_headline.csv", index=False)
+save_table(confusions, tables / "confusion_headline.csv")
 cells = [(study.SOURCE_SITE, site) for site in study.SITES]
 glue("confusion_headline", figures.confusion_figure(confusions, cells, list(COARSE5), title=headline),
      display=False)
@@ -89,5 +90,5 @@ chosen = study.resolve_feature_sets(study.parse_list(per_class_sets), list(pd.un
                                     aliases=oracle_names)
 from_source = predictions[(predictions["train_domain"] == study.SOURCE_SITE) & predictions["feature_set"].isin(chosen)]
 f1 = per_class_f1(from_source, labels=list(COARSE5))
-f1.to_csv(tables / "per_class_f1.csv", index=False)
+save_table(f1, tables / "per_class_f1.csv")
 glue("per_class_f1", figures.per_class_f1_figure(f1, chosen), display=False)
