@@ -28,6 +28,11 @@ the same weights as training straight through.
 
 The device, threads, optimiser step (mixed precision, NaN policy), resume state and checkpoint
 convention are :mod:`bcfeat.training`'s, shared with the detector and the oracle.
+
+Under ``torchrun --nproc_per_node=N`` (:mod:`bcfeat.training.distributed`) every rank draws the same
+epoch plan, runs its slice of each batch through the DistributedDataParallel model and computes the
+loss of the whole batch from the gathered outputs (the alignment term needs every domain of the
+batch), so the loss curve is the single-process one up to float rounding; rank 0 writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from bcfeat.autoencoder.losses import ALIGNMENT_KINDS, LossTerms, LossWeights, a
 from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
 from bcfeat.training.checkpoint import check_resumable, config_from_dict, read_model_file
 from bcfeat.training.device import resolve_device, training_threads
+from bcfeat.training.distributed import GlobalBatch, context
 from bcfeat.training.loop import NonFiniteLossError, OptimizerStep, restore_resume_state, resume_state
 
 logger = logging.getLogger(__name__)
@@ -270,7 +276,12 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
     path = Path(checkpoint_path)
     data_info = data_info or {}
     device = resolve_device(cfg.device)
+    # Under torchrun each rank runs its slice of every global batch through the DDP model and the
+    # loss sees the gathered outputs of the whole batch (bcfeat.training.distributed).
+    dist_ctx = context(device)
+    device = dist_ctx.device(device)
     model.to(device)
+    forward = GlobalBatch(dist_ctx.wrap(model, device), dist_ctx) if dist_ctx.active else model
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     # The autoencoder stops at the first non-finite loss (max_bad_steps=0): nothing is skipped.
     step = OptimizerStep(optimizer, device, cfg.amp, max_bad_steps=0)
@@ -298,13 +309,16 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
         if bad:
             raise NonFiniteLossError(f"after epoch {epoch}/{cfg.epochs} the weights {bad[:5]} are not finite; "
                                      f"not saving (the last good checkpoint {path}, epoch {last_saved}, is kept)")
-        save_checkpoint(path, model, model_config, {
-            "train_config": asdict(cfg),
-            **resume_state(step, device=device),
-            "epoch": epoch,
-            "history": pd.DataFrame(history).to_dict("list"),
-            "data": data_info,
-        })
+        state = resume_state(step, device=device)  # on every rank (a collective under torchrun)
+        with dist_ctx.main_first() as main:
+            if main:
+                save_checkpoint(path, model, model_config, {
+                    "train_config": asdict(cfg),
+                    **state,
+                    "epoch": epoch,
+                    "history": pd.DataFrame(history).to_dict("list"),
+                    "data": data_info,
+                })
         last_saved = epoch
 
     def kept() -> str:
@@ -312,7 +326,8 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
                 else f"no checkpoint was written to {path}")
 
     # One bar over the epochs (kept, showing the latest epoch means), one per epoch over its batches.
-    epochs_bar = tqdm(total=cfg.epochs, initial=start, desc="training", unit="epoch", disable=not cfg.progress)
+    show = cfg.progress and dist_ctx.is_main
+    epochs_bar = tqdm(total=cfg.epochs, initial=start, desc="training", unit="epoch", disable=not show)
     with training_threads(cfg.num_threads, cfg.deterministic), epochs_bar:
         for epoch in range(start, cfg.epochs):
             model.train()
@@ -321,12 +336,12 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
             counts: dict[str, int] = {}
             n_samples = 0
             t0 = time.perf_counter()
-            with tqdm(total=len(plan), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+            with tqdm(total=len(plan), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
                       leave=False) as bar:
                 for b, batch in enumerate(_iter_batches(dataset, plan)):
                     batch = _to_device(batch, device)
                     with step.autocast():
-                        loss = loss_fn(model, batch)
+                        loss = loss_fn(forward, batch)
                     values = {"total": float(loss.total.detach()), **{k: float(v) for k, v in loss.terms.items()}}
                     step(loss.total, loss.terms, where=f"epoch {epoch + 1}/{cfg.epochs}, batch {b + 1}/{len(plan)}",
                          on_give_up=kept)
@@ -349,6 +364,7 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 checkpoint(epoch + 1)
 
+    model = dist_ctx.unwrap(model)
     model.eval()
     return model, pd.DataFrame(history)
 

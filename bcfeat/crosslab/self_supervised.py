@@ -9,6 +9,11 @@ stain gains in optical-density space, brightness, contrast, gamma, blur, rotatio
 every site (transductive, as the released AE-CFE code trains on all domains), or on the
 source site alone.
 
+Under ``torchrun --nproc_per_node=N`` (:mod:`bcfeat.training.distributed`, CPU/gloo) every rank draws
+the same batch and views, encodes its slice of both views in one DistributedDataParallel pass and
+computes the loss of the whole batch from the gathered projections (NT-Xent's negatives are the
+whole batch), so the loss curve is the single-process one up to float rounding.
+
 The encoder uses GroupNorm, so nothing site-specific hides in batch statistics; its
 embeddings then go through the same per-site standardisation as the hand features
 (:mod:`bcfeat.crosslab.adaptation`). The book reports it as the "objective" lever of the
@@ -27,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bcfeat.training.distributed import context, gather
 
 logger = logging.getLogger(__name__)
 
@@ -185,14 +192,21 @@ def train_encoder(crops: np.ndarray, cfg: SelfSupervisedConfig,
     steps_per_epoch = len(x) // cfg.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                 pct_start=0.1)
+    dist_ctx = context("cpu")
+    net = dist_ctx.wrap(model, torch.device("cpu"))
     history = []
     for epoch in range(cfg.epochs):
-        model.train()
+        net.train()
         start, total = time.perf_counter(), 0.0
         order = torch.randperm(len(x), generator=gen)
         for step in range(steps_per_epoch):
             batch = x[order[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
-            z1, z2 = model(lab_shift_views(batch, gen)), model(lab_shift_views(batch, gen))
+            if dist_ctx.active:
+                v1, v2 = dist_ctx.shard(lab_shift_views(batch, gen)), dist_ctx.shard(lab_shift_views(batch, gen))
+                z = net(torch.cat([v1, v2]))  # one DDP forward per backward
+                z1, z2 = gather(dist_ctx, z[: len(v1)], len(batch)), gather(dist_ctx, z[len(v1):], len(batch))
+            else:
+                z1, z2 = model(lab_shift_views(batch, gen)), model(lab_shift_views(batch, gen))
             loss = nt_xent(z1, z2, cfg.temperature) if cfg.objective == "simclr" else vicreg(z1, z2)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"self-supervised loss is {loss.item()} at epoch {epoch}, step {step}")
@@ -203,10 +217,11 @@ def train_encoder(crops: np.ndarray, cfg: SelfSupervisedConfig,
             total += loss.item()
         record = {"epoch": epoch, "loss": total / steps_per_epoch, "seconds": time.perf_counter() - start}
         history.append(record)
-        logger.info("self-supervised epoch %d: loss %.4f (%.0f s)", epoch, record["loss"], record["seconds"])
-        if callback is not None:
-            callback(record)
-    return model.eval(), history
+        if dist_ctx.is_main:  # under torchrun rank 0 alone logs and calls back
+            logger.info("self-supervised epoch %d: loss %.4f (%.0f s)", epoch, record["loss"], record["seconds"])
+            if callback is not None:
+                callback(record)
+    return dist_ctx.unwrap(model).eval(), history
 
 
 @torch.no_grad()

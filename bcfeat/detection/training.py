@@ -5,6 +5,12 @@ balanced per site, then augmented), its loss (the sum of Mask R-CNN's five terms
 (linear warm-up, cosine decay). The device, threads, optimiser step (mixed precision, clipping, the
 NaN policy: skip a non-finite step, stop after ``max_bad_steps`` in a row), resume state and the
 checkpoint convention are :mod:`bcfeat.training`'s.
+
+Under ``torchrun --nproc_per_node=N`` (:mod:`bcfeat.training.distributed`) every rank draws the same
+global batch and augmentation from the seeded generator and trains on its slice of the images;
+DistributedDataParallel averages the gradients and rank 0 writes the checkpoint. The RPN and RoI
+samplers draw from each rank's global generator over its own images, so a distributed run cannot
+repeat a single-process run bitwise: it matches it within a tolerance (tests/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from bcfeat.detection.pseudo_masks import SegmentationConfig
 from bcfeat.detection.training_data import PseudoLabelledSet, augment, pseudo_label, to_target
 from bcfeat.training.checkpoint import check_resumable
 from bcfeat.training.device import resolve_device, training_threads
+from bcfeat.training.distributed import context
 from bcfeat.training.loop import OptimizerStep, restore_resume_state, resume_state
 
 logger = logging.getLogger(__name__)
@@ -139,7 +146,12 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
     torch.manual_seed(train_cfg.seed)
     model = build_detector(cfg)
     device = resolve_device(train_cfg.device)
+    dist_ctx = context(device)
+    device = dist_ctx.device(device)
+    if dist_ctx.active and train_cfg.batch_size < dist_ctx.world_size:
+        raise ValueError(f"batch_size {train_cfg.batch_size} is smaller than the {dist_ctx.world_size} processes")
     model.to(device)
+    net = dist_ctx.wrap(model, device)
     params = [p for p in model.parameters() if p.requires_grad]
     if train_cfg.optimizer == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
@@ -163,42 +175,52 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
     def save(step: int) -> None:
         if checkpoint_path is None:
             return
-        save_detector(checkpoint_path, model, {
-            "train_config": asdict(train_cfg), **resume_state(step_fn, sched, g, device), "step": step,
-            "history": history, "seconds": elapsed, **data_info,
-            "seg_config": asdict(seg_cfg or SegmentationConfig()),
-        })
+        state = resume_state(step_fn, sched, g, device)  # on every rank (a collective under torchrun)
+        with dist_ctx.main_first() as main:
+            if main:
+                save_detector(checkpoint_path, model, {
+                    "train_config": asdict(train_cfg), **state, "step": step,
+                    "history": history, "seconds": elapsed, **data_info,
+                    "seg_config": asdict(seg_cfg or SegmentationConfig()),
+                })
 
-    model.train()
+    net.train()
     t_last = time.perf_counter()
     end = train_cfg.steps if stop_after is None else max(start, min(train_cfg.steps, stop_after))
-    bar = tqdm(range(start, end), desc="detector", disable=not progress, initial=start,
+    bar = tqdm(range(start, end), desc="detector", disable=not (progress and dist_ctx.is_main), initial=start,
                total=train_cfg.steps, leave=False)
     for step in bar:
         draw = (torch.randint(0, len(keep), (train_cfg.batch_size,), generator=g) if weights is None
                 else torch.multinomial(weights, train_cfg.batch_size, replacement=True, generator=g))
         idx = keep[draw.numpy()]
+        # Under torchrun every rank augments the whole batch (the generator's draws stay those of one
+        # process) and keeps its own slice of the images.
+        lo, hi = dist_ctx.bounds(len(idx))
         batch, targets = [], []
-        for i in idx:
+        for j, i in enumerate(idx):
             img = torch.from_numpy(data.images[i]).permute(2, 0, 1).float() / 255
             mask = torch.from_numpy(data.masks[i])
             if train_cfg.augment:
                 aug_img, aug_mask = augment(img, mask, train_cfg, g)
                 if aug_mask.any():  # a zoom-out can shrink a tiny cell to nothing
                     img, mask = aug_img, aug_mask
+            if not lo <= j < hi:
+                continue
             batch.append(img.to(device, non_blocking=True))
             targets.append({k: v.to(device, non_blocking=True) for k, v in to_target(mask).items()})
         with step_fn.autocast():
-            losses = model(batch, targets)
+            losses = net(batch, targets)
         losses = {k: v.float() for k, v in losses.items()}
         loss = sum(losses.values())
+        # A rank's losses are means over its images; weighted so that DDP's average is the batch's.
+        weight = dist_ctx.loss_weight(len(batch), len(idx))
 
         def give_up(step: int = step) -> str:
             save(step)  # the skipped steps are counted in it; its weights are finite
             return f"checkpoint {checkpoint_path} holds step {step}" if checkpoint_path is not None else ""
 
         # A non-finite step is skipped (the weights stay finite); max_bad_steps in a row stop training.
-        finite = step_fn(loss, losses, where=f"step {step + 1}/{train_cfg.steps}", on_give_up=give_up)
+        finite = step_fn(loss * weight if dist_ctx.active else loss, losses, where=f"step {step + 1}/{train_cfg.steps}", on_give_up=give_up)
         sched.step()
         now = time.perf_counter()
         elapsed += now - t_last
@@ -207,11 +229,15 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
             rec = {"step": step, "loss": loss.item(), "lr": float(sched.get_last_lr()[0]), "seconds": elapsed,
                    "skipped": step_fn.skipped}
             rec.update({k: v.item() for k, v in losses.items()})
+            if dist_ctx.active:  # the batch's value: the slices' means weighted by their sizes
+                names = ["loss", *losses]
+                rec.update(zip(names, dist_ctx.sum([rec[k] * len(batch) / len(idx) for k in names], device)))
             history.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", mask=f"{rec['loss_mask']:.3f}")
         if (step + 1) % train_cfg.checkpoint_every == 0 or step == end - 1:
             save(step + 1)
     bar.close()
+    model = dist_ctx.unwrap(model)
     model.eval()
     model.bcfeat_extra = {"history": history, "seconds": elapsed, "skipped": step_fn.skipped,
                           "train_config": asdict(train_cfg)}

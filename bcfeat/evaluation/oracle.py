@@ -17,6 +17,9 @@ Everything here is trained in this project from random weights
 * :class:`OracleClassifier` - the same as an sklearn classifier, so it plugs
   into :func:`bcfeat.evaluation.benchmark.domain_matrix` like the random forest.
 
+Under ``torchrun`` every rank draws the same batch order and augmentation and trains on its slice
+(:mod:`bcfeat.training.distributed`); BatchNorm is synchronised on GPUs, per-rank on CPUs.
+
 Images are decoded and resized once into a ``(n, 3, s, s)`` uint8 tensor; the
 model standardises them itself (per-channel mean/std of the training images,
 kept as buffers in its ``state_dict``).
@@ -47,6 +50,7 @@ from bcfeat.evaluation.oracle_model import OracleConfig, build_oracle, oracle_co
 from bcfeat.model_files import build_from_payload
 from bcfeat.training.checkpoint import check_resumable, read_model_file, save_model_file
 from bcfeat.training.device import resolve_device, training_threads
+from bcfeat.training.distributed import context
 from bcfeat.training.loop import OptimizerStep, restore_resume_state, resume_state
 
 logger = logging.getLogger(__name__)
@@ -234,6 +238,8 @@ def train_oracle(
         model[0].mean.copy_(mean.view(1, 3, 1, 1))
         model[0].std.copy_(std.clamp_min(1e-3).view(1, 3, 1, 1))
         device = resolve_device(cfg.device)
+        dist_ctx = context(device)  # under torchrun: this rank's slice of every batch (see below)
+        device = dist_ctx.device(device)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         # No mixed precision for the oracle: the step is loss.backward(); opt.step().
         step_fn = OptimizerStep(opt, device, amp=False, max_bad_steps=MAX_BAD_STEPS)
@@ -249,15 +255,20 @@ def train_oracle(
             logger.info("resuming %s after epoch %d of %d", checkpoint_path, start_epoch, cfg.epochs)
 
         model.to(device)
+        net = dist_ctx.wrap(model, device)
         y_t = torch.from_numpy(y)
         n = len(y)
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         total_steps = cfg.epochs * steps_per_epoch
+        smallest = n - (steps_per_epoch - 1) * cfg.batch_size
+        if dist_ctx.active and smallest < dist_ctx.world_size:
+            raise ValueError(f"the last batch of an epoch holds {smallest} image(s), fewer than the "
+                             f"{dist_ctx.world_size} processes; change batch_size")
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             order = torch.randperm(n, generator=gen)
-            model.train()
+            net.train()
             loss_sum, correct = 0.0, 0
             for b in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + b
@@ -267,13 +278,21 @@ def train_oracle(
                 xb = x[idx]
                 if cfg.augment:
                     xb = _augment(xb, gen)
+                # Every rank draws the whole batch and its augmentation (the generator stays that of one
+                # process) and trains on its slice; the weighted slice means average to the batch mean.
+                n_batch, idx = len(idx), dist_ctx.shard(idx)
+                xb = dist_ctx.shard(xb)
                 xb, yb = xb.to(device, non_blocking=True), y_t[idx].to(device)
                 with step_fn.autocast():
-                    logits = model(xb)
+                    logits = net(xb)
                     loss = F.cross_entropy(logits, yb)
-                step_fn(loss, where=f"epoch {epoch + 1}/{cfg.epochs}, batch {b + 1}/{steps_per_epoch}")
+                scaled = loss * dist_ctx.loss_weight(len(idx), n_batch) if dist_ctx.active else loss
+                step_fn(scaled, where=f"epoch {epoch + 1}/{cfg.epochs}, batch {b + 1}/{steps_per_epoch}")
                 loss_sum += float(loss.detach()) * len(idx)
                 correct += int((logits.argmax(1) == yb).sum())
+            if dist_ctx.active:
+                loss_sum, correct = dist_ctx.sum([loss_sum, correct], device)
+                correct = int(correct)
             record = {
                 "epoch": epoch + 1,
                 "loss": loss_sum / n,
@@ -284,15 +303,21 @@ def train_oracle(
             logger.debug("oracle epoch %d/%d: loss %.4f, train accuracy %.3f", epoch + 1, cfg.epochs,
                          record["loss"], record["train_accuracy"])
             if checkpoint_path is not None:
-                save_model_file(checkpoint_path, "oracle", cfg, model.state_dict(), {
-                    "classes": classes,
-                    **resume_state(step_fn, device=device),
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "data_fingerprint": fingerprint,
-                }, fsync=False)
-            if callback is not None and callback(record):
+                state = resume_state(step_fn, device=device)  # on every rank (a collective under torchrun)
+                with dist_ctx.main_first() as main:
+                    if main:
+                        save_model_file(checkpoint_path, "oracle", cfg, model.state_dict(), {
+                            "classes": classes,
+                            **state,
+                            "epoch": epoch + 1,
+                            "history": history,
+                            "data_fingerprint": fingerprint,
+                        }, fsync=False)
+            # Under torchrun rank 0 runs the callback and every rank follows its decision.
+            stop = callback is not None and dist_ctx.is_main and bool(callback(record))
+            if dist_ctx.any(stop, device):
                 break
+    model = dist_ctx.unwrap(model)
     model.cpu().eval()
     return TrainedOracle(model, classes, cfg, history)
 

@@ -11,7 +11,8 @@ With mixed precision off the GradScaler is a pass-through, so a step is exactly
 
 :func:`resume_state` and :func:`restore_resume_state` save and restore what continuing a run
 needs beyond the weights: the optimiser, scheduler and scaler states, the skipped-step count
-and the RNG states (global CPU, CUDA, and the run's own generator).
+and the RNG states (global CPU, CUDA, and the run's own generator; under torchrun the global CPU
+state of every rank).
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ class OptimizerStep:
         """
         values = {"total": _value(loss), **{k: _value(v) for k, v in (terms or {}).items()}}
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if _world_size() > 1 and _any_rank(bool(bad), loss.device) and not bad:
+            # Under torchrun every rank skips together (one rank's backward alone would wait forever).
+            bad = {"another rank's loss": math.nan}
         self.optimizer.zero_grad(set_to_none=True)
         if not bad:
             self.bad = 0
@@ -122,6 +126,17 @@ class OptimizerStep:
                 + f"; {self.bad} non-finite step(s) in a row (at most {self.max_bad_steps} are skipped), stopping"
                 + (f"; {note}" if note else ""))
         return False
+
+
+def _world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    dev = device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([int(flag)], device=dev)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _cpu(obj: Any) -> Any:
@@ -150,6 +165,12 @@ def resume_state(step: OptimizerStep, scheduler: Any = None, generator: torch.Ge
         rng["cuda"] = torch.cuda.get_rng_state_all()
     if generator is not None:
         rng["generator"] = generator.get_state()
+    if _world_size() > 1:
+        # Under torchrun each rank's global generator has drawn differently (e.g. the detector's
+        # samplers on its own images): every rank's state is kept (a collective: call on every rank).
+        ranks: list[Any] = [None] * _world_size()
+        torch.distributed.all_gather_object(ranks, torch.get_rng_state())
+        rng["ranks"] = ranks
     state = {"optimizer": _cpu(step.optimizer.state_dict()),
              "scaler": step.scaler.state_dict() if step.use_amp else None,
              "skipped": step.skipped, "rng": rng}
@@ -178,6 +199,9 @@ def restore_resume_state(payload: Mapping[str, Any], step: OptimizerStep, schedu
         generator.set_state(rng["generator"])
     if rng.get("torch") is not None:
         torch.set_rng_state(rng["torch"].cpu())
+    ranks = rng.get("ranks")
+    if ranks and _world_size() == len(ranks):
+        torch.set_rng_state(ranks[torch.distributed.get_rank()].cpu())
     if rng.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
     step.skipped = int(payload.get("skipped", 0))
