@@ -410,8 +410,8 @@ def test_detector_command_trains_as_the_study_does_and_scores_against_experts(tm
     import pandas as pd
 
     from bcfeat.detection.checkpoint import read_detector_file
-    from bcfeat.detection.__main__ import main
-    from bcfeat.study.detector import DetectorPlan, handoff_path, train_or_restore
+    from bcfeat.detection.__main__ import handoff_file, main
+    from bcfeat.study.detector import DetectorPlan, train_or_restore
 
     art = tmp_path / "art"
     assert main(["--preset", "tiny", "--steps", "3", "--batch-size", "2", "--images-per-site", "3",
@@ -421,15 +421,16 @@ def test_detector_command_trains_as_the_study_does_and_scores_against_experts(tm
     assert "trained 3 steps on 12 unlabelled training images" in out
     assert "mask threshold calibrated on the pseudo-masks (subpixel paste)" in out
     assert "detector minus pseudo-mask mean IoU" in out
-    handoff = read_detector_file(handoff_path(art))
+    handoff = read_detector_file(handoff_file(art))
     assert handoff["step"] == 3 and handoff["train_config"]["balance_groups"] is True
     assert handoff["config"]["mask_image_guidance"] is False and "mask_threshold_calibration" in handoff
     summary = pd.read_csv(tmp_path / "eval" / "detector_vs_experts_summary.csv")
     assert set(summary.source) == {"detector", "pseudo_mask"}
     assert len(pd.read_csv(tmp_path / "eval" / "detector_vs_experts_per_image.csv")) == 2 * 2 * 4
     # The study's function with the same parameters finds that run finished: the same detector.
-    model, _, info = train_or_restore(DetectorPlan.from_parameters("tiny", 3, 2, 0, 3), data_root, art)
-    assert info["checkpoint"] == str(handoff_path(art))
+    model, _, info = train_or_restore(DetectorPlan.from_parameters("tiny", 3, 2, 0, 3), data_root, art, handoff_file(art))
+    assert info["checkpoint"] == str(handoff_file(art))
+    assert handoff_file(art) == art / "checkpoints" / "detector.pt"
     for k, v in model.state_dict().items():
         assert torch.equal(v, handoff["state_dict"][k]), k
     # The ablations of the closing note: the pixels given to the mask predictor, torchvision's paste.
@@ -438,7 +439,7 @@ def test_detector_command_trains_as_the_study_does_and_scores_against_experts(tm
                  "--eval-dir", str(tmp_path / "g_eval"), "--max-eval-images", "2",
                  "--mask-image-guidance", "--mask-paste", "torchvision"]) == 0
     assert "(torchvision paste)" in capsys.readouterr().out
-    assert read_detector_file(handoff_path(tmp_path / "g"))["config"]["mask_image_guidance"] is True
+    assert read_detector_file(handoff_file(tmp_path / "g"))["config"]["mask_image_guidance"] is True
     with pytest.raises(SystemExit) as bad_value:
         main(["--preset", "default"])
     assert bad_value.value.code == 2  # bcfeat.runner.exit_codes.USAGE

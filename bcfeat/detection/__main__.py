@@ -57,22 +57,27 @@ def parser():
     return ap
 
 
+def handoff_file(artifacts_dir: str | Path) -> Path:
+    """The detector file the study's stage ``01_detector`` hands on, for these artifacts."""
+    from bcfeat.runner.stages import get_stage, resolve
+
+    return Path(resolve(get_stage("01_detector").outputs["detector_file"], results_dir="",
+                        artifacts_dir=str(artifacts_dir)))
+
+
 def _train_and_evaluate(args: Any) -> int:
     """The work of :func:`main` on parsed arguments."""
     import pandas as pd
 
     from bcfeat.atomic_io import save_table
     from bcfeat.data import resolve_data_root
-    from bcfeat.runner.stages import get_stage, resolve
     from bcfeat.study.detector import DetectorPlan, detector_gain, evaluate_against_experts, train_or_restore
 
     root = resolve_data_root(args.data_root)
     plan = DetectorPlan.from_parameters(args.preset, args.steps, args.batch_size, args.seed, args.images_per_site,
                                         not args.no_balance_sites, mask_image_guidance=args.mask_image_guidance,
                                         mask_paste=args.mask_paste)
-    # The hand-off file where the study's stage 01_detector declares it.
-    detector_file = Path(resolve(get_stage("01_detector").outputs["detector_file"], results_dir="",
-                                 artifacts_dir=str(args.artifacts_dir)))
+    detector_file = handoff_file(args.artifacts_dir)
     model, _, info = train_or_restore(plan, root, args.artifacts_dir, detector_file, train=True)
     print(f"trained {info['steps']} steps on {info['n_images']} unlabelled training images "
           f"({args.images_per_site} per site); detector {info['checkpoint']}")
