@@ -13,7 +13,7 @@ accuracy on the original data and on the pack, the pack-minus-original differenc
 same seed, same splits) and the spread between seeds (the std of the original's per-seed
 means), and writes the per-seed table as CSV when ``--output`` is given. A script, not a test::
 
-    python benchmarks/bench_pack.py --pack ../bcfeat_pack             # PBC subsampled to 1500 cells
+    python benchmarks/bench_pack.py --pack ../bcfeat_pack --output book/results/benchmarks/bench_pack.csv
     python benchmarks/bench_pack.py --pack ../bcfeat_pack --max-per-site 0 --repetitions 5
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -48,6 +47,8 @@ def feature_sets(samples: pd.DataFrame, n_jobs: int) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
+    from bcfeat.atomic_io import save_table
+    from bcfeat.data.pack import pack_effect
     from bcfeat.data.root import resolve_data_root
     from bcfeat.study import common as study
 
@@ -87,16 +88,9 @@ def main() -> None:
             rows += [{"data": name, "seed": seed, "feature_set": fs, "test_site": site, "balanced_accuracy": v}
                      for (fs, site), v in per_site.items()]
     table = pd.DataFrame(rows)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.output, index=False)
-    wide = table.pivot_table(index=["feature_set", "test_site", "seed"], columns="data", values="balanced_accuracy")
-    wide["pack_minus_original"] = wide["pack"] - wide["original"]
-    out = wide.groupby(level=[0, 1], sort=False).agg(
-        original=("original", "mean"), pack=("pack", "mean"), diff_mean=("pack_minus_original", "mean"),
-        diff_max_abs=("pack_minus_original", lambda d: d.abs().max()), seed_std_original=("original", "std"),
-        seed_std_pack=("pack", "std"))
-    out["within_seed_spread"] = out["diff_mean"].abs() <= out["seed_std_original"]
+    if args.output:  # the book's reproducibility chapter reads book/results/benchmarks/bench_pack.csv
+        save_table(table, args.output)
+    out = pack_effect(table)
     pd.set_option("display.width", 200)
     print(f"\nbalanced accuracy, trained on {study.SOURCE_SITE}; {len(seeds)} seeds x {args.repetitions} "
           f"splits; mean over seeds (spread: std over seeds)")

@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 from myst_nb import glue
 
+from bcfeat.data.pack import pack_effect
 from bcfeat.runner.pipeline import load_provenance, provenance_frames, stage_parameter
 from bcfeat.runner.profiles import projected_gpu_minutes
 
@@ -59,6 +60,23 @@ if bench is not None:
     glue("gpu_projected_detector_minutes", projected["detector"], display=False)
     glue("gpu_projected_ae_minutes", projected["autoencoder"], display=False)
     display(pd.Series(projected, name="projected minutes").to_frame())
+
+# %% [markdown]
+# ## What the data pack changes
+#
+# `benchmarks/bench_pack.py` scores the detector-free baselines on the original images and on the
+# pack (`bcfeat pack`), 3 seeds each; its per-seed table is kept in
+# `<results_dir>/benchmarks/bench_pack.csv`.
+
+# %% tags=["hide-input"]
+pack_file = Path(results_dir) / "benchmarks" / "bench_pack.csv"
+if pack_file.exists():
+    effect = pack_effect(pd.read_csv(pack_file))
+    glue("pack_effect", effect.round(4), display=False)
+    glue("pack_within_spread", int(effect["within_seed_spread"].sum()), display=False)
+    glue("pack_cells", len(effect), display=False)
+    glue("pack_max_abs_diff", float(effect["diff_mean"].abs().max()), display=False)
+    display(effect.round(4))
 
 # %% [markdown]
 # ## Run

@@ -154,3 +154,24 @@ def test_real_sites_pack_and_read_back(data_root, tmp_path):
     assert original.counts().to_dict() == packed.counts().to_dict()
     assert summary.total_bytes < 0.1 * sum(Path(p).stat().st_size for p in original.samples["path"])
     assert len(expert_mask_pairs("cellavision_zheng18", resolve_data_root(out))) == 100
+
+
+def test_the_pack_is_sized_for_what_the_detector_reads():
+    from bcfeat.data.pack import PackConfig
+    from bcfeat.detection.config import DetectorConfig
+
+    assert PackConfig().long_side == DetectorConfig().image_size == DetectorConfig.cpu().image_size
+
+
+def test_pack_effect_pairs_seeds_and_compares_with_the_seed_spread():
+    import pandas as pd
+
+    from bcfeat.data.pack import pack_effect
+
+    rows = [("original", 0, 0.50), ("original", 1, 0.70), ("pack", 0, 0.80), ("pack", 1, 0.90)]
+    table = pd.DataFrame([{"data": d, "seed": s, "feature_set": "f", "test_site": "x", "balanced_accuracy": b}
+                          for d, s, b in rows])
+    out = pack_effect(table).iloc[0]
+    assert out["diff_mean"] == pytest.approx(0.25) and out["diff_max_abs"] == pytest.approx(0.30)
+    assert out["seed_std_original"] == pytest.approx(0.1414, abs=1e-4)
+    assert not out["within_seed_spread"]  # 0.25 > 0.14

@@ -48,6 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from bcfeat import paths
@@ -56,7 +57,7 @@ from bcfeat.data.images import load_image
 from bcfeat.data.labels import check_label_space
 from bcfeat.data.registry import locate_dataset, scan_dataset
 from bcfeat.data.root import resolve_data_root
-from bcfeat.detection.config import DetectorConfig
+from bcfeat.data.sites import SITES
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,6 @@ MASKS_DIR = "masks"
 MANIFEST_COLUMNS = ("path", "sha256", "bytes", "kind", "width", "height", "source")
 MIB = 1 << 20
 # The study's sites (bcfeat.study.common.SITES); the study module is not imported by the data layer.
-DEFAULT_SITES = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 
 
@@ -96,9 +96,9 @@ class PackConfig:
         The pack's total size limit in MiB; a larger pack is refused, nothing is written.
     """
 
-    sites: tuple[str, ...] = DEFAULT_SITES
+    sites: tuple[str, ...] = SITES
     label_space: str = "coarse5"
-    long_side: int = DetectorConfig.image_size
+    long_side: int = 256  # the detector's input size (DetectorConfig.image_size; a test checks they agree)
     quality: int = 68
     subsampling: str = "4:4:4"
     max_mib: float = 48.0
@@ -448,3 +448,29 @@ def verify_pack(pack: str | os.PathLike) -> PackVerification:
         if not path.is_dir() and rel not in listed:
             report.unexpected.append(rel)
     return report
+
+
+def pack_effect(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """What the pack changes, from ``benchmarks/bench_pack.py``'s per-seed scores.
+
+    ``per_seed`` has ``data`` (``original`` or ``pack``), ``seed``, ``feature_set``, ``test_site``
+    and ``balanced_accuracy``. One row per feature set and test site: the mean over seeds on the
+    original data and on the pack, the paired pack-minus-original difference (mean and largest),
+    the spread between seeds (std over the seeds' scores) and whether the mean difference is
+    within the original's spread.
+
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"data": ["original"] * 2 + ["pack"] * 2, "seed": [0, 1, 0, 1],
+    ...                   "feature_set": "f", "test_site": "s", "balanced_accuracy": [0.5, 0.7, 0.55, 0.7]})
+    >>> pack_effect(t)[["diff_mean", "within_seed_spread"]].round(3).to_dict("records")
+    [{'diff_mean': 0.025, 'within_seed_spread': True}]
+    """
+    wide = per_seed.pivot_table(index=["feature_set", "test_site", "seed"], columns="data",
+                                values="balanced_accuracy")
+    wide["pack_minus_original"] = wide["pack"] - wide["original"]
+    out = wide.groupby(level=[0, 1], sort=False).agg(
+        original=("original", "mean"), pack=("pack", "mean"), diff_mean=("pack_minus_original", "mean"),
+        diff_max_abs=("pack_minus_original", lambda d: d.abs().max()), seed_std_original=("original", "std"),
+        seed_std_pack=("pack", "std"))
+    out["within_seed_spread"] = out["diff_mean"].abs() <= out["seed_std_original"]
+    return out
