@@ -56,16 +56,14 @@ from bcfeat.atomic_io import atomic_folder
 from bcfeat.data.images import load_image
 from bcfeat.data.labels import check_label_space
 from bcfeat.data.registry import locate_dataset, scan_dataset
-from bcfeat.data.root import resolve_data_root
+from bcfeat.data.root import DATASETS_DIR, PACK_INFO, resolve_data_root
 from bcfeat.data.sites import SITES
 
 log = logging.getLogger(__name__)
 
 PACK_FORMAT = "bcfeat.pack/1"
-PACK_INFO = "pack.json"
 PACK_MANIFEST = "manifest.csv"
 PACK_README = "README.md"
-DATASETS_DIR = "datasets"
 MASKS_DIR = "masks"
 MANIFEST_COLUMNS = ("path", "sha256", "bytes", "kind", "width", "height", "source")
 MIB = 1 << 20

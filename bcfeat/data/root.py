@@ -30,10 +30,14 @@ def _holds_data(folder: Path) -> bool:
         return False
 
 
+# What makes a folder a data pack (written by :mod:`bcfeat.data.pack`): its description and its
+# ``datasets/`` folder, laid out as a data root.
+PACK_INFO = "pack.json"
+DATASETS_DIR = "datasets"
+
+
 def _pack_datasets(root: Path) -> Path:
     """A data pack's ``datasets/`` folder when ``root`` is a pack, else ``root``."""
-    from bcfeat.data.pack import DATASETS_DIR, PACK_INFO
-
     return root / DATASETS_DIR if (root / PACK_INFO).is_file() and (root / DATASETS_DIR).is_dir() else root
 
 
