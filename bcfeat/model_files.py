@@ -31,7 +31,7 @@ from typing import Any
 # How each kind of file is (re)made, for the message on a file that cannot be opened safely.
 REMAKE: dict[str, str] = {
     "detector": "re-run the detector stage: `make pipeline RUN_ARGS=\"--only 01_detector\"` "
-                "(notebooks/01_detector.py) or `python -m bcfeat.detection`",
+                "(notebooks/01_detector.py) or `python -m bcfeat.runner.detector`",
     "autoencoder": "re-run the autoencoder stage: `make pipeline RUN_ARGS=\"--only 02_autoencoder\"` "
                    "(notebooks/02_autoencoder.py)",
     "aecfe": "re-run the autoencoder stage, which writes artifacts/<profile>/aecfe_model*.pt: "

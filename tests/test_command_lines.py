@@ -29,7 +29,7 @@ COMMANDS = {
                "argument --seed: -1 is out of range: must be >= 0"),
     "python -m bcfeat.runner": ([sys.executable, "-m", "bcfeat.runner"], ["--only", "no_such_stage"],
                                 "argument --only: invalid choice: 'no_such_stage'"),
-    "python -m bcfeat.detection": ([sys.executable, "-m", "bcfeat.detection"], ["--steps", "0"],
+    "python -m bcfeat.runner.detector": ([sys.executable, "-m", "bcfeat.runner.detector"], ["--steps", "0"],
                                    "argument --steps: 0 is out of range: must be >= 1"),
 }
 

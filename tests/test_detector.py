@@ -410,7 +410,7 @@ def test_detector_command_trains_as_the_study_does_and_scores_against_experts(tm
     import pandas as pd
 
     from bcfeat.detection.checkpoint import read_detector_file
-    from bcfeat.detection.__main__ import handoff_file, main
+    from bcfeat.runner.detector import handoff_file, main
     from bcfeat.study.detector import DetectorPlan, train_or_restore
 
     art = tmp_path / "art"
@@ -449,7 +449,7 @@ def test_detector_command_defaults_are_the_study_notebooks_parameters():
     import re
 
     from bcfeat import paths
-    from bcfeat.detection.__main__ import parser
+    from bcfeat.runner.detector import parser
 
     cell = (paths.ROOT / "notebooks" / "01_detector.py").read_text()
     nb = {m[1]: eval(m[2]) for m in re.finditer(r"^(\w+): \w+ = (.+?)  #", cell, re.M)}

@@ -1,7 +1,7 @@
 """Distributed data parallel training under torchrun (2 CPU processes, gloo) matches one process.
 
 Each model is trained twice from the same data file, seed and global batch: once with
-``python -m bcfeat.training.launch`` and once with ``torchrun --nproc_per_node=2`` of the same
+``python -m bcfeat.runner.train`` and once with ``torchrun --nproc_per_node=2`` of the same
 command. Measured differences (2 CPU processes, OMP_NUM_THREADS=1) and the tolerances asserted:
 
 * autoencoder: loss terms agree to 2e-5 relative (the alignment term; float rounding of slices vs whole
@@ -46,7 +46,7 @@ def replace(src, dst, *a, **k):
     log.write(f"{dst}\\n"); log.flush()
     return real(src, dst, *a, **k)
 os.replace = replace
-from bcfeat.training.launch import main
+from bcfeat.runner.train import main
 sys.exit(main(sys.argv[2:]))
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bcfeat.detection.__main__ import main as detector_main
+from bcfeat.runner.detector import main as detector_main
 from bcfeat.detection.config import DetectorTrainingConfig
 from bcfeat.study import common as study
 from bcfeat.study.autoencoder import autoencoder_samples

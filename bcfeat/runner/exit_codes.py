@@ -1,6 +1,6 @@
 """Exit statuses and error reporting shared by every bcfeat command.
 
-``bcfeat ...``, ``python -m bcfeat.runner`` and ``python -m bcfeat.detection`` all end with
+``bcfeat ...``, ``python -m bcfeat.runner`` and ``python -m bcfeat.runner.detector`` all end with
 
 ====  =====================================================================================
 0     success

@@ -27,7 +27,7 @@ class DetectorPlan:
     def from_parameters(cls, preset: str, steps: int, batch_size: int, seed: int,
                         images_per_site: int, balance_sites: bool = True, *, mask_image_guidance: bool = False,
                         mask_paste: str | None = None) -> "DetectorPlan":
-        """The plan of notebooks/01_detector.py's parameters (and of ``python -m bcfeat.detection``).
+        """The plan of notebooks/01_detector.py's parameters (and of ``python -m bcfeat.runner.detector``).
 
         ``mask_image_guidance`` and ``mask_paste`` (None: the preset's) change the preset's
         :class:`DetectorConfig`; the study leaves them at their defaults.

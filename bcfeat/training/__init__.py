@@ -9,7 +9,7 @@
 * :mod:`bcfeat.training.loop` - the optimiser step (mixed precision, gradient scaling, clipping,
   one NaN policy) and the resume state (optimiser, scheduler, scaler, RNG states).
 * :mod:`bcfeat.training.distributed` - DistributedDataParallel under ``torchrun`` (each rank's slice
-  of the same global batch, rank-0 checkpoints); :mod:`bcfeat.training.launch` trains any of the four
+  of the same global batch, rank-0 checkpoints); :mod:`bcfeat.runner.train` trains any of the four
   models from a data file, in one process or under torchrun.
 
 Each model's own module keeps only what is specific to it: its batches, its loss, its schedule.

@@ -2,9 +2,9 @@
 
 ::
 
-    python -m bcfeat.training.launch MODEL --data DATA.pt --checkpoint OUT.pt [--config JSON] [--model-config JSON]
-    torchrun --nproc_per_node=4 -m bcfeat.training.launch MODEL --data DATA.pt --checkpoint OUT.pt ...
-    torchrun --nnodes=2 --node_rank=K --nproc_per_node=8 --rdzv_endpoint=HOST:29500 -m bcfeat.training.launch ...
+    python -m bcfeat.runner.train MODEL --data DATA.pt --checkpoint OUT.pt [--config JSON] [--model-config JSON]
+    torchrun --nproc_per_node=4 -m bcfeat.runner.train MODEL --data DATA.pt --checkpoint OUT.pt ...
+    torchrun --nnodes=2 --node_rank=K --nproc_per_node=8 --rdzv_endpoint=HOST:29500 -m bcfeat.runner.train ...
 
 ``MODEL`` is ``detector``, ``autoencoder``, ``oracle`` or ``ssl``. ``DATA.pt`` is the ``torch.save`` of a
 dict of tensors (read with ``weights_only=True``):
@@ -94,7 +94,7 @@ def _ssl(data: dict, config: dict, model_config: Any, checkpoint: Path, resume: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bcfeat.training.launch", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bcfeat.runner.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("model", choices=MODELS)
     ap.add_argument("--data", type=Path, required=True, help="torch.save'd dict of tensors (see the module help)")
     ap.add_argument("--checkpoint", type=Path, required=True, help="model file written by rank 0")

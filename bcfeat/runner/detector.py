@@ -1,4 +1,4 @@
-"""``python -m bcfeat.detection``: train (or resume, or restore) the detector exactly as the study's
+"""``python -m bcfeat.runner.detector``: train (or resume, or restore) the detector exactly as the study's
 detector chapter does, then score it and the pseudo-masks against the expert masks.
 
 It calls the functions ``notebooks/01_detector.py`` calls (:class:`bcfeat.study.detector.DetectorPlan`,
@@ -15,13 +15,13 @@ from typing import Any, Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bcfeat.detection``: train (or resume) the detector as the study does, then score it
+    """``python -m bcfeat.runner.detector``: train (or resume) the detector as the study does, then score it
     and the pseudo-masks against the expert masks. See ``--help``. Exit status as
     :mod:`bcfeat.runner.exit_codes` (0 ok, 1 unexpected error, 2 a bad value or input)."""
     from bcfeat.runner.exit_codes import run_command
 
     args = parser().parse_args(argv)
-    return run_command("python -m bcfeat.detection", lambda: _train_and_evaluate(args), verbose=args.verbose)
+    return run_command("python -m bcfeat.runner.detector", lambda: _train_and_evaluate(args), verbose=args.verbose)
 
 
 def parser():
@@ -31,7 +31,7 @@ def parser():
     from bcfeat import paths
     from bcfeat.runner.exit_codes import int_at_least
 
-    ap = argparse.ArgumentParser(prog="python -m bcfeat.detection", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m bcfeat.runner.detector", description=main.__doc__)
     # The defaults are notebooks/01_detector.py's parameters (the cpu profile).
     ap.add_argument("--preset", choices=("cpu", "gpu", "tiny"), default="cpu",
                     help="DetectorConfig preset: cpu (64-channel FPN), gpu (256, as the paper) or tiny")
