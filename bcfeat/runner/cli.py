@@ -153,7 +153,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         from bcfeat.extraction.folder import extract_folder
 
         table, skipped = extract_folder(args.model, args.input, layout=args.layout, batch_size=args.batch_size,
-                                        progress=not args.no_progress)
+                                        progress=not args.no_progress, device=args.device)
     save_table(table, out)  # creates the folder; never leaves half a table
     report_skipped("extract", len(table), out, skipped)
     return 0
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'files': every image below the folder, no labels; else a dataset layout (labels kept)")
     e.add_argument("--output", required=True, help="table to write (.csv or .parquet)")
     e.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per step (>= 1)")
+    e.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: the CPU, the reference "
+                   "path); on CUDA the batched path runs each step in one pass: give --batch-size 512")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_shard_options(e)
     e.set_defaults(func=_cmd_extract)

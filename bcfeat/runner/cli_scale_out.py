@@ -117,8 +117,11 @@ def run_extract_shard(args: argparse.Namespace, out: Path) -> int | None:
     shard = args.shard or Shard.from_env()
     if shard is None:
         return None
+    device = getattr(args, "device", None)
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     path = extract_shard(args.model, args.input, out, shard, layout=args.layout, batch_size=args.batch_size,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, device=device)
     print(f"bcfeat extract: shard {shard} -> {path}")
     if all_shards_present(out):  # the last shard to finish merges (a merge twice writes the same table)
         return _write_merged(out, shard.count, args.model)
