@@ -329,14 +329,6 @@ def _run_crosslab(job: _Job, batch_size: int, resume, save_partial: Callable, ch
     from bcfeat.data.images import SkippedImages
 
     model, folder = job.model, job.folder
-    runtime = None
-    if device is not None:
-        from bcfeat.extraction.fast import ExtractionRuntime
-
-        runtime = ExtractionRuntime(device=device, batch_size=batch_size).resolved()
-        if not runtime.fast:
-            runtime = ExtractionRuntime(device=device)
-        model.to(runtime.torch_device())
     files = job.files.iloc[job.start:job.stop].reset_index(drop=True)
     unit = job.meta["batch_size"]
     chunk = max(unit, 256 // unit * unit)
