@@ -69,7 +69,8 @@ def test_load_model_rejects_other_files(tmp_path):
 
 def test_transformer_contract_and_pipeline(model_file, real_paths, data_root):
     features = AECFEFeatures(model_file)
-    assert clone(features).get_params() == {"model_path": model_file, "on_error": "raise"}
+    assert clone(features).get_params() == {"model_path": model_file, "on_error": "raise", "device": None,
+                                            "batch_size": None}
     with pytest.raises(NotFittedError):
         features.transform(real_paths[:1])
     labels = [p.split("/")[-2] for p in real_paths]
@@ -226,3 +227,32 @@ def test_a_site_standardised_model_takes_each_call_as_one_site(tmp_path, data_ro
     order = [[Path(f).name for f in files].index(r) for r in table["relpath"]]
     np.testing.assert_allclose(table[[f"aecfe{i}" for i in range(50)]].to_numpy(),
                                model.encode(arrays["features"])[order], atol=1e-5)
+
+
+def test_batched_path_through_the_api_equals_the_reference(model_file, real_paths, tmp_path):
+    """The runtime setting (device, batch size, fast path) of instance_arrays, AECFEFeatures and
+    bcfeat extract: on the CPU, the batched path at the same batches gives the same arrays."""
+    from bcfeat.extraction.fast import ExtractionRuntime
+
+    model = load_model(model_file)
+    cfg = model.extraction
+    ref = instance_arrays(model.detector, real_paths[:5], cfg)
+    fast = instance_arrays(model.detector, real_paths[:5], cfg,
+                           ExtractionRuntime(device="cpu", fast=True, bucket=False, batch_size=cfg.batch_size))
+    for key in ref:
+        np.testing.assert_array_equal(ref[key], fast[key], err_msg=key)
+    default = AECFEFeatures(model_file).fit().transform(real_paths[:4])
+    on_cpu = AECFEFeatures(model_file, device="cpu", batch_size=2).fit()
+    assert on_cpu.runtime_.fast is False and on_cpu.runtime_.batch_size == 2
+    np.testing.assert_allclose(on_cpu.transform(real_paths[:4]), default, rtol=1e-4, atol=1e-5)
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    for path in real_paths[:3]:
+        shutil.copy(path, folder)
+    outs = []
+    for extra in ([], ["--device", "cpu"]):
+        out = tmp_path / f"f{len(extra)}.csv"
+        assert cli_main(["extract", str(model_file), str(tmp_path / "imgs"), "--output", str(out), "--no-progress",
+                         *extra]) == 0
+        outs.append(pd.read_csv(out))
+    pd.testing.assert_frame_equal(outs[0], outs[1])

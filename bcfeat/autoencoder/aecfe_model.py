@@ -105,14 +105,34 @@ def whole_image_instances(detector, images: Sequence[Any], crop_size: int, batch
                          n_candidates=torch.ones(n, dtype=torch.int64))
 
 
-def instance_arrays(detector, paths: Sequence[Any], cfg: ExtractionConfig) -> dict[str, np.ndarray]:
-    """Instance features (float16), crops (uint8, ``(n, 3, S, S)``) and detection records of images."""
+def instance_arrays(detector, paths: Sequence[Any], cfg: ExtractionConfig, runtime=None) -> dict[str, np.ndarray]:
+    """Instance features (float16), crops (uint8, ``(n, 3, S, S)``) and detection records of images.
+
+    ``runtime`` (:class:`bcfeat.extraction.fast.ExtractionRuntime`, optional) says where and how:
+    None runs the reference path on the detector's own device at ``cfg.batch_size`` (the
+    ``cpu`` study's numbers); with a runtime the detector is moved to its device and, when it
+    resolves to ``fast``, the batched path of :mod:`bcfeat.extraction.fast` runs.
+    """
     from bcfeat.detection.instance_features import extract_instances
 
+    batch_size = cfg.batch_size
+    fast = None
+    if runtime is not None:
+        from bcfeat.extraction.fast import CUDA_BATCH_SIZE
+
+        fast = runtime.resolved()
+        device = torch.device(fast.device)
+        detector = detector.to(device)
+        batch_size = fast.batch_size or (CUDA_BATCH_SIZE if fast.fast and device.type == "cuda" else cfg.batch_size)
     if cfg.region == "whole":
-        batch = whole_image_instances(detector, list(paths), cfg.crop_size, cfg.batch_size)
+        batch = whole_image_instances(detector, list(paths), cfg.crop_size, batch_size)
+    elif fast is not None and fast.fast:
+        from bcfeat.extraction.fast import extract_instances_fast
+
+        batch = extract_instances_fast(detector, list(paths), crop_size=cfg.crop_size, batch_size=batch_size,
+                                       background=cfg.background, runtime=fast)
     else:
-        batch = extract_instances(detector, list(paths), crop_size=cfg.crop_size, batch_size=cfg.batch_size,
+        batch = extract_instances(detector, list(paths), crop_size=cfg.crop_size, batch_size=batch_size,
                                   background=cfg.background)
     return {
         "features": batch.features.numpy().astype(np.float16),
@@ -125,19 +145,29 @@ def instance_arrays(detector, paths: Sequence[Any], cfg: ExtractionConfig) -> di
 
 
 def cached_instance_arrays(detector_checkpoint: str | os.PathLike, paths: Sequence[str], cfg: ExtractionConfig,
-                           cache_dir: str | os.PathLike, progress: bool = True) -> dict[str, np.ndarray]:
-    """:func:`instance_arrays` for every path, computed once per (images, detector file, config)."""
-    from bcfeat.detection.checkpoint import load_detector
-    from bcfeat.training.device import resolve_device
+                           cache_dir: str | os.PathLike, progress: bool = True, runtime=None) -> dict[str, np.ndarray]:
+    """:func:`instance_arrays` for every path, computed once per (images, detector file, config).
 
-    key = cache_key(paths, detector_checkpoint, asdict(cfg))
+    ``runtime`` (:class:`bcfeat.extraction.fast.ExtractionRuntime`; default ``ExtractionRuntime()``:
+    CUDA and the batched path when there is a GPU, else the CPU and the reference path). The
+    settings of a runtime that can change the arrays join the cache key; the default on the CPU
+    adds none, so the key is the one it always was.
+    """
+    from bcfeat.detection.checkpoint import load_detector
+    from bcfeat.extraction.fast import ExtractionRuntime
+
+    runtime = (runtime or ExtractionRuntime()).resolved()
+    settings = runtime.cache_settings()
+    key = cache_key(paths, detector_checkpoint, {**asdict(cfg), "runtime": settings} if settings else asdict(cfg))
     detector: list = []
 
     def compute(chunk: list[str]) -> dict[str, np.ndarray]:
         if not detector:  # load lazily: a complete cache entry never touches the detector
-            detector.append(load_detector(detector_checkpoint).to(resolve_device()).eval())
+            detector.append(load_detector(detector_checkpoint).to(runtime.torch_device()).eval())
         with torch.inference_mode():
-            return instance_arrays(detector[0], chunk, cfg)
+            if not runtime.fast and runtime.batch_size is None:
+                return instance_arrays(detector[0], chunk, cfg)  # the reference path, as it always ran
+            return instance_arrays(detector[0], chunk, cfg, runtime)
 
     return cached_arrays(paths, compute, cache_dir, key=key, chunk_size=512, progress=progress,
                          description=f"instances ({cfg.region})")
@@ -155,12 +185,14 @@ def autoencoder_inputs(arrays: dict[str, np.ndarray], domain: Sequence[int]):
 
 @torch.inference_mode()
 def encode_features(autoencoder, features: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Latent codes ``(n, 50)`` of instance features ``(n, C, 14, 14)`` (scaled here)."""
+    """Latent codes ``(n, 50)`` of instance features ``(n, C, 14, 14)`` (scaled here), computed on the
+    autoencoder's device."""
     autoencoder.eval()
+    device = next(autoencoder.parameters()).device
     out = []
     for start in range(0, len(features), batch_size):
         chunk = scale_features(torch.from_numpy(np.asarray(features[start:start + batch_size], np.float32)))
-        out.append(autoencoder.encode(chunk).numpy())
+        out.append(autoencoder.encode(chunk.to(device)).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, autoencoder.cfg.latent_dim), np.float32)
 
 
@@ -186,10 +218,23 @@ class AECFEModel:
     site_standardize: bool = False
 
     @torch.inference_mode()
-    def transform(self, images: Sequence[Any]) -> np.ndarray:
-        """Images (arrays or paths) -> ``(n, latent_dim)`` features."""
-        arrays = instance_arrays(self.detector.eval(), list(images), self.extraction)
+    def transform(self, images: Sequence[Any], runtime=None) -> np.ndarray:
+        """Images (arrays or paths) -> ``(n, latent_dim)`` features.
+
+        ``runtime``: an :class:`bcfeat.extraction.fast.ExtractionRuntime` (device, batch size,
+        fast path); None: the reference path where the model is.
+        """
+        arrays = instance_arrays(self.detector.eval(), list(images), self.extraction, runtime)
         return self.encode(arrays["features"])
+
+    def to(self, device: str | torch.device) -> "AECFEModel":
+        """Move detector and autoencoder to ``device`` (``"auto"``: CUDA when available); returns self."""
+        from bcfeat.training.device import resolve_device
+
+        device = resolve_device(str(device))
+        self.detector.to(device)
+        self.autoencoder.to(device)
+        return self
 
     def encode(self, features: np.ndarray) -> np.ndarray:
         """Instance features of one site's images ``(n, C, 14, 14)`` -> latent codes ``(n, 50)``."""

@@ -14,8 +14,12 @@ from bcfeat.data.image_folders import folder_images
 
 
 def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, layout: str = "files",
-                   batch_size: int = 64, progress: bool = True):
+                   batch_size: int = 64, progress: bool = True, device: str | None = None):
     """The features of every image below ``folder``: one row per image, every other file named.
+
+    ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``...): where detector and encoder run; on CUDA the
+    batched path of :mod:`bcfeat.extraction.fast` extracts each block of ``batch_size`` files in
+    one pass (give a large ``batch_size``, e.g. 512). None: the model file's reference path on the CPU.
 
     Returns
     -------
@@ -32,6 +36,14 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model = load_model(model_path)
+    runtime = None
+    if device is not None:
+        from bcfeat.extraction.fast import ExtractionRuntime
+
+        runtime = ExtractionRuntime(device=device, batch_size=batch_size).resolved()
+        if not runtime.fast:
+            runtime = ExtractionRuntime(device=device)  # the reference path keeps the model file's batch size
+        model.to(runtime.torch_device())
     files, dropped = folder_images(folder, layout)
     label_of = dict(zip(files["path"], files["label"]))
     skipped = SkippedImages()
@@ -39,7 +51,7 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
 
     def flush() -> None:
         with torch.inference_mode():
-            arrays = instance_arrays(model.detector, [image for _, image in batch], model.extraction)
+            arrays = instance_arrays(model.detector, [image for _, image in batch], model.extraction, runtime)
         for (path, _), fb, score in zip(batch, arrays["fallback"], arrays["scores"]):
             rows.append({"relpath": str(Path(path).relative_to(folder)), "label": label_of.get(str(path), ""),
                          "fallback": bool(fb), "score": float(score)})

@@ -194,7 +194,7 @@ def _identity(meta: dict) -> dict:
 
 def extract_shard(model_path: str | os.PathLike, folder: str | os.PathLike, output: str | os.PathLike,
                   shard: Shard, layout: str = "files", batch_size: int = 64, progress: bool = True,
-                  checkpoint_every: int = 20) -> Path:
+                  checkpoint_every: int = 20, device: str | None = None) -> Path:
     """Extract shard ``shard`` of ``folder`` into ``<output>.shards/shard-K-of-N.npz`` (resumable).
 
     Parameters
@@ -207,6 +207,8 @@ def extract_shard(model_path: str | os.PathLike, folder: str | os.PathLike, outp
     shard : Shard
     checkpoint_every : int
         Batches between two saves of the shard's progress.
+    device : str, optional
+        Where an AE-CFE model runs (as :func:`bcfeat.extraction.folder.extract_folder`); None: as before.
 
     Returns
     -------
@@ -233,7 +235,10 @@ def extract_shard(model_path: str | os.PathLike, folder: str | os.PathLike, outp
         _save(partial, {**job.meta, "position": position}, arrays)
 
     run = _run_aecfe if job.kind == "aecfe" else _run_crosslab
-    arrays = run(job, batch_size, resume, save_partial, checkpoint_every, progress)
+    if job.kind == "aecfe":
+        arrays = _run_aecfe(job, batch_size, resume, save_partial, checkpoint_every, progress, device)
+    else:
+        arrays = run(job, batch_size, resume, save_partial, checkpoint_every, progress)
     _save(target, job.meta, arrays)
     partial.unlink(missing_ok=True)
     log.info("shard %s written: %s (%d rows)", shard, target, len(arrays["relpath"]))
@@ -245,7 +250,7 @@ def _skipped_arrays(entries: list[tuple[str, str]], prefix: str) -> dict[str, np
 
 
 def _run_aecfe(job: _Job, batch_size: int, resume, save_partial: Callable, checkpoint_every: int,
-               progress: bool) -> dict[str, np.ndarray]:
+               progress: bool, device: str | None = None) -> dict[str, np.ndarray]:
     """The single-process loop of ``extract_folder`` over the shard's files (same batches, same calls)."""
     import torch
     from tqdm import tqdm
@@ -254,6 +259,14 @@ def _run_aecfe(job: _Job, batch_size: int, resume, save_partial: Callable, check
     from bcfeat.data.images import SkippedImages, iter_images
 
     model, folder = job.model, job.folder
+    runtime = None
+    if device is not None:
+        from bcfeat.extraction.fast import ExtractionRuntime
+
+        runtime = ExtractionRuntime(device=device, batch_size=batch_size).resolved()
+        if not runtime.fast:
+            runtime = ExtractionRuntime(device=device)
+        model.to(runtime.torch_device())
     files = job.files.iloc[job.start:job.stop]
     label_of = dict(zip(files["path"], files["label"]))
     index_of = {str(p): i for i, p in enumerate(files["path"])}  # within the shard, which starts on a batch
@@ -284,7 +297,7 @@ def _run_aecfe(job: _Job, batch_size: int, resume, save_partial: Callable, check
 
     def flush() -> None:
         with torch.inference_mode():
-            arrays = instance_arrays(model.detector, [image for _, image in batch], model.extraction)
+            arrays = instance_arrays(model.detector, [image for _, image in batch], model.extraction, runtime)
         for (path, _), fb, score in zip(batch, arrays["fallback"], arrays["scores"]):
             kept["relpath"].append(str(Path(path).relative_to(folder)))
             kept["label"].append(label_of.get(str(path), ""))

@@ -54,6 +54,11 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
         ``"raise"`` (default): the first unreadable input stops ``transform`` with an error
         naming it. ``"nan"``: its row is all NaN, and the count and reasons are kept in
         ``n_skipped_`` and ``skipped_`` (scikit-learn's random forests accept NaN).
+    device : str, optional
+        Where an AE-CFE model runs: ``"auto"``, ``"cpu"``, ``"cuda"``...; on CUDA the batched
+        path of :mod:`bcfeat.extraction.fast` runs. None (default): the CPU, as the study.
+    batch_size : int, optional
+        Images per detector pass (default: the model file's, or 256 on the batched CUDA path).
 
     Attributes
     ----------
@@ -68,12 +73,15 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
     --------
     >>> from sklearn.base import clone
     >>> clone(AECFEFeatures("model.pt")).get_params()
-    {'model_path': 'model.pt', 'on_error': 'raise'}
+    {'batch_size': None, 'device': None, 'model_path': 'model.pt', 'on_error': 'raise'}
     """
 
-    def __init__(self, model_path: str | os.PathLike | None = None, on_error: str = "raise"):
+    def __init__(self, model_path: str | os.PathLike | None = None, on_error: str = "raise",
+                 device: str | None = None, batch_size: int | None = None):
         self.model_path = model_path
         self.on_error = on_error
+        self.device = device
+        self.batch_size = batch_size
 
     def fit(self, X: Any = None, y: Any = None) -> "AECFEFeatures":
         if self.model_path is None:
@@ -89,6 +97,12 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
         else:
             self.model_ = load_model(self.model_path)
             self.n_features_out_ = int(self.model_.autoencoder.cfg.latent_dim)
+            self.runtime_ = None
+            if self.device is not None or self.batch_size is not None:
+                from bcfeat.extraction.fast import ExtractionRuntime
+
+                self.runtime_ = ExtractionRuntime(device=self.device or "cpu", batch_size=self.batch_size).resolved()
+                self.model_.to(self.runtime_.torch_device())
         self.n_skipped_, self.skipped_ = 0, []
         return self
 
@@ -111,7 +125,10 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
             kept.append(i)
         out = np.full((len(items), self.n_features_out_), np.nan, dtype=np.float32)
         if images:
-            out[kept] = self.model_.transform(images)
+            if getattr(self, "runtime_", None) is not None:
+                out[kept] = self.model_.transform(images, self.runtime_)
+            else:
+                out[kept] = self.model_.transform(images)
         self.n_skipped_, self.skipped_ = len(skipped), skipped
         if skipped:
             logger.warning("AECFEFeatures: %d of %d inputs unreadable, NaN rows: %s",
