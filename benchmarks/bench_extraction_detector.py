@@ -46,7 +46,7 @@ from bcfeat.detection.config import DetectorConfig  # noqa: E402
 from bcfeat.detection.architecture import build_detector, build_reference_maskrcnn  # noqa: E402
 from bcfeat.detection.checkpoint import load_detector  # noqa: E402
 from bcfeat.detection.instance_features import extract_instances  # noqa: E402
-from bcfeat.extraction.fast import ExtractionRuntime, extract_instances_fast  # noqa: E402
+from bcfeat.detection.batched_inference import ExtractionRuntime, extract_instances_fast  # noqa: E402
 
 DATASETS = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
 
@@ -72,7 +72,7 @@ def sample_images(n: int, seed: int = 0) -> list[np.ndarray]:
 def time_extraction(model, images, batch_size: int, crop_size: int, encoder=None, repeats: int = 2,
                     fast: bool = False) -> dict:
     """Best-of-``repeats`` wall time for the whole list (after one warm-up batch); ``fast``: the
-    batched path of :mod:`bcfeat.extraction.fast` (float32, same batches) instead of the reference."""
+    batched path of :mod:`bcfeat.detection.batched_inference` (float32, same batches) instead of the reference."""
     def run(ims):
         if fast:
             return extract_instances_fast(model, ims, crop_size=crop_size, batch_size=batch_size,

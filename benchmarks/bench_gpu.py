@@ -9,7 +9,7 @@ device is busy:
   at batch 500, mixed precision and float32, on random tensors shaped like the real inputs;
 * oracle training (:func:`bcfeat.evaluation.oracle.train_oracle`), the gpu profile's ResNeXt-50;
 * extraction: the reference path (:func:`bcfeat.detection.instance_features.extract_instances`)
-  and the batched path (:mod:`bcfeat.extraction.fast`, float32 and bfloat16 backbone) side by
+  and the batched path (:mod:`bcfeat.detection.batched_inference`, float32 and bfloat16 backbone) side by
   side on the same images, then the encoder;
 
 and from those, the projected minutes of the gpu profile's trainings and extractions.
@@ -52,7 +52,7 @@ from bcfeat.detection.config import DetectorConfig, DetectorTrainingConfig  # no
 from bcfeat.detection.instance_features import extract_instances  # noqa: E402
 from bcfeat.detection.training import train_detector  # noqa: E402
 from bcfeat.detection.training_data import pseudo_label  # noqa: E402
-from bcfeat.extraction.fast import ExtractionRuntime, extract_instances_fast  # noqa: E402
+from bcfeat.detection.batched_inference import ExtractionRuntime, extract_instances_fast  # noqa: E402
 from bcfeat.runner.profiles import get_profile, projected_gpu_minutes  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}

@@ -232,7 +232,7 @@ def test_a_site_standardised_model_takes_each_call_as_one_site(tmp_path, data_ro
 def test_batched_path_through_the_api_equals_the_reference(model_file, real_paths, tmp_path):
     """The runtime setting (device, batch size, fast path) of instance_arrays, AECFEFeatures and
     bcfeat extract: on the CPU, the batched path at the same batches gives the same arrays."""
-    from bcfeat.extraction.fast import ExtractionRuntime
+    from bcfeat.detection.batched_inference import ExtractionRuntime
 
     model = load_model(model_file)
     cfg = model.extraction

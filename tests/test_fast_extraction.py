@@ -19,7 +19,7 @@ from bcfeat.detection.architecture import build_detector
 from bcfeat.detection.config import DetectorConfig
 from bcfeat.detection.inference import detect, paste_mask_subpixel
 from bcfeat.detection.instance_features import extract_instances, masked_crop
-from bcfeat.extraction.fast import (ExtractionRuntime, detect_fast, extract_instances_fast, masked_crops,
+from bcfeat.detection.batched_inference import (ExtractionRuntime, detect_fast, extract_instances_fast, masked_crops,
                                     paste_masks_subpixel, plan_batches, transform_batch)
 
 torch.set_num_threads(1)

@@ -108,17 +108,17 @@ def whole_image_instances(detector, images: Sequence[Any], crop_size: int, batch
 def instance_arrays(detector, paths: Sequence[Any], cfg: ExtractionConfig, runtime=None) -> dict[str, np.ndarray]:
     """Instance features (float16), crops (uint8, ``(n, 3, S, S)``) and detection records of images.
 
-    ``runtime`` (:class:`bcfeat.extraction.fast.ExtractionRuntime`, optional) says where and how:
+    ``runtime`` (:class:`bcfeat.detection.batched_inference.ExtractionRuntime`, optional) says where and how:
     None runs the reference path on the detector's own device at ``cfg.batch_size`` (the
     ``cpu`` study's numbers); with a runtime the detector is moved to its device and, when it
-    resolves to ``fast``, the batched path of :mod:`bcfeat.extraction.fast` runs.
+    resolves to ``fast``, the batched path of :mod:`bcfeat.detection.batched_inference` runs.
     """
     from bcfeat.detection.instance_features import extract_instances
 
     batch_size = cfg.batch_size
     fast = None
     if runtime is not None:
-        from bcfeat.extraction.fast import CUDA_BATCH_SIZE
+        from bcfeat.detection.batched_inference import CUDA_BATCH_SIZE
 
         fast = runtime.resolved()
         device = torch.device(fast.device)
@@ -127,7 +127,7 @@ def instance_arrays(detector, paths: Sequence[Any], cfg: ExtractionConfig, runti
     if cfg.region == "whole":
         batch = whole_image_instances(detector, list(paths), cfg.crop_size, batch_size)
     elif fast is not None and fast.fast:
-        from bcfeat.extraction.fast import extract_instances_fast
+        from bcfeat.detection.batched_inference import extract_instances_fast
 
         batch = extract_instances_fast(detector, list(paths), crop_size=cfg.crop_size, batch_size=batch_size,
                                        background=cfg.background, runtime=fast)
@@ -148,13 +148,13 @@ def cached_instance_arrays(detector_checkpoint: str | os.PathLike, paths: Sequen
                            cache_dir: str | os.PathLike, progress: bool = True, runtime=None) -> dict[str, np.ndarray]:
     """:func:`instance_arrays` for every path, computed once per (images, detector file, config).
 
-    ``runtime`` (:class:`bcfeat.extraction.fast.ExtractionRuntime`; default ``ExtractionRuntime()``:
+    ``runtime`` (:class:`bcfeat.detection.batched_inference.ExtractionRuntime`; default ``ExtractionRuntime()``:
     CUDA and the batched path when there is a GPU, else the CPU and the reference path). The
     settings of a runtime that can change the arrays join the cache key; the default on the CPU
     adds none, so the key is the one it always was.
     """
     from bcfeat.detection.checkpoint import load_detector
-    from bcfeat.extraction.fast import ExtractionRuntime
+    from bcfeat.detection.batched_inference import ExtractionRuntime
 
     runtime = (runtime or ExtractionRuntime()).resolved()
     settings = runtime.cache_settings()
@@ -221,7 +221,7 @@ class AECFEModel:
     def transform(self, images: Sequence[Any], runtime=None) -> np.ndarray:
         """Images (arrays or paths) -> ``(n, latent_dim)`` features.
 
-        ``runtime``: an :class:`bcfeat.extraction.fast.ExtractionRuntime` (device, batch size,
+        ``runtime``: an :class:`bcfeat.detection.batched_inference.ExtractionRuntime` (device, batch size,
         fast path); None: the reference path where the model is.
         """
         arrays = instance_arrays(self.detector.eval(), list(images), self.extraction, runtime)

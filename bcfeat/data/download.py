@@ -27,7 +27,6 @@ complete. This module is kept for those two things; it uses only the standard li
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -45,6 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from bcfeat.data.manifest import sha256_of
 from bcfeat import paths
 from bcfeat.atomic_io import write_text
 
@@ -175,13 +175,6 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
     return start, total
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
 
 class _Progress:
     """tqdm bar (progress=True), a callback ``(done, total)``, or nothing."""
@@ -267,7 +260,7 @@ def download_file(
         raise ValueError(f"only http(s) URLs can be downloaded, got {url!r}")
     dest = Path(dest)
     expected = sha256.lower() if sha256 else None
-    if dest.is_file() and (expected is None or _file_sha256(dest) == expected):
+    if dest.is_file() and (expected is None or sha256_of(dest) == expected):
         logger.info("%s already present, not downloading", dest)
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -331,7 +324,7 @@ def download_file(
         bar.close()
 
     if expected is not None:
-        actual = _file_sha256(part)
+        actual = sha256_of(part)
         if actual != expected:
             part.unlink(missing_ok=True)
             raise ChecksumMismatch(f"sha256 of {url} is {actual}, expected {expected}; the download was deleted")
@@ -451,7 +444,7 @@ def download_dataset(
         logger.warning(
             "%s: no published sha256 for %s; integrity of the archive is not verified "
             "(its sha256 is %s; `bcfeat verify` checks files listed in a manifest)",
-            name, url, _file_sha256(archive),
+            name, url, sha256_of(archive),
         )
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{source.release_folder}.", suffix=".extracting", dir=data_dir))

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from bcfeat.data.manifest import sha256_of
 from bcfeat import paths
 from bcfeat.atomic_io import atomic_folder
 from bcfeat.data.images import load_image
@@ -161,13 +162,6 @@ class PackVerification:
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def pack_of(path: str | os.PathLike | None) -> Path | None:
@@ -439,7 +433,7 @@ def verify_pack(pack: str | os.PathLike) -> PackVerification:
         size = path.stat().st_size
         if size != int(entry["bytes"]):
             report.altered.append((rel, f"size {size} != {entry['bytes']}"))
-        elif _sha256_file(path) != entry["sha256"]:
+        elif sha256_of(path) != entry["sha256"]:
             report.altered.append((rel, "sha256 differs"))
     for path in sorted(pack.rglob("*")):
         rel = path.relative_to(pack).as_posix()

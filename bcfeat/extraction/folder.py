@@ -18,7 +18,7 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
     """The features of every image below ``folder``: one row per image, every other file named.
 
     ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``...): where detector and encoder run; on CUDA the
-    batched path of :mod:`bcfeat.extraction.fast` extracts each block of ``batch_size`` files in
+    batched path of :mod:`bcfeat.detection.batched_inference` extracts each block of ``batch_size`` files in
     one pass (give a large ``batch_size``, e.g. 512). None: the model file's reference path on the CPU.
 
     Returns
@@ -38,7 +38,7 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
     model = load_model(model_path)
     runtime = None
     if device is not None:
-        from bcfeat.extraction.fast import ExtractionRuntime
+        from bcfeat.detection.batched_inference import ExtractionRuntime
 
         runtime = ExtractionRuntime(device=device, batch_size=batch_size).resolved()
         if not runtime.fast:

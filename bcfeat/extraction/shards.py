@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bcfeat.data.manifest import sha256_of
 from bcfeat.atomic_io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -114,13 +115,6 @@ def _partial_path(output: str | os.PathLike, shard: Shard) -> Path:
     return shard_folder(output) / f"shard-{shard.index}-of-{shard.count}.partial.npz"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _files_digest(files: pd.DataFrame) -> str:
     """sha256 over the relative path and size of every file: the same folder on any machine."""
@@ -181,7 +175,7 @@ def _prepare(model_path: Path, folder: Path, shard: Shard, layout: str, batch_si
         kind, model, unit = "aecfe", load_model(model_path), batch_size
     files, dropped = folder_images(folder, layout)
     start, stop = shard_range(len(files), unit, shard)
-    meta = {"format": SHARD_FORMAT, "model_kind": kind, "model_sha256": _sha256_file(Path(model_path)),
+    meta = {"format": SHARD_FORMAT, "model_kind": kind, "model_sha256": sha256_of(Path(model_path)),
             "layout": layout, "batch_size": batch_size if kind == "aecfe" else unit, "n_shards": shard.count,
             "n_files": len(files), "files_sha256": _files_digest(files), "shard": shard.index,
             "start": start, "stop": stop, "folder": str(folder), "model": str(model_path)}
@@ -261,7 +255,7 @@ def _run_aecfe(job: _Job, batch_size: int, resume, save_partial: Callable, check
     model, folder = job.model, job.folder
     runtime = None
     if device is not None:
-        from bcfeat.extraction.fast import ExtractionRuntime
+        from bcfeat.detection.batched_inference import ExtractionRuntime
 
         runtime = ExtractionRuntime(device=device, batch_size=batch_size).resolved()
         if not runtime.fast:
@@ -469,7 +463,7 @@ def merge_shards(output: str | os.PathLike, n_shards: int | None = None,
         if not model_path.is_file():
             raise FileNotFoundError(f"the merge of a site-standardised model's shards needs its model file: "
                                     f"{model_path} does not exist (give it with --model)")
-        if _sha256_file(model_path) != meta["model_sha256"]:
+        if sha256_of(model_path) != meta["model_sha256"]:
             raise ValueError(f"{model_path} is not the model file the shards were made with (sha256 differs)")
         latent = load_model(model_path).encode(latent)
     table = pd.concat([table, pd.DataFrame(latent, columns=[f"aecfe{i}" for i in range(latent.shape[1])])], axis=1)

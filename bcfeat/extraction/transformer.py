@@ -56,7 +56,7 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
         ``n_skipped_`` and ``skipped_`` (scikit-learn's random forests accept NaN).
     device : str, optional
         Where an AE-CFE model runs: ``"auto"``, ``"cpu"``, ``"cuda"``...; on CUDA the batched
-        path of :mod:`bcfeat.extraction.fast` runs. None (default): the CPU, as the study.
+        path of :mod:`bcfeat.detection.batched_inference` runs. None (default): the CPU, as the study.
     batch_size : int, optional
         Images per detector pass (default: the model file's, or 256 on the batched CUDA path).
 
@@ -99,7 +99,7 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
             self.n_features_out_ = int(self.model_.autoencoder.cfg.latent_dim)
             self.runtime_ = None
             if self.device is not None or self.batch_size is not None:
-                from bcfeat.extraction.fast import ExtractionRuntime
+                from bcfeat.detection.batched_inference import ExtractionRuntime
 
                 self.runtime_ = ExtractionRuntime(device=self.device or "cpu", batch_size=self.batch_size).resolved()
                 self.model_.to(self.runtime_.torch_device())
