@@ -154,7 +154,7 @@ def test_bad_shard_numbers_are_refused(tmp_path, capsys, value, message):
 
 
 def test_a_killed_shard_resumes_where_it_stopped(model_file, folder, tmp_path, monkeypatch):
-    import bcfeat.autoencoder.aecfe_model as extractor
+    import bcfeat.extraction.folder as extractor  # where a batch calls the detector
 
     real = extractor.instance_arrays
     calls = []

@@ -12,6 +12,40 @@ import torch
 from bcfeat.autoencoder.aecfe_model import load_model, instance_arrays
 from bcfeat.data.image_folders import folder_images
 
+# The columns of a row before its features.
+ROW_COLUMNS = ["relpath", "label", "fallback", "score"]
+
+
+def runtime_on(model, device: str | None, batch_size: int):
+    """Where an AE-CFE ``model`` extracts (moved there): None keeps the model file's reference path on the
+    CPU; on a device the batched path takes ``batch_size`` images per pass, the reference path keeps the
+    model file's batch size."""
+    if device is None:
+        return None
+    from bcfeat.detection.batched_inference import ExtractionRuntime
+
+    runtime = ExtractionRuntime(device=device, batch_size=batch_size).resolved()
+    if not runtime.fast:
+        runtime = ExtractionRuntime(device=device)
+    model.to(runtime.torch_device())
+    return runtime
+
+
+def extract_batch(model, batch: list[tuple[str, np.ndarray]], folder: Path, label_of: dict, runtime):
+    """One batch of ``(path, image)``: its rows (``ROW_COLUMNS``) and its features, encoded, or raw for a
+    site-standardised model (which needs the whole folder's statistics, so it encodes at the end)."""
+    with torch.inference_mode():
+        arrays = instance_arrays(model.detector, [image for _, image in batch], model.extraction, runtime)
+    rows = [{"relpath": str(Path(path).relative_to(folder)), "label": label_of.get(str(path), ""),
+             "fallback": bool(fb), "score": float(score)}
+            for (path, _), fb, score in zip(batch, arrays["fallback"], arrays["scores"])]
+    return rows, arrays["features"] if model.site_standardize else model.encode(arrays["features"])
+
+
+def with_latent(table: pd.DataFrame, latent: np.ndarray) -> pd.DataFrame:
+    """``table`` with the latent features as columns ``aecfe0 .. aecfe<k-1>``."""
+    return pd.concat([table, pd.DataFrame(latent, columns=[f"aecfe{i}" for i in range(latent.shape[1])])], axis=1)
+
 
 def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, layout: str = "files",
                    batch_size: int = 64, progress: bool = True, device: str | None = None):
@@ -36,27 +70,16 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model = load_model(model_path)
-    runtime = None
-    if device is not None:
-        from bcfeat.detection.batched_inference import ExtractionRuntime
-
-        runtime = ExtractionRuntime(device=device, batch_size=batch_size).resolved()
-        if not runtime.fast:
-            runtime = ExtractionRuntime(device=device)  # the reference path keeps the model file's batch size
-        model.to(runtime.torch_device())
+    runtime = runtime_on(model, device, batch_size)
     files, dropped = folder_images(folder, layout)
     label_of = dict(zip(files["path"], files["label"]))
     skipped = SkippedImages()
     rows, batch, encoded = [], [], []
 
     def flush() -> None:
-        with torch.inference_mode():
-            arrays = instance_arrays(model.detector, [image for _, image in batch], model.extraction, runtime)
-        for (path, _), fb, score in zip(batch, arrays["fallback"], arrays["scores"]):
-            rows.append({"relpath": str(Path(path).relative_to(folder)), "label": label_of.get(str(path), ""),
-                         "fallback": bool(fb), "score": float(score)})
-        # A site-standardised model needs the whole folder's statistics: keep its features until the end.
-        encoded.append(arrays["features"] if model.site_standardize else model.encode(arrays["features"]))
+        batch_rows, features = extract_batch(model, batch, folder, label_of, runtime)
+        rows.extend(batch_rows)
+        encoded.append(features)
         batch.clear()
 
     block_of = {p: i // batch_size for i, p in enumerate(files["path"])}
@@ -69,10 +92,9 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
         batch.append((str(path), image))
     if batch:
         flush()
-    table = pd.DataFrame(rows, columns=["relpath", "label", "fallback", "score"])
+    table = pd.DataFrame(rows, columns=ROW_COLUMNS)
     if rows:
         latent = model.encode(np.concatenate(encoded)) if model.site_standardize else np.concatenate(encoded)
-        table = pd.concat([table, pd.DataFrame(latent, columns=[f"aecfe{i}" for i in range(latent.shape[1])])],
-                          axis=1)
+        table = with_latent(table, latent)
     undecodable = [(str(Path(p).relative_to(folder)), reason) for p, reason in skipped]
     return table, sorted(dropped + undecodable)

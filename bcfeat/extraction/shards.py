@@ -37,6 +37,7 @@ import pandas as pd
 
 from bcfeat.data.manifest import sha256_of
 from bcfeat.atomic_io import atomic_path
+from bcfeat.extraction.folder import ROW_COLUMNS, with_latent
 
 log = logging.getLogger(__name__)
 
@@ -228,11 +229,10 @@ def extract_shard(model_path: str | os.PathLike, folder: str | os.PathLike, outp
     def save_partial(position: int, arrays: dict[str, np.ndarray]) -> None:
         _save(partial, {**job.meta, "position": position}, arrays)
 
-    run = _run_aecfe if job.kind == "aecfe" else _run_crosslab
     if job.kind == "aecfe":
         arrays = _run_aecfe(job, batch_size, resume, save_partial, checkpoint_every, progress, device)
     else:
-        arrays = run(job, batch_size, resume, save_partial, checkpoint_every, progress)
+        arrays = _run_crosslab(job, batch_size, resume, save_partial, checkpoint_every, progress)
     _save(target, job.meta, arrays)
     partial.unlink(missing_ok=True)
     log.info("shard %s written: %s (%d rows)", shard, target, len(arrays["relpath"]))
@@ -246,21 +246,13 @@ def _skipped_arrays(entries: list[tuple[str, str]], prefix: str) -> dict[str, np
 def _run_aecfe(job: _Job, batch_size: int, resume, save_partial: Callable, checkpoint_every: int,
                progress: bool, device: str | None = None) -> dict[str, np.ndarray]:
     """The single-process loop of ``extract_folder`` over the shard's files (same batches, same calls)."""
-    import torch
     from tqdm import tqdm
 
-    from bcfeat.autoencoder.aecfe_model import instance_arrays
     from bcfeat.data.images import SkippedImages, iter_images
+    from bcfeat.extraction.folder import extract_batch, runtime_on
 
     model, folder = job.model, job.folder
-    runtime = None
-    if device is not None:
-        from bcfeat.detection.batched_inference import ExtractionRuntime
-
-        runtime = ExtractionRuntime(device=device, batch_size=batch_size).resolved()
-        if not runtime.fast:
-            runtime = ExtractionRuntime(device=device)
-        model.to(runtime.torch_device())
+    runtime = runtime_on(model, device, batch_size)
     files = job.files.iloc[job.start:job.stop]
     label_of = dict(zip(files["path"], files["label"]))
     index_of = {str(p): i for i, p in enumerate(files["path"])}  # within the shard, which starts on a batch
@@ -290,15 +282,12 @@ def _run_aecfe(job: _Job, batch_size: int, resume, save_partial: Callable, check
         return out
 
     def flush() -> None:
-        with torch.inference_mode():
-            arrays = instance_arrays(model.detector, [image for _, image in batch], model.extraction, runtime)
-        for (path, _), fb, score in zip(batch, arrays["fallback"], arrays["scores"]):
-            kept["relpath"].append(str(Path(path).relative_to(folder)))
-            kept["label"].append(label_of.get(str(path), ""))
-            kept["fallback"].append(bool(fb))
-            kept["score"].append(float(score))
-        # a site-standardised model needs every image's features: the merge encodes them at once
-        encoded.append(arrays["features"] if model.site_standardize else model.encode(arrays["features"]))
+        # a site-standardised model's features stay raw: the merge encodes them all at once
+        rows, features = extract_batch(model, batch, folder, label_of, runtime)
+        for row in rows:
+            for key in ROW_COLUMNS:
+                kept[key].append(row[key])
+        encoded.append(features)
         batch.clear()
 
     paths = files["path"].tolist()[position:]
@@ -449,12 +438,11 @@ def merge_shards(output: str | os.PathLike, n_shards: int | None = None,
         feats = np.concatenate(encoded) if encoded else np.zeros((0, len(names)))
         table = pd.concat([pd.DataFrame({"relpath": relpaths}), pd.DataFrame(feats, columns=names)], axis=1)
         return table, sorted(skipped)
-    columns = ["relpath", "label", "fallback", "score"]
     if not relpaths:
-        return pd.DataFrame([], columns=columns), sorted(skipped)
+        return pd.DataFrame([], columns=ROW_COLUMNS), sorted(skipped)
     table = pd.DataFrame({"relpath": relpaths, "label": [str(x) for part in parts for x in part["label"]],
                           "fallback": [bool(x) for part in parts for x in part["fallback"]],
-                          "score": [float(x) for part in parts for x in part["score"]]}, columns=columns)
+                          "score": [float(x) for part in parts for x in part["score"]]}, columns=ROW_COLUMNS)
     latent = np.concatenate(encoded)
     from bcfeat.autoencoder.aecfe_model import load_model
 
@@ -466,5 +454,4 @@ def merge_shards(output: str | os.PathLike, n_shards: int | None = None,
         if sha256_of(model_path) != meta["model_sha256"]:
             raise ValueError(f"{model_path} is not the model file the shards were made with (sha256 differs)")
         latent = load_model(model_path).encode(latent)
-    table = pd.concat([table, pd.DataFrame(latent, columns=[f"aecfe{i}" for i in range(latent.shape[1])])], axis=1)
-    return table, sorted(skipped)
+    return with_latent(table, latent), sorted(skipped)
