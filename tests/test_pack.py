@@ -12,7 +12,8 @@ from PIL import Image
 
 from bcfeat import paths
 from bcfeat.data import resolve_data_root, scan_dataset
-from bcfeat.data.pack import PackConfig, pack_of, site_scale, verify_pack, write_pack
+from bcfeat.data.pack import PackConfig, site_scale, verify_pack, write_pack
+from bcfeat.data.root import pack_of
 from bcfeat.detection.mask_metrics import expert_mask_pairs
 from bcfeat.runner.cli import main as cli_main
 

@@ -164,22 +164,6 @@ def sha256_bytes(data: bytes) -> str:
 
 
 
-def pack_of(path: str | os.PathLike | None) -> Path | None:
-    """The pack folder when ``path`` is a pack or a pack's ``datasets/`` folder, else None.
-
-    >>> pack_of("/nonexistent") is None
-    True
-    """
-    if path is None:
-        return None
-    path = Path(path).expanduser()
-    for candidate in (path, path.parent):
-        if (candidate / PACK_INFO).is_file() and (candidate / DATASETS_DIR).is_dir():
-            if candidate == path or path.name == DATASETS_DIR:
-                return candidate
-    return None
-
-
 def site_scale(long_sides: Sequence[int], long_side: int) -> float:
     """One scale factor for a whole site: its median image's long side becomes ``long_side``, never enlarged.
 

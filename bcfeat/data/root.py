@@ -36,9 +36,25 @@ PACK_INFO = "pack.json"
 DATASETS_DIR = "datasets"
 
 
+def pack_of(path: str | os.PathLike | None) -> Path | None:
+    """The pack folder when ``path`` is a pack or a pack's ``datasets/`` folder, else None.
+
+    >>> pack_of("/nonexistent") is None
+    True
+    """
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    for candidate in (path, path.parent):
+        if (candidate / PACK_INFO).is_file() and (candidate / DATASETS_DIR).is_dir():
+            if candidate == path or path.name == DATASETS_DIR:
+                return candidate
+    return None
+
+
 def _pack_datasets(root: Path) -> Path:
     """A data pack's ``datasets/`` folder when ``root`` is a pack, else ``root``."""
-    return root / DATASETS_DIR if (root / PACK_INFO).is_file() and (root / DATASETS_DIR).is_dir() else root
+    return root / DATASETS_DIR if pack_of(root) == root.expanduser() else root
 
 
 def resolve_data_root(explicit: str | os.PathLike | None = None) -> Path:

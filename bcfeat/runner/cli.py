@@ -348,7 +348,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def verify_if_pack(args: argparse.Namespace) -> int | None:
     """``bcfeat verify`` on a pack (``--root`` or ``BCFEAT_DATA_ROOT`` naming one): its exit status, else None."""
-    from bcfeat.data.pack import pack_of, verify_pack
+    from bcfeat.data.pack import verify_pack
+    from bcfeat.data.root import pack_of
     from bcfeat.data.root import ENV_VAR
 
     pack = pack_of(args.root if args.root is not None else os.environ.get(ENV_VAR))
