@@ -66,11 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     files = sample_paths(args.n_images)
     detector = load_model(args.model).detector if args.model else None
-    # The detector where the cpu profile's stage 01_detector declares it.
-    from bcfeat.runner.stages import get_stage, resolve
+    from bcfeat.runner.detector import handoff_file
 
-    study_detector = paths.ROOT / resolve(get_stage("01_detector").outputs["detector_file"], results_dir="",
-                                          artifacts_dir="artifacts/cpu")
+    study_detector = handoff_file(paths.ROOT / "artifacts" / "cpu")  # the cpu profile's stage 01_detector
     if detector is None and study_detector.is_file():  # a stain-mask model holds no detector: the study's
         from bcfeat.detection.checkpoint import load_detector
 
