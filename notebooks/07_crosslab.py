@@ -32,8 +32,8 @@ max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset p
 n_repetitions: int = 5  # stratified splits (must match 04_oracle's splits_file)
 mask_sources: str = "detector,stain"  # cell masks compared by the selection: detector (01's), stain (label-free segmentation)
 n_workers: int = 2  # processes measuring the crops
-candidate_C: str = "0.01,0.03,0.1"  # inverse L2 strengths of the linear model compared by the selection
-candidate_groups: str = "all,no_texture,no_fine_texture"  # feature sets compared by the selection
+candidate_C: str = "0.03,0.1"  # inverse L2 strengths of the linear model compared by the selection
+candidate_groups: str = "all,no_texture,no_fine_texture,no_ruler"  # feature sets compared by the selection
 ablation_cells: int = 400  # cells per site re-measured for the crop lever (0: skip it)
 ssl_epochs: int = 4  # epochs of the self-supervised encoder (0: skip the lever)
 ssl_image_size: int = 40  # crop side the encoder reads
@@ -41,6 +41,14 @@ n_boot: int = 1000  # bootstrap resamples of the 95 % intervals
 shots: str = "0,1,5,10,20"  # labelled target cells per class for the few-shot curve
 n_draws: int = 5  # draws per few-shot point
 few_shot_source_cells: int = 2000  # source training cells of the few-shot curve (stratified subsample; 0: all)
+n_virtual_labs: int = 8  # virtual labs sampled for the selection (development labs rendered from Acevedo-20)
+virtual_lab_cells: int = 400  # Acevedo-20 test cells re-rendered per virtual lab (0: all of the first split's)
+shift_cells: int = 250  # cells re-rendered per single named shift (the diagnosis table; 0: skip it)
+candidate_statistics: str = "plain,cbr"  # label-free per-call statistics compared by the selection (the class-weighted reading is in the ablation)
+mix_calls: int = 5  # resampled calls per (class mix, call size)
+target_catch: float = 0.5  # share of the virtual labs' errors the uncertain flag should catch ...
+max_review: float = 0.3  # ... flagging at most this share of cells
+untouched_folder: str = "../bcfeat_labs/chula_wbc"  # input (optional): a real lab kept out of every choice, <folder>/<class>/<image>; absent: the section says so
 aecfe_features: str = "aecfe_moment"  # 03's feature set shown as AE-CFE in the comparisons
 oracle_norm: str = "batch"  # 04's oracle whose BatchNorm statistics are re-estimated per site (AdaBN)
 detector_file: str = "artifacts/cpu/checkpoints/detector.pt"  # input: the detector (made by 01_detector)
@@ -61,6 +69,9 @@ from myst_nb import glue
 from bcfeat.study import common as study
 from bcfeat.atomic_io import save_table
 from bcfeat.study import crosslab as cs
+from bcfeat.study import crosslab_validation as cv
+from bcfeat.crosslab import mixes as mx
+from bcfeat.crosslab.virtual_labs import named_shifts, sample_labs
 from bcfeat.data import resolve_data_root
 from bcfeat.validation import require_int
 
@@ -68,6 +79,10 @@ require_int("max_per_site", max_per_site, 0)
 require_int("n_repetitions", n_repetitions, 1)
 require_int("n_draws", n_draws, 1)
 require_int("n_workers", n_workers, 1)
+require_int("n_virtual_labs", n_virtual_labs, 1)
+require_int("virtual_lab_cells", virtual_lab_cells, 0)
+require_int("shift_cells", shift_cells, 0)
+require_int("mix_calls", mix_calls, 1)
 root = resolve_data_root(data_root or None)
 warnings.filterwarnings("ignore", message="classes with < 2 samples")
 tables = Path(results_dir) / "tables"
@@ -98,24 +113,58 @@ display(costs)
 cs.feature_group_table(any_x)
 
 # %% [markdown]
-# ## Choosing settings without the target's labels
+# ## Virtual labs: development data that no reported lab is part of
 #
-# Candidate settings (mask source, linear model strength, feature set) are scored on the
-# benchmark's splits with Acevedo-20 as the training site. For each unseen site, the setting is
-# chosen by its mean balanced accuracy on the *other two* unseen sites; the number reported for a
-# site never saw that site's labels.
+# Acevedo-20's held-out test cells (first split) are re-rendered from the raw image through
+# sampled lab shifts (stain strength and hue in optical density, white balance, camera response,
+# focus, resolution, JPEG, noise, framing) and measured again, segmentation and red-cell ruler
+# included. The selection, the temperature, the `uncertain` rule and the novelty threshold are
+# all fitted on these labs; the real unseen sites are only scored.
 
 # %% tags=["hide-input"]
-grid = cs.candidate_grid(study.parse_list(candidate_C), study.parse_list(candidate_groups), list(measured))
-grid_scores = cs.score_candidates(measured, samples, plan, grid, seed)
-save_table(grid_scores, tables / "crosslab_candidates.csv")
-selection = cs.select_settings(grid_scores, unseen)
-save_table(selection, tables / "crosslab_selection.csv")
-headline_setting = cs.deployed_setting(grid_scores, unseen, model="logistic")
+dev_rows = cv.development_rows(samples, plan, virtual_lab_cells, seed)
+virtual = cv.build_virtual_labs(samples, dev_rows, sample_labs(n_virtual_labs, seed), artifacts,
+                                study.parse_list(mask_sources), n_workers, seed, detector_file=detector_file)
+save_table(virtual.table(), tables / "crosslab_virtual_labs.csv")
+glue("crosslab_n_virtual_labs", len(virtual.labs), display=False)
+glue("crosslab_virtual_cells", len(dev_rows), display=False)
+glue("crosslab_virtual_minutes", virtual.minutes, display=False)
+glue("crosslab_virtual_gallery", cs.virtual_lab_figure(samples, dev_rows, virtual.labs, seed), display=False)
+virtual.table().round(2)
+
+# %% [markdown]
+# ## Choosing settings on the virtual labs only
+#
+# Every candidate (mask source, feature set, linear-model strength, label-free statistics) is
+# trained on Acevedo-20's training split and scored on every virtual lab under five class mixes
+# in calls of 100 cells; the best mean balanced accuracy wins. No real unseen site is read.
+
+# %% tags=["hide-input"]
+candidates = cv.candidate_settings(study.parse_list(candidate_C), study.parse_list(candidate_groups),
+                                   study.parse_list(mask_sources), study.parse_list(candidate_statistics))
+selection_table = cv.select_on_virtual_labs(measured, samples, plan, virtual, candidates, seed)
+save_table(selection_table, tables / "crosslab_selection.csv")
+headline_setting = str(selection_table["setting"].iloc[0])
+headline_source = cv.parse_setting(headline_setting)["source"]
+plain_headline = cv.plain_name(headline_setting)
 glue("crosslab_headline_setting", headline_setting, display=False)
-headline_source = cs.setting_by_name(headline_setting)["source"]
+glue("crosslab_selection_minutes", float(selection_table["seconds"].sum() / 60), display=False)
+glue("crosslab_selection_top", selection_table.head(8).drop(columns=["source"]).round(3), display=False)
 X, crops = measured[headline_source].features, measured[headline_source].crops
-selection
+grid = cs.candidate_grid(study.parse_list(candidate_C), study.parse_list(candidate_groups), list(measured))
+selection_table.head(10).round(3)
+
+# %% [markdown]
+# The temperature, the `uncertain` threshold and the lab-novelty threshold of the chosen setting,
+# fitted on the same virtual labs (each lab classified in one call):
+
+# %% tags=["hide-input"]
+dev_clf = cv.fit_setting(measured, samples, plan, headline_setting, seed)
+calibration = cv.fit_calibration(dev_clf, virtual, headline_source, target_catch, max_review)
+glue("crosslab_temperature", calibration.temperature, display=False)
+glue("crosslab_uncertain_below", calibration.uncertain_min_probability, display=False)
+glue("crosslab_novelty_threshold", calibration.novelty_threshold, display=False)
+calibration
 
 # %% [markdown]
 # ## The comparison, re-measured
@@ -127,10 +176,12 @@ selection
 # %% tags=["hide-input"]
 adabn = cs.adabn_oracle_scores(samples, plan, oracles_file, oracle_norm, seed)
 save_table(adabn.scores, tables / "crosslab_adabn_oracle_scores.csv")
-matrix = cs.domain_matrices(X, samples, plan, grid, headline_setting, seed)
+selection = cv.headline_scores(measured, samples, plan, headline_setting, seed, calibration.temperature)
+save_table(selection, tables / "crosslab_headline_scores.csv")
+matrix = cs.domain_matrices(X, samples, plan, grid, plain_headline, seed)
 save_table(matrix, tables / "crosslab_domain_matrix.csv")
 comparison = cs.comparison_table(matrix, selection, benchmark_summary_file, adabn.scores,
-                                 headline_setting, aecfe_features)
+                                 plain_headline, aecfe_features)
 save_table(comparison, tables / "crosslab_comparison.csv")
 for key, value in cs.comparison_glue(comparison, selection, unseen).items():
     glue(key, value, display=False)
@@ -141,8 +192,8 @@ cs.comparison_display(comparison)
 # Every site as the training site in turn (the linear probe, headline setting):
 
 # %% tags=["hide-input"]
-glue("crosslab_matrix_figure", cs.matrix_figure(matrix, headline_setting), display=False)
-cs.matrix_display(matrix, headline_setting)
+glue("crosslab_matrix_figure", cs.matrix_figure(matrix, plain_headline), display=False)
+cs.matrix_display(matrix, plain_headline)
 
 # %% [markdown]
 # ## All cells of each unseen site, with bootstrap intervals
@@ -151,7 +202,7 @@ cs.matrix_display(matrix, headline_setting)
 # never used); 95 % intervals resample the cells within each class.
 
 # %% tags=["hide-input"]
-transfer, predictions = cs.all_cells_transfer(X, samples, plan, headline_setting, n_boot, seed)
+transfer, predictions = cv.all_cells(measured, samples, plan, headline_setting, calibration.temperature, n_boot, seed)
 save_table(transfer, tables / "crosslab_all_cells.csv")
 for _, row in transfer.iterrows():
     glue(f"crosslab_all_{row['test_domain']}", float(row["balanced_accuracy"]), display=False)
@@ -161,6 +212,94 @@ per_class = cs.per_class_table(predictions, adabn.predictions, samples)
 save_table(per_class, tables / "crosslab_per_class_f1.csv")
 glue("crosslab_per_class_figure", cs.per_class_figure(per_class), display=False)
 transfer
+
+# %% [markdown]
+# ## Under a smear's class mix
+#
+# A lab classifies one smear at a time, and the per-call statistics follow that call's cells. Each
+# lab is resampled to five class mixes (its own, balanced, a typical differential, neutrophil-heavy,
+# lymphocyte-heavy) in calls of 20 and 100 cells and all cells at once; the classifier of the first
+# split adapts to each call separately. The differential error is each class's predicted share of
+# a call minus its true share, in percentage points.
+
+# %% tags=["hide-input"]
+labs = cv.real_labs(measured, samples, plan, headline_source)
+untouched = cv.untouched_lab(untouched_folder, artifacts, headline_source, n_workers, detector_file=detector_file)
+head_clf = cv.fit_setting(measured, samples, plan, headline_setting, seed, calibration.temperature)
+plain_clf = cv.fit_setting(measured, samples, plan, plain_headline + " plain", seed)
+mix_calls_table, mix_summary = cv.mix_table(head_clf, labs, mix_calls, seed)
+save_table(mix_summary, tables / "crosslab_mixes.csv")
+_, plain_mix_summary = cv.mix_table(plain_clf, labs, mix_calls, seed)
+save_table(plain_mix_summary, tables / "crosslab_mixes_plain.csv")
+glue("crosslab_mix_figure", cs.mix_figure(mix_summary), display=False)
+glue("crosslab_mix_differential", mix_summary[mix_summary["call_size"] == 100].pivot_table(
+    index="lab", columns="mix", values="diff_mae_pp").round(1), display=False)
+glue("crosslab_mix_cost", mx.mix_cost(mix_summary, group=("lab", "mix", "call_size")).pivot_table(
+    index=["lab", "call_size"], columns="mix", values="balanced_accuracy_vs_own").round(3), display=False)
+mix_summary.pivot_table(index="lab", columns=["call_size", "mix"], values="balanced_accuracy").round(3)
+
+# %% [markdown]
+# ## Knowing when it is unsure
+#
+# Expected calibration error (ECE) and the reliability of the probabilities on every lab (all its
+# cells in one call), before and after the temperature fitted on the virtual labs; the `uncertain`
+# flag's review share and the share of errors it catches; each lab's novelty score (median distance
+# of its cells to the nearest training class, after its own standardisation) against the threshold.
+
+# %% tags=["hide-input"]
+untouched_name = Path(untouched_folder).name or "untouched"
+report_labs = {**labs, **({untouched_name: untouched} if untouched is not None else {})}
+calib, reliability = cv.calibration_table(head_clf, calibration, report_labs)
+save_table(calib, tables / "crosslab_calibration.csv")
+from bcfeat.crosslab.calibration import reliability_figure  # noqa: E402
+glue("crosslab_reliability_figure", reliability_figure(reliability), display=False)
+glue("crosslab_calibration", calib.set_index("lab").round(3), display=False)
+calib.set_index("lab").round(3)
+
+# %% [markdown]
+# ## The untouched lab
+#
+# A real lab kept out of every choice until this point: the Chulalongkorn University set
+# (`singgihbekti/WBC_Dataset`, MIT licence; whole smear photographs from a Raspberry Pi camera,
+# one box per white cell, cut into crops by `bcfeat crop-boxes`). Scored like the others; when the
+# folder is absent on this machine the tables below say so.
+
+# %% tags=["hide-input"]
+if untouched is not None:
+    _, untouched_head = cv.mix_table(head_clf, {untouched_name: untouched}, mix_calls, seed)
+    _, untouched_plain = cv.mix_table(plain_clf, {untouched_name: untouched}, mix_calls, seed)
+    untouched_summary = pd.concat([untouched_head.assign(classifier=headline_setting),
+                                   untouched_plain.assign(classifier=plain_headline + " plain")], ignore_index=True)
+    goal_summary = pd.concat([mix_summary, untouched_head], ignore_index=True)
+else:
+    untouched_summary = pd.DataFrame({"lab": [untouched_name], "note": ["folder absent on this machine"]})
+    goal_summary = mix_summary
+save_table(untouched_summary, tables / "crosslab_untouched.csv")
+goals = cv.goals_table(goal_summary, calib, unseen + [untouched_name])
+save_table(goals, tables / "crosslab_goals.csv")
+for key, value in cv.goals_glue(goals, study.SOURCE_SITE, unseen, untouched_name).items():
+    glue(key, value, display=False)
+glue("crosslab_goals", goals.set_index("lab").round(3), display=False)
+goals.set_index("lab").round(3)
+
+# %% [markdown]
+# ## What a new lab breaks: one shift at a time
+#
+# The development cells through one named shift each (all cells in one call), the chosen
+# classifier beside the plain per-site standardisation with the same features.
+
+# %% tags=["hide-input"]
+if shift_cells > 0:
+    shifts = cv.build_virtual_labs(samples, cv.development_rows(samples, plan, shift_cells, seed),
+                                   list(named_shifts().values()), artifacts, [headline_source], n_workers, seed,
+                                   detector_file=detector_file)
+    shift_table = cv.per_shift_table({headline_setting: head_clf, plain_headline + " plain": plain_clf}, shifts,
+                                     headline_source)
+else:
+    shift_table = pd.DataFrame(columns=["shift"])
+save_table(shift_table, tables / "crosslab_shifts.csv")
+glue("crosslab_shifts", shift_table.set_index("shift").round(3), display=False)
+shift_table.set_index("shift").round(3)
 
 # %% [markdown]
 # ## Ablations: each lever on and off
@@ -209,7 +348,7 @@ glue("crosslab_gallery", cs.gallery_figure(crops, samples, predictions, seed), d
 # scikit-learn transformer load.
 
 # %% tags=["hide-input"]
-model_path = cs.write_model_file(X, samples, crosslab_model_file, headline_source, headline_setting, n_workers,
-                                 detector_file=detector_file)
+model_path = cv.write_deployed_model(measured, samples, crosslab_model_file, headline_setting, calibration, n_workers,
+                                     detector_file=detector_file)
 glue("crosslab_model_file", str(model_path), display=False)
 print(model_path)

@@ -229,6 +229,8 @@ def test_train_classifier_and_classify_a_folder_from_the_command_line(tmp_path):
     truth = table["relpath"].str.startswith("l").map({True: "lymph", False: "neut"})
     assert (table["predicted"] == truth).mean() >= 0.9
     assert table["probability"].between(0.5, 1).all()
+    # a model file without the study's calibration flags cells below the documented default
+    assert (table["uncertain"] == (table["probability"] < 0.5)).all()
     assert main(["extract", str(base), str(tmp_path / "new"), "--output", str(tmp_path / "f.csv")]) == 0
     assert list(pd.read_csv(tmp_path / "f.csv").columns[1:]) == feature_names()
     # a model without classifier, and a bad --groups, are user errors (exit 2) with one line

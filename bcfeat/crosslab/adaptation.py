@@ -10,7 +10,19 @@ pulls the neutrophils of those sites towards the middle and pushes the minority 
 :class:`CrossLabClassifier` therefore standardises with **class-balanced** statistics: on the
 source site with the known labels (each class weighs the same), on a target site with the
 classifier's own posteriors (each *predicted* class weighs the same), re-estimated for a few
-rounds. No target label is read. Optional extras, each also label-free:
+rounds. No target label is read. Two readings of "class-balanced" are implemented
+(``statistics``):
+
+- ``"balanced"``: the weighted mean and standard deviation with every (predicted) class given
+  the same total weight; the spread still holds the distance between the classes;
+- ``"cbr"``: class-balanced re-standardisation (Sharma & Tapadiya, HemaRAI workshop, MICCAI
+  2026): the centre is the average of the (predicted) class means and the spread the average
+  within-class standard deviation, so neither moves with the call's class mix. Classes with
+  fewer than :data:`CBR_MIN_CLASS_CELLS` predicted cells are dropped; a call of fewer than
+  :data:`CBR_MIN_CELLS` cells, or with fewer than two classes left, falls back to the plain
+  statistics with the spread scaled by the training site's within-to-total spread ratio.
+
+Optional extras, each also label-free:
 
 - ``prior_correction="em"``: the target's class mix re-estimated by EM from the posteriors
   (Saerens et al., Neural Computation 2002); it helps plain accuracy, not balanced accuracy,
@@ -40,6 +52,11 @@ MIN_SITE_CELLS = 10
 CLIP = 6.0
 MODELS = ("logistic", "forest")
 PRIOR_CORRECTIONS = ("none", "em")
+STATISTICS = ("balanced", "cbr")
+# CBR: a predicted class needs this many cells for its mean and spread to count ...
+CBR_MIN_CLASS_CELLS = 3
+# ... and a call this many cells (the published rule) before class statistics replace plain ones.
+CBR_MIN_CELLS = 32
 
 
 @dataclass(frozen=True)
@@ -133,6 +150,47 @@ def class_balanced_weights(posteriors: np.ndarray) -> np.ndarray:
     return (P[:, present] / mass[present]).sum(axis=1)
 
 
+def class_conditional_statistics(X: np.ndarray, labels: np.ndarray, fallback_ratio: np.ndarray | None = None,
+                                 min_class_cells: int = CBR_MIN_CLASS_CELLS,
+                                 min_cells: int = CBR_MIN_CELLS) -> SiteStatistics:
+    """Class-balanced re-standardisation statistics of one site's features ``(n, d)``.
+
+    ``labels`` ``(n,)``: known labels (the training site) or hard pseudo-labels (a target site).
+    The centre is the unweighted average of the class means and the scale the square root of
+    the average within-class variance, over the classes with at least ``min_class_cells`` cells;
+    both are independent of how many cells each class has. With fewer than ``min_cells`` cells
+    or fewer than two such classes, the plain statistics are used, their scale multiplied by
+    ``fallback_ratio`` ``(d,)`` (the training site's within-class to total spread) when given.
+
+    Examples
+    --------
+    >>> X = np.array([[0.0]] * 40 + [[10.0]] * 10) + np.tile([[-1.0], [1.0]], (25, 1))
+    >>> s = class_conditional_statistics(X, np.array([0] * 40 + [1] * 10))
+    >>> float(s.centre[0]), float(s.scale[0])     # the 4:1 mix moves neither
+    (5.0, 1.0)
+    """
+    X = np.asarray(X, dtype=np.float64)
+    labels = np.asarray(labels)
+    plain = site_statistics(X)
+    classes, counts = np.unique(labels, return_counts=True)
+    kept = classes[counts >= min_class_cells]
+    if len(X) < min_cells or len(kept) < 2:
+        ratio = np.ones(X.shape[1]) if fallback_ratio is None else np.asarray(fallback_ratio, np.float64)
+        return SiteStatistics(plain.centre, plain.scale * ratio, plain.fill, plain.n_cells)
+    means, variances = [], []
+    for c in kept:
+        rows = X[labels == c]
+        with np.errstate(all="ignore"):
+            m = np.nanmean(rows, axis=0)
+            v = np.nanmean((rows - m) ** 2, axis=0)
+        means.append(np.where(np.isnan(m), plain.centre, m))
+        variances.append(np.where(np.isnan(v), plain.scale ** 2, v))
+    centre = np.mean(means, axis=0)
+    scale = np.sqrt(np.mean(variances, axis=0))
+    scale = np.where(scale > 1e-9 * np.maximum(1.0, np.abs(centre)), scale, plain.scale)
+    return SiteStatistics(centre, scale, plain.fill, plain.n_cells)
+
+
 def em_class_priors(posteriors: np.ndarray, train_priors: np.ndarray, max_iter: int = 200,
                     tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """EM re-estimation of a target site's class mix (Saerens, Latinne & Decaestecker 2002).
@@ -166,6 +224,18 @@ def em_class_priors(posteriors: np.ndarray, train_priors: np.ndarray, max_iter: 
     return adjusted, priors
 
 
+def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """``(n, k)`` probabilities -> ``softmax(log p / temperature)``, rows summing to 1.
+
+    >>> soften(np.array([[0.8, 0.2]]), 2.0).round(3).tolist()
+    [[0.667, 0.333]]
+    """
+    logp = np.log(np.clip(np.asarray(proba, np.float64), 1e-12, 1.0)) / float(temperature)
+    logp -= logp.max(axis=1, keepdims=True)
+    e = np.exp(logp)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 class CrossLabClassifier(ClassifierMixin, BaseEstimator):
     """A classifier trained on one lab's labelled cells that adapts, without labels, to each new lab.
 
@@ -182,6 +252,13 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         Rounds of class-balanced re-estimation of a target site's statistics from the
         posteriors (0: plain, unweighted statistics). The training site is always balanced
         with its labels when this is > 0.
+    statistics : {"balanced", "cbr"}, default="balanced"
+        Which class-balanced statistics the rounds use: the class-weighted mean and spread, or
+        class-balanced re-standardisation (:func:`class_conditional_statistics`).
+    temperature : float, default=1.0
+        The output probabilities are ``softmax(log p / temperature)``: a temperature > 1
+        softens a classifier that is confident while wrong on new labs. It is chosen on
+        development data, never on the lab it is applied to.
     prior_correction : {"none", "em"}, default="none"
         Re-weight the output by the target's EM-estimated class mix.
     self_training : int, default=0
@@ -201,6 +278,14 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
     estimator_ : the fitted scikit-learn classifier
     last_target_priors_ : np.ndarray
         The class mix estimated (EM) on the cells of the last ``predict`` call.
+    class_means_ : np.ndarray
+        ``(n_classes, d')`` the training classes' centroids in the standardised space.
+    discriminant_means_, discriminant_whitening_ : np.ndarray
+        The training classes' centroids in :meth:`discriminant_view` and the ``(k, k)`` map into
+        it (how far a new lab's cells sit from every class: :mod:`bcfeat.crosslab.calibration`).
+    fallback_ratio_ : np.ndarray
+        ``(d',)`` the training site's within-class to total spread (``statistics="cbr"``), used
+        where a call is too small for class statistics.
 
     Examples
     --------
@@ -214,7 +299,7 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, model: str = "logistic", C: float = 0.1, site_standardize: bool = True,
                  balance_rounds: int = 2, prior_correction: str = "none", self_training: int = 0,
                  confidence: float = 0.9, n_estimators: int = 200, columns: tuple[int, ...] | None = None,
-                 random_state: int | None = None):
+                 random_state: int | None = None, statistics: str = "balanced", temperature: float = 1.0):
         self.model = model
         self.C = C
         self.site_standardize = site_standardize
@@ -225,6 +310,8 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         self.n_estimators = n_estimators
         self.columns = columns
         self.random_state = random_state
+        self.statistics = statistics
+        self.temperature = temperature
 
     def _check_params(self) -> None:
         if self.model not in MODELS:
@@ -236,6 +323,10 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         if self.balance_rounds < 0 or self.self_training < 0:
             raise ValueError("balance_rounds and self_training must be >= 0, got "
                              f"{self.balance_rounds} and {self.self_training}")
+        if self.statistics not in STATISTICS:
+            raise ValueError(f"statistics must be one of {STATISTICS}, got {self.statistics!r}")
+        if not (isinstance(self.temperature, (int, float)) and 0.05 <= self.temperature <= 20):
+            raise ValueError(f"temperature must lie in [0.05, 20], got {self.temperature!r}")
         if not 0 < self.confidence <= 1:
             raise ValueError(f"confidence must lie in (0, 1], got {self.confidence}")
 
@@ -262,11 +353,43 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         X = self._select(X)
         self.classes_ = np.unique(y)
         onehot = (y[:, None] == self.classes_[None, :]).astype(float)
-        weights = class_balanced_weights(onehot) if self.balance_rounds > 0 else None
-        self.source_statistics_ = site_statistics(X, weights)
+        self.fallback_ratio_ = np.ones(X.shape[1])
+        if self.balance_rounds > 0 and self.statistics == "cbr":
+            self.source_statistics_ = class_conditional_statistics(X, y)
+            self.fallback_ratio_ = self.source_statistics_.scale / site_statistics(X).scale
+        else:
+            weights = class_balanced_weights(onehot) if self.balance_rounds > 0 else None
+            self.source_statistics_ = site_statistics(X, weights)
         self._Z_train, self._y_train = standardize(X, self.source_statistics_), y
         self.estimator_ = self._new_estimator().fit(self._Z_train, y)
+        self._fit_discriminant_space()
         return self
+
+    def _fit_discriminant_space(self) -> None:
+        """Class centroids of the training cells in the classifier's own score space, whitened by
+        the pooled within-class covariance (what :meth:`discriminant_view` maps a call into)."""
+        Z, y = self._Z_train, self._y_train
+        self.class_means_ = np.stack([Z[y == c].mean(axis=0) for c in self.classes_])
+        L = self._scores(Z)
+        means = np.stack([L[y == c].mean(axis=0) for c in self.classes_])
+        resid = L - means[np.searchsorted(self.classes_, y)]
+        cov = resid.T @ resid / max(len(L) - len(self.classes_), 1)
+        values, vectors = np.linalg.eigh(cov + 1e-6 * np.trace(cov) / len(cov) * np.eye(len(cov)))
+        self.discriminant_whitening_ = vectors / np.sqrt(values)
+        self.discriminant_means_ = means @ self.discriminant_whitening_
+
+    def _scores(self, Z: np.ndarray) -> np.ndarray:
+        est = self.estimator_
+        if hasattr(est, "decision_function"):
+            L = np.asarray(est.decision_function(Z), dtype=np.float64)
+            return L[:, None] if L.ndim == 1 else L
+        return np.log(np.clip(est.predict_proba(Z), 1e-12, 1.0))
+
+    def discriminant_view(self, X: np.ndarray) -> np.ndarray:
+        """``(n, d)`` raw features of one call -> ``(n, k)`` the classifier's class scores, whitened
+        by the training cells' within-class spread; training classes sit at ``discriminant_means_``.
+        Cells far from every class mean there are cells the classifier extrapolates on."""
+        return self._scores(self.transform(X)) @ self.discriminant_whitening_
 
     def _site_view(self, X: np.ndarray, estimator) -> tuple[np.ndarray, np.ndarray]:
         """The site's standardised features and posteriors, after the balancing rounds."""
@@ -277,8 +400,12 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         P = estimator.predict_proba(Z)
         for _ in range(self.balance_rounds):
             # hard labels: soft posteriors of a regularised model are too flat to move the weights
-            hard = np.eye(P.shape[1])[P.argmax(axis=1)]
-            Z = standardize(X, site_statistics(X, class_balanced_weights(hard)))
+            if self.statistics == "cbr":
+                stats = class_conditional_statistics(X, P.argmax(axis=1), self.fallback_ratio_)
+            else:
+                hard = np.eye(P.shape[1])[P.argmax(axis=1)]
+                stats = site_statistics(X, class_balanced_weights(hard))
+            Z = standardize(X, stats)
             P = estimator.predict_proba(Z)
         return Z, P
 
@@ -298,14 +425,25 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
             estimator = self._new_estimator().fit(np.vstack([self._Z_train, Z[keep]]),
                                                   np.concatenate([self._y_train, self.classes_[P[keep].argmax(1)]]))
             Z, P = self._site_view(X, estimator)
+        if self.temperature != 1.0:
+            P = soften(P, self.temperature)
         uniform = np.full(len(self.classes_), 1.0 / len(self.classes_))  # class_weight="balanced"
         adjusted, self.last_target_priors_ = em_class_priors(P, uniform)
         return adjusted if self.prior_correction == "em" else P
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """``(n, d)`` raw features of one site -> ``(n, d')`` the classifier's standardised view of them
+        (after the balancing rounds), the space of ``class_means_``."""
+        check_is_fitted(self, "estimator_")
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X must be (n, {self.n_features_in_}), got {X.shape}")
+        return self._site_view(self._select(X), self.estimator_)[0]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """``(n,)`` labels of one site's cells."""
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
-__all__ = ["MIN_SITE_CELLS", "SiteStatistics", "site_statistics", "standardize", "class_balanced_weights",
-           "em_class_priors", "CrossLabClassifier"]
+__all__ = ["MIN_SITE_CELLS", "STATISTICS", "SiteStatistics", "site_statistics", "standardize", "class_balanced_weights",
+           "class_conditional_statistics", "em_class_priors", "soften", "CrossLabClassifier"]

@@ -245,13 +245,15 @@ def feature_groups() -> dict[str, list[int]]:
 # Named subsets of the features that the study's selection compares. "no_fine_texture" drops the
 # pixel-scale texture measures (co-occurrence, local binary patterns, granule counts), which follow
 # each lab's resolution and blur as much as the cell, and keeps the difference-of-Gaussian energies.
-FEATURE_SETS: tuple[str, ...] = ("all", "no_texture", "no_fine_texture")
+# "no_ruler" drops the cell's size against the red cells of the same crop: it depends on what a
+# lab's crops happen to contain (a tightly framed crop holds few whole red cells).
+FEATURE_SETS: tuple[str, ...] = ("all", "no_texture", "no_fine_texture", "no_ruler")
 
 
 def feature_set_columns(name: str) -> tuple[int, ...] | None:
     """Column indices of a named feature set (``None``: every column).
 
-    ``"all"``, ``"no_fine_texture"``, or ``"no_<group>"`` for a group of :data:`GROUPS`.
+    ``"all"``, ``"no_fine_texture"``, ``"no_ruler"``, or ``"no_<group>"`` for a group of :data:`GROUPS`.
 
     >>> len(feature_set_columns("no_texture")) == len(feature_names()) - len(feature_groups()["texture"])
     True
@@ -259,6 +261,8 @@ def feature_set_columns(name: str) -> tuple[int, ...] | None:
     names = feature_names()
     if name == "all":
         return None
+    if name == "no_ruler":
+        return tuple(i for i, n in enumerate(names) if n != "log_cell_over_red_cell")
     if name == "no_fine_texture":
         fine = ("_glcm_", "_lbp_", "_granules_")
         return tuple(i for i, n in enumerate(names) if not any(f in n for f in fine))

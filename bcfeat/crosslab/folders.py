@@ -8,6 +8,7 @@ with its reason in the ``skipped`` list and left out of the table.
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,8 +19,12 @@ import pandas as pd
 from bcfeat.crosslab.adaptation import MIN_SITE_CELLS, CrossLabClassifier
 from bcfeat.crosslab.model import CrossLabModel, load_model, save_model
 
+logger = logging.getLogger(__name__)
+
 # Fewer labelled cells of a class cannot train a classifier that means anything.
 MIN_CELLS_PER_CLASS = 2
+# A model file written before the calibration (no fitted rule): a cell is uncertain below this top probability.
+DEFAULT_UNCERTAIN_BELOW = 0.5
 
 
 def _folder_files(folder: str | os.PathLike, labelled: bool) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
@@ -72,12 +77,10 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
     if C is not None and not C > 0:
         raise ValueError(f"C must be > 0, got {C}")
     model = load_model(model_path)
-    setting = str(model.record.get("setting", "")).split()
-    if setting and setting[0] == "logistic":
-        C = float(setting[1].split("=")[1]) if C is None else C
-        groups = setting[2] if groups is None else groups
-    C = 0.03 if C is None else C
-    groups = "all" if groups is None else groups
+    setting = _study_setting(model.record)
+    C = setting.get("C", 0.03) if C is None else C
+    groups = setting.get("groups", "all") if groups is None else groups
+    statistics = setting.get("statistics", "plain")
     columns = feature_set_columns(groups)
     files, feats, skipped = _measure_folder(model, folder, labelled=True)
     counts = files["label"].value_counts().sort_index()
@@ -89,18 +92,62 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
         raise ValueError(f"{folder} holds one class folder ({', '.join(counts.index)}); a classifier needs two or more")
     if len(files) < MIN_SITE_CELLS:
         raise ValueError(f"{len(files)} readable images; at least {MIN_SITE_CELLS} are needed for the lab's statistics")
-    clf = CrossLabClassifier(model="logistic", C=C, balance_rounds=0, columns=columns)
+    study_calibration = {} if model.classifier is None else getattr(model.classifier, "calibration_", {})
+    calibration = {k: v for k, v in study_calibration.items() if k in ("temperature", "uncertain_min_probability")}
+    clf = CrossLabClassifier(model="logistic", C=C, balance_rounds=0 if statistics == "plain" else 2,
+                             statistics="cbr" if statistics == "cbr" else "balanced", columns=columns,
+                             temperature=float(calibration.get("temperature", 1.0)))
     model.classifier = clf.fit(feats, files["label"].to_numpy())
+    # The study's temperature and uncertain threshold were fitted on its virtual labs for the same
+    # features and model, and are kept; its novelty reference belongs to its own classes and is not.
+    model.classifier.calibration_ = calibration
     model.record = {**model.record, "classifier_trained_on": str(Path(folder).resolve()),
                     "class_counts": {str(k): int(v) for k, v in counts.items()}, "n_cells": int(len(files)),
-                    "n_skipped": len(skipped), "C": C, "groups": groups,
+                    "n_skipped": len(skipped), "C": C, "groups": groups, "statistics": statistics,
                     "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return save_model(output, model), counts, skipped
 
 
+def _study_setting(record: dict) -> dict:
+    """The study's chosen setting from a model file's record (``{}`` when it has none)."""
+    from bcfeat.study.crosslab_validation import parse_setting
+
+    name = str(record.get("setting", ""))
+    try:
+        return parse_setting(name) if name else {}
+    except ValueError:
+        return {}
+
+
+def uncertain_cells(classifier: CrossLabClassifier, proba: np.ndarray) -> np.ndarray:
+    """``(n,)`` True where the top probability is below the study's fitted threshold (the model
+    file's calibration; :data:`DEFAULT_UNCERTAIN_BELOW` for files written before it)."""
+    threshold = float(getattr(classifier, "calibration_", {}).get("uncertain_min_probability", DEFAULT_UNCERTAIN_BELOW))
+    return proba.max(axis=1) < threshold
+
+
+def lab_warning(classifier: CrossLabClassifier, feats: np.ndarray) -> str | None:
+    """A warning when this call's cells sit farther from every training class than any of the
+    study's development labs did (``None`` if not, or if the file holds no reference)."""
+    from bcfeat.crosslab.calibration import LabNovelty, lab_novelty_score, novelty_warning
+
+    calibration = getattr(classifier, "calibration_", {})
+    if "novelty_threshold" not in calibration:
+        return None
+    score = lab_novelty_score(classifier.discriminant_view(feats), classifier.discriminant_means_)
+    novelty = LabNovelty(np.asarray(calibration.get("reference_novelty", []), float),
+                         float(calibration["novelty_threshold"]))
+    return novelty_warning(score, novelty)
+
+
 def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike):
     """Classify every image below ``folder`` as one lab's cells: ``(table, skipped)`` with
-    ``relpath, predicted, probability`` and one ``p_<class>`` column per class."""
+    ``relpath, predicted, probability, uncertain`` and one ``p_<class>`` column per class.
+
+    ``uncertain`` marks the cells a technologist should review (top probability below the
+    threshold the study fitted on its development labs). When the folder's cells look unlike
+    every training class (farther than any development lab), a warning is logged: the lab's
+    stain, optics or framing may be outside what the model has seen."""
     model = load_model(model_path)
     if model.classifier is None:
         raise ValueError(f"{model_path} holds no classifier: train one with `bcfeat train-classifier`")
@@ -111,9 +158,13 @@ def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike):
     proba = model.classifier.predict_proba(feats)
     classes = model.classifier.classes_
     table = pd.DataFrame({"relpath": files["relpath"], "predicted": classes[proba.argmax(axis=1)],
-                          "probability": proba.max(axis=1)})
+                          "probability": proba.max(axis=1), "uncertain": uncertain_cells(model.classifier, proba)})
+    warning = lab_warning(model.classifier, feats)
+    if warning:
+        logger.warning("%s: %s", folder, warning)
     table = pd.concat([table, pd.DataFrame(proba, columns=[f"p_{c}" for c in classes])], axis=1)
     return table, skipped
 
 
-__all__ = ["extract_folder", "train_classifier", "classify_folder", "MIN_CELLS_PER_CLASS"]
+__all__ = ["extract_folder", "train_classifier", "classify_folder", "uncertain_cells", "lab_warning",
+           "MIN_CELLS_PER_CLASS", "DEFAULT_UNCERTAIN_BELOW"]

@@ -189,6 +189,8 @@ def classifier_payload(clf: CrossLabClassifier) -> dict:
         "source_statistics": clf.source_statistics_.to_dict(),
         "train_z": torch.from_numpy(clf._Z_train.astype(np.float32)),
         "train_y": [str(v) for v in clf._y_train],
+        "fallback_ratio": torch.from_numpy(np.asarray(clf.fallback_ratio_, np.float64)),
+        "calibration": dict(getattr(clf, "calibration_", {}) or {}),
     }
 
 
@@ -209,6 +211,10 @@ def classifier_from_payload(p: dict) -> CrossLabClassifier:
     clf.source_statistics_ = SiteStatistics.from_dict(p["source_statistics"])
     clf._Z_train = p["train_z"].numpy().astype(np.float64)
     clf._y_train = np.asarray(p["train_y"])
+    clf._fit_discriminant_space()
+    ratio = p.get("fallback_ratio")  # files written before CBR have none: plain statistics
+    clf.fallback_ratio_ = np.ones(clf._Z_train.shape[1]) if ratio is None else ratio.numpy().astype(np.float64)
+    clf.calibration_ = dict(p.get("calibration") or {})
     return clf
 
 

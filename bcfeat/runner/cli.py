@@ -333,6 +333,28 @@ def add_commands(sub) -> None:
                                                  "default: the path the shards recorded)")
     m.set_defaults(func=cmd_merge_shards)
 
+    b = sub.add_parser("crop-boxes", help="cut one crop per labelled white cell from smear photographs with YOLO "
+                                          "boxes (<set>/images + <set>/labels) into <output>/<class>/<image>")
+    b.add_argument("images", nargs="+", help="folders of frames, each with a sibling labels/ folder")
+    b.add_argument("--output", required=True, help="folder to write (refused if it exists); outside the checkout")
+    b.add_argument("--classes", default="neutrophil,eosinophil,basophil,lymphocyte,monocyte",
+                   help="class names of ids 0, 1, ... (default: the Chulalongkorn set's)")
+    b.add_argument("--margin", type=float_between(1.0, 6.0), default=2.2,
+                   help="crop side in box sides (default 2.2: the cell fills about a sixth of the crop)")
+    b.set_defaults(func=cmd_crop_boxes)
+
+
+def cmd_crop_boxes(args: argparse.Namespace) -> int:
+    from bcfeat.data.box_crops import crop_boxes
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if len(classes) < 2:
+        raise ValueError(f"--classes needs two or more names, got {args.classes!r}")
+    table = crop_boxes(args.images, args.output, classes, args.margin)
+    counts = table["label"].value_counts().sort_index()
+    print(f"bcfeat crop-boxes: {len(table)} crops ({', '.join(f'{k} {v}' for k, v in counts.items())}) -> {args.output}")
+    return 0
+
 
 def cmd_pack(args: argparse.Namespace) -> int:
     from bcfeat.data.pack import PackConfig, write_pack

@@ -24,7 +24,8 @@ from bcfeat.evaluation.benchmark import default_classifier, domain_matrix, matri
 from bcfeat.crosslab import evaluation as ev
 from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_crop import CropConfig
-from bcfeat.study.crosslab_figures import few_shot_figure, gallery_figure, matrix_figure, per_class_figure, umap_figure
+from bcfeat.study.crosslab_figures import (few_shot_figure, gallery_figure, matrix_figure, mix_figure,  # noqa: F401
+                                          per_class_figure, umap_figure, virtual_lab_figure)
 from bcfeat.crosslab.cell_features import GROUPS, feature_groups, feature_names, feature_set_columns
 
 LABELS = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
@@ -182,7 +183,7 @@ def setting_by_name(name: str) -> dict:
     >>> setting_by_name("logistic C=0.03 no_texture stain")["C"]
     0.03
     """
-    parts = name.split()
+    parts = name.split()[:4]  # a fifth part (the label-free statistics) is read by crosslab_validation
     if parts[0] == "forest":
         return {"name": name, "model": "forest", "C": None, "groups": parts[1], "source": parts[2]}
     return {"name": name, "model": "logistic", "C": float(parts[1].split("=")[1]), "groups": parts[2],
@@ -300,8 +301,10 @@ def comparison_table(matrix: pd.DataFrame, selection: pd.DataFrame, benchmark_su
         add(f"{OURS} ({setting})", kind, dict(zip(part["test_domain"], part["balanced_accuracy_mean"])))
     head = src[src["feature_set"] == f"{OURS} ({headline})"]
     protocol = dict(zip(selection["test_domain"], selection["balanced_accuracy"]))
-    protocol[study.SOURCE_SITE] = float(head.loc[head["test_domain"] == study.SOURCE_SITE, "balanced_accuracy_mean"].iloc[0])
-    add(f"{OURS} (setting chosen without the site's labels)", "ours, headline", protocol)
+    if study.SOURCE_SITE not in protocol:
+        protocol[study.SOURCE_SITE] = float(head.loc[head["test_domain"] == study.SOURCE_SITE,
+                                                     "balanced_accuracy_mean"].iloc[0])
+    add(f"{OURS} (setting chosen on the virtual labs)", "ours, headline", protocol)
     return pd.DataFrame(rows)
 
 
@@ -373,8 +376,9 @@ def _adaptation_variants(setting: dict) -> dict[str, dict]:
     base = {"model": "logistic", "C": setting["C"], "columns": columns_for(setting["groups"])}
     return {
         "no adaptation (source statistics for every site)": {**base, "site_standardize": False, "balance_rounds": 0},
-        "per-site standardisation (headline)": {**base, "balance_rounds": 0},
+        "per-site standardisation (plain)": {**base, "balance_rounds": 0},
         "+ class-balanced site statistics (2 rounds)": {**base, "balance_rounds": 2},
+        "+ class-balanced re-standardisation, CBR (2 rounds)": {**base, "balance_rounds": 2, "statistics": "cbr"},
         "+ EM class-prior correction": {**base, "balance_rounds": 0, "prior_correction": "em"},
         "+ self-training (2 rounds, p >= 0.9)": {**base, "balance_rounds": 0, "self_training": 2},
     }
@@ -492,7 +496,7 @@ def ablation_glue(ablation: pd.DataFrame) -> dict:
         out[f"crosslab_ablation_best_{lever}"] = str(best["variant"])
     adapt = ablation.set_index("variant")["mean_unseen"]
     out["crosslab_no_adaptation_mean"] = float(adapt["no adaptation (source statistics for every site)"])
-    out["crosslab_site_std_mean"] = float(adapt["per-site standardisation (headline)"])
+    out["crosslab_site_std_mean"] = float(adapt["per-site standardisation (plain)"])
     return out
 
 

@@ -71,3 +71,52 @@ def gallery_figure(crops: np.ndarray, samples: pd.DataFrame, predictions: pd.Dat
                 labels[f"{site}/{title}"] += "\n" + "; ".join(f"{t[:4]}>{p[:4]}" for t, p in
                                                               zip(pick["y_true"][:3], pick["y_pred"][:3]))
     return image_grid(rows, labels)
+
+
+def virtual_lab_figure(samples: pd.DataFrame, rows: np.ndarray, labs, seed: int, n_cells: int = 5):
+    """A few development cells as Acevedo-20 shows them (first column) and through each virtual lab."""
+    from bcfeat.crosslab.virtual_labs import render
+    from bcfeat.data.images import read_image
+    from bcfeat.study.figures import pyplot
+
+    plt = pyplot()
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(rows, min(n_cells, len(rows)), replace=False)
+    images = [read_image(p) for p in samples["path"].to_numpy()[pick]]
+    columns = [("Acevedo-20", None), *[(lab.name, lab) for lab in labs]]
+    fig, axes = plt.subplots(len(images), len(columns), figsize=(1.3 * len(columns), 1.3 * len(images)), squeeze=False)
+    for i, image in enumerate(images):
+        for j, (name, lab) in enumerate(columns):
+            ax = axes[i][j]
+            ax.imshow(image if lab is None else render(image, lab, np.random.default_rng(seed + i)))
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name.replace("virtual_", "v"), fontsize=7)
+        axes[i][0].set_ylabel(str(samples["label"].to_numpy()[pick[i]])[:5], fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def mix_figure(summary: pd.DataFrame, metric: str = "balanced_accuracy"):
+    """``metric`` per lab under each class mix, one panel per call size (0: all cells in one call)."""
+    from bcfeat.study.figures import pyplot
+
+    plt = pyplot()
+    sizes = list(dict.fromkeys(summary["call_size"]))
+    labs = list(dict.fromkeys(summary["lab"]))
+    mixes = list(dict.fromkeys(summary["mix"]))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.4), squeeze=False, sharey=True)
+    width = 0.8 / len(mixes)
+    for ax, size in zip(axes[0], sizes):
+        part = summary[summary["call_size"] == size].set_index(["lab", "mix"])[metric]
+        for k, mix in enumerate(mixes):
+            values = [part.get((lab, mix), np.nan) for lab in labs]
+            ax.bar(np.arange(len(labs)) + k * width, values, width, label=mix)
+        ax.set_xticks(np.arange(len(labs)) + 0.4 - width / 2, [lab[:12] for lab in labs], rotation=30, fontsize=7)
+        ax.set_title("all cells in one call" if size == 0 else f"calls of {size} cells", fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(metric.replace("_", " "))
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

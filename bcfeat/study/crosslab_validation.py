@@ -1,0 +1,467 @@
+"""Validation of the cross-lab classifier that never reads a reported lab's labels (chapter
+"Beyond the paper", ``notebooks/07_crosslab.py``).
+
+The rule, fixed before the final run:
+
+1. **Development labs are virtual.** Acevedo-20's held-out test cells (the first split) are
+   re-rendered through sampled lab shifts (:mod:`bcfeat.crosslab.virtual_labs`: stain in
+   optical-density space, white balance, focus, resolution, JPEG, noise, framing) and measured
+   again from the raw image, segmentation included. No public single-cell set of another lab
+   with a licence that allows its use was found (see the chapter).
+2. **Settings are chosen on the virtual labs only**: every candidate (mask source, feature set,
+   linear-model strength, label-free statistics) is trained on Acevedo-20's training split and
+   scored on each virtual lab under every class mix in calls of 100 cells; the candidate with
+   the best mean balanced accuracy wins. The temperature, the ``uncertain`` rule and the
+   novelty threshold are fitted on the same virtual labs.
+3. **The three real unseen sites are reported as held out**, under every class mix and call
+   size; labs outside the project are the untouched check.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bcfeat.crosslab import calibration as cal
+from bcfeat.crosslab import mixes as mx
+from bcfeat.crosslab.adaptation import CrossLabClassifier
+from bcfeat.crosslab.cell_features import feature_names, feature_set_columns
+from bcfeat.data.splits import SplitPlan
+from bcfeat.study import common as study
+
+STATISTICS = ("plain", "balanced", "cbr")
+LABELS = mx.CLASSES
+
+
+# ----------------------------------------------------------------------------- settings
+def setting_name(C: float, groups: str, source: str, statistics: str) -> str:
+    """``"logistic C=0.03 no_fine_texture stain cbr"``."""
+    return f"logistic C={float(C):g} {groups} {source} {statistics}"
+
+
+def parse_setting(name: str) -> dict:
+    """A setting name back into its parts; names without the statistics (before CBR) are plain.
+
+    >>> parse_setting("logistic C=0.03 no_texture stain cbr")["statistics"]
+    'cbr'
+    >>> parse_setting("logistic C=0.03 no_texture stain")["statistics"]
+    'plain'
+    """
+    parts = name.split()
+    if len(parts) not in (4, 5) or parts[0] != "logistic" or not parts[1].startswith("C="):
+        raise ValueError(f"not a cross-lab setting name: {name!r}")
+    statistics = parts[4] if len(parts) == 5 else "plain"
+    if statistics not in STATISTICS:
+        raise ValueError(f"unknown statistics {statistics!r} in {name!r}; valid: {STATISTICS}")
+    return {"name": name, "model": "logistic", "C": float(parts[1][2:]), "groups": parts[2], "source": parts[3],
+            "statistics": statistics}
+
+
+def classifier_for(setting: dict | str, random_state: int = 0, temperature: float = 1.0) -> CrossLabClassifier:
+    """The :class:`CrossLabClassifier` of a setting: plain per-call statistics, or two rounds of
+    class-balanced (weighted, or CBR) statistics from its own hard predictions."""
+    s = parse_setting(setting) if isinstance(setting, str) else setting
+    rounds = 0 if s["statistics"] == "plain" else 2
+    stats = "cbr" if s["statistics"] == "cbr" else "balanced"
+    return CrossLabClassifier(model="logistic", C=s["C"], balance_rounds=rounds, statistics=stats,
+                              columns=feature_set_columns(s["groups"]), random_state=random_state,
+                              temperature=temperature)
+
+
+def candidate_settings(Cs: Sequence[str | float], groups: Sequence[str], sources: Sequence[str],
+                       statistics: Sequence[str] = STATISTICS) -> list[str]:
+    """Every combination, named by :func:`setting_name`; unknown names fail before any work."""
+    for g in groups:
+        feature_set_columns(g)
+    bad = [s for s in statistics if s not in STATISTICS]
+    if bad or not Cs or not groups or not sources or not statistics:
+        raise ValueError(f"candidates need at least one C, feature set, mask source and statistics "
+                         f"(valid statistics: {STATISTICS}); got {list(Cs)}, {list(groups)}, {list(sources)}, "
+                         f"{list(statistics)}")
+    return [setting_name(float(c), g, src, st) for src in sources for g in groups for st in statistics for c in Cs]
+
+
+# ----------------------------------------------------------------------------- virtual labs
+def development_rows(samples: pd.DataFrame, plan: SplitPlan, n_cells: int, seed: int) -> np.ndarray:
+    """Rows of Acevedo-20's test split (first repetition), a class-stratified subsample of
+    ``n_cells`` (0: all): the cells the virtual labs re-render. None of them trains anything."""
+    from bcfeat.data.splits import as_test_masks
+
+    is_test = as_test_masks(plan, len(samples))[0]
+    rows = np.flatnonzero(is_test & (samples["domain"].to_numpy() == study.SOURCE_SITE))
+    if n_cells and n_cells < len(rows):
+        from sklearn.model_selection import train_test_split
+
+        rows, _ = train_test_split(rows, train_size=n_cells, stratify=samples["label"].to_numpy()[rows],
+                                   random_state=seed)
+        rows = np.sort(rows)
+    return rows
+
+
+def _image_seed(path: str, seed: int) -> int:
+    """A per-image noise seed from its name, so a chunk's result does not depend on its position."""
+    return (zlib.crc32(Path(path).name.encode()) + 1_000_003 * seed) % (2**32)
+
+
+def measure_virtual_lab(paths: Sequence[str], lab, artifacts: Path, mask_source: str, n_workers: int,
+                        seed: int, detector_file: str | Path | None = None) -> np.ndarray:
+    """Cell features ``(n, d)`` of ``paths`` re-rendered through one virtual lab, cached under
+    ``<artifacts>/cache/virtual_labs`` (key: images, lab, mask source, detector, features)."""
+    from bcfeat.crosslab.virtual_labs import render
+    from bcfeat.data.images import SkippedImages, read_image
+    from bcfeat.detection.feature_cache import cache_key, cached_arrays
+    from bcfeat.study.crosslab import _model
+
+    model = _model(detector_file, mask_source, n_workers)
+    detector = str(detector_file) if mask_source == "detector" else None
+    key = cache_key(paths, detector, {"lab": asdict(lab), "mask_source": mask_source, "seed": seed,
+                                      "crop": asdict(model.config.crop), "features": feature_names()})
+
+    def compute(chunk: list[str]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        images = [render(read_image(p), lab, np.random.default_rng(_image_seed(p, seed))) for p in chunk]
+        skipped = SkippedImages()
+        feats, kept = model.measure(images, skipped)
+        if len(kept) != len(chunk):
+            raise ValueError(f"virtual lab {lab.name}: {skipped.summary()}")
+        return {"features": feats, "seconds": np.full(len(chunk), (time.perf_counter() - start) / len(chunk))}
+
+    arrays = cached_arrays(list(paths), compute, Path(artifacts) / "cache" / "virtual_labs", key=key,
+                           chunk_size=256, progress=False, description=f"virtual lab {lab.name}")
+    return arrays["features"]
+
+
+@dataclass
+class VirtualLabs:
+    """Features of the development cells through each virtual lab and mask source."""
+
+    rows: np.ndarray                                 # (n,) rows of the samples re-rendered
+    labels: np.ndarray                               # (n,) their (Acevedo-20) labels
+    features: dict[tuple[str, str], np.ndarray]      # (lab name, mask source) -> (n, d)
+    labs: list                                       # the VirtualLab objects
+    minutes: float
+
+    def table(self) -> pd.DataFrame:
+        """One row per virtual lab: its shift parameters."""
+        rows = []
+        for lab in self.labs:
+            d = asdict(lab)
+            d["stain_scale"] = ", ".join(f"{v:.2f}" for v in d["stain_scale"])
+            d["white_balance"] = ", ".join(f"{v:.2f}" for v in d["white_balance"])
+            d["crop_offset"] = ", ".join(f"{v:.2f}" for v in d["crop_offset"])
+            rows.append(d)
+        return pd.DataFrame(rows)
+
+
+def build_virtual_labs(samples: pd.DataFrame, rows: np.ndarray, labs: Sequence, artifacts: Path,
+                       mask_sources: Sequence[str], n_workers: int, seed: int,
+                       detector_file: str | Path | None = None) -> VirtualLabs:
+    """Render and measure the development cells through every lab, with every mask source."""
+    start = time.perf_counter()
+    paths = samples["path"].to_numpy()[rows].tolist()
+    feats = {(lab.name, m): measure_virtual_lab(paths, lab, artifacts, m, n_workers, seed, detector_file)
+             for lab in labs for m in mask_sources}
+    return VirtualLabs(rows, samples["label"].to_numpy()[rows], feats, list(labs),
+                       (time.perf_counter() - start) / 60)
+
+
+# ----------------------------------------------------------------------------- selection
+def _train_rows(samples: pd.DataFrame, plan: SplitPlan) -> np.ndarray:
+    from bcfeat.data.splits import as_test_masks
+
+    is_test = as_test_masks(plan, len(samples))[0]
+    return np.flatnonzero((samples["domain"].to_numpy() == study.SOURCE_SITE) & ~is_test)
+
+
+def fit_setting(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: str, seed: int,
+                temperature: float = 1.0) -> CrossLabClassifier:
+    """A setting's classifier trained on Acevedo-20's training split (first repetition)."""
+    s = parse_setting(setting)
+    train = _train_rows(samples, plan)
+    X = measured[s["source"]].features
+    return classifier_for(s, seed, temperature).fit(X[train], samples["label"].to_numpy()[train])
+
+
+def score_on_labs(clf: CrossLabClassifier, labs: dict[str, tuple[np.ndarray, np.ndarray]],
+                  mixes: Sequence[str], call_sizes: Sequence[int], n_calls: int, seed: int) -> pd.DataFrame:
+    """Every lab ``name -> (X raw (n, d), y (n,))`` under every mix and call size, one row per call."""
+    frames = []
+    for name, (X, y) in labs.items():
+        calls = mx.score_under_mixes(y, lambda idx, X=X: clf.predict(X[idx]), {m: mx.MIXES[m] for m in mixes},
+                                     tuple(call_sizes), n_calls, seed)
+        frames.append(calls.assign(lab=name))
+    return pd.concat(frames, ignore_index=True)
+
+
+def select_on_virtual_labs(measured: dict, samples: pd.DataFrame, plan: SplitPlan, virtual: VirtualLabs,
+                           candidates: Sequence[str], seed: int, call_size: int = 100, n_calls: int = 3,
+                           mixes: Sequence[str] = ("own", "balanced", "typical", "neutrophil_heavy",
+                                                   "lymphocyte_heavy")) -> pd.DataFrame:
+    """Each candidate's mean (and worst-lab) balanced accuracy over the virtual labs and mixes, in
+    calls of ``call_size``; sorted best first. Reads no real unseen site."""
+    rows = []
+    for name in candidates:
+        start = time.perf_counter()
+        s = parse_setting(name)
+        clf = fit_setting(measured, samples, plan, name, seed)
+        labs = {lab.name: (virtual.features[(lab.name, s["source"])], virtual.labels) for lab in virtual.labs}
+        calls = score_on_labs(clf, labs, mixes, (call_size,), n_calls, seed)
+        per_lab = calls.groupby("lab")["balanced_accuracy"].mean()
+        per_mix = calls.groupby("mix")["balanced_accuracy"].mean()
+        rows.append({"setting": name, **{k: s[k] for k in ("source", "groups", "C", "statistics")},
+                     "selection_score": float(calls["balanced_accuracy"].mean()),
+                     "worst_lab": float(per_lab.min()), "worst_mix": float(per_mix.min()),
+                     "macro_f1": float(calls["macro_f1"].mean()),
+                     "diff_mae_pp": float(calls["diff_mae_pp"].mean()),
+                     "seconds": time.perf_counter() - start})
+    table = pd.DataFrame(rows).sort_values("selection_score", ascending=False, kind="stable")
+    return table.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- calibration
+@dataclass
+class Calibration:
+    """What the deployed classifier carries besides its weights, all fitted on the virtual labs."""
+
+    temperature: float
+    uncertain_min_probability: float
+    novelty_threshold: float
+    reference_novelty: list[float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _index(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    lookup = {c: i for i, c in enumerate(classes)}
+    return np.array([lookup[v] for v in y])
+
+
+def fit_calibration(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, target_catch: float = 0.5,
+                    max_review: float = 0.3) -> Calibration:
+    """Temperature (pooled negative log-likelihood), ``uncertain`` threshold and lab novelty
+    threshold, from each virtual lab's cells classified in one call."""
+    probas, truths, novelty = [], [], []
+    for lab in virtual.labs:
+        X = virtual.features[(lab.name, source)]
+        probas.append(clf.predict_proba(X))
+        truths.append(_index(virtual.labels, clf.classes_))
+        novelty.append(cal.lab_novelty_score(clf.discriminant_view(X), clf.discriminant_means_))
+    P, t = np.vstack(probas), np.concatenate(truths)
+    T = cal.fit_temperature(P, t)
+    rule = cal.choose_uncertain_rule(cal.apply_temperature(P, T), t, target_catch, max_review)
+    fitted = cal.fit_novelty(novelty)
+    return Calibration(float(T), float(rule.min_probability), float(fitted.threshold), [float(v) for v in novelty])
+
+
+def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
+                      labs: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Per lab (all its cells in one call): ECE and the confidence gap before and after the
+    temperature, the ``uncertain`` flag's review share and catch rate, the novelty score and
+    whether it warns; and the reliability tables (after the temperature)."""
+    rule = cal.UncertainRule(calibration.uncertain_min_probability)
+    novelty = cal.LabNovelty(np.asarray(calibration.reference_novelty), calibration.novelty_threshold)
+    rows, reliability = [], {}
+    for name, (X, y) in labs.items():
+        P = clf.predict_proba(X)
+        t = _index(y, clf.classes_)
+        Pt = cal.apply_temperature(P, calibration.temperature)
+        before, after = cal.calibration_summary(P, t), cal.calibration_summary(Pt, t)
+        score = cal.lab_novelty_score(clf.discriminant_view(X), clf.discriminant_means_)
+        rows.append({"lab": name, "n_cells": len(y), "accuracy": after["accuracy"],
+                     "ece_raw": before["ece"], "mean_confidence_raw": before["mean_confidence"],
+                     "ece": after["ece"], "mean_confidence": after["mean_confidence"],
+                     "confidence_gap": after["confidence_gap"],
+                     **{k: v for k, v in cal.review_table(Pt, t, rule).items() if k != "n_cells"},
+                     "novelty": score, "novelty_warning": cal.novelty_warning(score, novelty) is not None})
+        reliability[name] = cal.reliability_table(Pt, t)
+    return pd.DataFrame(rows), reliability
+
+
+# ----------------------------------------------------------------------------- the real sites
+def real_labs(measured: dict, samples: pd.DataFrame, plan: SplitPlan, source_name: str) -> dict:
+    """``name -> (X raw, y)`` for Acevedo-20's test split (in-domain) and every cell of each unseen site."""
+    from bcfeat.data.splits import as_test_masks
+
+    X = measured[source_name].features
+    domain, y = samples["domain"].to_numpy(), samples["label"].to_numpy()
+    is_test = as_test_masks(plan, len(samples))[0]
+    labs = {}
+    for site in study.SITES:
+        rows = np.flatnonzero(is_test & (domain == site)) if site == study.SOURCE_SITE else np.flatnonzero(domain == site)
+        labs[site] = (X[rows], y[rows])
+    return labs
+
+
+def mix_table(clf: CrossLabClassifier, labs: dict, n_calls: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every lab under every mix and call size: per-call rows, and their summary per (lab, mix, size)."""
+    calls = score_on_labs(clf, labs, tuple(mx.MIXES), mx.CALL_SIZES, n_calls, seed)
+    summary = mx.summarize_mixes(calls, group=("lab", "mix", "call_size"))
+    return calls, summary
+
+
+def per_shift_table(clfs: dict[str, CrossLabClassifier], shifts: VirtualLabs, source: str) -> pd.DataFrame:
+    """Balanced accuracy of each classifier on each single named shift (all cells in one call)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    rows = []
+    for lab in shifts.labs:
+        X = shifts.features[(lab.name, source)]
+        row = {"shift": lab.name}
+        for label, clf in clfs.items():
+            row[label] = float(balanced_accuracy_score(shifts.labels, clf.predict(X)))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequence[str]) -> pd.DataFrame:
+    """The issue's goals, one row per lab: balanced accuracy and macro-F1 on all cells (own mix),
+    the worst mix in calls of >= 100 cells, the differential error, ECE, and the mix cost."""
+    rows = []
+    for lab, g in summary.groupby("lab", sort=False):
+        allc = g[(g["mix"] == "own") & (g["call_size"] == 0)].iloc[0]
+        big = g[(g["call_size"] == 0) | (g["call_size"] >= 100)]
+        c100 = g[g["call_size"] == 100]
+        own100 = float(c100.loc[c100["mix"] == "own", "balanced_accuracy"].iloc[0])
+        cal_row = calibration.set_index("lab").loc[lab]
+        rows.append({"lab": lab, "unseen": lab in unseen,
+                     "balanced_accuracy_all": float(allc["balanced_accuracy"]),
+                     "macro_f1_all": float(allc["macro_f1"]),
+                     "worst_mix_balanced_accuracy": float(big["balanced_accuracy"].min()),
+                     "worst_mix_macro_f1": float(big["macro_f1"].min()),
+                     "worst_mix_cost": float(own100 - c100["balanced_accuracy"].min()),
+                     "diff_mae_pp_100": float(c100["diff_mae_pp"].mean()),
+                     "diff_worst_pp_100": float(c100["diff_worst_pp"].max()),
+                     "ece": float(cal_row["ece"]), "confidence_gap": float(cal_row["confidence_gap"])})
+    return pd.DataFrame(rows)
+
+
+__all__ = ["STATISTICS", "setting_name", "parse_setting", "classifier_for", "candidate_settings",
+           "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "fit_setting",
+           "score_on_labs", "select_on_virtual_labs", "Calibration", "fit_calibration", "calibration_table",
+           "real_labs", "mix_table", "per_shift_table", "goals_table"]
+
+
+# ----------------------------------------------------------------------------- headline, model file
+def plain_name(setting: str) -> str:
+    """The setting's features and strength with plain per-site statistics, in the 4-part naming of
+    :func:`bcfeat.study.crosslab.setting_by_name` (the domain matrix, ablations and few-shot curve).
+
+    >>> plain_name("logistic C=0.03 no_texture stain cbr")
+    'logistic C=0.03 no_texture stain'
+    """
+    s = parse_setting(setting)
+    return f"logistic C={s['C']:g} {s['groups']} {s['source']}"
+
+
+def headline_scores(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: str, seed: int,
+                    temperature: float = 1.0) -> pd.DataFrame:
+    """The chosen setting trained on Acevedo-20 (each of the benchmark's splits), tested on every
+    site's test split, each site in one call: ``test_domain, chosen, balanced_accuracy`` (mean over
+    the splits), ``balanced_accuracy_std`` and ``macro_f1``."""
+    from bcfeat.evaluation.benchmark import domain_matrix
+
+    s = parse_setting(setting)
+    scores = domain_matrix(measured[s["source"]].features, samples["label"].to_numpy(),
+                           samples["domain"].to_numpy(), plan,
+                           make_classifier=lambda rs: classifier_for(s, rs, temperature),
+                           label_space_name="coarse5", feature_set_name=setting, random_state=seed,
+                           train_domains=[study.SOURCE_SITE])
+    table = scores.groupby("test_domain", sort=False).agg(
+        balanced_accuracy=("balanced_accuracy", "mean"), balanced_accuracy_std=("balanced_accuracy", "std"),
+        macro_f1=("macro_f1", "mean") if "macro_f1" in scores else ("balanced_accuracy", "size")).reset_index()
+    table.insert(1, "chosen", setting)
+    return table
+
+
+def write_deployed_model(measured: dict, samples: pd.DataFrame, path: Path, setting: str,
+                         calibration: Calibration, n_workers: int,
+                         detector_file: str | Path | None = None) -> Path:
+    """The deployed model file: the chosen setting's classifier trained on every labelled
+    Acevedo-20 cell, with the temperature, ``uncertain`` threshold and novelty reference fitted on
+    the virtual labs (``classifier.calibration_``)."""
+    from bcfeat.crosslab.model import save_model
+    from bcfeat.study.crosslab import _model
+
+    s = parse_setting(setting)
+    source = samples["domain"].to_numpy() == study.SOURCE_SITE
+    y = samples["label"].to_numpy()
+    clf = classifier_for(s, 0, calibration.temperature).fit(measured[s["source"]].features[source], y[source])
+    clf.calibration_ = calibration.to_dict()
+    model = _model(detector_file, s["source"], n_workers)
+    model.classifier = clf
+    model.record = {"trained_on": study.SOURCE_SITE, "n_cells": int(source.sum()),
+                    "class_counts": {str(k): int(v) for k, v in pd.Series(y[source]).value_counts().items()},
+                    "setting": setting, "label_space": "coarse5",
+                    "selection": "chosen on virtual labs rendered from Acevedo-20 (notebooks/07_crosslab.py)"}
+    return save_model(Path(path), model)
+
+
+def untouched_lab(folder: str | Path, artifacts: Path, mask_source: str, n_workers: int,
+                  detector_file: str | Path | None = None):
+    """Features and labels of a labelled folder ``<folder>/<class>/<image>`` kept out of every
+    choice (``None`` when ``folder`` is empty or absent): ``(X raw (n, d), y (n,))``."""
+    from bcfeat.data.image_folders import folder_images
+    from bcfeat.study.crosslab import measure_cells
+
+    if not str(folder):
+        return None
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    files, _ = folder_images(folder, "files")
+    files = files[files["relpath"].map(lambda r: len(Path(r).parts) == 2)].reset_index(drop=True)
+    files["label"] = files["relpath"].map(lambda r: Path(r).parts[0])
+    unknown = sorted(set(files["label"]) - set(LABELS))
+    if unknown:
+        raise ValueError(f"{folder}: class folders {unknown} are not coarse5 classes {LABELS}")
+    measured = measure_cells(files.assign(domain=folder.name), artifacts, mask_source, n_workers,
+                             cache_name="untouched", detector_file=detector_file)
+    return measured.features, files["label"].to_numpy()
+
+
+def all_cells(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: str, temperature: float,
+              n_boot: int, seed: int):
+    """The chosen classifier of the first split on Acevedo-20's test split and on all cells of every
+    unseen site (each in one call), with 95 % bootstrap intervals and the per-cell predictions."""
+    from bcfeat.crosslab import evaluation as ev
+    from bcfeat.data.splits import as_test_masks
+
+    s = parse_setting(setting)
+    domain = samples["domain"].to_numpy()
+    is_test = as_test_masks(plan, len(samples))[0]
+    return ev.transfer_scores(measured[s["source"]].features, samples["label"].to_numpy(), domain,
+                              _train_rows(samples, plan), is_test & (domain == study.SOURCE_SITE),
+                              lambda: classifier_for(s, seed, temperature), study.SOURCE_SITE, n_boot, seed,
+                              return_predictions=True)
+
+
+def goals_glue(goals: pd.DataFrame, source: str, unseen: Sequence[str], untouched: str) -> dict:
+    """The chapter's numbers from :func:`goals_table`: per lab, and whether the milestone
+    (>= 0.70 on every unseen lab, no mix costing > 0.03, mean confidence within 0.10 of accuracy)
+    and the target (>= 0.80 balanced accuracy and >= 0.75 macro-F1 under every mix in calls of
+    >= 100 cells, differential error <= 3 / 5 points, ECE <= 0.05) hold on the unseen labs."""
+    g = goals.set_index("lab")
+    out = {}
+    for lab in g.index:
+        for col in ("balanced_accuracy_all", "macro_f1_all", "worst_mix_balanced_accuracy", "worst_mix_cost",
+                    "diff_mae_pp_100", "diff_worst_pp_100", "ece", "confidence_gap"):
+            out[f"crosslab_goal_{lab}_{col}"] = float(g.loc[lab, col])
+    labs = [lab for lab in [*unseen, untouched] if lab in g.index]
+    part = g.loc[labs]
+    milestone = ((part["balanced_accuracy_all"] >= 0.70).all() and (part["worst_mix_cost"] <= 0.03).all()
+                 and (part["confidence_gap"].abs() <= 0.10).all())
+    target = ((part["worst_mix_balanced_accuracy"] >= 0.80).all() and (part["worst_mix_macro_f1"] >= 0.75).all()
+              and (part["diff_mae_pp_100"] <= 3).all() and (part["diff_worst_pp_100"] <= 5).all()
+              and (part["ece"] <= 0.05).all() and g.loc[source, "worst_mix_balanced_accuracy"] >= 0.97)
+    out["crosslab_goal_milestone"] = "met" if milestone else "not met"
+    out["crosslab_goal_target"] = "met" if target else "not met"
+    out["crosslab_goal_labs"] = ", ".join(labs)
+    out["crosslab_untouched_present"] = "yes" if untouched in g.index else "no (folder absent on this machine)"
+    return out

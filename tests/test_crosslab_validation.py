@@ -1,0 +1,207 @@
+"""The cross-lab validation: CBR statistics, setting names, selection on virtual labs only,
+calibration carried in the model file, the `uncertain` column and the lab warning, box crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import balanced_accuracy_score as bas
+
+from bcfeat.crosslab.adaptation import CrossLabClassifier, class_conditional_statistics, site_statistics
+from bcfeat.study import crosslab_validation as cv
+
+
+def _three_class_lab(rng, counts, scale=1.0, shift=0.0, d=6):
+    y = np.repeat([0, 1, 2], counts)
+    centres = np.array([[0.0] * d, [3.0] * d, [0.0, 3.0] * (d // 2)])
+    X = (centres[y] + rng.normal(size=(len(y), d))) * scale + shift
+    return X, y
+
+
+def test_cbr_statistics_do_not_move_with_the_class_mix():
+    rng = np.random.default_rng(0)
+    Xa, ya = _three_class_lab(rng, [300, 300, 300])
+    Xb, yb = _three_class_lab(rng, [810, 60, 30])  # 90 % one class
+    a, b = class_conditional_statistics(Xa, ya), class_conditional_statistics(Xb, yb)
+    np.testing.assert_allclose(a.centre, b.centre, atol=0.25)
+    np.testing.assert_allclose(a.scale, b.scale, atol=0.15)
+    # the plain statistics do move: the centre goes to the majority class
+    assert np.abs(site_statistics(Xa).centre - site_statistics(Xb).centre).max() > 0.8
+    # the within-class spread is ~1 whatever the separation of the classes
+    np.testing.assert_allclose(b.scale, 1.0, atol=0.15)
+
+
+def test_cbr_falls_back_to_plain_statistics_on_a_small_call():
+    rng = np.random.default_rng(1)
+    X, y = _three_class_lab(rng, [10, 10, 5])
+    s = class_conditional_statistics(X, y, fallback_ratio=np.full(6, 0.5))
+    np.testing.assert_allclose(s.centre, site_statistics(X).centre)
+    np.testing.assert_allclose(s.scale, 0.5 * site_statistics(X).scale)
+
+
+def test_cbr_classifier_holds_a_skewed_lab_better_than_plain_statistics():
+    rng = np.random.default_rng(2)
+    Xs, ys = _three_class_lab(rng, [300, 300, 300])
+    Xt, yt = _three_class_lab(rng, [720, 60, 20], scale=2.5, shift=4.0)
+    plain = CrossLabClassifier(balance_rounds=0).fit(Xs, ys)
+    cbr = CrossLabClassifier(balance_rounds=2, statistics="cbr").fit(Xs, ys)
+    assert bas(yt, cbr.predict(Xt)) > bas(yt, plain.predict(Xt)) + 0.05
+    assert bas(yt, cbr.predict(Xt)) > 0.85
+    assert cbr.class_means_.shape == (3, 6)
+    assert cbr.transform(Xt).shape == (800, 6)
+    with pytest.raises(ValueError, match="statistics"):
+        CrossLabClassifier(statistics="median").fit(Xs, ys)
+    with pytest.raises(ValueError, match="temperature"):
+        CrossLabClassifier(temperature=0).fit(Xs, ys)
+
+
+def test_temperature_softens_without_changing_the_prediction():
+    rng = np.random.default_rng(3)
+    Xs, ys = _three_class_lab(rng, [100, 100, 100])
+    sharp = CrossLabClassifier().fit(Xs, ys)
+    soft = CrossLabClassifier(temperature=3.0).fit(Xs, ys)
+    p, q = sharp.predict_proba(Xs), soft.predict_proba(Xs)
+    assert (p.argmax(1) == q.argmax(1)).all()
+    assert q.max(1).mean() < p.max(1).mean() - 0.05
+    np.testing.assert_allclose(q.sum(1), 1.0)
+
+
+def test_setting_names_round_trip_and_unknown_parts_fail():
+    name = cv.setting_name(0.03, "no_texture", "stain", "cbr")
+    assert cv.parse_setting(name) == {"name": name, "model": "logistic", "C": 0.03, "groups": "no_texture",
+                                      "source": "stain", "statistics": "cbr"}
+    assert cv.plain_name(name) == "logistic C=0.03 no_texture stain"
+    assert len(cv.candidate_settings([0.01, 0.1], ["all"], ["stain"])) == 6
+    with pytest.raises(ValueError):
+        cv.candidate_settings([0.1], ["no_colours"], ["stain"])
+    with pytest.raises(ValueError, match="statistics"):
+        cv.parse_setting("logistic C=0.1 all stain median")
+    assert cv.classifier_for(name).statistics == "cbr" and cv.classifier_for(name).balance_rounds == 2
+    assert cv.classifier_for(cv.plain_name(name)).balance_rounds == 0
+
+
+class _Measured:
+    def __init__(self, features):
+        self.features = features
+
+
+def _study(rng, n_features):
+    """A source site (train + test split) and virtual labs where only some features survive."""
+    from bcfeat.data.splits import make_splits
+
+    from bcfeat.crosslab.cell_features import feature_names
+    d = len(feature_names())
+    y = np.repeat(["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"], 60)
+    codes = pd.factorize(y, sort=True)[0]
+    X = rng.normal(size=(len(y), d))
+    X[:, :n_features] += 3.0 * (codes[:, None] == np.arange(n_features)[None, :] % 5)
+    samples = pd.DataFrame({"domain": "pbc_acevedo20", "label": y, "path": [f"c{i}.png" for i in range(len(y))]})
+    plan = make_splits(y, samples["domain"].to_numpy(), n_repetitions=1, test_size=0.2, random_state=0)
+    return samples, plan, X, y
+
+
+def test_selection_reads_only_the_virtual_labs_and_ranks_the_better_setting_first():
+    from bcfeat.crosslab.virtual_labs import VirtualLab
+
+    rng = np.random.default_rng(4)
+    samples, plan, X, y = _study(rng, 10)
+    rows = cv.development_rows(samples, plan, 0, 0)
+    assert set(samples["domain"].to_numpy()[rows]) == {"pbc_acevedo20"} and len(rows) == 60
+    labs = [VirtualLab("v0"), VirtualLab("v1")]
+    features = {}
+    for k, lab in enumerate(labs):
+        Xv = X[rows] * (1.5 + k) + 2.0
+        Xv[:, 10:] = rng.normal(size=(len(rows), Xv.shape[1] - 10)) * 5  # the rest carries nothing there
+        features[(lab.name, "stain")] = Xv
+    virtual = cv.VirtualLabs(rows, y[rows], features, labs, 0.0)
+    measured = {"stain": _Measured(X)}
+    table = cv.select_on_virtual_labs(measured, samples, plan, virtual,
+                                      cv.candidate_settings([0.001, 1.0], ["all"], ["stain"], ["plain"]), 0,
+                                      call_size=40, n_calls=2, mixes=("own", "typical"))
+    assert list(table.columns[:6]) == ["setting", "source", "groups", "C", "statistics", "selection_score"]
+    assert table["selection_score"].is_monotonic_decreasing
+    # the strongly regularised model ignores the noise features' spread less badly
+    assert table["setting"].iloc[0] == "logistic C=0.001 all stain plain"
+    clf = cv.fit_setting(measured, samples, plan, table["setting"].iloc[0], 0)
+    calibration = cv.fit_calibration(clf, virtual, "stain", target_catch=0.5, max_review=0.5)
+    assert 0.05 <= calibration.temperature <= 20
+    assert len(calibration.reference_novelty) == 2
+    assert calibration.novelty_threshold >= max(calibration.reference_novelty)
+
+
+def test_deployed_model_file_carries_calibration_and_classify_flags_uncertain_cells(tmp_path):
+    from bcfeat.crosslab.folders import DEFAULT_UNCERTAIN_BELOW, lab_warning, uncertain_cells
+    from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, load_model, save_model
+
+    rng = np.random.default_rng(5)
+    samples, plan, X, y = _study(rng, 10)
+    clf = cv.classifier_for("logistic C=0.1 all stain cbr", 0, temperature=2.0).fit(X, y)
+    clf.calibration_ = cv.Calibration(2.0, 0.6, 1.2, [0.8, 0.9]).to_dict()
+    path = save_model(tmp_path / "m.pt", CrossLabModel(ExtractorConfig(mask_source="stain"), None, clf))
+    loaded = load_model(path).classifier
+    assert loaded.calibration_["uncertain_min_probability"] == 0.6
+    assert loaded.statistics == "cbr" and loaded.temperature == 2.0
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), rtol=1e-6)
+    np.testing.assert_allclose(loaded.class_means_, clf.class_means_, atol=1e-5)
+    P = loaded.predict_proba(X)
+    np.testing.assert_array_equal(uncertain_cells(loaded, P), P.max(1) < 0.6)
+    # a familiar lab gets no warning; a lab whose class signal sits in other features does
+    from bcfeat.crosslab.calibration import lab_novelty_score
+
+    familiar = lab_novelty_score(loaded.discriminant_view(X), loaded.discriminant_means_)
+    loaded.calibration_ = {**loaded.calibration_, "reference_novelty": [familiar], "novelty_threshold": 1.5 * familiar}
+    assert lab_warning(loaded, X * 3 + 1) is None
+    moved = X[:, np.r_[np.arange(10, 20), np.arange(0, 10), np.arange(20, X.shape[1])]]
+    assert lab_novelty_score(loaded.discriminant_view(moved), loaded.discriminant_means_) > 1.6 * familiar
+    assert "above the warning threshold" in lab_warning(loaded, moved)
+    loaded.calibration_ = {}
+    np.testing.assert_array_equal(uncertain_cells(loaded, P), P.max(1) < DEFAULT_UNCERTAIN_BELOW)
+    assert lab_warning(loaded, X) is None
+
+
+def test_box_crops_cut_one_square_per_labelled_cell(tmp_path):
+    from bcfeat.data.box_crops import crop_boxes, parse_yolo_labels
+
+    frames, labels = tmp_path / "set" / "images", tmp_path / "set" / "labels"
+    frames.mkdir(parents=True), labels.mkdir(parents=True)
+    img = np.full((100, 160, 3), 230, np.uint8)
+    img[40:60, 70:90] = (90, 40, 130)  # a cell at (80, 50), 20 px
+    Image.fromarray(img).save(frames / "a.jpg", quality=95)
+    (labels / "a.txt").write_text("3 0.5 0.5 0.125 0.2\n0 0.05 0.1 0.05 0.1\n")
+    Image.fromarray(img).save(frames / "nolabel.jpg")
+    table = crop_boxes([frames], tmp_path / "out", ("neutrophil", "eosinophil", "basophil", "lymphocyte"), 2.0)
+    assert list(table["relpath"]) == ["lymphocyte/a_0.png", "neutrophil/a_1.png"]
+    crop = np.asarray(Image.open(tmp_path / "out" / "lymphocyte" / "a_0.png"))
+    assert crop.shape == (40, 40, 3)
+    assert crop[20, 20].tolist() != [230, 230, 230] and crop[2, 2].min() > 200  # the cell centred, background around
+    edge = np.asarray(Image.open(tmp_path / "out" / "neutrophil" / "a_1.png"))
+    assert edge.shape == (20, 20, 3)  # moved inside the frame at the corner
+    assert (tmp_path / "out" / "crops.csv").exists()
+    with pytest.raises(FileExistsError):
+        crop_boxes([frames], tmp_path / "out")
+    with pytest.raises(ValueError, match="line 1"):
+        parse_yolo_labels("3 0.5 0.5 0\n", "x.txt")
+    with pytest.raises(ValueError, match="outside the frame"):
+        parse_yolo_labels("3 1.5 0.5 0.1 0.1\n", "x.txt")
+
+
+def test_crop_boxes_command_writes_class_folders_and_refuses_an_existing_output(tmp_path, capsys):
+    from bcfeat.runner.cli import main
+
+    frames, labels = tmp_path / "set" / "images", tmp_path / "set" / "labels"
+    frames.mkdir(parents=True), labels.mkdir(parents=True)
+    Image.fromarray(np.full((60, 80, 3), 200, np.uint8)).save(frames / "f.png")
+    (labels / "f.txt").write_text("1 0.5 0.5 0.2 0.2\n")
+    out = tmp_path / "cells"
+    assert main(["crop-boxes", str(frames), "--output", str(out)]) == 0
+    assert (out / "eosinophil" / "f_0.png").exists()
+    assert "1 crops (eosinophil 1)" in capsys.readouterr().out
+    assert main(["crop-boxes", str(frames), "--output", str(out)]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses the value before any work
+        main(["crop-boxes", str(frames), "--output", str(tmp_path / "x"), "--margin", "9"])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,266 @@
+"""Virtual labs (bcfeat.crosslab.virtual_labs): simulated stain, camera and framing shifts of raw cell images."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bcfeat.crosslab.virtual_labs import (MIN_SIDE, VirtualLab, named_shifts, render, render_many,
+                                          sample_labs)
+
+BACKGROUND = (246, 244, 247)
+CELL = (120, 60, 160)   # purple white cell
+RBC = (225, 150, 170)   # pink red cells
+SIZE = 120
+CELL_RADIUS = 18
+
+
+def _disk(shape, centre, radius):
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 < radius ** 2
+
+
+def _smear(size=SIZE):
+    """Near-white background, a purple disc in the centre, pink discs near the corners."""
+    img = np.empty((size, size, 3), np.uint8)
+    img[:] = BACKGROUND
+    for centre in ((14, 14), (14, size - 15), (size - 15, 14), (size - 15, size - 15)):
+        img[_disk(img.shape[:2], centre, 10)] = RBC
+    img[_disk(img.shape[:2], (size // 2, size // 2), CELL_RADIUS)] = CELL
+    return img
+
+
+def _purple(img):
+    """Mask of the (possibly shifted) white cell: blue well above green."""
+    x = img.astype(int)
+    return (x[..., 2] - x[..., 1] > 50) & (x[..., 0] < 180)
+
+
+def _pink(img):
+    x = img.astype(int)
+    return (x[..., 0] > 200) & (x[..., 1] < 190)
+
+
+def _centroid(mask):
+    yy, xx = np.nonzero(mask)
+    return yy.mean(), xx.mean()
+
+
+def _od(pixels):
+    return -np.log10((pixels.astype(float) + 1.0) / 256.0)
+
+
+@pytest.fixture(scope="module")
+def smear():
+    return _smear()
+
+
+def test_identity_is_bit_identical(smear):
+    out = render(smear, VirtualLab("identity"))
+    assert out.dtype == np.uint8 and out.shape == smear.shape
+    assert np.array_equal(out, smear)
+    assert out is not smear
+    # Ints or lists for the defaults are the identity too.
+    assert np.array_equal(render(smear, VirtualLab("same", stain_scale=[1, 1, 1], crop_offset=(0, 0))), smear)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("name", ""),
+    ("stain_scale", (1.0, 1.0)),
+    ("stain_scale", (1.0, 0.0, 1.0)),
+    ("stain_mix", 0.5),
+    ("white_balance", (1.0, 1.0, 2.5)),
+    ("gamma", 0.1),
+    ("blur_sigma", -1.0),
+    ("scale", 1.5),
+    ("scale", float("nan")),
+    ("jpeg_quality", 101),
+    ("jpeg_quality", 50.5),
+    ("noise_sigma", -0.1),
+    ("crop_fraction", 0.3),
+    ("crop_fraction", 1.6),
+    ("crop_offset", (0.0, 0.7)),
+    ("crop_offset", (0.0,)),
+])
+def test_validation_names_the_field(field, value):
+    kwargs = {"name": "x", field: value}
+    with pytest.raises(ValueError, match=rf"VirtualLab\.{field}"):
+        VirtualLab(**kwargs)
+
+
+def test_bad_images_are_rejected():
+    with pytest.raises(ValueError, match="uint8"):
+        render(np.zeros((32, 32, 3), np.float32), VirtualLab("x"))
+    with pytest.raises(ValueError, match="uint8"):
+        render(np.zeros((32, 32), np.uint8), VirtualLab("x"))
+    with pytest.raises(ValueError, match=">= 16"):
+        render(np.zeros((10, 32, 3), np.uint8), VirtualLab("x"))
+
+
+def test_tight_crop_is_smaller_and_centred_on_the_cell(smear):
+    out = render(smear, VirtualLab("tight", crop_fraction=0.5))
+    assert out.shape == (60, 60, 3)
+    assert np.array_equal(out, smear[30:90, 30:90])
+    cy, cx = _centroid(_purple(out))
+    assert abs(cy - 30) < 0.5 and abs(cx - 30) < 0.5   # the disc's centre, pixel 60, is pixel 30 of [30:90]
+    assert not _pink(out).any()          # the red cells at the corners are cut away
+    assert _purple(out).mean() > 2 * _purple(smear).mean()
+
+
+def test_offset_moves_the_window(smear):
+    out = render(smear, VirtualLab("off", crop_fraction=0.5, crop_offset=(0.1, -0.1)))
+    assert out.shape == (60, 60, 3)
+    cy, cx = _centroid(_purple(out))
+    # Window moved down by 6 px and left by 6 px: the cell appears 6 px higher and 6 px to the right.
+    assert abs(cy - (30 - 6)) < 0.5 and abs(cx - (30 + 6)) < 0.5
+
+
+def test_pad_keeps_the_image_and_fills_with_near_white(smear):
+    out = render(smear, VirtualLab("loose", crop_fraction=1.5))
+    assert out.shape == (180, 180, 3)
+    assert np.array_equal(out[30:150, 30:150], smear)
+    border = np.concatenate([out[:30].reshape(-1, 3), out[150:].reshape(-1, 3), out[:, :30].reshape(-1, 3)])
+    assert np.abs(border.astype(int) - np.array(BACKGROUND)).max() <= 1
+    # The cell is now a smaller part of the crop.
+    assert _purple(out).mean() < 0.5 * _purple(smear).mean()
+
+
+def test_stronger_stain_darkens_the_cell_not_the_background(smear):
+    out = render(smear, VirtualLab("strong", stain_scale=(1.4, 1.3, 1.2)))
+    assert out.shape == smear.shape
+    cell = _disk(smear.shape[:2], (SIZE // 2, SIZE // 2), CELL_RADIUS - 2)
+    od_before, od_after = _od(smear[cell]).mean(axis=0), _od(out[cell]).mean(axis=0)
+    assert np.all(od_after > od_before + 0.03)
+    np.testing.assert_allclose(od_after / od_before, (1.4, 1.3, 1.2), rtol=0.03)
+    bg = np.abs(out[60, 2].astype(int) - np.array(BACKGROUND))
+    assert bg.max() <= 4 and out[60, 2].min() >= 240
+    weak = render(smear, VirtualLab("weak", stain_scale=(0.7, 0.7, 0.7)))
+    assert np.all(_od(weak[cell]).mean(axis=0) < od_before - 0.04)
+
+
+def test_stain_mix_moves_density_between_channels(smear):
+    out = render(smear, VirtualLab("hue", stain_mix=0.2))
+    cell = _disk(smear.shape[:2], (SIZE // 2, SIZE // 2), CELL_RADIUS - 2)
+    before, after = _od(smear[cell]).mean(axis=0), _od(out[cell]).mean(axis=0)
+    expected = 0.8 * before + 0.2 * np.roll(before, 1)   # R -> G -> B -> R
+    np.testing.assert_allclose(after, expected, atol=0.01)
+    assert after.sum() == pytest.approx(before.sum(), abs=0.02)
+    assert np.abs(after - before).max() > 0.05
+
+
+def test_yellow_white_balance_lowers_blue_of_the_background(smear):
+    out = render(smear, VirtualLab("yellow", white_balance=(1.0, 0.96, 0.78)))
+    bg_before, bg_after = smear[60, 2].astype(int), out[60, 2].astype(int)
+    assert bg_after[2] == pytest.approx(0.78 * bg_before[2], abs=1)
+    assert bg_after[0] == bg_before[0]
+    assert bg_after[2] < bg_after[1] < bg_after[0]
+
+
+def test_gamma_darkens_mid_tones(smear):
+    out = render(smear, VirtualLab("g", gamma=1.25))
+    assert out[60, 60].astype(int).sum() < smear[60, 60].astype(int).sum() - 30
+
+
+def test_blur_softens_edges(smear):
+    out = render(smear, VirtualLab("defocus", blur_sigma=1.5))
+    assert out.shape == smear.shape
+    def edge(img):
+        return np.abs(np.diff(img.astype(int), axis=1)).max()
+    assert edge(out) < 0.6 * edge(smear)
+
+
+def test_scale_halves_the_size_and_clamps(smear):
+    out = render(smear, VirtualLab("half", scale=0.5))
+    assert out.shape == (60, 60, 3)
+    cy, cx = _centroid(_purple(out))
+    assert abs(cy - 29.5) < 1 and abs(cx - 29.5) < 1
+    tiny = render(_smear(40), VirtualLab("tiny", scale=0.3, crop_fraction=0.45))
+    assert tiny.shape == (MIN_SIDE, MIN_SIDE, 3)
+    assert render(smear, VirtualLab("up", scale=1.2)).shape == (144, 144, 3)
+
+
+def test_noise_is_deterministic_in_the_rng(smear):
+    lab = VirtualLab("noise", noise_sigma=3.0)
+    a = render(smear, lab, np.random.default_rng(5))
+    b = render(smear, lab, np.random.default_rng(5))
+    c = render(smear, lab, np.random.default_rng(6))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert np.array_equal(render(smear, lab), render(smear, lab))  # rng=None is reproducible
+    diff = a.astype(float) - smear
+    assert 2.0 < diff[20:100, 40:80].std() < 4.0
+
+
+def test_jpeg_changes_pixels_but_keeps_shape(smear):
+    out = render(smear, VirtualLab("jpeg", jpeg_quality=40))
+    assert out.shape == smear.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, smear)
+    assert np.abs(out.astype(int) - smear).mean() < 10
+
+
+def test_sample_labs_is_deterministic_and_in_range():
+    labs = sample_labs(40, seed=3)
+    assert labs == sample_labs(40, seed=3)
+    assert labs != sample_labs(40, seed=4)
+    assert sample_labs(5, seed=3) == labs[:5]
+    assert [lab.name for lab in labs[:3]] == ["virtual_00", "virtual_01", "virtual_02"]
+    assert len({lab.name for lab in labs}) == 40
+    for lab in labs:
+        assert all(0.6 <= v <= 1.5 for v in lab.stain_scale)
+        assert -0.15 <= lab.stain_mix <= 0.15
+        assert all(0.8 <= v <= 1.05 for v in lab.white_balance)
+        assert 0.8 <= lab.gamma <= 1.25
+        assert 0.0 <= lab.blur_sigma <= 1.5
+        assert 0.35 <= lab.scale <= 1.0
+        assert lab.jpeg_quality == 0 or 50 <= lab.jpeg_quality <= 95
+        assert 0.0 <= lab.noise_sigma <= 4.0
+        assert 0.45 <= lab.crop_fraction <= 1.3
+        assert all(-0.08 <= v <= 0.08 for v in lab.crop_offset)
+    # The draws vary: some compressed, some not, some yellowish lamps, tight and loose crops.
+    assert any(lab.jpeg_quality == 0 for lab in labs) and any(lab.jpeg_quality for lab in labs)
+    assert any(lab.white_balance[2] < 0.9 and lab.white_balance[0] >= 0.97 for lab in labs)
+    assert min(lab.crop_fraction for lab in labs) < 0.7 and max(lab.crop_fraction for lab in labs) > 1.0
+    assert sample_labs(0, seed=1) == []
+    with pytest.raises(ValueError):
+        sample_labs(-1, seed=1)
+
+
+def test_sampled_labs_render(smear):
+    for i, lab in enumerate(sample_labs(6, seed=11)):
+        out = render(smear, lab, np.random.default_rng(i))
+        assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+        assert min(out.shape[:2]) >= MIN_SIDE
+        expected = max(MIN_SIDE, round(max(MIN_SIDE, round(SIZE * lab.crop_fraction)) * lab.scale))
+        assert out.shape[:2] == (expected, expected)
+
+
+def test_named_shifts_each_change_one_thing(smear):
+    shifts = named_shifts()
+    for name in ("stain_strong", "stain_weak", "stain_hue", "yellow_background", "defocus",
+                 "low_resolution", "jpeg_q40", "tight_crop", "loose_crop", "off_centre", "noise"):
+        assert name in shifts
+    identity = VirtualLab("identity")
+    for name, lab in shifts.items():
+        assert lab.name == name
+        changed = [f.name for f in dataclasses.fields(VirtualLab)
+                   if f.name != "name" and getattr(lab, f.name) != getattr(identity, f.name)]
+        assert len(changed) == 1, (name, changed)
+        out = render(smear, lab, np.random.default_rng(0))
+        assert out.shape != smear.shape or not np.array_equal(out, smear), name
+    assert shifts["yellow_background"].white_balance == (1.0, 0.96, 0.78)
+    assert shifts["off_centre"].crop_offset == (0.08, 0.08)
+
+
+def test_render_many_is_order_independent(smear):
+    images = [smear, _smear(100), smear[10:110, 5:115].copy()]
+    lab = VirtualLab("mixed", noise_sigma=2.0, scale=0.8, stain_scale=(1.2, 1.1, 1.0))
+    forward = render_many(images, lab, seed=7)
+    assert len(forward) == 3
+    for i, img in enumerate(images):
+        assert np.array_equal(forward[i], render(img, lab, np.random.default_rng([7, i])))
+    # The same image at another index gets other noise; a generator works as input too.
+    assert not np.array_equal(forward[0], render_many([images[1], images[0]], lab, seed=7)[1])
+    assert all(np.array_equal(a, b) for a, b in zip(forward, render_many(iter(images), lab, seed=7)))
+    assert not np.array_equal(forward[0], render_many(images, lab, seed=8)[0])
