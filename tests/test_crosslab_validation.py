@@ -3,6 +3,7 @@ calibration carried in the model file, the `uncertain` column and the lab warnin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +206,30 @@ def test_crop_boxes_command_writes_class_folders_and_refuses_an_existing_output(
         main(["crop-boxes", str(frames), "--output", str(tmp_path / "x"), "--margin", "9"])
     assert exit_info.value.code == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_train_classifier_checks_its_output_before_measuring_anything(tmp_path, monkeypatch):
+    from bcfeat.crosslab import folders
+    from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, save_model
+    from bcfeat.runner.cli import main
+
+    model = save_model(tmp_path / "model.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
+    measured = []
+    monkeypatch.setattr(folders, "_measure_folder", lambda *a, **k: measured.append(a) or (_ for _ in ()).throw(
+        AssertionError("measured before the output was checked")))
+    (tmp_path / "lab" / "a").mkdir(parents=True)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        for output in (tmp_path / "model.csv", tmp_path / "lab", locked / "m.pt"):
+            if output.parent == locked and os.access(locked, os.W_OK):  # root writes anywhere: not testable
+                continue
+            assert main(["train-classifier", str(model), str(tmp_path / "lab"), "--output", str(output)]) == 2
+    finally:
+        locked.chmod(0o700)
+    assert measured == []
+    (tmp_path / "lab" / "file").write_text("x")
+    assert main(["train-classifier", str(model), str(tmp_path / "lab"),
+                 "--output", str(tmp_path / "lab" / "file" / "m.pt")]) == 2
+    assert measured == []

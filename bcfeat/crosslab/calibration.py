@@ -186,13 +186,9 @@ def expected_calibration_error(proba: np.ndarray, y_true_idx: np.ndarray, n_bins
     >>> round(expected_calibration_error(p, y, n_bins=10), 6)  # 2/4 * 0.35 + 1/4 * 0.35 + 1/4 * 0.25
     0.325
     """
-    p, y = _proba_and_labels(proba, y_true_idx)
-    n_bins = _check_n_bins(n_bins)
-    confidence = p.max(axis=1)
-    correct = p.argmax(axis=1) == y
-    _, counts, conf_mean, acc_mean = _bin_stats(confidence, correct, n_bins)
-    used = counts > 0
-    return float(np.sum(counts[used] / len(y) * np.abs(acc_mean[used] - conf_mean[used])))
+    table = reliability_table(proba, y_true_idx, n_bins)
+    used = table[table["n"] > 0]
+    return float(np.sum(used["n"] / table["n"].sum() * np.abs(used["accuracy"] - used["confidence"])))
 
 
 def reliability_table(proba: np.ndarray, y_true_idx: np.ndarray, n_bins: int = 10) -> pd.DataFrame:

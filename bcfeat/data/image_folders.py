@@ -11,6 +11,25 @@ import pandas as pd
 
 
 
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` below ``folder`` as text that can always be printed and written (a name that is
+    not UTF-8 shows its undecodable bytes as ``\\xNN``)."""
+    rel = str(path.relative_to(folder))
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _name_problem(name: str, kind: str) -> str | None:
+    """Why a file or folder name is left out, or None: hidden (``.ipynb_checkpoints``, ``.DS_Store``)
+    or not valid UTF-8 (it could be neither a class name nor a row of a table)."""
+    if name.startswith("."):
+        return f"hidden {kind} (names beginning with '.' are skipped)"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{kind} name is not valid UTF-8"
+    return None
+
+
 def folder_images(folder: str | os.PathLike, layout: str = "files") -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """The images of a folder, and every file below it that is not taken, with the reason.
 
@@ -19,9 +38,10 @@ def folder_images(folder: str | os.PathLike, layout: str = "files") -> tuple[pd.
     table : pd.DataFrame
         ``[path, relpath, label]`` (label empty for layout ``files``).
     dropped : list of (str, str)
-        ``(relpath, reason)`` of each file left out: another file type (a GIF, a text
-        file), a broken or looping link, an unlistable folder; for a dataset layout, what
-        the scanner excluded as unreadable.
+        ``(relpath, reason)`` of each file or folder left out: another file type (a GIF, a
+        text file), a broken or looping link, a folder reached twice through links, a hidden
+        file or folder, a name that is not UTF-8, an unlistable folder; for a dataset layout,
+        what the scanner excluded as unreadable. Links to files and folders are followed.
     """
     from bcfeat.data.images import IMAGE_SUFFIXES
     from bcfeat.data.registry import scan_folder
@@ -36,12 +56,31 @@ def folder_images(folder: str | os.PathLike, layout: str = "files") -> tuple[pd.
         def unlistable(error: OSError) -> None:
             dropped.append((str(error.filename), f"cannot list folder: {error.strerror or error}"))
 
-        for dirpath, dirnames, filenames in os.walk(folder, onerror=unlistable):
-            dirnames.sort()
+        # Links are followed (a lab may link class folders in from elsewhere); a folder reached a
+        # second time, through a loop or a second link, is named once and not listed again.
+        seen = {os.path.realpath(folder)}
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=unlistable, followlinks=True):
+            base = Path(dirpath)
+            kept = []
+            for name in sorted(dirnames):
+                rel = _relative(base / name, folder)
+                reason = _name_problem(name, "folder")
+                real = os.path.realpath(base / name)
+                if reason is None and real in seen:
+                    reason = "folder already listed (a link loop or a second link to it)"
+                if reason is not None:
+                    dropped.append((rel, reason))
+                    continue
+                seen.add(real)
+                kept.append(name)
+            dirnames[:] = kept
             for name in sorted(filenames):
-                path = Path(dirpath) / name
-                rel = str(path.relative_to(folder))
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                path = base / name
+                rel = _relative(path, folder)
+                reason = _name_problem(name, "file")
+                if reason is not None:
+                    dropped.append((rel, reason))
+                elif path.suffix.lower() not in IMAGE_SUFFIXES:
                     dropped.append((rel, f"not an image type bcfeat reads ({path.suffix or 'no extension'}; "
                                          f"reads {', '.join(sorted(IMAGE_SUFFIXES))})"))
                 elif not path.is_file():  # a broken or looping link

@@ -98,8 +98,11 @@ def _cmd_splits(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_output_path(output: str | os.PathLike) -> Path:
-    """The ``--output`` of ``bcfeat extract``, checked before any work (format, folder, writability).
+def check_output_path(output: str | os.PathLike, formats: Sequence[str] = TABLE_FORMATS,
+                      example: str = "features") -> Path:
+    """An ``--output`` checked before any work (format, folder, writability): the table of
+    ``bcfeat extract`` and ``classify``, or (``formats=(".pt",)``) the model file of
+    ``train-classifier``.
 
     Raises
     ------
@@ -108,11 +111,11 @@ def check_output_path(output: str | os.PathLike) -> Path:
     """
     out = Path(output)
     fmt = out.suffix.lower()
-    if fmt not in TABLE_FORMATS:
-        raise ValueError(f"--output {out}: unknown table format {out.suffix or '(no extension)'!r}; "
-                         f"use one of {', '.join(TABLE_FORMATS)}")
+    if fmt not in formats:
+        raise ValueError(f"--output {out}: unknown {'table' if formats == TABLE_FORMATS else 'file'} format "
+                         f"{out.suffix or '(no extension)'!r}; use one of {', '.join(formats)}")
     if out.is_dir():
-        raise ValueError(f"--output {out} is a folder; give a file name such as {out / ('features' + out.suffix)}")
+        raise ValueError(f"--output {out} is a folder; give a file name such as {out / (example + out.suffix)}")
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -160,9 +163,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 def _cmd_train_classifier(args: argparse.Namespace) -> int:
     from bcfeat.crosslab.folders import train_classifier
 
-    out = Path(args.output)
-    if out.is_dir():
-        raise ValueError(f"--output {out} is a folder; give a file name such as {out / 'classifier.pt'}")
+    out = check_output_path(args.output, (".pt",), "classifier")  # before the (long) measuring
     path, counts, skipped = train_classifier(args.model, args.labelled, out, C=args.C, groups=args.groups)
     print(f"bcfeat train-classifier: {int(counts.sum())} cells of {len(counts)} classes "
           f"({', '.join(f'{k} {v}' for k, v in counts.items())}) -> {path}; {len(skipped)} file(s) skipped"
