@@ -26,6 +26,43 @@ from pathlib import Path
 from typing import Any
 
 TABLE_FORMATS = (".csv", ".parquet")
+# A CSV cell beginning with one of these is a formula to a spreadsheet (=HYPERLINK(...), +cmd|...):
+# such text cells are written with a leading apostrophe, which spreadsheets show as plain text.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _give_user_mode(path: str | os.PathLike, folder: bool = False) -> None:
+    """A temporary file (0600) or folder (0700) gets the mode a plain ``open``/``mkdir`` would
+    give it under the user's umask, so files meant for other people are readable by them."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_current_umask())
+
+
+def escape_formulas(df: Any) -> Any:
+    """A copy of ``df`` whose text cells that begin with ``= + - @``, a tab or a carriage return
+    are prefixed with ``'`` (CSV formula injection); numbers are left as they are.
+
+    >>> import pandas as pd
+    >>> escape_formulas(pd.DataFrame({"a": ["=1+2", "ok", "-x"], "b": [-1, 2, 3]}))["a"].tolist()
+    ["'=1+2", 'ok', "'-x"]
+    """
+    import pandas as pd
+
+    out = df.copy()
+    for column in out.columns:
+        if not (pd.api.types.is_numeric_dtype(out[column]) or pd.api.types.is_bool_dtype(out[column])):
+            values = out[column].astype(object)
+            risky = values.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_PREFIXES))
+            if risky.any():
+                out[column] = values.where(~risky, "'" + values.astype(str))
+    if out.columns.map(lambda c: isinstance(c, str) and c.startswith(FORMULA_PREFIXES)).any():
+        out.columns = [f"'{c}" if isinstance(c, str) and c.startswith(FORMULA_PREFIXES) else c for c in out.columns]
+    return out
 
 
 @contextmanager
@@ -50,6 +87,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
         if fsync:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
+        _give_user_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -67,6 +105,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, fsync: bool = True) -> 
 
 def save_table(df: Any, path: str | os.PathLike, index: bool = False) -> Path:
     """Write a table atomically: CSV for a ``.csv`` path, Parquet for ``.parquet``; folders are created.
+
+    In a CSV, text cells and column names that a spreadsheet would run as a formula are escaped
+    (:func:`escape_formulas`); Parquet keeps the values as they are.
 
     Parameters
     ----------
@@ -97,7 +138,7 @@ def save_table(df: Any, path: str | os.PathLike, index: bool = False) -> Path:
         if suffix == ".parquet":
             df.to_parquet(tmp, index=index)
         else:
-            df.to_csv(tmp, index=index)
+            escape_formulas(df).to_csv(tmp, index=index)
     return path
 
 
@@ -140,6 +181,7 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _give_user_mode(tmp, folder=True)
         if not path.exists():
             os.replace(tmp, path)
             return

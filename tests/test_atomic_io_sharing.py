@@ -1,0 +1,45 @@
+"""Files written for other people: the user's umask, not 0600; CSV cells that a spreadsheet would run are escaped."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pandas as pd
+import torch
+
+from bcfeat.atomic_io import atomic_folder, atomic_torch_save, save_table
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_written_files_and_folders_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_table(pd.DataFrame({"a": [1]}), tmp_path / "t.csv")
+        atomic_torch_save({"x": torch.zeros(1)}, tmp_path / "m.pt")
+        with atomic_folder(tmp_path / "pack") as folder:
+            (folder / "f.txt").write_text("x")
+        assert _mode(tmp_path / "t.csv") == 0o644
+        assert _mode(tmp_path / "m.pt") == 0o644
+        assert _mode(tmp_path / "pack") == 0o755
+        os.umask(0o077)
+        save_table(pd.DataFrame({"a": [1]}), tmp_path / "private.csv")
+        assert _mode(tmp_path / "private.csv") == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_csv_cells_that_would_run_as_formulas_are_escaped(tmp_path):
+    table = pd.DataFrame({"relpath": ["=1+2.bmp", "a.png", "@SUM(A1).png", "-cmd.png"],
+                          "predicted": ['=HYPERLINK("http://x","y")', "neutrophil", "+x", "lymphocyte"],
+                          "probability": [-0.5, 0.9, 0.8, 0.7]})
+    save_table(table, tmp_path / "p.csv")
+    back = pd.read_csv(tmp_path / "p.csv")
+    assert back["relpath"].tolist() == ["'=1+2.bmp", "a.png", "'@SUM(A1).png", "'-cmd.png"]
+    assert back["predicted"].tolist() == ['\'=HYPERLINK("http://x","y")', "neutrophil", "'+x", "lymphocyte"]
+    assert back["probability"].tolist() == [-0.5, 0.9, 0.8, 0.7]  # numbers untouched
+    save_table(table, tmp_path / "p.parquet")
+    assert pd.read_parquet(tmp_path / "p.parquet")["relpath"][0] == "=1+2.bmp"
