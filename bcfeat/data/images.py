@@ -37,6 +37,12 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# One size limit for every decoder (Pillow, tifffile, nvJPEG) and for arrays, checked on the
+# header before any pixel is decoded: more pixels than Pillow's own decompression-bomb warning
+# (about 9460 x 9460) is no single-cell image, and fewer than MIN_SIDE pixels a side leaves
+# nothing to segment.
+MAX_PIXELS = 89_478_485
+MIN_SIDE = 8
 # Pillow's "load what you can" switch is a module global; when another library
 # turned it on, it is forced off while we decode, under a lock so two threads do
 # not restore each other's value.
@@ -50,6 +56,39 @@ class ImageDecodeError(ValueError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"cannot decode image {self.path}: {reason}")
+
+
+class ImageSizeError(ImageDecodeError):
+    """An image too large to decode safely, or too small to hold a cell; the message names it."""
+
+
+def size_problem(width: int, height: int, min_side: int = 1) -> str | None:
+    """Why an image of ``width`` x ``height`` pixels is refused, or None: more than
+    :data:`MAX_PIXELS`, or (for a cell image, ``min_side=MIN_SIDE``) too small to segment.
+
+    >>> size_problem(360, 363) is None, size_problem(1, 1, MIN_SIDE), size_problem(20000, 20000)[:30]
+    (True, '1x1 px: fewer than 8 px a side', '20000x20000 px = 400,000,000 p')
+    """
+    if width * height > MAX_PIXELS:
+        return f"{width}x{height} px = {width * height:,} pixels, more than the limit of {MAX_PIXELS:,}"
+    if min(width, height) < min_side:
+        return f"{width}x{height} px: fewer than {min_side} px a side"
+    return None
+
+
+def check_image_file_size(path: str | os.PathLike) -> None:
+    """Refuse a file whose header declares a size outside the limits (:func:`size_problem`),
+    reading the header only. Files Pillow cannot identify are left to the decoder."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (OSError, ValueError, SyntaxError, EOFError):
+        return
+    except Image.DecompressionBombError as error:
+        raise ImageSizeError(path, str(error)) from error
+    problem = size_problem(width, height)
+    if problem:
+        raise ImageSizeError(path, problem)
 
 
 def _to_uint8(a: np.ndarray) -> np.ndarray:
@@ -118,6 +157,9 @@ def _tifffile_to_rgb(path: Path) -> np.ndarray:
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages.first
+        problem = size_problem(int(page.imagewidth), int(page.imagelength))
+        if problem:  # checked on the tags, before a tile is decompressed
+            raise ImageSizeError(path, problem)
         a = page.asarray()
         photometric = getattr(page.photometric, "name", str(page.photometric))
         if photometric == "PALETTE" and page.colormap is not None:
@@ -135,6 +177,9 @@ def _tifffile_to_rgb(path: Path) -> np.ndarray:
 
 def _decode_with_pillow(path: Path) -> np.ndarray:
     with Image.open(path) as im:
+        problem = size_problem(*im.size)
+        if problem:  # the header's size, before any pixel is decoded
+            raise ImageSizeError(path, problem)
         im.seek(0)
         im.load()  # forces the full decode: truncation raises here, not later
         return _pil_to_rgb(im)
@@ -172,6 +217,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     ImageDecodeError
         When the file is empty, truncated, or not a decodable image. The whole
         file is decoded here, so truncation is detected now and not later.
+    ImageSizeError
+        When its header declares more than :data:`MAX_PIXELS` pixels, for every decoder
+        (checked before decoding).
 
     Examples
     --------
@@ -205,13 +253,19 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         else:  # the usual case: no lock, so threads decode in parallel
             rgb = _decode_with_pillow(path)
         return _writable(rgb)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as e:
+    except ImageSizeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageSizeError(path, str(e)) from e
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
         # UnidentifiedImageError is an OSError; decoder errors are OSError/ValueError/SyntaxError.
         pil_error = e
 
     if _is_tiff(path):
         try:
             return _writable(_tifffile_to_rgb(path))
+        except ImageSizeError:
+            raise
         except Exception as e:  # tifffile raises many types for broken files
             raise ImageDecodeError(path, f"{type(pil_error).__name__}: {pil_error}; tifffile: {e}") from e
     raise ImageDecodeError(path, f"{type(pil_error).__name__}: {pil_error}") from pil_error
@@ -226,15 +280,25 @@ def read_image(item: Any) -> np.ndarray:
         A path that does not exist or does not decode.
     ValueError
         An array of another shape or type, or an empty one (0 pixels high or wide).
+    ImageSizeError, ValueError
+        A file or array too large (:data:`MAX_PIXELS`) or with fewer than :data:`MIN_SIDE`
+        pixels a side: no cell can be found in it.
     """
     if isinstance(item, np.ndarray):
         if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {item.shape} {item.dtype}")
         if item.shape[0] == 0 or item.shape[1] == 0:
             raise ValueError(f"empty image of shape {item.shape} (0 pixels high or wide)")
+        problem = size_problem(item.shape[1], item.shape[0], MIN_SIDE)
+        if problem:
+            raise ValueError(f"image array of shape {item.shape}: {problem}")
         return item
     if isinstance(item, (str, os.PathLike)):
-        return load_image(item)
+        image = load_image(item)
+        problem = size_problem(image.shape[1], image.shape[0], MIN_SIDE)
+        if problem:
+            raise ImageSizeError(item, problem)
+        return image
     raise TypeError(f"expected an image path or an (H, W, 3) uint8 array, got {type(item).__name__}")
 
 

@@ -152,6 +152,10 @@ def _decode_on_device(items: Sequence[Any], device: torch.device, threads: int) 
     jpeg = [i for i, it in enumerate(items) if isinstance(it, (str, Path)) and Path(it).suffix.lower() in _JPEG]
     out: list[Tensor | None] = [None] * len(items)
     if jpeg:
+        from bcfeat.data.images import check_image_file_size
+
+        for i in jpeg:  # the one size limit, on the header, before nvJPEG allocates anything
+            check_image_file_size(items[i])
         with ThreadPoolExecutor(max_workers=threads) as pool:
             data = list(pool.map(lambda i: read_file(str(items[i])), jpeg))
         for i, t in zip(jpeg, decode_jpeg(data, mode=ImageReadMode.RGB, device=device)):
