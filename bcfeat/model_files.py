@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -85,11 +86,32 @@ def _check_archive(path: Path) -> None:
     if not zipfile.is_zipfile(path):
         raise ModelFileError(path, "is damaged or not a model file: not a complete PyTorch zip archive "
                                    "(truncated, or written by another program)")
+    with open(path, "rb") as handle:  # the end-of-archive record: one disk, as PyTorch writes it
+        handle.seek(max(0, path.stat().st_size - 65_557))
+        tail = handle.read()
+    end = tail.rfind(b"PK\x05\x06")
+    if end < 0 or len(tail) < end + 22:
+        raise ModelFileError(path, "is damaged or not a model file: no end-of-archive record")
+    disk, central_disk = struct.unpack_from("<HH", tail, end + 4)
+    if disk or central_disk:
+        raise ModelFileError(path, f"is damaged: its end-of-archive record names disk {disk}/{central_disk} "
+                                   "(a PyTorch file is one disk)")
     try:
         with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.flag_bits & 0x1:
+                    raise ModelFileError(path, f"is damaged or tampered with: its part {info.filename!r} is "
+                                               "marked encrypted (PyTorch never encrypts)")
+                if info.compress_type != zipfile.ZIP_STORED:
+                    # a compressed part can expand without limit (1 GiB of zeros in 1 MB)
+                    raise ModelFileError(path, f"is not a plain PyTorch file: its part {info.filename!r} is "
+                                               "compressed (PyTorch stores parts uncompressed)")
             bad = archive.testzip()  # reads every member and checks its CRC-32
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise ModelFileError(path, f"is damaged (its archive cannot be read: {exc})") from None
+    except ModelFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zipfile raises many types for a damaged archive
+        detail = str(exc).split("\n")[0][:200]
+        raise ModelFileError(path, f"is damaged (its archive cannot be read: {type(exc).__name__}: {detail})") from None
     if bad is not None:
         raise ModelFileError(path, f"is damaged (checksum error in its part {bad!r}; bit-flipped or overwritten)")
 
@@ -111,7 +133,7 @@ def read_payload(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         raise FileNotFoundError(f"no model file at {path}")
     _check_archive(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses every global it does not know, before calling it; torch's message
         # carries terminal escape codes (bold), which a one-line error does not want
@@ -121,6 +143,37 @@ def read_payload(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         detail = str(exc).split("\n")[0][:200]
         raise ModelFileError(path, f"is damaged ({type(exc).__name__}: {detail})") from None
+    _check_tensors(path, payload)
+    return payload
+
+
+# Every tensor of a model file together; the study's largest file (the detector) holds ~45 M values.
+MAX_TENSOR_ELEMENTS = 200_000_000
+
+
+def _check_tensors(path: Path, payload: Any, where: str = "") -> int:
+    """Refuse tensors that are views larger than the bytes stored for them (a zero-stride 40000 x
+    40000 view of one number, which numpy would then materialise), and files whose tensors hold
+    more than :data:`MAX_TENSOR_ELEMENTS` values together. Returns the number of values."""
+    import torch
+
+    total = 0
+    if isinstance(payload, torch.Tensor):
+        t = payload
+        if t.numel() > 0:
+            reach = t.storage_offset() + 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))
+            stored = t.untyped_storage().nbytes() // max(t.element_size(), 1)
+            if any(st == 0 and n > 1 for n, st in zip(t.shape, t.stride())) or reach > stored or t.numel() > stored:
+                raise ModelFileError(path, f"is damaged or tampered with: tensor {where or '(top)'} of shape "
+                                           f"{tuple(t.shape)} claims more values than the {stored} stored for it")
+        total = t.numel()
+    elif isinstance(payload, dict):
+        total = sum(_check_tensors(path, v, f"{where}.{k}" if where else str(k)) for k, v in payload.items())
+    elif isinstance(payload, (list, tuple)):
+        total = sum(_check_tensors(path, v, f"{where}[{i}]") for i, v in enumerate(payload))
+    if not where and total > MAX_TENSOR_ELEMENTS:
+        raise ModelFileError(path, f"holds {total:,} values, more than any bcfeat model ({MAX_TENSOR_ELEMENTS:,})")
+    return total
 
 
 def load_model_file(path: str | os.PathLike, kind: str, versions: Iterable[int] = (1,),

@@ -318,11 +318,13 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.prior_correction not in PRIOR_CORRECTIONS:
             raise ValueError(f"prior_correction must be one of {PRIOR_CORRECTIONS}, got {self.prior_correction!r}")
-        if not self.C > 0:
-            raise ValueError(f"C must be > 0, got {self.C}")
-        if self.balance_rounds < 0 or self.self_training < 0:
-            raise ValueError("balance_rounds and self_training must be >= 0, got "
-                             f"{self.balance_rounds} and {self.self_training}")
+        # upper bounds too: a model file is data from someone else, and these are loop counts
+        for name, value, high in (("balance_rounds", self.balance_rounds, 20), ("self_training", self.self_training, 20),
+                                  ("n_estimators", self.n_estimators, 10_000)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value <= high:
+                raise ValueError(f"{name} must be an integer in [0, {high}], got {value!r}")
+        if not (isinstance(self.C, (int, float)) and 1e-8 <= self.C <= 1e8):
+            raise ValueError(f"C must lie in [1e-8, 1e8], got {self.C!r}")
         if self.statistics not in STATISTICS:
             raise ValueError(f"statistics must be one of {STATISTICS}, got {self.statistics!r}")
         if not (isinstance(self.temperature, (int, float)) and 0.05 <= self.temperature <= 20):

@@ -52,12 +52,12 @@ class CropConfig:
     reference_diameter_px: float = 140.0
 
     def __post_init__(self) -> None:
-        if self.size < 16:
-            raise ValueError(f"CropConfig.size must be >= 16 pixels, got {self.size}")
+        if not isinstance(self.size, (int, np.integer)) or not 16 <= self.size <= 1024:
+            raise ValueError(f"CropConfig.size must be an integer in [16, 1024] pixels, got {self.size!r}")
         if not 4 <= self.cell_diameter <= self.size:
             raise ValueError(f"CropConfig.cell_diameter must lie in [4, size={self.size}], got {self.cell_diameter}")
-        if self.ruler_work_size < 32:
-            raise ValueError(f"CropConfig.ruler_work_size must be >= 32, got {self.ruler_work_size}")
+        if not isinstance(self.ruler_work_size, (int, np.integer)) or not 32 <= self.ruler_work_size <= 4096:
+            raise ValueError(f"CropConfig.ruler_work_size must be an integer in [32, 4096], got {self.ruler_work_size!r}")
         if not self.reference_diameter_px > 0:
             raise ValueError(f"CropConfig.reference_diameter_px must be > 0, got {self.reference_diameter_px}")
 

@@ -200,6 +200,7 @@ def classifier_from_payload(p: dict) -> CrossLabClassifier:
     params = dict(p["params"])
     params["columns"] = None if params.get("columns") is None else tuple(params["columns"])
     clf = CrossLabClassifier(**params)
+    clf._check_params()  # every setting read from a file, with the ranges a fit would check
     clf.classes_ = np.asarray(p["classes"])
     est = LogisticRegression(C=clf.C, max_iter=3000, class_weight="balanced")
     est.classes_ = clf.classes_
