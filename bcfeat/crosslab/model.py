@@ -78,6 +78,23 @@ class ExtractorConfig:
         return cls(**d)
 
 
+def end_with_parent() -> None:
+    """Worker initializer: the kernel sends this process SIGTERM when its parent dies (Linux
+    ``PR_SET_PDEATHSIG``), so a killed ``bcfeat classify`` leaves no worker behind holding memory.
+    Elsewhere it does nothing."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except OSError:
+            pass
+        if os.getppid() == 1:  # the parent died before the request: end now
+            os._exit(1)
+
+
 def _measure(args: tuple[np.ndarray, np.ndarray | None, CropConfig]) -> tuple[np.ndarray, np.ndarray]:
     """One image and its cell mask (None: the label-free stain segmentation's) -> (features, crop image)."""
     image, mask, crop_cfg = args
@@ -147,7 +164,7 @@ class CrossLabModel:
         masks = self._masks(loaded) if loaded else []
         jobs = [(im, m, self.config.crop) for im, m in zip(loaded, masks)]
         if self.config.n_workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(self.config.n_workers) as pool:
+            with ProcessPoolExecutor(self.config.n_workers, initializer=end_with_parent) as pool:
                 results = list(pool.map(_measure, jobs, chunksize=max(1, len(jobs) // (4 * self.config.n_workers))))
         else:
             results = [_measure(job) for job in jobs]
