@@ -137,7 +137,11 @@ def read_payload(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     except pickle.UnpicklingError as exc:
         # weights_only refuses every global it does not know, before calling it; torch's message
         # carries terminal escape codes (bold), which a one-line error does not want
-        detail = re.sub(r"\x1b\[[0-9;]*m", "", str(exc).split("\n")[0])[:200]
+        # name the refused global; torch's own advice ("can still be loaded if you trust it") is
+        # wrong for a file someone sent a lab, so it is not repeated
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        found = re.search(r"(?:Unsupported global: )?GLOBAL ([\w.]+)", text) or re.search(r"Unsupported operand \d+", text)
+        detail = f"refused: {found.group(1) if found and found.groups() else (found.group(0) if found else 'an unknown object')}"
         raise ModelFileError(path, "holds Python objects other than weights and plain values (possibly code); "
                                    f"it was not opened ({detail})", unsafe=True) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:

@@ -64,3 +64,16 @@ def test_one_degenerate_image_is_a_named_skip_in_the_crosslab_commands(tmp_path)
         [paths[0], tmp_path / "dot.png", paths[1], tmp_path / "strip.png", paths[2]], skipped)
     assert kept.tolist() == [0, 2, 4] and len(feats) == 3
     assert sorted(p.name for p in skipped.paths) == ["dot.png", "strip.png"]
+
+
+def test_an_exif_rotated_jpeg_is_read_upright(tmp_path):
+    upright = np.zeros((40, 20, 3), np.uint8)
+    upright[:10] = 255  # a white band at the top
+    Image.fromarray(upright).save(tmp_path / "up.png")
+    stored = Image.fromarray(np.ascontiguousarray(np.rot90(upright, -1)))  # as a camera stores a turned shot
+    exif = stored.getexif()
+    exif[0x0112] = 8  # "rotate 90 CW to view" for this storage
+    stored.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    read = load_image(tmp_path / "turned.jpg")
+    assert read.shape == (40, 20, 3)
+    assert read[:10].mean() > 200 and read[20:].mean() < 50

@@ -63,3 +63,18 @@ def test_compressed_or_encrypted_parts_are_refused_by_name(model_file, tmp_path)
     (tmp_path / "disk.pt").write_bytes(bytes(data))
     with pytest.raises(ModelFileError, match="disk.pt"):
         load_model(tmp_path / "disk.pt")
+
+
+def test_a_file_with_code_is_refused_naming_the_global_without_torchs_advice(tmp_path):
+    import pathlib
+
+    class Evil:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (tmp_path / "pwned",))
+
+    torch.save({"format": "bcfeat.crosslab/1", "config": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ModelFileError) as info:
+        load_model(tmp_path / "evil.pt")
+    assert "refused: getattr" in str(info.value)
+    assert "can still be loaded" not in str(info.value) and "trust" not in str(info.value)
+    assert not (tmp_path / "pwned").exists()

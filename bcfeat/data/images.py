@@ -182,6 +182,10 @@ def _decode_with_pillow(path: Path) -> np.ndarray:
             raise ImageSizeError(path, problem)
         im.seek(0)
         im.load()  # forces the full decode: truncation raises here, not later
+        if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: measure the cell as it was seen
+            from PIL import ImageOps
+
+            im = ImageOps.exif_transpose(im)
         return _pil_to_rgb(im)
 
 
