@@ -87,7 +87,7 @@ def test_crosslab_classifier_refuses_bad_settings_and_shapes():
     X, y = _lab(np.random.default_rng(3), 20, 0.0, 1.0)
     with pytest.raises(ValueError, match="model must be"):
         CrossLabClassifier(model="svm").fit(X, y)
-    with pytest.raises(ValueError, match="C must be"):
+    with pytest.raises(ValueError, match="C must lie in"):
         CrossLabClassifier(C=0).fit(X, y)
     clf = CrossLabClassifier(columns=(0, 2)).fit(X, y)
     with pytest.raises(ValueError, match=r"\(n, 6\)"):
