@@ -233,3 +233,35 @@ def test_train_classifier_checks_its_output_before_measuring_anything(tmp_path, 
     assert main(["train-classifier", str(model), str(tmp_path / "lab"),
                  "--output", str(tmp_path / "lab" / "file" / "m.pt")]) == 2
     assert measured == []
+
+
+def test_classify_marks_images_without_a_cell_and_leaves_them_out_of_the_statistics(tmp_path, caplog):
+    from test_crosslab_method import _write_cell
+
+    from bcfeat.crosslab.folders import NO_CELL, classify_folder, train_classifier
+    from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, save_model
+
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        _write_cell(tmp_path / "lab" / "lymph" / f"l{i}.png", 1, 22 + i % 3, rng)
+        _write_cell(tmp_path / "lab" / "neut" / f"n{i}.png", 3, 34 + i % 3, rng)
+        _write_cell(tmp_path / "new" / f"l{i}.png", 1, 22 + i % 3, rng)
+        _write_cell(tmp_path / "new" / f"n{i}.png", 3, 34 + i % 3, rng)
+    Image.fromarray(np.full((120, 120, 3), 255, np.uint8)).save(tmp_path / "new" / "white.png")
+    base = save_model(tmp_path / "base.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
+    clf_file, _, _ = train_classifier(base, tmp_path / "lab", tmp_path / "clf.pt")
+    table, _ = classify_folder(clf_file, tmp_path / "new")
+    white = table.set_index("relpath").loc["white.png"]
+    assert not white["cell_found"] and white["predicted"] == NO_CELL and white["uncertain"]
+    assert np.isnan(white["probability"]) and np.isnan(white["p_lymph"])
+    cells = table[table["cell_found"]]
+    assert len(cells) == 16 and cells["probability"].between(0, 1).all()
+    truth = cells["relpath"].str.startswith("l").map({True: "lymph", False: "neut"})
+    assert (cells["predicted"] == truth).mean() >= 0.9
+    # copies of one cell: no spread, one class -> both warnings
+    for i in range(12):
+        (tmp_path / "same").mkdir(exist_ok=True)
+        (tmp_path / "same" / f"c{i}.png").write_bytes((tmp_path / "new" / "l0.png").read_bytes())
+    with caplog.at_level("WARNING"):
+        classify_folder(clf_file, tmp_path / "same")
+    assert "do not vary at all" in caplog.text and "all 12 cells were called" in caplog.text

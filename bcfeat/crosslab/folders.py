@@ -40,14 +40,14 @@ def _folder_files(folder: str | os.PathLike, labelled: bool) -> tuple[pd.DataFra
     return files.reset_index(drop=True), dropped
 
 
-def _measure_folder(model: CrossLabModel, folder: str | os.PathLike, labelled: bool):
+def _measure_folder(model: CrossLabModel, folder: str | os.PathLike, labelled: bool, found: list | None = None):
     from bcfeat.data.images import SkippedImages
 
     files, dropped = _folder_files(folder, labelled)
     if files.empty:
         raise FileNotFoundError(f"no images found below {folder}" + (" in class folders" if labelled else ""))
     skipped = SkippedImages()
-    feats, kept = model.measure(files["path"].tolist(), skipped)
+    feats, kept = model.measure(files["path"].tolist(), skipped, found=found)
     dropped = dropped + [(str(Path(p).relative_to(folder)) if Path(p).is_absolute() else str(p), reason)
                          for p, reason in skipped]
     return files.iloc[kept].reset_index(drop=True), feats, sorted(dropped)
@@ -108,6 +108,24 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
     return save_model(output, model), counts, skipped
 
 
+NO_CELL = "(no cell found)"
+
+
+def _call_warnings(feats: np.ndarray, predicted: np.ndarray) -> list[str]:
+    """Warnings about a call as a whole: features without spread (the same image many times, or
+    blank images), or every cell called the same class."""
+    out = []
+    with np.errstate(all="ignore"):
+        spread = np.nanstd(feats, axis=0)
+    if len(feats) > 1 and not np.any(spread > 1e-9):
+        out.append(f"the {len(feats)} cells' features do not vary at all (copies of one image, or blank "
+                   "images?): the lab's statistics, and so every class, are meaningless")
+    if len(predicted) >= MIN_SITE_CELLS and len(set(predicted)) == 1:
+        out.append(f"all {len(predicted)} cells were called {predicted[0]!r}: a real smear holds several "
+                   "classes, so check that this folder is one lab's ordinary cells")
+    return out
+
+
 def _study_setting(record: dict) -> dict:
     """The study's chosen setting from a model file's record (``{}`` when it has none)."""
     from bcfeat.study.crosslab_validation import parse_setting
@@ -142,7 +160,11 @@ def lab_warning(classifier: CrossLabClassifier, feats: np.ndarray) -> str | None
 
 def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike):
     """Classify every image below ``folder`` as one lab's cells: ``(table, skipped)`` with
-    ``relpath, predicted, probability, uncertain`` and one ``p_<class>`` column per class.
+    ``relpath, predicted, probability, uncertain, cell_found`` and one ``p_<class>`` column per class.
+
+    An image where no cell was found (the mask is the centred fallback: a blank or black image)
+    is kept as a row with ``cell_found`` False, ``predicted`` "(no cell found)" and no
+    probabilities, and is left out of the lab's statistics.
 
     ``uncertain`` marks the cells a technologist should review (top probability below the
     threshold the study fitted on its development labs). When the folder's cells look unlike
@@ -151,17 +173,24 @@ def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike):
     model = load_model(model_path)
     if model.classifier is None:
         raise ValueError(f"{model_path} holds no classifier: train one with `bcfeat train-classifier`")
-    files, feats, skipped = _measure_folder(model, folder, labelled=False)
-    if len(files) < MIN_SITE_CELLS:
-        raise ValueError(f"{len(files)} readable images below {folder}; the model standardises a lab's cells with "
-                         f"their own statistics and needs at least {MIN_SITE_CELLS}")
-    proba = model.classifier.predict_proba(feats)
+    found: list[bool] = []
+    files, feats, skipped = _measure_folder(model, folder, labelled=False, found=found)
+    found = np.asarray(found, bool)
+    if found.sum() < MIN_SITE_CELLS:
+        raise ValueError(f"{int(found.sum())} images below {folder} hold a cell that could be found "
+                         f"({len(files)} readable); the model standardises a lab's cells with their own "
+                         f"statistics and needs at least {MIN_SITE_CELLS}")
     classes = model.classifier.classes_
-    table = pd.DataFrame({"relpath": files["relpath"], "predicted": classes[proba.argmax(axis=1)],
-                          "probability": proba.max(axis=1), "uncertain": uncertain_cells(model.classifier, proba)})
-    warning = lab_warning(model.classifier, feats)
-    if warning:
-        logger.warning("%s: %s", folder, warning)
+    # cells where no cell was found are left out of the lab's statistics and get no class
+    proba = np.full((len(files), len(classes)), np.nan)
+    proba[found] = model.classifier.predict_proba(feats[found])
+    predicted = np.where(found, classes[np.nan_to_num(proba, nan=0.0).argmax(axis=1)], NO_CELL)
+    table = pd.DataFrame({"relpath": files["relpath"], "predicted": predicted, "probability": proba.max(axis=1),
+                          "uncertain": ~found | uncertain_cells(model.classifier, np.nan_to_num(proba, nan=0.0)),
+                          "cell_found": found})
+    for warning in [lab_warning(model.classifier, feats[found]), *_call_warnings(feats[found], predicted[found])]:
+        if warning:
+            logger.warning("%s: %s", folder, warning)
     table = pd.concat([table, pd.DataFrame(proba, columns=[f"p_{c}" for c in classes])], axis=1)
     return table, skipped
 

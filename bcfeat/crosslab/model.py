@@ -95,19 +95,24 @@ def end_with_parent() -> None:
             os._exit(1)
 
 
-def _measure(args: tuple[np.ndarray, np.ndarray | None, CropConfig]) -> tuple[np.ndarray, np.ndarray]:
-    """One image and its cell mask (None: the label-free stain segmentation's) -> (features, crop image)."""
+def _measure(args: tuple[np.ndarray, Any, CropConfig]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One image and its cell mask (None: the label-free stain segmentation's; or the detector's
+    ``(mask, found)``) -> (features, crop image, whether a cell was found rather than the fallback)."""
     image, mask, crop_cfg = args
+    found = True
     if mask is None:
         from bcfeat.detection.pseudo_masks import segment_white_cell
 
-        mask = segment_white_cell(image).mask
+        segmented = segment_white_cell(image)
+        mask, found = segmented.mask, segmented.reason != "no_nucleus"
+    elif isinstance(mask, tuple):  # (the detector's mask, whether it found a cell)
+        mask, found = mask
     if not mask.any():  # nothing found: the detector's own fallback, a centred ellipse
         from bcfeat.detection.pseudo_masks import centred_ellipse
 
-        mask = centred_ellipse(*image.shape[:2])
+        mask, found = centred_ellipse(*image.shape[:2]), False
     crop = canonical_crop(image, mask, crop_cfg)
-    return cell_features(crop), crop.image
+    return cell_features(crop), crop.image, found
 
 
 class CrossLabModel:
@@ -143,15 +148,19 @@ class CrossLabModel:
         from bcfeat.detection.inference import detect
 
         with torch.inference_mode():
-            return [d.mask for d in detect(self.detector, images, batch_size=self.config.detector_batch_size)]
+            return [(d.mask, not d.fallback)
+                    for d in detect(self.detector, images, batch_size=self.config.detector_batch_size)]
 
     def measure(self, images: Sequence[Any], skipped: SkippedImages | None = None,
-                return_crops: bool = False) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+                return_crops: bool = False, found: list | None = None
+                ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cell features of images (arrays or paths).
 
         Returns ``(features (m, d), kept (m,) indices into images)``, and the canonical crops
         ``(m, S, S, 3)`` uint8 with ``return_crops``. Unreadable images (and images whose cell
-        cannot be cut out) are skipped, named in ``skipped`` and logged with their count.
+        cannot be cut out) are skipped, named in ``skipped`` and logged with their count. A list
+        passed as ``found`` receives, per kept image, whether a cell was found (False: the mask is
+        the centred fallback, e.g. a blank image).
         """
         skipped = SkippedImages() if skipped is None else skipped
         loaded, kept = [], []
@@ -169,6 +178,8 @@ class CrossLabModel:
         else:
             results = [_measure(job) for job in jobs]
         d = len(feature_names())
+        if found is not None:
+            found.extend(bool(r[2]) for r in results)
         feats = np.stack([r[0] for r in results]) if results else np.zeros((0, d))
         crops = (np.stack([r[1] for r in results]) if results
                  else np.zeros((0, self.config.crop.size, self.config.crop.size, 3), np.uint8))
