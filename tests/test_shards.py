@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -188,10 +190,18 @@ def test_a_killed_shard_resumes_where_it_stopped(model_file, folder, tmp_path, m
 
 
 def test_torchrun_rank_picks_the_shard(model_file, folder, tmp_path, monkeypatch):
-    assert Shard.from_env({"RANK": "1", "WORLD_SIZE": "2"}) == Shard(2, 2)
-    assert Shard.from_env({"RANK": "0", "WORLD_SIZE": "1"}) is None and Shard.from_env({}) is None
+    torchrun = {"TORCHELASTIC_RUN_ID": "run"}
+    assert Shard.from_env({"RANK": "1", "WORLD_SIZE": "2", **torchrun}) == Shard(2, 2)
+    assert Shard.from_env({"RANK": "0", "WORLD_SIZE": "1", **torchrun}) is None and Shard.from_env({}) is None
+    # RANK / WORLD_SIZE left in a shell by something else do not turn extract into a shard run
+    assert Shard.from_env({"RANK": "1", "WORLD_SIZE": "2"}) is None
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
+    plain = tmp_path / "plain.csv"
+    assert cli_main(["extract", str(model_file), str(folder), "--output", str(plain), "--batch-size", "2",
+                     "--no-progress"]) == 0
+    assert plain.is_file()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "run")
     out = tmp_path / "f.csv"
     assert cli_main(["extract", str(model_file), str(folder), "--output", str(out), "--batch-size", "2",
                      "--no-progress"]) == 0
@@ -235,3 +245,75 @@ def test_torchrun_with_two_processes_merges_to_the_single_table(model_file, fold
                     str(tmp_path / "f.csv")], env=env, check=True, capture_output=True, timeout=300)
     assert sorted(p.name for p in shard_folder(tmp_path / "f.csv").iterdir()) == ["shard-1-of-2.npz", "shard-2-of-2.npz"]
     assert (tmp_path / "f.csv").read_bytes() == (tmp_path / "single.csv").read_bytes()
+
+
+def _rewrite(path, change):
+    """Rewrite a shard file with ``change(meta, arrays)`` applied, its checksum made to match."""
+    from bcfeat.extraction.shards import _arrays_digest
+
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    meta = json.loads(str(arrays.pop("meta")[()]))
+    change(meta, arrays)
+    meta["arrays_sha256"] = _arrays_digest(arrays)
+    with open(path, "wb") as handle:
+        np.savez(handle, meta=np.asarray(json.dumps(meta, sort_keys=True)), **arrays)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda m, a: a.update(encoded=a["encoded"][:-1]), "arrays of lengths"),
+    (lambda m, a: a.update(relpath=a["relpath"][::-1]), "out of order"),
+    (lambda m, a: a.update(relpath=np.append(a["relpath"][:-1], "../../../etc/passwd")), "not one of its files"),
+    (lambda m, a: m.update(start=1), "do not fit together"),
+])
+def test_merge_refuses_damaged_or_tampered_shards_by_name(model_file, folder, tmp_path, damage, message):
+    out = tmp_path / "f.csv"
+    _shards(model_file, folder, out, 2)
+    _rewrite(shard_path(out, Shard(2, 2)), damage)
+    with pytest.raises(ValueError, match=f"shard-2-of-2.npz.*{message}"):
+        merge_shards(out)
+
+
+def test_merge_names_a_truncated_or_altered_shard(model_file, folder, tmp_path):
+    out = tmp_path / "f.csv"
+    _shards(model_file, folder, out, 2)
+    path = shard_path(out, Shard(1, 2))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="shard-1-of-2.npz is damaged"):
+        merge_shards(out)
+    path.write_bytes(data)
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    arrays["encoded"] = arrays["encoded"] + 1.0  # values changed, checksum not updated
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    with pytest.raises(ValueError, match="shard-1-of-2.npz is damaged or was altered"):
+        merge_shards(out)
+
+
+def test_a_replaced_image_of_the_same_size_makes_the_shard_run_again(model_file, tmp_path):
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(4):  # BMPs of one size: a replaced image keeps the file size to the byte
+        image = np.clip(rng.normal(215, 12, (64, 64, 3)), 0, 255)
+        yy, xx = np.mgrid[:64, :64]
+        image[(yy - 32) ** 2 + (xx - 20 - 8 * i) ** 2 < 15 ** 2] = (110, 60, 150)
+        Image.fromarray(image.astype(np.uint8)).save(folder / f"c{i}.bmp")
+    out = tmp_path / "f.csv"
+    _shards(model_file, folder, out, 1)
+    first = merge_shards(out)[0]
+    size = (folder / "c0.bmp").stat().st_size
+    (folder / "c0.bmp").write_bytes((folder / "c3.bmp").read_bytes())
+    assert (folder / "c0.bmp").stat().st_size == size
+    _shards(model_file, folder, out, 1)
+    second = merge_shards(out)[0]
+    features = [c for c in first.columns if c.startswith("aecfe_")] or list(first.columns[4:])
+    assert not np.allclose(first.loc[0, features].to_numpy(float), second.loc[0, features].to_numpy(float))
+    np.testing.assert_allclose(second.loc[0, features].to_numpy(float), second.loc[3, features].to_numpy(float))
+
+
+def test_shard_count_is_bounded_by_the_batches(model_file, folder, tmp_path):
+    with pytest.raises(ValueError, match="at most 6 shards"):
+        extract_shard(model_file, folder, tmp_path / "f.csv", Shard(1, 1_000_000_000), batch_size=2, progress=False)

@@ -76,9 +76,13 @@ class Shard:
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "Shard | None":
-        """The shard of this process under ``torchrun`` (``RANK + 1`` of ``WORLD_SIZE``), or None."""
+        """The shard of this process under ``torchrun`` (``RANK + 1`` of ``WORLD_SIZE``), or None.
+
+        torchrun is recognised by ``TORCHELASTIC_RUN_ID``, which it sets for every process it
+        starts; ``RANK`` and ``WORLD_SIZE`` left in a shell by something else are ignored.
+        """
         env = os.environ if env is None else env
-        if "RANK" not in env or "WORLD_SIZE" not in env:
+        if "TORCHELASTIC_RUN_ID" not in env or "RANK" not in env or "WORLD_SIZE" not in env:
             return None
         world, rank = int(env["WORLD_SIZE"]), int(env["RANK"])
         return cls(rank + 1, world) if world > 1 else None
@@ -118,22 +122,43 @@ def _partial_path(output: str | os.PathLike, shard: Shard) -> Path:
 
 
 def _files_digest(files: pd.DataFrame) -> str:
-    """sha256 over the relative path and size of every file: the same folder on any machine."""
+    """sha256 over the relative path and the *content* (sha256) of every file: the same folder on
+    any machine, and a different one as soon as any image is replaced, even by one of its size."""
     h = hashlib.sha256()
     for path, rel in zip(files["path"], files["relpath"]):
-        h.update(f"{rel}\t{os.path.getsize(path)}\n".encode())
+        h.update(f"{rel}\t{sha256_of(Path(path))}\n".encode())
+    return h.hexdigest()
+
+
+def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over every array's name, dtype, shape and bytes (a shard's own checksum)."""
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}\t{a.dtype.str}\t{a.shape}\n".encode())
+        h.update(a.tobytes())
     return h.hexdigest()
 
 
 def _save(path: Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    meta = {**meta, "arrays_sha256": _arrays_digest(arrays)}
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, meta=np.asarray(json.dumps(meta, sort_keys=True)), **arrays)
 
 
 def _load(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    with np.load(path, allow_pickle=False) as stored:  # data only: nothing in a shard is executed
-        arrays = {key: stored[key] for key in stored.files}
-    return json.loads(str(arrays.pop("meta")[()])), arrays
+    """A shard file's metadata and arrays; a damaged file is a ValueError naming it."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:  # data only: nothing in a shard is executed
+            arrays = {key: stored[key] for key in stored.files}
+        meta = json.loads(str(arrays.pop("meta")[()]))
+    except Exception as error:  # noqa: BLE001 - numpy and zipfile raise many types for a damaged file
+        raise ValueError(f"shard file {path} is damaged ({type(error).__name__}: {str(error)[:200]}); "
+                         "delete it and run its shard again") from None
+    if not isinstance(meta, dict) or meta.get("arrays_sha256") != _arrays_digest(arrays):
+        raise ValueError(f"shard file {path} is damaged or was altered: its contents do not match its "
+                         "checksum; delete it and run its shard again")
+    return meta, arrays
 
 
 def _strings(values) -> np.ndarray:
@@ -175,6 +200,10 @@ def _prepare(model_path: Path, folder: Path, shard: Shard, layout: str, batch_si
 
         kind, model, unit = "aecfe", load_model(model_path), batch_size
     files, dropped = folder_images(folder, layout)
+    n_batches = max(1, -(-len(files) // unit))
+    if shard.count > n_batches:
+        raise ValueError(f"--shard {shard}: {folder} holds {len(files)} images, {n_batches} batch(es) of {unit}; "
+                         f"use at most {n_batches} shards")
     start, stop = shard_range(len(files), unit, shard)
     meta = {"format": SHARD_FORMAT, "model_kind": kind, "model_sha256": sha256_of(Path(model_path)),
             "layout": layout, "batch_size": batch_size if kind == "aecfe" else unit, "n_shards": shard.count,
@@ -233,6 +262,8 @@ def extract_shard(model_path: str | os.PathLike, folder: str | os.PathLike, outp
         arrays = _run_aecfe(job, batch_size, resume, save_partial, checkpoint_every, progress, device)
     else:
         arrays = _run_crosslab(job, batch_size, resume, save_partial, checkpoint_every, progress)
+    # the shard's own file range, so that a merge can check every row against it
+    arrays["range_relpath"] = _strings(job.files["relpath"].iloc[job.start:job.stop])
     _save(target, job.meta, arrays)
     partial.unlink(missing_ok=True)
     log.info("shard %s written: %s (%d rows)", shard, target, len(arrays["relpath"]))
@@ -370,6 +401,35 @@ def shard_status(output: str | os.PathLike) -> tuple[dict[int, tuple[Path, dict]
     return found, counts
 
 
+def _check_part(path: Path, meta: dict, part: dict[str, np.ndarray], start: int) -> int:
+    """Check one shard's rows against its own file range and the previous shard's end; return its end.
+
+    Every row must be a file of the shard's range, in order, once; rows and unreadable files
+    together must be the whole range; every per-row array must have one entry per row."""
+    where = f"shard file {path}"
+    if "range_relpath" not in part:
+        raise ValueError(f"{where} has no file range (written by an older bcfeat); run its shard again")
+    expected = [str(r) for r in part["range_relpath"]]
+    if meta.get("start") != start or meta.get("stop") != start + len(expected):
+        raise ValueError(f"{where} covers files {meta.get('start')}..{meta.get('stop')}, expected to start at "
+                         f"{start} with {len(expected)} files; the shards do not fit together")
+    rows = [str(r) for r in part["relpath"]]
+    position = {rel: i for i, rel in enumerate(expected)}
+    order = [position.get(rel, -1) for rel in rows]
+    if -1 in order:
+        raise ValueError(f"{where} holds a row for {rows[order.index(-1)]!r}, which is not one of its files")
+    if order != sorted(set(order)):
+        raise ValueError(f"{where} holds its rows out of order or twice")
+    unreadable = {str(p) for p in part["undecodable_path"]}
+    if len(rows) + len(unreadable) != len(expected) or unreadable & set(rows):
+        raise ValueError(f"{where}: {len(rows)} rows and {len(unreadable)} unreadable files do not make up its "
+                         f"{len(expected)} files")
+    lengths = {key: len(part[key]) for key in ("encoded", "label", "fallback", "score") if key in part}
+    if ("encoded" not in part and rows) or any(n != len(rows) for n in lengths.values()):
+        raise ValueError(f"{where} has {len(rows)} rows but arrays of lengths {lengths}")
+    return start + len(expected)
+
+
 def all_shards_present(output: str | os.PathLike) -> bool:
     """True when ``<output>.shards/`` holds shards 1..N of one N (nothing else is checked)."""
     try:
@@ -427,6 +487,12 @@ def merge_shards(output: str | os.PathLike, n_shards: int | None = None,
                              f"({', '.join(differs)} differ{'s' if len(differs) == 1 else ''}); "
                              "extract every shard with the same model, folder and settings")
     parts = [_load(found[k][0])[1] for k in range(1, count + 1)]
+    previous_stop = 0
+    for k, part in enumerate(parts, start=1):
+        previous_stop = _check_part(found[k][0], found[k][1], part, previous_stop)
+    if previous_stop != reference["n_files"]:
+        raise ValueError(f"the shards in {shard_folder(output)} cover {previous_stop} of the folder's "
+                         f"{reference['n_files']} files; extract them again")
     meta = found[1][1]
     skipped = [(str(p), str(r)) for p, r in zip(parts[0]["dropped_path"], parts[0]["dropped_reason"])]
     for part in parts:
