@@ -65,6 +65,16 @@ def escape_formulas(df: Any) -> Any:
     return out
 
 
+# A file name may hold 255 bytes; the temporary name adds a dot, 8 random characters and ".tmp".
+MAX_NAME_BYTES = 255
+
+
+def _temporary_prefix(path: Path) -> str:
+    """``.<name>.`` shortened so that the temporary name stays within :data:`MAX_NAME_BYTES`."""
+    name = path.name.encode("utf-8", "surrogateescape")[: MAX_NAME_BYTES - 16].decode("utf-8", "ignore")
+    return f".{name}."
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
     """A temporary path beside ``path``; on normal exit it replaces ``path``, on error it is removed.
@@ -80,7 +90,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -178,7 +188,7 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; remove it or ask to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         _give_user_mode(tmp, folder=True)

@@ -43,3 +43,16 @@ def test_csv_cells_that_would_run_as_formulas_are_escaped(tmp_path):
     assert back["probability"].tolist() == [-0.5, 0.9, 0.8, 0.7]  # numbers untouched
     save_table(table, tmp_path / "p.parquet")
     assert pd.read_parquet(tmp_path / "p.parquet")["relpath"][0] == "=1+2.bmp"
+
+
+def test_a_long_file_name_is_written_and_a_too_long_one_refused_before_work(tmp_path):
+    from bcfeat.runner.cli import check_output_path
+
+    long = tmp_path / ("x" * 245 + ".csv")  # 249 bytes: the temporary name must not add 14 more
+    save_table(pd.DataFrame({"a": [1]}), long)
+    assert long.read_text() == "a\n1\n"
+    assert [p.name for p in tmp_path.iterdir()] == [long.name]
+    import pytest
+
+    with pytest.raises(ValueError, match="255"):
+        check_output_path(tmp_path / ("y" * 260 + ".csv"))

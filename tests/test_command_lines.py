@@ -112,3 +112,14 @@ def test_pytest_collects_the_package_doctests_and_never_a_command_module():
                     "bcfeat/evaluation/baselines.py::bcfeat.evaluation.baselines.ColorShapeFeatures"):
         assert doctest in collected
     assert not [line for line in collected if "__main__" in line]
+
+
+@pytest.mark.parametrize("device, message", [("bogus", "is not a device"), ("cuda:99", "CUDA GPU")])
+def test_a_device_the_machine_lacks_is_a_usage_error(device, message, tmp_path, capsys):
+    from bcfeat.runner.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", "model.pt", str(tmp_path), "--output", str(tmp_path / "f.csv"), "--device", device])
+    assert exit_info.value.code == exit_codes.USAGE
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "f.csv").exists()

@@ -114,6 +114,8 @@ def check_output_path(output: str | os.PathLike, formats: Sequence[str] = TABLE_
     if fmt not in formats:
         raise ValueError(f"--output {out}: unknown {'table' if formats == TABLE_FORMATS else 'file'} format "
                          f"{out.suffix or '(no extension)'!r}; use one of {', '.join(formats)}")
+    if len(out.name.encode("utf-8", "surrogateescape")) > 255:
+        raise ValueError(f"--output: the file name is {len(out.name.encode())} bytes long; a file system allows 255")
     if out.is_dir():
         raise ValueError(f"--output {out} is a folder; give a file name such as {out / (example + out.suffix)}")
     for parent in out.parents:
@@ -194,7 +196,7 @@ def _http_url(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from bcfeat.data.download import SOURCES
     from bcfeat.data.registry import DATASETS, LAYOUTS
-    from bcfeat.runner.exit_codes import float_between, int_at_least
+    from bcfeat.runner.exit_codes import device_name, float_between, int_at_least
 
     p = argparse.ArgumentParser(prog="bcfeat", description="bcfeat: AE-CFE white blood cell features, reproducibly.")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -247,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'files': every image below the folder, no labels; else a dataset layout (labels kept)")
     e.add_argument("--output", required=True, help="table to write (.csv or .parquet)")
     e.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per step (>= 1)")
-    e.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ... (default: the CPU, the reference "
+    e.add_argument("--device", type=device_name, default=None, help="auto, cpu, cuda, cuda:1 ... (default: the CPU, the reference "
                    "path); on CUDA the batched path runs each step in one pass: give --batch-size 512")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_shard_options(e)
