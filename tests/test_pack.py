@@ -176,3 +176,52 @@ def test_pack_effect_pairs_seeds_and_compares_with_the_seed_spread():
     assert out["diff_mean"] == pytest.approx(0.25) and out["diff_max_abs"] == pytest.approx(0.30)
     assert out["seed_std_original"] == pytest.approx(0.1414, abs=1e-4)
     assert not out["within_seed_spread"]  # 0.25 > 0.14
+
+
+def _rehash(copy: Path, manifest_text: str) -> None:
+    """Write a manifest and re-hash it into pack.json, as someone tampering with a pack would."""
+    from bcfeat.data.manifest import sha256_of
+
+    (copy / "manifest.csv").write_text(manifest_text)
+    info = json.loads((copy / "pack.json").read_text())
+    info["manifest_sha256"] = sha256_of(copy / "manifest.csv")
+    (copy / "pack.json").write_text(json.dumps(info))
+
+
+def test_verify_refuses_manifest_entries_that_leave_the_pack(pack, tmp_path):
+    import os
+    import shutil
+
+    from bcfeat.data.manifest import sha256_of
+
+    copy = tmp_path / "copy"
+    shutil.copytree(pack, copy)
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not yours")
+    os.symlink(outside, copy / "datasets" / "link.txt")
+    text = (copy / "manifest.csv").read_text()
+    header = text.splitlines()[0].split(",")
+    rows = []
+    for rel in ("../secret.txt", str(outside), "datasets/link.txt"):
+        values = {"path": rel, "sha256": sha256_of(outside), "bytes": str(outside.stat().st_size)}
+        rows.append(",".join(values.get(h, "") for h in header))
+    _rehash(copy, text.rstrip("\n") + "\n" + "\n".join(rows) + "\n")
+    report = verify_pack(copy)
+    assert not report.ok
+    assert {rel for rel, _ in report.altered} == {"../secret.txt", str(outside), "datasets/link.txt"}
+    assert all("leaves the pack" in reason for _, reason in report.altered)
+
+
+def test_a_damaged_pack_json_or_manifest_is_named(pack, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(pack, copy)
+    good = (copy / "pack.json").read_text()
+    (copy / "pack.json").write_text(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="pack.json is damaged"):
+        verify_pack(copy)
+    (copy / "pack.json").write_text(good)
+    _rehash(copy, "name,size\nx,1\n")
+    with pytest.raises(ValueError, match="manifest.csv is damaged"):
+        verify_pack(copy)

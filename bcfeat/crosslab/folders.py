@@ -130,7 +130,9 @@ def _study_setting(record: dict) -> dict:
     """The study's chosen setting from a model file's record (``{}`` when it has none)."""
     from bcfeat.study.crosslab_validation import parse_setting
 
-    name = str(record.get("setting", ""))
+    name = record.get("setting", "")
+    if not isinstance(name, str) or len(name) > 200:  # a file from elsewhere: only a short name is a setting
+        return {}
     try:
         return parse_setting(name) if name else {}
     except ValueError:

@@ -382,7 +382,12 @@ def read_pack_info(pack: str | os.PathLike) -> dict:
     path = Path(pack) / PACK_INFO
     if not path.is_file():
         raise FileNotFoundError(f"{pack} is not a bcfeat data pack: no {PACK_INFO}")
-    info = json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is damaged: not readable JSON ({error})") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} is damaged: not a JSON object")
     if info.get("format") != PACK_FORMAT:
         raise ValueError(f"{path}: format {info.get('format')!r}, expected {PACK_FORMAT!r}")
     return info
@@ -403,19 +408,29 @@ def verify_pack(pack: str | os.PathLike) -> PackVerification:
     report = PackVerification(pack, 0, 0)
     if sha256_bytes(manifest) != info.get("manifest_sha256"):
         report.altered.append((PACK_MANIFEST, "sha256 differs from the one in pack.json"))
-    entries = list(csv.DictReader(io.StringIO(manifest.decode())))
+    try:
+        entries = list(csv.DictReader(io.StringIO(manifest.decode())))
+        if entries and not {"path", "bytes", "sha256"} <= set(entries[0]):
+            raise ValueError(f"columns {sorted(entries[0])} lack path, bytes or sha256")
+    except (ValueError, UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{manifest_path} is damaged: {error}") from None
     report.n_expected = len(entries)
     listed = {PACK_INFO, PACK_MANIFEST}
+    root = pack.resolve()
     for entry in entries:
-        rel = entry["path"]
+        rel = str(entry["path"])
         listed.add(rel)
         path = pack / rel
+        # an entry must name a file inside the pack: no absolute path, no "..", no link leading out
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or not path.resolve().is_relative_to(root):
+            report.altered.append((rel, "leaves the pack (absolute path, '..' or a link out of it)"))
+            continue
         if not path.is_file():
             report.missing.append(rel)
             continue
         report.n_checked += 1
         size = path.stat().st_size
-        if size != int(entry["bytes"]):
+        if not str(entry["bytes"]).isdigit() or size != int(entry["bytes"]):
             report.altered.append((rel, f"size {size} != {entry['bytes']}"))
         elif sha256_of(path) != entry["sha256"]:
             report.altered.append((rel, "sha256 differs"))
