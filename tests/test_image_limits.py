@@ -77,3 +77,21 @@ def test_an_exif_rotated_jpeg_is_read_upright(tmp_path):
     read = load_image(tmp_path / "turned.jpg")
     assert read.shape == (40, 20, 3)
     assert read[:10].mean() > 200 and read[20:].mean() < 50
+
+
+def test_a_skipped_file_is_named_once_by_classify(tmp_path, capsys, caplog):
+    from test_crosslab_method import _write_cell
+
+    from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, save_model
+    from bcfeat.runner.cli import main
+
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        _write_cell(tmp_path / "cells" / f"c{i}.png", 1, 24, rng)
+    (tmp_path / "cells" / "broken.png").write_bytes(b"not an image")
+    model = save_model(tmp_path / "m.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
+    with caplog.at_level("INFO"):
+        assert main(["extract", str(model), str(tmp_path / "cells"), "--output", str(tmp_path / "f.csv")]) == 0
+    shown = capsys.readouterr()
+    lines = (shown.out + shown.err + caplog.text).splitlines()
+    assert sum("broken.png" in line for line in lines) == 1  # one line names it, not a log line and a list

@@ -158,10 +158,12 @@ class CrossLabModel:
 
         Returns ``(features (m, d), kept (m,) indices into images)``, and the canonical crops
         ``(m, S, S, 3)`` uint8 with ``return_crops``. Unreadable images (and images whose cell
-        cannot be cut out) are skipped, named in ``skipped`` and logged with their count. A list
+        cannot be cut out) are skipped and named in ``skipped`` when a list is passed (the caller
+        reports them), else logged with their count. A list
         passed as ``found`` receives, per kept image, whether a cell was found (False: the mask is
         the centred fallback, e.g. a blank image).
         """
+        told = skipped is not None  # a caller that passes the list reports it (the commands do, once)
         skipped = SkippedImages() if skipped is None else skipped
         loaded, kept = [], []
         for i, item in enumerate(images):
@@ -183,7 +185,7 @@ class CrossLabModel:
         feats = np.stack([r[0] for r in results]) if results else np.zeros((0, d))
         crops = (np.stack([r[1] for r in results]) if results
                  else np.zeros((0, self.config.crop.size, self.config.crop.size, 3), np.uint8))
-        if len(skipped):
+        if len(skipped) and not told:
             logger.warning("%s", skipped.summary())
         out = (feats, np.asarray(kept, dtype=np.int64))
         return (*out, crops) if return_crops else out
