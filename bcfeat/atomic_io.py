@@ -69,10 +69,52 @@ def escape_formulas(df: Any) -> Any:
 MAX_NAME_BYTES = 255
 
 
+def _short_name(path: Path) -> str:
+    pid = str(os.getpid())
+    budget = MAX_NAME_BYTES - 16 - len(pid) - 1
+    return path.name.encode("utf-8", "surrogateescape")[:budget].decode("utf-8", "ignore")
+
+
 def _temporary_prefix(path: Path) -> str:
-    """``.<name>.`` shortened so that the temporary name stays within :data:`MAX_NAME_BYTES`."""
-    name = path.name.encode("utf-8", "surrogateescape")[: MAX_NAME_BYTES - 16].decode("utf-8", "ignore")
-    return f".{name}."
+    """``.<name>.<pid>.``, the name shortened so that the temporary name stays within
+    :data:`MAX_NAME_BYTES`; the writer's process id lets a later run tell a leftover from a
+    write in progress."""
+    return f".{_short_name(path)}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files or folders that a killed write of ``path`` left beside it (their
+    writer's process no longer runs); writes in progress are left alone. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    name = _short_name(path)
+    for leftover in path.parent.glob(f".{glob_escape(name)}.*.tmp"):
+        pid = leftover.name[len(name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    import glob
+
+    return glob.escape(text)
 
 
 @contextmanager
@@ -90,6 +132,7 @@ def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -188,6 +231,7 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; remove it or ask to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(path)
     tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp

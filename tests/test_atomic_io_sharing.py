@@ -56,3 +56,23 @@ def test_a_long_file_name_is_written_and_a_too_long_one_refused_before_work(tmp_
 
     with pytest.raises(ValueError, match="255"):
         check_output_path(tmp_path / ("y" * 260 + ".csv"))
+
+
+def test_leftovers_of_a_killed_write_are_removed_by_the_next_one(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a process id that no longer runs
+    stale = tmp_path / f".t.csv.{dead}.abcd1234.tmp"
+    stale.write_text("a\n1\n")  # complete, but never renamed: the writer was killed
+    stale_folder = tmp_path / f".pack.{dead}.abcd1234.tmp"
+    stale_folder.mkdir()
+    live = tmp_path / ".t.csv.1.abcd1234.tmp"  # process 1 runs: a write in progress, left alone
+    live.write_text("x")
+    save_table(pd.DataFrame({"a": [2]}), tmp_path / "t.csv")
+    with atomic_folder(tmp_path / "pack") as folder:
+        (folder / "f.txt").write_text("x")
+    assert not stale.exists() and not stale_folder.exists()
+    assert live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["t.csv", "pack", live.name])
