@@ -682,8 +682,9 @@ def reliability_figure(tables: Mapping[str, pd.DataFrame]):
     >>> len(fig.axes[0].lines)
     2
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    # pyplot, not a bare Figure: in a notebook the inline backend is what gives a glued figure the
+    # PNG that the book writes out (a bare Agg Figure's PNG is stored but never written to the book)
+    import matplotlib.pyplot as plt
 
     if not isinstance(tables, Mapping) or len(tables) == 0:
         raise ValueError(f"tables must be a non-empty mapping lab -> reliability table; got {tables!r}")
@@ -691,9 +692,7 @@ def reliability_figure(tables: Mapping[str, pd.DataFrame]):
         missing = [c for c in ("confidence", "accuracy") if c not in getattr(table, "columns", ())]
         if missing:
             raise ValueError(f"table of lab {lab!r} lacks column(s) {missing}")
-    fig = Figure(figsize=(5.0, 5.0))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = plt.subplots(figsize=(5.0, 5.0))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
     for lab, table in tables.items():
         used = table["confidence"].notna() & table["accuracy"].notna()
