@@ -97,7 +97,10 @@ def test_autoencoder_matches_one_process_and_resumes_after_a_kill(tmp_path):
     for key in ("total", "image", "features", "alignment"):
         np.testing.assert_allclose([r[key] for r in multi], [r[key] for r in single], rtol=1e-4, err_msg=key)
     assert [r["samples"] for r in multi] == [r["samples"] for r in single]
-    _weights_close(m_ckpt["state_dict"], s_ckpt["state_dict"], atol=1e-4)
+    # the loss curves above agree to 1e-4; Adam's per-weight normalisation turns reordered float sums of
+    # near-zero gradients into steps of up to the learning rate, so weights drift more on some CPUs
+    # (4.5e-4 measured on an AMD EPYC, 2e-5 on the machine this test was written on)
+    _weights_close(m_ckpt["state_dict"], s_ckpt["state_dict"], atol=1e-3)
 
     # Killed after its first checkpoint, then the same command again: it continues to the end.
     long_cfg = dict(cfg, epochs=40)
