@@ -33,7 +33,7 @@ PAGES = {
     "results/05_benchmark.html": ["The domain matrix", "balanced_accuracy"],
     "results/06_figures.html": ["The latent space", "<img"],
     "beyond.html": ["Beyond the paper", "virtual labs", "untouched lab", "crosslab", "oracle AdaBN", "<img"],
-    "results/07_crosslab.html": ["Choosing settings without the target", "<img"],
+    "results/07_crosslab.html": ["Choosing settings on the virtual labs only", "<img"],
     "reproducibility.html": ["Reproducing this book", "papermill"],
     "results/90_provenance.html": ["Package versions", "torch"],
 }
