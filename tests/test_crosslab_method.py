@@ -207,15 +207,20 @@ def _write_cell(path: Path, nucleus_lobes: int, radius: int, rng) -> None:
     Image.fromarray(img).save(path)
 
 
-def test_train_classifier_and_classify_a_folder_from_the_command_line(tmp_path):
-    from bcfeat.runner.cli import main
-
+def two_class_lab(tmp_path: Path) -> None:
+    """``lab/{lymph,neut}/`` (8 labelled cells each) and ``new/`` (8 + 8 unlabelled) of synthetic cells."""
     rng = np.random.default_rng(0)
     for i in range(8):
         _write_cell(tmp_path / "lab" / "lymph" / f"l{i}.png", 1, 22 + i % 3, rng)
         _write_cell(tmp_path / "lab" / "neut" / f"n{i}.png", 3, 34 + i % 3, rng)
         _write_cell(tmp_path / "new" / f"l{i}.png", 1, 22 + i % 3, rng)
         _write_cell(tmp_path / "new" / f"n{i}.png", 3, 34 + i % 3, rng)
+
+
+def test_train_classifier_and_classify_a_folder_from_the_command_line(tmp_path):
+    from bcfeat.runner.cli import main
+
+    two_class_lab(tmp_path)
     (tmp_path / "lab" / "stray.png").write_bytes(b"not in a class folder")
     (tmp_path / "new" / "broken.png").write_bytes(b"not an image")
     base = save_model(tmp_path / "base.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))

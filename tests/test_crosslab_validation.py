@@ -236,17 +236,12 @@ def test_train_classifier_checks_its_output_before_measuring_anything(tmp_path, 
 
 
 def test_classify_marks_images_without_a_cell_and_leaves_them_out_of_the_statistics(tmp_path, caplog):
-    from test_crosslab_method import _write_cell
+    from test_crosslab_method import two_class_lab
 
     from bcfeat.crosslab.folders import NO_CELL, classify_folder, train_classifier
     from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, save_model
 
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        _write_cell(tmp_path / "lab" / "lymph" / f"l{i}.png", 1, 22 + i % 3, rng)
-        _write_cell(tmp_path / "lab" / "neut" / f"n{i}.png", 3, 34 + i % 3, rng)
-        _write_cell(tmp_path / "new" / f"l{i}.png", 1, 22 + i % 3, rng)
-        _write_cell(tmp_path / "new" / f"n{i}.png", 3, 34 + i % 3, rng)
+    two_class_lab(tmp_path)
     Image.fromarray(np.full((120, 120, 3), 255, np.uint8)).save(tmp_path / "new" / "white.png")
     base = save_model(tmp_path / "base.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
     clf_file, _, _ = train_classifier(base, tmp_path / "lab", tmp_path / "clf.pt")
