@@ -17,6 +17,7 @@ so the next run resumes it, and an extracted dataset folder is renamed into plac
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -100,7 +101,7 @@ def remove_leftovers(path: str | os.PathLike) -> list[Path]:
     if not path.parent.is_dir():
         return removed
     name = _short_name(path)
-    for leftover in path.parent.glob(f".{glob_escape(name)}.*.tmp"):
+    for leftover in path.parent.glob(f".{glob.escape(name)}.*.tmp"):
         pid = leftover.name[len(name) + 2:].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             if leftover.is_dir() and not leftover.is_symlink():
@@ -110,11 +111,6 @@ def remove_leftovers(path: str | os.PathLike) -> list[Path]:
             removed.append(leftover)
     return removed
 
-
-def glob_escape(text: str) -> str:
-    import glob
-
-    return glob.escape(text)
 
 
 @contextmanager

@@ -11,17 +11,14 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from bcfeat.crosslab.novelty import LabNovelty, fit_novelty, lab_novelty_score, novelty_warning
 from bcfeat.crosslab.calibration import (
-    LabNovelty,
     UncertainRule,
     apply_temperature,
     calibration_summary,
     choose_uncertain_rule,
     expected_calibration_error,
-    fit_novelty,
     fit_temperature,
-    lab_novelty_score,
-    novelty_warning,
     reliability_figure,
     reliability_table,
     review_table,

@@ -151,7 +151,7 @@ def test_deployed_model_file_carries_calibration_and_classify_flags_uncertain_ce
     P = loaded.predict_proba(X)
     np.testing.assert_array_equal(uncertain_cells(loaded, P), P.max(1) < 0.6)
     # a familiar lab gets no warning; a lab whose class signal sits in other features does
-    from bcfeat.crosslab.calibration import lab_novelty_score
+    from bcfeat.crosslab.novelty import lab_novelty_score
 
     familiar = lab_novelty_score(loaded.discriminant_view(X), loaded.discriminant_means_)
     loaded.calibration_ = {**loaded.calibration_, "reference_novelty": [familiar], "novelty_threshold": 1.5 * familiar}

@@ -149,7 +149,7 @@ def uncertain_cells(classifier: CrossLabClassifier, proba: np.ndarray) -> np.nda
 def lab_warning(classifier: CrossLabClassifier, feats: np.ndarray) -> str | None:
     """A warning when this call's cells sit farther from every training class than any of the
     study's development labs did (``None`` if not, or if the file holds no reference)."""
-    from bcfeat.crosslab.calibration import LabNovelty, lab_novelty_score, novelty_warning
+    from bcfeat.crosslab.novelty import LabNovelty, lab_novelty_score, novelty_warning
 
     calibration = getattr(classifier, "calibration_", {})
     if "novelty_threshold" not in calibration:

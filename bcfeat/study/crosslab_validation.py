@@ -30,6 +30,7 @@ import pandas as pd
 
 from bcfeat.crosslab import calibration as cal
 from bcfeat.crosslab import mixes as mx
+from bcfeat.crosslab import novelty as nov
 from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_features import feature_names, feature_set_columns
 from bcfeat.data.splits import SplitPlan
@@ -252,11 +253,11 @@ def fit_calibration(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, 
         X = virtual.features[(lab.name, source)]
         probas.append(clf.predict_proba(X))
         truths.append(_index(virtual.labels, clf.classes_))
-        novelty.append(cal.lab_novelty_score(clf.discriminant_view(X), clf.discriminant_means_))
+        novelty.append(nov.lab_novelty_score(clf.discriminant_view(X), clf.discriminant_means_))
     P, t = np.vstack(probas), np.concatenate(truths)
     T = cal.fit_temperature(P, t)
     rule = cal.choose_uncertain_rule(cal.apply_temperature(P, T), t, target_catch, max_review)
-    fitted = cal.fit_novelty(novelty)
+    fitted = nov.fit_novelty(novelty)
     return Calibration(float(T), float(rule.min_probability), float(fitted.threshold), [float(v) for v in novelty])
 
 
@@ -266,20 +267,20 @@ def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
     temperature, the ``uncertain`` flag's review share and catch rate, the novelty score and
     whether it warns; and the reliability tables (after the temperature)."""
     rule = cal.UncertainRule(calibration.uncertain_min_probability)
-    novelty = cal.LabNovelty(np.asarray(calibration.reference_novelty), calibration.novelty_threshold)
+    novelty = nov.LabNovelty(np.asarray(calibration.reference_novelty), calibration.novelty_threshold)
     rows, reliability = [], {}
     for name, (X, y) in labs.items():
         P = clf.predict_proba(X)
         t = _index(y, clf.classes_)
         Pt = cal.apply_temperature(P, calibration.temperature)
         before, after = cal.calibration_summary(P, t), cal.calibration_summary(Pt, t)
-        score = cal.lab_novelty_score(clf.discriminant_view(X), clf.discriminant_means_)
+        score = nov.lab_novelty_score(clf.discriminant_view(X), clf.discriminant_means_)
         rows.append({"lab": name, "n_cells": len(y), "accuracy": after["accuracy"],
                      "ece_raw": before["ece"], "mean_confidence_raw": before["mean_confidence"],
                      "ece": after["ece"], "mean_confidence": after["mean_confidence"],
                      "confidence_gap": after["confidence_gap"],
                      **{k: v for k, v in cal.review_table(Pt, t, rule).items() if k != "n_cells"},
-                     "novelty": score, "novelty_warning": cal.novelty_warning(score, novelty) is not None})
+                     "novelty": score, "novelty_warning": nov.novelty_warning(score, novelty) is not None})
         reliability[name] = cal.reliability_table(Pt, t)
     return pd.DataFrame(rows), reliability
 
