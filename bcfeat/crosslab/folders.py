@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,14 +41,18 @@ def _folder_files(folder: str | os.PathLike, labelled: bool) -> tuple[pd.DataFra
     return files.reset_index(drop=True), dropped
 
 
-def _measure_folder(model: CrossLabModel, folder: str | os.PathLike, labelled: bool, found: list | None = None):
+def _measure_folder(model: CrossLabModel, folder: str | os.PathLike, labelled: bool, found: list | None = None,
+                    thumbnails: list | None = None, min_images: int = 1, ruler: bool = True):
     from bcfeat.data.images import SkippedImages
 
     files, dropped = _folder_files(folder, labelled)
     if files.empty:
         raise FileNotFoundError(f"no images found below {folder}" + (" in class folders" if labelled else ""))
+    if len(files) < min_images:  # refused before any image is read
+        raise ValueError(f"{len(files)} image file(s) below {folder}; the model standardises a lab's cells with "
+                         f"their own statistics and needs at least {min_images}")
     skipped = SkippedImages()
-    feats, kept = model.measure(files["path"].tolist(), skipped, found=found)
+    feats, kept = model.measure(files["path"].tolist(), skipped, found=found, thumbnails=thumbnails, ruler=ruler)
     dropped = dropped + [(str(Path(p).relative_to(folder)) if Path(p).is_absolute() else str(p), reason)
                          for p, reason in skipped]
     return files.iloc[kept].reset_index(drop=True), feats, sorted(dropped)
@@ -62,13 +67,34 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike):
     return table, skipped
 
 
+def _corrections_files(corrections: str | os.PathLike, folder: str | os.PathLike) -> pd.DataFrame:
+    """The corrected cells as ``relpath, path, label`` (relpath prefixed with the folder's name,
+    so that it cannot collide with a labelled file's); every file must exist below ``folder``."""
+    from bcfeat.crosslab.review_report import read_corrections
+
+    table = read_corrections(corrections)
+    root = Path(folder).resolve()
+    paths = []
+    for i, relpath in enumerate(table["relpath"], start=2):
+        path = (root / relpath).resolve()
+        if root not in path.parents or not path.is_file():
+            raise ValueError(f"{corrections}: row {i}: {relpath!r} is not a file below {folder}")
+        paths.append(str(path))
+    return pd.DataFrame({"relpath": [f"{root.name}/{r}" for r in table["relpath"]], "path": paths,
+                         "label": table["label"].to_numpy()})
+
+
 def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, output: str | os.PathLike,
-                     C: float | None = None, groups: str | None = None) -> tuple[Path, pd.Series, list[tuple[str, str]]]:
+                     C: float | None = None, groups: str | None = None,
+                     corrections: str | os.PathLike | None = None, corrections_folder: str | os.PathLike | None = None
+                     ) -> tuple[Path, pd.Series, list[tuple[str, str]]]:
     """Train the cross-lab classifier on labelled folders and write model + classifier to ``output``.
 
     ``C`` and ``groups`` (the feature set) default to the setting the study chose for the model
-    file (its record), else 0.03 and ``"all"``. Returns the written path, the number of cells per
-    class, and the skipped files.
+    file (its record), else 0.03 and ``"all"``. ``corrections`` (``relpath,label``, the download
+    of a review report) adds reviewed cells of ``corrections_folder`` (the classified folder) to
+    the labelled ones. Returns the written path, the number of cells per class, and the skipped
+    files.
     """
     from bcfeat.crosslab.cell_features import feature_set_columns
 
@@ -76,13 +102,26 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
         feature_set_columns(groups)  # an unknown name fails before any work
     if C is not None and not C > 0:
         raise ValueError(f"C must be > 0, got {C}")
+    if (corrections is None) != (corrections_folder is None):
+        raise ValueError("--corrections and --corrections-folder go together: the corrections' relpaths are "
+                         "relative to the folder that was classified")
+    extra = None if corrections is None else _corrections_files(corrections, corrections_folder)
     model = load_model(model_path)
     setting = _study_setting(model.record)
     C = setting.get("C", 0.03) if C is None else C
     groups = setting.get("groups", "all") if groups is None else groups
     statistics = setting.get("statistics", "plain")
     columns = feature_set_columns(groups)
-    files, feats, skipped = _measure_folder(model, folder, labelled=True)
+    files, feats, skipped = _measure_folder(model, folder, labelled=True,
+                                            min_images=0 if extra is not None else MIN_SITE_CELLS)
+    if extra is not None:
+        from bcfeat.data.images import SkippedImages
+
+        more = SkippedImages()
+        extra_feats, kept = model.measure(extra["path"].tolist(), more)
+        skipped = sorted(skipped + [(str(p), reason) for p, reason in more])
+        files = pd.concat([files, extra.iloc[kept]], ignore_index=True)
+        feats = np.concatenate([feats, extra_feats])
     counts = files["label"].value_counts().sort_index()
     small = counts[counts < MIN_CELLS_PER_CLASS]
     if len(small):
@@ -104,6 +143,7 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
     model.record = {**model.record, "classifier_trained_on": str(Path(folder).resolve()),
                     "class_counts": {str(k): int(v) for k, v in counts.items()}, "n_cells": int(len(files)),
                     "n_skipped": len(skipped), "C": C, "groups": groups, "statistics": statistics,
+                    "n_corrections": 0 if extra is None else int(len(extra)),
                     "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return save_model(output, model), counts, skipped
 
@@ -115,7 +155,8 @@ def _call_warnings(feats: np.ndarray, predicted: np.ndarray) -> list[str]:
     """Warnings about a call as a whole: features without spread (the same image many times, or
     blank images), or every cell called the same class."""
     out = []
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a feature left out of the call (NaN) has no spread
         spread = np.nanstd(feats, axis=0)
     if len(feats) > 1 and not np.any(spread > 1e-9):
         out.append(f"the {len(feats)} cells' features do not vary at all (copies of one image, or blank "
@@ -160,7 +201,8 @@ def lab_warning(classifier: CrossLabClassifier, feats: np.ndarray) -> str | None
     return novelty_warning(score, novelty)
 
 
-def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike):
+def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, thumbnails: list | None = None,
+                    warning_list: list | None = None):
     """Classify every image below ``folder`` as one lab's cells: ``(table, skipped)`` with
     ``relpath, predicted, probability, uncertain, cell_found`` and one ``p_<class>`` column per class.
 
@@ -171,31 +213,62 @@ def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike):
     ``uncertain`` marks the cells a technologist should review (top probability below the
     threshold the study fitted on its development labs). When the folder's cells look unlike
     every training class (farther than any development lab), a warning is logged: the lab's
-    stain, optics or framing may be outside what the model has seen."""
+    stain, optics or framing may be outside what the model has seen. A list passed as ``warning_list``
+    receives them too; one passed as ``thumbnails`` receives each row's canonical crop (JPEG bytes).
+
+    Images are read and measured in bounded chunks: memory holds the feature table, not the folder.
+    A folder with fewer image files than the lab statistics need is refused before any is read."""
+    model = _classifier_model(model_path)
+    found: list[bool] = []
+    files, feats, skipped = _measure_folder(model, folder, labelled=False, found=found, thumbnails=thumbnails,
+                                            min_images=MIN_SITE_CELLS, ruler=model.classifier_uses_ruler)
+    table = classify_cells(model, files["relpath"], feats, np.asarray(found, bool), folder, warning_list)
+    return table, skipped
+
+
+def _classifier_model(model_path: str | os.PathLike) -> CrossLabModel:
     model = load_model(model_path)
     if model.classifier is None:
         raise ValueError(f"{model_path} holds no classifier: train one with `bcfeat train-classifier`")
-    found: list[bool] = []
-    files, feats, skipped = _measure_folder(model, folder, labelled=False, found=found)
-    found = np.asarray(found, bool)
+    return model
+
+
+def classify_features(model_path: str | os.PathLike, features: pd.DataFrame, folder: str | os.PathLike,
+                      warning_list: list | None = None) -> pd.DataFrame:
+    """:func:`classify_folder`'s table from a feature table of the same model (``relpath``,
+    ``cell_found`` and the feature columns: the merge of ``bcfeat classify --shard`` runs)."""
+    model = _classifier_model(model_path)
+    missing = [c for c in ["relpath", "cell_found", *model.feature_names] if c not in features.columns]
+    if missing:
+        raise ValueError(f"the feature table lacks {len(missing)} column(s) of this model, e.g. {missing[0]!r}")
+    feats = features[model.feature_names].to_numpy(np.float64)
+    return classify_cells(model, features["relpath"], feats, features["cell_found"].to_numpy(bool), folder,
+                          warning_list)
+
+
+def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray, found: np.ndarray,
+                   folder: str | os.PathLike, warning_list: list | None = None) -> pd.DataFrame:
+    """One lab's measured cells -> the table of :func:`classify_folder` (the lab's statistics are
+    those of the cells with ``found``)."""
     if found.sum() < MIN_SITE_CELLS:
         raise ValueError(f"{int(found.sum())} images below {folder} hold a cell that could be found "
-                         f"({len(files)} readable); the model standardises a lab's cells with their own "
+                         f"({len(relpaths)} readable); the model standardises a lab's cells with their own "
                          f"statistics and needs at least {MIN_SITE_CELLS}")
     classes = model.classifier.classes_
     # cells where no cell was found are left out of the lab's statistics and get no class
-    proba = np.full((len(files), len(classes)), np.nan)
+    proba = np.full((len(relpaths), len(classes)), np.nan)
     proba[found] = model.classifier.predict_proba(feats[found])
     predicted = np.where(found, classes[np.nan_to_num(proba, nan=0.0).argmax(axis=1)], NO_CELL)
-    table = pd.DataFrame({"relpath": files["relpath"], "predicted": predicted, "probability": proba.max(axis=1),
+    table = pd.DataFrame({"relpath": np.asarray(relpaths), "predicted": predicted, "probability": proba.max(axis=1),
                           "uncertain": ~found | uncertain_cells(model.classifier, np.nan_to_num(proba, nan=0.0)),
                           "cell_found": found})
     for warning in [lab_warning(model.classifier, feats[found]), *_call_warnings(feats[found], predicted[found])]:
         if warning:
             logger.warning("%s: %s", folder, warning)
-    table = pd.concat([table, pd.DataFrame(proba, columns=[f"p_{c}" for c in classes])], axis=1)
-    return table, skipped
+            if warning_list is not None:
+                warning_list.append(warning)
+    return pd.concat([table, pd.DataFrame(proba, columns=[f"p_{c}" for c in classes])], axis=1)
 
 
-__all__ = ["extract_folder", "train_classifier", "classify_folder", "uncertain_cells", "lab_warning",
+__all__ = ["extract_folder", "train_classifier", "classify_folder", "classify_features", "classify_cells", "uncertain_cells", "lab_warning",
            "MIN_CELLS_PER_CLASS", "DEFAULT_UNCERTAIN_BELOW"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,19 +57,22 @@ class ExtractorConfig:
         Images per detector forward pass.
     n_workers : int
         Processes measuring the crops in parallel (1: in this process).
+    chunk_size : int
+        Images read and measured at a time: memory holds one chunk of images, never the folder.
     """
 
     mask_source: str = "detector"
     crop: CropConfig = field(default_factory=CropConfig)
     detector_batch_size: int = 16
     n_workers: int = 1
+    chunk_size: int = 256
 
     def __post_init__(self) -> None:
         if self.mask_source not in MASK_SOURCES:
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
-        if self.detector_batch_size < 1 or self.n_workers < 1:
-            raise ValueError("detector_batch_size and n_workers must be >= 1, got "
-                             f"{self.detector_batch_size} and {self.n_workers}")
+        if self.detector_batch_size < 1 or self.n_workers < 1 or self.chunk_size < 1:
+            raise ValueError("detector_batch_size, n_workers and chunk_size must be >= 1, got "
+                             f"{self.detector_batch_size}, {self.n_workers} and {self.chunk_size}")
 
     @classmethod
     def from_dict(cls, d: dict) -> ExtractorConfig:
@@ -95,10 +98,13 @@ def end_with_parent() -> None:
             os._exit(1)
 
 
-def _measure(args: tuple[np.ndarray, Any, CropConfig]) -> tuple[np.ndarray, np.ndarray, bool]:
-    """One image and its cell mask (None: the label-free stain segmentation's; or the detector's
-    ``(mask, found)``) -> (features, crop image, whether a cell was found rather than the fallback)."""
-    image, mask, crop_cfg = args
+def _measure(args: tuple) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(image, mask, crop config[, ruler])``: one image and its cell mask (None: the label-free
+    stain segmentation's; or the detector's ``(mask, found)``) -> (features, crop image, whether a
+    cell was found rather than the fallback). ``ruler=False`` skips the red-cell ruler (its
+    feature is NaN)."""
+    image, mask, crop_cfg = args[:3]
+    ruler = args[3] if len(args) > 3 else True
     found = True
     if mask is None:
         from bcfeat.detection.pseudo_masks import segment_white_cell
@@ -111,8 +117,54 @@ def _measure(args: tuple[np.ndarray, Any, CropConfig]) -> tuple[np.ndarray, np.n
         from bcfeat.detection.pseudo_masks import centred_ellipse
 
         mask, found = centred_ellipse(*image.shape[:2]), False
-    crop = canonical_crop(image, mask, crop_cfg)
+    crop = canonical_crop(image, mask, crop_cfg, ruler=ruler)
     return cell_features(crop), crop.image, found
+
+
+THUMBNAIL_QUALITY = 90  # JPEG quality of the review page's cell crops
+
+
+def encode_thumbnail(crop: np.ndarray) -> bytes:
+    """A canonical crop ``(S, S, 3)`` uint8 as JPEG bytes (a few kB), for a review page."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(crop).save(buffer, format="JPEG", quality=THUMBNAIL_QUALITY)
+    return buffer.getvalue()
+
+
+def _measure_item(args: tuple[Any, Any, CropConfig, bool, bool]
+                  ) -> tuple[np.ndarray, np.ndarray, bool, bytes | None] | str:
+    """``(image, mask, crop config, encode, ruler)``: one image (a path, read here, or an array)
+    and its mask (see :func:`_measure`) -> ``(features, crop, found, thumbnail or None)``, or the
+    reason why the file could not be read."""
+    item, mask, crop_cfg, encode, ruler = args
+    try:
+        image = read_image(item)
+    except (ImageDecodeError, OSError, ValueError, TypeError) as error:
+        return str(error)
+    feats, crop, found = _measure((image, mask, crop_cfg, ruler))
+    return feats, crop, found, encode_thumbnail(crop) if encode else None
+
+
+def _item_name(item: Any, index: int) -> str:
+    return item if not isinstance(item, np.ndarray) else f"<array {index}>"
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[tuple[int, list]]:
+    """``(index of the first, items)`` of consecutive chunks of at most ``size`` items."""
+    chunk: list = []
+    start = 0
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield start, chunk
+            start += size
+            chunk = []
+    if chunk:
+        yield start, chunk
 
 
 class CrossLabModel:
@@ -151,9 +203,69 @@ class CrossLabModel:
             return [(d.mask, not d.fallback)
                     for d in detect(self.detector, images, batch_size=self.config.detector_batch_size)]
 
+    def iter_measure(self, images: Iterable[Any], skipped: SkippedImages, return_crops: bool = False,
+                     found: list | None = None, thumbnails: list | None = None, ruler: bool = True
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """:meth:`measure` in bounded chunks: yields ``(features, kept indices, crops or None)``
+        per chunk of at most ``config.chunk_size`` images, so memory does not grow with the number
+        of images (only what the caller keeps of the yields does).
+
+        With the stain segmentation the worker processes read the files themselves (the main
+        process holds no decoded image); with the detector the main process decodes one chunk
+        and runs the detector on it. ``thumbnails`` (a list) receives each kept cell's canonical
+        crop as JPEG bytes, for a review page. ``ruler=False`` leaves the red-cell ruler out (its
+        feature is NaN): for a classifier that does not use it, the same classes in less time.
+        """
+        cfg = self.config
+        encode = thumbnails is not None
+        pool = (ProcessPoolExecutor(cfg.n_workers, initializer=end_with_parent) if cfg.n_workers > 1 else None)
+        try:
+            for start, chunk in _chunks(images, cfg.chunk_size):
+                jobs, kept = [], []
+                if cfg.mask_source == "stain":
+                    jobs = [(item, None, cfg.crop, encode, ruler) for item in chunk]
+                    kept = list(range(start, start + len(chunk)))
+                else:
+                    loaded = []
+                    for i, item in enumerate(chunk, start):
+                        try:
+                            loaded.append(read_image(item))
+                            kept.append(i)
+                        except (ImageDecodeError, OSError, ValueError, TypeError) as error:
+                            skipped.add(_item_name(item, i), str(error))
+                    jobs = [(im, m, cfg.crop, encode, ruler) for im, m in zip(loaded, self._masks(loaded) if loaded else [])]
+                    del loaded
+                if pool is not None and len(jobs) > 1:
+                    results = list(pool.map(_measure_item, jobs,
+                                            chunksize=max(1, len(jobs) // (4 * cfg.n_workers))))
+                else:
+                    results = [_measure_item(job) for job in jobs]
+                del jobs
+                feats, crops, ok = [], [], []
+                for i, result in zip(kept, results):
+                    if isinstance(result, str):  # the worker could not read the file: its reason
+                        skipped.add(_item_name(chunk[i - start], i), result)
+                        continue
+                    f, crop, was_found, thumb = result
+                    ok.append(i)
+                    feats.append(f)
+                    if return_crops:
+                        crops.append(crop)
+                    if found is not None:
+                        found.append(bool(was_found))
+                    if encode:
+                        thumbnails.append(thumb)
+                d = len(feature_names())
+                yield (np.stack(feats) if feats else np.zeros((0, d)), np.asarray(ok, dtype=np.int64),
+                       (np.stack(crops) if crops else np.zeros((0, cfg.crop.size, cfg.crop.size, 3), np.uint8))
+                       if return_crops else None)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+
     def measure(self, images: Sequence[Any], skipped: SkippedImages | None = None,
-                return_crops: bool = False, found: list | None = None
-                ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+                return_crops: bool = False, found: list | None = None, thumbnails: list | None = None,
+                ruler: bool = True) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cell features of images (arrays or paths).
 
         Returns ``(features (m, d), kept (m,) indices into images)``, and the canonical crops
@@ -161,34 +273,25 @@ class CrossLabModel:
         cannot be cut out) are skipped and named in ``skipped`` when a list is passed (the caller
         reports them), else logged with their count. A list
         passed as ``found`` receives, per kept image, whether a cell was found (False: the mask is
-        the centred fallback, e.g. a blank image).
+        the centred fallback, e.g. a blank image); one passed as ``thumbnails`` each kept cell's
+        canonical crop as JPEG bytes.
+
+        Images are read and measured in chunks (:meth:`iter_measure`): only the features (and
+        the crops or thumbnails asked for) are held for the whole call.
         """
         told = skipped is not None  # a caller that passes the list reports it (the commands do, once)
         skipped = SkippedImages() if skipped is None else skipped
-        loaded, kept = [], []
-        for i, item in enumerate(images):
-            try:
-                loaded.append(read_image(item))
-                kept.append(i)
-            except (ImageDecodeError, OSError, ValueError, TypeError) as error:
-                skipped.add(item if not isinstance(item, np.ndarray) else f"<array {i}>", str(error))
-        masks = self._masks(loaded) if loaded else []
-        jobs = [(im, m, self.config.crop) for im, m in zip(loaded, masks)]
-        if self.config.n_workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(self.config.n_workers, initializer=end_with_parent) as pool:
-                results = list(pool.map(_measure, jobs, chunksize=max(1, len(jobs) // (4 * self.config.n_workers))))
-        else:
-            results = [_measure(job) for job in jobs]
+        parts = list(self.iter_measure(images, skipped, return_crops, found, thumbnails, ruler))
         d = len(feature_names())
-        if found is not None:
-            found.extend(bool(r[2]) for r in results)
-        feats = np.stack([r[0] for r in results]) if results else np.zeros((0, d))
-        crops = (np.stack([r[1] for r in results]) if results
-                 else np.zeros((0, self.config.crop.size, self.config.crop.size, 3), np.uint8))
+        feats = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, d))
+        kept = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
         if len(skipped) and not told:
             logger.warning("%s", skipped.summary())
-        out = (feats, np.asarray(kept, dtype=np.int64))
-        return (*out, crops) if return_crops else out
+        if not return_crops:
+            return feats, kept
+        crops = (np.concatenate([p[2] for p in parts]) if parts
+                 else np.zeros((0, self.config.crop.size, self.config.crop.size, 3), np.uint8))
+        return feats, kept, crops
 
     def classify(self, images: Sequence[Any], skipped: SkippedImages | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities of **one lab's** images: ``((m, n_classes), kept indices)``.
@@ -198,8 +301,14 @@ class CrossLabModel:
         """
         if self.classifier is None:
             raise ValueError("this model has no classifier: train one with `bcfeat train-classifier`")
-        feats, kept = self.measure(images, skipped)
+        feats, kept = self.measure(images, skipped, ruler=self.classifier_uses_ruler)
         return self.classifier.predict_proba(feats), kept
+
+    @property
+    def classifier_uses_ruler(self) -> bool:
+        """Whether the classifier reads the red-cell ruler feature (True without a classifier)."""
+        columns = None if self.classifier is None else self.classifier.columns
+        return columns is None or feature_names().index("log_cell_over_red_cell") in columns
 
 
 # ----------------------------------------------------------------------------- model files

@@ -349,16 +349,19 @@ def _run_crosslab(job: _Job, batch_size: int, resume, save_partial: Callable, ch
     relpaths: list[str] = []
     features: list[np.ndarray] = []
     undecodable: list[tuple[str, str]] = []
+    found: list[bool] = []  # per row: a cell was found (False: the centred fallback mask)
     position = 0
     if resume is not None:
         position, done = resume
         relpaths = done["relpath"].tolist()
         features = [done["encoded"]] if len(relpaths) else []
         undecodable = list(zip(done["undecodable_path"].tolist(), done["undecodable_reason"].tolist()))
+        found = done["cell_found"].tolist() if "cell_found" in done else [True] * len(relpaths)
 
     def arrays_so_far() -> dict[str, np.ndarray]:
         out = {"relpath": _strings(relpaths), **_skipped_arrays(undecodable, "undecodable"),
-               **_skipped_arrays(job.dropped, "dropped"), "feature_names": _strings(model.feature_names)}
+               **_skipped_arrays(job.dropped, "dropped"), "feature_names": _strings(model.feature_names),
+               "cell_found": np.asarray(found, bool)}
         if features:
             out["encoded"] = np.concatenate(features)
         return out
@@ -366,7 +369,7 @@ def _run_crosslab(job: _Job, batch_size: int, resume, save_partial: Callable, ch
     for n, begin in enumerate(range(position, len(files), chunk), start=1):
         part = files.iloc[begin:begin + chunk]
         skipped = SkippedImages()
-        feats, kept = model.measure(part["path"].tolist(), skipped)
+        feats, kept = model.measure(part["path"].tolist(), skipped, found=found)
         relpaths += part["relpath"].iloc[kept].tolist()
         if len(kept):
             features.append(feats)
@@ -424,7 +427,7 @@ def _check_part(path: Path, meta: dict, part: dict[str, np.ndarray], start: int)
     if len(rows) + len(unreadable) != len(expected) or unreadable & set(rows):
         raise ValueError(f"{where}: {len(rows)} rows and {len(unreadable)} unreadable files do not make up its "
                          f"{len(expected)} files")
-    lengths = {key: len(part[key]) for key in ("encoded", "label", "fallback", "score") if key in part}
+    lengths = {key: len(part[key]) for key in ("encoded", "label", "fallback", "score", "cell_found") if key in part}
     if ("encoded" not in part and rows) or any(n != len(rows) for n in lengths.values()):
         raise ValueError(f"{where} has {len(rows)} rows but arrays of lengths {lengths}")
     return start + len(expected)
@@ -440,7 +443,8 @@ def all_shards_present(output: str | os.PathLike) -> bool:
 
 
 def merge_shards(output: str | os.PathLike, n_shards: int | None = None,
-                 model_path: str | os.PathLike | None = None) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+                 model_path: str | os.PathLike | None = None, cell_found: bool = False
+                 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """The merged table of ``<output>.shards/``, identical to a single-process ``extract_folder``.
 
     Parameters
@@ -452,6 +456,9 @@ def merge_shards(output: str | os.PathLike, n_shards: int | None = None,
     model_path : path-like, optional
         The model file, needed only for a site-standardised AE-CFE model (the merge encodes the
         whole folder at once); default: the path the shards recorded. Its sha256 must match.
+    cell_found : bool
+        For a cross-lab model's shards: add the column ``cell_found`` (whether a cell was found
+        in the image, as :func:`bcfeat.crosslab.folders.classify_folder` needs it).
 
     Returns
     -------
@@ -503,6 +510,10 @@ def merge_shards(output: str | os.PathLike, n_shards: int | None = None,
         names = [str(n) for n in parts[0]["feature_names"]]
         feats = np.concatenate(encoded) if encoded else np.zeros((0, len(names)))
         table = pd.concat([pd.DataFrame({"relpath": relpaths}), pd.DataFrame(feats, columns=names)], axis=1)
+        if cell_found:
+            table.insert(1, "cell_found", np.concatenate(
+                [part["cell_found"] if "cell_found" in part else np.ones(len(part["relpath"]), bool)
+                 for part in parts]).astype(bool))
         return table, sorted(skipped)
     if not relpaths:
         return pd.DataFrame([], columns=ROW_COLUMNS), sorted(skipped)

@@ -99,7 +99,7 @@ def _cmd_splits(args: argparse.Namespace) -> int:
 
 
 def check_output_path(output: str | os.PathLike, formats: Sequence[str] = TABLE_FORMATS,
-                      example: str = "features") -> Path:
+                      example: str = "features", option: str = "--output") -> Path:
     """An ``--output`` checked before any work (format, folder, writability): the table of
     ``bcfeat extract`` and ``classify``, or (``formats=(".pt",)``) the model file of
     ``train-classifier``.
@@ -112,24 +112,24 @@ def check_output_path(output: str | os.PathLike, formats: Sequence[str] = TABLE_
     out = Path(output)
     fmt = out.suffix.lower()
     if fmt not in formats:
-        raise ValueError(f"--output {out}: unknown {'table' if formats == TABLE_FORMATS else 'file'} format "
+        raise ValueError(f"{option} {out}: unknown {'table' if formats == TABLE_FORMATS else 'file'} format "
                          f"{out.suffix or '(no extension)'!r}; use one of {', '.join(formats)}")
     if len(out.name.encode("utf-8", "surrogateescape")) > 255:
-        raise ValueError(f"--output: the file name is {len(out.name.encode())} bytes long; a file system allows 255")
+        raise ValueError(f"{option}: the file name is {len(out.name.encode())} bytes long; a file system allows 255")
     if out.is_dir():
-        raise ValueError(f"--output {out} is a folder; give a file name such as {out / (example + out.suffix)}")
+        raise ValueError(f"{option} {out} is a folder; give a file name such as {out / (example + out.suffix)}")
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ValueError(f"--output {out}: {parent} is a file, not a folder")
+                raise ValueError(f"{option} {out}: {parent} is a file, not a folder")
             if not os.access(parent, os.W_OK):
-                raise ValueError(f"--output {out}: folder {parent} is not writable")
+                raise ValueError(f"{option} {out}: folder {parent} is not writable")
             break
     if fmt == ".parquet":
         try:
             import pyarrow  # noqa: F401  (pandas' parquet engine, pinned in the lock)
         except ImportError:
-            raise ValueError("--output .parquet needs pyarrow (in requirements.lock); install it or write .csv") from None
+            raise ValueError(f"{option} .parquet needs pyarrow (in requirements.lock); install it or write .csv") from None
     return out
 
 
@@ -166,7 +166,8 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
     from bcfeat.crosslab.folders import train_classifier
 
     out = check_output_path(args.output, (".pt",), "classifier")  # before the (long) measuring
-    path, counts, skipped = train_classifier(args.model, args.labelled, out, C=args.C, groups=args.groups)
+    path, counts, skipped = train_classifier(args.model, args.labelled, out, C=args.C, groups=args.groups,
+                                             corrections=args.corrections, corrections_folder=args.corrections_folder)
     print(f"bcfeat train-classifier: {int(counts.sum())} cells of {len(counts)} classes "
           f"({', '.join(f'{k} {v}' for k, v in counts.items())}) -> {path}; {len(skipped)} file(s) skipped"
           + (":" if skipped else ""))
@@ -179,9 +180,24 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from bcfeat.crosslab.folders import classify_folder
 
     out = check_output_path(args.output)
-    table, skipped = classify_folder(args.model, args.input)
+    report = None if args.report is None else check_output_path(args.report, (".html",), "report", "--report")
+    if (status := run_classify_shard(args, out, report)) is not None:  # --shard K/N, or under torchrun
+        return status
+    thumbnails: list | None = None if report is None else []
+    warnings: list[str] = []
+    table, skipped = classify_folder(args.model, args.input, thumbnails=thumbnails, warning_list=warnings)
     save_table(table, out)  # creates the folder; never leaves half a table
     report_skipped("classify", len(table), out, skipped)
+    if report is not None:
+        from bcfeat.crosslab.model import load_model
+        from bcfeat.crosslab.review_report import write_report
+
+        classes = list(load_model(args.model).classifier.classes_)
+        write_report(report, table, thumbnails, classes, title=f"bcfeat review: {Path(args.input).name}",
+                     skipped=skipped, warnings=warnings,
+                     details={"folder": str(Path(args.input).resolve()), "model file": str(Path(args.model).resolve()),
+                              "table": str(out)})
+        print(f"bcfeat classify: review report -> {report}")
     return 0
 
 
@@ -264,12 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="inverse L2 strength of the linear model (default: the model file's study setting)")
     tc.add_argument("--groups", default=None, help="feature set: all, no_texture, no_fine_texture or no_<group> "
                                                    "(default: the model file's study setting)")
+    tc.add_argument("--corrections", default=None, help="relpath,label CSV downloaded from a review report: "
+                                                        "reviewed cells added to the labelled ones")
+    tc.add_argument("--corrections-folder", default=None, help="the folder the report classified (the "
+                                                               "corrections' relpaths are below it)")
     tc.set_defaults(func=_cmd_train_classifier)
 
     c = sub.add_parser("classify", help="classify a folder of one lab's cells to a table (class, probability)")
     c.add_argument("model", help="model + classifier file written by `bcfeat train-classifier` or the study")
     c.add_argument("input", help="folder of one lab's images (at least 10)")
     c.add_argument("--output", required=True, help="table to write (.csv or .parquet)")
+    c.add_argument("--report", default=None, help="also write a review page (.html): the differential and a "
+                                                  "gallery per class whose corrections download as a CSV")
+    c.add_argument("--shard", type=_shard_arg, default=None, metavar="K/N",
+                   help="measure only the K-th of N shards of the sorted file list into <output>.shards/ "
+                        "(resumable); the last shard to finish classifies the whole lab and writes the table. "
+                        "Under torchrun the shard is RANK+1/WORLD_SIZE")
     c.set_defaults(func=_cmd_classify)
     add_commands(sub)
     return p
@@ -416,6 +442,38 @@ def run_extract_shard(args: argparse.Namespace, out: Path) -> int | None:
     if all_shards_present(out):  # the last shard to finish merges (a merge twice writes the same table)
         return _write_merged(out, shard.count, args.model)
     print(f"bcfeat extract: waiting for the other shards; then `bcfeat merge-shards --output {out}`", file=sys.stderr)
+    return 0
+
+
+def run_classify_shard(args: argparse.Namespace, out: Path, report: Path | None) -> int | None:
+    """``bcfeat classify`` with ``--shard`` (or under torchrun): its exit status, else None (a plain run).
+
+    Each shard measures its files into ``<output>.shards/`` as ``bcfeat extract --shard`` does; the
+    lab's statistics need every cell, so the last shard to finish merges the features and
+    classifies them all at once: the table is the one a single ``classify`` writes."""
+    from bcfeat.crosslab.adaptation import MIN_SITE_CELLS
+    from bcfeat.crosslab.folders import _classifier_model, _folder_files, classify_features
+    from bcfeat.extraction.shards import Shard, all_shards_present, extract_shard, merge_shards
+
+    shard = args.shard or Shard.from_env()
+    if shard is None:
+        return None
+    if report is not None:
+        raise ValueError("--report needs every cell's crop in one process: classify without --shard for a report")
+    _classifier_model(args.model)  # a file without classifier fails before any work
+    n_files = len(_folder_files(args.input, labelled=False)[0])
+    if n_files < MIN_SITE_CELLS:
+        raise ValueError(f"{n_files} image file(s) below {args.input}; the model standardises a lab's cells with "
+                         f"their own statistics and needs at least {MIN_SITE_CELLS}")
+    path = extract_shard(args.model, args.input, out, shard, layout="files")
+    print(f"bcfeat classify: shard {shard} -> {path}")
+    if not all_shards_present(out):
+        print(f"bcfeat classify: waiting for the other shards; the last one to finish writes {out}", file=sys.stderr)
+        return 0
+    features, skipped = merge_shards(out, shard.count, args.model, cell_found=True)
+    table = classify_features(args.model, features, args.input)
+    save_table(table, out)
+    report_skipped("classify", len(table), out, skipped)
     return 0
 
 

@@ -1,0 +1,182 @@
+"""`bcfeat classify` end to end (file to probabilities): speed, and peak memory against folder size.
+
+A lab's call is the command itself, so this benchmark runs the command in a subprocess on folders
+of links to real images (drawn evenly from the four shared sites, repeated as needed) and samples
+the memory of its whole process tree (the command and its worker processes) every 0.2 s:
+
+* **speed**, side by side in one run: the same folder classified by this checkout and by an
+  earlier revision of bcfeat (``--baseline-rev``, run from a ``git archive`` of it with the same
+  virtual environment), cells/s from the start of the command to the written table;
+* **memory**: the peak over time of the process tree's summed proportional set size (PSS: pages shared between the processes counted once), for each
+  folder size in ``--sizes``. Streaming holds the feature table, never the folder, so the peaks
+  should differ by about the table (one row of float64 features per cell, under 1 kB).
+
+Usage::
+
+    python benchmarks/bench_classify_folder.py --model artifacts/cpu/crosslab_model.pt \\
+        --sizes 1000 20000 --baseline-rev 2382cae --speed-size 1000
+
+Figures are printed and written to ``artifacts/benchmarks/bench_classify_folder.json``.
+Targets (issue "The lab's workflow"): >= 100 cells/s end to end (milestone 60); peaks of 20,000 and
+1,000 images < 200 MB apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from bcfeat import paths  # noqa: E402
+
+DATASETS = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
+
+
+def site_images() -> list[Path]:
+    """Every image of the four shared sites, sites interleaved (so any prefix mixes the labs)."""
+    per_site = []
+    for ds in DATASETS:
+        files = sorted(p for p in (paths.SHARED_DATA / ds).rglob("*") if p.is_file() and not p.name.startswith("."))
+        rng = np.random.default_rng(0)
+        per_site.append([files[i] for i in rng.permutation(len(files))])
+    out, k = [], 0
+    while any(per_site):
+        site = per_site[k % len(per_site)]
+        if site:
+            out.append(site.pop())
+        k += 1
+    return out
+
+
+def link_folder(folder: Path, n: int, images: list[Path]) -> Path:
+    """``folder`` with ``n`` links to ``images`` (repeated when ``n`` exceeds them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        source = images[i % len(images)]
+        (folder / f"{i:06d}{source.suffix.lower()}").symlink_to(source)
+    return folder
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as handle:
+                    todo += [int(c) for c in handle.read().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _kb(pid: int, file: str, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/{file}") as handle:
+            for line in handle:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_classify(command: list[str], env: dict | None = None) -> dict:
+    """Run ``command``; its wall time and the peak of its process tree's summed PSS (MB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    peak_pss = 0
+    while proc.poll() is None:
+        peak_pss = max(peak_pss, sum(_kb(p, "smaps_rollup", "Pss:") for p in _tree(proc.pid)))
+        time.sleep(0.2)
+    seconds = time.perf_counter() - start
+    output = proc.stdout.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}:\n{output[-2000:]}")
+    return {"seconds": seconds, "tree_peak_pss_mb": peak_pss / 1024}
+
+
+def baseline_checkout(rev: str, into: Path) -> Path:
+    """The package of revision ``rev`` of this repository, unpacked below ``into``."""
+    archive = into / "baseline.tar"
+    subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "-o", str(archive), rev, "bcfeat"], check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into / "baseline", filter="data")
+    return into / "baseline"
+
+
+def classify_command(model: str, folder: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "bcfeat.runner.cli", "classify", model, str(folder), "--output", str(out)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(paths.ROOT / "artifacts" / "cpu" / "crosslab_model.pt"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000], help="folder sizes for memory")
+    parser.add_argument("--speed-size", type=int, default=1000, help="folder size of the side-by-side speed run")
+    parser.add_argument("--baseline-rev", default=None, help="earlier revision to compare speed with (git rev)")
+    args = parser.parse_args(argv)
+    images = site_images()
+    results: dict = {"model": args.model, "cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="bcfeat-bench-") as tmp:
+        tmp = Path(tmp)
+        speed_folder = link_folder(tmp / f"speed{args.speed_size}", args.speed_size, images)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        runs = [("current", env)]
+        if args.baseline_rev:
+            base = baseline_checkout(args.baseline_rev, tmp)
+            runs.insert(0, (f"baseline_{args.baseline_rev}", {**os.environ, "PYTHONPATH": str(base)}))
+        for name, run_env in runs:
+            r = run_classify(classify_command(args.model, speed_folder, tmp / f"{name}.csv"), run_env)
+            results[f"{name}_cells_per_s"] = args.speed_size / r["seconds"]
+            results[f"{name}_tree_peak_pss_mb_{args.speed_size}"] = r["tree_peak_pss_mb"]
+            print(f"{name:32s} {args.speed_size} images in {r['seconds']:.1f} s = "
+                  f"{args.speed_size / r['seconds']:.1f} cells/s; process tree peak PSS {r['tree_peak_pss_mb']:.0f} MB",
+                  flush=True)
+        if len(runs) == 2:
+            import pandas as pd
+
+            a, b = (pd.read_csv(tmp / f"{name}.csv") for name, _ in runs)
+            results["same_predictions"] = bool((a["predicted"] == b["predicted"]).all())
+            results["max_probability_difference"] = float((a["probability"] - b["probability"]).abs().max())
+            results["speedup"] = results["current_cells_per_s"] / results[f"{runs[0][0]}_cells_per_s"]
+            print(f"speed-up {results['speedup']:.2f}x; same predictions: {results['same_predictions']} "
+                  f"(largest probability difference {results['max_probability_difference']:.2g})")
+        for n in args.sizes:
+            folder = link_folder(tmp / f"mem{n}", n, images)
+            r = run_classify(classify_command(args.model, folder, tmp / f"mem{n}.csv"), env)
+            results[f"memory_{n}"] = r
+            print(f"{n:6d} images: {r['seconds']:.0f} s ({n / r['seconds']:.1f} cells/s); process tree peak PSS "
+                  f"{r['tree_peak_pss_mb']:.0f} MB", flush=True)
+        if len(args.sizes) >= 2:
+            lo, hi = min(args.sizes), max(args.sizes)
+            gap = results[f"memory_{hi}"]["tree_peak_pss_mb"] - results[f"memory_{lo}"]["tree_peak_pss_mb"]
+            results["pss_gap_mb"] = gap
+            from bcfeat.crosslab.cell_features import feature_names
+
+            table_mb = (hi - lo) * len(feature_names()) * 8 / 1e6
+            print(f"peak PSS {hi} - {lo} images: {gap:.0f} MB (target < 200; the extra feature rows alone are "
+                  f"{table_mb:.0f} MB)")
+    out = paths.ROOT / "artifacts" / "benchmarks" / "bench_classify_folder.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

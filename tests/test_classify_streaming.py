@@ -1,0 +1,101 @@
+"""`bcfeat classify` over a folder in bounded chunks, sharded, and through the faster crop path:
+each must give the table (and features) that the plain, whole-folder computation gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage as ndi
+
+from bcfeat.crosslab.cell_crop import CropConfig, _smoothed_window, background_colour, canonical_crop
+from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, save_model
+from bcfeat.data.images import SkippedImages
+from tests.test_crosslab_method import two_class_lab
+
+
+def _reference_background(image, cell_mask):
+    """The white point as first written: np.quantile and np.median over the pixels."""
+    pixels = image.reshape(-1, 3)
+    if cell_mask is not None and (~cell_mask).sum() >= 16:
+        pixels = pixels[~cell_mask.reshape(-1)]
+    brightness = pixels.astype(np.int32).sum(axis=1)
+    bright = pixels[brightness >= np.quantile(brightness, 0.9)]
+    return np.maximum(np.median(bright, axis=0).astype(np.float64), 1.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_histogram_white_point_equals_quantile_and_median(seed):
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(9, 90, size=2)
+    levels = rng.integers(2, 256)  # few levels: many ties at the quantile
+    image = (rng.integers(0, levels, size=(h, w, 3)) * (255 // max(levels - 1, 1))).astype(np.uint8)
+    mask = rng.random((h, w)) < rng.random()
+    for m in (mask, None, np.ones((h, w), bool)):
+        assert np.array_equal(background_colour(image, m), _reference_background(image, m))
+
+
+def test_smoothing_only_the_sampled_window_gives_the_same_numbers():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(120, 130, 3)).astype(np.uint8)
+    for centre, sigma in [((60.3, 64.8), 1.3), ((5.5, 120.2), 2.0), ((118.0, 2.0), 0.7)]:
+        offsets = (np.arange(40) - 19.5) / 0.5
+        rows, cols = np.meshgrid(centre[0] + offsets / 2, centre[1] + offsets / 2, indexing="ij")
+        part, r0, c0 = _smoothed_window(image, rows, cols, sigma)
+        whole = ndi.gaussian_filter(image.astype(np.float32), sigma=(sigma, sigma, 0))
+        for c in range(3):
+            a = ndi.map_coordinates(part[..., c], np.stack([rows - r0, cols - c0]), order=1, mode="constant", cval=7.0)
+            b = ndi.map_coordinates(whole[..., c], np.stack([rows, cols]), order=1, mode="constant", cval=7.0)
+            assert np.array_equal(a, b)
+
+
+def test_leaving_the_ruler_out_changes_only_the_ruler():
+    img = np.full((200, 200, 3), 235, np.uint8)
+    yy, xx = np.mgrid[:200, :200]
+    for cy, cx in [(30, 30), (30, 170), (170, 30), (170, 170)]:  # red cells around the white one
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 18 ** 2] = (205, 120, 130)
+    cell = (yy - 100) ** 2 + (xx - 100) ** 2 < 45 ** 2
+    img[cell] = (200, 170, 210)
+    img[(yy - 100) ** 2 + (xx - 100) ** 2 < 20 ** 2] = (90, 40, 130)
+    with_ruler = canonical_crop(img, cell, CropConfig())
+    without = canonical_crop(img, cell, CropConfig(), ruler=False)
+    assert np.isfinite(with_ruler.red_cell_diameter_px) and np.isnan(without.red_cell_diameter_px)
+    assert np.array_equal(with_ruler.image, without.image) and np.array_equal(with_ruler.mask, without.mask)
+
+
+def test_chunked_measuring_equals_one_pass_and_names_bad_files(tmp_path):
+    two_class_lab(tmp_path)
+    files = sorted(str(p) for p in (tmp_path / "new").glob("*.png"))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    files.insert(5, str(tmp_path / "bad.png"))
+    results = {}
+    for chunk, workers in [(1000, 1), (3, 1), (4, 2)]:
+        skipped, found, thumbs = SkippedImages(), [], []
+        model = CrossLabModel(ExtractorConfig(mask_source="stain", chunk_size=chunk, n_workers=workers))
+        feats, kept, crops = model.measure(files, skipped, return_crops=True, found=found, thumbnails=thumbs)
+        results[chunk] = feats
+        assert list(kept) == [i for i in range(len(files)) if i != 5]
+        assert [str(p) for p, _ in skipped] == [str(tmp_path / "bad.png")]
+        assert len(found) == len(thumbs) == len(crops) == 16 and all(t[:2] == b"\xff\xd8" for t in thumbs)
+    assert np.array_equal(results[1000], results[3], equal_nan=True)
+    assert np.array_equal(results[1000], results[4], equal_nan=True)
+
+
+def test_sharded_classify_writes_the_plain_table(tmp_path, capsys):
+    from bcfeat.runner.cli import main
+
+    two_class_lab(tmp_path)
+    (tmp_path / "new" / "broken.png").write_bytes(b"not an image")
+    base = save_model(tmp_path / "base.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
+    clf = tmp_path / "clf.pt"
+    assert main(["train-classifier", str(base), str(tmp_path / "lab"), "--output", str(clf)]) == 0
+    plain, sharded = tmp_path / "plain.csv", tmp_path / "sharded.csv"
+    assert main(["classify", str(clf), str(tmp_path / "new"), "--output", str(plain)]) == 0
+    assert main(["classify", str(clf), str(tmp_path / "new"), "--output", str(sharded), "--shard", "2/2"]) == 0
+    assert not sharded.exists()  # shard 1 is still missing
+    assert main(["classify", str(clf), str(tmp_path / "new"), "--output", str(sharded), "--shard", "1/2"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(plain), pd.read_csv(sharded))
+    assert "skipped broken.png" in capsys.readouterr().out
+    # a report needs every crop in one process
+    assert main(["classify", str(clf), str(tmp_path / "new"), "--output", str(tmp_path / "x.csv"), "--shard", "1/2",
+                 "--report", str(tmp_path / "r.html")]) == 2
