@@ -37,6 +37,7 @@ oracle_scores_file: str = "book/results/tables/oracle_scores.csv"  # input: the 
 oracle_predictions_file: str = "book/results/tables/oracle_predictions.csv"  # input: its per-cell predictions (made by 04_oracle)
 benchmark_summary_file: str = "book/results/tables/benchmark_summary.csv"  # output: mean and std per feature set, train and test site
 benchmark_predictions_file: str = "artifacts/cpu/benchmark_predictions.csv"  # output: one row per test cell, feature set and split (~18 MB, not in the book)
+published_file: str = ""  # input: published numbers (CSV); empty: <data root>/../published/results.csv, a note when absent
 
 # %% tags=["remove-cell"]
 import warnings
@@ -50,6 +51,8 @@ from bcfeat.atomic_io import save_table
 from bcfeat.evaluation.benchmark import matrix_table, summarize
 from bcfeat.data import resolve_data_root
 from bcfeat.evaluation.domain_invariance import pairwise_mmd, site_classification
+from bcfeat.evaluation.published import (default_published_file, in_domain_comparison, in_domain_texts,
+                                         published_matrix, read_published)
 
 root = resolve_data_root(data_root or None)
 # Classes too small to split (one basophil in a small site) stay in training; the splits table lists them.
@@ -143,6 +146,32 @@ scores13, _ = study.run_feature_sets(X13, common13, plan13, "common13", seed, cl
 summary13 = summarize(scores13)
 save_table(summary13, tables / "benchmark_common13_summary.csv")
 summary13[["feature_set", "n_test", "accuracy_mean", "balanced_accuracy_mean", "balanced_accuracy_std", "macro_f1_mean"]]
+
+# %% [markdown]
+# ## The paper's published numbers, beside ours
+#
+# The AE-CFE paper's accuracies, as two later papers of the same group re-report them (BC-SAM,
+# ISBI 2024; DoRL, arXiv 2408.07467), on Matek-19 and Acevedo-20 in their 13 common classes,
+# mean ± std over 5 folds. They are other data, folds and splits than this book's: published
+# references, never mixed into the tables above. One cell compares directly: Acevedo-20
+# in-domain, common13, accuracy, which the table below lines up with ours (mean ± std over our
+# splits).
+
+# %% tags=["hide-input"]
+published_path = Path(published_file) if published_file else default_published_file(root)
+if published_path.is_file():
+    published = read_published(published_path)
+    matrix = published_matrix(published)
+    comparison = in_domain_comparison(published, summary13)
+    save_table(comparison, tables / "published_in_domain.csv")
+    glue("published_matrix", matrix, display=False)
+    glue("published_in_domain", comparison.round(1), display=False)
+    for key, text in in_domain_texts(comparison, headline, addition).items():
+        glue(key, text, display=False)
+    display(matrix)
+    display(comparison.round(1))
+else:
+    print(f"no published numbers at {published_path}: the comparison is left out")
 
 # %% [markdown]
 # ## Domain invariance
