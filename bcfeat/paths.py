@@ -17,8 +17,6 @@ BOOK = ROOT / "book"
 RESULTS = BOOK / "results"
 # Large, regenerable outputs: checkpoints, feature caches, downloaded data (git-ignored).
 ARTIFACTS = ROOT / "artifacts"
-CHECKPOINTS = ARTIFACTS / "checkpoints"
-CACHE = ARTIFACTS / "cache"
 SPLITS = RESULTS / "splits"
 # Where `bcfeat download` puts public datasets when no other data root exists.
 DOWNLOADED_DATA = ROOT / "data"

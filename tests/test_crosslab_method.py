@@ -311,3 +311,18 @@ def test_an_empty_mask_falls_back_to_the_centred_ellipse():
     feats, crop, found = _measure((image, np.zeros((60, 60), bool), CropConfig()))
     assert feats.shape == (len(feature_names()),) and crop.shape == (80, 80, 3)
     assert not found  # the fallback is said, not hidden
+
+
+@pytest.mark.parametrize("prior_correction", ["none", "em"])
+def test_predicting_leaves_the_classifier_unchanged(prior_correction):
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (40, 6)), rng.normal(2, 1, (40, 6))])
+    y = np.repeat(["a", "b"], 40)
+    clf = CrossLabClassifier(prior_correction=prior_correction, random_state=0).fit(X, y)
+    before = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in vars(clf).items()}
+    first = clf.predict_proba(X[::3] + 1.0)
+    assert set(vars(clf)) == set(before)
+    for key, value in before.items():
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(vars(clf)[key], value), key
+    assert np.array_equal(clf.predict_proba(X[::3] + 1.0), first)

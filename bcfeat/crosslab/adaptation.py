@@ -276,8 +276,6 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
     classes_ : np.ndarray
     source_statistics_ : SiteStatistics
     estimator_ : the fitted scikit-learn classifier
-    last_target_priors_ : np.ndarray
-        The class mix estimated (EM) on the cells of the last ``predict`` call.
     class_means_ : np.ndarray
         ``(n_classes, d')`` the training classes' centroids in the standardised space.
     discriminant_means_, discriminant_whitening_ : np.ndarray
@@ -429,9 +427,10 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
             Z, P = self._site_view(X, estimator)
         if self.temperature != 1.0:
             P = soften(P, self.temperature)
+        if self.prior_correction != "em":
+            return P
         uniform = np.full(len(self.classes_), 1.0 / len(self.classes_))  # class_weight="balanced"
-        adjusted, self.last_target_priors_ = em_class_priors(P, uniform)
-        return adjusted if self.prior_correction == "em" else P
+        return em_class_priors(P, uniform)[0]
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """``(n, d)`` raw features of one site -> ``(n, d')`` the classifier's standardised view of them

@@ -23,7 +23,6 @@ anywhere; how each feature is then made comparable between labs is the job of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -309,12 +308,4 @@ def cell_features(crop: CellCrop) -> np.ndarray:
     return np.asarray(feats, dtype=np.float64)
 
 
-def crops_features(crops: Sequence[CellCrop]) -> np.ndarray:
-    """:func:`cell_features` of many crops -> ``(n, n_features)``."""
-    if not crops:
-        return np.zeros((0, len(feature_names())))
-    return np.stack([cell_features(c) for c in crops])
-
-
-__all__ = ["GROUPS", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "cell_features",
-           "crops_features"]
+__all__ = ["GROUPS", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "cell_features"]

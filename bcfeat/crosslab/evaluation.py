@@ -30,12 +30,6 @@ def standardize_per_site(X: np.ndarray, domain: Sequence) -> np.ndarray:
     return out
 
 
-def standardize_with_source(X: np.ndarray, source_rows: np.ndarray) -> np.ndarray:
-    """Every cell standardised with the source site's statistics (the "no adaptation" reading)."""
-    X = np.asarray(X, dtype=np.float64)
-    return standardize(X, site_statistics(X[source_rows]))
-
-
 def bootstrap_interval(y_true: Sequence, y_pred: Sequence, n_boot: int = 1000, seed: int = 0,
                        level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the balanced accuracy over the test cells.
@@ -172,5 +166,5 @@ def ablation_table(results: Mapping[str, pd.DataFrame], unseen: Sequence[str], s
     return pd.DataFrame(rows)
 
 
-__all__ = ["standardize_per_site", "standardize_with_source", "bootstrap_interval", "score_row", "transfer_scores",
+__all__ = ["standardize_per_site", "bootstrap_interval", "score_row", "transfer_scores",
            "select_without_target", "few_shot_curve", "summarize_curve", "ablation_table"]

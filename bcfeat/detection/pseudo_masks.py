@@ -33,7 +33,7 @@ expert masks are read only by :mod:`bcfeat.detection.mask_metrics`, never here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -355,10 +355,5 @@ def segment_white_cell(image: np.ndarray, cfg: SegmentationConfig | None = None)
     return PseudoMask(mask, nuc_full, mask_to_box(mask), quality, confident, reason)
 
 
-def segment_many(images: Iterable[np.ndarray], cfg: SegmentationConfig | None = None) -> list[PseudoMask]:
-    """:func:`segment_white_cell` over a sequence of ``(H, W, 3)`` uint8 images."""
-    return [segment_white_cell(im, cfg) for im in images]
-
-
-__all__: Sequence[str] = ["SegmentationConfig", "PseudoMask", "segment_white_cell", "segment_many",
+__all__: Sequence[str] = ["SegmentationConfig", "PseudoMask", "segment_white_cell",
                           "mask_to_box", "centred_ellipse"]
