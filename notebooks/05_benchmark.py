@@ -165,11 +165,11 @@ if published_path.is_file():
     comparison = in_domain_comparison(published, summary13)
     save_table(comparison, tables / "published_in_domain.csv")
     glue("published_matrix", matrix, display=False)
-    glue("published_in_domain", comparison.round(1), display=False)
+    glue("published_in_domain", comparison.set_index(["what", "method"]).round(1), display=False)
     for key, text in in_domain_texts(comparison, headline, addition).items():
         glue(key, text, display=False)
     display(matrix)
-    display(comparison.round(1))
+    display(comparison.set_index(["what", "method"]).round(1))
 else:
     print(f"no published numbers at {published_path}: the comparison is left out")
 

@@ -63,17 +63,24 @@ def read_published(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def published_matrix(published: pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, train, test) with the accuracy as published ("65.2 ± 0.5") and its
-    sources; where the two papers differ (a std), both are kept, separated by " / "."""
-    def text(row) -> str:
-        return f"{row.accuracy_pct:.1f}" + ("" if pd.isna(row.std_pct) else f" ± {row.std_pct:.1f}")
+    """The published accuracies as a matrix: one row per method (in the file's order), one column
+    per ``train -> test`` pair, cells "65.2 ± 0.5" (where the two papers differ in the spread,
+    both: "21.9 ± 0.4 / 21.9 ± 1.0"), and the papers that report the row."""
+    def text(values: pd.DataFrame) -> str:
+        return " / ".join(dict.fromkeys(f"{r.accuracy_pct:.1f}" + ("" if pd.isna(r.std_pct) else f" ± {r.std_pct:.1f}")
+                                        for r in values.itertuples()))
 
-    rows = []
-    for (method, train, test), group in published.groupby(["method", "train", "test"], sort=False):
-        values = list(dict.fromkeys(text(r) for r in group.itertuples()))
-        rows.append({"method": method, "train": train, "test": test, "accuracy (%), published": " / ".join(values),
-                     "source": "; ".join(dict.fromkeys(s.split(" result table")[0] for s in group["source"]))})
-    return pd.DataFrame(rows)
+    pairs = list(dict.fromkeys(f"{t} → {e}" for t, e in zip(published["train"], published["test"])))
+    rows = {}
+    for method, group in published.groupby("method", sort=False):
+        row = {pair: "" for pair in pairs}
+        for (train, test), cell in group.groupby(["train", "test"], sort=False):
+            row[f"{train} → {test}"] = text(cell)
+        row["reported by"] = "; ".join(dict.fromkeys(s.split(" result table")[0].split(" (")[0] for s in group["source"]))
+        rows[method] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "method"
+    return table
 
 
 def in_domain_comparison(published: pd.DataFrame, ours_common13: pd.DataFrame,
