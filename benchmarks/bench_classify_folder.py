@@ -24,7 +24,6 @@ Targets (issue "The lab's workflow"): >= 100 cells/s end to end (milestone 60); 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -40,6 +39,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from bcfeat import paths  # noqa: E402
+from benchmarks.results_file import write_results  # noqa: E402
 
 DATASETS = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
 
@@ -171,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             table_mb = (hi - lo) * len(feature_names()) * 8 / 1e6
             print(f"peak PSS {hi} - {lo} images: {gap:.0f} MB (target < 200; the extra feature rows alone are "
                   f"{table_mb:.0f} MB)")
-    out = paths.ROOT / "artifacts" / "benchmarks" / "bench_classify_folder.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"written to {out}")
+    write_results("bench_classify_folder", results)
     return 0
 
 

@@ -21,7 +21,6 @@ Target (issue "Features that carry across labs"): >= 50 cells/s on the 2-core CP
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from bcfeat import paths  # noqa: E402
+from benchmarks.results_file import write_results  # noqa: E402
 from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, load_model  # noqa: E402
 from bcfeat.data import scan_dataset  # noqa: E402
 
@@ -103,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     results["stain_workers2_cells_per_s"] = len(files) / timed(stain, files)
     for key, value in results.items():
         print(f"{key:40s} {value:.1f}" if isinstance(value, float) else f"{key:40s} {value}")
-    out = paths.ROOT / "artifacts" / "benchmarks" / "bench_crosslab_extraction.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"written to {out}")
+    write_results("bench_crosslab_extraction", results)
     return 0
 
 

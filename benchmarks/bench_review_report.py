@@ -17,7 +17,6 @@ to ``artifacts/benchmarks/bench_review_report.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from bcfeat import paths  # noqa: E402
+from benchmarks.results_file import write_results  # noqa: E402
 from benchmarks.bench_classify_folder import link_folder, site_images  # noqa: E402
 
 
@@ -86,10 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             driver.quit()
     worst = max(load["load_s"] for load in results["loads"])
     print(f"slowest load {worst:.2f} s (target < 5 s)")
-    out = paths.ROOT / "artifacts" / "benchmarks" / "bench_review_report.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"written to {out}")
+    write_results("bench_review_report", results)
     return 0
 
 
