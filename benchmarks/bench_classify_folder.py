@@ -126,7 +126,7 @@ def classify_command(model: str, folder: Path, out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=str(paths.ROOT / "artifacts" / "cpu" / "crosslab_model.pt"))
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000], help="folder sizes for memory")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 20000], help="folder sizes for memory (none: speed only)")
     parser.add_argument("--speed-size", type=int, default=1000, help="folder size of the side-by-side speed run")
     parser.add_argument("--baseline-rev", default=None, help="earlier revision to compare speed with (git rev)")
     args = parser.parse_args(argv)
