@@ -290,6 +290,25 @@ save_table(goals, tables / "crosslab_goals.csv")
 for key, value in cv.goals_glue(goals, study.SOURCE_SITE, unseen, untouched_name).items():
     glue(key, value, display=False)
 glue("crosslab_goals", goals.set_index("lab").round(3), display=False)
+
+# %% [markdown]
+# How the untouched lab's photographs were taken matters for any adaptation that uses a call's own
+# statistics: its photograph series (file-name prefixes) largely follow the classes, so the stain
+# of a series travels with its class. The chosen classifier, with the lab's cells grouped into
+# calls three ways:
+
+# %% tags=["hide-input"]
+series = cv.untouched_series(untouched_folder) if untouched is not None else None
+if series is not None:
+    confound = cv.series_confound(series, untouched[1])
+    modes = cv.call_modes(head_clf, *untouched, series)
+    save_table(modes, tables / "crosslab_untouched_calls.csv")
+    for key, value in confound.items():
+        glue(f"crosslab_untouched_{key}", value, display=False)
+    for key, row in zip(("folder", "unadapted", "per_series"), modes.itertuples()):
+        glue(f"crosslab_untouched_calls_{key}", row.balanced_accuracy, display=False)
+    display(pd.DataFrame([confound]))
+    display(modes.round(3))
 # the best candidate the rule excluded (a mask whose training overlaps the development cells), scored the same way
 if excluded_best != headline_setting:
     excluded = cv.fit_setting(measured, samples, plan, excluded_best, seed)

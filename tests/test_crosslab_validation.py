@@ -260,3 +260,29 @@ def test_classify_marks_images_without_a_cell_and_leaves_them_out_of_the_statist
     with caplog.at_level("WARNING"):
         classify_folder(clf_file, tmp_path / "same")
     assert "do not vary at all" in caplog.text and "all 12 cells were called" in caplog.text
+
+
+def test_series_confound_and_call_modes_on_a_lab_whose_stain_follows_the_class(tmp_path):
+    from bcfeat.crosslab.adaptation import CrossLabClassifier
+    from bcfeat.study.crosslab_validation import call_modes, series_confound, untouched_series
+
+    rng = np.random.default_rng(0)
+    y_train = np.repeat(["a", "b"], 60)
+    X_train = rng.normal(0, 1, (120, 4)) + np.where(y_train == "a", 0, 3)[:, None]
+    clf = CrossLabClassifier(random_state=0).fit(X_train, y_train)
+    # a new lab: every class photographed in its own series, each series with its own offset ("stain")
+    y = np.repeat(["a", "b"], 40)
+    series = np.repeat(["s1", "s2"], 40)
+    X = rng.normal(0, 1, (80, 4)) + np.where(y == "a", 0, 3)[:, None] + 10 + np.where(series == "s1", 0.5, -0.5)[:, None]
+    assert series_confound(series, y) == {"n_series": 2, "single_class_series": 2, "majority_share": 1.0}
+    modes = call_modes(clf, X, y, series).set_index("calls")["balanced_accuracy"]
+    assert list(modes.index) == ["whole folder, one call", "training lab's statistics (no adaptation)",
+                                 "one call per photograph series"]
+    # the folder's own statistics undo the lab's shift; without them every cell looks like "b";
+    # one-class calls cannot tell the classes apart
+    assert modes.iloc[0] >= 0.9 and modes.iloc[1] <= 0.6 and modes.iloc[2] <= 0.75
+    (tmp_path / "b").mkdir()
+    for name in ("B-57_0018_0.png", "B-57_0020_1.png"):
+        (tmp_path / "b" / name).write_bytes(b"")
+    assert sorted(untouched_series(tmp_path)) == ["B-57", "B-57"]
+    assert untouched_series(tmp_path / "absent") is None

@@ -427,6 +427,56 @@ def untouched_lab(folder: str | Path, artifacts: Path, mask_source: str, n_worke
     return measured.features, files["label"].to_numpy()
 
 
+def untouched_series(folder: str | Path) -> np.ndarray | None:
+    """The photograph series of each cell of :func:`untouched_lab` (same order): the part of the
+    file name before its first underscore (``B-57_0018_0.png`` -> ``B-57``; the Chulalongkorn set
+    names its photographs ``<series>_<number>`` and ``bcfeat crop-boxes`` appends ``_<box>``)."""
+    from bcfeat.data.image_folders import folder_images
+
+    if not str(folder) or not Path(folder).is_dir():
+        return None
+    files, _ = folder_images(Path(folder), "files")
+    files = files[files["relpath"].map(lambda r: len(Path(r).parts) == 2)].reset_index(drop=True)
+    return files["relpath"].map(lambda r: Path(r).name.split("_")[0]).to_numpy()
+
+
+def series_confound(series: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """How far a lab's photograph series follow its classes: the number of series, those holding
+    one class only, and the share of cells in their series' majority class (1.0: every series is
+    one class, so anything that differs between series, such as the stain, differs with the class).
+
+    >>> series_confound(np.array(["a", "a", "b", "b"]), np.array(["x", "x", "y", "x"]))
+    {'n_series': 2, 'single_class_series': 1, 'majority_share': 0.75}
+    """
+    table = pd.crosstab(pd.Series(series, name="series"), pd.Series(y, name="label"))
+    return {"n_series": int(len(table)), "single_class_series": int((table.gt(0).sum(axis=1) == 1).sum()),
+            "majority_share": float(table.max(axis=1).sum() / table.to_numpy().sum())}
+
+
+def call_modes(clf: CrossLabClassifier, X: np.ndarray, y: np.ndarray, series: np.ndarray) -> pd.DataFrame:
+    """Balanced accuracy of a fitted classifier on one lab's cells, three ways of grouping them into
+    calls: the whole folder in one call (the lab's statistics), no adaptation at all (the training
+    lab's statistics), and one call per photograph series (series of fewer than ``MIN_SITE_CELLS``
+    cells fall back to the training lab's statistics)."""
+    import copy
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from bcfeat.crosslab.adaptation import MIN_SITE_CELLS
+
+    unadapted = copy.deepcopy(clf)
+    unadapted.site_standardize = False
+    per_series = np.empty(len(y), dtype=object)
+    for name in pd.unique(series):
+        rows = np.flatnonzero(series == name)
+        per_series[rows] = (clf if len(rows) >= MIN_SITE_CELLS else unadapted).predict(X[rows])
+    rows = [("whole folder, one call", clf.predict(X)), ("training lab's statistics (no adaptation)",
+                                                        unadapted.predict(X)),
+            ("one call per photograph series", per_series)]
+    return pd.DataFrame({"calls": [name for name, _ in rows],
+                         "balanced_accuracy": [balanced_accuracy_score(y, pred.astype(str)) for _, pred in rows]})
+
+
 def all_cells(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: str, temperature: float,
               n_boot: int, seed: int):
     """The chosen classifier of the first split on Acevedo-20's test split and on all cells of every
