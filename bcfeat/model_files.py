@@ -20,6 +20,7 @@ Each refusal raises :class:`ModelFileError`, one line naming the file and the pr
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -77,18 +78,25 @@ def parse_format(value: Any) -> tuple[str, int] | None:
     return (kind, int(version)) if version.isdigit() else None
 
 
-def _check_archive(path: Path) -> None:
-    """Refuse a file that is not a complete, undamaged zip archive (PyTorch's file format)."""
-    if path.is_dir():
+def _check_archive(path: Path, data: bytes | None = None) -> None:
+    """Refuse a file that is not a complete, undamaged zip archive (PyTorch's file format).
+
+    ``data``: the file's bytes when they were read already (then ``path`` only names the file)."""
+    if data is None and path.is_dir():
         raise ModelFileError(path, "is a folder, not a file")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size if data is None else len(data)
+    if size == 0:
         raise ModelFileError(path, "is empty (0 bytes)")
-    if not zipfile.is_zipfile(path):
+    source = path if data is None else io.BytesIO(data)
+    if not zipfile.is_zipfile(source):
         raise ModelFileError(path, "is damaged or not a model file: not a complete PyTorch zip archive "
                                    "(truncated, or written by another program)")
-    with open(path, "rb") as handle:  # the end-of-archive record: one disk, as PyTorch writes it
-        handle.seek(max(0, path.stat().st_size - 65_557))
-        tail = handle.read()
+    if data is None:  # the end-of-archive record: one disk, as PyTorch writes it
+        with open(path, "rb") as handle:
+            handle.seek(max(0, size - 65_557))
+            tail = handle.read()
+    else:
+        tail = data[max(0, size - 65_557):]
     end = tail.rfind(b"PK\x05\x06")
     if end < 0 or len(tail) < end + 22:
         raise ModelFileError(path, "is damaged or not a model file: no end-of-archive record")
@@ -97,7 +105,7 @@ def _check_archive(path: Path) -> None:
         raise ModelFileError(path, f"is damaged: its end-of-archive record names disk {disk}/{central_disk} "
                                    "(a PyTorch file is one disk)")
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(path if data is None else io.BytesIO(data)) as archive:
             for info in archive.infolist():
                 if info.flag_bits & 0x1:
                     raise ModelFileError(path, f"is damaged or tampered with: its part {info.filename!r} is "
@@ -116,8 +124,11 @@ def _check_archive(path: Path) -> None:
         raise ModelFileError(path, f"is damaged (checksum error in its part {bad!r}; bit-flipped or overwritten)")
 
 
-def read_payload(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+def read_payload(path: str | os.PathLike, map_location: Any = "cpu", data: bytes | None = None) -> Any:
     """Unpickle a model file safely, without checking its kind (see :func:`load_model_file`).
+
+    ``data``: the file's bytes when the caller read them already (:func:`bcfeat.extractors.open_extractor`
+    reads a file once, for its checksum and its payload); ``path`` then only names the file in errors.
 
     Raises
     ------
@@ -129,11 +140,12 @@ def read_payload(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     import torch
 
     path = Path(path)
-    if not path.exists():
+    if data is None and not path.exists():
         raise FileNotFoundError(f"no model file at {path}")
-    _check_archive(path)
+    _check_archive(path, data)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path if data is None else io.BytesIO(data), map_location=map_location,
+                             weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses every global it does not know, before calling it; torch's message
         # carries terminal escape codes (bold), which a one-line error does not want
@@ -182,7 +194,7 @@ def _check_tensors(path: Path, payload: Any, where: str = "") -> int:
 
 def load_model_file(path: str | os.PathLike, kind: str, versions: Iterable[int] = (1,),
                     required: Iterable[str] = ("config", "state_dict"), map_location: Any = "cpu",
-                    legacy: dict[str, Any] | None = None) -> dict[str, Any]:
+                    legacy: dict[str, Any] | None = None, payload: Any = None) -> dict[str, Any]:
     """Open a model file of one kind safely and return its payload dict.
 
     Parameters
@@ -199,6 +211,8 @@ def load_model_file(path: str | os.PathLike, kind: str, versions: Iterable[int] 
     legacy : dict, optional
         ``{key: value}`` that identifies a file of this kind written before it had a
         ``"format"`` entry (the oracle's ``{"kind": "oracle"}``), read as version 0.
+    payload : optional
+        What :func:`read_payload` returned for ``path`` already: it is checked, not read again.
 
     Returns
     -------
@@ -226,7 +240,7 @@ def load_model_file(path: str | os.PathLike, kind: str, versions: Iterable[int] 
     """
     path = Path(path)
     try:
-        payload = read_payload(path, map_location)
+        payload = read_payload(path, map_location) if payload is None else payload
     except ModelFileError as error:
         if error.unsafe and kind in REMAKE:
             raise ModelFileError(path, f"{error.problem}. If it is an older bcfeat file, {REMAKE[kind]}") from None

@@ -15,7 +15,8 @@ from bcfeat.crosslab import evaluation as ev
 from bcfeat.crosslab.adaptation import (CrossLabClassifier, class_balanced_weights, em_class_priors,
                                         site_statistics, standardize)
 from bcfeat.crosslab.cell_features import feature_names
-from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, is_crosslab_model_file, load_model, save_model
+from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, load_model, save_model
+from bcfeat.extractors import open_extractor
 from bcfeat.model_files import ModelFileError
 
 
@@ -153,7 +154,7 @@ def _stain_model(tmp_path: Path, with_classifier: bool):
 
 def test_model_file_round_trip_keeps_predictions(tmp_path):
     path, X, clf = _stain_model(tmp_path, True)
-    assert is_crosslab_model_file(path)
+    assert open_extractor(path).kind == "crosslab"
     loaded = load_model(path)
     assert loaded.record == {"trained_on": "synthetic"}
     np.testing.assert_allclose(loaded.classifier.predict_proba(X), clf.predict_proba(X), rtol=1e-6)
@@ -170,8 +171,9 @@ def test_model_file_with_code_is_refused_without_running_it(tmp_path):
     torch.save({"format": "bcfeat.crosslab/1", "config": Evil()}, path)
     with pytest.raises(ModelFileError, match="evil.pt"):
         load_model(path)
+    with pytest.raises(ModelFileError, match="evil.pt"):
+        open_extractor(path)
     assert not marker.exists()
-    assert not is_crosslab_model_file(path)
 
 
 def test_damaged_or_foreign_model_files_are_refused_by_name(tmp_path):

@@ -6,7 +6,9 @@
 * :class:`AECFEModel`: detector + autoencoder in **one checkpoint file** (:func:`save_model`,
   :func:`load_model`), each part rebuilt from the config stored inside it.
 
-The scikit-learn transformer over any bcfeat model file is :class:`bcfeat.extraction.transformer.AECFEFeatures`.
+The scikit-learn transformer over any bcfeat model file is
+:class:`bcfeat.extraction.transformer.ImageFeatures` (files are opened by
+:func:`bcfeat.extractors.open_extractor`).
 """
 
 from __future__ import annotations
@@ -264,11 +266,11 @@ def save_model(path: str | os.PathLike, detector_checkpoint: str | os.PathLike,
     return atomic_torch_save(payload, path)
 
 
-def load_model(path: str | os.PathLike) -> AECFEModel:
+def load_model(path: str | os.PathLike, payload: Any = None) -> AECFEModel:
     """Rebuild an :class:`AECFEModel` from one file written by :func:`save_model`.
 
     The file is opened as data (:func:`bcfeat.model_files.load_model_file`): nothing in it
-    is ever executed.
+    is ever executed. ``payload``: its contents when read already (then only checked).
 
     Raises
     ------
@@ -281,9 +283,9 @@ def load_model(path: str | os.PathLike) -> AECFEModel:
     from bcfeat.autoencoder.model import autoencoder_from_payload
 
     path = Path(path)
-    if not path.exists():
+    if payload is None and not path.exists():
         raise FileNotFoundError(f"no AE-CFE model file at {path}")
-    payload = load_model_file(path, "aecfe", required=("extraction", "detector", "autoencoder"))
+    payload = load_model_file(path, "aecfe", required=("extraction", "detector", "autoencoder"), payload=payload)
     for part, kind in (("detector", "detector"), ("autoencoder", "autoencoder")):
         inner = payload[part]
         missing = [k for k in ("config", "state_dict") if not isinstance(inner, dict) or k not in inner]

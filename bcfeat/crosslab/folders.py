@@ -61,7 +61,11 @@ def _measure_folder(model: CrossLabModel, folder: str | os.PathLike, labelled: b
 def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike):
     """Cell features of every image below ``folder``: ``(table, skipped)``; the table has
     ``relpath`` and one column per feature (raw, before any per-site standardisation)."""
-    model = load_model(model_path)
+    return measure_folder_table(load_model(model_path), folder)
+
+
+def measure_folder_table(model: CrossLabModel, folder: str | os.PathLike):
+    """:func:`extract_folder` with a model already loaded (:func:`bcfeat.extractors.open_extractor`)."""
     files, feats, skipped = _measure_folder(model, folder, labelled=False)
     table = pd.concat([files[["relpath"]], pd.DataFrame(feats, columns=model.feature_names)], axis=1)
     return table, skipped
@@ -270,5 +274,5 @@ def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray,
     return pd.concat([table, pd.DataFrame(proba, columns=[f"p_{c}" for c in classes])], axis=1)
 
 
-__all__ = ["extract_folder", "train_classifier", "classify_folder", "classify_features", "classify_cells", "uncertain_cells", "lab_warning",
+__all__ = ["extract_folder", "measure_folder_table", "train_classifier", "classify_folder", "classify_features", "classify_cells", "uncertain_cells", "lab_warning",
            "MIN_CELLS_PER_CLASS", "DEFAULT_UNCERTAIN_BELOW"]

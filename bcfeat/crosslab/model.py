@@ -32,8 +32,7 @@ from bcfeat.crosslab.adaptation import CrossLabClassifier, SiteStatistics
 from bcfeat.crosslab.cell_crop import CellCrop, CropConfig, canonical_crop
 from bcfeat.crosslab.cell_features import cell_features, feature_names
 from bcfeat.data.images import ImageDecodeError, SkippedImages, read_image
-from bcfeat.model_files import (ModelFileError, build_from_payload, format_name, load_model_file, parse_format,
-                                read_payload)
+from bcfeat.model_files import ModelFileError, build_from_payload, format_name, load_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -376,8 +375,10 @@ def save_model(path: str | os.PathLike, model: CrossLabModel) -> Path:
     return atomic_torch_save(payload, path)
 
 
-def read_model_payload(path: str | os.PathLike) -> dict:
+def read_model_payload(path: str | os.PathLike, payload: Any = None) -> dict:
     """The payload of a cross-lab model file, opened as data (:func:`bcfeat.model_files.load_model_file`).
+
+    ``payload``: the file's contents when they were read already (only checked then).
 
     Raises
     ------
@@ -388,15 +389,16 @@ def read_model_payload(path: str | os.PathLike) -> dict:
         this bcfeat; the message names the file.
     """
     payload = load_model_file(path, MODEL_KIND, versions=(MODEL_VERSION,),
-                              required=("config", "feature_names", "detector", "classifier"))
+                              required=("config", "feature_names", "detector", "classifier"), payload=payload)
     if payload["feature_names"] != feature_names():
         raise ModelFileError(path, f"measures other cell features than this bcfeat; {REMAKE_HINT}")
     return payload
 
 
-def load_model(path: str | os.PathLike) -> CrossLabModel:
-    """Rebuild a :class:`CrossLabModel` from a file of :func:`save_model`."""
-    payload = read_model_payload(path)
+def load_model(path: str | os.PathLike, payload: Any = None) -> CrossLabModel:
+    """Rebuild a :class:`CrossLabModel` from a file of :func:`save_model` (``payload``: its contents,
+    when read already by :func:`bcfeat.model_files.read_payload`)."""
+    payload = read_model_payload(path, payload)
 
     def build() -> CrossLabModel:
         config = ExtractorConfig.from_dict(payload["config"])
@@ -414,14 +416,5 @@ def load_model(path: str | os.PathLike) -> CrossLabModel:
     return build_from_payload(path, "cross-lab model", build)
 
 
-def is_crosslab_model_file(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a cross-lab model file (read safely; False for anything else)."""
-    try:
-        payload = read_payload(path)
-    except (ModelFileError, FileNotFoundError):
-        return False
-    return isinstance(payload, dict) and parse_format(payload.get("format")) == (MODEL_KIND, MODEL_VERSION)
-
-
 __all__ = ["MODEL_KIND", "MODEL_VERSION", "MASK_SOURCES", "ExtractorConfig", "CrossLabModel",
-           "save_model", "load_model", "read_model_payload", "is_crosslab_model_file"]
+           "save_model", "load_model", "read_model_payload"]

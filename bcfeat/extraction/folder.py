@@ -63,13 +63,21 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
         ``(relpath, reason)`` for every file below ``folder`` without a row: not an image
         type, a broken or looping link, or not decodable (named, counted, never fatal).
     """
+    if batch_size < 1:  # before the model is read
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return extract_with(load_model(model_path), folder, layout, batch_size, progress, device)
+
+
+def extract_with(model, folder: str | os.PathLike, layout: str = "files", batch_size: int = 64,
+                 progress: bool = True, device: str | None = None):
+    """:func:`extract_folder` with an :class:`~bcfeat.autoencoder.aecfe_model.AECFEModel` already loaded
+    (:func:`bcfeat.extractors.open_extractor`)."""
     from tqdm import tqdm
 
     from bcfeat.data.images import SkippedImages, iter_images
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model = load_model(model_path)
     runtime = runtime_on(model, device, batch_size)
     files, dropped = folder_images(folder, layout)
     label_of = dict(zip(files["path"], files["label"]))

@@ -181,31 +181,26 @@ class _Job:
 
 def _prepare(model_path: Path, folder: Path, shard: Shard, layout: str, batch_size: int) -> _Job:
     from bcfeat.data.image_folders import folder_images
-    from bcfeat.crosslab.model import is_crosslab_model_file
+    from bcfeat.extractors import open_extractor
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if not Path(model_path).is_file():
-        raise FileNotFoundError(f"no model file at {model_path}")
-    if is_crosslab_model_file(model_path):
-        from bcfeat.crosslab.model import load_model
-
+    extractor = open_extractor(model_path)  # read once: the model and its checksum come from the same bytes
+    kind, model = extractor.kind, extractor.model
+    if kind == "crosslab":
         if layout != "files":
             raise ValueError("--layout applies to AE-CFE model files; a cross-lab model reads every image below the folder")
-        kind, model = "crosslab", load_model(model_path)
         # the detector's batches are the unit a shard must not cut (the stain segmentation is per image)
         unit = model.config.detector_batch_size if model.config.mask_source != "stain" else 1
     else:
-        from bcfeat.autoencoder.aecfe_model import load_model
-
-        kind, model, unit = "aecfe", load_model(model_path), batch_size
+        unit = batch_size
     files, dropped = folder_images(folder, layout)
     n_batches = max(1, -(-len(files) // unit))
     if shard.count > n_batches:
         raise ValueError(f"--shard {shard}: {folder} holds {len(files)} images, {n_batches} batch(es) of {unit}; "
                          f"use at most {n_batches} shards")
     start, stop = shard_range(len(files), unit, shard)
-    meta = {"format": SHARD_FORMAT, "model_kind": kind, "model_sha256": sha256_of(Path(model_path)),
+    meta = {"format": SHARD_FORMAT, "model_kind": kind, "model_sha256": extractor.sha256,
             "layout": layout, "batch_size": batch_size if kind == "aecfe" else unit, "n_shards": shard.count,
             "n_files": len(files), "files_sha256": _files_digest(files), "shard": shard.index,
             "start": start, "stop": stop, "folder": str(folder), "model": str(model_path)}
@@ -521,14 +516,15 @@ def merge_shards(output: str | os.PathLike, n_shards: int | None = None,
                           "fallback": [bool(x) for part in parts for x in part["fallback"]],
                           "score": [float(x) for part in parts for x in part["score"]]}, columns=ROW_COLUMNS)
     latent = np.concatenate(encoded)
-    from bcfeat.autoencoder.aecfe_model import load_model
-
     if latent.ndim > 2:  # site-standardised: the single-process run encodes the whole folder at once
         model_path = Path(meta["model"] if model_path is None else model_path)
         if not model_path.is_file():
             raise FileNotFoundError(f"the merge of a site-standardised model's shards needs its model file: "
                                     f"{model_path} does not exist (give it with --model)")
-        if sha256_of(model_path) != meta["model_sha256"]:
+        from bcfeat.extractors import open_extractor
+
+        extractor = open_extractor(model_path)
+        if extractor.sha256 != meta["model_sha256"]:
             raise ValueError(f"{model_path} is not the model file the shards were made with (sha256 differs)")
-        latent = load_model(model_path).encode(latent)
+        latent = extractor.model.encode(latent)
     return with_latent(table, latent), sorted(skipped)

@@ -1,19 +1,18 @@
 """A scikit-learn transformer over any bcfeat model file: images or paths -> one feature row per input,
-so a benchmark is ``make_pipeline(AECFEFeatures(model_path), RandomForestClassifier())``."""
+so a benchmark is ``make_pipeline(ImageFeatures(model_path), RandomForestClassifier())``.
+
+The file is opened by :func:`bcfeat.extractors.open_extractor`; ``AECFEFeatures`` is the class's former name."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
-
-from bcfeat.autoencoder.aecfe_model import load_model
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +35,9 @@ def _as_items(X: Any) -> list[Any]:
 from bcfeat.data.images import read_image
 
 
-class AECFEFeatures(TransformerMixin, BaseEstimator):
-    """AE-CFE features as a scikit-learn transformer: images or image paths -> ``(n, 50)``.
+class ImageFeatures(TransformerMixin, BaseEstimator):
+    """Features of any bcfeat model file as a scikit-learn transformer: images or image paths ->
+    ``(n, d)`` (50 AE-CFE features, or a cross-lab model's named cell features).
 
     ``transform`` returns one row per input, always. What happens to an input that is not
     a readable image (a missing or broken file, an empty or wrongly shaped array) is
@@ -62,7 +62,9 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    model_ : AECFEModel
+    extractor_ : bcfeat.extractors.Extractor
+        The opened model file (``kind``, ``feature_names``, ``sha256``).
+    model_ : AECFEModel or CrossLabModel
     n_features_out_ : int
     n_skipped_ : int
         Inputs of the last ``transform`` call that gave a NaN row (``on_error="nan"``).
@@ -72,7 +74,7 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
     Examples
     --------
     >>> from sklearn.base import clone
-    >>> clone(AECFEFeatures("model.pt")).get_params()
+    >>> clone(ImageFeatures("model.pt")).get_params()
     {'batch_size': None, 'device': None, 'model_path': 'model.pt', 'on_error': 'raise'}
     """
 
@@ -83,34 +85,36 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
         self.device = device
         self.batch_size = batch_size
 
-    def fit(self, X: Any = None, y: Any = None) -> "AECFEFeatures":
+    def fit(self, X: Any = None, y: Any = None) -> "ImageFeatures":
         if self.model_path is None:
-            raise ValueError("AECFEFeatures needs model_path, a model file written by bcfeat.autoencoder.aecfe_model.save_model")
+            raise ValueError(f"{type(self).__name__} needs model_path, an AE-CFE or cross-lab model file")
         if self.on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {self.on_error!r}")
-        from bcfeat.crosslab.model import is_crosslab_model_file
-        from bcfeat.crosslab.model import load_model as load_crosslab_model
+        from bcfeat.extractors import open_extractor
 
-        if is_crosslab_model_file(self.model_path):
-            self.model_ = _CellFeatures(load_crosslab_model(self.model_path))
-            self.n_features_out_ = len(self.model_.names)
-        else:
-            self.model_ = load_model(self.model_path)
-            self.n_features_out_ = int(self.model_.autoencoder.cfg.latent_dim)
-            self.runtime_ = None
-            if self.device is not None or self.batch_size is not None:
-                from bcfeat.detection.batched_inference import ExtractionRuntime
+        self.extractor_ = open_extractor(self.model_path)
+        self.n_features_out_ = len(self.extractor_.feature_names)
+        self.runtime_ = None
+        if self.extractor_.kind == "aecfe" and (self.device is not None or self.batch_size is not None):
+            from bcfeat.detection.batched_inference import ExtractionRuntime
 
-                self.runtime_ = ExtractionRuntime(device=self.device or "cpu", batch_size=self.batch_size).resolved()
-                self.model_.to(self.runtime_.torch_device())
+            self.runtime_ = ExtractionRuntime(device=self.device or "cpu", batch_size=self.batch_size).resolved()
+            self.extractor_.model.to(self.runtime_.torch_device())
         self.n_skipped_, self.skipped_ = 0, []
         return self
+
+    @property
+    def model_(self):
+        """The model the file holds (:class:`~bcfeat.autoencoder.aecfe_model.AECFEModel` or
+        :class:`~bcfeat.crosslab.model.CrossLabModel`)."""
+        check_is_fitted(self, "extractor_")
+        return self.extractor_.model
 
     def transform(self, X: Any) -> np.ndarray:
         """Images -> ``(n_inputs, n_features_out_)`` float32, one row per input (see ``on_error``)."""
         from bcfeat.data.images import ImageDecodeError
 
-        check_is_fitted(self, "model_")
+        check_is_fitted(self, "extractor_")
         items = _as_items(X)
         images, kept, skipped = [], [], []
         for i, item in enumerate(items):
@@ -119,40 +123,23 @@ class AECFEFeatures(TransformerMixin, BaseEstimator):
             except (ImageDecodeError, OSError, ValueError, TypeError) as error:
                 if self.on_error == "raise":
                     raise ValueError(f"input {i} is not a readable image: {error} "
-                                     "(AECFEFeatures(on_error='nan') gives it a NaN row instead)") from error
+                                     f"({type(self).__name__}(on_error='nan') gives it a NaN row instead)") from error
                 skipped.append((i, str(error)))
                 continue
             kept.append(i)
         out = np.full((len(items), self.n_features_out_), np.nan, dtype=np.float32)
         if images:
-            if getattr(self, "runtime_", None) is not None:
-                out[kept] = self.model_.transform(images, self.runtime_)
-            else:
-                out[kept] = self.model_.transform(images)
+            out[kept] = self.extractor_.transform(images, self.runtime_)
         self.n_skipped_, self.skipped_ = len(skipped), skipped
         if skipped:
-            logger.warning("AECFEFeatures: %d of %d inputs unreadable, NaN rows: %s",
+            logger.warning("%s: %d of %d inputs unreadable, NaN rows: %s", type(self).__name__,
                            len(skipped), len(items), "; ".join(f"{i}: {r}" for i, r in skipped[:5]))
         return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
-        check_is_fitted(self, "model_")
-        if isinstance(self.model_, _CellFeatures):
-            return np.asarray(self.model_.names, dtype=object)
-        return np.asarray([f"aecfe{i}" for i in range(self.n_features_out_)], dtype=object)
+        check_is_fitted(self, "extractor_")
+        return np.asarray(self.extractor_.feature_names, dtype=object)
 
 
-class _CellFeatures:
-    """A cross-lab model seen through the extractor's ``transform(images)`` interface."""
-
-    def __init__(self, model):
-        self.model = model
-        self.names = list(model.feature_names)
-
-    def transform(self, images: Sequence[Any]) -> np.ndarray:
-        feats, kept = self.model.measure(images)
-        if len(kept) != len(images):  # images were decoded already; a failure here is a bug
-            raise RuntimeError(f"{len(images) - len(kept)} decoded image(s) could not be measured")
-        return feats.astype(np.float32)
-
-
+# The name it had when it read AE-CFE files only; kept for code written against it.
+AECFEFeatures = ImageFeatures

@@ -140,23 +140,14 @@ def report_skipped(command: str, n_rows: int, out: Path, skipped) -> None:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    from bcfeat.crosslab.model import is_crosslab_model_file
-
+    from bcfeat.extractors import open_extractor
 
     out = check_output_path(args.output)  # refuse a bad --output before minutes of extraction
     if (status := run_extract_shard(args, out)) is not None:  # --shard K/N, or under torchrun
         return status
-    if is_crosslab_model_file(args.model):
-        from bcfeat.crosslab.folders import extract_folder as extract_cells
-
-        if args.layout != "files":
-            raise ValueError("--layout applies to AE-CFE model files; a cross-lab model reads every image below the folder")
-        table, skipped = extract_cells(args.model, args.input)
-    else:
-        from bcfeat.extraction.folder import extract_folder
-
-        table, skipped = extract_folder(args.model, args.input, layout=args.layout, batch_size=args.batch_size,
-                                        progress=not args.no_progress, device=args.device)
+    extractor = open_extractor(args.model)  # either kind of model file, read once
+    table, skipped = extractor.extract_folder(args.input, layout=args.layout, batch_size=args.batch_size,
+                                              progress=not args.no_progress, device=args.device)
     save_table(table, out)  # creates the folder; never leaves half a table
     report_skipped("extract", len(table), out, skipped)
     return 0
