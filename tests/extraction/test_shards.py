@@ -236,7 +236,7 @@ def test_torchrun_with_two_processes_merges_to_the_single_table(model_file, fold
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip(f"no torchrun beside {sys.executable}")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
     env.pop("RANK", None), env.pop("WORLD_SIZE", None)
     args = ["extract", str(model_file), str(folder), "--batch-size", "2", "--no-progress", "--output"]
     subprocess.run([sys.executable, "-m", "bcfeat.runner.cli", *args, str(tmp_path / "single.csv")], env=env,

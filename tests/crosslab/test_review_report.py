@@ -15,7 +15,7 @@ import pytest
 from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, load_model, save_model
 from bcfeat.crosslab.review_report import (conventional_order, differential_table, read_corrections,
                                            render_report, wilson_interval)
-from tests.test_crosslab_method import two_class_lab
+from tests.crosslab.test_crosslab_method import two_class_lab
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

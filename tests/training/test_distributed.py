@@ -34,7 +34,7 @@ from bcfeat.evaluation.oracle import prepare_images
 from test_train import toy_data
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Records every file a rank moves into place (atomic writes end with os.replace), then runs the launcher.
 DRIVER = """

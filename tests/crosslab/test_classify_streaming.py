@@ -11,7 +11,7 @@ from scipy import ndimage as ndi
 from bcfeat.crosslab.cell_crop import CropConfig, _smoothed_window, background_colour, canonical_crop
 from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, save_model
 from bcfeat.data.images import SkippedImages
-from tests.test_crosslab_method import two_class_lab
+from tests.crosslab.test_crosslab_method import two_class_lab
 
 
 def _reference_background(image, cell_mask):
