@@ -445,6 +445,54 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         """``(n,)`` labels of one site's cells."""
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
+    # ------------------------------------------------------------------------- model files
+    def to_payload(self) -> dict:
+        """The fitted logistic classifier as tensors and plain values (a model file's ``classifier``
+        part, :mod:`bcfeat.crosslab.model`); :meth:`from_payload` rebuilds it."""
+        import torch
+
+        check_is_fitted(self, "estimator_")
+        if self.model != "logistic":
+            raise ValueError("only the logistic CrossLabClassifier can be stored in a model file "
+                             f"(a forest is not plain data), got model={self.model!r}")
+        params = self.get_params()
+        params["columns"] = None if self.columns is None else [int(c) for c in self.columns]
+        return {
+            "params": params,
+            "classes": [str(c) for c in self.classes_],
+            "coef": torch.from_numpy(np.asarray(self.estimator_.coef_, np.float64)),
+            "intercept": torch.from_numpy(np.asarray(self.estimator_.intercept_, np.float64)),
+            "source_statistics": self.source_statistics_.to_dict(),
+            "train_z": torch.from_numpy(self._Z_train.astype(np.float32)),
+            "train_y": [str(v) for v in self._y_train],
+            "fallback_ratio": torch.from_numpy(np.asarray(self.fallback_ratio_, np.float64)),
+            "calibration": dict(getattr(self, "calibration_", {}) or {}),
+        }
+
+    @classmethod
+    def from_payload(cls, p: dict) -> CrossLabClassifier:
+        """Rebuild a classifier written by :meth:`to_payload`; every setting is range-checked."""
+        params = dict(p["params"])
+        params["columns"] = None if params.get("columns") is None else tuple(params["columns"])
+        clf = cls(**params)
+        clf._check_params()  # every setting read from a file, with the ranges a fit would check
+        clf.classes_ = np.asarray(p["classes"])
+        est = LogisticRegression(C=clf.C, max_iter=3000, class_weight="balanced")
+        est.classes_ = clf.classes_
+        est.coef_ = p["coef"].numpy()
+        est.intercept_ = p["intercept"].numpy()
+        est.n_features_in_ = est.coef_.shape[1]
+        clf.estimator_ = est
+        clf.source_statistics_ = SiteStatistics.from_dict(p["source_statistics"])
+        clf.n_features_in_ = len(clf.source_statistics_.centre)
+        clf._Z_train = p["train_z"].numpy().astype(np.float64)
+        clf._y_train = np.asarray(p["train_y"])
+        clf._fit_discriminant_space()
+        ratio = p.get("fallback_ratio")  # files written before CBR have none: plain statistics
+        clf.fallback_ratio_ = np.ones(clf._Z_train.shape[1]) if ratio is None else ratio.numpy().astype(np.float64)
+        clf.calibration_ = dict(p.get("calibration") or {})
+        return clf
+
 
 __all__ = ["MIN_SITE_CELLS", "STATISTICS", "SiteStatistics", "site_statistics", "standardize", "class_balanced_weights",
            "class_conditional_statistics", "em_class_priors", "soften", "CrossLabClassifier"]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from bcfeat.atomic_io import atomic_torch_save
-from bcfeat.crosslab.adaptation import CrossLabClassifier, SiteStatistics
+from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_crop import CellCrop, CropConfig, canonical_crop
 from bcfeat.crosslab.cell_features import cell_features, feature_names
 from bcfeat.data.images import ImageDecodeError, SkippedImages, read_image
@@ -311,52 +311,6 @@ class CrossLabModel:
 
 
 # ----------------------------------------------------------------------------- model files
-def classifier_payload(clf: CrossLabClassifier) -> dict:
-    """A fitted logistic :class:`CrossLabClassifier` as tensors and plain values."""
-    if clf.model != "logistic":
-        raise ValueError("only the logistic CrossLabClassifier can be stored in a model file "
-                         f"(a forest is not plain data), got model={clf.model!r}")
-    est = clf.estimator_
-    params = clf.get_params()
-    params["columns"] = None if clf.columns is None else [int(c) for c in clf.columns]
-    return {
-        "params": params,
-        "classes": [str(c) for c in clf.classes_],
-        "coef": torch.from_numpy(np.asarray(est.coef_, np.float64)),
-        "intercept": torch.from_numpy(np.asarray(est.intercept_, np.float64)),
-        "source_statistics": clf.source_statistics_.to_dict(),
-        "train_z": torch.from_numpy(clf._Z_train.astype(np.float32)),
-        "train_y": [str(v) for v in clf._y_train],
-        "fallback_ratio": torch.from_numpy(np.asarray(clf.fallback_ratio_, np.float64)),
-        "calibration": dict(getattr(clf, "calibration_", {}) or {}),
-    }
-
-
-def classifier_from_payload(p: dict) -> CrossLabClassifier:
-    from sklearn.linear_model import LogisticRegression
-
-    params = dict(p["params"])
-    params["columns"] = None if params.get("columns") is None else tuple(params["columns"])
-    clf = CrossLabClassifier(**params)
-    clf._check_params()  # every setting read from a file, with the ranges a fit would check
-    clf.classes_ = np.asarray(p["classes"])
-    est = LogisticRegression(C=clf.C, max_iter=3000, class_weight="balanced")
-    est.classes_ = clf.classes_
-    est.coef_ = p["coef"].numpy()
-    est.intercept_ = p["intercept"].numpy()
-    est.n_features_in_ = est.coef_.shape[1]
-    clf.estimator_ = est
-    clf.n_features_in_ = len(feature_names())
-    clf.source_statistics_ = SiteStatistics.from_dict(p["source_statistics"])
-    clf._Z_train = p["train_z"].numpy().astype(np.float64)
-    clf._y_train = np.asarray(p["train_y"])
-    clf._fit_discriminant_space()
-    ratio = p.get("fallback_ratio")  # files written before CBR have none: plain statistics
-    clf.fallback_ratio_ = np.ones(clf._Z_train.shape[1]) if ratio is None else ratio.numpy().astype(np.float64)
-    clf.calibration_ = dict(p.get("calibration") or {})
-    return clf
-
-
 def save_model(path: str | os.PathLike, model: CrossLabModel) -> Path:
     """Write a model file (atomic): tensors and plain values only."""
     payload: dict[str, Any] = {
@@ -365,7 +319,7 @@ def save_model(path: str | os.PathLike, model: CrossLabModel) -> Path:
         "feature_names": feature_names(),
         "record": model.record,
         "detector": None,
-        "classifier": None if model.classifier is None else classifier_payload(model.classifier),
+        "classifier": None if model.classifier is None else model.classifier.to_payload(),
     }
     if model.detector is not None:
         from bcfeat.detection.architecture import config_of
@@ -404,13 +358,10 @@ def load_model(path: str | os.PathLike, payload: Any = None) -> CrossLabModel:
         config = ExtractorConfig.from_dict(payload["config"])
         detector = None
         if payload["detector"] is not None:
-            from bcfeat.detection.config import DetectorConfig
-            from bcfeat.detection.architecture import build_detector
+            from bcfeat.detection.checkpoint import detector_from_payload
 
-            detector = build_detector(DetectorConfig.from_dict(payload["detector"]["config"]))
-            detector.load_state_dict(payload["detector"]["state_dict"])
-            detector.eval()
-        classifier = None if payload["classifier"] is None else classifier_from_payload(payload["classifier"])
+            detector = detector_from_payload(payload["detector"], path)
+        classifier = None if payload["classifier"] is None else CrossLabClassifier.from_payload(payload["classifier"])
         return CrossLabModel(config, detector, classifier, payload.get("record", {}))
 
     return build_from_payload(path, "cross-lab model", build)
