@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 from bcfeat import paths  # noqa: E402
 from benchmarks.results_file import write_results  # noqa: E402
-from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, load_model  # noqa: E402
+from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, load_model  # noqa: E402
 from bcfeat.data import scan_dataset  # noqa: E402
 
 DATASETS = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
@@ -80,16 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(0)
         detector = build_detector(DetectorConfig.cpu()).eval()
     results = {"n_images": len(files), "torch_threads": args.threads, "model": args.model}
-    timed(CrossLabModel(ExtractorConfig("detector", n_workers=1), detector), files[:8])  # warm-up
+    timed(CrossLabModel(CrossLabConfig("detector", n_workers=1), detector), files[:8])  # warm-up
     for workers in (1, 2):
-        model = CrossLabModel(ExtractorConfig("detector", n_workers=workers), detector)
+        model = CrossLabModel(CrossLabConfig("detector", n_workers=workers), detector)
         seconds = timed(model, files)
         results[f"detector_workers{workers}_cells_per_s"] = len(files) / seconds
     # where the time goes: the masks alone
     from bcfeat.data import load_image
 
     images = [load_image(p) for p in files]
-    model = CrossLabModel(ExtractorConfig("detector", n_workers=1), detector)
+    model = CrossLabModel(CrossLabConfig("detector", n_workers=1), detector)
     start = time.perf_counter()
     masks = model._masks(images)
     results["detector_masks_only_cells_per_s"] = len(files) / (time.perf_counter() - start)
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     for im, m in zip(images, masks):
         _measure((im, m, model.config.crop))
     results["crop_and_features_only_cells_per_s"] = len(files) / (time.perf_counter() - start)
-    stain = CrossLabModel(ExtractorConfig("stain", n_workers=2))
+    stain = CrossLabModel(CrossLabConfig("stain", n_workers=2))
     results["stain_workers2_cells_per_s"] = len(files) / timed(stain, files)
     for key, value in results.items():
         print(f"{key:40s} {value:.1f}" if isinstance(value, float) else f"{key:40s} {value}")

@@ -16,7 +16,7 @@ from bcfeat.autoencoder.aecfe_model import ExtractionConfig, save_model as save_
 from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
 from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_features import feature_names
-from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, save_model as save_crosslab
+from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, save_model as save_crosslab
 from bcfeat.data import scan_dataset
 from bcfeat.detection.architecture import build_detector
 from bcfeat.detection.checkpoint import save_detector
@@ -39,7 +39,7 @@ def files(tmp_path_factory):
     X = rng.normal(size=(40, len(feature_names())))
     y = np.repeat(["lymphocyte", "neutrophil"], 20)
     clf = CrossLabClassifier(C=0.5).fit(X, y)
-    crosslab = save_crosslab(folder / "crosslab.pt", CrossLabModel(ExtractorConfig(mask_source="stain"), None, clf))
+    crosslab = save_crosslab(folder / "crosslab.pt", CrossLabModel(CrossLabConfig(mask_source="stain"), None, clf))
     return {"aecfe": Path(aecfe), "crosslab": Path(crosslab), "detector": folder / "detector.pt"}
 
 

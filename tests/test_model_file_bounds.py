@@ -12,7 +12,7 @@ import torch
 
 from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_features import feature_names
-from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, load_model, save_model
+from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, load_model, save_model
 from bcfeat.model_files import ModelFileError
 
 
@@ -22,7 +22,7 @@ def model_file(tmp_path):
     X = rng.normal(size=(40, len(feature_names())))
     y = np.repeat(["lymphocyte", "neutrophil"], 20)
     clf = CrossLabClassifier(C=0.5).fit(X, y)
-    return save_model(tmp_path / "m.pt", CrossLabModel(ExtractorConfig(mask_source="stain"), None, clf))
+    return save_model(tmp_path / "m.pt", CrossLabModel(CrossLabConfig(mask_source="stain"), None, clf))
 
 
 def _edit(path, out, change):

@@ -44,8 +44,8 @@ REMAKE_HINT = ("re-run the cross-lab stage: `make pipeline RUN_ARGS=\"--only 07_
 
 
 @dataclass(frozen=True)
-class ExtractorConfig:
-    """How cells are found and cut out.
+class CrossLabConfig:
+    """How the cross-lab model finds and cuts out cells (``ExtractionConfig`` is the AE-CFE extractor's).
 
     Attributes
     ----------
@@ -74,7 +74,7 @@ class ExtractorConfig:
                              f"{self.detector_batch_size}, {self.n_workers} and {self.chunk_size}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> ExtractorConfig:
+    def from_dict(cls, d: dict) -> CrossLabConfig:
         d = dict(d)
         d["crop"] = CropConfig(**d.get("crop", {}))
         return cls(**d)
@@ -171,7 +171,7 @@ class CrossLabModel:
 
     Parameters
     ----------
-    config : ExtractorConfig
+    config : CrossLabConfig
     detector : torchvision MaskRCNN or None
         Needed when ``config.mask_source == "detector"``.
     classifier : CrossLabClassifier or None
@@ -179,7 +179,7 @@ class CrossLabModel:
         Free-form provenance (what the detector / classifier was trained on).
     """
 
-    def __init__(self, config: ExtractorConfig, detector: Any = None, classifier: CrossLabClassifier | None = None,
+    def __init__(self, config: CrossLabConfig, detector: Any = None, classifier: CrossLabClassifier | None = None,
                  record: dict | None = None):
         if config.mask_source == "detector" and detector is None:
             raise ValueError("mask_source='detector' needs a detector")
@@ -355,7 +355,7 @@ def load_model(path: str | os.PathLike, payload: Any = None) -> CrossLabModel:
     payload = read_model_payload(path, payload)
 
     def build() -> CrossLabModel:
-        config = ExtractorConfig.from_dict(payload["config"])
+        config = CrossLabConfig.from_dict(payload["config"])
         detector = None
         if payload["detector"] is not None:
             from bcfeat.detection.checkpoint import detector_from_payload
@@ -367,5 +367,5 @@ def load_model(path: str | os.PathLike, payload: Any = None) -> CrossLabModel:
     return build_from_payload(path, "cross-lab model", build)
 
 
-__all__ = ["MODEL_KIND", "MODEL_VERSION", "MASK_SOURCES", "ExtractorConfig", "CrossLabModel",
+__all__ = ["MODEL_KIND", "MODEL_VERSION", "MASK_SOURCES", "CrossLabConfig", "CrossLabModel",
            "save_model", "load_model", "read_model_payload"]

@@ -44,10 +44,10 @@ class Measured:
 
 
 def _model(detector_file: str | Path | None, mask_source: str, n_workers: int, crop: CropConfig | None = None):
-    from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig
+    from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig
     from bcfeat.detection.checkpoint import load_detector
 
-    config = ExtractorConfig(mask_source=mask_source, crop=crop or CropConfig(), n_workers=n_workers)
+    config = CrossLabConfig(mask_source=mask_source, crop=crop or CropConfig(), n_workers=n_workers)
     detector = None
     if mask_source == "detector":
         if detector_file is None:

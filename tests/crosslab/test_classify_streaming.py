@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from bcfeat.crosslab.cell_crop import CropConfig, _smoothed_window, background_colour, canonical_crop
-from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, save_model
+from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, save_model
 from bcfeat.data.images import SkippedImages
 from tests.crosslab.test_crosslab_method import two_class_lab
 
@@ -71,7 +71,7 @@ def test_chunked_measuring_equals_one_pass_and_names_bad_files(tmp_path):
     results = {}
     for chunk, workers in [(1000, 1), (3, 1), (4, 2)]:
         skipped, found, thumbs = SkippedImages(), [], []
-        model = CrossLabModel(ExtractorConfig(mask_source="stain", chunk_size=chunk, n_workers=workers))
+        model = CrossLabModel(CrossLabConfig(mask_source="stain", chunk_size=chunk, n_workers=workers))
         feats, kept, crops = model.measure(files, skipped, return_crops=True, found=found, thumbnails=thumbs)
         results[chunk] = feats
         assert list(kept) == [i for i in range(len(files)) if i != 5]
@@ -86,7 +86,7 @@ def test_sharded_classify_writes_the_plain_table(tmp_path, capsys):
 
     two_class_lab(tmp_path)
     (tmp_path / "new" / "broken.png").write_bytes(b"not an image")
-    base = save_model(tmp_path / "base.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
+    base = save_model(tmp_path / "base.pt", CrossLabModel(CrossLabConfig(mask_source="stain")))
     clf = tmp_path / "clf.pt"
     assert main(["train-classifier", str(base), str(tmp_path / "lab"), "--output", str(clf)]) == 0
     plain, sharded = tmp_path / "plain.csv", tmp_path / "sharded.csv"

@@ -15,7 +15,7 @@ from bcfeat.crosslab import evaluation as ev
 from bcfeat.crosslab.adaptation import (CrossLabClassifier, class_balanced_weights, em_class_priors,
                                         site_statistics, standardize)
 from bcfeat.crosslab.cell_features import feature_names
-from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, load_model, save_model
+from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, load_model, save_model
 from bcfeat.extractors import open_extractor
 from bcfeat.model_files import ModelFileError
 
@@ -148,7 +148,7 @@ def _stain_model(tmp_path: Path, with_classifier: bool):
     y = np.repeat(["lymphocyte", "neutrophil"], 20)
     X[y == "neutrophil", 0] += 3
     clf = CrossLabClassifier(C=0.5).fit(X, y) if with_classifier else None
-    model = CrossLabModel(ExtractorConfig(mask_source="stain"), None, clf, {"trained_on": "synthetic"})
+    model = CrossLabModel(CrossLabConfig(mask_source="stain"), None, clf, {"trained_on": "synthetic"})
     return save_model(tmp_path / "m.pt", model), X, clf
 
 
@@ -225,7 +225,7 @@ def test_train_classifier_and_classify_a_folder_from_the_command_line(tmp_path):
     two_class_lab(tmp_path)
     (tmp_path / "lab" / "stray.png").write_bytes(b"not in a class folder")
     (tmp_path / "new" / "broken.png").write_bytes(b"not an image")
-    base = save_model(tmp_path / "base.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
+    base = save_model(tmp_path / "base.pt", CrossLabModel(CrossLabConfig(mask_source="stain")))
     clf_file = tmp_path / "out" / "clf.pt"
     assert main(["train-classifier", str(base), str(tmp_path / "lab"), "--output", str(clf_file)]) == 0
     assert load_model(clf_file).record["class_counts"] == {"lymph": 8, "neut": 8}
@@ -296,7 +296,7 @@ def test_the_scikit_learn_transformer_loads_a_crosslab_model_file(tmp_path):
             _write_cell(p, lobes, radius + i % 3, rng)
             paths.append(str(p))
             labels.append(label)
-    base = save_model(tmp_path / "base.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
+    base = save_model(tmp_path / "base.pt", CrossLabModel(CrossLabConfig(mask_source="stain")))
     features = AECFEFeatures(str(base), on_error="nan").fit()
     out = features.transform(paths + [str(tmp_path / "missing.png")])
     assert out.shape == (13, len(feature_names())) and np.isnan(out[-1]).all() and features.n_skipped_ == 1

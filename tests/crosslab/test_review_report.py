@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, load_model, save_model
+from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, load_model, save_model
 from bcfeat.crosslab.review_report import (conventional_order, differential_table, read_corrections,
                                            render_report, wilson_interval)
 from tests.crosslab.test_crosslab_method import two_class_lab
@@ -73,7 +73,7 @@ def classified_lab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("review")
     two_class_lab(tmp)
     (tmp / "new" / "broken.png").write_bytes(b"not an image")
-    base = save_model(tmp / "base.pt", CrossLabModel(ExtractorConfig(mask_source="stain", chunk_size=5)))
+    base = save_model(tmp / "base.pt", CrossLabModel(CrossLabConfig(mask_source="stain", chunk_size=5)))
     clf = tmp / "clf.pt"
     assert main(["train-classifier", str(base), str(tmp / "lab"), "--output", str(clf)]) == 0
     report = tmp / "out" / "report.html"

@@ -38,11 +38,11 @@ def _alive(pid: int) -> bool:
 def test_measuring_workers_end_when_the_parent_is_killed(tmp_path):
     script = textwrap.dedent("""
         import numpy as np, sys, time
-        from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig
+        from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 255, (300, 300, 3), dtype=np.uint8) for _ in range(400)]
         print("ready", flush=True)
-        CrossLabModel(ExtractorConfig(mask_source="stain", n_workers=2)).measure(images)
+        CrossLabModel(CrossLabConfig(mask_source="stain", n_workers=2)).measure(images)
     """)
     env = {**os.environ, "PYTHONPATH": str(paths.ROOT)}
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)

@@ -44,7 +44,7 @@ def test_tiny_and_huge_files_are_refused_by_name_on_every_decoder(tmp_path, monk
 
 
 def test_one_degenerate_image_is_a_named_skip_in_the_crosslab_commands(tmp_path):
-    from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig
+    from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig
     from bcfeat.data.images import SkippedImages
 
     rng = np.random.default_rng(0)
@@ -60,7 +60,7 @@ def test_one_degenerate_image_is_a_named_skip_in_the_crosslab_commands(tmp_path)
     Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tmp_path / "dot.png")
     Image.fromarray(np.zeros((3, 500, 3), np.uint8)).save(tmp_path / "strip.png")
     skipped = SkippedImages()
-    feats, kept = CrossLabModel(ExtractorConfig(mask_source="stain")).measure(
+    feats, kept = CrossLabModel(CrossLabConfig(mask_source="stain")).measure(
         [paths[0], tmp_path / "dot.png", paths[1], tmp_path / "strip.png", paths[2]], skipped)
     assert kept.tolist() == [0, 2, 4] and len(feats) == 3
     assert sorted(p.name for p in skipped.paths) == ["dot.png", "strip.png"]
@@ -82,14 +82,14 @@ def test_an_exif_rotated_jpeg_is_read_upright(tmp_path):
 def test_a_skipped_file_is_named_once_by_classify(tmp_path, capsys, caplog):
     from test_crosslab_method import _write_cell
 
-    from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, save_model
+    from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, save_model
     from bcfeat.runner.cli import main
 
     rng = np.random.default_rng(1)
     for i in range(6):
         _write_cell(tmp_path / "cells" / f"c{i}.png", 1, 24, rng)
     (tmp_path / "cells" / "broken.png").write_bytes(b"not an image")
-    model = save_model(tmp_path / "m.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
+    model = save_model(tmp_path / "m.pt", CrossLabModel(CrossLabConfig(mask_source="stain")))
     with caplog.at_level("INFO"):
         assert main(["extract", str(model), str(tmp_path / "cells"), "--output", str(tmp_path / "f.csv")]) == 0
     shown = capsys.readouterr()

@@ -210,10 +210,10 @@ def test_torchrun_rank_picks_the_shard(model_file, folder, tmp_path, monkeypatch
 
 def test_crosslab_model_shards_merge_to_the_single_table(data_root, tmp_path):
     from bcfeat.crosslab.folders import extract_folder as crosslab_extract
-    from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, save_model as save_crosslab
+    from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, save_model as save_crosslab
     from bcfeat.data import scan_dataset
 
-    model = save_crosslab(tmp_path / "m.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
+    model = save_crosslab(tmp_path / "m.pt", CrossLabModel(CrossLabConfig(mask_source="stain")))
     cells = tmp_path / "lab"
     cells.mkdir()
     for path in scan_dataset("cellavision_zheng18", root=data_root).samples["path"].tolist()[:5]:

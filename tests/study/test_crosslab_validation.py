@@ -136,13 +136,13 @@ def test_selection_reads_only_the_virtual_labs_and_ranks_the_better_setting_firs
 
 def test_deployed_model_file_carries_calibration_and_classify_flags_uncertain_cells(tmp_path):
     from bcfeat.crosslab.folders import DEFAULT_UNCERTAIN_BELOW, lab_warning, uncertain_cells
-    from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, load_model, save_model
+    from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, load_model, save_model
 
     rng = np.random.default_rng(5)
     samples, plan, X, y = _study(rng, 10)
     clf = cv.classifier_for("logistic C=0.1 all stain cbr", 0, temperature=2.0).fit(X, y)
     clf.calibration_ = cv.Calibration(2.0, 0.6, 1.2, [0.8, 0.9]).to_dict()
-    path = save_model(tmp_path / "m.pt", CrossLabModel(ExtractorConfig(mask_source="stain"), None, clf))
+    path = save_model(tmp_path / "m.pt", CrossLabModel(CrossLabConfig(mask_source="stain"), None, clf))
     loaded = load_model(path).classifier
     assert loaded.calibration_["uncertain_min_probability"] == 0.6
     assert loaded.statistics == "cbr" and loaded.temperature == 2.0
@@ -210,10 +210,10 @@ def test_crop_boxes_command_writes_class_folders_and_refuses_an_existing_output(
 
 def test_train_classifier_checks_its_output_before_measuring_anything(tmp_path, monkeypatch):
     from bcfeat.crosslab import folders
-    from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, save_model
+    from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, save_model
     from bcfeat.runner.cli import main
 
-    model = save_model(tmp_path / "model.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
+    model = save_model(tmp_path / "model.pt", CrossLabModel(CrossLabConfig(mask_source="stain")))
     measured = []
     monkeypatch.setattr(folders, "_measure_folder", lambda *a, **k: measured.append(a) or (_ for _ in ()).throw(
         AssertionError("measured before the output was checked")))
@@ -239,11 +239,11 @@ def test_classify_marks_images_without_a_cell_and_leaves_them_out_of_the_statist
     from test_crosslab_method import two_class_lab
 
     from bcfeat.crosslab.folders import NO_CELL, classify_folder, train_classifier
-    from bcfeat.crosslab.model import CrossLabModel, ExtractorConfig, save_model
+    from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, save_model
 
     two_class_lab(tmp_path)
     Image.fromarray(np.full((120, 120, 3), 255, np.uint8)).save(tmp_path / "new" / "white.png")
-    base = save_model(tmp_path / "base.pt", CrossLabModel(ExtractorConfig(mask_source="stain")))
+    base = save_model(tmp_path / "base.pt", CrossLabModel(CrossLabConfig(mask_source="stain")))
     clf_file, _, _ = train_classifier(base, tmp_path / "lab", tmp_path / "clf.pt")
     table, _ = classify_folder(clf_file, tmp_path / "new")
     white = table.set_index("relpath").loc["white.png"]
