@@ -203,7 +203,7 @@ def _http_url(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from bcfeat.data.download import SOURCES
     from bcfeat.data.registry import DATASETS, LAYOUTS
-    from bcfeat.runner.exit_codes import device_name, float_between, int_at_least
+    from bcfeat.runner.arguments import device_name, float_between, int_at_least
 
     p = argparse.ArgumentParser(prog="bcfeat", description="bcfeat: AE-CFE white blood cell features, reproducibly.")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -324,7 +324,7 @@ def add_shard_options(extract: argparse.ArgumentParser) -> None:
 def add_commands(sub) -> None:
     """Register ``pack`` and ``merge-shards``."""
     from bcfeat.data.pack import PackConfig
-    from bcfeat.runner.exit_codes import float_between, int_at_least
+    from bcfeat.runner.arguments import float_between, int_at_least
 
     defaults = PackConfig()
     p = sub.add_parser("pack", help="write the compact data pack: the study's images at the detector's "

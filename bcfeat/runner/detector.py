@@ -29,7 +29,7 @@ def parser():
     import argparse
 
     from bcfeat import paths
-    from bcfeat.runner.exit_codes import int_at_least
+    from bcfeat.runner.arguments import int_at_least
 
     ap = argparse.ArgumentParser(prog="python -m bcfeat.runner.detector", description=main.__doc__)
     # The defaults are notebooks/01_detector.py's parameters (the cpu profile).
