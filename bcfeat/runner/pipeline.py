@@ -10,12 +10,13 @@ and the stage that makes it.
 
 A provenance record (commit, parameters, package versions, hardware, seconds per
 notebook) is rewritten after every stage, so a failure late in a long run never loses
-the record of the stages that finished.
+the record of the stages that finished (:mod:`bcfeat.runner.provenance`).
 
 A stage's outputs reach the results folder only when the stage finishes: it runs with
 ``results_dir`` pointing at a staging copy, ``<output>/.staging/<stem>``, and the runner
 moves what it wrote into place after it succeeded. A stage that fails, or a run that is
-killed, leaves every earlier table as it was; the next run removes the staging folder.
+killed, leaves every earlier table as it was; the next run removes the staging folder
+(:mod:`bcfeat.runner.staging`). This module plans a run and runs it, and is the command line.
 
 Exit status (:mod:`bcfeat.runner.exit_codes`): 0 every stage ran, 1 a stage failed (its
 executed notebook is kept as ``<stem>.failed.ipynb``), 2 a usage error.
@@ -32,193 +33,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from bcfeat import paths
 from bcfeat.atomic_io import write_text
 from bcfeat.runner.profiles import PROFILES, get_profile
+# load_provenance, stage_parameter and provenance_frames are read by the provenance notebook from here too
+from bcfeat.runner.provenance import (git_commit, hardware, load_provenance, package_versions,  # noqa: F401
+                                      provenance_frames, stage_parameter)
+from bcfeat.runner.staging import StageFailed, clean_staging, display_path, execute_stage
 from bcfeat.runner.stages import (STAGES, MissingInput, Stage, check_declarations, file_parameters, makers,  # noqa: F401
                                   missing_input, notebook_path, parameters_cell, split_overrides)
-
-PROVENANCE_PACKAGES = (
-    "bcfeat", "torch", "torchvision", "numpy", "pandas", "scikit-learn", "scikit-image",
-    "umap-learn", "papermill", "jupytext", "jupyter-book", "myst-nb",
-)
-
 
 def default_output_dir(profile: str) -> Path:
     """The cpu profile writes the results the book shows; the others write under artifacts/."""
     return paths.RESULTS if profile == "cpu" else paths.ARTIFACTS / "runs" / profile
-
-
-def git_commit() -> dict[str, object]:
-    """Commit hash and whether the working tree had uncommitted changes (None outside git)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "bcfeat", "notebooks"],
-                                    cwd=paths.ROOT, capture_output=True, text=True).stdout.strip())
-        return {"commit": head, "dirty": dirty}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-
-
-def hardware() -> dict[str, object]:
-    info: dict[str, object] = {
-        "machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-        "cpu_count": os.cpu_count(), "processor": platform.processor() or None,
-    }
-    try:
-        import torch
-
-        info["cuda"] = torch.cuda.is_available()
-        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-        info["torch_threads"] = torch.get_num_threads()
-    except ImportError:  # provenance must never be what breaks a run
-        info["cuda"] = None
-    return info
-
-
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PROVENANCE_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def display_path(path: Path) -> str:
-    """Repository-relative when inside the repository (the notebooks run with cwd = ROOT), so
-    committed notebooks carry no machine-bound paths; absolute otherwise."""
-    path = Path(path).resolve()
-    try:
-        return str(path.relative_to(paths.ROOT))
-    except ValueError:
-        return str(path)
-
-
-STAGING = ".staging"
-
-
-class StageFailed(RuntimeError):
-    """A notebook of the chain raised (or its kernel died); earlier outputs are untouched."""
-
-
-def _stage_copy(output_dir: Path, staging: Path) -> None:
-    """A fresh staging folder holding a copy of the results a stage may read (not the notebooks)."""
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for entry in output_dir.iterdir():
-        if entry.name.startswith(".") or entry.suffix == ".ipynb":
-            continue
-        if entry.is_dir():
-            shutil.copytree(entry, staging / entry.name, symlinks=True)
-        else:
-            shutil.copy2(entry, staging / entry.name)
-
-
-def _publish(staging: Path, output_dir: Path, skip: Path) -> list[Path]:
-    """Move every file the stage added or changed from ``staging`` into ``output_dir``.
-
-    Each file is replaced in one step (``os.replace``); unchanged copies are left alone.
-    """
-    import filecmp
-
-    moved = []
-    for source in sorted(p for p in staging.rglob("*") if p.is_file() and p != skip):
-        target = output_dir / source.relative_to(staging)
-        if target.is_file() and filecmp.cmp(source, target, shallow=False):
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, target)
-        moved.append(target)
-    return moved
-
-
-def _point_at(notebook: Path, staged: str, final: str) -> None:
-    """Make an executed notebook name the results folder it is published to, not the staging one."""
-    text = notebook.read_text()
-    if staged in text:
-        write_text(text.replace(json.dumps(staged)[1:-1], json.dumps(final)[1:-1]), notebook)
-
-
-def clean_staging(output_dir: Path) -> None:
-    """Remove what a killed run left behind: the staging folder and old-style running notebooks."""
-    shutil.rmtree(Path(output_dir) / STAGING, ignore_errors=True)
-    for leftover in Path(output_dir).glob(".*.running.ipynb"):
-        leftover.unlink(missing_ok=True)
-
-
-def execute_stage(stage: Stage, parameters: dict, output_dir: Path) -> Path:
-    """Convert one text notebook, run it with papermill, return the executed notebook's path.
-
-    The notebook runs against a staging copy of ``output_dir`` (its ``results_dir``
-    parameter is replaced); the tables it wrote and the executed notebook are moved into
-    ``output_dir`` only when it finished without error.
-    """
-    import jupytext
-    import nbformat
-    import papermill
-
-    source = notebook_path(stage.stem)
-    if not source.exists():
-        raise FileNotFoundError(f"stage {stage.stem}: notebook {source} does not exist")
-    notebook = jupytext.read(source)
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    output_dir = Path(output_dir)
-    output = output_dir / f"{stage.stem}.ipynb"
-    # The book must never show a half-run notebook, nor tables from a half-run stage: the stage
-    # runs in a staging copy and replaces the previous outputs only on success. A failed run is
-    # kept as <stem>.failed.ipynb, executed up to the failing cell.
-    staging = output_dir / STAGING / stage.stem
-    running = staging / f"{stage.stem}.ipynb"
-    failed = output_dir / f"{stage.stem}.failed.ipynb"
-    final_dir = parameters.get("results_dir", display_path(output_dir))
-    staged_dir = display_path(staging)
-    # The files the stage makes in the results folder are made in the staging copy too.
-    staged_parameters = {**parameters, "results_dir": staged_dir}
-    for name in stage.files:
-        value = parameters.get(name)
-        if isinstance(value, str) and value.startswith(final_dir.rstrip("/") + "/"):
-            staged_parameters[name] = staged_dir + value[len(final_dir.rstrip("/")):]
-    _stage_copy(output_dir, staging)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            converted = Path(tmp) / f"{stage.stem}.ipynb"
-            nbformat.write(notebook, converted)
-            try:
-                papermill.execute_notebook(
-                    str(converted), str(running), parameters=staged_parameters,
-                    kernel_name="python3", cwd=str(paths.ROOT), progress_bar=False, log_output=False,
-                )
-            except BaseException:
-                if running.exists():
-                    _point_at(running, staged_dir, final_dir)
-                    os.replace(running, failed)
-                raise
-        _point_at(running, staged_dir, final_dir)
-        _publish(staging, output_dir, skip=running)
-        os.replace(running, output)  # last: the notebook appears with its tables in place
-        failed.unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if (output_dir / STAGING).is_dir() and not any((output_dir / STAGING).iterdir()):
-            (output_dir / STAGING).rmdir()
-    return output
 
 
 @dataclass
@@ -352,40 +187,6 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
     record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     save()
     return record
-
-
-def load_provenance(results_dir: Path) -> dict:
-    """The provenance record a run wrote into ``results_dir``."""
-    path = Path(results_dir) / "provenance.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no provenance record at {path}: run `python -m bcfeat.runner` first")
-    return json.loads(path.read_text())
-
-
-def stage_parameter(record: dict, stem: str, name: str, default: Any = None) -> Any:
-    """The value a recorded run passed to one notebook's parameter (``default`` if it did not run)."""
-    for stage in record.get("stages", []):
-        if stage.get("stem") == stem:
-            return stage.get("parameters", {}).get(name, default)
-    return default
-
-
-def provenance_frames(record: dict):
-    """The provenance record as three tables: run, stages (with parameters), package versions."""
-    import pandas as pd
-
-    run_info = {"profile": record["profile"], "commit": record.get("commit"),
-                "uncommitted changes": record.get("dirty"), "started (UTC)": record.get("started"),
-                **{f"hardware: {k}": v for k, v in record.get("hardware", {}).items()}}
-    run_table = pd.DataFrame({"value": [str(v) for v in run_info.values()]}, index=list(run_info))
-    files = {name for stage in STAGES for name in stage.files} | {"results_dir", "artifacts_dir"}
-    stages = pd.DataFrame([{"notebook": s["stem"], "status": s["status"], "seconds": s["seconds"],
-                            "parameters": ", ".join(f"{k}={v}" for k, v in s["parameters"].items()
-                                                    if k not in files),
-                            "overrides (-p)": ", ".join(f"{k}={v}" for k, v in s.get("overrides", {}).items())}
-                           for s in record.get("stages", [])])
-    packages = pd.DataFrame({"version": record.get("packages", {})})
-    return run_table, stages, packages
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,93 @@
+"""The provenance record of a study run: commit, hardware, package versions, and per stage its
+parameters, status and seconds; read back as tables by the provenance notebook."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bcfeat import paths
+from bcfeat.runner.stages import STAGES
+
+PROVENANCE_PACKAGES = (
+    "bcfeat", "torch", "torchvision", "numpy", "pandas", "scikit-learn", "scikit-image",
+    "umap-learn", "papermill", "jupytext", "jupyter-book", "myst-nb",
+)
+
+
+
+def git_commit() -> dict[str, object]:
+    """Commit hash and whether the working tree had uncommitted changes (None outside git)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "bcfeat", "notebooks"],
+                                    cwd=paths.ROOT, capture_output=True, text=True).stdout.strip())
+        return {"commit": head, "dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+
+
+def hardware() -> dict[str, object]:
+    info: dict[str, object] = {
+        "machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
+        "cpu_count": os.cpu_count(), "processor": platform.processor() or None,
+    }
+    try:
+        import torch
+
+        info["cuda"] = torch.cuda.is_available()
+        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:  # provenance must never be what breaks a run
+        info["cuda"] = None
+    return info
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def load_provenance(results_dir: Path) -> dict:
+    """The provenance record a run wrote into ``results_dir``."""
+    path = Path(results_dir) / "provenance.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no provenance record at {path}: run `python -m bcfeat.runner` first")
+    return json.loads(path.read_text())
+
+
+def stage_parameter(record: dict, stem: str, name: str, default: Any = None) -> Any:
+    """The value a recorded run passed to one notebook's parameter (``default`` if it did not run)."""
+    for stage in record.get("stages", []):
+        if stage.get("stem") == stem:
+            return stage.get("parameters", {}).get(name, default)
+    return default
+
+
+def provenance_frames(record: dict):
+    """The provenance record as three tables: run, stages (with parameters), package versions."""
+    import pandas as pd
+
+    run_info = {"profile": record["profile"], "commit": record.get("commit"),
+                "uncommitted changes": record.get("dirty"), "started (UTC)": record.get("started"),
+                **{f"hardware: {k}": v for k, v in record.get("hardware", {}).items()}}
+    run_table = pd.DataFrame({"value": [str(v) for v in run_info.values()]}, index=list(run_info))
+    files = {name for stage in STAGES for name in stage.files} | {"results_dir", "artifacts_dir"}
+    stages = pd.DataFrame([{"notebook": s["stem"], "status": s["status"], "seconds": s["seconds"],
+                            "parameters": ", ".join(f"{k}={v}" for k, v in s["parameters"].items()
+                                                    if k not in files),
+                            "overrides (-p)": ", ".join(f"{k}={v}" for k, v in s.get("overrides", {}).items())}
+                           for s in record.get("stages", [])])
+    packages = pd.DataFrame({"version": record.get("packages", {})})
+    return run_table, stages, packages
