@@ -80,7 +80,7 @@ def test_an_exif_rotated_jpeg_is_read_upright(tmp_path):
 
 
 def test_a_skipped_file_is_named_once_by_classify(tmp_path, capsys, caplog):
-    from test_crosslab_method import _write_cell
+    from tests.crosslab.test_crosslab_method import _write_cell
 
     from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, save_model
     from bcfeat.runner.cli import main

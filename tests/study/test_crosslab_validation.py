@@ -236,7 +236,7 @@ def test_train_classifier_checks_its_output_before_measuring_anything(tmp_path, 
 
 
 def test_classify_marks_images_without_a_cell_and_leaves_them_out_of_the_statistics(tmp_path, caplog):
-    from test_crosslab_method import two_class_lab
+    from tests.crosslab.test_crosslab_method import two_class_lab
 
     from bcfeat.crosslab.folders import NO_CELL, classify_folder, train_classifier
     from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, save_model

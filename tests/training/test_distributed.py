@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 import torch
 
-from test_detector import _disk_images
-from test_oracle import toy_images
+from tests.detection.test_detector import _disk_images
+from tests.evaluation.test_oracle import toy_images
 
 from bcfeat.evaluation.oracle import prepare_images
-from test_train import toy_data
+from tests.training.test_train import toy_data
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
