@@ -180,10 +180,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     save_table(table, out)  # creates the folder; never leaves half a table
     report_skipped("classify", len(table), out, skipped)
     if report is not None:
-        from bcfeat.crosslab.model import load_model
         from bcfeat.crosslab.review_report import write_report
 
-        classes = list(load_model(args.model).classifier.classes_)
+        classes = [c[len("p_"):] for c in table.columns if c.startswith("p_")]  # the classifier's order
         write_report(report, table, thumbnails, classes, title=f"bcfeat review: {Path(args.input).name}",
                      skipped=skipped, warnings=warnings,
                      details={"folder": str(Path(args.input).resolve()), "model file": str(Path(args.model).resolve()),
