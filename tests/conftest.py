@@ -47,3 +47,24 @@ def manifests(manifest_dir) -> dict[str, pd.DataFrame]:
 def no_data_env(monkeypatch):
     """Remove ``BCFEAT_DATA_ROOT`` so a test sees only what it sets itself."""
     monkeypatch.delenv("BCFEAT_DATA_ROOT", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_aecfe_folder(tmp_path_factory) -> Path:
+    """A tiny random detector (``detector.pt``), autoencoder (``ae.pt``) and the one-file AE-CFE
+    extractor made of them (``aecfe.pt``): weights need not be trained to test files and interfaces."""
+    import torch
+
+    from bcfeat.autoencoder.aecfe_model import ExtractionConfig, save_model
+    from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
+    from bcfeat.detection.architecture import build_detector
+    from bcfeat.detection.checkpoint import save_detector
+    from bcfeat.detection.config import DetectorConfig
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_aecfe")
+    save_detector(folder / "detector.pt", build_detector(DetectorConfig.tiny()))
+    cfg = AEConfig.tiny()
+    save_checkpoint(folder / "ae.pt", CrossDomainAutoencoder(cfg), cfg)
+    save_model(folder / "aecfe.pt", folder / "detector.pt", folder / "ae.pt", ExtractionConfig(crop_size=cfg.image_size))
+    return folder

@@ -12,35 +12,26 @@ import pytest
 import torch
 
 import bcfeat
-from bcfeat.autoencoder.aecfe_model import ExtractionConfig, save_model as save_aecfe
-from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
 from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_features import feature_names
 from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, save_model as save_crosslab
 from bcfeat.data import scan_dataset
-from bcfeat.detection.architecture import build_detector
-from bcfeat.detection.checkpoint import save_detector
-from bcfeat.detection.config import DetectorConfig
 from bcfeat.extraction.transformer import AECFEFeatures, ImageFeatures
 from bcfeat.extractors import open_extractor
 from bcfeat.model_files import ModelFileError
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tiny_aecfe_folder, tmp_path_factory):
     """An AE-CFE file (tiny random detector + autoencoder), a cross-lab file and a detector checkpoint."""
-    torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("door")
-    save_detector(folder / "detector.pt", build_detector(DetectorConfig.tiny()))
-    cfg = AEConfig.tiny()
-    save_checkpoint(folder / "ae.pt", CrossDomainAutoencoder(cfg), cfg)
-    aecfe = save_aecfe(folder / "aecfe.pt", folder / "detector.pt", folder / "ae.pt", ExtractionConfig(crop_size=cfg.image_size))
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, len(feature_names())))
     y = np.repeat(["lymphocyte", "neutrophil"], 20)
     clf = CrossLabClassifier(C=0.5).fit(X, y)
     crosslab = save_crosslab(folder / "crosslab.pt", CrossLabModel(CrossLabConfig(mask_source="stain"), None, clf))
-    return {"aecfe": Path(aecfe), "crosslab": Path(crosslab), "detector": folder / "detector.pt"}
+    return {"aecfe": tiny_aecfe_folder / "aecfe.pt", "crosslab": Path(crosslab),
+            "detector": tiny_aecfe_folder / "detector.pt"}
 
 
 @pytest.fixture(scope="module")

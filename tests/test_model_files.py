@@ -10,11 +10,9 @@ import torch
 
 from bcfeat.evaluation import oracle
 from bcfeat.runner.cli import main as cli_main
-from bcfeat.detection.config import DetectorConfig
-from bcfeat.detection.architecture import build_detector
-from bcfeat.detection.checkpoint import load_detector, save_detector
-from bcfeat.autoencoder.aecfe_model import ExtractionConfig, load_model, save_model
-from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, load_checkpoint, save_checkpoint
+from bcfeat.detection.checkpoint import load_detector
+from bcfeat.autoencoder.aecfe_model import load_model
+from bcfeat.autoencoder.model import load_checkpoint
 from bcfeat.model_files import ModelFileError, load_model_file
 
 
@@ -29,14 +27,8 @@ class _TouchOnLoad:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("files")
-    save_detector(folder / "detector.pt", build_detector(DetectorConfig.tiny()))
-    cfg = AEConfig.tiny()
-    save_checkpoint(folder / "ae.pt", CrossDomainAutoencoder(cfg), cfg)
-    save_model(folder / "aecfe.pt", folder / "detector.pt", folder / "ae.pt", ExtractionConfig(crop_size=cfg.image_size))
-    return folder
+def files(tiny_aecfe_folder):
+    return tiny_aecfe_folder
 
 
 LOADERS = {"aecfe": load_model, "detector": load_detector, "autoencoder": load_checkpoint,
