@@ -68,3 +68,14 @@ def tiny_aecfe_folder(tmp_path_factory) -> Path:
     save_checkpoint(folder / "ae.pt", CrossDomainAutoencoder(cfg), cfg)
     save_model(folder / "aecfe.pt", folder / "detector.pt", folder / "ae.pt", ExtractionConfig(crop_size=cfg.image_size))
     return folder
+
+
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch on one thread for the test (the CPU is shared; more threads stall), restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

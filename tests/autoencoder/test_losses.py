@@ -17,12 +17,7 @@ import bcfeat.autoencoder.losses as losses_mod
 from bcfeat.autoencoder.losses import LossWeights, autoencoder_loss, domain_alignment, feature_mse, mmd_loss, moment_matching_loss, ssim, ssim_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the CPU is shared
 
 
 def _pairs():

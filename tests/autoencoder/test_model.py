@@ -13,13 +13,7 @@ import bcfeat.autoencoder.model as model_mod
 from bcfeat.autoencoder.model import AEConfig, AEOutput, CrossDomainAutoencoder, load_checkpoint, save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CPU is shared; one thread avoids oversubscription stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the CPU is shared
 
 
 @torch.no_grad()

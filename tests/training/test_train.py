@@ -20,12 +20,7 @@ from bcfeat.training.device import resolve_device
 LOSS_COLUMNS = ["total", "image", "features", "alignment", "alignment_pairs", "alignment_skipped", "batches", "samples"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the CPU is shared
 
 
 def toy_data(n_per_domain=(12, 8, 4), seed=0, cfg: AEConfig | None = None):
