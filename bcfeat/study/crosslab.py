@@ -148,35 +148,6 @@ def make_factory(setting: dict):
     return make
 
 
-def score_candidates(measured: dict[str, Measured], samples: pd.DataFrame, plan: SplitPlan, grid: list[dict],
-                     seed: int) -> pd.DataFrame:
-    """Every setting trained on the source site (the benchmark's splits), tested on every site."""
-    domain = samples["domain"].to_numpy()
-    Z = {m: ev.standardize_per_site(v.features, domain) for m, v in measured.items()}
-    frames = []
-    for setting in grid:
-        start = time.perf_counter()
-        s = domain_matrix(Z[setting["source"]], samples["label"].to_numpy(), domain, plan,
-                          make_classifier=make_factory(setting), label_space_name="coarse5",
-                          feature_set_name=f"{OURS} ({setting['name']})", random_state=seed,
-                          train_domains=[study.SOURCE_SITE])
-        frames.append(s.assign(setting=setting["name"], seconds=time.perf_counter() - start))
-    return pd.concat(frames, ignore_index=True)
-
-
-def select_settings(grid_scores: pd.DataFrame, unseen: Sequence[str]) -> pd.DataFrame:
-    """Leave-one-target-out choice per unseen site (:func:`bcfeat.crosslab.evaluation.select_without_target`)."""
-    cross = grid_scores[~grid_scores["in_domain"]]
-    return ev.select_without_target(cross, "setting", "test_domain", "balanced_accuracy", unseen)
-
-
-def deployed_setting(grid_scores: pd.DataFrame, unseen: Sequence[str], model: str = "logistic") -> str:
-    """The setting of ``model`` with the best mean balanced accuracy over all unseen sites: the one
-    the model file ships (to labs outside the study) and the later sections use."""
-    part = grid_scores[grid_scores["test_domain"].isin(unseen) & grid_scores["setting"].str.startswith(model)]
-    return str(part.groupby("setting")["balanced_accuracy"].mean().idxmax())
-
-
 def setting_by_name(name: str) -> dict:
     """Parse a setting name of :func:`candidate_grid` back into its dict.
 
@@ -534,27 +505,6 @@ def few_shot_glue(curve: pd.DataFrame) -> dict:
 
 
 # ----------------------------------------------------------------------------- figures, model file
-def write_model_file(X: np.ndarray, samples: pd.DataFrame, path: Path, mask_source: str, setting: str,
-                     n_workers: int, detector_file: str | Path | None = None) -> Path:
-    """The deployed model, written to ``path``: detector + features + the headline classifier
-    trained on all source cells."""
-    from bcfeat.crosslab.model import save_model
-
-    chosen = setting_by_name(setting)
-    if chosen["model"] != "logistic":
-        raise ValueError(f"the model file holds a linear classifier; the setting {setting!r} is not one")
-    source = samples["domain"].to_numpy() == study.SOURCE_SITE
-    y = samples["label"].to_numpy()
-    clf = CrossLabClassifier(model="logistic", C=chosen["C"], balance_rounds=0,
-                             columns=columns_for(chosen["groups"])).fit(X[source], y[source])
-    model = _model(detector_file, mask_source, n_workers)
-    model.classifier = clf
-    model.record = {"trained_on": study.SOURCE_SITE, "n_cells": int(source.sum()),
-                    "class_counts": {str(k): int(v) for k, v in pd.Series(y[source]).value_counts().items()},
-                    "setting": setting, "label_space": "coarse5"}
-    return save_model(Path(path), model)
-
-
-__all__ = ["Measured", "measure_cells", "candidate_grid", "score_candidates", "select_settings", "deployed_setting",
+__all__ = ["Measured", "measure_cells", "candidate_grid",
            "adabn_oracle_scores", "domain_matrices", "comparison_table", "all_cells_transfer", "ablations",
-           "few_shot", "write_model_file"]
+           "few_shot"]
