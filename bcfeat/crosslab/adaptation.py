@@ -470,8 +470,11 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         }
 
     @classmethod
-    def from_payload(cls, p: dict) -> CrossLabClassifier:
-        """Rebuild a classifier written by :meth:`to_payload`; every setting is range-checked."""
+    def from_payload(cls, p: dict, n_features_in: int) -> CrossLabClassifier:
+        """Rebuild a classifier written by :meth:`to_payload`; every setting is range-checked.
+
+        ``n_features_in``: the width of the features it reads (before ``columns`` selects some),
+        which the file's model knows (its feature names)."""
         params = dict(p["params"])
         params["columns"] = None if params.get("columns") is None else tuple(params["columns"])
         clf = cls(**params)
@@ -484,7 +487,7 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         est.n_features_in_ = est.coef_.shape[1]
         clf.estimator_ = est
         clf.source_statistics_ = SiteStatistics.from_dict(p["source_statistics"])
-        clf.n_features_in_ = len(clf.source_statistics_.centre)
+        clf.n_features_in_ = int(n_features_in)
         clf._Z_train = p["train_z"].numpy().astype(np.float64)
         clf._y_train = np.asarray(p["train_y"])
         clf._fit_discriminant_space()

@@ -361,7 +361,9 @@ def load_model(path: str | os.PathLike, payload: Any = None) -> CrossLabModel:
             from bcfeat.detection.checkpoint import detector_from_payload
 
             detector = detector_from_payload(payload["detector"], path)
-        classifier = None if payload["classifier"] is None else CrossLabClassifier.from_payload(payload["classifier"])
+        classifier = None
+        if payload["classifier"] is not None:
+            classifier = CrossLabClassifier.from_payload(payload["classifier"], len(feature_names()))
         return CrossLabModel(config, detector, classifier, payload.get("record", {}))
 
     return build_from_payload(path, "cross-lab model", build)

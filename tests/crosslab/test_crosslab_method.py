@@ -160,6 +160,19 @@ def test_model_file_round_trip_keeps_predictions(tmp_path):
     np.testing.assert_allclose(loaded.classifier.predict_proba(X), clf.predict_proba(X), rtol=1e-6)
 
 
+def test_model_file_round_trip_of_a_classifier_on_some_columns(tmp_path):
+    """The study's deployed setting reads a subset of the features (e.g. no red-cell ruler)."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, len(feature_names())))
+    y = np.repeat(["lymphocyte", "neutrophil"], 20)
+    X[y == "neutrophil", 0] += 3
+    clf = CrossLabClassifier(C=0.5, columns=tuple(range(1, len(feature_names())))).fit(X, y)
+    path = save_model(tmp_path / "m.pt", CrossLabModel(CrossLabConfig(mask_source="stain"), None, clf))
+    loaded = load_model(path).classifier
+    assert loaded.n_features_in_ == len(feature_names())
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), rtol=1e-6)
+
+
 def test_model_file_with_code_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
 
