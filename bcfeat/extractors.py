@@ -84,6 +84,11 @@ class Extractor:
             return feats.astype(np.float32)
         return self.model.transform(list(images), runtime).astype(np.float32)
 
+    def check_layout(self, layout: str) -> None:
+        """Refuse a dataset layout for a cross-lab model, which reads every image below a folder."""
+        if self.kind == "crosslab" and layout != "files":
+            raise ValueError("--layout applies to AE-CFE model files; a cross-lab model reads every image below the folder")
+
     def extract_folder(self, folder: str | os.PathLike, layout: str = "files", batch_size: int = 64,
                        progress: bool = True, device: str | None = None):
         """The features of every image below ``folder``: ``(table, skipped)``, one row per image.
@@ -93,10 +98,8 @@ class Extractor:
         and ``device`` apply to AE-CFE files (:func:`bcfeat.extraction.folder.extract_folder`); a
         cross-lab model reads every image below the folder on the CPU.
         """
+        self.check_layout(layout)
         if self.kind == "crosslab":
-            if layout != "files":
-                raise ValueError("--layout applies to AE-CFE model files; a cross-lab model reads every image "
-                                 "below the folder")
             if device not in (None, "cpu"):
                 raise ValueError(f"--device {device}: a cross-lab model measures on the CPU")
             from bcfeat.crosslab.folders import measure_folder_table

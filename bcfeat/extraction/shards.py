@@ -187,9 +187,8 @@ def _prepare(model_path: Path, folder: Path, shard: Shard, layout: str, batch_si
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     extractor = open_extractor(model_path)  # read once: the model and its checksum come from the same bytes
     kind, model = extractor.kind, extractor.model
+    extractor.check_layout(layout)
     if kind == "crosslab":
-        if layout != "files":
-            raise ValueError("--layout applies to AE-CFE model files; a cross-lab model reads every image below the folder")
         # the detector's batches are the unit a shard must not cut (the stain segmentation is per image)
         unit = model.config.detector_batch_size if model.config.mask_source != "stain" else 1
     else:
