@@ -16,6 +16,10 @@ Usage::
     python benchmarks/bench_classify_folder.py --model artifacts/cpu/crosslab_model.pt \\
         --sizes 1000 20000 --baseline-rev 2382cae --speed-size 1000
 
+A model file records how it measures cells (e.g. its stain segmentation's resampling), so a
+baseline may need its own: ``--baseline-model old_model.pt`` (with ``--baseline-rev``: that revision
+with that file; without: this checkout with both files, which isolates what the file's settings buy).
+
 Figures are printed and written to ``artifacts/benchmarks/bench_classify_folder.json``.
 Targets (issue "The lab's workflow"): >= 100 cells/s end to end (milestone 60); peaks of 20,000 and
 1,000 images < 200 MB apart.
@@ -129,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 20000], help="folder sizes for memory (none: speed only)")
     parser.add_argument("--speed-size", type=int, default=1000, help="folder size of the side-by-side speed run")
     parser.add_argument("--baseline-rev", default=None, help="earlier revision to compare speed with (git rev)")
+    parser.add_argument("--baseline-model", default=None,
+                        help="model file of the baseline run (default: --model), e.g. one written by --baseline-rev's "
+                             "study; with it and no --baseline-rev, this checkout classifies with both files")
     args = parser.parse_args(argv)
     images = site_images()
     results: dict = {"model": args.model, "cpu_count": os.cpu_count()}
@@ -136,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         speed_folder = link_folder(tmp / f"speed{args.speed_size}", args.speed_size, images)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        runs = [("current", env)]
-        if args.baseline_rev:
-            base = baseline_checkout(args.baseline_rev, tmp)
-            runs.insert(0, (f"baseline_{args.baseline_rev}", {**os.environ, "PYTHONPATH": str(base)}))
-        for name, run_env in runs:
-            r = run_classify(classify_command(args.model, speed_folder, tmp / f"{name}.csv"), run_env)
+        runs = [("current", env, args.model)]
+        if args.baseline_rev or args.baseline_model:
+            name = f"baseline_{args.baseline_rev}" if args.baseline_rev else "baseline_model"
+            base_env = ({**os.environ, "PYTHONPATH": str(baseline_checkout(args.baseline_rev, tmp))}
+                        if args.baseline_rev else env)
+            runs.insert(0, (name, base_env, args.baseline_model or args.model))
+            results["baseline_model"] = args.baseline_model or args.model
+        for name, run_env, model in runs:
+            r = run_classify(classify_command(model, speed_folder, tmp / f"{name}.csv"), run_env)
             results[f"{name}_cells_per_s"] = args.speed_size / r["seconds"]
             results[f"{name}_tree_peak_pss_mb_{args.speed_size}"] = r["tree_peak_pss_mb"]
             print(f"{name:32s} {args.speed_size} images in {r['seconds']:.1f} s = "
@@ -150,12 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         if len(runs) == 2:
             import pandas as pd
 
-            a, b = (pd.read_csv(tmp / f"{name}.csv") for name, _ in runs)
+            a, b = (pd.read_csv(tmp / f"{name}.csv") for name, _, _ in runs)
             results["same_predictions"] = bool((a["predicted"] == b["predicted"]).all())
+            results["prediction_agreement"] = float((a["predicted"] == b["predicted"]).mean())
             results["max_probability_difference"] = float((a["probability"] - b["probability"]).abs().max())
             results["speedup"] = results["current_cells_per_s"] / results[f"{runs[0][0]}_cells_per_s"]
-            print(f"speed-up {results['speedup']:.2f}x; same predictions: {results['same_predictions']} "
-                  f"(largest probability difference {results['max_probability_difference']:.2g})")
+            print(f"speed-up {results['speedup']:.2f}x; same class for {100 * results['prediction_agreement']:.1f} % "
+                  f"of the cells (largest probability difference {results['max_probability_difference']:.2g})")
         for n in args.sizes:
             folder = link_folder(tmp / f"mem{n}", n, images)
             r = run_classify(classify_command(args.model, folder, tmp / f"mem{n}.csv"), env)

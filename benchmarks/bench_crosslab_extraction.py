@@ -4,7 +4,11 @@ Measures, in one run and on the same real images (drawn evenly from the four sha
 
 * ``measure`` with the detector's masks: decode, detector, canonical crop, cell features, with
   1 and with 2 worker processes for the crops (the detector runs in the main process);
-* the same with the label-free stain segmentation in place of the detector (no weights);
+* the same with the label-free stain segmentation in place of the detector (no weights), with
+  each of its resamplers (scikit-image's, the reproduction's pseudo-masks; Pillow's, the cross-lab
+  model's default);
+* milliseconds per image of each step of a stain-mask model in one process (segmentation with
+  each resampler, canonical crop, cell features);
 * the split of the time between the mask source and the crops + features.
 
 Usage::
@@ -36,6 +40,7 @@ from bcfeat import paths  # noqa: E402
 from benchmarks.results_file import write_results  # noqa: E402
 from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, load_model  # noqa: E402
 from bcfeat.data import scan_dataset  # noqa: E402
+from bcfeat.detection.pseudo_masks import RESAMPLERS, SegmentationConfig  # noqa: E402
 
 DATASETS = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
 
@@ -55,6 +60,31 @@ def timed(model: CrossLabModel, files: list[str]) -> float:
     feats, kept = model.measure(files)
     assert len(kept) == len(files), "every benchmark image must be measured"
     return time.perf_counter() - start
+
+
+def step_times(images: list[np.ndarray]) -> dict[str, float]:
+    """Milliseconds per image of each step of a stain-mask model, in this process, side by side:
+    the stain segmentation with each resampler, then the canonical crop (without the red-cell
+    ruler, as the deployed model measures) and the cell features."""
+    from bcfeat.crosslab.cell_crop import canonical_crop
+    from bcfeat.crosslab.cell_features import cell_features
+    from bcfeat.detection.pseudo_masks import segment_white_cell
+
+    out: dict[str, float] = {}
+    masks = None
+    for resampler in RESAMPLERS:
+        cfg = SegmentationConfig(resampler=resampler)
+        start = time.perf_counter()
+        masks = [segment_white_cell(image, cfg).mask for image in images]
+        out[f"ms_segmentation_{resampler}"] = 1000 * (time.perf_counter() - start) / len(images)
+    start = time.perf_counter()
+    crops = [canonical_crop(image, mask, ruler=False) for image, mask in zip(images, masks)]
+    out["ms_canonical_crop_no_ruler"] = 1000 * (time.perf_counter() - start) / len(images)
+    start = time.perf_counter()
+    for crop in crops:
+        cell_features(crop)
+    out["ms_cell_features"] = 1000 * (time.perf_counter() - start) / len(images)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     for im, m in zip(images, masks):
         _measure((im, m, model.config.crop))
     results["crop_and_features_only_cells_per_s"] = len(files) / (time.perf_counter() - start)
-    stain = CrossLabModel(CrossLabConfig("stain", n_workers=2))
-    results["stain_workers2_cells_per_s"] = len(files) / timed(stain, files)
+    for resampler in RESAMPLERS:  # the stain segmentation: the reproduction's resampling, the model's default
+        stain = CrossLabModel(CrossLabConfig("stain", n_workers=2, segmentation=SegmentationConfig(resampler=resampler)))
+        results[f"stain_{resampler}_workers2_cells_per_s"] = len(files) / timed(stain, files)
+    results.update(step_times(images))
     for key, value in results.items():
         print(f"{key:40s} {value:.1f}" if isinstance(value, float) else f"{key:40s} {value}")
     write_results("bench_crosslab_extraction", results)

@@ -114,14 +114,18 @@ _SHAPE_NAMES = ["cell_solidity", "cell_circularity", "cell_eccentricity", "nucle
                 "nucleus_thick_parts", "nucleus_max_depth", "nucleus_mean_depth", "nucleus_offset"]
 
 
-def _colour_stats(region: np.ndarray, od: np.ndarray, chroma: np.ndarray, lab: np.ndarray) -> list[float]:
-    """Mean OD (3), OD std (3), OD-sum quantiles (3), chromaticity mean (3), Lab mean (3) and Lab std (3)."""
+def _colour_stats(region: np.ndarray, colours: np.ndarray) -> list[float]:
+    """Mean OD (3), OD std (3), OD-sum quantiles (3), chromaticity mean (3), Lab mean (3) and Lab std (3).
+
+    ``colours``: ``(H, W, 9)`` optical density, OD chromaticity and Lab per pixel, stacked so that
+    one selection and one mean serve all three (the same numbers as three separate ones: each
+    column is summed row by row either way)."""
     if region.sum() < 4:
         return [0.0] * 18
-    o, c, lb = od[region], chroma[region], lab[region]
-    total = o.sum(axis=1)
-    return [*o.mean(axis=0), *o.std(axis=0), *np.quantile(total, (0.1, 0.5, 0.9)), *c.mean(axis=0),
-            *lb.mean(axis=0), *lb.std(axis=0)]
+    values = colours[region]
+    mean, std = values.mean(axis=0), values.std(axis=0)
+    total = values[:, :3].sum(axis=1)
+    return [*mean[:3], *std[:3], *np.quantile(total, (0.1, 0.5, 0.9)), *mean[3:6], *mean[6:], *std[6:]]
 
 
 _COLOUR_STAT_NAMES = ["od_r", "od_g", "od_b", "od_r_std", "od_g_std", "od_b_std", "od_sum_q10", "od_sum_q50",
@@ -298,8 +302,9 @@ def cell_features(crop: CellCrop) -> np.ndarray:
     feats = [np.log(crop.cell_diameter_px), np.log(crop.cell_diameter_px / crop.red_cell_diameter_px)]
     feats += _shape_features(cell, nucleus)
     stats = {}
+    colours = np.concatenate([od, chroma, lab], axis=-1)
     for name, region in (("nucleus", nucleus), ("cytoplasm", cytoplasm), ("cell", cell)):
-        stats[name] = _colour_stats(region, od, chroma, lab)
+        stats[name] = _colour_stats(region, colours)
         feats += stats[name]
     n, c = np.array(stats["nucleus"]), np.array(stats["cytoplasm"])
     feats += [n[7] - c[7], n[11] - c[11], n[12] - c[12], n[13] - c[13], n[14] - c[14]]

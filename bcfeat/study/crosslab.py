@@ -56,6 +56,15 @@ def _model(detector_file: str | Path | None, mask_source: str, n_workers: int, c
     return CrossLabModel(config, detector)
 
 
+def measurement_settings(config) -> dict:
+    """What a cell's features depend on besides the image and the detector file, for a cache key:
+    mask source, crop, the stain segmentation's settings (with that mask source) and the features."""
+    settings = {"mask_source": config.mask_source, "crop": asdict(config.crop), "features": feature_names()}
+    if config.mask_source == "stain":
+        settings["segmentation"] = asdict(config.segmentation)
+    return settings
+
+
 def measure_cells(samples: pd.DataFrame, artifacts: Path, mask_source: str = "detector", n_workers: int = 2,
                   crop: CropConfig | None = None, cache_name: str = "crosslab",
                   detector_file: str | Path | None = None) -> Measured:
@@ -67,8 +76,7 @@ def measure_cells(samples: pd.DataFrame, artifacts: Path, mask_source: str = "de
     model = _model(detector_file, mask_source, n_workers, crop)
     paths = samples["path"].tolist()
     detector_file = str(detector_file) if mask_source == "detector" else None
-    key = cache_key(paths, detector_file, {"mask_source": mask_source, "crop": asdict(model.config.crop),
-                                           "features": feature_names()})
+    key = cache_key(paths, detector_file, measurement_settings(model.config))
 
     def compute(chunk: list[str]) -> dict[str, np.ndarray]:
         start = time.perf_counter()

@@ -117,12 +117,11 @@ def measure_virtual_lab(paths: Sequence[str], lab, artifacts: Path, mask_source:
     from bcfeat.crosslab.virtual_labs import render
     from bcfeat.data.images import SkippedImages, read_image
     from bcfeat.detection.feature_cache import cache_key, cached_arrays
-    from bcfeat.study.crosslab import _model
+    from bcfeat.study.crosslab import _model, measurement_settings
 
     model = _model(detector_file, mask_source, n_workers)
     detector = str(detector_file) if mask_source == "detector" else None
-    key = cache_key(paths, detector, {"lab": asdict(lab), "mask_source": mask_source, "seed": seed,
-                                      "crop": asdict(model.config.crop), "features": feature_names()})
+    key = cache_key(paths, detector, {"lab": asdict(lab), "seed": seed, **measurement_settings(model.config)})
 
     def compute(chunk: list[str]) -> dict[str, np.ndarray]:
         start = time.perf_counter()

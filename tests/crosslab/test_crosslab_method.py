@@ -173,6 +173,41 @@ def test_model_file_round_trip_of_a_classifier_on_some_columns(tmp_path):
     np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), rtol=1e-6)
 
 
+def test_model_files_keep_their_segmentation_and_older_files_segment_as_before(tmp_path):
+    from bcfeat.detection.pseudo_masks import SegmentationConfig
+
+    assert CrossLabConfig(mask_source="stain").segmentation.resampler == "pillow"
+    path = save_model(tmp_path / "m.pt", CrossLabModel(CrossLabConfig(
+        mask_source="stain", segmentation=SegmentationConfig(resampler="skimage", inside_shrink=(1.0, 0.6)))))
+    assert load_model(path).config.segmentation == SegmentationConfig(resampler="skimage", inside_shrink=(1.0, 0.6))
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["segmentation"]  # a file written before the field
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").config.segmentation == SegmentationConfig()
+
+
+def test_the_stain_segmentation_settings_reach_the_features_and_the_cache_key():
+    from bcfeat.detection.pseudo_masks import SegmentationConfig
+    from bcfeat.study.crosslab import measurement_settings
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:300, :300]
+    image = np.full((300, 300, 3), (235, 215, 200), np.float64)
+    image[(yy - 150) ** 2 + (xx - 150) ** 2 < 70 ** 2] = (175, 150, 205)
+    image[(yy - 150) ** 2 + (xx - 140) ** 2 < 30 ** 2] = (90, 40, 130)
+    image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+    configs = [CrossLabConfig(mask_source="stain", segmentation=SegmentationConfig(resampler=r))
+               for r in ("skimage", "pillow")]
+    feats = [CrossLabModel(c).measure([image])[0][0] for c in configs]
+    assert not np.array_equal(feats[0], feats[1], equal_nan=True)  # each model measures with its own setting
+    np.testing.assert_allclose(feats[0][:2], feats[1][:2], rtol=0.02)  # ... of the same cell
+    keys = [measurement_settings(c) for c in configs]
+    assert keys[0] != keys[1] and keys[0]["segmentation"]["resampler"] == "skimage"
+    detector = [measurement_settings(CrossLabConfig(mask_source="detector", segmentation=SegmentationConfig(resampler=r)))
+                for r in ("skimage", "pillow")]
+    assert detector[0] == detector[1] and "segmentation" not in detector[0]
+
+
 def test_model_file_with_code_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
 
