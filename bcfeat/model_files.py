@@ -41,6 +41,7 @@ REMAKE: dict[str, str] = {
     "oracle": "re-run the oracle stage: `make pipeline RUN_ARGS=\"--only 04_oracle\"` (notebooks/04_oracle.py)",
     "crosslab": "re-run the cross-lab stage: `make pipeline RUN_ARGS=\"--only 07_crosslab\"` "
                 "(notebooks/07_crosslab.py), or `bcfeat train-classifier` for a classifier file",
+    "ssl_encoder": "train it again: `python -m bcfeat.runner.train ssl --data CROPS.pt --checkpoint FILE`",
 }
 
 

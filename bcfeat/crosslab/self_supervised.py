@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bcfeat.atomic_io import atomic_torch_save
+from bcfeat.model_files import build_from_payload, format_name, load_model_file
 from bcfeat.training.distributed import context, gather
 
 logger = logging.getLogger(__name__)
@@ -232,9 +236,15 @@ def embed_crops(model: CellEncoder, crops: np.ndarray, image_size: int, batch_si
     return torch.cat(out).numpy() if out else np.zeros((0, model.embedding_dim), np.float32)
 
 
+MODEL_KIND = "ssl_encoder"
+MODEL_VERSION = 1
+
+
 def encoder_payload(model: CellEncoder, cfg: SelfSupervisedConfig, history: list[dict]) -> dict:
-    """Tensors and plain values only: loadable with ``torch.load(weights_only=True)``."""
-    return {"config": asdict(cfg), "state_dict": model.state_dict(), "history": history}
+    """Tensors and plain values only, with the file's ``format`` entry: loadable with
+    ``torch.load(weights_only=True)`` and by :func:`load_encoder`."""
+    return {"format": format_name(MODEL_KIND, MODEL_VERSION), "config": asdict(cfg),
+            "state_dict": model.state_dict(), "history": history}
 
 
 def encoder_from_payload(payload: dict) -> tuple[CellEncoder, SelfSupervisedConfig]:
@@ -244,5 +254,21 @@ def encoder_from_payload(payload: dict) -> tuple[CellEncoder, SelfSupervisedConf
     return model.eval(), cfg
 
 
+def save_encoder(path: str | os.PathLike, model: CellEncoder, cfg: SelfSupervisedConfig,
+                 history: list[dict]) -> Path:
+    """Write an encoder file (atomic): its config, weights and loss history."""
+    return atomic_torch_save(encoder_payload(model, cfg, history), path)
+
+
+def load_encoder(path: str | os.PathLike) -> tuple[CellEncoder, SelfSupervisedConfig, list[dict]]:
+    """The encoder (eval mode), its config and history from a file of :func:`save_encoder`,
+    opened as data (:func:`bcfeat.model_files.load_model_file`); another kind of file, a damaged
+    one or one whose weights do not fit is refused in one line naming it."""
+    payload = load_model_file(path, MODEL_KIND, versions=(MODEL_VERSION,), required=("config", "state_dict"))
+    return build_from_payload(path, "self-supervised encoder",
+                              lambda: (*encoder_from_payload(payload), list(payload.get("history", []))))
+
+
 __all__ = ["OBJECTIVES", "SelfSupervisedConfig", "CellEncoder", "lab_shift_views", "nt_xent", "vicreg",
-           "train_encoder", "embed_crops", "encoder_payload", "encoder_from_payload", "to_tensor"]
+           "train_encoder", "embed_crops", "encoder_payload", "encoder_from_payload", "to_tensor",
+           "MODEL_KIND", "MODEL_VERSION", "save_encoder", "load_encoder"]

@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.training import distributed
 
 MODELS = ("detector", "autoencoder", "oracle", "ssl")
@@ -84,12 +83,12 @@ def _oracle(data: dict, config: dict, model_config: Any, checkpoint: Path, resum
 
 
 def _ssl(data: dict, config: dict, model_config: Any, checkpoint: Path, resume: bool) -> list[dict]:
-    from bcfeat.crosslab.self_supervised import SelfSupervisedConfig, encoder_payload, train_encoder
+    from bcfeat.crosslab.self_supervised import SelfSupervisedConfig, save_encoder, train_encoder
 
     cfg = SelfSupervisedConfig(**config)
     model, history = train_encoder(data["crops"].numpy(), cfg)  # no checkpoint within a run: it is short
     if distributed.context().is_main:
-        atomic_torch_save(encoder_payload(model, cfg, history), checkpoint)
+        save_encoder(checkpoint, model, cfg, history)
     return history
 
 

@@ -331,6 +331,28 @@ def test_self_supervised_encoder_trains_and_embeds():
         SelfSupervisedConfig(objective="byol")
 
 
+def test_self_supervised_encoder_file_round_trip_and_refusals(tmp_path):
+    from bcfeat.crosslab.self_supervised import (SelfSupervisedConfig, embed_crops, load_encoder, save_encoder,
+                                                 train_encoder)
+
+    crops = np.random.default_rng(0).integers(0, 255, (16, 24, 24, 3), dtype=np.uint8)
+    cfg = SelfSupervisedConfig(image_size=24, width=4, projection_dim=8, epochs=1, batch_size=8)
+    encoder, history = train_encoder(crops, cfg)
+    path = save_encoder(tmp_path / "encoder.pt", encoder, cfg, history)
+    assert torch.load(path, weights_only=True)["format"] == "bcfeat.ssl_encoder/1"
+    loaded, loaded_cfg, loaded_history = load_encoder(path)
+    assert loaded_cfg == cfg and loaded_history == history
+    np.testing.assert_array_equal(embed_crops(loaded, crops, 24), embed_crops(encoder, crops, 24))
+    other = save_model(tmp_path / "crosslab.pt", CrossLabModel(CrossLabConfig(mask_source="stain")))
+    with pytest.raises(ModelFileError, match="crosslab.pt.*bcfeat crosslab file, not a bcfeat ssl_encoder"):
+        load_encoder(other)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["width"] = 6  # weights of another width
+    torch.save(payload, tmp_path / "wide.pt")
+    with pytest.raises(ModelFileError, match="wide.pt.*self-supervised encoder does not fit"):
+        load_encoder(tmp_path / "wide.pt")
+
+
 def test_the_scikit_learn_transformer_loads_a_crosslab_model_file(tmp_path):
     from sklearn.pipeline import make_pipeline
 
