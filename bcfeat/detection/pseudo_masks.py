@@ -161,7 +161,7 @@ def _disk(radius: float) -> np.ndarray:
     return morphology.disk(max(1, int(round(radius))))
 
 
-def _central_component(labels: np.ndarray, seed: np.ndarray | None = None) -> np.ndarray:
+def central_component(labels: np.ndarray, seed: np.ndarray | None = None) -> np.ndarray:
     """The labelled component that is large, central and (if given) holds the most seed.
 
     Score = area x Gaussian(centroid distance from the centre, sigma = 1/4 of the side)
@@ -218,7 +218,7 @@ def _select_nucleus(green: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
     if opened.sum() < 10:
         opened = dark
     labels = measure.label(opened)
-    main = _central_component(labels)
+    main = central_component(labels)
     if not main.any():
         return main
     near_main = ndi.distance_transform_edt(~main)
@@ -257,7 +257,7 @@ def _clean_shape(candidates: np.ndarray, nucleus: np.ndarray, cfg: SegmentationC
     disk = _disk(cfg.opening_radius * cfg.work_size)
     cell = ndi.binary_fill_holes(candidates | nucleus)
     cell = ndi.binary_opening(cell, structure=disk)
-    cell = _central_component(measure.label(cell), nucleus)
+    cell = central_component(measure.label(cell), nucleus)
     if not cell.any():
         return cell
     # From here on only the cell and what the closing can reach matter: work on its box with a
@@ -405,5 +405,5 @@ def segment_white_cell(image: np.ndarray, cfg: SegmentationConfig | None = None)
     return PseudoMask(mask, nuc_full, mask_to_box(mask), quality, confident, reason)
 
 
-__all__: Sequence[str] = ["RESAMPLERS", "SegmentationConfig", "PseudoMask", "segment_white_cell",
+__all__: Sequence[str] = ["RESAMPLERS", "SegmentationConfig", "PseudoMask", "segment_white_cell", "central_component",
                           "mask_to_box", "centred_ellipse"]

@@ -33,6 +33,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 from skimage import color, filters, measure
 
+from bcfeat.detection.pseudo_masks import central_component
+
 
 def check_images(X: Any) -> list[np.ndarray]:
     """Validate a batch of images and return it as a list of ``(H, W, 3)`` uint8 arrays.
@@ -176,17 +178,8 @@ def threshold_masks(image: np.ndarray, smooth_sigma: float = 1.0) -> tuple[np.nd
     else:
         nucleus = (green < filters.threshold_otsu(inside)) & cell
     cell = ndi.binary_fill_holes(cell)
-    labels = measure.label(cell)
-    h, w = cell.shape
-    best, best_score = 0, -1.0
-    for region in measure.regionprops(labels):
-        cy, cx = region.centroid
-        d2 = ((cy - (h - 1) / 2) / h) ** 2 + ((cx - (w - 1) / 2) / w) ** 2
-        # A big blob at the border (a neighbouring cell) loses to the central one.
-        score = region.area * np.exp(-d2 / (2 * 0.25**2))
-        if score > best_score:
-            best, best_score = region.label, score
-    cell = labels == best
+    # A big blob at the border (a neighbouring cell) loses to the central one.
+    cell = central_component(measure.label(cell))
     return cell, nucleus & cell
 
 

@@ -81,11 +81,11 @@ def test_pillow_resampling_finds_the_same_cell_and_a_bad_resampler_is_named():
         SegmentationConfig(resampler="lanczos")
 
 
-def test_central_component_scores_each_blob_as_regionprops_would():
+def testcentral_component_scores_each_blob_as_regionprops_would():
     """The vectorised choice against a scan of regionprops (the definition it replaced)."""
     from skimage import measure
 
-    from bcfeat.detection.pseudo_masks import _central_component
+    from bcfeat.detection.pseudo_masks import central_component
 
     def by_scan(labels, seed):
         h, w = labels.shape
@@ -106,8 +106,8 @@ def test_central_component_scores_each_blob_as_regionprops_would():
         labels = measure.label(blobs)
         seed = rng.random((60, 80)) > 0.9 if trial % 2 else None
         if labels.max():
-            assert np.array_equal(_central_component(labels, seed), by_scan(labels, seed))
-    assert not _central_component(np.zeros((5, 5), int)).any()
+            assert np.array_equal(central_component(labels, seed), by_scan(labels, seed))
+    assert not central_component(np.zeros((5, 5), int)).any()
 
 
 # ---------------------------------------------------------------- mask metrics on hand-computable cases
