@@ -114,6 +114,19 @@ def site_statistics(X: np.ndarray, weights: np.ndarray | None = None) -> SiteSta
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != (n,) or np.any(w < 0) or w.sum() <= 0:
         raise ValueError(f"weights must be {n} non-negative numbers with a positive sum")
+    centre, scale, fill = np.empty(X.shape[1]), np.empty(X.shape[1]), np.empty(X.shape[1])
+    # a few columns at a time: the temporaries of a large call (20,000 cells) stay a few MB
+    for start in range(0, X.shape[1], _STATISTICS_COLUMNS):
+        cols = slice(start, start + _STATISTICS_COLUMNS)
+        centre[cols], scale[cols], fill[cols] = _column_statistics(X[:, cols], w)
+    return SiteStatistics(centre, scale, fill, n)
+
+
+_STATISTICS_COLUMNS = 16
+
+
+def _column_statistics(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted centre, scale and NaN fill of each column of ``X`` (see :func:`site_statistics`)."""
     missing = np.isnan(X)
     W = np.where(missing, 0.0, w[:, None])
     total = np.maximum(W.sum(axis=0), 1e-12)
@@ -122,15 +135,16 @@ def site_statistics(X: np.ndarray, weights: np.ndarray | None = None) -> SiteSta
     var = (W * (filled - centre) ** 2).sum(axis=0) / total
     scale = np.sqrt(var)
     scale = np.where(scale > 1e-9 * np.maximum(1.0, np.abs(centre)), scale, 1.0)
-    fill = _weighted_median(np.where(missing, centre, X), w)
-    return SiteStatistics(centre, scale, fill, n)
+    return centre, scale, _weighted_median(np.where(missing, centre, X), w)
 
 
 def standardize(X: np.ndarray, stats: SiteStatistics) -> np.ndarray:
     """``(n, d)`` features -> ``(X - centre) / scale``, NaN filled first, clipped to +-:data:`CLIP`."""
     X = np.asarray(X, dtype=np.float64)
-    X = np.where(np.isnan(X), stats.fill, X)
-    return np.clip((X - stats.centre) / stats.scale, -CLIP, CLIP)
+    Z = np.where(np.isnan(X), stats.fill, X)  # the one new (n, d) array: the rest is done in place
+    Z -= stats.centre
+    Z /= stats.scale
+    return np.clip(Z, -CLIP, CLIP, out=Z)
 
 
 def class_balanced_weights(posteriors: np.ndarray) -> np.ndarray:

@@ -152,6 +152,22 @@ def _stain_model(tmp_path: Path, with_classifier: bool):
     return save_model(tmp_path / "m.pt", model), X, clf
 
 
+def test_site_statistics_of_many_columns_are_each_columns_own_and_standardize_keeps_its_input():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 40)) * rng.uniform(0.1, 5, 40) + rng.normal(size=40)
+    X[rng.random(X.shape) < 0.05] = np.nan
+    w = rng.uniform(0, 2, 300)
+    whole = site_statistics(X, w)
+    for j in (0, 15, 16, 39):  # columns on both sides of a block boundary
+        alone = site_statistics(X[:, [j]], w)
+        np.testing.assert_allclose([whole.centre[j], whole.scale[j], whole.fill[j]],
+                                   [alone.centre[0], alone.scale[0], alone.fill[0]], rtol=1e-12)
+    before = X.copy()
+    Z = standardize(X, whole)
+    np.testing.assert_array_equal(X, before)  # the input is not written to
+    assert np.isfinite(Z).all() and np.abs(Z).max() <= 10
+
+
 def test_model_file_round_trip_keeps_predictions(tmp_path):
     path, X, clf = _stain_model(tmp_path, True)
     assert open_extractor(path).kind == "crosslab"
