@@ -32,6 +32,7 @@ from myst_nb import glue
 
 from bcfeat.data.pack import pack_effect
 from bcfeat.runner.pipeline import load_provenance, provenance_frames, stage_parameter
+from bcfeat.runner.provenance import classify_benchmark_figures
 from bcfeat.runner.profiles import projected_gpu_minutes
 
 record = load_provenance(results_dir)
@@ -77,6 +78,24 @@ if pack_file.exists():
     glue("pack_cells", len(effect), display=False)
     glue("pack_max_abs_diff", float(effect["diff_mean"].abs().max()), display=False)
     display(effect.round(4))
+
+# %% [markdown]
+# ## A lab's folder through `bcfeat classify`
+#
+# `benchmarks/bench_classify_folder.py` runs the command on folders of real images (the four
+# shared sites interleaved) with the study's model file, beside an earlier revision with the model
+# file that revision's study wrote, and samples the memory of the command's process tree; its
+# JSON is kept in `<results_dir>/benchmarks/bench_classify_folder.json`.
+
+# %% tags=["hide-input"]
+classify_file = Path(results_dir) / "benchmarks" / "bench_classify_folder.json"
+if classify_file.exists():
+    classify = classify_benchmark_figures(json.loads(classify_file.read_text()))
+    for name in ("cells_per_s", "baseline_cells_per_s", "baseline", "speedup", "agreement_percent"):
+        glue(f"classify_{name}", classify[name], display=False)
+    glue("classify_memory", " and ".join(f"{mb:,.0f} MB for {n:,}" for n, mb in classify["peak_pss_mb"].items()),
+         display=False)
+    display(pd.Series(classify).to_frame("bcfeat classify"))
 
 # %% [markdown]
 # ## Run

@@ -91,3 +91,16 @@ def provenance_frames(record: dict):
                            for s in record.get("stages", [])])
     packages = pd.DataFrame({"version": record.get("packages", {})})
     return run_table, stages, packages
+
+
+def classify_benchmark_figures(results: dict) -> dict[str, Any]:
+    """The headline figures of ``benchmarks/bench_classify_folder.py``'s JSON: cells/s of this
+    revision and of the baseline run (its name: the revision, or ``model``), the speed-up, the
+    share of cells given the same class by both (percent), and the process tree's peak PSS (MB)
+    per folder size."""
+    baseline = next(k for k in results if k.startswith("baseline_") and k.endswith("_cells_per_s"))
+    memory = {int(k.split("_", 1)[1]): v["tree_peak_pss_mb"] for k, v in results.items() if k.startswith("memory_")}
+    return {"cells_per_s": results["current_cells_per_s"], "baseline_cells_per_s": results[baseline],
+            "baseline": baseline[len("baseline_"):-len("_cells_per_s")], "speedup": results["speedup"],
+            "agreement_percent": 100 * results["prediction_agreement"],
+            "peak_pss_mb": dict(sorted(memory.items()))}

@@ -317,3 +317,18 @@ def test_runner_exit_codes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pipeline.paths, "NOTEBOOKS", _stage_notebooks(tmp_path / "nb", 'raise RuntimeError("x")\n'))
     assert pipeline.main(["--profile", "smoke", "--output", str(tmp_path / "o"), "--only", "00_data_overview"]) == 1
     assert "stage 00_data_overview failed" in capsys.readouterr().err
+
+
+def test_classify_benchmark_figures_read_the_benchmark_json():
+    from bcfeat.runner.provenance import classify_benchmark_figures
+
+    results = {"model": "m.pt", "baseline_f6da4b2_cells_per_s": 40.0, "baseline_f6da4b2_tree_peak_pss_mb_1000": 700.0,
+               "current_cells_per_s": 60.0, "current_tree_peak_pss_mb_1000": 690.0, "same_predictions": False,
+               "prediction_agreement": 0.955, "speedup": 1.5,
+               "memory_20000": {"seconds": 300.0, "tree_peak_pss_mb": 810.0},
+               "memory_1000": {"seconds": 16.0, "tree_peak_pss_mb": 705.0}}
+    figures = classify_benchmark_figures(results)
+    assert figures["baseline"] == "f6da4b2" and figures["baseline_cells_per_s"] == 40.0
+    assert figures["cells_per_s"] == 60.0 and figures["speedup"] == 1.5
+    assert figures["agreement_percent"] == pytest.approx(95.5)
+    assert list(figures["peak_pss_mb"].items()) == [(1000, 705.0), (20000, 810.0)]
