@@ -17,22 +17,30 @@ from bcfeat.data.sites import SITES
 STAGED_DATASETS = SITES
 
 
+def _shared_folder(folder: str | Path, what: str) -> Path:
+    """``folder`` of ``../shared``, or skip the test naming what is missing (CI always has it)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        pytest.skip(f"{what} not available: {folder} does not exist (CI always has them)")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     """The shared datasets folder (``../shared/datasets``); skips when absent."""
-    root = Path(paths.SHARED_DATA)
-    if not root.is_dir():
-        pytest.skip(f"real data not available: {root} does not exist (CI always has it)")
-    return root
+    return _shared_folder(paths.SHARED_DATA, "real data")
 
 
 @pytest.fixture(scope="session")
 def manifest_dir() -> Path:
     """The shared manifests folder (``../shared/manifests``); skips when absent."""
-    d = Path(paths.SHARED_MANIFESTS)
-    if not d.is_dir():
-        pytest.skip(f"manifests not available: {d} does not exist (CI always has them)")
-    return d
+    return _shared_folder(paths.SHARED_MANIFESTS, "manifests")
+
+
+@pytest.fixture(scope="session")
+def masks_root() -> Path:
+    """The shared expert cell masks (``../shared/masks``); skips when absent."""
+    return _shared_folder(paths.SHARED_MASKS, "expert masks")
 
 
 @pytest.fixture(scope="session")

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-
 from scipy.ndimage import gaussian_filter as ndi_smooth
 
-from bcfeat import paths
 from bcfeat.data import load_image
 from bcfeat.detection.mask_metrics import MASKED_DATASETS, box_iou, evaluate_mask_predictor, expert_mask_pairs, load_expert_mask, mask_box, mask_iou, summarize
 from bcfeat.detection.pseudo_masks import SegmentationConfig, centred_ellipse, segment_white_cell
@@ -135,14 +131,6 @@ def test_summarize_per_dataset():
 
 
 # ---------------------------------------------------------------- real data
-@pytest.fixture(scope="module")
-def masks_root() -> Path:
-    root = Path(paths.SHARED_MASKS)
-    if not root.is_dir():
-        pytest.skip(f"expert masks not available: {root} does not exist (CI always has them)")
-    return root
-
-
 def test_expert_pairs_cover_the_masked_datasets(data_root, masks_root):
     for ds, n in [("jtsc_zheng18", 300), ("cellavision_zheng18", 100)]:
         pairs = expert_mask_pairs(ds, data_root, masks_root)
