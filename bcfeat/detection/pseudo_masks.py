@@ -46,7 +46,7 @@ from skimage.transform import resize
 RESAMPLERS = ("skimage", "pillow")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SegmentationConfig:
     """Parameters of :func:`segment_white_cell`; lengths are fractions of the working size.
 

@@ -193,6 +193,7 @@ def test_model_files_keep_their_segmentation_and_older_files_segment_as_before(t
     from bcfeat.detection.pseudo_masks import SegmentationConfig
 
     assert CrossLabConfig(mask_source="stain").segmentation.resampler == "pillow"
+    assert len({CrossLabConfig(mask_source="stain"), CrossLabConfig(mask_source="stain")}) == 1  # frozen, hashable
     path = save_model(tmp_path / "m.pt", CrossLabModel(CrossLabConfig(
         mask_source="stain", segmentation=SegmentationConfig(resampler="skimage", inside_shrink=(1.0, 0.6)))))
     assert load_model(path).config.segmentation == SegmentationConfig(resampler="skimage", inside_shrink=(1.0, 0.6))
