@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     for im, m in zip(images, masks):
-        _measure((im, m, model.config.crop))
+        _measure(im, m, model.config.crop)
     results["crop_and_features_only_cells_per_s"] = len(files) / (time.perf_counter() - start)
     for resampler in RESAMPLERS:  # the stain segmentation: the reproduction's resampling, the model's default
         stain = CrossLabModel(CrossLabConfig("stain", n_workers=2, segmentation=SegmentationConfig(resampler=resampler)))

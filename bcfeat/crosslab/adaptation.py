@@ -94,6 +94,9 @@ def _weighted_median(X: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.take_along_axis(X, order, axis=0)[idx, np.arange(X.shape[1])]
 
 
+_STATISTICS_COLUMNS = 16  # columns of the features summarised at a time (bounds the temporaries)
+
+
 def site_statistics(X: np.ndarray, weights: np.ndarray | None = None) -> SiteStatistics:
     """Weighted mean and standard deviation of a site's features ``(n, d)`` (NaN ignored).
 
@@ -120,9 +123,6 @@ def site_statistics(X: np.ndarray, weights: np.ndarray | None = None) -> SiteSta
         cols = slice(start, start + _STATISTICS_COLUMNS)
         centre[cols], scale[cols], fill[cols] = _column_statistics(X[:, cols], w)
     return SiteStatistics(centre, scale, fill, n)
-
-
-_STATISTICS_COLUMNS = 16
 
 
 def _column_statistics(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -108,14 +108,11 @@ def end_with_parent() -> None:
             os._exit(1)
 
 
-def _measure(args: tuple) -> tuple[np.ndarray, np.ndarray, bool]:
-    """``(image, mask, crop config[, ruler[, segmentation config]])``: one image and its cell mask
-    (None: the label-free stain segmentation's, with the segmentation config; or the detector's
-    ``(mask, found)``) -> (features, crop image, whether a cell was found rather than the
-    fallback). ``ruler=False`` skips the red-cell ruler (its feature is NaN)."""
-    image, mask, crop_cfg = args[:3]
-    ruler = args[3] if len(args) > 3 else True
-    seg_cfg = args[4] if len(args) > 4 else None
+def _measure(image: np.ndarray, mask: Any, crop_cfg: CropConfig, ruler: bool = True,
+             seg_cfg: SegmentationConfig | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One image and its cell mask (None: the label-free stain segmentation's, with ``seg_cfg``; or
+    the detector's ``(mask, found)``) -> (features, crop image, whether a cell was found rather than
+    the fallback). ``ruler=False`` skips the red-cell ruler (its feature is NaN)."""
     found = True
     if mask is None:
         from bcfeat.detection.pseudo_masks import segment_white_cell
@@ -156,7 +153,7 @@ def _measure_item(args: tuple[Any, Any, CrossLabConfig, bool, bool]
         image = read_image(item)
     except (ImageDecodeError, OSError, ValueError, TypeError) as error:
         return str(error)
-    feats, crop, found = _measure((image, mask, cfg.crop, ruler, cfg.segmentation))
+    feats, crop, found = _measure(image, mask, cfg.crop, ruler, cfg.segmentation)
     return feats, crop, found, encode_thumbnail(crop) if encode else None
 
 

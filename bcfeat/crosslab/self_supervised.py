@@ -27,8 +27,8 @@ import math
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,9 @@ from bcfeat.crosslab.cell_crop import CropConfig
 from bcfeat.study.crosslab_figures import (few_shot_figure, gallery_figure, matrix_figure, mix_figure,  # noqa: F401
                                           per_class_figure, umap_figure, virtual_lab_figure)
 from bcfeat.crosslab.cell_features import GROUPS, feature_groups, feature_names, feature_set_columns
+
+if TYPE_CHECKING:
+    from bcfeat.crosslab.model import CrossLabConfig
 
 LABELS = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 OURS = "crosslab"
@@ -56,7 +60,7 @@ def _model(detector_file: str | Path | None, mask_source: str, n_workers: int, c
     return CrossLabModel(config, detector)
 
 
-def measurement_settings(config) -> dict:
+def measurement_settings(config: CrossLabConfig) -> dict:
     """What a cell's features depend on besides the image and the detector file, for a cache key:
     mask source, crop, the stain segmentation's settings (with that mask source) and the features."""
     settings = {"mask_source": config.mask_source, "crop": asdict(config.crop), "features": feature_names()}

@@ -397,7 +397,7 @@ def test_an_empty_mask_falls_back_to_the_centred_ellipse():
     from bcfeat.crosslab.cell_crop import CropConfig
 
     image = np.full((60, 60, 3), 200, np.uint8)
-    feats, crop, found = _measure((image, np.zeros((60, 60), bool), CropConfig()))
+    feats, crop, found = _measure(image, np.zeros((60, 60), bool), CropConfig())
     assert feats.shape == (len(feature_names()),) and crop.shape == (80, 80, 3)
     assert not found  # the fallback is said, not hidden
 
