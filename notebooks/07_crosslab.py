@@ -37,6 +37,8 @@ candidate_groups: str = "all,no_texture,no_fine_texture,no_ruler"  # feature set
 ablation_cells: int = 400  # cells per site re-measured for the crop lever (0: skip it)
 ssl_epochs: int = 4  # epochs of the self-supervised encoder (0: skip the lever)
 ssl_image_size: int = 40  # crop side the encoder reads
+cnn_epochs: int = 30  # epochs of the supervised GroupNorm CNN with lab-shift augmentation (0: skip it)
+cnn_image_size: int = 64  # crop side that CNN reads
 n_boot: int = 1000  # bootstrap resamples of the 95 % intervals
 shots: str = "0,1,5,10,20"  # labelled target cells per class for the few-shot curve
 n_draws: int = 5  # draws per few-shot point
@@ -84,6 +86,8 @@ require_int("n_virtual_labs", n_virtual_labs, 1)
 require_int("virtual_lab_cells", virtual_lab_cells, 0)
 require_int("shift_cells", shift_cells, 0)
 require_int("mix_calls", mix_calls, 1)
+require_int("cnn_epochs", cnn_epochs, 0)
+require_int("cnn_image_size", cnn_image_size, 16)
 root = resolve_data_root(data_root or None)
 warnings.filterwarnings("ignore", message="classes with < 2 samples")
 tables = Path(results_dir) / "tables"
@@ -352,11 +356,12 @@ shift_table.set_index("shift").round(3)
 #
 # The adaptation levers and the feature groups are measured on the classifier of the first split
 # and all cells of the unseen sites; the crop lever re-measures a subsample of each site with
-# another mask or without the rescaling; the objective lever trains the self-supervised encoder.
+# another mask or without the rescaling; the objective lever trains the self-supervised encoder
+# and a supervised GroupNorm CNN on the source's labels under strong lab-shift augmentation.
 
 # %% tags=["hide-input"]
 ablation = cs.ablations(measured, samples, plan, headline_setting, artifacts, ablation_cells,
-                        ssl_epochs, ssl_image_size, seed, n_workers)
+                        ssl_epochs, ssl_image_size, seed, n_workers, cnn_epochs, cnn_image_size)
 save_table(ablation, tables / "crosslab_ablation.csv")
 glue("crosslab_ablation", ablation.round(3), display=False)
 for key, value in cs.ablation_glue(ablation).items():

@@ -388,7 +388,8 @@ def _subsample(samples: pd.DataFrame, n: int, seed: int) -> np.ndarray:
 
 
 def ablations(measured: dict[str, Measured], samples, plan, setting: str, artifacts: Path, ablation_cells: int,
-              ssl_epochs: int, ssl_image_size: int, seed: int, n_workers: int) -> pd.DataFrame:
+              ssl_epochs: int, ssl_image_size: int, seed: int, n_workers: int, cnn_epochs: int = 0,
+              cnn_image_size: int = 64) -> pd.DataFrame:
     """One row per variant (lever on/off), scored like :func:`all_cells_transfer` (no intervals).
 
     The crop lever compares the mask sources on every cell, and the canonical rescaling against one
@@ -443,6 +444,10 @@ def ablations(measured: dict[str, Measured], samples, plan, setting: str, artifa
         for name, table, mins in _self_supervised_variants(X, crops, samples, train, in_test, chosen, ssl_epochs,
                                                            ssl_image_size, seed):
             results[name], minutes[name], lever[name] = table, mins, "objective"
+    if cnn_epochs > 0:
+        for name, table, mins in _supervised_cnn_variants(X, crops, samples, train, in_test, chosen, cnn_epochs,
+                                                          cnn_image_size, seed):
+            results[name], minutes[name], lever[name] = table, mins, "objective"
     table = ev.ablation_table(results, unseen, study.SOURCE_SITE, minutes)
     table.insert(0, "lever", [lever[v] for v in table["variant"]])
     return table
@@ -470,6 +475,29 @@ def _self_supervised_variants(X, crops, samples, train, in_test, chosen, epochs,
         both = _transfer_with(np.hstack([Zh, Ze]), samples, train, in_test, lambda: linear(seed))
         yield f"objective: SimCLR encoder ({scope}, {epochs} epochs) alone", alone, mins
         yield f"objective: hand features + SimCLR encoder ({scope})", both, mins
+
+
+def _supervised_cnn_variants(X, crops, samples, train, in_test, chosen, epochs, image_size, seed):
+    """The objective lever's supervised arm: a GroupNorm CNN trained on the source's labelled
+    training cells under strong lab-shift augmentation; its embedding alone and beside the hand features."""
+    import torch
+
+    from bcfeat.crosslab.supervised_encoder import SupervisedEncoderConfig, predict_crops, train_supervised_encoder
+
+    torch.set_num_threads(2)
+    domain = samples["domain"].to_numpy()
+    linear = make_factory(_rename(chosen, groups="all"))
+    cfg = SupervisedEncoderConfig(image_size=image_size, epochs=epochs, seed=seed,
+                                  batch_size=min(64, max(4, len(train) // 2)))
+    start = time.perf_counter()
+    net, _, _ = train_supervised_encoder(crops[train], samples["label"].to_numpy()[train], cfg)
+    _, E = predict_crops(net, crops, image_size)
+    mins = (time.perf_counter() - start) / 60
+    Zh, Ze = ev.standardize_per_site(X, domain), ev.standardize_per_site(E, domain)
+    name = f"supervised GroupNorm CNN with lab-shift augmentation ({epochs} epochs)"
+    yield f"objective: {name}, alone", _transfer_with(Ze, samples, train, in_test, lambda: linear(seed)), mins
+    yield (f"objective: hand features + {name}",
+           _transfer_with(np.hstack([Zh, Ze]), samples, train, in_test, lambda: linear(seed)), mins)
 
 
 def ablation_glue(ablation: pd.DataFrame) -> dict:
