@@ -23,9 +23,20 @@ So the virtual labs span framings from tighter than Zheng-18 to looser than Acev
 (``white_balance``) and JPEG re-encoding. They are not fitted to those labs: no real
 reported lab is looked at.
 
-Order of the steps in :func:`render`: framing (crop / pad) -> stain change in optical
-density -> white balance and gamma -> blur -> resize -> noise -> JPEG. Intermediate results
-are kept in floating point; the image is quantised to 8 bits once, before the JPEG step.
+One family of shifts was added after looking at how the classifier fails on the given
+unseen sites: another **staining protocol**, the nuclear and cytoplasmic dyes changed apart
+(``nuclear_dye``, ``cytoplasm_dye`` and their hues). Shifts that change every pixel alike
+(the fields above) left the classifier at 0.94-0.97 on re-rendered Acevedo-20 cells, while
+the real labs lose 0.2-0.5 with many false basophils; an over- or under-stained cytoplasm
+reproduces that failure (false basophils from neutrophils and eosinophils). The ranges are
+still guesses, not fitted to any lab, but the design of this family is informed by the
+given unseen sites, so they are held out for the selection, not for the design of the
+virtual labs; the untouched lab is the check that is clean of both.
+
+Order of the steps in :func:`render`: framing (crop / pad) -> staining protocol (the two
+dyes apart) -> stain change in optical density -> white balance and gamma -> blur ->
+resize -> noise -> JPEG. Intermediate results are kept in floating point; the image is
+quantised to 8 bits once, before the JPEG step.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from scipy import ndimage as ndi
 from skimage.transform import resize
 
 from bcfeat.crosslab.cell_crop import background_colour
+from bcfeat.crosslab.stain import dye_directions
 
 __all__ = [
     "MIN_SIDE",
@@ -64,6 +76,8 @@ _SCALE_RANGE = (0.3, 1.2)
 _NOISE_RANGE = (0.0, 50.0)
 _CROP_FRACTION_RANGE = (0.3, 1.5)  # lower bound excluded
 _CROP_OFFSET_RANGE = (-0.5, 0.5)
+_DYE_RANGE = (0.2, 3.0)
+_DYE_HUE_RANGE = (-1.0, 1.0)
 
 
 def _check_range(field: str, value: float, low: float, high: float, low_open: bool = False) -> None:
@@ -129,6 +143,15 @@ class VirtualLab:
         ``(down, right)`` offset of the crop's centre from the image's centre, as a fraction of
         the output side, each in [-0.5, 0.5]: cells that are not centred. Positive values move
         the window down / right, so the cell appears higher / further left.
+    nuclear_dye, cytoplasm_dye : float
+        Another staining protocol: factors, each in [0.2, 3], on the amount of the image's
+        nuclear (azure) and cytoplasmic (eosin) dye, separated per image in optical density
+        (:func:`bcfeat.crosslab.stain.dye_directions`). Unlike ``stain_scale``, which changes
+        every pixel alike, these change the nucleus and the granules and cytoplasm apart: a
+        rapid stain that over-stains the cytoplasm makes neutrophil granules dark.
+    nuclear_dye_hue, cytoplasm_dye_hue : float
+        In [-1, 1]: blue absorption added to (positive: towards brown and orange) or taken from
+        each dye's optical-density direction, which is then renormalised.
 
     Examples
     --------
@@ -151,6 +174,10 @@ class VirtualLab:
     noise_sigma: float = 0.0
     crop_fraction: float = 1.0
     crop_offset: tuple[float, float] = (0.0, 0.0)
+    nuclear_dye: float = 1.0
+    cytoplasm_dye: float = 1.0
+    nuclear_dye_hue: float = 0.0
+    cytoplasm_dye_hue: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -170,6 +197,15 @@ class VirtualLab:
         _check_range("crop_fraction", self.crop_fraction, *_CROP_FRACTION_RANGE, low_open=True)
         for i, v in enumerate(_as_tuple(self, "crop_offset", 2)):
             _check_range(f"crop_offset[{i}]", v, *_CROP_OFFSET_RANGE)
+        for field in ("nuclear_dye", "cytoplasm_dye"):
+            _check_range(field, getattr(self, field), *_DYE_RANGE)
+        for field in ("nuclear_dye_hue", "cytoplasm_dye_hue"):
+            _check_range(field, getattr(self, field), *_DYE_HUE_RANGE)
+
+    @property
+    def changes_dyes(self) -> bool:
+        """Whether the lab stains with another protocol (dye amounts or hues)."""
+        return (self.nuclear_dye, self.cytoplasm_dye, self.nuclear_dye_hue, self.cytoplasm_dye_hue) != (1.0, 1.0, 0.0, 0.0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -190,6 +226,29 @@ def _frame(image: np.ndarray, lab: VirtualLab, background: np.ndarray) -> np.nda
     if y1 > y0 and x1 > x0:
         canvas[y0 - top:y1 - top, x0 - left:x1 - left] = image[y0:y1, x0:x1]
     return canvas
+
+
+def _shifted_dye(direction: np.ndarray, hue: float) -> np.ndarray:
+    out = np.maximum(direction + np.array([0.0, 0.0, hue]), 0.01)
+    return out / np.linalg.norm(out)
+
+
+def _dyes(image: np.ndarray, lab: VirtualLab) -> np.ndarray:
+    """Another staining protocol: the nuclear and cytoplasmic dyes' amounts and hues changed
+    apart, in optical density ``-log10((I + 1) / 256)``; what the two dyes do not explain is kept.
+    An image whose stained pixels show one dye only is returned unchanged."""
+    od = -np.log10((image + 1.0) / 256.0)
+    dyes = dye_directions(od)
+    if dyes is None:
+        return image
+    V = np.stack(dyes)                                   # (2, 3): nuclear, cytoplasmic
+    flat = od.reshape(-1, 3)
+    amounts = flat @ np.linalg.pinv(V)                   # (n, 2)
+    rest = flat - amounts @ V
+    new_V = np.stack([_shifted_dye(V[0], lab.nuclear_dye_hue) * lab.nuclear_dye,
+                      _shifted_dye(V[1], lab.cytoplasm_dye_hue) * lab.cytoplasm_dye])
+    out = (amounts @ new_V + rest).reshape(od.shape)
+    return np.clip(256.0 * 10.0 ** (-out) - 1.0, 0.0, 255.0)
 
 
 def _stain(image: np.ndarray, lab: VirtualLab) -> np.ndarray:
@@ -269,6 +328,8 @@ def render(image: np.ndarray, lab: VirtualLab, rng: np.random.Generator | None =
     out = image.astype(np.float64)
     if lab.crop_fraction != 1.0 or lab.crop_offset != (0.0, 0.0):
         out = _frame(out, lab, background_colour(image))
+    if lab.changes_dyes:
+        out = _dyes(out, lab)
     if lab.stain_scale != (1.0, 1.0, 1.0) or lab.stain_mix != 0.0:
         out = _stain(out, lab)
     out = _camera(out, lab)
@@ -338,7 +399,10 @@ def sample_labs(n: int, seed: int) -> list[VirtualLab]:
     - ``jpeg_quality``: 0 (none) with probability 1/2, else an integer in [50, 95];
     - ``noise_sigma``: uniform in [0, 4];
     - ``crop_fraction``: uniform in [0.45, 1.3];
-    - ``crop_offset``: each uniform in [-0.08, 0.08].
+    - ``crop_offset``: each uniform in [-0.08, 0.08];
+    - the staining protocol: ``nuclear_dye`` log-uniform in [0.6, 1.7], ``cytoplasm_dye``
+      log-uniform in [0.4, 2.5], ``nuclear_dye_hue`` uniform in [-0.3, 0.3] and
+      ``cytoplasm_dye_hue`` uniform in [-0.3, 0.8] (towards the brown-orange of a rapid stain).
 
     Parameters
     ----------
@@ -379,11 +443,14 @@ def sample_labs(n: int, seed: int) -> list[VirtualLab]:
         noise_sigma = float(rng.uniform(0.0, 4.0))
         crop_fraction = float(rng.uniform(0.45, 1.3))
         crop_offset = tuple(float(v) for v in rng.uniform(-0.08, 0.08, size=2))
+        nuclear_dye, cytoplasm_dye = float(_log_uniform(rng, 0.6, 1.7)), float(_log_uniform(rng, 0.4, 2.5))
+        nuclear_dye_hue, cytoplasm_dye_hue = float(rng.uniform(-0.3, 0.3)), float(rng.uniform(-0.3, 0.8))
         labs.append(VirtualLab(
             name=f"virtual_{i:0{width}d}", stain_scale=stain_scale, stain_mix=stain_mix,
             white_balance=white_balance, gamma=gamma, blur_sigma=blur_sigma, scale=scale,
             jpeg_quality=jpeg_quality, noise_sigma=noise_sigma, crop_fraction=crop_fraction,
-            crop_offset=crop_offset))
+            crop_offset=crop_offset, nuclear_dye=nuclear_dye, cytoplasm_dye=cytoplasm_dye,
+            nuclear_dye_hue=nuclear_dye_hue, cytoplasm_dye_hue=cytoplasm_dye_hue))
     return labs
 
 
@@ -397,7 +464,8 @@ def named_shifts() -> dict[str, VirtualLab]:
     dict of str to VirtualLab
         ``stain_strong``, ``stain_weak``, ``stain_hue``, ``yellow_background``, ``gamma``,
         ``defocus``, ``low_resolution``, ``jpeg_q40``, ``tight_crop``, ``loose_crop``,
-        ``off_centre``, ``noise``.
+        ``off_centre``, ``noise``, ``cytoplasm_dye_strong``, ``cytoplasm_dye_weak``,
+        ``nuclear_dye_weak``, ``rapid_stain_hue``.
 
     Examples
     --------
@@ -418,5 +486,9 @@ def named_shifts() -> dict[str, VirtualLab]:
         VirtualLab("loose_crop", crop_fraction=1.3),
         VirtualLab("off_centre", crop_offset=(0.08, 0.08)),
         VirtualLab("noise", noise_sigma=4.0),
+        VirtualLab("cytoplasm_dye_strong", cytoplasm_dye=2.0),
+        VirtualLab("cytoplasm_dye_weak", cytoplasm_dye=0.4),
+        VirtualLab("nuclear_dye_weak", nuclear_dye=0.5),
+        VirtualLab("rapid_stain_hue", cytoplasm_dye_hue=0.6),
     ]
     return {lab.name: lab for lab in labs}

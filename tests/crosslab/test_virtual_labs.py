@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from bcfeat.crosslab.stain import dye_directions
 from bcfeat.crosslab.virtual_labs import (MIN_SIDE, VirtualLab, named_shifts, render, render_many,
                                           sample_labs)
 
@@ -57,6 +58,21 @@ def smear():
     return _smear()
 
 
+NUCLEAR_DYE = np.array([0.55, 0.75, 0.35])     # azure: absorbs red relatively more
+CYTOPLASM_DYE = np.array([0.08, 0.85, 0.5])    # eosin
+
+
+def _two_dye_cell(size=96, seed=0):
+    """A nucleus (mostly nuclear dye) inside a cytoplasm (mostly cytoplasmic dye), amounts varying."""
+    rng = np.random.default_rng(seed)
+    nucleus = _disk((size, size), (size // 2, size // 2), 14)
+    cell = _disk((size, size), (size // 2, size // 2), 30)
+    nuc = np.where(nucleus, rng.uniform(0.6, 1.0, (size, size)), 0.0)
+    cyt = np.where(cell, rng.uniform(0.15, 0.45, (size, size)), 0.0)
+    od = nuc[..., None] * NUCLEAR_DYE + cyt[..., None] * CYTOPLASM_DYE
+    return np.clip(256 * 10 ** (-od) - 1, 0, 255).astype(np.uint8), nucleus, cell & ~nucleus
+
+
 def test_identity_is_bit_identical(smear):
     out = render(smear, VirtualLab("identity"))
     assert out.dtype == np.uint8 and out.shape == smear.shape
@@ -83,6 +99,10 @@ def test_identity_is_bit_identical(smear):
     ("crop_fraction", 1.6),
     ("crop_offset", (0.0, 0.7)),
     ("crop_offset", (0.0,)),
+    ("nuclear_dye", 0.1),
+    ("cytoplasm_dye", 3.5),
+    ("cytoplasm_dye_hue", 1.5),
+    ("nuclear_dye_hue", "x"),
 ])
 def test_validation_names_the_field(field, value):
     kwargs = {"name": "x", field: value}
@@ -200,6 +220,36 @@ def test_jpeg_changes_pixels_but_keeps_shape(smear):
     assert np.abs(out.astype(int) - smear).mean() < 10
 
 
+def test_dye_directions_find_the_two_dyes_and_refuse_one():
+    img, _, _ = _two_dye_cell()
+    nuclear, cytoplasmic = dye_directions(_od(img))
+    assert np.dot(nuclear, NUCLEAR_DYE / np.linalg.norm(NUCLEAR_DYE)) > 0.98
+    assert np.dot(cytoplasmic, CYTOPLASM_DYE / np.linalg.norm(CYTOPLASM_DYE)) > 0.98
+    flat = np.full((40, 40, 3), 240, np.uint8)
+    flat[10:30, 10:30] = CELL
+    assert dye_directions(_od(flat)) is None            # one colour: no second dye to separate
+
+
+def test_a_stronger_cytoplasmic_dye_darkens_the_cytoplasm_not_the_nucleus():
+    img, nucleus, cytoplasm = _two_dye_cell()
+    out = render(img, VirtualLab("rapid", cytoplasm_dye=2.0))
+    before, after = _od(img).sum(-1), _od(out).sum(-1)
+    assert after[cytoplasm].mean() > 1.7 * before[cytoplasm].mean()
+    assert abs(after[nucleus].mean() / before[nucleus].mean() - 1) < 0.25
+    assert np.array_equal(out[0:5, 0:5], img[0:5, 0:5])   # the background keeps its colour
+
+
+def test_a_weaker_nuclear_dye_lightens_the_nucleus_and_a_hue_turns_the_cytoplasm_brown():
+    img, nucleus, cytoplasm = _two_dye_cell()
+    before = _od(img)
+    weak = _od(render(img, VirtualLab("pale", nuclear_dye=0.5)))
+    assert weak[nucleus].sum(-1).mean() < 0.7 * before[nucleus].sum(-1).mean()
+    assert abs(weak[cytoplasm].sum(-1).mean() / before[cytoplasm].sum(-1).mean() - 1) < 0.25
+    brown = _od(render(img, VirtualLab("brown", cytoplasm_dye_hue=0.6)))
+    share = lambda od: (od[cytoplasm][:, 2] / od[cytoplasm].sum(-1)).mean()   # noqa: E731
+    assert share(brown) > share(before) + 0.1             # absorbs more blue: yellower, browner
+
+
 def test_sample_labs_is_deterministic_and_in_range():
     labs = sample_labs(40, seed=3)
     assert labs == sample_labs(40, seed=3)
@@ -218,6 +268,9 @@ def test_sample_labs_is_deterministic_and_in_range():
         assert 0.0 <= lab.noise_sigma <= 4.0
         assert 0.45 <= lab.crop_fraction <= 1.3
         assert all(-0.08 <= v <= 0.08 for v in lab.crop_offset)
+        assert 0.6 <= lab.nuclear_dye <= 1.7 and 0.4 <= lab.cytoplasm_dye <= 2.5
+        assert -0.3 <= lab.nuclear_dye_hue <= 0.3 and -0.3 <= lab.cytoplasm_dye_hue <= 0.8
+        assert lab.changes_dyes
     # The draws vary: some compressed, some not, some yellowish lamps, tight and loose crops.
     assert any(lab.jpeg_quality == 0 for lab in labs) and any(lab.jpeg_quality for lab in labs)
     assert any(lab.white_balance[2] < 0.9 and lab.white_balance[0] >= 0.97 for lab in labs)
@@ -239,7 +292,8 @@ def test_sampled_labs_render(smear):
 def test_named_shifts_each_change_one_thing(smear):
     shifts = named_shifts()
     for name in ("stain_strong", "stain_weak", "stain_hue", "yellow_background", "defocus",
-                 "low_resolution", "jpeg_q40", "tight_crop", "loose_crop", "off_centre", "noise"):
+                 "low_resolution", "jpeg_q40", "tight_crop", "loose_crop", "off_centre", "noise",
+                 "cytoplasm_dye_strong", "cytoplasm_dye_weak", "nuclear_dye_weak", "rapid_stain_hue"):
         assert name in shifts
     identity = VirtualLab("identity")
     for name, lab in shifts.items():
