@@ -508,6 +508,15 @@ def ablation_glue(ablation: pd.DataFrame) -> dict:
     adapt = ablation.set_index("variant")["mean_unseen"]
     out["crosslab_no_adaptation_mean"] = float(adapt["no adaptation (source statistics for every site)"])
     out["crosslab_site_std_mean"] = float(adapt["per-site standardisation (plain)"])
+    table = ablation.set_index("variant")
+    for key, prefix in (("crosslab_cnn_alone", "objective: supervised GroupNorm CNN"),
+                        ("crosslab_cnn_with_hand", "objective: hand features + supervised GroupNorm CNN")):
+        rows = table[table.index.str.startswith(prefix)]
+        found = len(rows) == 1
+        out[f"{key}_mean_unseen"] = float(rows["mean_unseen"].iloc[0]) if found else float("nan")
+        out[f"{key}_min_unseen"] = float(rows["min_unseen"].iloc[0]) if found else float("nan")
+        if key == "crosslab_cnn_alone":
+            out["crosslab_cnn_minutes"] = float(rows["cpu_minutes"].iloc[0]) if found else float("nan")
     return out
 
 

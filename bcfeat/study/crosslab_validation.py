@@ -320,6 +320,19 @@ def per_shift_table(clfs: dict[str, CrossLabClassifier], shifts: VirtualLabs, so
     return pd.DataFrame(rows)
 
 
+def shift_glue(table: pd.DataFrame, setting: str) -> dict:
+    """The chosen setting's worst named shift among those that stain with another protocol (the
+    two dyes apart) and among all the others; NaN where the table has none of a kind."""
+    from bcfeat.crosslab.virtual_labs import named_shifts
+
+    dyes = {name for name, lab in named_shifts().items() if lab.changes_dyes}
+    if setting not in table.columns or table.empty:
+        return {"crosslab_shift_worst_dye": float("nan"), "crosslab_shift_worst_other": float("nan")}
+    is_dye = table["shift"].isin(dyes)
+    worst = lambda part: float(part[setting].min()) if len(part) else float("nan")  # noqa: E731
+    return {"crosslab_shift_worst_dye": worst(table[is_dye]), "crosslab_shift_worst_other": worst(table[~is_dye])}
+
+
 def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequence[str]) -> pd.DataFrame:
     """The issue's goals, one row per lab: balanced accuracy and macro-F1 on all cells (own mix),
     the worst mix in calls of >= 100 cells, the differential error, ECE, and the mix cost."""

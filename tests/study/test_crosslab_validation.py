@@ -286,3 +286,31 @@ def test_series_confound_and_call_modes_on_a_lab_whose_stain_follows_the_class(t
         (tmp_path / "b" / name).write_bytes(b"")
     assert sorted(untouched_series(tmp_path)) == ["B-57", "B-57"]
     assert untouched_series(tmp_path / "absent") is None
+
+
+def test_shift_glue_splits_the_staining_protocol_shifts_from_the_others():
+    table = pd.DataFrame({"shift": ["defocus", "tight_crop", "cytoplasm_dye_strong", "rapid_stain_hue"],
+                          "chosen": [0.91, 0.88, 0.62, 0.75]})
+    glue = cv.shift_glue(table, "chosen")
+    assert glue == {"crosslab_shift_worst_dye": 0.62, "crosslab_shift_worst_other": 0.88}
+    assert np.isnan(cv.shift_glue(table, "another setting")["crosslab_shift_worst_dye"])
+    only_others = cv.shift_glue(table.iloc[:2], "chosen")
+    assert np.isnan(only_others["crosslab_shift_worst_dye"]) and only_others["crosslab_shift_worst_other"] == 0.88
+
+
+def test_ablation_glue_reports_the_supervised_cnn_rows_when_the_lever_ran():
+    from bcfeat.study.crosslab import ablation_glue
+
+    rows = [("adaptation", "no adaptation (source statistics for every site)", 0.4, 0.2, 0.01),
+            ("adaptation", "per-site standardisation (plain)", 0.6, 0.5, 0.01),
+            ("objective", "objective: supervised GroupNorm CNN with lab-shift augmentation (2 epochs), alone",
+             0.5, 0.35, 3.0),
+            ("objective", "objective: hand features + supervised GroupNorm CNN with lab-shift augmentation (2 epochs)",
+             0.62, 0.45, 3.0)]
+    table = pd.DataFrame(rows, columns=["lever", "variant", "mean_unseen", "min_unseen", "cpu_minutes"])
+    glue = ablation_glue(table)
+    assert glue["crosslab_cnn_alone_mean_unseen"] == 0.5 and glue["crosslab_cnn_alone_min_unseen"] == 0.35
+    assert glue["crosslab_cnn_with_hand_mean_unseen"] == 0.62 and glue["crosslab_cnn_minutes"] == 3.0
+    assert glue["crosslab_ablation_best_objective"].startswith("objective: hand features")
+    without = ablation_glue(table.iloc[:2])
+    assert np.isnan(without["crosslab_cnn_alone_mean_unseen"]) and np.isnan(without["crosslab_cnn_minutes"])
