@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bcfeat.crosslab.self_supervised import CellEncoder, to_tensor
+from bcfeat.training.loop import OptimizerStep
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +230,7 @@ def train_supervised_encoder(crops: np.ndarray, labels: np.ndarray, cfg: Supervi
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = len(x) // cfg.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15)
+    update = OptimizerStep(opt, torch.device("cpu"), max_bad_steps=0)
     history = []
     for epoch in range(cfg.epochs):
         net.train()
@@ -238,11 +240,7 @@ def train_supervised_encoder(crops: np.ndarray, labels: np.ndarray, cfg: Supervi
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             logits = net(_standardize_input(strong_lab_shift(x[idx], cfg.augmentation, gen)))
             loss = F.cross_entropy(logits, target[idx], weight=weight, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"supervised encoder loss is {loss.item()} at epoch {epoch}, step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            update(loss, where=f"supervised encoder, epoch {epoch + 1}/{cfg.epochs}, batch {step + 1}/{steps}")
             sched.step()
             total += loss.item()
         history.append({"epoch": epoch, "loss": total / steps, "seconds": time.perf_counter() - start})

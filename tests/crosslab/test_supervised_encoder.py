@@ -89,3 +89,14 @@ def test_training_refuses_one_class_or_too_few_crops():
         train_supervised_encoder(crops[6:9], labels[6:9], SupervisedEncoderConfig(image_size=24, batch_size=4))
     with pytest.raises(ValueError, match="labels"):
         train_supervised_encoder(crops, labels[:-1], SupervisedEncoderConfig(image_size=24, batch_size=4))
+
+
+def test_a_non_finite_loss_stops_training_and_says_where(monkeypatch):
+    from bcfeat.crosslab import supervised_encoder
+    from bcfeat.training.loop import NonFiniteLossError
+
+    monkeypatch.setattr(supervised_encoder, "strong_lab_shift", lambda x, aug, gen: torch.full_like(x, float("nan")))
+    crops, labels = _crops(8)
+    cfg = SupervisedEncoderConfig(image_size=24, width=4, epochs=1, batch_size=4)
+    with pytest.raises(NonFiniteLossError, match=r"supervised encoder, epoch 1/1, batch 1/4"):
+        train_supervised_encoder(crops, labels, cfg)
