@@ -264,7 +264,7 @@ mix_summary.pivot_table(index="lab", columns=["call_size", "mix"], values="balan
 # %% tags=["hide-input"]
 untouched_name = Path(untouched_folder).name or "untouched"
 report_labs = {**labs, **({untouched_name: untouched} if untouched is not None else {})}
-calib, reliability = cv.calibration_table(head_clf, calibration, report_labs)
+calib, reliability = cv.calibration_table(dev_clf, calibration, report_labs)  # untempered: T applied once there
 save_table(calib, tables / "crosslab_calibration.csv")
 from bcfeat.crosslab.calibration import reliability_figure  # noqa: E402
 glue("crosslab_reliability_figure", reliability_figure(reliability), display=False)

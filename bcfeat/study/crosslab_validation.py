@@ -264,7 +264,13 @@ def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
                       labs: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Per lab (all its cells in one call): ECE and the confidence gap before and after the
     temperature, the ``uncertain`` flag's review share and catch rate, the novelty score and
-    whether it warns; and the reliability tables (after the temperature)."""
+    whether it warns; and the reliability tables (after the temperature).
+
+    ``clf`` must be untempered (``temperature=1``): the calibration's temperature is applied
+    here, once, as the deployed model applies it."""
+    if clf.temperature != 1.0:
+        raise ValueError(f"calibration_table needs the untempered classifier (temperature 1), got temperature "
+                         f"{clf.temperature}: the calibration's temperature {calibration.temperature} is applied here")
     rule = cal.UncertainRule(calibration.uncertain_min_probability)
     novelty = nov.LabNovelty(np.asarray(calibration.reference_novelty), calibration.novelty_threshold)
     rows, reliability = [], {}

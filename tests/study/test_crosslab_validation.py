@@ -314,3 +314,24 @@ def test_ablation_glue_reports_the_supervised_cnn_rows_when_the_lever_ran():
     assert glue["crosslab_ablation_best_objective"].startswith("objective: hand features")
     without = ablation_glue(table.iloc[:2])
     assert np.isnan(without["crosslab_cnn_alone_mean_unseen"]) and np.isnan(without["crosslab_cnn_minutes"])
+
+
+def test_calibration_table_applies_the_temperature_once_as_the_deployed_classifier_does():
+    from bcfeat.crosslab import calibration as cal
+
+    rng = np.random.default_rng(5)
+    Xs, ys = _three_class_lab(rng, [80, 80, 80])
+    Xt, yt = _three_class_lab(rng, [40, 40, 40])
+    calibration = cv.Calibration(temperature=2.0, uncertain_min_probability=0.6, novelty_threshold=99.0,
+                                 reference_novelty=[1.0])
+    raw = CrossLabClassifier().fit(Xs, ys)
+    deployed = CrossLabClassifier(temperature=2.0).fit(Xs, ys)
+    table, _ = cv.calibration_table(raw, calibration, {"lab": (Xt, yt)})
+    row = table.iloc[0]
+    P = deployed.predict_proba(Xt)
+    assert row["mean_confidence"] == pytest.approx(P.max(1).mean())
+    assert row["mean_confidence_raw"] == pytest.approx(raw.predict_proba(Xt).max(1).mean())
+    assert row["ece"] == pytest.approx(cal.expected_calibration_error(P, cv._index(yt, deployed.classes_)))
+    assert row["review_share"] == pytest.approx((P.max(1) < 0.6).mean())
+    with pytest.raises(ValueError, match="untempered"):
+        cv.calibration_table(deployed, calibration, {"lab": (Xt, yt)})
