@@ -13,9 +13,9 @@ batch is pushed through strong, random lab shifts (:func:`strong_lab_shift`):
 - colour removed altogether on a share of the cells (grey), so shape and texture must carry;
 - geometry: any rotation, flips, zoom and a small shift (framing).
 
-The book reports it in the ablation's "objective" lever: its own softmax, and its embedding
-beside the hand features through the headline's per-site standardisation. It is not part of the
-deployed model unless the selection on virtual labs would pick it.
+The book reports it in the ablation's "objective" lever: its embedding alone and beside the hand
+features, both through per-site standardisation and the headline's linear model. It is not part
+of the deployed model.
 """
 
 from __future__ import annotations

@@ -228,6 +228,15 @@ def _frame(image: np.ndarray, lab: VirtualLab, background: np.ndarray) -> np.nda
     return canvas
 
 
+def _optical_density(image: np.ndarray) -> np.ndarray:
+    """``-log10((I + 1) / 256)`` per channel (white point 255); :func:`_from_optical_density` inverts it."""
+    return -np.log10((image + 1.0) / 256.0)
+
+
+def _from_optical_density(od: np.ndarray) -> np.ndarray:
+    return np.clip(256.0 * 10.0 ** (-od) - 1.0, 0.0, 255.0)
+
+
 def _shifted_dye(direction: np.ndarray, hue: float) -> np.ndarray:
     out = np.maximum(direction + np.array([0.0, 0.0, hue]), 0.01)
     return out / np.linalg.norm(out)
@@ -237,7 +246,7 @@ def _dyes(image: np.ndarray, lab: VirtualLab) -> np.ndarray:
     """Another staining protocol: the nuclear and cytoplasmic dyes' amounts and hues changed
     apart, in optical density ``-log10((I + 1) / 256)``; what the two dyes do not explain is kept.
     An image whose stained pixels show one dye only is returned unchanged."""
-    od = -np.log10((image + 1.0) / 256.0)
+    od = _optical_density(image)
     dyes = dye_directions(od)
     if dyes is None:
         return image
@@ -247,20 +256,18 @@ def _dyes(image: np.ndarray, lab: VirtualLab) -> np.ndarray:
     rest = flat - amounts @ V
     new_V = np.stack([_shifted_dye(V[0], lab.nuclear_dye_hue) * lab.nuclear_dye,
                       _shifted_dye(V[1], lab.cytoplasm_dye_hue) * lab.cytoplasm_dye])
-    out = (amounts @ new_V + rest).reshape(od.shape)
-    return np.clip(256.0 * 10.0 ** (-out) - 1.0, 0.0, 255.0)
+    return _from_optical_density((amounts @ new_V + rest).reshape(od.shape))
 
 
 def _stain(image: np.ndarray, lab: VirtualLab) -> np.ndarray:
     """Scale and mix the optical density ``-log10((I + 1) / 256)`` per channel (white point 255)."""
-    od = -np.log10((image + 1.0) / 256.0)
-    od = od * np.asarray(lab.stain_scale, np.float64)
+    od = _optical_density(image) * np.asarray(lab.stain_scale, np.float64)
     m = float(lab.stain_mix)
     if m > 0:  # a fraction m of channel i goes to channel i + 1
         od = (1.0 - m) * od + m * np.roll(od, 1, axis=-1)
     elif m < 0:  # a fraction |m| of channel i goes to channel i - 1
         od = (1.0 + m) * od - m * np.roll(od, -1, axis=-1)
-    return np.clip(256.0 * 10.0 ** (-od) - 1.0, 0.0, 255.0)
+    return _from_optical_density(od)
 
 
 def _camera(image: np.ndarray, lab: VirtualLab) -> np.ndarray:

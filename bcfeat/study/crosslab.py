@@ -453,6 +453,17 @@ def ablations(measured: dict[str, Measured], samples, plan, setting: str, artifa
     return table
 
 
+def _embedding_alone_and_beside(X, E, samples, train, in_test, chosen, seed):
+    """A learned embedding ``E`` scored alone and beside the hand features ``X``, each site
+    standardised with its own statistics, with the chosen setting's linear model on every column."""
+    domain = samples["domain"].to_numpy()
+    linear = make_factory(_rename(chosen, groups="all"))
+    Zh, Ze = ev.standardize_per_site(X, domain), ev.standardize_per_site(E, domain)
+    alone = _transfer_with(Ze, samples, train, in_test, lambda: linear(seed))
+    both = _transfer_with(np.hstack([Zh, Ze]), samples, train, in_test, lambda: linear(seed))
+    return alone, both
+
+
 def _self_supervised_variants(X, crops, samples, train, in_test, chosen, epochs, image_size, seed):
     """The objective lever: a SimCLR encoder trained on all sites' crops (transductive) and on the
     source's alone, each alone and beside the hand features."""
@@ -462,17 +473,13 @@ def _self_supervised_variants(X, crops, samples, train, in_test, chosen, epochs,
 
     torch.set_num_threads(2)
     domain = samples["domain"].to_numpy()
-    linear = make_factory(_rename(chosen, groups="all"))
-    Zh = ev.standardize_per_site(X, domain)
     for scope, rows in (("all sites", np.arange(len(crops))), ("source only", np.flatnonzero(domain == study.SOURCE_SITE))):
         cfg = SelfSupervisedConfig(image_size=image_size, epochs=epochs, seed=seed, batch_size=min(256, len(rows) // 2))
         start = time.perf_counter()
         encoder, _ = train_encoder(crops[rows], cfg)
         E = embed_crops(encoder, crops, image_size)
         mins = (time.perf_counter() - start) / 60
-        Ze = ev.standardize_per_site(E, domain)
-        alone = _transfer_with(Ze, samples, train, in_test, lambda: linear(seed))
-        both = _transfer_with(np.hstack([Zh, Ze]), samples, train, in_test, lambda: linear(seed))
+        alone, both = _embedding_alone_and_beside(X, E, samples, train, in_test, chosen, seed)
         yield f"objective: SimCLR encoder ({scope}, {epochs} epochs) alone", alone, mins
         yield f"objective: hand features + SimCLR encoder ({scope})", both, mins
 
@@ -485,19 +492,16 @@ def _supervised_cnn_variants(X, crops, samples, train, in_test, chosen, epochs, 
     from bcfeat.crosslab.supervised_encoder import SupervisedEncoderConfig, predict_crops, train_supervised_encoder
 
     torch.set_num_threads(2)
-    domain = samples["domain"].to_numpy()
-    linear = make_factory(_rename(chosen, groups="all"))
     cfg = SupervisedEncoderConfig(image_size=image_size, epochs=epochs, seed=seed,
                                   batch_size=min(64, max(4, len(train) // 2)))
     start = time.perf_counter()
     net, _, _ = train_supervised_encoder(crops[train], samples["label"].to_numpy()[train], cfg)
     _, E = predict_crops(net, crops, image_size)
     mins = (time.perf_counter() - start) / 60
-    Zh, Ze = ev.standardize_per_site(X, domain), ev.standardize_per_site(E, domain)
+    alone, both = _embedding_alone_and_beside(X, E, samples, train, in_test, chosen, seed)
     name = f"supervised GroupNorm CNN with lab-shift augmentation ({epochs} epochs)"
-    yield f"objective: {name}, alone", _transfer_with(Ze, samples, train, in_test, lambda: linear(seed)), mins
-    yield (f"objective: hand features + {name}",
-           _transfer_with(np.hstack([Zh, Ze]), samples, train, in_test, lambda: linear(seed)), mins)
+    yield f"objective: {name}, alone", alone, mins
+    yield f"objective: hand features + {name}", both, mins
 
 
 def ablation_glue(ablation: pd.DataFrame) -> dict:
@@ -508,15 +512,13 @@ def ablation_glue(ablation: pd.DataFrame) -> dict:
     adapt = ablation.set_index("variant")["mean_unseen"]
     out["crosslab_no_adaptation_mean"] = float(adapt["no adaptation (source statistics for every site)"])
     out["crosslab_site_std_mean"] = float(adapt["per-site standardisation (plain)"])
-    table = ablation.set_index("variant")
-    for key, prefix in (("crosslab_cnn_alone", "objective: supervised GroupNorm CNN"),
-                        ("crosslab_cnn_with_hand", "objective: hand features + supervised GroupNorm CNN")):
-        rows = table[table.index.str.startswith(prefix)]
-        found = len(rows) == 1
-        out[f"{key}_mean_unseen"] = float(rows["mean_unseen"].iloc[0]) if found else float("nan")
-        out[f"{key}_min_unseen"] = float(rows["min_unseen"].iloc[0]) if found else float("nan")
-        if key == "crosslab_cnn_alone":
-            out["crosslab_cnn_minutes"] = float(rows["cpu_minutes"].iloc[0]) if found else float("nan")
+    for key, prefix, columns in (
+            ("crosslab_cnn_alone", "objective: supervised GroupNorm CNN", ("mean_unseen", "min_unseen", "cpu_minutes")),
+            ("crosslab_cnn_with_hand", "objective: hand features + supervised GroupNorm CNN", ("mean_unseen", "min_unseen"))):
+        rows = ablation[ablation["variant"].str.startswith(prefix)]
+        for col in columns:
+            name = "crosslab_cnn_minutes" if col == "cpu_minutes" else f"{key}_{col}"
+            out[name] = float(rows[col].iloc[0]) if len(rows) == 1 else float("nan")
     return out
 
 
