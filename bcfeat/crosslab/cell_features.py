@@ -33,6 +33,7 @@ from skimage.feature import graycomatrix, graycoprops
 
 from bcfeat.crosslab.cell_crop import CellCrop
 from bcfeat.crosslab.stain import MAX_OD, od_chromaticity, optical_density, white_balanced_lab
+from bcfeat.detection.pseudo_masks import fill_holes
 
 GROUPS: tuple[str, ...] = ("size", "shape", "colour", "texture", "profile")
 _GLCM_LEVELS = 16
@@ -81,7 +82,7 @@ def _nucleus_mask(od_total: np.ndarray, cell: np.ndarray) -> np.ndarray:
         return np.zeros_like(cell)
     nucleus = (od_total > filters.threshold_otsu(values)) & cell
     nucleus = ndi.binary_opening(nucleus, iterations=1)
-    return ndi.binary_fill_holes(nucleus)
+    return fill_holes(nucleus)
 
 
 def _shape_features(cell: np.ndarray, nucleus: np.ndarray) -> list[float]:

@@ -219,54 +219,69 @@ class CrossLabModel:
         of images (only what the caller keeps of the yields does).
 
         With the stain segmentation the worker processes read the files themselves (the main
-        process holds no decoded image); with the detector the main process decodes one chunk
-        and runs the detector on it. ``thumbnails`` (a list) receives each kept cell's canonical
+        process holds no decoded image); with the detector the main process decodes a chunk and
+        runs the detector on it while the workers measure the previous one. ``thumbnails`` (a list) receives each kept cell's canonical
         crop as JPEG bytes, for a review page. ``ruler=False`` leaves the red-cell ruler out (its
         feature is NaN): for a classifier that does not use it, the same classes in less time.
         """
         cfg = self.config
         encode = thumbnails is not None
         pool = (ProcessPoolExecutor(cfg.n_workers, initializer=end_with_parent) if cfg.n_workers > 1 else None)
+
+        def submit(start: int, chunk: list) -> tuple[int, list, list, Iterator]:
+            """Start measuring one chunk: the workers begin at once, the results come lazily."""
+            jobs, kept = [], []
+            if cfg.mask_source == "stain":
+                jobs = [(item, None, cfg, encode, ruler) for item in chunk]
+                kept = list(range(start, start + len(chunk)))
+            else:
+                loaded = []
+                for i, item in enumerate(chunk, start):
+                    try:
+                        loaded.append(read_image(item))
+                        kept.append(i)
+                    except (ImageDecodeError, OSError, ValueError, TypeError) as error:
+                        skipped.add(_item_name(item, i), str(error))
+                jobs = [(im, m, cfg, encode, ruler) for im, m in zip(loaded, self._masks(loaded) if loaded else [])]
+            if pool is not None and len(jobs) > 1:
+                results = pool.map(_measure_item, jobs, chunksize=max(1, len(jobs) // (4 * cfg.n_workers)))
+            else:
+                results = map(_measure_item, jobs)
+            return start, chunk, kept, results
+
+        def collect(start: int, chunk: list, kept: list, results: Iterator
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+            feats, crops, ok = [], [], []
+            for i, result in zip(kept, results):
+                if isinstance(result, str):  # the worker could not read the file: its reason
+                    skipped.add(_item_name(chunk[i - start], i), result)
+                    continue
+                f, crop, was_found, thumb = result
+                ok.append(i)
+                feats.append(f)
+                if return_crops:
+                    crops.append(crop)
+                if found is not None:
+                    found.append(bool(was_found))
+                if encode:
+                    thumbnails.append(thumb)
+            d = len(feature_names())
+            return (np.stack(feats) if feats else np.zeros((0, d)), np.asarray(ok, dtype=np.int64),
+                    (np.stack(crops) if crops else np.zeros((0, cfg.crop.size, cfg.crop.size, 3), np.uint8))
+                    if return_crops else None)
+
         try:
+            # One chunk ahead: the workers measure the next chunk while this one is collected (and,
+            # with the detector, while the main process detects), so no core waits at a chunk's end;
+            # memory holds at most two chunks.
+            ahead = None
             for start, chunk in _chunks(images, cfg.chunk_size):
-                jobs, kept = [], []
-                if cfg.mask_source == "stain":
-                    jobs = [(item, None, cfg, encode, ruler) for item in chunk]
-                    kept = list(range(start, start + len(chunk)))
-                else:
-                    loaded = []
-                    for i, item in enumerate(chunk, start):
-                        try:
-                            loaded.append(read_image(item))
-                            kept.append(i)
-                        except (ImageDecodeError, OSError, ValueError, TypeError) as error:
-                            skipped.add(_item_name(item, i), str(error))
-                    jobs = [(im, m, cfg, encode, ruler) for im, m in zip(loaded, self._masks(loaded) if loaded else [])]
-                    del loaded
-                if pool is not None and len(jobs) > 1:
-                    results = list(pool.map(_measure_item, jobs,
-                                            chunksize=max(1, len(jobs) // (4 * cfg.n_workers))))
-                else:
-                    results = [_measure_item(job) for job in jobs]
-                del jobs
-                feats, crops, ok = [], [], []
-                for i, result in zip(kept, results):
-                    if isinstance(result, str):  # the worker could not read the file: its reason
-                        skipped.add(_item_name(chunk[i - start], i), result)
-                        continue
-                    f, crop, was_found, thumb = result
-                    ok.append(i)
-                    feats.append(f)
-                    if return_crops:
-                        crops.append(crop)
-                    if found is not None:
-                        found.append(bool(was_found))
-                    if encode:
-                        thumbnails.append(thumb)
-                d = len(feature_names())
-                yield (np.stack(feats) if feats else np.zeros((0, d)), np.asarray(ok, dtype=np.int64),
-                       (np.stack(crops) if crops else np.zeros((0, cfg.crop.size, cfg.crop.size, 3), np.uint8))
-                       if return_crops else None)
+                submitted = submit(start, chunk)
+                if ahead is not None:
+                    yield collect(*ahead)
+                ahead = submitted
+            if ahead is not None:
+                yield collect(*ahead)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)

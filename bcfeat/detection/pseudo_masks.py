@@ -222,11 +222,13 @@ def _select_nucleus(green: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
     if not main.any():
         return main
     near_main = ndi.distance_transform_edt(~main)
-    blobs = np.arange(1, labels.max() + 1)
-    distance = ndi.minimum(near_main, labels, blobs)  # each blob's closest pixel to the main blob
-    area = np.bincount(labels.ravel(), minlength=len(blobs) + 1)[1:]
-    lobes = blobs[(distance < cfg.lobe_distance * cfg.work_size) & (area > cfg.lobe_min_area * main.sum())]
-    return main | np.isin(labels, lobes)
+    # A blob is near the main one when any of its pixels is (its closest pixel is closer than the limit).
+    near = np.zeros(int(labels.max()) + 1, bool)
+    near[labels[near_main < cfg.lobe_distance * cfg.work_size]] = True
+    area = np.bincount(labels.ravel(), minlength=len(near))
+    lobe = near & (area > cfg.lobe_min_area * main.sum())
+    lobe[0] = False
+    return main | lobe[labels]
 
 
 def _colour_log_ratio(img: np.ndarray, inside: np.ndarray, outside: np.ndarray,
@@ -253,9 +255,40 @@ def _window(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
             slice(max(0, cols[0] - margin), cols[-1] + 1 + margin))
 
 
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_fill_holes`` (4-connected background) in a third of its time: the holes are the
+    background's 4-connected components that do not touch the border.
+
+    >>> ring = np.ones((5, 5), bool); ring[2, 2] = False
+    >>> bool(fill_holes(ring).all())
+    True
+    """
+    labels, n = ndi.label(~mask)
+    if n == 0:
+        return mask.copy()
+    hole = np.ones(n + 1, bool)
+    hole[0] = False
+    hole[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+    return mask | hole[labels]
+
+
+def _single_summit(dist: np.ndarray) -> np.ndarray | None:
+    """The plateau of a distance map's maximum when it is the map's only regional maximum, else None.
+
+    Then it is also the only h-maximum for every ``0 < h < max`` (each other point climbs to it
+    without descending, so the reconstruction takes it down by less than h), which is what the
+    touching-cell split asks of ``morphology.h_maxima``, in a fraction of its time. Pixels not
+    below any 8-neighbour are local maxima, and an 8-connected set of them has one value; each
+    regional maximum is such a set, so one set (among the positive pixels) means one maximum.
+    """
+    candidates = (dist == ndi.maximum_filter(dist, size=3)) & (dist > 0)
+    labels, n = ndi.label(candidates, structure=np.ones((3, 3), bool))
+    return candidates if n == 1 else None
+
+
 def _clean_shape(candidates: np.ndarray, nucleus: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
     disk = _disk(cfg.opening_radius * cfg.work_size)
-    cell = ndi.binary_fill_holes(candidates | nucleus)
+    cell = fill_holes(candidates | nucleus)
     cell = ndi.binary_opening(cell, structure=disk)
     cell = central_component(measure.label(cell), nucleus)
     if not cell.any():
@@ -268,19 +301,35 @@ def _clean_shape(candidates: np.ndarray, nucleus: np.ndarray, cfg: SegmentationC
     if cfg.split_h > 0:
         # Touching red cells make a waist in the distance transform: split there, keep
         # the parts that hold nucleus.
-        dist = ndi.distance_transform_edt(cell)
-        markers = measure.label(morphology.h_maxima(dist, cfg.split_h * dist.max()))
-        parts = watershed(-dist, markers, mask=cell)
-        keep = np.zeros_like(cell)
+        # The split sees the cell's box and one pixel of background around it: the same distances
+        # (the nearest background pixel of an inside pixel is never farther out) and the same
+        # markers (inside, the reconstruction climbs to the cell's summit without leaving it).
+        tight = _window(cell, 1)
+        part_cell, part_nuc = cell[tight], part_nucleus[tight]
+        dist = ndi.distance_transform_edt(part_cell)
         n_total = nucleus.sum()
-        for region in measure.regionprops(parts):
-            rr, cc = region.coords[:, 0], region.coords[:, 1]
-            overlap = part_nucleus[rr, cc].sum()
-            if overlap >= 0.1 * region.area or overlap >= 0.25 * n_total:
-                keep[rr, cc] = True
+        keep = np.zeros_like(cell)
+        summit = _single_summit(dist)
+        if summit is not None:
+            # One marker: the watershed floods the cell's parts that its 4-neighbours reach from it.
+            parts, _ = ndi.label(part_cell)
+            flooded = np.isin(parts, np.unique(parts[summit]))
+            overlap = part_nuc[flooded].sum()
+            if overlap >= 0.1 * flooded.sum() or overlap >= 0.25 * n_total:
+                keep[tight] = flooded
+        else:
+            markers = measure.label(morphology.h_maxima(dist, cfg.split_h * dist.max()))
+            parts = watershed(-dist, markers, mask=part_cell)
+            kept = np.zeros_like(part_cell)
+            for region in measure.regionprops(parts):
+                rr, cc = region.coords[:, 0], region.coords[:, 1]
+                overlap = part_nuc[rr, cc].sum()
+                if overlap >= 0.1 * region.area or overlap >= 0.25 * n_total:
+                    kept[rr, cc] = True
+            keep[tight] = kept
         cell = keep
     out = np.zeros(candidates.shape, bool)
-    out[window] = ndi.binary_fill_holes(ndi.binary_closing(cell, structure=disk))
+    out[window] = fill_holes(ndi.binary_closing(cell, structure=disk))
     return out
 
 
@@ -406,4 +455,4 @@ def segment_white_cell(image: np.ndarray, cfg: SegmentationConfig | None = None)
 
 
 __all__: Sequence[str] = ["RESAMPLERS", "SegmentationConfig", "PseudoMask", "segment_white_cell", "central_component",
-                          "mask_to_box", "centred_ellipse"]
+                          "mask_to_box", "centred_ellipse", "fill_holes"]

@@ -184,3 +184,70 @@ def test_pseudo_masks_on_unmasked_datasets_are_plausible(data_root, dataset):
         assert 0.02 < r.mask.mean() < 0.9
         x0, y0, x1, y1 = r.box
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+
+
+def _random_masks(seed: int, n: int = 300):
+    """Masks of every kind the segmentation meets: speckle, blobs, rings with holes, empty and full."""
+    rng = np.random.default_rng(seed)
+    yield np.zeros((9, 7), bool)
+    yield np.ones((9, 7), bool)
+    for _ in range(n):
+        shape = (int(rng.integers(1, 70)), int(rng.integers(1, 70)))
+        smooth = ndi_smooth(rng.random(shape), float(rng.uniform(0, 4)))
+        yield smooth > np.quantile(smooth, rng.uniform(0.05, 0.95))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fill_holes_equals_scipys(seed):
+    from scipy import ndimage as ndi
+
+    from bcfeat.detection.pseudo_masks import fill_holes
+
+    for mask in _random_masks(seed):
+        assert np.array_equal(fill_holes(mask), ndi.binary_fill_holes(mask))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_single_summit_is_the_only_h_maximum(seed):
+    """Where the fast path answers, h_maxima gives that plateau for every h below the summit; where
+    it declines, the distance map really has more than one candidate summit."""
+    from scipy import ndimage as ndi
+    from skimage import morphology
+
+    from bcfeat.detection.pseudo_masks import _single_summit
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:60, :60]
+    answered = declined = 0
+    for _ in range(120):  # cells: one or two overlapping ellipses (a red cell touching the white one)
+        mask = np.zeros((60, 60), bool)
+        for _ in range(int(rng.integers(1, 3))):
+            cy, cx, a, b = rng.uniform(15, 45, 2).tolist() + rng.uniform(4, 16, 2).tolist()
+            mask |= ((yy - cy) / a) ** 2 + ((xx - cx) / b) ** 2 < 1
+        dist = ndi.distance_transform_edt(mask)
+        summit = _single_summit(dist)
+        if summit is None:
+            declined += 1
+            continue
+        answered += 1
+        for fraction in (0.1, 0.5, 0.9):
+            assert np.array_equal(morphology.h_maxima(dist, fraction * dist.max()).astype(bool), summit)
+    assert answered > 10 and declined > 10  # both paths exercised
+
+
+def test_the_fast_split_gives_the_general_paths_masks(data_root, monkeypatch):
+    """The one-summit shortcut and the tight box change no mask on real images of every site."""
+    import bcfeat.detection.pseudo_masks as pm
+
+    files = []
+    for dataset in ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops"):
+        found = sorted((data_root / dataset).glob("*/*"))
+        files += found[:: max(1, len(found) // 10)][:10]
+    images = [load_image(f) for f in files]
+    cfg = SegmentationConfig(resampler="pillow")
+    fast = [segment_white_cell(im, cfg).mask for im in images]
+    calls = []
+    monkeypatch.setattr(pm, "_single_summit", lambda dist: calls.append(1))  # always the general path
+    general = [segment_white_cell(im, cfg).mask for im in images]
+    assert len(calls) >= len(images)
+    assert all(np.array_equal(a, b) for a, b in zip(fast, general))
