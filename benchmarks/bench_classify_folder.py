@@ -20,7 +20,8 @@ A model file records how it measures cells (e.g. its stain segmentation's resamp
 baseline may need its own: ``--baseline-model old_model.pt`` (with ``--baseline-rev``: that revision
 with that file; without: this checkout with both files, which isolates what the file's settings buy).
 
-Figures are printed and written to ``artifacts/benchmarks/bench_classify_folder.json``.
+It also times each step of measuring a cell on one core (``--profile-images``) and a 20-image
+call, which is start-up and little else. Figures are printed and written to ``artifacts/benchmarks/bench_classify_folder.json``.
 Targets (issue "The lab's workflow"): >= 100 cells/s end to end (milestone 60); peaks of 20,000 and
 1,000 images < 200 MB apart.
 """
@@ -100,9 +101,14 @@ def _kb(pid: int, file: str, field: str) -> int:
 
 
 def run_classify(command: list[str], env: dict | None = None) -> dict:
-    """Run ``command``; its wall time and the peak of its process tree's summed PSS (MB)."""
+    """Run ``command``; its wall time and the peak of its process tree's summed PSS (MB).
+
+    It runs in the system's temporary folder: ``python -m`` puts the working folder first on the
+    path, so started from a checkout it would import that checkout's bcfeat whatever PYTHONPATH
+    names (a baseline revision would run this one's code)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            cwd=tempfile.gettempdir())
     peak_pss = 0
     while proc.poll() is None:
         peak_pss = max(peak_pss, sum(_kb(p, "smaps_rollup", "Pss:") for p in _tree(proc.pid)))
@@ -123,8 +129,41 @@ def baseline_checkout(rev: str, into: Path) -> Path:
     return into / "baseline"
 
 
+def stage_profile(model_path: str, images: list[Path], n: int) -> dict[str, float]:
+    """Milliseconds per image, on one core in this process, of each step of measuring a cell with
+    this checkout (stain segmentation models only; empty for a detector's)."""
+    from bcfeat.crosslab.cell_crop import canonical_crop
+    from bcfeat.crosslab.cell_features import cell_features
+    from bcfeat.crosslab.model import load_model
+    from bcfeat.data.images import read_image
+    from bcfeat.detection.pseudo_masks import centred_ellipse, segment_white_cell
+
+    model = load_model(model_path)
+    cfg, ruler = model.config, model.classifier_uses_ruler
+    if cfg.mask_source != "stain" or n < 1:
+        return {}
+    spent = dict.fromkeys(("read", "segment", "crop", "features"), 0.0)
+    for path in images[:n]:
+        t0 = time.perf_counter()
+        image = read_image(path)
+        t1 = time.perf_counter()
+        mask = segment_white_cell(image, cfg.segmentation).mask
+        mask = mask if mask.any() else centred_ellipse(*image.shape[:2])
+        t2 = time.perf_counter()
+        crop = canonical_crop(image, mask, cfg.crop, ruler=ruler)
+        t3 = time.perf_counter()
+        cell_features(crop)
+        t4 = time.perf_counter()
+        for step, seconds in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            spent[step] += seconds
+    out = {step: 1000 * seconds / min(n, len(images)) for step, seconds in spent.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
 def classify_command(model: str, folder: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "bcfeat.runner.cli", "classify", model, str(folder), "--output", str(out)]
+    return [sys.executable, "-m", "bcfeat.runner.cli", "classify", str(Path(model).resolve()), str(Path(folder).resolve()),
+            "--output", str(Path(out).resolve())]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-rev", default=None, help="earlier revision to compare speed with (git rev)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="speed runs of each command, alternating (cells/s from the median)")
+    parser.add_argument("--profile-images", type=int, default=200,
+                        help="images timed step by step on one core (0: none), and a 20-image call timed for start-up")
     parser.add_argument("--baseline-model", default=None,
                         help="model file of the baseline run (default: --model), e.g. one written by --baseline-rev's "
                              "study; with it and no --baseline-rev, this checkout classifies with both files")
@@ -174,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
             results["speedup"] = results["current_cells_per_s"] / results[f"{runs[0][0]}_cells_per_s"]
             print(f"speed-up {results['speedup']:.2f}x (medians of {args.repeats}); same class for {100 * results['prediction_agreement']:.1f} % "
                   f"of the cells (largest probability difference {results['max_probability_difference']:.2g})")
+        if args.profile_images > 0:
+            results["stage_ms_per_image"] = stage_profile(args.model, images, args.profile_images)
+            print("ms per image on one core: " + ", ".join(f"{k} {v:.1f}" for k, v in results["stage_ms_per_image"].items()))
+            small = link_folder(tmp / "small20", 20, images)
+            calls = [run_classify(classify_command(args.model, small, tmp / "small20.csv"), env)["seconds"]
+                     for _ in range(max(1, args.repeats))]
+            results["small_call_seconds"] = float(np.median(calls))
+            print(f"a 20-image call (start-up and little else): {results['small_call_seconds']:.1f} s")
         for n in args.sizes:
             folder = link_folder(tmp / f"mem{n}", n, images)
             r = run_classify(classify_command(args.model, folder, tmp / f"mem{n}.csv"), env)

@@ -93,6 +93,9 @@ if classify_file.exists():
     classify = classify_benchmark_figures(json.loads(classify_file.read_text()))
     for name in ("cells_per_s", "baseline_cells_per_s", "baseline", "speedup", "agreement_percent"):
         glue(f"classify_{name}", classify[name], display=False)
+    for name in ("ms_per_image", "small_call_seconds", "largest_call_images", "largest_call_cells_per_s"):
+        if name in classify:
+            glue(f"classify_{name}", classify[name], display=False)
     glue("classify_memory", " and ".join(f"{mb:,.0f} MB for {n:,}" for n, mb in classify["peak_pss_mb"].items()),
          display=False)
     display(pd.Series(classify).to_frame("bcfeat classify"))

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,11 +38,15 @@ from torch import nn
 
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.model_files import build_from_payload, format_name, load_model_file
+from bcfeat.training.checkpoint import check_resumable, read_model_file, save_model_file
 from bcfeat.training.distributed import context, gather
+from bcfeat.training.loop import OptimizerStep, restore_resume_state, resume_state
 
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("simclr", "vicreg")
+MODEL_KIND = "ssl_encoder"
+MODEL_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -180,9 +185,26 @@ def to_tensor(crops: np.ndarray, image_size: int) -> torch.Tensor:
     return x
 
 
+def _data_fingerprint(crops: np.ndarray) -> dict[str, Any]:
+    """What a resumed run checks it trains on the same crops, in the same order: their count and a hash."""
+    import hashlib
+
+    return {"n_crops": int(len(crops)),
+            "crops_sha256": hashlib.sha256(np.ascontiguousarray(crops).tobytes()).hexdigest()}
+
+
 def train_encoder(crops: np.ndarray, cfg: SelfSupervisedConfig,
-                  callback: Callable[[dict], None] | None = None) -> tuple[CellEncoder, list[dict]]:
+                  callback: Callable[[dict], None] | None = None,
+                  checkpoint_path: str | os.PathLike | None = None, resume: bool = True
+                  ) -> tuple[CellEncoder, list[dict]]:
     """Train a :class:`CellEncoder` on unlabelled canonical crops ``(n, S, S, 3)`` uint8.
+
+    The update is :class:`bcfeat.training.loop.OptimizerStep` (a non-finite loss stops the run
+    with :class:`~bcfeat.training.loop.NonFiniteLossError`, naming the epoch and step). With
+    ``checkpoint_path`` an encoder file with what continuing needs (optimiser, schedule, random
+    states) is written after every epoch, and with ``resume`` an unfinished one is continued
+    (the same weights as an uninterrupted run); a finished one returns at once. A file of other
+    settings or crops is refused (:func:`bcfeat.training.checkpoint.check_resumable`).
 
     Returns the encoder (eval mode) and its history (one dict per epoch: loss, seconds).
     """
@@ -196,10 +218,22 @@ def train_encoder(crops: np.ndarray, cfg: SelfSupervisedConfig,
     steps_per_epoch = len(x) // cfg.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                 pct_start=0.1)
+    step_fn = OptimizerStep(opt, torch.device("cpu"))
+    history: list[dict] = []
+    data = _data_fingerprint(crops)
+    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        state = read_model_file(checkpoint_path, MODEL_KIND, required=("config", "state_dict", "history"))
+        check_resumable(checkpoint_path, state, {"config": cfg}, data)
+        model.load_state_dict(state["state_dict"])
+        history = list(state["history"])
+        if len(history) >= cfg.epochs:
+            logger.info("%s is finished (%d epochs)", checkpoint_path, len(history))
+            return model.eval(), history
+        restore_resume_state(state["resume"], step_fn, sched, gen)
+        logger.info("resuming %s at epoch %d of %d", checkpoint_path, len(history), cfg.epochs)
     dist_ctx = context("cpu")
     net = dist_ctx.wrap(model, torch.device("cpu"))
-    history = []
-    for epoch in range(cfg.epochs):
+    for epoch in range(len(history), cfg.epochs):
         net.train()
         start, total = time.perf_counter(), 0.0
         order = torch.randperm(len(x), generator=gen)
@@ -212,15 +246,16 @@ def train_encoder(crops: np.ndarray, cfg: SelfSupervisedConfig,
             else:
                 z1, z2 = model(lab_shift_views(batch, gen)), model(lab_shift_views(batch, gen))
             loss = nt_xent(z1, z2, cfg.temperature) if cfg.objective == "simclr" else vicreg(z1, z2)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"self-supervised loss is {loss.item()} at epoch {epoch}, step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            step_fn(loss, where=f"self-supervised epoch {epoch}, step {step}")
             sched.step()
             total += loss.item()
         record = {"epoch": epoch, "loss": total / steps_per_epoch, "seconds": time.perf_counter() - start}
         history.append(record)
+        if checkpoint_path is not None:
+            resume_entry = resume_state(step_fn, sched, gen)  # on every rank (a collective under torchrun)
+            if dist_ctx.is_main:
+                save_model_file(checkpoint_path, MODEL_KIND, cfg, dist_ctx.unwrap(model).state_dict(),
+                                {"history": history, "resume": resume_entry, **data}, version=MODEL_VERSION)
         if dist_ctx.is_main:  # under torchrun rank 0 alone logs and calls back
             logger.info("self-supervised epoch %d: loss %.4f (%.0f s)", epoch, record["loss"], record["seconds"])
             if callback is not None:
@@ -234,10 +269,6 @@ def embed_crops(model: CellEncoder, crops: np.ndarray, image_size: int, batch_si
     model.eval()
     out = [model.embed(to_tensor(crops[i:i + batch_size], image_size)) for i in range(0, len(crops), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, model.embedding_dim), np.float32)
-
-
-MODEL_KIND = "ssl_encoder"
-MODEL_VERSION = 1
 
 
 def encoder_payload(model: CellEncoder, cfg: SelfSupervisedConfig, history: list[dict]) -> dict:

@@ -97,10 +97,17 @@ def classify_benchmark_figures(results: dict) -> dict[str, Any]:
     """The headline figures of ``benchmarks/bench_classify_folder.py``'s JSON: cells/s of this
     revision and of the baseline run (its name: the revision, or ``model``), the speed-up, the
     share of cells given the same class by both (percent), and the process tree's peak PSS (MB)
-    per folder size."""
+    per folder size; with the step profile, the milliseconds of one core per image
+    (``ms_per_image``, and per step in ``stage_ms_per_image``) and a 20-image call's seconds; and the
+    speed of the largest memory run (``largest_call_cells_per_s``, where start-up counts least)."""
     baseline = next(k for k in results if k.startswith("baseline_") and k.endswith("_cells_per_s"))
     memory = {int(k.split("_", 1)[1]): v["tree_peak_pss_mb"] for k, v in results.items() if k.startswith("memory_")}
     return {"cells_per_s": results["current_cells_per_s"], "baseline_cells_per_s": results[baseline],
             "baseline": baseline[len("baseline_"):-len("_cells_per_s")], "speedup": results["speedup"],
             "agreement_percent": 100 * results["prediction_agreement"],
-            "peak_pss_mb": dict(sorted(memory.items()))}
+            "peak_pss_mb": dict(sorted(memory.items())),
+            **({"ms_per_image": results["stage_ms_per_image"]["total"],
+                "stage_ms_per_image": results["stage_ms_per_image"]} if results.get("stage_ms_per_image") else {}),
+            **({"small_call_seconds": results["small_call_seconds"]} if "small_call_seconds" in results else {}),
+            **({"largest_call_images": max(memory), "largest_call_cells_per_s":
+                max(memory) / results[f"memory_{max(memory)}"]["seconds"]} if memory else {})}

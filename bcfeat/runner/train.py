@@ -83,12 +83,10 @@ def _oracle(data: dict, config: dict, model_config: Any, checkpoint: Path, resum
 
 
 def _ssl(data: dict, config: dict, model_config: Any, checkpoint: Path, resume: bool) -> list[dict]:
-    from bcfeat.crosslab.self_supervised import SelfSupervisedConfig, save_encoder, train_encoder
+    from bcfeat.crosslab.self_supervised import SelfSupervisedConfig, train_encoder
 
-    cfg = SelfSupervisedConfig(**config)
-    model, history = train_encoder(data["crops"].numpy(), cfg)  # no checkpoint within a run: it is short
-    if distributed.context().is_main:
-        save_encoder(checkpoint, model, cfg, history)
+    _, history = train_encoder(data["crops"].numpy(), SelfSupervisedConfig(**config), checkpoint_path=checkpoint,
+                               resume=resume)
     return history
 
 

@@ -415,3 +415,47 @@ def test_predicting_leaves_the_classifier_unchanged(prior_correction):
         if isinstance(value, np.ndarray):
             assert np.array_equal(vars(clf)[key], value), key
     assert np.array_equal(clf.predict_proba(X[::3] + 1.0), first)
+
+
+def test_self_supervised_training_resumes_to_the_uninterrupted_weights(tmp_path):
+    from bcfeat.crosslab.self_supervised import SelfSupervisedConfig, load_encoder, train_encoder
+
+    crops = np.random.default_rng(1).integers(0, 255, (24, 24, 24, 3), dtype=np.uint8)
+    cfg = SelfSupervisedConfig(image_size=24, width=4, projection_dim=8, epochs=3, batch_size=8)
+    whole, whole_history = train_encoder(crops, cfg)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first(record):
+        if record["epoch"] == 0:
+            raise Interrupted
+
+    path = tmp_path / "encoder.pt"
+    with pytest.raises(Interrupted):
+        train_encoder(crops, cfg, callback=stop_after_first, checkpoint_path=path)
+    assert len(load_encoder(path)[2]) == 1  # the first epoch was kept
+    resumed, history = train_encoder(crops, cfg, checkpoint_path=path)
+    assert [h["loss"] for h in history] == [h["loss"] for h in whole_history]
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()))
+
+    calls = []
+    again, _ = train_encoder(crops, cfg, callback=calls.append, checkpoint_path=path)  # finished: returns at once
+    assert calls == [] and all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), whole.state_dict().values()))
+    with pytest.raises(ValueError, match="cannot resume.*lr"):
+        train_encoder(crops, SelfSupervisedConfig(**{**cfg.__dict__, "lr": 1e-3}), checkpoint_path=path)
+    with pytest.raises(ValueError, match="cannot resume.*other data"):
+        train_encoder(crops[::-1].copy(), cfg, checkpoint_path=path)
+    fresh, _ = train_encoder(crops, cfg, checkpoint_path=path, resume=False)  # start over
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), whole.state_dict().values()))
+
+
+def test_a_non_finite_self_supervised_loss_stops_naming_where(monkeypatch):
+    import bcfeat.crosslab.self_supervised as ssl
+    from bcfeat.training.loop import NonFiniteLossError
+
+    crops = np.random.default_rng(0).integers(0, 255, (16, 24, 24, 3), dtype=np.uint8)
+    monkeypatch.setattr(ssl, "nt_xent", lambda z1, z2, t: (z1 * float("nan")).sum())
+    with pytest.raises(NonFiniteLossError, match="self-supervised epoch 0, step 0.*total=nan"):
+        ssl.train_encoder(crops, ssl.SelfSupervisedConfig(image_size=24, width=4, projection_dim=8, epochs=1,
+                                                          batch_size=8))
