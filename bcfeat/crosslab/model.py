@@ -63,7 +63,8 @@ class CrossLabConfig:
     n_workers : int
         Processes measuring the crops in parallel (1: in this process).
     chunk_size : int
-        Images read and measured at a time: memory holds one chunk of images, never the folder.
+        Images read and measured at a time: memory holds at most two chunks of images (the workers
+        measure one while the other is collected), never the folder.
     """
 
     mask_source: str = "detector"
