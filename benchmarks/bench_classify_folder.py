@@ -21,7 +21,8 @@ baseline may need its own: ``--baseline-model old_model.pt`` (with ``--baseline-
 with that file; without: this checkout with both files, which isolates what the file's settings buy).
 
 It also times each step of measuring a cell on one core (``--profile-images``) and a 20-image
-call, which is start-up and little else. Figures are printed and written to ``artifacts/benchmarks/bench_classify_folder.json``.
+call, which is start-up and little else. Figures are printed and written to
+``artifacts/benchmarks/bench_classify_folder.json``.
 Targets (issue "The lab's workflow"): >= 100 cells/s end to end (milestone 60); peaks of 20,000 and
 1,000 images < 200 MB apart.
 """
@@ -162,8 +163,8 @@ def stage_profile(model_path: str, images: list[Path], n: int) -> dict[str, floa
 
 
 def classify_command(model: str, folder: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "bcfeat.runner.cli", "classify", str(Path(model).resolve()), str(Path(folder).resolve()),
-            "--output", str(Path(out).resolve())]
+    model, folder, out = (str(Path(p).resolve()) for p in (model, folder, out))
+    return [sys.executable, "-m", "bcfeat.runner.cli", "classify", model, folder, "--output", out]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -221,8 +221,8 @@ class CrossLabModel:
 
         With the stain segmentation the worker processes read the files themselves (the main
         process holds no decoded image); with the detector the main process decodes a chunk and
-        runs the detector on it while the workers measure the previous one. ``thumbnails`` (a list) receives each kept cell's canonical
-        crop as JPEG bytes, for a review page. ``ruler=False`` leaves the red-cell ruler out (its
+        runs the detector on it while the workers measure the previous one. ``thumbnails`` (a
+        list) receives each kept cell's canonical crop as JPEG bytes, for a review page. ``ruler=False`` leaves the red-cell ruler out (its
         feature is NaN): for a classifier that does not use it, the same classes in less time.
         """
         cfg = self.config

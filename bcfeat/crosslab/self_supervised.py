@@ -27,7 +27,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bcfeat.atomic_io import atomic_torch_save
-from bcfeat.model_files import build_from_payload, format_name, load_model_file
+from bcfeat.model_files import build_from_payload, load_model_file
 from bcfeat.training.checkpoint import check_resumable, read_model_file, save_model_file
 from bcfeat.training.distributed import context, gather
 from bcfeat.training.loop import OptimizerStep, restore_resume_state, resume_state
@@ -254,7 +253,7 @@ def train_encoder(crops: np.ndarray, cfg: SelfSupervisedConfig,
         if checkpoint_path is not None:
             resume_entry = resume_state(step_fn, sched, gen)  # on every rank (a collective under torchrun)
             if dist_ctx.is_main:
-                save_model_file(checkpoint_path, MODEL_KIND, cfg, dist_ctx.unwrap(model).state_dict(),
+                save_model_file(checkpoint_path, MODEL_KIND, cfg, model.state_dict(),
                                 {"history": history, "resume": resume_entry, **data}, version=MODEL_VERSION)
         if dist_ctx.is_main:  # under torchrun rank 0 alone logs and calls back
             logger.info("self-supervised epoch %d: loss %.4f (%.0f s)", epoch, record["loss"], record["seconds"])
@@ -271,13 +270,6 @@ def embed_crops(model: CellEncoder, crops: np.ndarray, image_size: int, batch_si
     return torch.cat(out).numpy() if out else np.zeros((0, model.embedding_dim), np.float32)
 
 
-def encoder_payload(model: CellEncoder, cfg: SelfSupervisedConfig, history: list[dict]) -> dict:
-    """Tensors and plain values only, with the file's ``format`` entry: loadable with
-    ``torch.load(weights_only=True)`` and by :func:`load_encoder`."""
-    return {"format": format_name(MODEL_KIND, MODEL_VERSION), "config": asdict(cfg),
-            "state_dict": model.state_dict(), "history": history}
-
-
 def encoder_from_payload(payload: dict) -> tuple[CellEncoder, SelfSupervisedConfig]:
     cfg = SelfSupervisedConfig(**payload["config"])
     model = CellEncoder(cfg.width, cfg.projection_dim)
@@ -287,8 +279,9 @@ def encoder_from_payload(payload: dict) -> tuple[CellEncoder, SelfSupervisedConf
 
 def save_encoder(path: str | os.PathLike, model: CellEncoder, cfg: SelfSupervisedConfig,
                  history: list[dict]) -> Path:
-    """Write an encoder file (atomic): its config, weights and loss history."""
-    return atomic_torch_save(encoder_payload(model, cfg, history), path)
+    """Write an encoder file (atomic): its config, weights and loss history (the file
+    :func:`train_encoder` checkpoints to, without the resume state)."""
+    return save_model_file(path, MODEL_KIND, cfg, model.state_dict(), {"history": history}, version=MODEL_VERSION)
 
 
 def load_encoder(path: str | os.PathLike) -> tuple[CellEncoder, SelfSupervisedConfig, list[dict]]:
@@ -301,5 +294,5 @@ def load_encoder(path: str | os.PathLike) -> tuple[CellEncoder, SelfSupervisedCo
 
 
 __all__ = ["OBJECTIVES", "SelfSupervisedConfig", "CellEncoder", "lab_shift_views", "nt_xent", "vicreg",
-           "train_encoder", "embed_crops", "encoder_payload", "encoder_from_payload", "to_tensor",
+           "train_encoder", "embed_crops", "encoder_from_payload", "to_tensor",
            "MODEL_KIND", "MODEL_VERSION", "save_encoder", "load_encoder"]

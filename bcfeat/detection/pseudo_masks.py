@@ -282,7 +282,7 @@ def _single_summit(dist: np.ndarray) -> np.ndarray | None:
     regional maximum is such a set, so one set (among the positive pixels) means one maximum.
     """
     candidates = (dist == ndi.maximum_filter(dist, size=3)) & (dist > 0)
-    labels, n = ndi.label(candidates, structure=np.ones((3, 3), bool))
+    _, n = ndi.label(candidates, structure=np.ones((3, 3), bool))
     return candidates if n == 1 else None
 
 
