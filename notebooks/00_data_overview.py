@@ -22,7 +22,7 @@ profile: str = "cpu"  # run profile (smoke, cpu, gpu); recorded in the provenanc
 smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of every subsample and montage pick
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
-datasets: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # comma-separated dataset names
+sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the study's sites (datasets under the data root), comma-separated
 max_images_per_dataset: int = 0  # 0: every image; otherwise a seeded class-stratified subset
 results_dir: str = "book/results"  # where tables are written
 
@@ -37,7 +37,7 @@ from bcfeat.study import data_overview as overview
 from bcfeat.data import resolve_data_root, scan_dataset
 
 root = resolve_data_root(data_root or None)
-names = [n.strip() for n in datasets.split(",") if n.strip()]
+names = [n.strip() for n in sites.split(",") if n.strip()]
 tables = Path(results_dir) / "tables"
 tables.mkdir(parents=True, exist_ok=True)
 
@@ -54,7 +54,8 @@ glue("coarse5_counts", coarse5, display=False)
 coarse5
 
 # %% [markdown]
-# And in **common13**, the 13 classes of the paper's datasets (only Acevedo-20 has fine labels):
+# And in **common13**, the 13 classes of the paper's datasets (of the four sets here, only Acevedo-20
+# has fine labels):
 
 # %% tags=["hide-input"]
 common13 = overview.count_matrix(counts, "common13")

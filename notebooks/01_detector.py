@@ -27,6 +27,7 @@ data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datas
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # the training run's checkpoints and pseudo-mask cache go here
 detector_file: str = "artifacts/cpu/checkpoints/detector.pt"  # output: the trained detector the later stages read
+sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the study's sites (datasets under the data root) whose images it trains on
 images_per_site: int = 400  # unlabelled training images drawn from each site
 steps: int = 2500  # optimizer steps
 batch_size: int = 6  # images per step
@@ -47,7 +48,8 @@ from bcfeat.data import resolve_data_root
 root = resolve_data_root(data_root or None)
 tables = Path(results_dir) / "tables"
 tables.mkdir(parents=True, exist_ok=True)
-plan = ds.DetectorPlan.from_parameters(detector_preset, steps, batch_size, seed, images_per_site, balance_sites)
+plan = ds.DetectorPlan.from_parameters(detector_preset, steps, batch_size, seed, images_per_site, balance_sites,
+                                       sites=sites)
 
 # %% [markdown]
 # ## Training on pseudo-masks

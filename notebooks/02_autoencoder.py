@@ -28,6 +28,9 @@ results_dir: str = "book/results"  # tables go to <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # checkpoints go to <artifacts_dir>/checkpoints, caches to <artifacts_dir>/cache
 detector_file: str = "artifacts/cpu/checkpoints/detector.pt"  # input: the detector (made by 01_detector)
 autoencoders_file: str = "artifacts/cpu/checkpoints/autoencoders.json"  # output: the variants' settings and checkpoints (read by 03_features)
+sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the study's sites (datasets under the data root), in table order
+source_site: str = "pbc_acevedo20"  # the site every classifier is trained on; one of sites
+label_space: str = "coarse5"  # as 05_benchmark: the labelled images it scores are also encoded
 max_per_site: int = 0  # 0: every image; else a seeded subset per site (as 04-07)
 max_source_images: int = 4000  # label-free subset of the source site the autoencoder trains on (0: all)
 ae_preset: str = "cpu"  # AEConfig preset: cpu (64x14x14 -> 64 px crops), paper (256x14x14 -> 128 px), tiny
@@ -54,7 +57,8 @@ tables.mkdir(parents=True, exist_ok=True)
 artifacts = Path(artifacts_dir)
 plan_parameters = dict(names=variants, preset=ae_preset, epochs=epochs, batch_size=batch_size, seed=seed,
                        num_threads=num_threads)
-sample_parameters = dict(max_per_site=max_per_site, max_source_images=max_source_images, seed=seed)
+sample_parameters = dict(max_per_site=max_per_site, max_source_images=max_source_images, seed=seed,
+                         sites=sites, source_site=source_site, label_space=label_space)
 plan = aes.VariantPlan.from_parameters(**plan_parameters)
 
 # %% [markdown]

@@ -26,6 +26,8 @@ seed: int = 0  # seed of the splits and of every oracle
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # results folder (this stage's tables are the *_file outputs below)
 artifacts_dir: str = "artifacts/cpu"  # checkpoints go to <artifacts_dir>/checkpoints
+sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the study's sites (datasets under the data root), in table order
+source_site: str = "pbc_acevedo20"  # the site every classifier is trained on; one of sites
 max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site
 n_repetitions: int = 5  # stratified splits of the benchmark (05_benchmark and 07_crosslab check they use the same)
 oracle_repetitions: int = 1  # how many of those splits the oracle is trained on (each is a full training)
@@ -49,11 +51,12 @@ from bcfeat.evaluation.benchmark import matrix_table, summarize
 from bcfeat.data import resolve_data_root
 from bcfeat.evaluation.oracle_model import oracle_config
 
+design = study.StudySites.from_parameters(sites, source_site)
 root = resolve_data_root(data_root or None)
 # Classes too small to split (one basophil in a small site) stay in training; the splits table lists them.
 warnings.filterwarnings("ignore", message="classes with < 2 samples")
 checkpoints = Path(artifacts_dir) / "checkpoints"
-samples = study.site_samples(root, "coarse5", max_per_site=max_per_site, seed=seed)
+samples = study.site_samples(root, "coarse5", design.sites, max_per_site, seed)
 plan = study.study_splits(samples, n_repetitions, seed, splits_file)
 oracle_plan = study.first_repetitions(plan, oracle_repetitions)
 
@@ -73,7 +76,7 @@ classifiers = {norm: study.oracle_factory(cfg, study.oracle_checkpoint_pattern(c
 names = {norm: study.oracle_feature_set(cfg.arch, norm) for norm, cfg in configs.items()}
 scores, predictions = study.run_feature_sets(
     {names[norm]: images for norm in configs}, samples, oracle_plan,
-    "coarse5", seed, make_classifier=None, train_domains=[study.SOURCE_SITE],
+    "coarse5", seed, make_classifier=None, train_domains=[design.source],
     classifier_per_set={names[norm]: classifiers[norm] for norm in configs})
 save_table(scores, oracle_scores_file)
 save_table(predictions, oracle_predictions_file)

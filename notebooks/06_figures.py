@@ -22,6 +22,8 @@ smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of UMAP and of the subsets
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables are read from <results_dir>/tables
+sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the study's sites (datasets under the data root), in table order
+source_site: str = "pbc_acevedo20"  # the site every classifier is trained on; one of sites
 max_per_site: int = 0  # as 05_benchmark
 headline: str = "aecfe_moment"  # feature set of the headline figures
 compare: str = "aecfe_site_standardized"  # feature set shown beside it in the latent-space figure
@@ -44,10 +46,11 @@ from bcfeat.evaluation.benchmark import confusion_matrices, per_class_f1
 from bcfeat.data import resolve_data_root
 from bcfeat.data.labels import COARSE5
 
+design = study.StudySites.from_parameters(sites, source_site)
 root = resolve_data_root(data_root or None)
 tables = Path(results_dir) / "tables"
 tables.mkdir(parents=True, exist_ok=True)
-coarse5 = study.site_samples(root, "coarse5", max_per_site=max_per_site, seed=seed)
+coarse5 = study.site_samples(root, "coarse5", design.sites, max_per_site, seed)
 summary = pd.read_csv(benchmark_summary_file)
 predictions = pd.read_csv(benchmark_predictions_file)
 oracle_names = study.read_handoff(oracles_file, "04_oracle")["feature_sets"]
@@ -78,7 +81,7 @@ glue("domain_matrix_heatmap", figures.domain_matrix_heatmap(
 # %% tags=["hide-input"]
 confusions = confusion_matrices(predictions[predictions["feature_set"] == headline], labels=list(COARSE5))
 save_table(confusions, tables / "confusion_headline.csv")
-cells = [(study.SOURCE_SITE, site) for site in study.SITES]
+cells = [(design.source, site) for site in design.sites]
 glue("confusion_headline", figures.confusion_figure(confusions, cells, list(COARSE5), title=headline),
      display=False)
 
@@ -88,7 +91,7 @@ glue("confusion_headline", figures.confusion_figure(confusions, cells, list(COAR
 # %% tags=["hide-input"]
 chosen = study.resolve_feature_sets(study.parse_list(per_class_sets), list(pd.unique(predictions["feature_set"])),
                                     aliases=oracle_names)
-from_source = predictions[(predictions["train_domain"] == study.SOURCE_SITE) & predictions["feature_set"].isin(chosen)]
+from_source = predictions[(predictions["train_domain"] == design.source) & predictions["feature_set"].isin(chosen)]
 f1 = per_class_f1(from_source, labels=list(COARSE5))
 save_table(f1, tables / "per_class_f1.csv")
 glue("per_class_f1", figures.per_class_f1_figure(f1, chosen), display=False)

@@ -28,6 +28,8 @@ seed: int = 0  # seed of the splits, draws and models
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # measured cells are cached in <artifacts_dir>/cache
+sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the study's sites (datasets under the data root), in table order
+source_site: str = "pbc_acevedo20"  # the site the cross-lab model is trained on; one of sites
 max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site (as 04 and 05)
 n_repetitions: int = 5  # stratified splits (must match 04_oracle's splits_file)
 mask_sources: str = "detector,stain"  # cell masks compared by the selection: detector (01's), stain (label-free segmentation)
@@ -88,15 +90,16 @@ require_int("shift_cells", shift_cells, 0)
 require_int("mix_calls", mix_calls, 1)
 require_int("cnn_epochs", cnn_epochs, 0)
 require_int("cnn_image_size", cnn_image_size, 16)
+design = study.StudySites.from_parameters(sites, source_site)
 root = resolve_data_root(data_root or None)
 warnings.filterwarnings("ignore", message="classes with < 2 samples")
 tables = Path(results_dir) / "tables"
 tables.mkdir(parents=True, exist_ok=True)
 artifacts = Path(artifacts_dir)
-samples = study.site_samples(root, "coarse5", max_per_site=max_per_site, seed=seed)
+samples = study.site_samples(root, "coarse5", design.sites, max_per_site, seed)
 plan = study.study_splits(samples, n_repetitions, seed)
 plan_ok = study.check_same_splits(plan, splits_file)
-unseen = [s for s in study.SITES if s != study.SOURCE_SITE]
+unseen = list(design.unseen)
 
 # %% [markdown]
 # ## Measuring every cell
@@ -128,7 +131,7 @@ cs.feature_group_table(any_x)
 # all fitted on these labs; the real unseen sites are only scored.
 
 # %% tags=["hide-input"]
-dev_rows = cv.development_rows(samples, plan, virtual_lab_cells, seed)
+dev_rows = cv.development_rows(samples, plan, virtual_lab_cells, seed, source=design.source)
 virtual = cv.build_virtual_labs(samples, dev_rows, sample_labs(n_virtual_labs, seed), artifacts,
                                 study.parse_list(mask_sources), n_workers, seed, detector_file=detector_file)
 save_table(virtual.table(), tables / "crosslab_virtual_labs.csv")
@@ -151,7 +154,7 @@ virtual.table().round(2)
 # %% tags=["hide-input"]
 candidates = cv.candidate_settings(study.parse_list(candidate_C), study.parse_list(candidate_groups),
                                    study.parse_list(mask_sources), study.parse_list(candidate_statistics))
-selection_table = cv.select_on_virtual_labs(measured, samples, plan, virtual, candidates, seed)
+selection_table = cv.select_on_virtual_labs(measured, samples, plan, virtual, candidates, seed, source=design.source)
 selection_table["eligible"] = selection_table["source"].isin(study.parse_list(selection_mask_sources))
 save_table(selection_table, tables / "crosslab_selection.csv")
 headline_setting = str(selection_table.loc[selection_table["eligible"], "setting"].iloc[0])
@@ -174,7 +177,7 @@ selection_table.head(10).round(3)
 # fitted on the same virtual labs (each lab classified in one call):
 
 # %% tags=["hide-input"]
-dev_clf = cv.fit_setting(measured, samples, plan, headline_setting, seed)
+dev_clf = cv.fit_setting(measured, samples, plan, headline_setting, seed, source=design.source)
 calibration = cv.fit_calibration(dev_clf, virtual, headline_source, target_catch, max_review)
 glue("crosslab_temperature", calibration.temperature, display=False)
 glue("crosslab_uncertain_below", calibration.uncertain_min_probability, display=False)
@@ -189,16 +192,17 @@ calibration
 # with its statistics re-estimated on each target site's images (no labels).
 
 # %% tags=["hide-input"]
-adabn = cs.adabn_oracle_scores(samples, plan, oracles_file, oracle_norm, seed)
+adabn = cs.adabn_oracle_scores(samples, plan, oracles_file, oracle_norm, seed, source=design.source)
 save_table(adabn.scores, tables / "crosslab_adabn_oracle_scores.csv")
-selection = cv.headline_scores(measured, samples, plan, headline_setting, seed, calibration.temperature)
+selection = cv.headline_scores(measured, samples, plan, headline_setting, seed, calibration.temperature,
+                               source=design.source)
 save_table(selection, tables / "crosslab_headline_scores.csv")
 matrix = cs.domain_matrices(X, samples, plan, grid, plain_headline, seed)
 save_table(matrix, tables / "crosslab_domain_matrix.csv")
 comparison = cs.comparison_table(matrix, selection, benchmark_summary_file, adabn.scores,
-                                 plain_headline, aecfe_features)
+                                 plain_headline, aecfe_features, design=design)
 save_table(comparison, tables / "crosslab_comparison.csv")
-for key, value in cs.comparison_glue(comparison, selection, unseen).items():
+for key, value in cs.comparison_glue(comparison, selection, design).items():
     glue(key, value, display=False)
 glue("crosslab_comparison", cs.comparison_display(comparison), display=False)
 cs.comparison_display(comparison)
@@ -217,13 +221,14 @@ cs.matrix_display(matrix, plain_headline)
 # never used); 95 % intervals resample the cells within each class.
 
 # %% tags=["hide-input"]
-transfer, predictions = cv.all_cells(measured, samples, plan, headline_setting, calibration.temperature, n_boot, seed)
+transfer, predictions = cv.all_cells(measured, samples, plan, headline_setting, calibration.temperature, n_boot, seed,
+                                      source=design.source)
 save_table(transfer, tables / "crosslab_all_cells.csv")
 for _, row in transfer.iterrows():
     glue(f"crosslab_all_{row['test_domain']}", float(row["balanced_accuracy"]), display=False)
     glue(f"crosslab_all_lo_{row['test_domain']}", float(row["ci_low"]), display=False)
     glue(f"crosslab_all_hi_{row['test_domain']}", float(row["ci_high"]), display=False)
-per_class = cs.per_class_table(predictions, adabn.predictions, samples)
+per_class = cs.per_class_table(predictions, adabn.predictions, source=design.source)
 save_table(per_class, tables / "crosslab_per_class_f1.csv")
 glue("crosslab_per_class_figure", cs.per_class_figure(per_class), display=False)
 transfer
@@ -238,10 +243,11 @@ transfer
 # a call minus its true share, in percentage points.
 
 # %% tags=["hide-input"]
-labs = cv.real_labs(measured, samples, plan, headline_source)
+labs = cv.real_labs(measured, samples, plan, headline_source, design=design)
 untouched = cv.untouched_lab(untouched_folder, artifacts, headline_source, n_workers, detector_file=detector_file)
-head_clf = cv.fit_setting(measured, samples, plan, headline_setting, seed, calibration.temperature)
-plain_clf = cv.fit_setting(measured, samples, plan, plain_headline + " plain", seed)
+head_clf = cv.fit_setting(measured, samples, plan, headline_setting, seed, calibration.temperature,
+                          source=design.source)
+plain_clf = cv.fit_setting(measured, samples, plan, plain_headline + " plain", seed, source=design.source)
 mix_calls_table, mix_summary = cv.mix_table(head_clf, labs, mix_calls, seed)
 save_table(mix_summary, tables / "crosslab_mixes.csv")
 _, plain_mix_summary = cv.mix_table(plain_clf, labs, mix_calls, seed)
@@ -292,7 +298,7 @@ else:
 save_table(untouched_summary, tables / "crosslab_untouched.csv")
 goals = cv.goals_table(goal_summary, calib, unseen + [untouched_name])
 save_table(goals, tables / "crosslab_goals.csv")
-for key, value in cv.goals_glue(goals, study.SOURCE_SITE, unseen, untouched_name).items():
+for key, value in cv.goals_glue(goals, design.source, unseen, untouched_name).items():
     glue(key, value, display=False)
 glue("crosslab_goals", goals.set_index("lab").round(3), display=False)
 
@@ -316,9 +322,9 @@ if series is not None:
     display(modes.round(3))
 # the best candidate the rule excluded (a mask whose training overlaps the development cells), scored the same way
 if excluded_best != headline_setting:
-    excluded = cv.fit_setting(measured, samples, plan, excluded_best, seed)
+    excluded = cv.fit_setting(measured, samples, plan, excluded_best, seed, source=design.source)
     excluded_source = cv.parse_setting(excluded_best)["source"]
-    excluded_labs = cv.real_labs(measured, samples, plan, excluded_source)
+    excluded_labs = cv.real_labs(measured, samples, plan, excluded_source, design=design)
     excluded_untouched = cv.untouched_lab(untouched_folder, artifacts, excluded_source, n_workers,
                                           detector_file=detector_file)
     if excluded_untouched is not None:
@@ -341,7 +347,8 @@ goals.set_index("lab").round(3)
 
 # %% tags=["hide-input"]
 if shift_cells > 0:
-    shifts = cv.build_virtual_labs(samples, cv.development_rows(samples, plan, shift_cells, seed),
+    shift_rows = cv.development_rows(samples, plan, shift_cells, seed, source=design.source)
+    shifts = cv.build_virtual_labs(samples, shift_rows,
                                    list(named_shifts().values()), artifacts, [headline_source], n_workers, seed,
                                    detector_file=detector_file)
     shift_table = cv.per_shift_table({headline_setting: head_clf, plain_headline + " plain": plain_clf}, shifts,
@@ -364,7 +371,7 @@ shift_table.set_index("shift").round(3)
 
 # %% tags=["hide-input"]
 ablation = cs.ablations(measured, samples, plan, headline_setting, artifacts, ablation_cells,
-                        ssl_epochs, ssl_image_size, seed, n_workers, cnn_epochs, cnn_image_size)
+                        ssl_epochs, ssl_image_size, seed, n_workers, cnn_epochs, cnn_image_size, design=design)
 save_table(ablation, tables / "crosslab_ablation.csv")
 glue("crosslab_ablation", ablation.round(3), display=False)
 for key, value in cs.ablation_glue(ablation).items():
@@ -380,7 +387,7 @@ ablation.round(3)
 
 # %% tags=["hide-input"]
 curve = cs.few_shot(X, samples, plan, headline_setting, features_dir, aecfe_features, adabn,
-                    [int(k) for k in study.parse_list(shots)], n_draws, few_shot_source_cells, seed)
+                    [int(k) for k in study.parse_list(shots)], n_draws, few_shot_source_cells, seed, design=design)
 save_table(curve, tables / "crosslab_few_shot.csv")
 glue("crosslab_few_shot_figure", cs.few_shot_figure(curve), display=False)
 for key, value in cs.few_shot_glue(curve).items():
@@ -392,7 +399,7 @@ curve.pivot_table(index=["features", "target"], columns="k", values="balanced_ac
 
 # %% tags=["hide-input"]
 glue("crosslab_umap", cs.umap_figure(X, samples, seed), display=False)
-glue("crosslab_gallery", cs.gallery_figure(crops, samples, predictions, seed), display=False)
+glue("crosslab_gallery", cs.gallery_figure(crops, predictions, seed, source=design.source), display=False)
 
 # %% [markdown]
 # ## The model file
@@ -403,6 +410,6 @@ glue("crosslab_gallery", cs.gallery_figure(crops, samples, predictions, seed), d
 
 # %% tags=["hide-input"]
 model_path = cv.write_deployed_model(measured, samples, crosslab_model_file, headline_setting, calibration, n_workers,
-                                     detector_file=detector_file)
+                                     detector_file=detector_file, source=design.source)
 glue("crosslab_model_file", str(model_path), display=False)
 print(model_path)

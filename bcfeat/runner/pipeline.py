@@ -85,7 +85,8 @@ def plan_run(profile_name: str, output_dir: Path, only: Sequence[str] | None = N
         names), or a stage whose notebook lacks a file parameter it declares.
     MissingInput
         A stage needs a file that no earlier selected stage makes and that is not there (the
-        error names the file and the stage that makes it).
+        error names the file and the stage that makes it). The study's design is checked
+        first (:func:`check_study_design`).
     """
     check_declarations()
     profile = get_profile(profile_name)
@@ -114,6 +115,10 @@ def plan_run(profile_name: str, output_dir: Path, only: Sequence[str] | None = N
         if lacking:
             raise ValueError(f"{notebook_path(stage.stem)} does not declare its parameter(s) {lacking} "
                              "(see bcfeat/runner/stages.py)")
+        planned.append(PlannedStage(stage, parameters, per_stage[stage.stem]))
+    check_study_design(planned, declared)
+    for p in planned:
+        stage, parameters = p.stage, p.parameters
         needed = [n for n in stage.inputs if n not in will_make]
         if stage.run_parameter is not None and parameters[stage.run_parameter] is False:
             needed += list(stage.restore_from)
@@ -121,8 +126,41 @@ def plan_run(profile_name: str, output_dir: Path, only: Sequence[str] | None = N
             if not _exists(parameters[name]):
                 raise missing_input(stage, name, parameters[name], made_by[name], profile.name)
         will_make |= set(stage.outputs)
-        planned.append(PlannedStage(stage, parameters, per_stage[stage.stem]))
     return planned
+
+
+DESIGN_PARAMETERS = ("sites", "source_site", "label_space")
+
+
+def check_study_design(planned: Sequence[PlannedStage], declared: dict[str, dict]) -> None:
+    """The study's sites, source site and label space, checked before any stage runs: each stage's
+    values (its parameters, else its notebook's defaults) must name known datasets and a source
+    among them (:class:`bcfeat.study.design.StudySites`), and every stage must use the same ones.
+
+    Raises
+    ------
+    ValueError
+        Naming the bad value, or the two stages that disagree.
+    """
+    from bcfeat.study.design import StudySites
+
+    seen: dict[str, tuple[str, object]] = {}
+    for p in planned:
+        cell = declared[p.stage.stem]
+        values = {n: p.parameters.get(n, cell[n].default) for n in DESIGN_PARAMETERS if n in cell}
+        if "sites" in values:
+            names = tuple(x.strip() for x in str(values["sites"]).split(",") if x.strip())
+            try:
+                StudySites(names, values.get("source_site", names[0] if names else ""),
+                           values.get("label_space", "coarse5"))
+            except ValueError as err:
+                raise ValueError(f"stage {p.stage.stem}: {err}") from None
+            values["sites"] = names
+        for name, value in values.items():
+            if name in seen and seen[name][1] != value:
+                raise ValueError(f"{name}: stage {seen[name][0]} uses {seen[name][1]!r} but {p.stage.stem} "
+                                 f"{value!r}; pass -p {name} once for every stage")
+            seen.setdefault(name, (p.stage.stem, value))
 
 
 def run(profile_name: str, output_dir: Path | None = None, only: list[str] | None = None,

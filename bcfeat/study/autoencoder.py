@@ -97,25 +97,31 @@ class VariantPlan:
         return sorted({v.region for v in self.variants.values()})
 
 
-def autoencoder_samples(root: Path, max_per_site: int, max_source_images: int, seed: int) -> pd.DataFrame:
-    """Every image the study passes through the detector, with an ``ae_train`` flag.
+def autoencoder_samples(root: Path, max_per_site: int, max_source_images: int, seed: int,
+                        sites: str = ",".join(study.SITES), source_site: str = study.SOURCE_SITE,
+                        label_space: str = "coarse5") -> pd.DataFrame:
+    """Every image the study passes through the detector, with an ``ae_train`` flag and the
+    ``site_id`` the alignment term reads (0: the source site, then the other sites in order).
 
     The autoencoder trains on a label-free subset: a seeded random ``max_source_images`` of the
     source site (any class, labels unused) and every image of the other sites. The benchmark's
-    labelled images are added (``ae_train`` False unless also drawn).
+    labelled images are added (``ae_train`` False unless also drawn). ``sites``, ``source_site``
+    and ``label_space`` are the study's design (:class:`bcfeat.study.design.StudySites`).
     """
     require_int("max_source_images", max_source_images, 0, meaning="0: every source image")
-    unlabelled = study.site_samples(root, None, study.SITES, max_per_site, seed)
-    source = unlabelled["domain"] == study.SOURCE_SITE
+    design = study.StudySites.from_parameters(sites, source_site, label_space)
+    unlabelled = study.site_samples(root, None, design.sites, max_per_site, seed)
+    source = unlabelled["domain"] == design.source
     train = unlabelled[~source]
     source_rows = unlabelled[source]
     if max_source_images and len(source_rows) > max_source_images:
         source_rows = source_rows.sample(n=max_source_images, random_state=seed)
     train = pd.concat([source_rows, train]).assign(ae_train=True)
-    labelled = study.union_samples(list(study.benchmark_samples(root, max_per_site, seed).values()))
+    labelled = study.union_samples(list(study.benchmark_samples(root, design, max_per_site, seed).values()))
     table = study.union_samples([train, labelled.assign(ae_train=False)])
     # union keeps the first occurrence: training rows come first, so their flag survives
-    return table.reset_index(drop=True)
+    order = {site: i for i, site in enumerate([design.source, *design.unseen])}
+    return table.reset_index(drop=True).assign(site_id=lambda t: t["domain"].map(order).astype(int))
 
 
 def instances_for(samples: pd.DataFrame, detector_file: Path, cache_dir: Path, plan: VariantPlan,
@@ -145,21 +151,26 @@ def detection_summary(samples: pd.DataFrame, arrays: dict[str, np.ndarray]) -> p
                           "several": arrays["n_candidates"] > 1, "score": arrays["scores"]})
     table = frame.groupby("site").agg(images=("fallback", "size"), no_cell_fallback=("fallback", "sum"),
                                       several_cells_best_kept=("several", "sum"), mean_score=("score", "mean"))
-    order = [s for s in study.SITES if s in table.index]
-    return table.loc[order]
+    return table.loc[_sites_in_order(samples)]
 
 
-def domain_ids(domain: Sequence[str]) -> np.ndarray:
-    """Integer site ids with the source site as 0 (the alignment term aligns every site to 0)."""
-    order = {site: i for i, site in enumerate(study.SITES)}
-    return np.asarray([order[d] for d in domain])
+def _sites_in_order(samples: pd.DataFrame) -> list[str]:
+    """The sites of :func:`autoencoder_samples`, the source first."""
+    ids = samples.drop_duplicates("domain").sort_values("site_id")
+    return ids["domain"].tolist()
+
+
+def domain_ids(samples: pd.DataFrame) -> np.ndarray:
+    """Integer site ids of :func:`autoencoder_samples` with the source site as 0 (the alignment
+    term aligns every site to 0)."""
+    return samples["site_id"].to_numpy(dtype=np.int64)
 
 
 def training_rows(samples: pd.DataFrame, variant: Variant) -> np.ndarray:
     """Indices of the samples a variant's autoencoder trains on."""
     rows = samples["ae_train"].to_numpy()
     if variant.setting == "source_only":
-        rows = rows & (samples["domain"] == study.SOURCE_SITE).to_numpy()
+        rows = rows & (samples["site_id"] == 0).to_numpy()
     return np.flatnonzero(rows)
 
 
@@ -177,7 +188,7 @@ def train_variants(plan: VariantPlan, samples: pd.DataFrame, instances: dict, ch
     from bcfeat.autoencoder.training import fit_autoencoder
 
     histories = {}
-    domain = domain_ids(samples["domain"])
+    domain = domain_ids(samples)
     for name in plan.names:
         variant = plan.variants[name]
         path = variant_checkpoint(plan, name, samples, checkpoints)
@@ -241,7 +252,7 @@ def reconstruction_examples(plan: VariantPlan, samples: pd.DataFrame, instances:
     arrays = instances[plan.variants[name].region]
     features = variant_features(instances, samples, plan.variants[name])
     crops, recons = {}, {}
-    for site in [s for s in study.SITES if s in set(samples["domain"])]:
+    for site in _sites_in_order(samples):
         rows = np.flatnonzero((samples["domain"] == site).to_numpy())
         pick = np.random.default_rng(seed).choice(rows, size=min(per_site, len(rows)), replace=False)
         crops[site] = arrays["crops"][pick].astype(np.float32) / 255

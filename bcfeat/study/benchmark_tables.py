@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bcfeat.data.splits import SplitPlan
-from bcfeat.data.sites import SITES, SOURCE_SITE
+from bcfeat.data.sites import SITES
 
 
 def run_feature_sets(feature_sets: dict[str, np.ndarray], samples: pd.DataFrame, plan: SplitPlan,
@@ -47,17 +47,18 @@ def pca_forest_factory(n_components: int) -> Callable[[int], object]:
 
     return make
 
-def source_row_table(summary: pd.DataFrame, source: str = SOURCE_SITE, metric: str = "balanced_accuracy") -> pd.DataFrame:
+def source_row_table(summary: pd.DataFrame, source: str, metric: str = "balanced_accuracy") -> pd.DataFrame:
     """Feature sets (rows) x test sites (columns): ``mean ± std`` of ``metric`` for training on ``source``."""
     rows = summary[summary["train_domain"] == source]
     cell = rows.apply(lambda r: f"{r[f'{metric}_mean']:.3f} ± {0 if pd.isna(r[f'{metric}_std']) else r[f'{metric}_std']:.3f}",
                       axis=1)
     table = rows.assign(cell=cell).pivot(index="feature_set", columns="test_domain", values="cell")
-    order = [s for s in SITES if s in table.columns]
+    order = list(dict.fromkeys(rows["test_domain"]))
+    order = [s for s in SITES if s in order] + [s for s in order if s not in SITES]
     return table[order].loc[list(dict.fromkeys(rows["feature_set"]))]
 
 def target_check(summary: pd.DataFrame, feature_set: str, unseen_min: float, in_domain_min: float,
-                 source: str = SOURCE_SITE) -> pd.DataFrame:
+                 source: str) -> pd.DataFrame:
     """The headline feature set's balanced accuracy per test site against the quality target."""
     rows = summary[(summary["feature_set"] == feature_set) & (summary["train_domain"] == source)]
     rows = rows[["feature_set", "test_domain", "balanced_accuracy_mean", "balanced_accuracy_std", "macro_f1_mean"]].copy()
@@ -65,13 +66,13 @@ def target_check(summary: pd.DataFrame, feature_set: str, unseen_min: float, in_
     rows["meets_target"] = rows["balanced_accuracy_mean"] >= rows["target"]
     return rows.reset_index(drop=True)
 
-def mean_unseen_score(summary: pd.DataFrame, source: str = SOURCE_SITE, metric: str = "balanced_accuracy") -> pd.Series:
+def mean_unseen_score(summary: pd.DataFrame, source: str, metric: str = "balanced_accuracy") -> pd.Series:
     """Each feature set's ``metric`` averaged over the sites it was not trained on, best first."""
     rows = summary[(summary["train_domain"] == source) & (summary["test_domain"] != source)]
     return rows.groupby("feature_set")[f"{metric}_mean"].mean().sort_values(ascending=False)
 
 def compare_readings(summary_test: pd.DataFrame, summary_all: pd.DataFrame, feature_set: str,
-                     source: str = SOURCE_SITE) -> pd.DataFrame:
+                     source: str) -> pd.DataFrame:
     """Balanced accuracy per test site when scoring on its test split vs on all of its cells."""
     def pick(summary, column):
         rows = summary[(summary["feature_set"] == feature_set) & (summary["train_domain"] == source)]
@@ -81,7 +82,7 @@ def compare_readings(summary_test: pd.DataFrame, summary_all: pd.DataFrame, feat
                       pick(summary_all, "all cells (released code)")], axis=1)
 
 def domain_invariance_table(feature_sets: dict[str, np.ndarray], samples: pd.DataFrame, seed: int,
-                            site_classification, pairwise_mmd, source: str = SOURCE_SITE) -> pd.DataFrame:
+                            site_classification, pairwise_mmd, source: str) -> pd.DataFrame:
     """Per feature set: site-classification accuracy (mean over folds) and MMD² from the source site."""
     rows = []
     domain = samples["domain"].to_numpy()

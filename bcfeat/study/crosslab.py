@@ -21,6 +21,7 @@ from sklearn.pipeline import make_pipeline
 
 from bcfeat.study import common as study
 from bcfeat.data.splits import SplitPlan
+from bcfeat.study.design import StudySites
 from bcfeat.evaluation.benchmark import default_classifier, domain_matrix, matrix_table, summarize
 from bcfeat.crosslab import evaluation as ev
 from bcfeat.crosslab.adaptation import CrossLabClassifier
@@ -192,7 +193,7 @@ class AdaBNOracle:
 
 
 def adabn_oracle_scores(samples: pd.DataFrame, plan: SplitPlan, oracles_file: Path, norm: str,
-                        seed: int) -> AdaBNOracle:
+                        seed: int, *, source: str) -> AdaBNOracle:
     """04's oracle of the first split, with BatchNorm statistics re-estimated on each site's
     images (all of them, unlabelled) before predicting that site's test split and all its cells."""
     import torch
@@ -220,9 +221,9 @@ def adabn_oracle_scores(samples: pd.DataFrame, plan: SplitPlan, oracles_file: Pa
         embeddings[site_rows] = site_embed
         pred = classes[predict_proba(model, images[site_rows]).argmax(axis=1)]
         test = is_test[site_rows]
-        in_domain = site == study.SOURCE_SITE
+        in_domain = site == source
         score = ev.score_row(y[site_rows][test], pred[test], LABELS)
-        rows.append({"feature_set": name, "train_domain": study.SOURCE_SITE, "test_domain": site,
+        rows.append({"feature_set": name, "train_domain": source, "test_domain": site,
                      "in_domain": in_domain, "repetition": 0, **score})
         if not in_domain:
             preds.append(pd.DataFrame({"test_domain": site, "row": site_rows, "y_true": y[site_rows],
@@ -248,12 +249,11 @@ def domain_matrices(X: np.ndarray, samples: pd.DataFrame, plan: SplitPlan, grid:
 
 
 def comparison_table(matrix: pd.DataFrame, selection: pd.DataFrame, benchmark_summary: Path,
-                     adabn_scores: pd.DataFrame, headline: str, aecfe: str) -> pd.DataFrame:
-    """Acevedo-20 as the training site: balanced accuracy on every site, the reproduction's rows
-    (chapter 5's summary), both oracles, AdaBN, and ours (paper forest, linear probe, and the
-    linear probe with the setting chosen per site without that site's labels)."""
-    sites = list(study.SITES)
-    unseen = [s for s in sites if s != study.SOURCE_SITE]
+                     adabn_scores: pd.DataFrame, headline: str, aecfe: str, *, design: StudySites) -> pd.DataFrame:
+    """The source site (Acevedo-20) as the training site: balanced accuracy on every site, the
+    reproduction's rows (chapter 5's summary), both oracles, AdaBN, and ours (paper forest, linear
+    probe, and the linear probe with the setting chosen per site without that site's labels)."""
+    sites, unseen, source = list(design.sites), list(design.unseen), design.source
     rows = []
 
     def add(name: str, kind: str, values: dict[str, float]):
@@ -264,7 +264,7 @@ def comparison_table(matrix: pd.DataFrame, selection: pd.DataFrame, benchmark_su
 
     bench = pd.read_csv(benchmark_summary) if Path(benchmark_summary).exists() else pd.DataFrame()
     if len(bench):
-        src = bench[bench["train_domain"] == study.SOURCE_SITE]
+        src = bench[bench["train_domain"] == source]
         for name, kind in ((aecfe, "reproduction (the paper's recipe)"),
                            ("aecfe_site_standardized", "reproduction + per-site standardisation"),
                            ("colour_shape", "baseline")):
@@ -277,16 +277,15 @@ def comparison_table(matrix: pd.DataFrame, selection: pd.DataFrame, benchmark_su
     add(str(adabn_scores["feature_set"].iloc[0]), "oracle + AdaBN (first split)",
         dict(zip(adabn_scores["test_domain"], adabn_scores["balanced_accuracy"])))
     summary = summarize(matrix)
-    src = summary[summary["train_domain"] == study.SOURCE_SITE]
+    src = summary[summary["train_domain"] == source]
     for setting in matrix["setting"].unique():
         part = src[src["feature_set"] == f"{OURS} ({setting})"]
         kind = "ours, the paper's forest" if setting.startswith("forest") else "ours, linear probe (deployed setting)"
         add(f"{OURS} ({setting})", kind, dict(zip(part["test_domain"], part["balanced_accuracy_mean"])))
     head = src[src["feature_set"] == f"{OURS} ({headline})"]
     protocol = dict(zip(selection["test_domain"], selection["balanced_accuracy"]))
-    if study.SOURCE_SITE not in protocol:
-        protocol[study.SOURCE_SITE] = float(head.loc[head["test_domain"] == study.SOURCE_SITE,
-                                                     "balanced_accuracy_mean"].iloc[0])
+    if source not in protocol:
+        protocol[source] = float(head.loc[head["test_domain"] == source, "balanced_accuracy_mean"].iloc[0])
     add(f"{OURS} (setting chosen on the virtual labs)", "ours, headline", protocol)
     return pd.DataFrame(rows)
 
@@ -295,19 +294,20 @@ def comparison_display(comparison: pd.DataFrame) -> pd.DataFrame:
     return comparison.set_index("features").round(3)
 
 
-def comparison_glue(comparison: pd.DataFrame, selection: pd.DataFrame, unseen: Sequence[str]) -> dict:
+def comparison_glue(comparison: pd.DataFrame, selection: pd.DataFrame, design: StudySites) -> dict:
     """Numbers of the chapter's text: the headline per site, its mean and minimum, the best oracle,
     and whether the milestone (>= 0.70 each, above every oracle) and target (>= 0.75, >= 0.95 in) hold."""
     head = comparison[comparison["kind"] == "ours, headline"].iloc[0]
     oracles = comparison[comparison["kind"].str.startswith("oracle")]
     best_oracle = oracles.loc[oracles["mean_unseen"].idxmax()]
-    out = {f"crosslab_head_{s}": float(head[s]) for s in [study.SOURCE_SITE, *unseen]}
+    unseen = design.unseen
+    out = {f"crosslab_head_{s}": float(head[s]) for s in [design.source, *unseen]}
     out.update(crosslab_head_mean=float(head["mean_unseen"]), crosslab_head_min=float(head["min_unseen"]),
                crosslab_best_oracle=str(best_oracle["features"]),
                crosslab_best_oracle_mean=float(best_oracle["mean_unseen"]),
                crosslab_best_oracle_min=float(best_oracle["min_unseen"]))
     milestone = head["min_unseen"] >= 0.70 and all(head[s] > oracles[s].max() for s in unseen)
-    target = head["min_unseen"] >= 0.75 and head[study.SOURCE_SITE] >= 0.95
+    target = head["min_unseen"] >= 0.75 and head[design.source] >= 0.95
     out["crosslab_milestone"] = "met" if milestone else "not met"
     out["crosslab_target"] = "met" if target else "not met"
     out["crosslab_chosen_settings"] = "; ".join(f"{r.test_domain}: {r.chosen}" for r in selection.itertuples())
@@ -324,29 +324,30 @@ def matrix_display(matrix: pd.DataFrame, setting: str) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- all cells, ablations
-def _source_train_rows(samples: pd.DataFrame, plan: SplitPlan) -> np.ndarray:
+def _source_train_rows(samples: pd.DataFrame, plan: SplitPlan, source: str) -> tuple[np.ndarray, np.ndarray]:
     from bcfeat.data.splits import as_test_masks
 
     is_test = as_test_masks(plan, len(samples))[0]
-    return np.flatnonzero((samples["domain"].to_numpy() == study.SOURCE_SITE) & ~is_test), is_test
+    return np.flatnonzero((samples["domain"].to_numpy() == source) & ~is_test), is_test
 
 
-def all_cells_transfer(X: np.ndarray, samples: pd.DataFrame, plan: SplitPlan, setting: str, n_boot: int, seed: int):
+def all_cells_transfer(X: np.ndarray, samples: pd.DataFrame, plan: SplitPlan, setting: str, n_boot: int, seed: int,
+                       *, source: str):
     """The headline classifier of the first split on all cells of every unseen site, with intervals."""
-    train, is_test = _source_train_rows(samples, plan)
+    train, is_test = _source_train_rows(samples, plan, source)
     Z = ev.standardize_per_site(X, samples["domain"].to_numpy())
-    in_test = is_test & (samples["domain"].to_numpy() == study.SOURCE_SITE)
+    in_test = is_test & (samples["domain"].to_numpy() == source)
     factory = make_factory(setting_by_name(setting))
     return ev.transfer_scores(Z, samples["label"].to_numpy(), samples["domain"].to_numpy(), train, in_test,
-                              lambda: factory(seed), study.SOURCE_SITE, n_boot, seed, return_predictions=True)
+                              lambda: factory(seed), source, n_boot, seed, return_predictions=True)
 
 
-def per_class_table(ours: pd.DataFrame, adabn: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
+def per_class_table(ours: pd.DataFrame, adabn: pd.DataFrame, *, source: str) -> pd.DataFrame:
     """F1 per class on all cells of each unseen site: ours (headline) and the AdaBN oracle."""
     from sklearn.metrics import f1_score
 
     rows = []
-    for name, preds in ((OURS, ours[ours["test_domain"] != study.SOURCE_SITE]), ("oracle AdaBN", adabn)):
+    for name, preds in ((OURS, ours[ours["test_domain"] != source]), ("oracle AdaBN", adabn)):
         for site, g in preds.groupby("test_domain", sort=False):
             present = [c for c in LABELS if (g["y_true"] == c).any()]
             f1 = f1_score(g["y_true"], g["y_pred"], labels=present, average=None, zero_division=0)
@@ -367,9 +368,9 @@ def _adaptation_variants(setting: dict) -> dict[str, dict]:
     }
 
 
-def _transfer_with(X, samples, train, in_test, make):
+def _transfer_with(X, samples, train, in_test, make, source):
     return ev.transfer_scores(X, samples["label"].to_numpy(), samples["domain"].to_numpy(), train, in_test, make,
-                              study.SOURCE_SITE)
+                              source)
 
 
 def _timed(fn):
@@ -389,21 +390,21 @@ def _subsample(samples: pd.DataFrame, n: int, seed: int) -> np.ndarray:
 
 def ablations(measured: dict[str, Measured], samples, plan, setting: str, artifacts: Path, ablation_cells: int,
               ssl_epochs: int, ssl_image_size: int, seed: int, n_workers: int, cnn_epochs: int = 0,
-              cnn_image_size: int = 64) -> pd.DataFrame:
+              cnn_image_size: int = 64, *, design: StudySites) -> pd.DataFrame:
     """One row per variant (lever on/off), scored like :func:`all_cells_transfer` (no intervals).
 
     The crop lever compares the mask sources on every cell, and the canonical rescaling against one
     zoom for every image on a subsample of ``ablation_cells`` per site (re-measured)."""
     chosen = setting_by_name(setting)
     X, crops = measured[chosen["source"]].features, measured[chosen["source"]].crops
-    train, is_test = _source_train_rows(samples, plan)
+    source, unseen = design.source, list(design.unseen)
+    train, is_test = _source_train_rows(samples, plan, source)
     domain = samples["domain"].to_numpy()
-    in_test = is_test & (domain == study.SOURCE_SITE)
-    unseen = [s for s in study.SITES if s != study.SOURCE_SITE]
+    in_test = is_test & (domain == source)
     results, minutes, lever = {}, {}, {}
     for name, params in _adaptation_variants(chosen).items():
         results[name], minutes[name] = _timed(lambda p=params: _transfer_with(
-            X, samples, train, in_test, lambda: CrossLabClassifier(**p, random_state=seed)))
+            X, samples, train, in_test, lambda: CrossLabClassifier(**p, random_state=seed), source))
         lever[name] = "adaptation"
     Z = ev.standardize_per_site(X, domain)
     for group in GROUPS:
@@ -411,24 +412,24 @@ def ablations(measured: dict[str, Measured], samples, plan, setting: str, artifa
         make = lambda k=keep: make_pipeline(ColumnTransformer([("keep", "passthrough", k)]),  # noqa: E731
                                             LogisticRegression(C=chosen["C"], max_iter=3000, class_weight="balanced"))
         name = f"all features but {group}"
-        results[name], minutes[name] = _timed(lambda m=make: _transfer_with(Z, samples, train, in_test, m))
+        results[name], minutes[name] = _timed(lambda m=make: _transfer_with(Z, samples, train, in_test, m, source))
         lever[name] = "features"
     forest = make_factory(_rename(chosen, model="forest", C=None))
     name = "paper's random forest in place of the linear model"
-    results[name], minutes[name] = _timed(lambda: _transfer_with(Z, samples, train, in_test, lambda: forest(seed)))
+    results[name], minutes[name] = _timed(lambda: _transfer_with(Z, samples, train, in_test, lambda: forest(seed), source))
     lever[name] = "classifier"
     linear = make_factory(chosen)
-    for source, m in measured.items():
-        name = f"crop: {source} mask, canonical size" + (" (headline)" if source == chosen["source"] else "")
+    for mask_source, m in measured.items():
+        name = f"crop: {mask_source} mask, canonical size" + (" (headline)" if mask_source == chosen["source"] else "")
         Zm = ev.standardize_per_site(m.features, domain)
-        results[name] = _transfer_with(Zm, samples, train, in_test, lambda: linear(seed))
+        results[name] = _transfer_with(Zm, samples, train, in_test, lambda: linear(seed), source)
         minutes[name], lever[name] = m.minutes, "crop"
     if ablation_cells > 0:
         sub = _subsample(samples, ablation_cells, seed)
         sub_samples = samples.iloc[sub].reset_index(drop=True)
         sub_train = np.flatnonzero(np.isin(sub, train))
         sub_test = np.isin(sub, np.flatnonzero(in_test))
-        source_sub = sub_samples["domain"].to_numpy() == study.SOURCE_SITE
+        source_sub = sub_samples["domain"].to_numpy() == source
         median_d = float(np.exp(np.median(X[sub][source_sub, 0])))  # the source's median cell diameter, px
         fixed = measure_cells(sub_samples, artifacts, chosen["source"], n_workers,
                               CropConfig(rescale=False, reference_diameter_px=median_d), cache_name="crosslab_ablation",
@@ -438,33 +439,33 @@ def ablations(measured: dict[str, Measured], samples, plan, setting: str, artifa
                                   (f"crop: {chosen['source']} mask, one zoom for all (no rescaling, subsample)",
                                    fixed.features, fixed.minutes)):
             Zs = ev.standardize_per_site(feats, sub_samples["domain"].to_numpy())
-            results[name] = _transfer_with(Zs, sub_samples, sub_train, sub_test, lambda: linear(seed))
+            results[name] = _transfer_with(Zs, sub_samples, sub_train, sub_test, lambda: linear(seed), source)
             minutes[name], lever[name] = mins, "crop"
     if ssl_epochs > 0:
         for name, table, mins in _self_supervised_variants(X, crops, samples, train, in_test, chosen, ssl_epochs,
-                                                           ssl_image_size, seed):
+                                                           ssl_image_size, seed, source):
             results[name], minutes[name], lever[name] = table, mins, "objective"
     if cnn_epochs > 0:
         for name, table, mins in _supervised_cnn_variants(X, crops, samples, train, in_test, chosen, cnn_epochs,
-                                                          cnn_image_size, seed):
+                                                          cnn_image_size, seed, source):
             results[name], minutes[name], lever[name] = table, mins, "objective"
-    table = ev.ablation_table(results, unseen, study.SOURCE_SITE, minutes)
+    table = ev.ablation_table(results, unseen, source, minutes)
     table.insert(0, "lever", [lever[v] for v in table["variant"]])
     return table
 
 
-def _embedding_alone_and_beside(X, E, samples, train, in_test, chosen, seed):
+def _embedding_alone_and_beside(X, E, samples, train, in_test, chosen, seed, source):
     """A learned embedding ``E`` scored alone and beside the hand features ``X``, each site
     standardised with its own statistics, with the chosen setting's linear model on every column."""
     domain = samples["domain"].to_numpy()
     linear = make_factory(_rename(chosen, groups="all"))
     Zh, Ze = ev.standardize_per_site(X, domain), ev.standardize_per_site(E, domain)
-    alone = _transfer_with(Ze, samples, train, in_test, lambda: linear(seed))
-    both = _transfer_with(np.hstack([Zh, Ze]), samples, train, in_test, lambda: linear(seed))
+    alone = _transfer_with(Ze, samples, train, in_test, lambda: linear(seed), source)
+    both = _transfer_with(np.hstack([Zh, Ze]), samples, train, in_test, lambda: linear(seed), source)
     return alone, both
 
 
-def _self_supervised_variants(X, crops, samples, train, in_test, chosen, epochs, image_size, seed):
+def _self_supervised_variants(X, crops, samples, train, in_test, chosen, epochs, image_size, seed, source):
     """The objective lever: a SimCLR encoder trained on all sites' crops (transductive) and on the
     source's alone, each alone and beside the hand features."""
     import torch
@@ -473,18 +474,18 @@ def _self_supervised_variants(X, crops, samples, train, in_test, chosen, epochs,
 
     torch.set_num_threads(2)
     domain = samples["domain"].to_numpy()
-    for scope, rows in (("all sites", np.arange(len(crops))), ("source only", np.flatnonzero(domain == study.SOURCE_SITE))):
+    for scope, rows in (("all sites", np.arange(len(crops))), ("source only", np.flatnonzero(domain == source))):
         cfg = SelfSupervisedConfig(image_size=image_size, epochs=epochs, seed=seed, batch_size=min(256, len(rows) // 2))
         start = time.perf_counter()
         encoder, _ = train_encoder(crops[rows], cfg)
         E = embed_crops(encoder, crops, image_size)
         mins = (time.perf_counter() - start) / 60
-        alone, both = _embedding_alone_and_beside(X, E, samples, train, in_test, chosen, seed)
+        alone, both = _embedding_alone_and_beside(X, E, samples, train, in_test, chosen, seed, source)
         yield f"objective: SimCLR encoder ({scope}, {epochs} epochs) alone", alone, mins
         yield f"objective: hand features + SimCLR encoder ({scope})", both, mins
 
 
-def _supervised_cnn_variants(X, crops, samples, train, in_test, chosen, epochs, image_size, seed):
+def _supervised_cnn_variants(X, crops, samples, train, in_test, chosen, epochs, image_size, seed, source):
     """The objective lever's supervised arm: a GroupNorm CNN trained on the source's labelled
     training cells under strong lab-shift augmentation; its embedding alone and beside the hand features."""
     import torch
@@ -498,7 +499,7 @@ def _supervised_cnn_variants(X, crops, samples, train, in_test, chosen, epochs, 
     net, _, _ = train_supervised_encoder(crops[train], samples["label"].to_numpy()[train], cfg)
     _, E = predict_crops(net, crops, image_size)
     mins = (time.perf_counter() - start) / 60
-    alone, both = _embedding_alone_and_beside(X, E, samples, train, in_test, chosen, seed)
+    alone, both = _embedding_alone_and_beside(X, E, samples, train, in_test, chosen, seed, source)
     name = f"supervised GroupNorm CNN with lab-shift augmentation ({epochs} epochs)"
     yield f"objective: {name}, alone", alone, mins
     yield f"objective: hand features + {name}", both, mins
@@ -524,10 +525,10 @@ def ablation_glue(ablation: pd.DataFrame) -> dict:
 
 # ----------------------------------------------------------------------------- few-shot
 def few_shot(X, samples, plan, setting: str, features_dir: Path, aecfe: str, adabn: AdaBNOracle, shots: Sequence[int],
-             n_draws: int, source_cells: int, seed: int) -> pd.DataFrame:
+             n_draws: int, source_cells: int, seed: int, *, design: StudySites) -> pd.DataFrame:
     """The few-shot curve of ours, AE-CFE (the paper's forest on its features) and the AdaBN oracle's
     embeddings (linear), on each unseen site."""
-    train, _ = _source_train_rows(samples, plan)
+    train, _ = _source_train_rows(samples, plan, design.source)
     domain, y = samples["domain"].to_numpy(), samples["label"].to_numpy()
     if source_cells and len(train) > source_cells:
         from sklearn.model_selection import train_test_split
@@ -541,7 +542,7 @@ def few_shot(X, samples, plan, setting: str, features_dir: Path, aecfe: str, ada
     sets[f"{aecfe} (paper's forest)"] = (aecfe_X, lambda rs: default_classifier(rs, n_jobs=2))
     frames = []
     for name, (F, factory) in sets.items():
-        for target in [s for s in study.SITES if s != study.SOURCE_SITE]:
+        for target in design.unseen:
             curve = ev.few_shot_curve(F, y, domain, train, target, shots, n_draws, lambda f=factory: f(seed), seed)
             frames.append(curve.assign(features=name))
     return ev.summarize_curve(pd.concat(frames, ignore_index=True))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bcfeat.study import common as study
 from bcfeat.evaluation.benchmark import summarize
 from bcfeat.crosslab import evaluation as ev
 
@@ -55,13 +54,13 @@ def umap_figure(X: np.ndarray, samples: pd.DataFrame, seed: int):
                 title=f"{OURS} features, standardised per site")
 
 
-def gallery_figure(crops: np.ndarray, samples: pd.DataFrame, predictions: pd.DataFrame, seed: int, per_row: int = 8):
+def gallery_figure(crops: np.ndarray, predictions: pd.DataFrame, seed: int, per_row: int = 8, *, source: str):
     """Canonical crops of each unseen site: a row of correctly and a row of wrongly classified cells."""
     from bcfeat.study.figures import image_grid
 
     rng = np.random.default_rng(seed)
     rows, labels = {}, {}
-    for site, g in predictions[predictions["test_domain"] != study.SOURCE_SITE].groupby("test_domain", sort=False):
+    for site, g in predictions[predictions["test_domain"] != source].groupby("test_domain", sort=False):
         for ok, title in ((True, "right"), (False, "wrong")):
             part = g[(g["y_true"] == g["y_pred"]) == ok]
             pick = part.iloc[rng.permutation(len(part))[:per_row]]

@@ -35,6 +35,7 @@ from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_features import feature_names, feature_set_columns
 from bcfeat.data.splits import SplitPlan
 from bcfeat.study import common as study
+from bcfeat.study.design import StudySites
 
 STATISTICS = ("plain", "balanced", "cbr")
 LABELS = mx.CLASSES
@@ -89,13 +90,13 @@ def candidate_settings(Cs: Sequence[str | float], groups: Sequence[str], sources
 
 
 # ----------------------------------------------------------------------------- virtual labs
-def development_rows(samples: pd.DataFrame, plan: SplitPlan, n_cells: int, seed: int) -> np.ndarray:
-    """Rows of Acevedo-20's test split (first repetition), a class-stratified subsample of
+def development_rows(samples: pd.DataFrame, plan: SplitPlan, n_cells: int, seed: int, *, source: str) -> np.ndarray:
+    """Rows of the source site's test split (first repetition), a class-stratified subsample of
     ``n_cells`` (0: all): the cells the virtual labs re-render. None of them trains anything."""
     from bcfeat.data.splits import as_test_masks
 
     is_test = as_test_masks(plan, len(samples))[0]
-    rows = np.flatnonzero(is_test & (samples["domain"].to_numpy() == study.SOURCE_SITE))
+    rows = np.flatnonzero(is_test & (samples["domain"].to_numpy() == source))
     if n_cells and n_cells < len(rows):
         from sklearn.model_selection import train_test_split
 
@@ -172,18 +173,18 @@ def build_virtual_labs(samples: pd.DataFrame, rows: np.ndarray, labs: Sequence, 
 
 
 # ----------------------------------------------------------------------------- selection
-def _train_rows(samples: pd.DataFrame, plan: SplitPlan) -> np.ndarray:
+def _train_rows(samples: pd.DataFrame, plan: SplitPlan, source: str) -> np.ndarray:
     from bcfeat.data.splits import as_test_masks
 
     is_test = as_test_masks(plan, len(samples))[0]
-    return np.flatnonzero((samples["domain"].to_numpy() == study.SOURCE_SITE) & ~is_test)
+    return np.flatnonzero((samples["domain"].to_numpy() == source) & ~is_test)
 
 
 def fit_setting(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: str, seed: int,
-                temperature: float = 1.0) -> CrossLabClassifier:
-    """A setting's classifier trained on Acevedo-20's training split (first repetition)."""
+                temperature: float = 1.0, *, source: str) -> CrossLabClassifier:
+    """A setting's classifier trained on the source site's training split (first repetition)."""
     s = parse_setting(setting)
-    train = _train_rows(samples, plan)
+    train = _train_rows(samples, plan, source)
     X = measured[s["source"]].features
     return classifier_for(s, seed, temperature).fit(X[train], samples["label"].to_numpy()[train])
 
@@ -202,14 +203,14 @@ def score_on_labs(clf: CrossLabClassifier, labs: dict[str, tuple[np.ndarray, np.
 def select_on_virtual_labs(measured: dict, samples: pd.DataFrame, plan: SplitPlan, virtual: VirtualLabs,
                            candidates: Sequence[str], seed: int, call_size: int = 100, n_calls: int = 3,
                            mixes: Sequence[str] = ("own", "balanced", "typical", "neutrophil_heavy",
-                                                   "lymphocyte_heavy")) -> pd.DataFrame:
+                                                   "lymphocyte_heavy"), *, source: str) -> pd.DataFrame:
     """Each candidate's mean (and worst-lab) balanced accuracy over the virtual labs and mixes, in
     calls of ``call_size``; sorted best first. Reads no real unseen site."""
     rows = []
     for name in candidates:
         start = time.perf_counter()
         s = parse_setting(name)
-        clf = fit_setting(measured, samples, plan, name, seed)
+        clf = fit_setting(measured, samples, plan, name, seed, source=source)
         labs = {lab.name: (virtual.features[(lab.name, s["source"])], virtual.labels) for lab in virtual.labs}
         calls = score_on_labs(clf, labs, mixes, (call_size,), n_calls, seed)
         per_lab = calls.groupby("lab")["balanced_accuracy"].mean()
@@ -291,16 +292,17 @@ def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
 
 
 # ----------------------------------------------------------------------------- the real sites
-def real_labs(measured: dict, samples: pd.DataFrame, plan: SplitPlan, source_name: str) -> dict:
-    """``name -> (X raw, y)`` for Acevedo-20's test split (in-domain) and every cell of each unseen site."""
+def real_labs(measured: dict, samples: pd.DataFrame, plan: SplitPlan, source_name: str, *, design: StudySites) -> dict:
+    """``name -> (X raw, y)`` for the source site's test split (in-domain) and every cell of each
+    unseen site; ``source_name`` is the mask source whose features are read."""
     from bcfeat.data.splits import as_test_masks
 
     X = measured[source_name].features
     domain, y = samples["domain"].to_numpy(), samples["label"].to_numpy()
     is_test = as_test_masks(plan, len(samples))[0]
     labs = {}
-    for site in study.SITES:
-        rows = np.flatnonzero(is_test & (domain == site)) if site == study.SOURCE_SITE else np.flatnonzero(domain == site)
+    for site in design.sites:
+        rows = np.flatnonzero(is_test & (domain == site)) if site == design.source else np.flatnonzero(domain == site)
         labs[site] = (X[rows], y[rows])
     return labs
 
@@ -380,8 +382,8 @@ def plain_name(setting: str) -> str:
 
 
 def headline_scores(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: str, seed: int,
-                    temperature: float = 1.0) -> pd.DataFrame:
-    """The chosen setting trained on Acevedo-20 (each of the benchmark's splits), tested on every
+                    temperature: float = 1.0, *, source: str) -> pd.DataFrame:
+    """The chosen setting trained on the source site (each of the benchmark's splits), tested on every
     site's test split, each site in one call: ``test_domain, chosen, balanced_accuracy`` (mean over
     the splits), ``balanced_accuracy_std`` and ``macro_f1``."""
     from bcfeat.evaluation.benchmark import domain_matrix
@@ -391,7 +393,7 @@ def headline_scores(measured: dict, samples: pd.DataFrame, plan: SplitPlan, sett
                            samples["domain"].to_numpy(), plan,
                            make_classifier=lambda rs: classifier_for(s, rs, temperature),
                            label_space_name="coarse5", feature_set_name=setting, random_state=seed,
-                           train_domains=[study.SOURCE_SITE])
+                           train_domains=[source])
     table = scores.groupby("test_domain", sort=False).agg(
         balanced_accuracy=("balanced_accuracy", "mean"), balanced_accuracy_std=("balanced_accuracy", "std"),
         macro_f1=("macro_f1", "mean") if "macro_f1" in scores else ("balanced_accuracy", "size")).reset_index()
@@ -401,24 +403,24 @@ def headline_scores(measured: dict, samples: pd.DataFrame, plan: SplitPlan, sett
 
 def write_deployed_model(measured: dict, samples: pd.DataFrame, path: Path, setting: str,
                          calibration: Calibration, n_workers: int,
-                         detector_file: str | Path | None = None) -> Path:
+                         detector_file: str | Path | None = None, *, source: str) -> Path:
     """The deployed model file: the chosen setting's classifier trained on every labelled
-    Acevedo-20 cell, with the temperature, ``uncertain`` threshold and novelty reference fitted on
+    cell of the source site (Acevedo-20), with the temperature, ``uncertain`` threshold and novelty reference fitted on
     the virtual labs (``classifier.calibration_``)."""
     from bcfeat.crosslab.model import save_model
     from bcfeat.study.crosslab import _model
 
     s = parse_setting(setting)
-    source = samples["domain"].to_numpy() == study.SOURCE_SITE
+    rows = samples["domain"].to_numpy() == source
     y = samples["label"].to_numpy()
-    clf = classifier_for(s, 0, calibration.temperature).fit(measured[s["source"]].features[source], y[source])
+    clf = classifier_for(s, 0, calibration.temperature).fit(measured[s["source"]].features[rows], y[rows])
     clf.calibration_ = calibration.to_dict()
     model = _model(detector_file, s["source"], n_workers)
     model.classifier = clf
-    model.record = {"trained_on": study.SOURCE_SITE, "n_cells": int(source.sum()),
-                    "class_counts": {str(k): int(v) for k, v in pd.Series(y[source]).value_counts().items()},
+    model.record = {"trained_on": source, "n_cells": int(rows.sum()),
+                    "class_counts": {str(k): int(v) for k, v in pd.Series(y[rows]).value_counts().items()},
                     "setting": setting, "label_space": "coarse5",
-                    "selection": "chosen on virtual labs rendered from Acevedo-20 (notebooks/07_crosslab.py)"}
+                    "selection": f"chosen on virtual labs rendered from {source} (notebooks/07_crosslab.py)"}
     return save_model(Path(path), model)
 
 
@@ -496,8 +498,8 @@ def call_modes(clf: CrossLabClassifier, X: np.ndarray, y: np.ndarray, series: np
 
 
 def all_cells(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: str, temperature: float,
-              n_boot: int, seed: int):
-    """The chosen classifier of the first split on Acevedo-20's test split and on all cells of every
+              n_boot: int, seed: int, *, source: str):
+    """The chosen classifier of the first split on the source site's test split and on all cells of every
     unseen site (each in one call), with 95 % bootstrap intervals and the per-cell predictions."""
     from bcfeat.crosslab import evaluation as ev
     from bcfeat.data.splits import as_test_masks
@@ -506,8 +508,8 @@ def all_cells(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: s
     domain = samples["domain"].to_numpy()
     is_test = as_test_masks(plan, len(samples))[0]
     return ev.transfer_scores(measured[s["source"]].features, samples["label"].to_numpy(), domain,
-                              _train_rows(samples, plan), is_test & (domain == study.SOURCE_SITE),
-                              lambda: classifier_for(s, seed, temperature), study.SOURCE_SITE, n_boot, seed,
+                              _train_rows(samples, plan, source), is_test & (domain == source),
+                              lambda: classifier_for(s, seed, temperature), source, n_boot, seed,
                               return_predictions=True)
 
 

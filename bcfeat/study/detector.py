@@ -22,12 +22,14 @@ class DetectorPlan:
     train_config: object
     images_per_site: int
     seed: int
+    sites: tuple[str, ...] = study.SITES
 
     @classmethod
     def from_parameters(cls, preset: str, steps: int, batch_size: int, seed: int,
                         images_per_site: int, balance_sites: bool = True, *, mask_image_guidance: bool = False,
-                        mask_paste: str | None = None) -> "DetectorPlan":
+                        mask_paste: str | None = None, sites: str = ",".join(study.SITES)) -> "DetectorPlan":
         """The plan of notebooks/01_detector.py's parameters (and of ``python -m bcfeat.runner.detector``).
+        ``sites``: the comma-separated datasets whose images it trains on (the study's sites).
 
         ``mask_image_guidance`` and ``mask_paste`` (None: the preset's) change the preset's
         :class:`DetectorConfig`; the study leaves them at their defaults.
@@ -47,7 +49,9 @@ class DetectorPlan:
         if mask_paste is not None:
             overrides["mask_paste"] = mask_paste
         config = replace(presets[preset](), **overrides) if overrides else presets[preset]()
-        return cls(config, train_config, images_per_site, seed)
+        names = tuple(study.parse_list(sites))
+        study.StudySites(names, names[0] if names else "")  # the same checks as every stage's sites
+        return cls(config, train_config, images_per_site, seed, names)
 
 
 def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, detector_file: Path, train: bool = True):
@@ -65,7 +69,7 @@ def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, detector_f
     from bcfeat.detection.training_data import pseudo_label, training_images
     from bcfeat.detection.training import train_detector
 
-    sample = training_images(study.SITES, per_dataset=plan.images_per_site, root=root, seed=plan.seed)
+    sample = training_images(plan.sites, per_dataset=plan.images_per_site, root=root, seed=plan.seed)
     paths = sample.path.tolist()
     key = study.run_key(pd.DataFrame({"dataset": "", "relpath": paths, "label": ""}),
                         {"detector": plan.config, "train": plan.train_config})

@@ -37,14 +37,19 @@ def umap_embedding(X: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist
     return reducer.fit_transform(scaled)
 
 
+def _site_order(values: Sequence[str]) -> list[str]:
+    """The distinct ``values``: the default sites first in their order, then any other, sorted."""
+    present = set(values)
+    return [s for s in SITES if s in present] + sorted(present - set(SITES))
+
+
 def umap_figure(embedding: np.ndarray, site: Sequence[str], label: Sequence[str], title: str = ""):
     """Two panels of one embedding: coloured by site, and by class."""
     plt = pyplot()
     site, label = np.asarray(site), np.asarray(label)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     for ax, values, name in ((axes[0], site, "site"), (axes[1], label, "class")):
-        categories = [c for c in SITES if c in set(values)] if name == "site" else sorted(set(values))
-        categories += sorted(set(values) - set(categories))
+        categories = _site_order(values) if name == "site" else sorted(set(values))
         colours = plt.get_cmap("tab10")
         for i, category in enumerate(categories):
             chosen = values == category
@@ -174,7 +179,7 @@ def per_class_f1_figure(per_class: pd.DataFrame, feature_sets: Sequence[str] | N
     data = per_class if feature_sets is None else per_class[per_class["feature_set"].isin(feature_sets)]
     mean = data.groupby(["feature_set", "test_domain", "label"], as_index=False)["f1"].mean()
     grid = sns.catplot(data=mean, x="label", y="f1", hue="test_domain", col="feature_set", kind="bar",
-                       height=3.2, aspect=1.3, hue_order=[s for s in SITES if s in set(mean["test_domain"])])
+                       height=3.2, aspect=1.3, hue_order=_site_order(mean["test_domain"]))
     grid.set_axis_labels("class", "F1")
     grid.set(ylim=(0, 1))
     for ax in grid.axes.flat:

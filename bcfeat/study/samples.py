@@ -14,7 +14,8 @@ from bcfeat.atomic_io import save_table
 from bcfeat.data.splits import SplitPlan, make_splits
 from bcfeat.data import load_image, scan_dataset
 from bcfeat.study.data_overview import subsample
-from bcfeat.data.sites import SITES, SOURCE_SITE
+from bcfeat.data.sites import SITES
+from bcfeat.study.design import StudySites
 from bcfeat.validation import require_int
 
 
@@ -74,11 +75,12 @@ def decoded_images(paths: Sequence[str], size: int) -> np.ndarray:
         out[i] = np.asarray(Image.fromarray(load_image(path)).resize((size, size), Image.BILINEAR))
     return out
 
-def benchmark_samples(root: Path, max_per_site: int = 0, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """The labelled samples of the benchmark: coarse5 on every site, common13 within the source site."""
+def benchmark_samples(root: Path, design: StudySites, max_per_site: int = 0, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """The labelled samples of the benchmark: coarse5 on every site; common13 on every site in
+    the paper's table (``design.label_space == "common13"``), else within the source site."""
     return {
-        "coarse5": site_samples(root, "coarse5", SITES, max_per_site, seed),
-        "common13": site_samples(root, "common13", (SOURCE_SITE,), max_per_site, seed),
+        "coarse5": site_samples(root, "coarse5", design.sites, max_per_site, seed),
+        "common13": site_samples(root, "common13", design.common13_sites, max_per_site, seed),
     }
 
 def union_samples(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:

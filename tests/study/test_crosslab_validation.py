@@ -110,7 +110,7 @@ def test_selection_reads_only_the_virtual_labs_and_ranks_the_better_setting_firs
 
     rng = np.random.default_rng(4)
     samples, plan, X, y = _study(rng, 10)
-    rows = cv.development_rows(samples, plan, 0, 0)
+    rows = cv.development_rows(samples, plan, 0, 0, source="pbc_acevedo20")
     assert set(samples["domain"].to_numpy()[rows]) == {"pbc_acevedo20"} and len(rows) == 60
     labs = [VirtualLab("v0"), VirtualLab("v1")]
     features = {}
@@ -122,12 +122,12 @@ def test_selection_reads_only_the_virtual_labs_and_ranks_the_better_setting_firs
     measured = {"stain": _Measured(X)}
     table = cv.select_on_virtual_labs(measured, samples, plan, virtual,
                                       cv.candidate_settings([0.001, 1.0], ["all"], ["stain"], ["plain"]), 0,
-                                      call_size=40, n_calls=2, mixes=("own", "typical"))
+                                      call_size=40, n_calls=2, mixes=("own", "typical"), source="pbc_acevedo20")
     assert list(table.columns[:6]) == ["setting", "source", "groups", "C", "statistics", "selection_score"]
     assert table["selection_score"].is_monotonic_decreasing
     # the strongly regularised model ignores the noise features' spread less badly
     assert table["setting"].iloc[0] == "logistic C=0.001 all stain plain"
-    clf = cv.fit_setting(measured, samples, plan, table["setting"].iloc[0], 0)
+    clf = cv.fit_setting(measured, samples, plan, table["setting"].iloc[0], 0, source="pbc_acevedo20")
     calibration = cv.fit_calibration(clf, virtual, "stain", target_catch=0.5, max_review=0.5)
     assert 0.05 <= calibration.temperature <= 20
     assert len(calibration.reference_novelty) == 2
