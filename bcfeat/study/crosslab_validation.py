@@ -32,7 +32,7 @@ from bcfeat.crosslab import calibration as cal
 from bcfeat.crosslab import mixes as mx
 from bcfeat.crosslab import novelty as nov
 from bcfeat.crosslab.adaptation import CrossLabClassifier
-from bcfeat.crosslab.cell_features import feature_names, feature_set_columns
+from bcfeat.crosslab.cell_features import feature_set_columns
 from bcfeat.data.splits import SplitPlan
 from bcfeat.study import common as study
 from bcfeat.study.design import StudySites
