@@ -149,13 +149,12 @@ def check_study_design(planned: Sequence[PlannedStage], declared: dict[str, dict
         cell = declared[p.stage.stem]
         values = {n: p.parameters.get(n, cell[n].default) for n in DESIGN_PARAMETERS if n in cell}
         if "sites" in values:
-            names = tuple(x.strip() for x in str(values["sites"]).split(",") if x.strip())
             try:
-                StudySites(names, values.get("source_site", names[0] if names else ""),
-                           values.get("label_space", "coarse5"))
+                design = StudySites.from_parameters(values["sites"], values.get("source_site"),
+                                                    values.get("label_space", "coarse5"))
             except ValueError as err:
                 raise ValueError(f"stage {p.stage.stem}: {err}") from None
-            values["sites"] = names
+            values["sites"] = design.sites
         for name, value in values.items():
             if name in seen and seen[name][1] != value:
                 raise ValueError(f"{name}: stage {seen[name][0]} uses {seen[name][1]!r} but {p.stage.stem} "

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from bcfeat.data.splits import SplitPlan
-from bcfeat.data.sites import SITES
+from bcfeat.study.design import DEFAULT_SITES
 
 
 def run_feature_sets(feature_sets: dict[str, np.ndarray], samples: pd.DataFrame, plan: SplitPlan,
@@ -53,9 +53,7 @@ def source_row_table(summary: pd.DataFrame, source: str, metric: str = "balanced
     cell = rows.apply(lambda r: f"{r[f'{metric}_mean']:.3f} ± {0 if pd.isna(r[f'{metric}_std']) else r[f'{metric}_std']:.3f}",
                       axis=1)
     table = rows.assign(cell=cell).pivot(index="feature_set", columns="test_domain", values="cell")
-    order = list(dict.fromkeys(rows["test_domain"]))
-    order = [s for s in SITES if s in order] + [s for s in order if s not in SITES]
-    return table[order].loc[list(dict.fromkeys(rows["feature_set"]))]
+    return table[DEFAULT_SITES.order(rows["test_domain"])].loc[list(dict.fromkeys(rows["feature_set"]))]
 
 def target_check(summary: pd.DataFrame, feature_set: str, unseen_min: float, in_domain_min: float,
                  source: str) -> pd.DataFrame:

@@ -16,6 +16,11 @@ from bcfeat.data.registry import DATASETS
 from bcfeat.data.sites import CROSS_SITE_LABEL_SPACES, FINE_LABEL_DATASETS, SITES, SOURCE_SITE
 
 
+def parse_list(text: str) -> list[str]:
+    """A comma-separated notebook parameter as a list (blank entries dropped)."""
+    return [item.strip() for item in str(text).split(",") if item.strip()]
+
+
 @dataclass(frozen=True)
 class StudySites:
     """Which labs a run of the study uses, which one it trains on, and the label space of the
@@ -68,9 +73,11 @@ class StudySites:
                              f"coarse5 labels (sites with fine labels: {list(FINE_LABEL_DATASETS)})")
 
     @classmethod
-    def from_parameters(cls, sites: str, source_site: str, label_space: str = "coarse5") -> StudySites:
-        """The design from a notebook's parameters: comma-separated site names (blanks dropped)."""
-        return cls(tuple(s.strip() for s in str(sites).split(",") if s.strip()), source_site, label_space)
+    def from_parameters(cls, sites: str, source_site: str | None = None, label_space: str = "coarse5") -> StudySites:
+        """The design from a notebook's parameters: comma-separated site names (blanks dropped);
+        ``source_site`` None (a stage that trains no classifier): the first site."""
+        names = tuple(parse_list(sites))
+        return cls(names, names[0] if source_site is None and names else (source_site or ""), label_space)
 
     @property
     def unseen(self) -> tuple[str, ...]:

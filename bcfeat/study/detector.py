@@ -49,9 +49,8 @@ class DetectorPlan:
         if mask_paste is not None:
             overrides["mask_paste"] = mask_paste
         config = replace(presets[preset](), **overrides) if overrides else presets[preset]()
-        names = tuple(study.parse_list(sites))
-        study.StudySites(names, names[0] if names else "")  # the same checks as every stage's sites
-        return cls(config, train_config, images_per_site, seed, names)
+        design = study.StudySites.from_parameters(sites)  # the same checks as every stage's sites
+        return cls(config, train_config, images_per_site, seed, design.sites)
 
 
 def train_or_restore(plan: DetectorPlan, root: Path, artifacts: Path, detector_file: Path, train: bool = True):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from bcfeat.data.sites import SITES
+from bcfeat.study.design import DEFAULT_SITES
 
 
 def pyplot():
@@ -37,19 +37,13 @@ def umap_embedding(X: np.ndarray, seed: int = 0, n_neighbors: int = 15, min_dist
     return reducer.fit_transform(scaled)
 
 
-def _site_order(values: Sequence[str]) -> list[str]:
-    """The distinct ``values``: the default sites first in their order, then any other, sorted."""
-    present = set(values)
-    return [s for s in SITES if s in present] + sorted(present - set(SITES))
-
-
 def umap_figure(embedding: np.ndarray, site: Sequence[str], label: Sequence[str], title: str = ""):
     """Two panels of one embedding: coloured by site, and by class."""
     plt = pyplot()
     site, label = np.asarray(site), np.asarray(label)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
     for ax, values, name in ((axes[0], site, "site"), (axes[1], label, "class")):
-        categories = _site_order(values) if name == "site" else sorted(set(values))
+        categories = DEFAULT_SITES.order(values) if name == "site" else sorted(set(values))
         colours = plt.get_cmap("tab10")
         for i, category in enumerate(categories):
             chosen = values == category
@@ -134,8 +128,7 @@ def domain_matrix_heatmap(summary: pd.DataFrame, metric: str = "balanced_accurac
     plt = pyplot()
     mean = summary.pivot(index="train_domain", columns="test_domain", values=f"{metric}_mean")
     std = summary.pivot(index="train_domain", columns="test_domain", values=f"{metric}_std")
-    order_r = [s for s in SITES if s in mean.index] + [s for s in mean.index if s not in SITES]
-    order_c = [s for s in SITES if s in mean.columns] + [s for s in mean.columns if s not in SITES]
+    order_r, order_c = DEFAULT_SITES.order(mean.index), DEFAULT_SITES.order(mean.columns)
     mean, std = mean.loc[order_r, order_c], std.loc[order_r, order_c]
     annotations = mean.map(lambda v: f"{v:.2f}") + std.map(lambda v: "" if pd.isna(v) else f"\n±{v:.2f}")
     fig, ax = plt.subplots(figsize=(1.5 + 1.4 * len(order_c), 1.2 + 0.9 * len(order_r)))
@@ -179,7 +172,7 @@ def per_class_f1_figure(per_class: pd.DataFrame, feature_sets: Sequence[str] | N
     data = per_class if feature_sets is None else per_class[per_class["feature_set"].isin(feature_sets)]
     mean = data.groupby(["feature_set", "test_domain", "label"], as_index=False)["f1"].mean()
     grid = sns.catplot(data=mean, x="label", y="f1", hue="test_domain", col="feature_set", kind="bar",
-                       height=3.2, aspect=1.3, hue_order=_site_order(mean["test_domain"]))
+                       height=3.2, aspect=1.3, hue_order=DEFAULT_SITES.order(mean["test_domain"]))
     grid.set_axis_labels("class", "F1")
     grid.set(ylim=(0, 1))
     for ax in grid.axes.flat:

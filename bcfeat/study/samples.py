@@ -15,13 +15,9 @@ from bcfeat.data.splits import SplitPlan, make_splits
 from bcfeat.data import load_image, scan_dataset
 from bcfeat.study.data_overview import subsample
 from bcfeat.data.sites import SITES
-from bcfeat.study.design import StudySites
+from bcfeat.study.design import StudySites, parse_list  # noqa: F401 (parse_list: re-exported)
 from bcfeat.validation import require_int
 
-
-def parse_list(text: str) -> list[str]:
-    """A comma-separated notebook parameter as a list (blank entries dropped)."""
-    return [item.strip() for item in text.split(",") if item.strip()]
 
 def site_samples(root: Path, label_space: str | None = "coarse5", sites: Sequence[str] = SITES,
                  max_per_site: int = 0, seed: int = 0) -> pd.DataFrame:
