@@ -125,12 +125,13 @@ def autoencoder_samples(root: Path, max_per_site: int, max_source_images: int, s
 
 
 def instances_for(samples: pd.DataFrame, detector_file: Path, cache_dir: Path, plan: VariantPlan,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, runtime=None) -> dict:
     """Instance arrays of every sample for every region the plan needs, through the detector
-    ``detector_file`` (``01_detector``'s), cached in ``cache_dir``."""
+    ``detector_file`` (``01_detector``'s), cached in ``cache_dir``; ``runtime``: where and how
+    (:class:`bcfeat.detection.batched_inference.ExtractionRuntime`, default: the machine's)."""
     detector = study.require_input(detector_file, "01_detector")
     return {region: cached_instance_arrays(detector, samples["path"].tolist(), plan.extraction(region),
-                                           Path(cache_dir), progress=progress)
+                                           Path(cache_dir), progress=progress, runtime=runtime)
             for region in plan.regions}
 
 
