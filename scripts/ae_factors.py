@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extraction", default="auto", choices=["auto", "cpu-reference", "batched"],
                    help="instance extraction: auto (batched on CUDA, the reference path on the CPU), the CPU's "
                         "reference path, or the batched path on --device")
+    p.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA too")
     p.add_argument("--quick", action="store_true", help="a dry run: 60 images per site, 2 splits, epochs 1 and 2")
     args = p.parse_args(argv)
     started = time.monotonic()
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     forest = lambda rs: default_classifier(rs, n_jobs=args.n_jobs)  # noqa: E731
     scores = factors.run_factors(runs, data, work / "checkpoints", out, device=device, num_threads=args.num_threads,
-                                 budget=budget, make_classifier=forest, score=not args.no_score, info=info)
+                                 budget=budget, make_classifier=forest, score=not args.no_score, info=info,
+                                 amp=not args.no_amp)
     log.info("done in %.0f s", time.monotonic() - started)
     if len(scores):
         print(factors.factor_table(scores, DEFAULT_SITES.source).round(3).to_string(index=False))

@@ -393,6 +393,17 @@ def autoencoder_loss(latent: Tensor, features_hat: Tensor, image_hat: Tensor, fe
     if image_hat.shape != crops.shape:
         raise ValueError(f"reconstructed image {tuple(image_hat.shape)} and target crop {tuple(crops.shape)} "
                          "differ in shape")
+    # In float32 with autocast off: under float16 autocast the SSIM's local variances (differences of
+    # small means) give non-finite gradients in every step, so a GradScaler skipped every update and
+    # the model never trained on CUDA (measured on an H200, fixed here).
+    with torch.autocast(device_type=latent.device.type, enabled=False):
+        return _autoencoder_loss(latent.float(), features_hat.float(), image_hat.float(), features.float(),
+                                 crops.float(), domain, w, alignment, source_domain, min_samples)
+
+
+def _autoencoder_loss(latent: Tensor, features_hat: Tensor, image_hat: Tensor, features: Tensor, crops: Tensor,
+                      domain: Tensor | None, w: LossWeights, alignment: str | None, source_domain: int | None,
+                      min_samples: int) -> LossTerms:
     image = ssim_loss(image_hat, crops)
     feat = feature_mse(features_hat, features)
     total = w.image * image + w.features * feat

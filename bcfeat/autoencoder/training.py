@@ -335,6 +335,7 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
             sums: dict[str, float] = {}
             counts: dict[str, int] = {}
             n_samples = 0
+            updates = 0
             t0 = time.perf_counter()
             with tqdm(total=len(plan), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
                       leave=False) as bar:
@@ -343,8 +344,8 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
                     with step.autocast():
                         loss = loss_fn(forward, batch)
                     values = {"total": float(loss.total.detach()), **{k: float(v) for k, v in loss.terms.items()}}
-                    step(loss.total, loss.terms, where=f"epoch {epoch + 1}/{cfg.epochs}, batch {b + 1}/{len(plan)}",
-                         on_give_up=kept)
+                    updates += step(loss.total, loss.terms, where=f"epoch {epoch + 1}/{cfg.epochs}, "
+                                    f"batch {b + 1}/{len(plan)}", on_give_up=kept)
                     for k, v in values.items():
                         sums[k] = sums.get(k, 0.0) + v
                     for k, v in loss.counts.items():
@@ -353,6 +354,11 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
                     bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
                     bar.update()
             seconds = time.perf_counter() - t0
+            if updates == 0 and plan and epoch > start:
+                raise NonFiniteLossError(
+                    f"epoch {epoch + 1}/{cfg.epochs}: none of its {len(plan)} updates was applied (non-finite "
+                    f"gradients{', which mixed precision skips' if step.use_amp else ''}): the model is not "
+                    f"learning{'; train with amp=False' if step.use_amp else ''}; {kept()}")
             row: dict[str, Any] = {"epoch": epoch + 1}
             row.update({k: v / len(plan) for k, v in sums.items()})
             row.update(counts)

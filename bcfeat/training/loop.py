@@ -95,7 +95,8 @@ class OptimizerStep:
         Returns
         -------
         bool
-            True when the weights were updated, False when the step was skipped.
+            True when the weights were updated, False when the step was skipped (a non-finite
+            loss, or with mixed precision a non-finite gradient, which the GradScaler skips).
 
         Raises
         ------
@@ -114,9 +115,11 @@ class OptimizerStep:
             if self.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            scale = self.scaler.get_scale() if self.use_amp else None
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            return True
+            # The GradScaler skips the update (and lowers its scale) when a gradient is not finite.
+            return not (self.use_amp and self.scaler.get_scale() < scale)
         self.bad += 1
         self.skipped += 1
         if self.bad > self.max_bad_steps:
