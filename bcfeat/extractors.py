@@ -147,7 +147,8 @@ def open_extractor(path: str | os.PathLike) -> Extractor:
         model = load_aecfe(path, payload)
     else:
         what = f"a bcfeat {kind} file" if kind else "not a bcfeat model file (no bcfeat format entry)"
-        raise ModelFileError(path, f"is {what}; features are extracted with an AE-CFE model file "
+        raise ModelFileError(path, f"is {what}; features are extracted with a model file of kind "
+                                   f"{' or '.join(EXTRACTOR_KINDS)}: an AE-CFE model file "
                                    "(artifacts/<profile>/aecfe_model.pt) or a cross-lab model file "
                                    "(artifacts/<profile>/crosslab_model.pt)")
     return Extractor(kind, path, hashlib.sha256(data).hexdigest(), model)

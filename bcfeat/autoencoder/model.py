@@ -34,10 +34,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from bcfeat.model_files import build_from_payload, format_name
+from bcfeat.model_files import build_from_payload
 from bcfeat.training.checkpoint import RESERVED_KEYS, config_from_dict, read_model_file, save_model_file
 
-CHECKPOINT_FORMAT = format_name("autoencoder", 1)
 
 
 @dataclass

@@ -218,8 +218,7 @@ def reliability_table(proba: np.ndarray, y_true_idx: np.ndarray, n_bins: int = 1
     confidence = p.max(axis=1)
     correct = p.argmax(axis=1) == y
     edges, counts, conf_mean, acc_mean = _bin_stats(confidence, correct, n_bins)
-    return pd.DataFrame({"bin_low": edges[:-1], "bin_high": edges[1:], "n": counts,
-                         "confidence": conf_mean, "accuracy": acc_mean})
+    return pd.DataFrame(dict(zip(TABLE_COLUMNS, (edges[:-1], edges[1:], counts, conf_mean, acc_mean))))
 
 
 def _nll(p: np.ndarray, y: np.ndarray) -> float:

@@ -22,7 +22,6 @@ import pandas as pd
 from bcfeat import paths
 from bcfeat.data.registry import DATASETS, dataset_image_files, get_spec
 
-MANIFEST_COLUMNS = ("file", "class_folder", "fine_label", "common13", "source_path", "sha256", "bytes", "width", "height")
 
 
 def sha256_of(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

@@ -11,10 +11,9 @@ from torchvision.models.detection import MaskRCNN
 
 from bcfeat.detection.architecture import build_detector, config_of
 from bcfeat.detection.config import DetectorConfig
-from bcfeat.model_files import build_from_payload, format_name
+from bcfeat.model_files import build_from_payload
 from bcfeat.training.checkpoint import RESERVED_KEYS, read_model_file, save_model_file
 
-CHECKPOINT_FORMAT = format_name("detector", 1)
 # Training state that a rebuilt detector does not carry in ``bcfeat_extra`` (``torch_rng``: files
 # written before the shared resume state).
 _RESUME_KEYS = ("optimizer", "scheduler", "rng", "torch_rng", "scaler")

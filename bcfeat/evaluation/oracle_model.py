@@ -14,14 +14,11 @@ from torch import nn
 from torchvision import models
 from torchvision.models.resnet import BasicBlock
 
-from bcfeat.model_files import format_name
 from bcfeat.training.checkpoint import config_from_dict
 from bcfeat.validation import require_int
 
-
 ARCHS = ("narrow_resnet", "resnet18", "resnext50_32x4d")
 NORMS = ("batch", "group")
-CHECKPOINT_FORMAT = format_name("oracle", 1)
 
 
 @dataclass

@@ -331,17 +331,6 @@ def _source_train_rows(samples: pd.DataFrame, plan: SplitPlan, source: str) -> t
     return np.flatnonzero((samples["domain"].to_numpy() == source) & ~is_test), is_test
 
 
-def all_cells_transfer(X: np.ndarray, samples: pd.DataFrame, plan: SplitPlan, setting: str, n_boot: int, seed: int,
-                       *, source: str):
-    """The headline classifier of the first split on all cells of every unseen site, with intervals."""
-    train, is_test = _source_train_rows(samples, plan, source)
-    Z = ev.standardize_per_site(X, samples["domain"].to_numpy())
-    in_test = is_test & (samples["domain"].to_numpy() == source)
-    factory = make_factory(setting_by_name(setting))
-    return ev.transfer_scores(Z, samples["label"].to_numpy(), samples["domain"].to_numpy(), train, in_test,
-                              lambda: factory(seed), source, n_boot, seed, return_predictions=True)
-
-
 def per_class_table(ours: pd.DataFrame, adabn: pd.DataFrame, *, source: str) -> pd.DataFrame:
     """F1 per class on all cells of each unseen site: ours (headline) and the AdaBN oracle."""
     from sklearn.metrics import f1_score
@@ -391,7 +380,7 @@ def _subsample(samples: pd.DataFrame, n: int, seed: int) -> np.ndarray:
 def ablations(measured: dict[str, Measured], samples, plan, setting: str, artifacts: Path, ablation_cells: int,
               ssl_epochs: int, ssl_image_size: int, seed: int, n_workers: int, cnn_epochs: int = 0,
               cnn_image_size: int = 64, *, design: StudySites) -> pd.DataFrame:
-    """One row per variant (lever on/off), scored like :func:`all_cells_transfer` (no intervals).
+    """One row per variant (lever on/off), scored by ``transfer_scores`` on the first split (no intervals).
 
     The crop lever compares the mask sources on every cell, and the canonical rescaling against one
     zoom for every image on a subsample of ``ablation_cells`` per site (re-measured)."""
@@ -558,5 +547,5 @@ def few_shot_glue(curve: pd.DataFrame) -> dict:
 
 # ----------------------------------------------------------------------------- figures, model file
 __all__ = ["Measured", "measure_cells", "candidate_grid",
-           "adabn_oracle_scores", "domain_matrices", "comparison_table", "all_cells_transfer", "ablations",
+           "adabn_oracle_scores", "domain_matrices", "comparison_table", "ablations",
            "few_shot"]
