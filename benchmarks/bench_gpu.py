@@ -123,8 +123,10 @@ def bench_autoencoder(cfg: AEConfig, n: int, batch_size: int, epochs: int, amp: 
     later = hist.iloc[1:] if len(hist) > 1 else hist
     m = {**m, "seconds": float(later["seconds"].sum()) * len(hist) / len(later)}
     steps = epochs * math.ceil(n / batch_size)
+    # "learned": the loss fell. A finite loss alone passed while mixed precision skipped every update.
     return _row(name, n * epochs, steps, m, final_total_loss=float(hist["total"].iloc[-1]),
-                finite=bool(np.isfinite(hist["total"]).all()))
+                finite=bool(np.isfinite(hist["total"]).all()),
+                learned=bool(hist["total"].iloc[-1] < hist["total"].iloc[0]))
 
 
 def bench_oracle(images: list[np.ndarray], profile: str, epochs: int, device: torch.device, name: str) -> dict:

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default=None, help="data root (default: $BCFEAT_DATA_ROOT, then ../shared/datasets)")
     p.add_argument("--detector", default="artifacts/cpu/checkpoints/detector.pt", help="01_detector's checkpoint")
-    p.add_argument("--out", required=True, help="folder for the tables (and the cache, checkpoints under it)")
+    p.add_argument("--out", required=True, help="folder for the tables (and the cache, checkpoints under it); "
+                                                 "with --score-only, the folder of a finished run")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--budget-s", type=float, default=float("inf"), help="seconds for the whole study, extraction included")
     p.add_argument("--runs", default="", help="comma-separated run names to keep (default: all, in order)")
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="instance extraction: auto (batched on CUDA, the reference path on the CPU), the CPU's "
                         "reference path, or the batched path on --device")
     p.add_argument("--no-amp", action="store_true", help="train in float32 on CUDA too")
+    p.add_argument("--max-epochs", type=int, default=0, help="drop the checkpoints beyond this epoch (0: keep all)")
+    p.add_argument("--score-only", action="store_true",
+                   help="score the latents a run saved in --out (factor_scores.csv beside them); trains nothing")
     p.add_argument("--quick", action="store_true", help="a dry run: 60 images per site, 2 splits, epochs 1 and 2")
     args = p.parse_args(argv)
     started = time.monotonic()
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from bcfeat.atomic_io import save_table
     from bcfeat.data import resolve_data_root
     from bcfeat.evaluation.benchmark import default_classifier
     from bcfeat.study import factors
@@ -72,9 +77,20 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown run(s) {unknown}; choose from {[r.name for r in runs]}")
         runs = [r for r in runs if r.name in wanted]
     max_per_site, repetitions = 0, args.n_repetitions
+    if args.max_epochs:
+        runs = [replace(r, checkpoints=tuple(e for e in r.checkpoints if e <= args.max_epochs)) for r in runs
+                if r.checkpoints[0] <= args.max_epochs]
     if args.quick:
         runs = [replace(r, checkpoints=(1, 2)) for r in runs[:2]]
         max_per_site, repetitions = 60, 2
+    forest = lambda rs: default_classifier(rs, n_jobs=args.n_jobs)  # noqa: E731
+    if args.score_only:
+        data = factors.FactorData.build(resolve_data_root(args.data_root), DEFAULT_SITES, max_per_site=max_per_site,
+                                        max_source_images=args.max_source_images, n_repetitions=repetitions, seed=0)
+        scores = factors.score_saved_latents(out, data, make_classifier=forest)
+        save_table(scores, out / "factor_scores.csv")
+        print(factors.factor_table(scores, DEFAULT_SITES.source).round(3).to_string(index=False))
+        return 0
     info = {**factors.provenance(device), "arguments": vars(args), "runs": [r.name for r in runs]}
     log.info("device %s, %s", device, {k: info[k] for k in ("torch", "gpu", "cpu_count") if k in info})
     work = Path(args.work) if args.work else out
@@ -97,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     info["n_samples"] = len(data.samples)
     log.info("instance arrays of %d images in %.0f s", len(data.samples), info["instances_s"])
 
-    forest = lambda rs: default_classifier(rs, n_jobs=args.n_jobs)  # noqa: E731
     scores = factors.run_factors(runs, data, work / "checkpoints", out, device=device, num_threads=args.num_threads,
                                  budget=budget, make_classifier=forest, score=not args.no_score, info=info,
                                  amp=not args.no_amp)

@@ -103,10 +103,7 @@ def in_domain_comparison(published: pd.DataFrame, ours_common13: pd.DataFrame,
         ``what, method, accuracy_pct, std_pct, points_below_published``; the first row is the
         published AE-CFE-RF (the mean over the papers that re-report it).
     """
-    pub = published[(published["method"] == PAPER_METHOD) & (published["train"] == IN_DOMAIN_SITE)
-                     & (published["test"] == IN_DOMAIN_SITE)]
-    if pub.empty:
-        raise ValueError(f"the published table has no {PAPER_METHOD} row for {IN_DOMAIN_SITE} in-domain")
+    pub = _paper_in_domain_rows(published)
     reference = float(pub["accuracy_pct"].mean())
     rows = [{"what": "published (other folds and splits)", "method": PAPER_METHOD, "accuracy_pct": reference,
              "std_pct": float(pub["std_pct"].max())}]
@@ -120,6 +117,20 @@ def in_domain_comparison(published: pd.DataFrame, ours_common13: pd.DataFrame,
     table = pd.DataFrame(rows)
     table["points_below_published"] = reference - table["accuracy_pct"]
     return table
+
+
+def _paper_in_domain_rows(published: pd.DataFrame) -> pd.DataFrame:
+    pub = published[(published["method"] == PAPER_METHOD) & (published["train"] == IN_DOMAIN_SITE)
+                     & (published["test"] == IN_DOMAIN_SITE)]
+    if pub.empty:
+        raise ValueError(f"the published table has no {PAPER_METHOD} row for {IN_DOMAIN_SITE} in-domain")
+    return pub
+
+
+def published_in_domain(path: str | os.PathLike) -> float:
+    """The published AE-CFE-RF accuracy on Acevedo-20 in-domain (percent; the mean over the papers
+    that re-report it), read from the published table at ``path``."""
+    return float(_paper_in_domain_rows(read_published(path))["accuracy_pct"].mean())
 
 
 def in_domain_texts(comparison: pd.DataFrame, headline: str, addition: str) -> dict[str, str]:
@@ -141,4 +152,4 @@ def in_domain_texts(comparison: pd.DataFrame, headline: str, addition: str) -> d
 
 
 __all__ = ["COLUMNS", "PAPER_METHOD", "default_published_file", "read_published", "published_matrix",
-           "in_domain_comparison", "in_domain_texts"]
+           "in_domain_comparison", "in_domain_texts", "published_in_domain"]

@@ -82,6 +82,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("07_crosslab", inputs=("detector_file", "features_dir", "oracles_file", "splits_file",
                                  "benchmark_summary_file"),
           outputs={"crosslab_model_file": "{artifacts_dir}/crosslab_model.pt"}),
+    # Reads a finished run of scripts/ae_factors.py (committed under book/results/factors/), made
+    # outside the chain: its 150-epoch trainings take hours on the CPU.
+    Stage("08_factors"),
     Stage("90_provenance"),
 )
 

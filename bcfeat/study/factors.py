@@ -173,6 +173,7 @@ def run_factors(runs: Sequence[FactorRun], data: FactorData, checkpoints_dir: Pa
     from bcfeat.atomic_io import save_npz
     from bcfeat.autoencoder.aecfe_model import encode_features
     from bcfeat.autoencoder.training import fit_autoencoder
+    from bcfeat.training.device import resolve_device
     from bcfeat.training.loop import NonFiniteLossError
 
     if data.instances is None:
@@ -238,7 +239,7 @@ def run_factors(runs: Sequence[FactorRun], data: FactorData, checkpoints_dir: Pa
             latents[f"epoch_{epochs}"] = latent.astype(np.float32)
             save_npz(out_dir / f"latents_{_slug(run.name)}.npz", keys=keys, **latents)
             done = {"epochs": epochs, "train_s": round(train_s, 1), "latent_std": float(latent.std(axis=0).mean()),
-                    "amp": amp, "first_total": float(history["total"].iloc[0]), "last_total": float(history["total"].iloc[-1])}
+                    "amp": amp and resolve_device(device).type == "cuda", "first_total": float(history["total"].iloc[0]), "last_total": float(history["total"].iloc[-1])}
             if score:
                 t1 = time.perf_counter()
                 scores.append(_labelled(score_latent(latent, keys, data, seed, make_classifier), run, epochs, plan, latent))
@@ -317,3 +318,93 @@ def provenance(device: str) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+# The steps from the cpu headline's setting to the released code's, and one beyond it, each read
+# from a (run, epochs) point of the factor table: (label, run, epochs).
+ATTRIBUTION_STEPS: tuple[tuple[str, str, int], ...] = (
+    ("cpu headline: 12 epochs, batch 128, weight 5", "length (batch 128)", 12),
+    ("+ 150 epochs", "length (batch 128)", 150),
+    ("+ batch 500 (the released settings)", "length (batch 500)", 150),
+    ("+ alignment weight 5 -> 0", "alignment weight 0 (batch 500)", 150),
+)
+
+
+def attribution_table(table: pd.DataFrame, published_pct: float,
+                      steps: Sequence[tuple[str, str, int]] = ATTRIBUTION_STEPS) -> pd.DataFrame:
+    """The in-domain common13 accuracy (percent) after each step, what the step changed, and the
+    points left to the published value; a step whose point the run did not reach is left out."""
+    rows, previous = [], None
+    for label, run, epochs in steps:
+        point = table[(table["run"] == run) & (table["epochs"] == epochs)]
+        if point.empty:
+            continue
+        value = 100 * float(point["common13_in_domain_accuracy"].iloc[0])
+        rows.append({"step": label, "accuracy_pct": value,
+                     "std_pct": 100 * float(point["common13_in_domain_accuracy_std"].iloc[0]),
+                     "change_pts": np.nan if previous is None else value - previous,
+                     "below_published_pts": published_pct - value,
+                     "unseen_balanced_accuracy": float(point["coarse5_unseen_balanced_accuracy"].iloc[0]),
+                     "latent_std": float(point["latent_std"].iloc[0])})
+        previous = value
+    return pd.DataFrame(rows)
+
+
+def attribution_display(steps: pd.DataFrame) -> pd.DataFrame:
+    """:func:`attribution_table` for reading: named columns, rounded, no change on the first row."""
+    shown = steps.set_index("step").rename(columns={
+        "accuracy_pct": "accuracy (%)", "std_pct": "± (%)", "change_pts": "change (points)",
+        "below_published_pts": "below published (points)", "unseen_balanced_accuracy": "unseen sites (BA)",
+        "latent_std": "latent spread"})
+    shown = shown.round({"accuracy (%)": 1, "± (%)": 1, "change (points)": 1, "below published (points)": 1,
+                         "unseen sites (BA)": 3, "latent spread": 3})
+    return shown.astype(object).where(shown.notna(), "")
+
+
+def learning_curve_figure(table: pd.DataFrame, published_pct: float | None = None):
+    """In-domain common13 accuracy and mean unseen balanced accuracy against epochs, one line per run."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    panels = (("common13_in_domain_accuracy", "in-domain accuracy (common13)"),
+              ("coarse5_unseen_balanced_accuracy", "unseen sites, mean balanced accuracy (coarse5)"),
+              ("latent_std", "latent spread (mean std per dimension)"))
+    for ax, (column, title) in zip(axes, panels):
+        for run, part in table.groupby("run", sort=False):
+            ax.plot(part["epochs"], part[column], marker="o", ms=4, label=run)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epochs")
+    if published_pct is not None:
+        axes[0].axhline(published_pct / 100, color="black", ls="--", lw=1, label="published (AE-CFE-RF)")
+    axes[0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+@dataclass
+class FactorRunResults:
+    """A finished run's folder read back: where it ran (``info``), its scores and its loss history."""
+
+    info: dict
+    runs: list[dict]
+    scores: pd.DataFrame
+    history: pd.DataFrame
+
+
+def read_factor_run(folder: str | os.PathLike) -> FactorRunResults:
+    """Read ``factor_runs.json``, ``factor_scores.csv`` (made where the run was scored) and
+    ``factor_history.csv`` of a run of ``scripts/ae_factors.py``; a missing file is named."""
+    folder = Path(folder)
+    for name in ("factor_runs.json", "factor_scores.csv", "factor_history.csv"):
+        if not (folder / name).is_file():
+            hint = (" (score the saved latents with `python scripts/ae_factors.py --score-only --out "
+                    f"{folder}`)" if name == "factor_scores.csv" else "")
+            raise FileNotFoundError(f"{folder / name} does not exist: not a finished factor run{hint}")
+    report = json.loads((folder / "factor_runs.json").read_text())
+    return FactorRunResults(report.get("info", {}), report.get("runs", []), pd.read_csv(folder / "factor_scores.csv"),
+                            pd.read_csv(folder / "factor_history.csv"))
+
+
+def history_figure(history: pd.DataFrame):
+    """The loss terms per epoch of every run (the autoencoder chapter's figure, one line per run)."""
+    return aes.history_figure(history.rename(columns={"run": "variant"}))

@@ -246,3 +246,27 @@ def test_autoencoder_loss_weights_the_terms():
 
 def test_docstring_examples():
     assert doctest.testmod(losses_mod).failed == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_loss_has_finite_gradients_under_half_precision_autocast(dtype):
+    """Under float16 autocast the SSIM gave non-finite gradients in every step, so a GradScaler on
+    CUDA skipped every update and nothing was learned; the loss now runs in float32 (CPU autocast
+    stands in for CUDA's here)."""
+    from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 16, 14, 14, generator=g) * 2 - 1
+    crops = torch.rand(32, 3, 32, 32, generator=g)
+    domain = torch.arange(32) % 2
+    torch.manual_seed(0)
+    model = CrossDomainAutoencoder(AEConfig.tiny())
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(x)
+        loss = autoencoder_loss(out.latent, out.features, out.image, x, crops, domain)
+    assert loss.total.dtype == torch.float32
+    (loss.total * 2.0 ** 16).backward()  # a GradScaler's starting scale
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert torch.isfinite(grads).all()
+    reference = autoencoder_loss(out.latent.float(), out.features.float(), out.image.float(), x, crops, domain)
+    assert float(loss.total) == pytest.approx(float(reference.total), rel=1e-6)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import doctest
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import ClassVar
 
 import pytest
@@ -218,3 +218,22 @@ def test_threads_are_restored_even_after_an_error():
 def test_docstring_examples():
     for module in (checkpoint_mod, device_mod):
         assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_an_epoch_in_which_every_update_was_skipped_stops_the_training(tmp_path, monkeypatch):
+    """As a GradScaler does when every gradient is non-finite: the first epoch may skip all its
+    steps (the scaler is still lowering its scale), the second may not."""
+    from bcfeat.autoencoder.training import fit_autoencoder
+
+    def skip(self, loss, terms=None, *, where="", on_give_up=None):
+        self.optimizer.zero_grad(set_to_none=True)
+        return False
+
+    monkeypatch.setattr(OptimizerStep, "__call__", skip)
+    g = torch.Generator().manual_seed(0)
+    data = (torch.rand(8, 16, 14, 14, generator=g), torch.rand(8, 3, 32, 32, generator=g), torch.arange(8) % 2)
+    cfg = AutoencoderTrainingConfig(epochs=3, batch_size=4, progress=False, num_threads=1)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2/3: none of its 2 updates was applied"):
+        fit_autoencoder(data, AEConfig.tiny(), cfg, tmp_path / "ae.pt", resume=False)
+    _, history = fit_autoencoder(data, AEConfig.tiny(), replace(cfg, epochs=1), tmp_path / "one.pt", resume=False)
+    assert len(history) == 1  # one epoch of skipped steps alone is not an error
