@@ -23,6 +23,8 @@ from scipy import ndimage as ndi
 from skimage import filters, measure
 from skimage.transform import resize
 
+from bcfeat.detection.pseudo_masks import disk_dilation, disk_opening
+
 
 @dataclass(frozen=True)
 class CropConfig:
@@ -156,12 +158,12 @@ def red_cell_diameter(image: np.ndarray, cell_mask: np.ndarray, background: np.n
     green = resize(image[..., 1].astype(np.float32), (h, w), anti_aliasing=scale < 1, preserve_range=True)
     od = -np.log10(np.clip(green, 1.0, None) / background[1])
     cell = resize(cell_mask.astype(np.float32), (h, w), order=1) > 0.5
-    cell = ndi.binary_dilation(cell, iterations=2)
+    cell = disk_dilation(disk_dilation(cell, 1), 1)  # ndi.binary_dilation(cell, iterations=2)
     outside = od[~cell]
     if outside.size < 64 or np.ptp(outside) < 1e-3:
         return float("nan")
     red = (od > filters.threshold_otsu(outside)) & ~cell
-    red = ndi.binary_opening(red, iterations=1)
+    red = disk_opening(red, 1)  # ndi.binary_opening(red, iterations=1)
     labels = measure.label(red)
     diameters = []
     for region in measure.regionprops(labels):

@@ -33,7 +33,7 @@ from skimage.feature import graycomatrix, graycoprops
 
 from bcfeat.crosslab.cell_crop import CellCrop
 from bcfeat.crosslab.stain import MAX_OD, od_chromaticity, optical_density, white_balanced_lab
-from bcfeat.detection.pseudo_masks import fill_holes
+from bcfeat.detection.pseudo_masks import disk_dilation, disk_erosion, disk_opening, fill_holes
 
 GROUPS: tuple[str, ...] = ("size", "shape", "colour", "texture", "profile")
 _GLCM_LEVELS = 16
@@ -46,7 +46,7 @@ _N_RINGS = 6
 
 def _hull_area(mask: np.ndarray) -> float:
     """Area of the convex hull of a mask's pixel squares (corners of the boundary pixels)."""
-    edge = mask & ~ndi.binary_erosion(mask)
+    edge = mask & ~disk_erosion(mask, 1)
     ys, xs = np.nonzero(edge)
     corners = np.concatenate([np.stack([ys + dy, xs + dx], axis=1) for dy in (0, 1) for dx in (0, 1)])
     try:
@@ -81,7 +81,7 @@ def _nucleus_mask(od_total: np.ndarray, cell: np.ndarray) -> np.ndarray:
     if values.size < 16 or np.ptp(values) < 1e-4:
         return np.zeros_like(cell)
     nucleus = (od_total > filters.threshold_otsu(values)) & cell
-    nucleus = ndi.binary_opening(nucleus, iterations=1)
+    nucleus = disk_opening(nucleus, 1)
     return fill_holes(nucleus)
 
 
@@ -299,7 +299,7 @@ def cell_features(crop: CellCrop) -> np.ndarray:
     lab = white_balanced_lab(crop.image, crop.background)
     cell = crop.mask
     nucleus = _nucleus_mask(od_total, cell)
-    cytoplasm = cell & ~ndi.binary_dilation(nucleus, iterations=1)
+    cytoplasm = cell & ~disk_dilation(nucleus, 1)
     feats = [np.log(crop.cell_diameter_px), np.log(crop.cell_diameter_px / crop.red_cell_diameter_px)]
     feats += _shape_features(cell, nucleus)
     stats = {}

@@ -157,8 +157,60 @@ class PseudoMask:
     reason: str = ""
 
 
-def _disk(radius: float) -> np.ndarray:
-    return morphology.disk(max(1, int(round(radius))))
+def _disk_radius(radius: float) -> int:
+    """The integer radius of the disk a length of ``radius`` working pixels stands for (at least 1)."""
+    return max(1, int(round(radius)))
+
+
+def _disk_morphology(mask: np.ndarray, radius: int, dilate: bool) -> np.ndarray:
+    """``ndi.binary_erosion`` (or ``binary_dilation``) of a bool mask by ``morphology.disk(radius)``,
+    outside the image False: the same pixels in a fraction of the time.
+
+    Each row of the disk is a run of pixels, so the erosion is the AND, over the disk's rows, of the
+    mask shifted by the row's offset and eroded along its rows by the run (the dilation: OR and
+    OR); the runs' erosions are built one pixel wider at a time from slices of the padded mask.
+    """
+    h, w = mask.shape
+    combine = np.logical_or if dilate else np.logical_and
+    half_widths = morphology.disk(radius).sum(axis=1) // 2  # per row of the disk, top to bottom
+    padded = np.zeros((h + 2 * radius, w + 2 * radius), bool)
+    padded[radius:radius + h, radius:radius + w] = mask
+    runs = [padded[:, radius:radius + w]]  # runs[k]: combined over column offsets -k..k
+    for k in range(1, int(half_widths.max()) + 1):
+        runs.append(combine(combine(runs[-1], padded[:, radius - k:radius - k + w]),
+                            padded[:, radius + k:radius + k + w]))
+    out = runs[half_widths[0]][:h].copy()
+    for dy in range(1, 2 * radius + 1):
+        combine(out, runs[half_widths[dy]][dy:dy + h], out=out)
+    return out
+
+
+def disk_erosion(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``ndi.binary_erosion(mask, structure=morphology.disk(radius))`` of a bool mask, exactly
+    (``radius=1``: scipy's default cross)."""
+    return _disk_morphology(mask, radius, dilate=False)
+
+
+def disk_dilation(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``ndi.binary_dilation(mask, structure=morphology.disk(radius))`` of a bool mask, exactly
+    (``radius=1``: scipy's default cross)."""
+    return _disk_morphology(mask, radius, dilate=True)
+
+
+def disk_opening(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``ndi.binary_opening(mask, structure=morphology.disk(radius))`` of a bool mask, exactly.
+
+    >>> m = np.zeros((9, 9), bool); m[2:7, 2:7] = True; m[4, 7:] = True
+    >>> bool(np.array_equal(disk_opening(m, 1), ndi.binary_opening(m, morphology.disk(1))))
+    True
+    """
+    return disk_dilation(disk_erosion(mask, radius), radius)
+
+
+def disk_closing(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``ndi.binary_closing(mask, structure=morphology.disk(radius))`` of a bool mask, exactly (the
+    erosion, too, sees False outside the image)."""
+    return disk_erosion(disk_dilation(mask, radius), radius)
 
 
 def central_component(labels: np.ndarray, seed: np.ndarray | None = None) -> np.ndarray:
@@ -214,7 +266,7 @@ def _select_nucleus(green: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
         return np.zeros(green.shape, bool)
     dark = green < threshold
     r = cfg.opening_radius * cfg.work_size
-    opened = ndi.binary_opening(dark, structure=_disk(r / 2))
+    opened = disk_opening(dark, _disk_radius(r / 2))
     if opened.sum() < 10:
         opened = dark
     labels = measure.label(opened)
@@ -287,16 +339,16 @@ def _single_summit(dist: np.ndarray) -> np.ndarray | None:
 
 
 def _clean_shape(candidates: np.ndarray, nucleus: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
-    disk = _disk(cfg.opening_radius * cfg.work_size)
+    radius = _disk_radius(cfg.opening_radius * cfg.work_size)
     cell = fill_holes(candidates | nucleus)
-    cell = ndi.binary_opening(cell, structure=disk)
+    cell = disk_opening(cell, radius)
     cell = central_component(measure.label(cell), nucleus)
     if not cell.any():
         return cell
     # From here on only the cell and what the closing can reach matter: work on its box with a
     # background margin wider than the closing reaches, which gives the same pixels as the whole
     # image (every step below sees only the cell and background) at a fraction of the cost.
-    window = _window(cell, disk.shape[0])
+    window = _window(cell, 2 * radius + 1)
     cell, part_nucleus = cell[window], nucleus[window]
     if cfg.split_h > 0:
         # Touching red cells make a waist in the distance transform: split there, keep
@@ -329,7 +381,7 @@ def _clean_shape(candidates: np.ndarray, nucleus: np.ndarray, cfg: SegmentationC
             keep[tight] = kept
         cell = keep
     out = np.zeros(candidates.shape, bool)
-    out[window] = fill_holes(ndi.binary_closing(cell, structure=disk))
+    out[window] = fill_holes(disk_closing(cell, radius))
     return out
 
 
@@ -455,4 +507,5 @@ def segment_white_cell(image: np.ndarray, cfg: SegmentationConfig | None = None)
 
 
 __all__: Sequence[str] = ["RESAMPLERS", "SegmentationConfig", "PseudoMask", "segment_white_cell", "central_component",
-                          "mask_to_box", "centred_ellipse", "fill_holes"]
+                          "mask_to_box", "centred_ellipse", "fill_holes", "disk_erosion",
+                          "disk_dilation", "disk_opening", "disk_closing"]

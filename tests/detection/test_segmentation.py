@@ -208,6 +208,24 @@ def test_fill_holes_equals_scipys(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+def test_disk_morphology_equals_scipys(seed):
+    from scipy import ndimage as ndi
+    from skimage import morphology
+
+    from bcfeat.detection.pseudo_masks import disk_closing, disk_dilation, disk_erosion, disk_opening
+
+    for mask in _random_masks(seed, 100):
+        for radius in (1, 2, 4):
+            disk = morphology.disk(radius)
+            assert np.array_equal(disk_erosion(mask, radius), ndi.binary_erosion(mask, disk))
+            assert np.array_equal(disk_dilation(mask, radius), ndi.binary_dilation(mask, disk))
+            assert np.array_equal(disk_opening(mask, radius), ndi.binary_opening(mask, disk))
+            assert np.array_equal(disk_closing(mask, radius), ndi.binary_closing(mask, disk))
+        # scipy's default structure is disk(1); two steps of it are its iterations=2
+        assert np.array_equal(disk_dilation(disk_dilation(mask, 1), 1), ndi.binary_dilation(mask, iterations=2))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
 def test_single_summit_is_the_only_h_maximum(seed):
     """Where the fast path answers, h_maxima gives that plateau for every h below the summit; where
     it declines, the distance map really has more than one candidate summit."""
