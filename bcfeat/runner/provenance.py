@@ -75,8 +75,14 @@ def stage_parameter(record: dict, stem: str, name: str, default: Any = None) -> 
     return default
 
 
+# The stage that shows the record: its own time is left out of the table, so that showing the record
+# again (alone) gives the same table.
+PROVENANCE_STAGE = "90_provenance"
+
+
 def provenance_frames(record: dict):
-    """The provenance record as three tables: run, stages (with parameters), package versions."""
+    """The provenance record as three tables: run, stages (with parameters, the showing stage left
+    out), package versions."""
     import pandas as pd
 
     run_info = {"profile": record["profile"], "commit": record.get("commit"),
@@ -88,7 +94,7 @@ def provenance_frames(record: dict):
                             "parameters": ", ".join(f"{k}={v}" for k, v in s["parameters"].items()
                                                     if k not in files),
                             "overrides (-p)": ", ".join(f"{k}={v}" for k, v in s.get("overrides", {}).items())}
-                           for s in record.get("stages", [])])
+                           for s in record.get("stages", []) if s["stem"] != PROVENANCE_STAGE])
     packages = pd.DataFrame({"version": record.get("packages", {})})
     return run_table, stages, packages
 

@@ -200,7 +200,8 @@ def test_smoke_run_of_every_notebook(tmp_path):
     saved = json.loads((tmp_path / "provenance.json").read_text())
     assert saved["profile"] == "smoke" and saved["packages"]["torch"]
     run_table, stages, packages = provenance_frames(saved)
-    assert list(stages["notebook"]) == [s.stem for s in STAGES]
+    # the stage that shows the record leaves its own time out (showing it again gives the same table)
+    assert list(stages["notebook"]) == [s.stem for s in STAGES if s.stem != "90_provenance"]
     counts = (tmp_path / "tables" / "class_counts.csv").read_text()
     assert "pbc_acevedo20" in counts and "bccd_crops" in counts
     assert not (tmp_path / ".staging").exists() and not list(tmp_path.glob(".*.running.ipynb"))
