@@ -100,12 +100,13 @@ factors.attribution_display(steps)
 
 # %% tags=["hide-input"]
 if reference_run_dir and Path(reference_run_dir, "factor_scores.csv").is_file():
-    reference = factors.factor_table(factors.read_factor_run(reference_run_dir).scores, DEFAULT_SITES.source)
+    reference_run = factors.read_factor_run(reference_run_dir)
+    reference = factors.factor_table(reference_run.scores, DEFAULT_SITES.source)
     same = reference.merge(table, on=["run", "epochs"], suffixes=(" (CPU)", " (GPU)"))
     columns = [c for c in same.columns if c.startswith(("common13_in_domain_accuracy ", "coarse5_"))]
     glue("factor_cpu_reference", same.set_index(["run", "epochs"])[columns].round(3), display=False)
     glue("factor_cpu_reference_pct", 100 * float(same["common13_in_domain_accuracy (CPU)"].iloc[0]), display=False)
-    cpu_history = factors.read_factor_run(reference_run_dir).history
+    cpu_history = reference_run.history
     glue("factor_cpu_minutes_150", 150 * float(cpu_history["seconds"].mean()) / 60, display=False)
     glue("factor_gpu_minutes_150", 150 * float(run.history.loc[run.history["run"] == cpu_history["run"].iloc[0],
                                                                "seconds"].mean()) / 60, display=False)

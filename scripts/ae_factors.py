@@ -58,15 +58,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from dataclasses import replace
 
-    import torch
-
     from bcfeat.atomic_io import save_table
     from bcfeat.data import resolve_data_root
     from bcfeat.evaluation.benchmark import default_classifier
     from bcfeat.study import factors
     from bcfeat.study.design import DEFAULT_SITES
+    from bcfeat.training.device import resolve_device
 
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    device = str(resolve_device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = list(factors.FACTOR_RUNS)
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     data = factors.FactorData.build(root, DEFAULT_SITES, max_per_site=max_per_site,
                                     max_source_images=args.max_source_images, n_repetitions=repetitions, seed=0,
                                     detector_file=Path(args.detector), cache_dir=work / "cache",
-                                    runtime=runtime)
+                                    runtime=runtime, runs=runs)
     info["instances_s"] = round(time.perf_counter() - t0, 1)
     info["n_samples"] = len(data.samples)
     log.info("instance arrays of %d images in %.0f s", len(data.samples), info["instances_s"])

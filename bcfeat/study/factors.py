@@ -71,6 +71,21 @@ class FactorRun:
     def epochs(self) -> int:
         return self.checkpoints[-1]
 
+    @property
+    def effective_alignment_weight(self) -> float:
+        """The weight the run trains with: its own, else its variant's, else the default (5)."""
+        from bcfeat.autoencoder.losses import LossWeights
+
+        for weight in (self.alignment_weight, aes.VARIANTS[self.variant].alignment_weight):
+            if weight is not None:
+                return float(weight)
+        return LossWeights().alignment
+
+    @property
+    def rate_key(self) -> str:
+        """Runs that train alike per epoch (same samples and batch): they share a measured rate."""
+        return f"{self.variant}/{self.batch_size}"
+
 
 # In the order they are run (a budget cuts the last ones first): the released settings (150 epochs,
 # batch 500) first. The epoch-12 point of "length (batch 128)" is the cpu headline's setting on the
@@ -99,14 +114,16 @@ class FactorData:
     @classmethod
     def build(cls, root: Path, design: StudySites, *, max_per_site: int, max_source_images: int, n_repetitions: int,
               seed: int, detector_file: Path | None = None, cache_dir: Path | None = None,
-              ae_preset: str = "cpu", runtime=None) -> "FactorData":
+              ae_preset: str = "cpu", runtime=None, runs: Sequence[FactorRun] = FACTOR_RUNS) -> "FactorData":
         """The autoencoder's samples (as ``02_autoencoder``), their instance arrays through
-        ``detector_file`` when given (on ``runtime``: an ``ExtractionRuntime``), and the benchmark's labelled samples and splits (as ``05_benchmark``)."""
+        ``detector_file`` when given (on ``runtime``: an ``ExtractionRuntime``; only the regions the
+        ``runs`` read), and the benchmark's labelled samples and splits (as ``05_benchmark``)."""
         samples = aes.autoencoder_samples(root, max_per_site, max_source_images, seed, sites=",".join(design.sites),
                                           source_site=design.source, label_space=design.label_space)
         instances = None
         if detector_file is not None:
-            plan = aes.VariantPlan.from_parameters(",".join(aes.VARIANTS), ae_preset, 1, 2, seed, 0)
+            variants = ",".join(sorted({run.variant for run in runs}))
+            plan = aes.VariantPlan.from_parameters(variants, ae_preset, 1, 2, seed, 0)
             instances = aes.instances_for(samples, detector_file, cache_dir, plan, progress=False, runtime=runtime)
         labelled = benchmark_samples(root, design, max_per_site, seed)
         splits = {space: study_splits(table, n_repetitions, seed) for space, table in labelled.items()}
@@ -117,10 +134,9 @@ def factor_plan(run: FactorRun, ae_preset: str, seed: int, num_threads: int, epo
                 device: str = "auto", amp: bool = True) -> aes.VariantPlan:
     """The one-variant plan of ``run`` trained to ``epochs`` (``amp``: mixed precision on CUDA)."""
     plan = aes.VariantPlan.from_parameters(run.variant, ae_preset, epochs, run.batch_size, seed, num_threads)
-    cfg = replace(plan.train_configs[run.variant], device=device, checkpoint_every=10_000, amp=amp)
-    if run.alignment_weight is not None:
-        cfg = replace(cfg, weights=replace(cfg.weights, alignment=run.alignment_weight))
-    plan.train_configs[run.variant] = cfg
+    cfg = plan.train_configs[run.variant]
+    plan.train_configs[run.variant] = replace(cfg, device=device, checkpoint_every=10_000, amp=amp,
+                                              weights=replace(cfg.weights, alignment=run.effective_alignment_weight))
     return plan
 
 
@@ -142,8 +158,7 @@ def score_latent(latent: np.ndarray, keys: Sequence[str], data: FactorData, seed
         scores, _ = run_feature_sets({"latent": latent[positions]}, table, data.splits[space], space, seed,
                                      make_classifier=make_classifier, train_domains=[data.design.source])
         rows.append(summarize(scores))
-    summary = pd.concat(rows, ignore_index=True)
-    return summary[summary["train_domain"] == data.design.source]
+    return pd.concat(rows, ignore_index=True)
 
 
 @dataclass
@@ -187,6 +202,7 @@ def run_factors(runs: Sequence[FactorRun], data: FactorData, checkpoints_dir: Pa
     scores, histories = [], []
     report = {"info": info or {}, "runs": []}
     seconds_per_epoch: dict[str, float] = {}
+    on_cuda = resolve_device(device).type == "cuda"
 
     def write() -> None:
         if scores:
@@ -208,7 +224,7 @@ def run_factors(runs: Sequence[FactorRun], data: FactorData, checkpoints_dir: Pa
         latents: dict[str, np.ndarray] = {}
         trained_to = 0
         for epochs in run.checkpoints:
-            rate = seconds_per_epoch.get(f"{run.variant}/{run.batch_size}") or max(seconds_per_epoch.values(), default=0.0)
+            rate = seconds_per_epoch.get(run.rate_key) or max(seconds_per_epoch.values(), default=0.0)
             need = rate * (epochs - trained_to) + (scoring_seconds if score else 2.0)
             if need > budget.left():
                 entry["cut"].append({"epochs": epochs, "needed_s": round(need, 1), "left_s": round(budget.left(), 1)})
@@ -233,16 +249,18 @@ def run_factors(runs: Sequence[FactorRun], data: FactorData, checkpoints_dir: Pa
             train_s = time.perf_counter() - t0
             new = history[history["epoch"] > trained_to]
             if len(new):
-                seconds_per_epoch[f"{run.variant}/{run.batch_size}"] = float(new["seconds"].mean())
+                seconds_per_epoch[run.rate_key] = float(new["seconds"].mean())
             histories.append(new.assign(run=run.name))
             latent = encode_features(model.eval(), all_features)
             latents[f"epoch_{epochs}"] = latent.astype(np.float32)
             save_npz(out_dir / f"latents_{_slug(run.name)}.npz", keys=keys, **latents)
-            done = {"epochs": epochs, "train_s": round(train_s, 1), "latent_std": float(latent.std(axis=0).mean()),
-                    "amp": amp and resolve_device(device).type == "cuda", "first_total": float(history["total"].iloc[0]), "last_total": float(history["total"].iloc[-1])}
+            done = {"epochs": epochs, "train_s": round(train_s, 1), "latent_std": latent_spread(latent),
+                    "amp": amp and on_cuda, "first_total": float(history["total"].iloc[0]),
+                    "last_total": float(history["total"].iloc[-1])}
             if score:
                 t1 = time.perf_counter()
-                scores.append(_labelled(score_latent(latent, keys, data, seed, make_classifier), run, epochs, plan, latent))
+                scores.append(_labelled(score_latent(latent, keys, data, seed, make_classifier), run, epochs,
+                                        done["latent_std"]))
                 done["score_s"] = round(time.perf_counter() - t1, 1)
             entry["done"].append(done)
             trained_to = epochs
@@ -252,10 +270,14 @@ def run_factors(runs: Sequence[FactorRun], data: FactorData, checkpoints_dir: Pa
     return pd.concat(scores, ignore_index=True) if scores else pd.DataFrame()
 
 
-def _labelled(score: pd.DataFrame, run: FactorRun, epochs: int, plan: aes.VariantPlan, latent: np.ndarray) -> pd.DataFrame:
+def latent_spread(latent: np.ndarray) -> float:
+    """The mean over dimensions of each latent dimension's standard deviation over the images."""
+    return float(latent.std(axis=0).mean())
+
+
+def _labelled(score: pd.DataFrame, run: FactorRun, epochs: int, latent_std: float) -> pd.DataFrame:
     return score.assign(run=run.name, epochs=epochs, batch_size=run.batch_size, variant=run.variant,
-                        alignment_weight=plan.train_configs[run.variant].weights.alignment,
-                        latent_std=float(latent.std(axis=0).mean()))
+                        alignment_weight=run.effective_alignment_weight, latent_std=latent_std)
 
 
 def score_saved_latents(run_dir: Path, data: FactorData, seed: int = 0,
@@ -272,9 +294,8 @@ def score_saved_latents(run_dir: Path, data: FactorData, seed: int = 0,
             keys = stored["keys"]
             for done in entry["done"]:
                 latent = stored[f"epoch_{done['epochs']}"]
-                plan = factor_plan(run, "cpu", seed, 1, done["epochs"])
                 scores.append(_labelled(score_latent(latent, keys, data, seed, make_classifier), run, done["epochs"],
-                                        plan, latent))
+                                        latent_spread(latent)))
     return pd.concat(scores, ignore_index=True) if scores else pd.DataFrame()
 
 
