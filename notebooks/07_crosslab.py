@@ -32,7 +32,7 @@ sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the 
 source_site: str = "pbc_acevedo20"  # the site the cross-lab model is trained on; one of sites
 max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site (as 04 and 05)
 n_repetitions: int = 5  # stratified splits (must match 04_oracle's splits_file)
-mask_sources: str = "detector,stain"  # cell masks compared by the selection: detector (01's), stain (label-free segmentation)
+mask_sources: str = "detector,stain,stain+normtex"  # measurements compared: a cell mask, detector (01's) or stain (label-free segmentation), and "+normtex" for texture read on the nucleus-normalised optical density
 n_workers: int = 2  # processes measuring the crops
 candidate_C: str = "0.03,0.1"  # inverse L2 strengths of the linear model compared by the selection
 candidate_groups: str = "all,no_texture,no_fine_texture,no_ruler"  # feature sets compared by the selection
@@ -48,7 +48,7 @@ few_shot_source_cells: int = 2000  # source training cells of the few-shot curve
 n_virtual_labs: int = 8  # virtual labs sampled for the selection (development labs rendered from Acevedo-20)
 virtual_lab_cells: int = 400  # Acevedo-20 test cells re-rendered per virtual lab (0: all of the first split's)
 shift_cells: int = 250  # cells re-rendered per single named shift (the diagnosis table; 0: skip it)
-selection_mask_sources: str = "stain"  # mask sources the choice may take: the detector was trained on Acevedo-20 images that include the development cells, so the virtual labs flatter it (it is scored and reported, not chosen)
+selection_mask_sources: str = "stain,stain+normtex"  # measurements the choice may take: the detector was trained on Acevedo-20 images that include the development cells, so the virtual labs flatter it (it is scored and reported, not chosen)
 candidate_statistics: str = "plain,cbr"  # label-free per-call statistics compared by the selection (the class-weighted reading is in the ablation)
 mix_calls: int = 5  # resampled calls per (class mix, call size)
 target_catch: float = 0.5  # share of the virtual labs' errors the uncertain flag should catch ...
@@ -64,6 +64,7 @@ benchmark_summary_file: str = "book/results/tables/benchmark_summary.csv"  # inp
 crosslab_model_file: str = "artifacts/cpu/crosslab_model.pt"  # output: detector + features + headline classifier, for bcfeat classify
 
 # %% tags=["remove-cell"]
+import math
 import warnings
 from pathlib import Path
 
@@ -167,18 +168,50 @@ headline_source = cv.parse_setting(headline_setting)["source"]
 plain_headline = cv.plain_name(headline_setting)
 glue("crosslab_headline_setting", headline_setting, display=False)
 glue("crosslab_selection_minutes", float(selection_table["seconds"].sum() / 60), display=False)
+for key, value in cv.measurement_glue(selection_table).items():
+    glue(key, value, display=False)
 glue("crosslab_selection_top", selection_table.head(10).drop(columns=["source"]).round(3), display=False)
 X, crops = measured[headline_source].features, measured[headline_source].crops
 grid = cs.candidate_grid(study.parse_list(candidate_C), study.parse_list(candidate_groups), list(measured))
 selection_table.head(10).round(3)
 
 # %% [markdown]
+# ## Trusting texture only where it was checked
+#
+# Texture (co-occurrence, local binary patterns, granules) is read at the pixel scale, where labs
+# differ in ways no virtual lab renders (another camera's sharpening, noise, optics). The chosen
+# classifier therefore carries a second one without the texture group, and a **texture gate**: for
+# each call, the cells are labelled by the classifier without texture, standardised with those
+# labels, and the median whitened distance of their texture measures to their class's training
+# mean is compared with the largest such distance over the virtual labs' calls of the same size
+# (calls of 32, 100, 200 and 400 cells under the five mixes, and each lab's cells at once; a
+# median over fewer cells scatters more, so small calls get a higher threshold). A call further
+# out than any virtual lab's is classified without texture. No reported lab is read. Below, per
+# virtual lab: the median and largest novelty of its calls, and, with that lab left out of the
+# envelope as if it were new, the share of its calls the gate would close and what texture is
+# worth there.
+
+# %% tags=["hide-input"]
+dev_clf = cv.fit_setting(measured, samples, plan, headline_setting, seed, gate_threshold=math.inf,
+                         source=design.source)
+gate_envelope, gate_calls = cv.fit_gate_threshold(dev_clf, virtual, headline_source, seed)
+dev_clf.set_params(gate_threshold=gate_envelope)
+gate_per_lab = gate_calls.groupby("lab", sort=False)["gate_novelty"].agg(["median", "max"]).reset_index()
+if gate_envelope is not None:  # each virtual lab as a new lab: left out of the envelope
+    gate_per_lab = gate_per_lab.merge(cv.gate_leave_one_lab_out(dev_clf, virtual, headline_source, gate_calls))
+save_table(gate_per_lab, tables / "crosslab_gate_virtual_labs.csv")
+for key, value in cv.gate_envelope_glue(gate_envelope, gate_per_lab).items():
+    glue(key, value, display=False)
+glue("crosslab_gate_table", gate_per_lab.set_index("lab").round(3), display=False)
+display(pd.DataFrame(gate_envelope or [], columns=["call_size", "threshold"]).round(3))
+gate_per_lab.round(3)
+
+# %% [markdown]
 # The temperature, the `uncertain` threshold and the lab-novelty threshold of the chosen setting,
 # fitted on the same virtual labs (each lab classified in one call):
 
 # %% tags=["hide-input"]
-dev_clf = cv.fit_setting(measured, samples, plan, headline_setting, seed, source=design.source)
-calibration = cv.fit_calibration(dev_clf, virtual, headline_source, target_catch, max_review)
+calibration = cv.fit_calibration(dev_clf, virtual, headline_source, target_catch, max_review, gate_envelope)
 glue("crosslab_temperature", calibration.temperature, display=False)
 glue("crosslab_uncertain_below", calibration.uncertain_min_probability, display=False)
 glue("crosslab_novelty_threshold", calibration.novelty_threshold, display=False)
@@ -195,7 +228,7 @@ calibration
 adabn = cs.adabn_oracle_scores(samples, plan, oracles_file, oracle_norm, seed, source=design.source)
 save_table(adabn.scores, tables / "crosslab_adabn_oracle_scores.csv")
 selection = cv.headline_scores(measured, samples, plan, headline_setting, seed, calibration.temperature,
-                               source=design.source)
+                               calibration.gate_threshold, source=design.source)
 save_table(selection, tables / "crosslab_headline_scores.csv")
 matrix = cs.domain_matrices(X, samples, plan, grid, plain_headline, seed)
 save_table(matrix, tables / "crosslab_domain_matrix.csv")
@@ -222,7 +255,7 @@ cs.matrix_display(matrix, plain_headline)
 
 # %% tags=["hide-input"]
 transfer, predictions = cv.all_cells(measured, samples, plan, headline_setting, calibration.temperature, n_boot, seed,
-                                      source=design.source)
+                                      calibration.gate_threshold, source=design.source)
 save_table(transfer, tables / "crosslab_all_cells.csv")
 for _, row in transfer.iterrows():
     glue(f"crosslab_all_{row['test_domain']}", float(row["balanced_accuracy"]), display=False)
@@ -246,7 +279,7 @@ transfer
 labs = cv.real_labs(measured, samples, plan, headline_source, design=design)
 untouched = cv.untouched_lab(untouched_folder, artifacts, headline_source, n_workers, detector_file=detector_file)
 head_clf = cv.fit_setting(measured, samples, plan, headline_setting, seed, calibration.temperature,
-                          source=design.source)
+                          calibration.gate_threshold, source=design.source)
 plain_clf = cv.fit_setting(measured, samples, plan, plain_headline + " plain", seed, source=design.source)
 mix_calls_table, mix_summary = cv.mix_table(head_clf, labs, mix_calls, seed)
 save_table(mix_summary, tables / "crosslab_mixes.csv")
@@ -275,6 +308,8 @@ save_table(calib, tables / "crosslab_calibration.csv")
 from bcfeat.crosslab.calibration import reliability_figure  # noqa: E402
 glue("crosslab_reliability_figure", reliability_figure(reliability), display=False)
 glue("crosslab_calibration", calib.set_index("lab").round(3), display=False)
+for key, value in cv.gate_glue(calib).items():
+    glue(key, value, display=False)
 calib.set_index("lab").round(3)
 
 # %% [markdown]
@@ -371,7 +406,8 @@ shift_table.set_index("shift").round(3)
 
 # %% tags=["hide-input"]
 ablation = cs.ablations(measured, samples, plan, headline_setting, artifacts, ablation_cells,
-                        ssl_epochs, ssl_image_size, seed, n_workers, cnn_epochs, cnn_image_size, design=design)
+                        ssl_epochs, ssl_image_size, seed, n_workers, cnn_epochs, cnn_image_size,
+                        gate_threshold=calibration.gate_threshold, design=design)
 save_table(ablation, tables / "crosslab_ablation.csv")
 glue("crosslab_ablation", ablation.round(3), display=False)
 for key, value in cs.ablation_glue(ablation).items():

@@ -36,6 +36,7 @@ cells per call (the benchmark does), at least :data:`MIN_SITE_CELLS` of them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,6 +58,9 @@ STATISTICS = ("balanced", "cbr")
 CBR_MIN_CLASS_CELLS = 3
 # ... and a call this many cells (the published rule) before class statistics replace plain ones.
 CBR_MIN_CELLS = 32
+# Shrinkage towards the identity of the gated columns' within-class covariance (standardised
+# units): texture measures are strongly correlated, and the inverse must not blow up on them.
+GATE_SHRINKAGE = 0.05
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,8 @@ def class_conditional_statistics(X: np.ndarray, labels: np.ndarray, fallback_rat
     means, variances = [], []
     for c in kept:
         rows = X[labels == c]
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column all NaN in a class: filled below
             m = np.nanmean(rows, axis=0)
             v = np.nanmean((rows - m) ** 2, axis=0)
         means.append(np.where(np.isnan(m), plain.centre, m))
@@ -250,6 +255,36 @@ def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _gate_envelope(threshold) -> tuple[np.ndarray, np.ndarray]:
+    """A gate threshold as ``(call sizes ascending, thresholds)``; a number is one size. Raises
+    ``ValueError`` naming the value when it is neither a number >= 0 (inf: never) nor pairs of a
+    call size >= 1 and a threshold >= 0 with distinct sizes."""
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        if not threshold >= 0:
+            raise ValueError(f"gate_threshold must be >= 0 (inf: never closes), got {threshold!r}")
+        return np.array([1.0]), np.array([float(threshold)])
+    try:
+        pairs = [(float(n), float(t)) for n, t in threshold]
+    except (TypeError, ValueError):
+        raise ValueError(f"gate_threshold must be None, a number or (call size, threshold) pairs, got {threshold!r}") \
+            from None
+    sizes = np.array([n for n, _ in pairs])
+    values = np.array([t for _, t in pairs])
+    if (not pairs or np.any(sizes < 1) or np.any(~(values >= 0)) or len(set(sizes)) != len(sizes)
+            or not np.all(np.isfinite(sizes))):
+        raise ValueError(f"gate_threshold pairs need distinct call sizes >= 1 and thresholds >= 0, got {threshold!r}")
+    order = np.argsort(sizes)
+    return sizes[order], values[order]
+
+
+def gate_threshold_at(threshold, n_cells: int) -> float:
+    """A gate threshold (a number, or (call size, threshold) pairs) for a call of ``n_cells``
+    cells: see :meth:`CrossLabClassifier.gate_threshold_for`."""
+    sizes, values = _gate_envelope(threshold)
+    n = float(np.clip(n_cells, sizes[0], sizes[-1]))
+    return float(np.interp(1 / np.sqrt(n), (1 / np.sqrt(sizes))[::-1], values[::-1]))
+
+
 class CrossLabClassifier(ClassifierMixin, BaseEstimator):
     """A classifier trained on one lab's labelled cells that adapts, without labels, to each new lab.
 
@@ -284,6 +319,16 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
     columns : tuple of int or None, default=None
         The feature columns used (e.g. all but the texture group); ``None``: every column.
     random_state : int or None, default=None
+    gate_columns : tuple of int or None, default=None
+        A feature group that is trusted only where a call looks like the labs it was checked on
+        (the study: the texture group). Fitting also fits ``fallback_``, the same classifier
+        without these columns; :meth:`gate_novelty` says how far a call's cells sit from the
+        training classes in these columns alone.
+    gate_threshold : float, sequence of (call size, threshold) pairs, or None, default=None
+        A call whose :meth:`gate_novelty` exceeds its threshold is classified by ``fallback_``
+        (its probabilities, standardised view and novelty). Pairs give a threshold per call size
+        (a median over fewer cells scatters more), read by :meth:`gate_threshold_for`. ``None``:
+        never (the novelty can still be read, to fit the threshold on development labs).
 
     Attributes
     ----------
@@ -298,6 +343,8 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
     fallback_ratio_ : np.ndarray
         ``(d',)`` the training site's within-class to total spread (``statistics="cbr"``), used
         where a call is too small for class statistics.
+    fallback_ : CrossLabClassifier
+        With ``gate_columns``: the classifier without them.
 
     Examples
     --------
@@ -311,7 +358,9 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, model: str = "logistic", C: float = 0.1, site_standardize: bool = True,
                  balance_rounds: int = 2, prior_correction: str = "none", self_training: int = 0,
                  confidence: float = 0.9, n_estimators: int = 200, columns: tuple[int, ...] | None = None,
-                 random_state: int | None = None, statistics: str = "balanced", temperature: float = 1.0):
+                 random_state: int | None = None, statistics: str = "balanced", temperature: float = 1.0,
+                 gate_columns: tuple[int, ...] | None = None,
+                 gate_threshold: float | tuple[tuple[int, float], ...] | None = None):
         self.model = model
         self.C = C
         self.site_standardize = site_standardize
@@ -324,6 +373,8 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.statistics = statistics
         self.temperature = temperature
+        self.gate_columns = gate_columns
+        self.gate_threshold = gate_threshold
 
     def _check_params(self) -> None:
         if self.model not in MODELS:
@@ -343,6 +394,8 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"temperature must lie in [0.05, 20], got {self.temperature!r}")
         if not 0 < self.confidence <= 1:
             raise ValueError(f"confidence must lie in (0, 1], got {self.confidence}")
+        if self.gate_threshold is not None:
+            _gate_envelope(self.gate_threshold)  # raises on a bad value
 
     def _new_estimator(self):
         if self.model == "logistic":
@@ -364,7 +417,7 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         if self.columns is not None and (min(self.columns) < 0 or max(self.columns) >= X.shape[1]):
             raise ValueError(f"columns must index the {X.shape[1]} features, got {min(self.columns)}..{max(self.columns)}")
-        X = self._select(X)
+        X_full, X = X, self._select(X)
         self.classes_ = np.unique(y)
         onehot = (y[:, None] == self.classes_[None, :]).astype(float)
         self.fallback_ratio_ = np.ones(X.shape[1])
@@ -377,7 +430,84 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         self._Z_train, self._y_train = standardize(X, self.source_statistics_), y
         self.estimator_ = self._new_estimator().fit(self._Z_train, y)
         self._fit_discriminant_space()
+        if self.gate_columns is not None:
+            kept = self._gate_split()
+            params = {**self.get_params(), "columns": kept, "gate_columns": None, "gate_threshold": None}
+            self.fallback_ = CrossLabClassifier(**params).fit(X_full, y)
+            self._fit_gate()
         return self
+
+    def _gate_split(self) -> tuple[int, ...]:
+        """The columns the fallback keeps; checks that the gated ones are used and some are not."""
+        used = list(range(self.n_features_in_)) if self.columns is None else [int(c) for c in self.columns]
+        gated = {int(c) for c in self.gate_columns}
+        if not gated or not gated <= set(used):
+            raise ValueError(f"gate_columns must be a non-empty subset of the columns used; got {sorted(gated)}")
+        kept = tuple(c for c in used if c not in gated)
+        if not kept:
+            raise ValueError("gate_columns must leave at least one column for the fallback classifier")
+        return kept
+
+    def _fit_gate(self) -> None:
+        """Where the gated columns sit in the standardised view, and the inverse of the training
+        cells' within-class covariance there (shrunk towards the identity)."""
+        used = list(range(self.n_features_in_)) if self.columns is None else [int(c) for c in self.columns]
+        gated = {int(c) for c in self.gate_columns}
+        self.gate_index_ = np.array([i for i, c in enumerate(used) if c in gated])
+        Z = self._Z_train[:, self.gate_index_]
+        resid = Z - self.class_means_[np.searchsorted(self.classes_, self._y_train)][:, self.gate_index_]
+        cov = resid.T @ resid / len(resid)
+        self.gate_precision_ = np.linalg.inv(cov + GATE_SHRINKAGE * np.eye(len(cov)))
+
+    def gate_novelty(self, X: np.ndarray) -> float:
+        """How far one call's cells sit from the training classes in the gated columns alone.
+
+        The fallback classifier (which does not read those columns) labels the call; the call is
+        standardised with those labels as in :meth:`transform`; each cell's squared whitened
+        distance to its label's training mean in the gated columns, divided by their number, and
+        the median over the cells. About 0.5 on the training lab's own test cells; a lab whose
+        gated measurements mean something else (another camera's texture) sits far above. No
+        label of the call is read."""
+        check_is_fitted(self, "fallback_")
+        X = self._checked(X)
+        labels = self.fallback_.predict(X)
+        Xs = self._select(X)
+        if not self.site_standardize:
+            stats = self.source_statistics_
+        elif self.statistics == "cbr" and self.balance_rounds > 0:
+            stats = class_conditional_statistics(Xs, labels, self.fallback_ratio_)
+        else:
+            onehot = (labels[:, None] == self.classes_[None, :]).astype(float)
+            stats = site_statistics(Xs, class_balanced_weights(onehot) if self.balance_rounds > 0 else None)
+        Z = standardize(Xs, stats)[:, self.gate_index_]
+        R = Z - self.class_means_[np.searchsorted(self.classes_, labels)][:, self.gate_index_]
+        d = np.einsum("ij,jk,ik->i", R, self.gate_precision_, R) / R.shape[1]
+        return float(np.median(d))
+
+    def gate_threshold_for(self, n_cells: int) -> float | None:
+        """The gate's threshold for a call of ``n_cells`` cells: the number, or with pairs the
+        threshold interpolated linearly in ``1 / sqrt(call size)`` (how a median's scatter
+        shrinks) between the fitted sizes, and the nearest fitted size's outside them.
+
+        >>> clf = CrossLabClassifier(gate_threshold=((100, 2.0), (400, 1.0)))
+        >>> clf.gate_threshold_for(50), clf.gate_threshold_for(400), round(clf.gate_threshold_for(200), 3)
+        (2.0, 1.0, 1.414)
+        """
+        return None if self.gate_threshold is None else gate_threshold_at(self.gate_threshold, n_cells)
+
+    def gate_closed(self, X: np.ndarray) -> bool:
+        """Whether this call is classified without the gated columns (``gate_novelty`` above the
+        threshold for its number of cells)."""
+        if self.gate_columns is None or self.gate_threshold is None:
+            return False
+        return self.gate_novelty(X) > self.gate_threshold_for(len(X))
+
+    def _checked(self, X: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "estimator_")
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X must be (n, {self.n_features_in_}), got {X.shape}")
+        return X
 
     def _fit_discriminant_space(self) -> None:
         """Class centroids of the training cells in the classifier's own score space, whitened by
@@ -402,8 +532,17 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
     def discriminant_view(self, X: np.ndarray) -> np.ndarray:
         """``(n, d)`` raw features of one call -> ``(n, k)`` the classifier's class scores, whitened
         by the training cells' within-class spread; training classes sit at ``discriminant_means_``.
-        Cells far from every class mean there are cells the classifier extrapolates on."""
-        return self._scores(self.transform(X)) @ self.discriminant_whitening_
+        Cells far from every class mean there are cells the classifier extrapolates on. (Without
+        the gate: a closed gate's call is read by :meth:`lab_novelty` through ``fallback_``.)"""
+        return self._scores(self._transform(self._checked(X))) @ self.discriminant_whitening_
+
+    def lab_novelty(self, X: np.ndarray) -> float:
+        """:func:`bcfeat.crosslab.novelty.lab_novelty_score` of one call in the score space of the
+        classifier that classifies it (``fallback_`` where the gate is closed)."""
+        from bcfeat.crosslab.novelty import lab_novelty_score
+
+        clf = self.fallback_ if self.gate_closed(X) else self
+        return lab_novelty_score(clf.discriminant_view(X), clf.discriminant_means_)
 
     def _site_view(self, X: np.ndarray, estimator) -> tuple[np.ndarray, np.ndarray]:
         """The site's standardised features and posteriors, after the balancing rounds."""
@@ -424,11 +563,11 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         return Z, P
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """``(n, d)`` features of **one** site -> ``(n, n_classes)`` probabilities."""
-        check_is_fitted(self, "estimator_")
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must be (n, {self.n_features_in_}), got {X.shape}")
+        """``(n, d)`` features of **one** site -> ``(n, n_classes)`` probabilities (``fallback_``'s
+        where the gate is closed for this call)."""
+        X = self._checked(X)
+        if self.gate_closed(X):
+            return self.fallback_.predict_proba(X)
         X = self._select(X)
         estimator = self.estimator_
         Z, P = self._site_view(X, estimator)
@@ -448,11 +587,10 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """``(n, d)`` raw features of one site -> ``(n, d')`` the classifier's standardised view of them
-        (after the balancing rounds), the space of ``class_means_``."""
-        check_is_fitted(self, "estimator_")
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X must be (n, {self.n_features_in_}), got {X.shape}")
+        (after the balancing rounds), the space of ``class_means_`` (of this classifier, gate or not)."""
+        return self._transform(self._checked(X))
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
         return self._site_view(self._select(X), self.estimator_)[0]
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -470,8 +608,14 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError("only the logistic CrossLabClassifier can be stored in a model file "
                              f"(a forest is not plain data), got model={self.model!r}")
         params = self.get_params()
-        params["columns"] = None if self.columns is None else [int(c) for c in self.columns]
-        return {
+        for key in ("columns", "gate_columns"):
+            params[key] = None if params[key] is None else [int(c) for c in params[key]]
+        if params["gate_threshold"] is not None:
+            sizes, values = _gate_envelope(params["gate_threshold"])
+            params["gate_threshold"] = (float(values[0]) if isinstance(params["gate_threshold"], (int, float))
+                                        else [[int(n), float(t)] for n, t in zip(sizes, values)])
+        gate = {"fallback": self.fallback_.to_payload()} if self.gate_columns is not None else {}
+        return {**gate,
             "params": params,
             "classes": [str(c) for c in self.classes_],
             "coef": torch.from_numpy(np.asarray(self.estimator_.coef_, np.float64)),
@@ -490,7 +634,10 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         ``n_features_in``: the width of the features it reads (before ``columns`` selects some),
         which the file's model knows (its feature names)."""
         params = dict(p["params"])
-        params["columns"] = None if params.get("columns") is None else tuple(params["columns"])
+        for key in ("columns", "gate_columns"):  # files before the gate have no gate_columns
+            params[key] = None if params.get(key) is None else tuple(int(c) for c in params[key])
+        if isinstance(params.get("gate_threshold"), list):
+            params["gate_threshold"] = tuple((int(n), float(t)) for n, t in params["gate_threshold"])
         clf = cls(**params)
         clf._check_params()  # every setting read from a file, with the ranges a fit would check
         clf.classes_ = np.asarray(p["classes"])
@@ -508,8 +655,15 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         ratio = p.get("fallback_ratio")  # files written before CBR have none: plain statistics
         clf.fallback_ratio_ = np.ones(clf._Z_train.shape[1]) if ratio is None else ratio.numpy().astype(np.float64)
         clf.calibration_ = dict(p.get("calibration") or {})
+        if clf.gate_columns is not None:
+            if "fallback" not in p:
+                raise ValueError("a classifier with gate_columns needs its fallback classifier in the file")
+            if tuple(p["fallback"]["params"].get("columns") or ()) != clf._gate_split():
+                raise ValueError("the file's fallback classifier does not read the columns the gate leaves")
+            clf.fallback_ = cls.from_payload(p["fallback"], n_features_in)
+            clf._fit_gate()
         return clf
 
 
 __all__ = ["MIN_SITE_CELLS", "STATISTICS", "SiteStatistics", "site_statistics", "standardize", "class_balanced_weights",
-           "class_conditional_statistics", "em_class_priors", "soften", "CrossLabClassifier"]
+           "class_conditional_statistics", "em_class_priors", "soften", "gate_threshold_at", "CrossLabClassifier"]

@@ -42,6 +42,15 @@ _GLCM_PROPS = ("contrast", "homogeneity", "energy", "correlation")
 _LBP_RADII = (1, 2)
 _DOG_SIGMAS = (1.0, 2.0, 4.0)
 _N_RINGS = 6
+# How the texture group reads the optical density (``CrossLabConfig.texture_od``):
+# "raw": as measured; "nucleus": scaled per cell so that the nucleus's median total optical density
+# is NUCLEUS_OD_REFERENCE, so that a lab that stains or illuminates darker or lighter gives the same
+# grey levels to the same chromatin pattern (GLCM and LBP read quantised grey levels, which no
+# per-lab standardisation of their outputs can undo).
+TEXTURE_OD = ("raw", "nucleus")
+# Acevedo-20's median nucleus OD sum over its cells (measured: 1.39; Zheng-18 set 1 1.67, set 2 1.26,
+# BCCD 0.46): scaling to it leaves the training lab's grey levels about where they were.
+NUCLEUS_OD_REFERENCE = 1.39
 
 
 def _hull_area(mask: np.ndarray) -> float:
@@ -276,8 +285,27 @@ def feature_set_columns(name: str) -> tuple[int, ...] | None:
     raise ValueError(f"unknown feature set {name!r}: one of {FEATURE_SETS} or 'no_<group>' with group in {GROUPS}")
 
 
-def cell_features(crop: CellCrop) -> np.ndarray:
+def texture_density(od_total: np.ndarray, nucleus: np.ndarray, texture_od: str = "raw") -> np.ndarray:
+    """The optical density the texture group reads: as measured (``"raw"``), or scaled so that the
+    nucleus's median is :data:`NUCLEUS_OD_REFERENCE` (``"nucleus"``; unchanged when the nucleus has
+    fewer than 4 pixels).
+
+    >>> od = np.full((4, 4), 0.5); nucleus = np.zeros((4, 4), bool); nucleus[:2] = True; od[:2] = 2.78
+    >>> float(texture_density(od, nucleus, "nucleus")[0, 0]), float(texture_density(od, nucleus, "nucleus")[3, 3])
+    (1.39, 0.25)
+    """
+    if texture_od not in TEXTURE_OD:
+        raise ValueError(f"texture_od must be one of {TEXTURE_OD}, got {texture_od!r}")
+    if texture_od == "raw" or nucleus.sum() < 4:
+        return od_total
+    return od_total * (NUCLEUS_OD_REFERENCE / max(float(np.median(od_total[nucleus])), 1e-3))
+
+
+def cell_features(crop: CellCrop, texture_od: str = "raw") -> np.ndarray:
     """One canonical cell crop -> ``(len(feature_names()),)`` float64 features.
+
+    ``texture_od`` (:data:`TEXTURE_OD`): how the texture group reads the optical density
+    (:func:`texture_density`); every other feature is the same either way.
 
     ``log_cell_over_red_cell`` is NaN when the image shows no single red cell; the
     adaptation step fills it with the site's median.
@@ -309,9 +337,9 @@ def cell_features(crop: CellCrop) -> np.ndarray:
         feats += stats[name]
     n, c = np.array(stats["nucleus"]), np.array(stats["cytoplasm"])
     feats += [n[7] - c[7], n[11] - c[11], n[12] - c[12], n[13] - c[13], n[14] - c[14]]
-    feats += _texture_features(od_total, nucleus, cytoplasm)
+    feats += _texture_features(texture_density(od_total, nucleus, texture_od), nucleus, cytoplasm)
     feats += _profile_features(od_total, chroma, cell)
     return np.asarray(feats, dtype=np.float64)
 
 
-__all__ = ["GROUPS", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "cell_features"]
+__all__ = ["GROUPS", "TEXTURE_OD", "NUCLEUS_OD_REFERENCE", "texture_density", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "cell_features"]

@@ -142,7 +142,8 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
                              temperature=float(calibration.get("temperature", 1.0)))
     model.classifier = clf.fit(feats, files["label"].to_numpy())
     # The study's temperature and uncertain threshold were fitted on its virtual labs for the same
-    # features and model, and are kept; its novelty reference belongs to its own classes and is not.
+    # features and model, and are kept; its novelty reference and texture gate belong to its own
+    # classifier and classes, and are not.
     model.classifier.calibration_ = calibration
     model.record = {**model.record, "classifier_trained_on": str(Path(folder).resolve()),
                     "class_counts": {str(k): int(v) for k, v in counts.items()}, "n_cells": int(len(files)),
@@ -194,15 +195,27 @@ def uncertain_cells(classifier: CrossLabClassifier, proba: np.ndarray) -> np.nda
 def lab_warning(classifier: CrossLabClassifier, feats: np.ndarray) -> str | None:
     """A warning when this call's cells sit farther from every training class than any of the
     study's development labs did (``None`` if not, or if the file holds no reference)."""
-    from bcfeat.crosslab.novelty import LabNovelty, lab_novelty_score, novelty_warning
+    from bcfeat.crosslab.novelty import LabNovelty, novelty_warning
 
     calibration = getattr(classifier, "calibration_", {})
     if "novelty_threshold" not in calibration:
         return None
-    score = lab_novelty_score(classifier.discriminant_view(feats), classifier.discriminant_means_)
+    score = classifier.lab_novelty(feats)
     novelty = LabNovelty(np.asarray(calibration.get("reference_novelty", []), float),
                          float(calibration["novelty_threshold"]))
     return novelty_warning(score, novelty)
+
+
+def gate_warning(classifier: CrossLabClassifier, feats: np.ndarray) -> str | None:
+    """A note when this call's texture measures sit farther from the training classes than any of
+    the study's development labs' did, so that it was classified without them (``None`` if not,
+    or if the classifier has no texture gate)."""
+    if not classifier.gate_closed(feats):
+        return None
+    return (f"these cells' texture sits farther from the training classes than on any development lab "
+            f"(texture novelty {classifier.gate_novelty(feats):.2f} > "
+            f"{classifier.gate_threshold_for(len(feats)):.2f} for {len(feats)} cells): "
+            "they were classified without the texture features")
 
 
 def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, thumbnails: list | None = None,
@@ -266,7 +279,8 @@ def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray,
     table = pd.DataFrame({"relpath": np.asarray(relpaths), "predicted": predicted, "probability": proba.max(axis=1),
                           "uncertain": ~found | uncertain_cells(model.classifier, np.nan_to_num(proba, nan=0.0)),
                           "cell_found": found})
-    for warning in [lab_warning(model.classifier, feats[found]), *_call_warnings(feats[found], predicted[found])]:
+    for warning in [lab_warning(model.classifier, feats[found]), gate_warning(model.classifier, feats[found]),
+                    *_call_warnings(feats[found], predicted[found])]:
         if warning:
             logger.warning("%s: %s", folder, warning)
             if warning_list is not None:
@@ -274,5 +288,5 @@ def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray,
     return pd.concat([table, pd.DataFrame(proba, columns=[f"p_{c}" for c in classes])], axis=1)
 
 
-__all__ = ["extract_folder", "measure_folder_table", "train_classifier", "classify_folder", "classify_features", "classify_cells", "uncertain_cells", "lab_warning",
+__all__ = ["extract_folder", "measure_folder_table", "train_classifier", "classify_folder", "classify_features", "classify_cells", "uncertain_cells", "lab_warning", "gate_warning",
            "MIN_CELLS_PER_CLASS", "DEFAULT_UNCERTAIN_BELOW"]

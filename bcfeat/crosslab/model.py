@@ -30,7 +30,7 @@ import torch
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_crop import CellCrop, CropConfig, canonical_crop
-from bcfeat.crosslab.cell_features import cell_features, feature_names
+from bcfeat.crosslab.cell_features import TEXTURE_OD, cell_features, feature_names
 from bcfeat.data.images import ImageDecodeError, SkippedImages, read_image
 from bcfeat.detection.pseudo_masks import SegmentationConfig
 from bcfeat.model_files import ModelFileError, build_from_payload, format_name, load_model_file
@@ -58,6 +58,10 @@ class CrossLabConfig:
         Pillow's resampling (the same masks as the reproduction's pseudo-masks up to a boundary
         pixel, a third less time per image). Model files written before this field existed
         segment as the reproduction does (scikit-image resampling), so they keep their features.
+    texture_od : {"raw", "nucleus"}
+        How the texture features read the optical density
+        (:func:`bcfeat.crosslab.cell_features.texture_density`): as measured, or scaled per cell
+        to a reference nucleus density. Model files written before this field read it raw.
     detector_batch_size : int
         Images per detector forward pass.
     n_workers : int
@@ -70,6 +74,7 @@ class CrossLabConfig:
     mask_source: str = "detector"
     crop: CropConfig = field(default_factory=CropConfig)
     segmentation: SegmentationConfig = field(default_factory=lambda: SegmentationConfig(resampler="pillow"))
+    texture_od: str = "raw"
     detector_batch_size: int = 16
     n_workers: int = 1
     chunk_size: int = 256
@@ -77,6 +82,8 @@ class CrossLabConfig:
     def __post_init__(self) -> None:
         if self.mask_source not in MASK_SOURCES:
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
+        if self.texture_od not in TEXTURE_OD:
+            raise ValueError(f"texture_od must be one of {TEXTURE_OD}, got {self.texture_od!r}")
         if self.detector_batch_size < 1 or self.n_workers < 1 or self.chunk_size < 1:
             raise ValueError("detector_batch_size, n_workers and chunk_size must be >= 1, got "
                              f"{self.detector_batch_size}, {self.n_workers} and {self.chunk_size}")
@@ -110,10 +117,11 @@ def end_with_parent() -> None:
 
 
 def _measure(image: np.ndarray, mask: Any, crop_cfg: CropConfig, ruler: bool = True,
-             seg_cfg: SegmentationConfig | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+             seg_cfg: SegmentationConfig | None = None, texture_od: str = "raw") -> tuple[np.ndarray, np.ndarray, bool]:
     """One image and its cell mask (None: the label-free stain segmentation's, with ``seg_cfg``; or
     the detector's ``(mask, found)``) -> (features, crop image, whether a cell was found rather than
-    the fallback). ``ruler=False`` skips the red-cell ruler (its feature is NaN)."""
+    the fallback). ``ruler=False`` skips the red-cell ruler (its feature is NaN); ``texture_od``:
+    see :class:`CrossLabConfig`."""
     found = True
     if mask is None:
         from bcfeat.detection.pseudo_masks import segment_white_cell
@@ -127,7 +135,7 @@ def _measure(image: np.ndarray, mask: Any, crop_cfg: CropConfig, ruler: bool = T
 
         mask, found = centred_ellipse(*image.shape[:2]), False
     crop = canonical_crop(image, mask, crop_cfg, ruler=ruler)
-    return cell_features(crop), crop.image, found
+    return cell_features(crop, texture_od), crop.image, found
 
 
 THUMBNAIL_QUALITY = 90  # JPEG quality of the review page's cell crops
@@ -154,7 +162,7 @@ def _measure_item(args: tuple[Any, Any, CrossLabConfig, bool, bool]
         image = read_image(item)
     except (ImageDecodeError, OSError, ValueError, TypeError) as error:
         return str(error)
-    feats, crop, found = _measure(image, mask, cfg.crop, ruler, cfg.segmentation)
+    feats, crop, found = _measure(image, mask, cfg.crop, ruler, cfg.segmentation, cfg.texture_od)
     return feats, crop, found, encode_thumbnail(crop) if encode else None
 
 

@@ -48,11 +48,35 @@ class Measured:
     detector_file: str | None
 
 
-def _model(detector_file: str | Path | None, mask_source: str, n_workers: int, crop: CropConfig | None = None):
+# A measurement is a mask source, optionally with the texture read on the nucleus-normalised
+# optical density: "stain", "detector", "stain+normtex", "detector+normtex".
+NORMALISED_TEXTURE = "+normtex"
+
+
+def measurement_parts(name: str) -> tuple[str, str]:
+    """A measurement's mask source and texture reading (``CrossLabConfig.texture_od``).
+
+    >>> measurement_parts("stain"), measurement_parts("stain+normtex")
+    (('stain', 'raw'), ('stain', 'nucleus'))
+    """
+    from bcfeat.crosslab.model import MASK_SOURCES
+
+    mask_source, texture_od = (name[:-len(NORMALISED_TEXTURE)], "nucleus") if name.endswith(NORMALISED_TEXTURE) \
+        else (name, "raw")
+    if mask_source not in MASK_SOURCES:
+        valid = [m + t for m in MASK_SOURCES for t in ("", NORMALISED_TEXTURE)]
+        raise ValueError(f"unknown measurement {name!r}; valid: {valid}")
+    return mask_source, texture_od
+
+
+def _model(detector_file: str | Path | None, measurement: str, n_workers: int, crop: CropConfig | None = None):
+    """The :class:`~bcfeat.crosslab.model.CrossLabModel` (no classifier) that measures one measurement."""
     from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig
     from bcfeat.detection.checkpoint import load_detector
 
-    config = CrossLabConfig(mask_source=mask_source, crop=crop or CropConfig(), n_workers=n_workers)
+    mask_source, texture_od = measurement_parts(measurement)
+    config = CrossLabConfig(mask_source=mask_source, crop=crop or CropConfig(), n_workers=n_workers,
+                            texture_od=texture_od)
     detector = None
     if mask_source == "detector":
         if detector_file is None:
@@ -63,24 +87,28 @@ def _model(detector_file: str | Path | None, mask_source: str, n_workers: int, c
 
 def measurement_settings(config: CrossLabConfig) -> dict:
     """What a cell's features depend on besides the image and the detector file, for a cache key:
-    mask source, crop, the stain segmentation's settings (with that mask source) and the features."""
+    mask source, crop, the stain segmentation's settings (with that mask source), the texture
+    reading (when not raw: raw keys are those of the files measured before the choice existed)
+    and the features."""
     settings = {"mask_source": config.mask_source, "crop": asdict(config.crop), "features": feature_names()}
     if config.mask_source == "stain":
         settings["segmentation"] = asdict(config.segmentation)
+    if config.texture_od != "raw":
+        settings["texture_od"] = config.texture_od
     return settings
 
 
-def measure_cells(samples: pd.DataFrame, artifacts: Path, mask_source: str = "detector", n_workers: int = 2,
+def measure_cells(samples: pd.DataFrame, artifacts: Path, measurement: str = "detector", n_workers: int = 2,
                   crop: CropConfig | None = None, cache_name: str = "crosslab",
                   detector_file: str | Path | None = None) -> Measured:
-    """Features and canonical crops of every sample, computed once per (images, detector, settings);
-    the cache is kept under ``<artifacts>/cache``."""
+    """Features and canonical crops of every sample with one measurement (:func:`measurement_parts`),
+    computed once per (images, detector, settings); the cache is kept under ``<artifacts>/cache``."""
     from bcfeat.data.images import SkippedImages
     from bcfeat.detection.feature_cache import cache_key, cached_arrays
 
-    model = _model(detector_file, mask_source, n_workers, crop)
+    model = _model(detector_file, measurement, n_workers, crop)
     paths = samples["path"].tolist()
-    detector_file = str(detector_file) if mask_source == "detector" else None
+    detector_file = str(detector_file) if model.config.mask_source == "detector" else None
     key = cache_key(paths, detector_file, measurement_settings(model.config))
 
     def compute(chunk: list[str]) -> dict[str, np.ndarray]:
@@ -97,15 +125,15 @@ def measure_cells(samples: pd.DataFrame, artifacts: Path, mask_source: str = "de
     return Measured(arrays["features"], arrays["crops"], float(arrays["seconds"].sum() / 60), detector_file)
 
 
-def measure_all(samples: pd.DataFrame, artifacts: Path, mask_sources: Sequence[str], n_workers: int = 2,
+def measure_all(samples: pd.DataFrame, artifacts: Path, measurements: Sequence[str], n_workers: int = 2,
                 detector_file: str | Path | None = None) -> dict[str, Measured]:
-    """:func:`measure_cells` with each mask source (the selection chooses between them)."""
-    from bcfeat.crosslab.model import MASK_SOURCES
-
-    unknown = [m for m in mask_sources if m not in MASK_SOURCES]
-    if unknown or not mask_sources:
-        raise ValueError(f"mask_sources must name one or more of {MASK_SOURCES}, got {list(mask_sources)}")
-    return {m: measure_cells(samples, artifacts, m, n_workers, detector_file=detector_file) for m in mask_sources}
+    """:func:`measure_cells` with each measurement (the selection chooses between them); every name
+    is checked before any work."""
+    if not measurements:
+        raise ValueError("mask_sources must name one or more measurements, got none")
+    for m in measurements:
+        measurement_parts(m)
+    return {m: measure_cells(samples, artifacts, m, n_workers, detector_file=detector_file) for m in measurements}
 
 
 def measured_table(measured: dict[str, Measured]) -> pd.DataFrame:
@@ -345,9 +373,11 @@ def per_class_table(ours: pd.DataFrame, adabn: pd.DataFrame, *, source: str) -> 
     return pd.DataFrame(rows)
 
 
-def _adaptation_variants(setting: dict) -> dict[str, dict]:
+def _adaptation_variants(setting: dict, full_name: str, gate_threshold: float | None = None) -> dict[str, dict]:
+    """The adaptation lever's variants; with ``gate_threshold``, the chosen setting (5-part
+    ``full_name``) with texture trusted on every call and with the texture gate."""
     base = {"model": "logistic", "C": setting["C"], "columns": columns_for(setting["groups"])}
-    return {
+    variants = {
         "no adaptation (source statistics for every site)": {**base, "site_standardize": False, "balance_rounds": 0},
         "per-site standardisation (plain)": {**base, "balance_rounds": 0},
         "+ class-balanced site statistics (2 rounds)": {**base, "balance_rounds": 2},
@@ -355,6 +385,16 @@ def _adaptation_variants(setting: dict) -> dict[str, dict]:
         "+ EM class-prior correction": {**base, "balance_rounds": 0, "prior_correction": "em"},
         "+ self-training (2 rounds, p >= 0.9)": {**base, "balance_rounds": 0, "self_training": 2},
     }
+    if gate_threshold is not None:
+        from bcfeat.study.crosslab_validation import classifier_for
+
+        chosen = classifier_for(full_name, gate_threshold=gate_threshold).get_params()
+        if chosen["gate_columns"] is not None:
+            chosen = {k: v for k, v in chosen.items() if k not in ("random_state", "temperature")}
+            variants["chosen setting, texture trusted on every call"] = {**chosen, "gate_columns": None,
+                                                                         "gate_threshold": None}
+            variants["chosen setting + texture gate (threshold from the virtual labs)"] = chosen
+    return variants
 
 
 def _transfer_with(X, samples, train, in_test, make, source):
@@ -379,9 +419,11 @@ def _subsample(samples: pd.DataFrame, n: int, seed: int) -> np.ndarray:
 
 def ablations(measured: dict[str, Measured], samples, plan, setting: str, artifacts: Path, ablation_cells: int,
               ssl_epochs: int, ssl_image_size: int, seed: int, n_workers: int, cnn_epochs: int = 0,
-              cnn_image_size: int = 64, *, design: StudySites) -> pd.DataFrame:
+              cnn_image_size: int = 64, gate_threshold: float | None = None, *, design: StudySites) -> pd.DataFrame:
     """One row per variant (lever on/off), scored by ``transfer_scores`` on the first split (no intervals).
 
+    ``gate_threshold`` (the texture gate's, fitted on the virtual labs): adds the chosen setting with
+    and without the gate (where its features read texture).
     The crop lever compares the mask sources on every cell, and the canonical rescaling against one
     zoom for every image on a subsample of ``ablation_cells`` per site (re-measured)."""
     chosen = setting_by_name(setting)
@@ -391,7 +433,7 @@ def ablations(measured: dict[str, Measured], samples, plan, setting: str, artifa
     domain = samples["domain"].to_numpy()
     in_test = is_test & (domain == source)
     results, minutes, lever = {}, {}, {}
-    for name, params in _adaptation_variants(chosen).items():
+    for name, params in _adaptation_variants(chosen, setting, gate_threshold).items():
         results[name], minutes[name] = _timed(lambda p=params: _transfer_with(
             X, samples, train, in_test, lambda: CrossLabClassifier(**p, random_state=seed), source))
         lever[name] = "adaptation"
@@ -509,6 +551,11 @@ def ablation_glue(ablation: pd.DataFrame) -> dict:
         for col in columns:
             name = "crosslab_cnn_minutes" if col == "cpu_minutes" else f"{key}_{col}"
             out[name] = float(rows[col].iloc[0]) if len(rows) == 1 else float("nan")
+    by_variant = ablation.set_index("variant")
+    for key, variant in (("crosslab_gate_off", "chosen setting, texture trusted on every call"),
+                         ("crosslab_gate_on", "chosen setting + texture gate (threshold from the virtual labs)")):
+        for col in ("mean_unseen", "min_unseen"):
+            out[f"{key}_{col}"] = float(by_variant.loc[variant, col]) if variant in by_variant.index else float("nan")
     return out
 
 

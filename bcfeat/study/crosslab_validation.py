@@ -65,15 +65,36 @@ def parse_setting(name: str) -> dict:
             "statistics": statistics}
 
 
-def classifier_for(setting: dict | str, random_state: int = 0, temperature: float = 1.0) -> CrossLabClassifier:
+def texture_gate_columns(groups: str) -> tuple[int, ...] | None:
+    """The texture columns a feature set reads (``None`` when it reads none, or only texture):
+    the group the texture gate trusts only on calls like the virtual labs.
+
+    >>> texture_gate_columns("no_texture") is None
+    True
+    """
+    from bcfeat.crosslab.cell_features import feature_groups, feature_names
+
+    used = feature_set_columns(groups)
+    used = set(range(len(feature_names()))) if used is None else set(used)
+    gated = tuple(sorted(used & set(feature_groups()["texture"])))
+    return gated if gated and len(gated) < len(used) else None
+
+
+def classifier_for(setting: dict | str, random_state: int = 0, temperature: float = 1.0,
+                   gate_threshold: float | Sequence | None = None) -> CrossLabClassifier:
     """The :class:`CrossLabClassifier` of a setting: plain per-call statistics, or two rounds of
-    class-balanced (weighted, or CBR) statistics from its own hard predictions."""
+    class-balanced (weighted, or CBR) statistics from its own hard predictions.
+
+    ``gate_threshold``: ``None``, no texture gate; a number (``math.inf``: fitted, never closed) or
+    (call size, threshold) pairs, the setting's texture columns are gated (:func:`texture_gate_columns`; no gate where it reads none)."""
     s = parse_setting(setting) if isinstance(setting, str) else setting
     rounds = 0 if s["statistics"] == "plain" else 2
     stats = "cbr" if s["statistics"] == "cbr" else "balanced"
+    gate = None if gate_threshold is None else texture_gate_columns(s["groups"])
     return CrossLabClassifier(model="logistic", C=s["C"], balance_rounds=rounds, statistics=stats,
                               columns=feature_set_columns(s["groups"]), random_state=random_state,
-                              temperature=temperature)
+                              temperature=temperature, gate_columns=gate,
+                              gate_threshold=None if gate is None else gate_threshold)
 
 
 def candidate_settings(Cs: Sequence[str | float], groups: Sequence[str], sources: Sequence[str],
@@ -121,7 +142,7 @@ def measure_virtual_lab(paths: Sequence[str], lab, artifacts: Path, mask_source:
     from bcfeat.study.crosslab import _model, measurement_settings
 
     model = _model(detector_file, mask_source, n_workers)
-    detector = str(detector_file) if mask_source == "detector" else None
+    detector = str(detector_file) if model.config.mask_source == "detector" else None
     key = cache_key(paths, detector, {"lab": asdict(lab), "seed": seed, **measurement_settings(model.config)})
 
     def compute(chunk: list[str]) -> dict[str, np.ndarray]:
@@ -181,12 +202,12 @@ def _train_rows(samples: pd.DataFrame, plan: SplitPlan, source: str) -> np.ndarr
 
 
 def fit_setting(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: str, seed: int,
-                temperature: float = 1.0, *, source: str) -> CrossLabClassifier:
+                temperature: float = 1.0, gate_threshold: float | None = None, *, source: str) -> CrossLabClassifier:
     """A setting's classifier trained on the source site's training split (first repetition)."""
     s = parse_setting(setting)
     train = _train_rows(samples, plan, source)
     X = measured[s["source"]].features
-    return classifier_for(s, seed, temperature).fit(X[train], samples["label"].to_numpy()[train])
+    return classifier_for(s, seed, temperature, gate_threshold).fit(X[train], samples["label"].to_numpy()[train])
 
 
 def score_on_labs(clf: CrossLabClassifier, labs: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -225,6 +246,19 @@ def select_on_virtual_labs(measured: dict, samples: pd.DataFrame, plan: SplitPla
     return table.reset_index(drop=True)
 
 
+def measurement_glue(selection: pd.DataFrame) -> dict:
+    """The best selection score of each measurement (mask source and texture reading), keyed
+    ``crosslab_best_score_<measurement>`` with ``+`` spelt ``_`` (``stain+normtex`` ->
+    ``crosslab_best_score_stain_normtex``).
+
+    >>> t = pd.DataFrame({"source": ["stain", "stain+normtex", "stain"], "selection_score": [0.7, 0.8, 0.75]})
+    >>> measurement_glue(t)
+    {'crosslab_best_score_stain': 0.75, 'crosslab_best_score_stain_normtex': 0.8}
+    """
+    best = selection.groupby("source", sort=True)["selection_score"].max()
+    return {f"crosslab_best_score_{name.replace('+', '_')}": float(v) for name, v in best.items()}
+
+
 # ----------------------------------------------------------------------------- calibration
 @dataclass
 class Calibration:
@@ -234,6 +268,7 @@ class Calibration:
     uncertain_min_probability: float
     novelty_threshold: float
     reference_novelty: list[float]
+    gate_threshold: list | None = None  # the texture gate's [call size, threshold] pairs (fit_gate_threshold); None: no gate
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -244,21 +279,104 @@ def _index(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return np.array([lookup[v] for v in y])
 
 
+# Call sizes at which the texture gate's envelope is measured on the virtual labs (besides each lab's
+# all-cells call): a call's novelty is a median over its cells, which scatters more in small calls.
+GATE_CALL_SIZES = (32, 100, 200, 400)
+GATE_MIXES = ("own", "balanced", "typical", "neutrophil_heavy", "lymphocyte_heavy")
+
+
+def gate_envelope(calls: pd.DataFrame) -> tuple[tuple[int, float], ...]:
+    """``(call size, threshold)`` pairs from a table of calls (``call_size``, ``gate_novelty``):
+    per size, the largest novelty of any call of that size or larger (so the threshold never rises
+    with the call's size, as the scatter of a median does not).
+
+    >>> calls = pd.DataFrame({"call_size": [100, 100, 400, 400], "gate_novelty": [1.5, 1.2, 0.9, 1.0]})
+    >>> gate_envelope(calls)
+    ((100, 1.5), (400, 1.0))
+    """
+    per_size = calls.groupby("call_size")["gate_novelty"].max().sort_index(ascending=False)
+    envelope = per_size.cummax().sort_index()
+    return tuple((int(n), float(t)) for n, t in envelope.items())
+
+
+def fit_gate_threshold(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, seed: int,
+                       call_sizes: Sequence[int] = GATE_CALL_SIZES, n_calls: int = 3,
+                       mixes: Sequence[str] = GATE_MIXES) -> tuple[tuple[tuple[int, float], ...] | None, pd.DataFrame]:
+    """The texture gate's threshold per call size (:func:`gate_envelope`): the largest
+    :meth:`~CrossLabClassifier.gate_novelty` of any virtual lab's call, over each lab's all-cells call
+    and ``n_calls`` calls of each of ``call_sizes`` under each mix. Texture is then trusted on any
+    call that looks no more foreign than calls of its size from the labs it was checked on, and
+    only there. Returns ``(envelope, per-call table)``; ``(None, empty)`` when ``clf`` has no gate
+    (its features read no texture).
+
+    ``clf`` must be fitted with ``gate_columns`` (``classifier_for(..., gate_threshold=math.inf)``)."""
+    columns = ["lab", "mix", "call_size", "call", "gate_novelty"]
+    if clf.gate_columns is None:
+        return None, pd.DataFrame(columns=columns)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for lab in virtual.labs:
+        X = virtual.features[(lab.name, source)]
+        rows.append({"lab": lab.name, "mix": "own", "call_size": len(X), "call": 0,
+                     "gate_novelty": clf.gate_novelty(X)})
+        for mix in mixes:
+            for size in call_sizes:
+                for i, idx in enumerate(mx.draw_calls(virtual.labels, mx.MIXES[mix], size, n_calls, rng)):
+                    rows.append({"lab": lab.name, "mix": mix, "call_size": len(idx), "call": i,
+                                 "gate_novelty": clf.gate_novelty(X[idx])})
+    table = pd.DataFrame(rows, columns=columns)
+    return gate_envelope(table), table
+
+
+def gate_leave_one_lab_out(clf: CrossLabClassifier, virtual: VirtualLabs, source: str,
+                           calls: pd.DataFrame) -> pd.DataFrame:
+    """How the gate would treat a new lab like the virtual labs: each virtual lab in turn is left
+    out of the envelope (:func:`gate_envelope` of the *other* labs' calls, from
+    :func:`fit_gate_threshold`'s table), and the share of its calls beyond the envelope at their
+    size is counted; beside it, what closing costs there (balanced accuracy of all its cells with
+    and without texture). One row per lab."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from bcfeat.crosslab.adaptation import gate_threshold_at
+
+    rows = []
+    threshold_was = clf.gate_threshold
+    try:
+        clf.set_params(gate_threshold=None)  # the full classifier's own predictions
+        for lab in virtual.labs:
+            mine = calls["lab"] == lab.name
+            envelope = gate_envelope(calls[~mine])
+            limits = calls.loc[mine, "call_size"].map(lambda n, e=envelope: gate_threshold_at(e, n))
+            X = virtual.features[(lab.name, source)]
+            rows.append({"lab": lab.name,
+                         "share_of_calls_closed": float((calls.loc[mine, "gate_novelty"] > limits).mean()),
+                         "balanced_accuracy_with_texture": float(balanced_accuracy_score(virtual.labels,
+                                                                                          clf.predict(X))),
+                         "balanced_accuracy_without_texture": float(
+                             balanced_accuracy_score(virtual.labels, clf.fallback_.predict(X)))})
+    finally:
+        clf.set_params(gate_threshold=threshold_was)
+    return pd.DataFrame(rows)
+
+
 def fit_calibration(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, target_catch: float = 0.5,
-                    max_review: float = 0.3) -> Calibration:
+                    max_review: float = 0.3, gate_threshold: Sequence | None = None) -> Calibration:
     """Temperature (pooled negative log-likelihood), ``uncertain`` threshold and lab novelty
-    threshold, from each virtual lab's cells classified in one call."""
+    threshold, from each virtual lab's cells classified in one call; ``gate_threshold`` (from
+    :func:`fit_gate_threshold`) is recorded with them."""
     probas, truths, novelty = [], [], []
     for lab in virtual.labs:
         X = virtual.features[(lab.name, source)]
         probas.append(clf.predict_proba(X))
         truths.append(_index(virtual.labels, clf.classes_))
-        novelty.append(nov.lab_novelty_score(clf.discriminant_view(X), clf.discriminant_means_))
+        novelty.append(clf.lab_novelty(X))
     P, t = np.vstack(probas), np.concatenate(truths)
     T = cal.fit_temperature(P, t)
     rule = cal.choose_uncertain_rule(cal.apply_temperature(P, T), t, target_catch, max_review)
     fitted = nov.fit_novelty(novelty)
-    return Calibration(float(T), float(rule.min_probability), float(fitted.threshold), [float(v) for v in novelty])
+    gate = None if gate_threshold is None else [[int(n), float(t)] for n, t in gate_threshold]
+    return Calibration(float(T), float(rule.min_probability), float(fitted.threshold), [float(v) for v in novelty],
+                       gate)
 
 
 def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
@@ -280,13 +398,15 @@ def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
         t = _index(y, clf.classes_)
         Pt = cal.apply_temperature(P, calibration.temperature)
         before, after = cal.calibration_summary(P, t), cal.calibration_summary(Pt, t)
-        score = nov.lab_novelty_score(clf.discriminant_view(X), clf.discriminant_means_)
+        score = clf.lab_novelty(X)
+        gate = {} if clf.gate_columns is None else {"gate_novelty": clf.gate_novelty(X),
+                                                     "gate_closed": clf.gate_closed(X)}
         rows.append({"lab": name, "n_cells": len(y), "accuracy": after["accuracy"],
                      "ece_raw": before["ece"], "mean_confidence_raw": before["mean_confidence"],
                      "ece": after["ece"], "mean_confidence": after["mean_confidence"],
                      "confidence_gap": after["confidence_gap"],
                      **{k: v for k, v in cal.review_table(Pt, t, rule).items() if k != "n_cells"},
-                     "novelty": score, "novelty_warning": nov.novelty_warning(score, novelty) is not None})
+                     "novelty": score, "novelty_warning": nov.novelty_warning(score, novelty) is not None, **gate})
         reliability[name] = cal.reliability_table(Pt, t)
     return pd.DataFrame(rows), reliability
 
@@ -315,7 +435,9 @@ def mix_table(clf: CrossLabClassifier, labs: dict, n_calls: int, seed: int) -> t
 
 
 def per_shift_table(clfs: dict[str, CrossLabClassifier], shifts: VirtualLabs, source: str) -> pd.DataFrame:
-    """Balanced accuracy of each classifier on each single named shift (all cells in one call)."""
+    """Balanced accuracy of each classifier on each single named shift (all cells in one call), and
+    for a gated classifier whether its texture gate closed there (the named shifts are not among the
+    virtual labs its threshold was fitted on)."""
     from sklearn.metrics import balanced_accuracy_score
 
     rows = []
@@ -324,6 +446,9 @@ def per_shift_table(clfs: dict[str, CrossLabClassifier], shifts: VirtualLabs, so
         row = {"shift": lab.name}
         for label, clf in clfs.items():
             row[label] = float(balanced_accuracy_score(shifts.labels, clf.predict(X)))
+        for label, clf in clfs.items():
+            if clf.gate_columns is not None and clf.gate_threshold is not None:
+                row[f"{label}: texture gate closed"] = bool(clf.gate_closed(X))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -363,9 +488,11 @@ def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequen
     return pd.DataFrame(rows)
 
 
-__all__ = ["STATISTICS", "setting_name", "parse_setting", "classifier_for", "candidate_settings",
+__all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for", "candidate_settings",
            "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "fit_setting",
-           "score_on_labs", "select_on_virtual_labs", "Calibration", "fit_calibration", "calibration_table",
+           "score_on_labs", "select_on_virtual_labs", "Calibration", "GATE_CALL_SIZES", "gate_envelope", "fit_gate_threshold",
+           "gate_leave_one_lab_out",
+           "fit_calibration", "calibration_table",
            "real_labs", "mix_table", "per_shift_table", "goals_table"]
 
 
@@ -382,7 +509,7 @@ def plain_name(setting: str) -> str:
 
 
 def headline_scores(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: str, seed: int,
-                    temperature: float = 1.0, *, source: str) -> pd.DataFrame:
+                    temperature: float = 1.0, gate_threshold: float | None = None, *, source: str) -> pd.DataFrame:
     """The chosen setting trained on the source site (each of the benchmark's splits), tested on every
     site's test split, each site in one call: ``test_domain, chosen, balanced_accuracy`` (mean over
     the splits), ``balanced_accuracy_std`` and ``macro_f1``."""
@@ -391,7 +518,7 @@ def headline_scores(measured: dict, samples: pd.DataFrame, plan: SplitPlan, sett
     s = parse_setting(setting)
     scores = domain_matrix(measured[s["source"]].features, samples["label"].to_numpy(),
                            samples["domain"].to_numpy(), plan,
-                           make_classifier=lambda rs: classifier_for(s, rs, temperature),
+                           make_classifier=lambda rs: classifier_for(s, rs, temperature, gate_threshold),
                            label_space_name="coarse5", feature_set_name=setting, random_state=seed,
                            train_domains=[source])
     table = scores.groupby("test_domain", sort=False).agg(
@@ -413,7 +540,8 @@ def write_deployed_model(measured: dict, samples: pd.DataFrame, path: Path, sett
     s = parse_setting(setting)
     rows = samples["domain"].to_numpy() == source
     y = samples["label"].to_numpy()
-    clf = classifier_for(s, 0, calibration.temperature).fit(measured[s["source"]].features[rows], y[rows])
+    clf = classifier_for(s, 0, calibration.temperature, calibration.gate_threshold).fit(
+        measured[s["source"]].features[rows], y[rows])
     clf.calibration_ = calibration.to_dict()
     model = _model(detector_file, s["source"], n_workers)
     model.classifier = clf
@@ -485,7 +613,9 @@ def call_modes(clf: CrossLabClassifier, X: np.ndarray, y: np.ndarray, series: np
     from bcfeat.crosslab.adaptation import MIN_SITE_CELLS
 
     unadapted = copy.deepcopy(clf)
-    unadapted.site_standardize = False
+    for part in (unadapted, getattr(unadapted, "fallback_", None)):  # a gated classifier: its fallback too
+        if part is not None:
+            part.site_standardize = False
     per_series = np.empty(len(y), dtype=object)
     for name in pd.unique(series):
         rows = np.flatnonzero(series == name)
@@ -498,7 +628,7 @@ def call_modes(clf: CrossLabClassifier, X: np.ndarray, y: np.ndarray, series: np
 
 
 def all_cells(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: str, temperature: float,
-              n_boot: int, seed: int, *, source: str):
+              n_boot: int, seed: int, gate_threshold: float | None = None, *, source: str):
     """The chosen classifier of the first split on the source site's test split and on all cells of every
     unseen site (each in one call), with 95 % bootstrap intervals and the per-cell predictions."""
     from bcfeat.crosslab import evaluation as ev
@@ -509,8 +639,36 @@ def all_cells(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: s
     is_test = as_test_masks(plan, len(samples))[0]
     return ev.transfer_scores(measured[s["source"]].features, samples["label"].to_numpy(), domain,
                               _train_rows(samples, plan, source), is_test & (domain == source),
-                              lambda: classifier_for(s, seed, temperature), source, n_boot, seed,
+                              lambda: classifier_for(s, seed, temperature, gate_threshold), source, n_boot, seed,
                               return_predictions=True)
+
+
+def gate_envelope_glue(envelope: Sequence | None, per_lab: pd.DataFrame) -> dict:
+    """The chapter's numbers on the gate's envelope: its threshold for calls of 100 cells and for
+    the largest fitted call, that size, and the mean share of a left-out virtual lab's calls the
+    gate closes (NaN where the chosen setting has no gate)."""
+    from bcfeat.crosslab.adaptation import gate_threshold_at
+
+    if envelope is None:
+        return {"crosslab_gate_threshold_100": float("nan"), "crosslab_gate_threshold_largest": float("nan"),
+                "crosslab_gate_largest_call": 0, "crosslab_gate_loo_closed": float("nan")}
+    largest = int(max(n for n, _ in envelope))
+    return {"crosslab_gate_threshold_100": gate_threshold_at(envelope, 100),
+            "crosslab_gate_threshold_largest": gate_threshold_at(envelope, largest),
+            "crosslab_gate_largest_call": largest,
+            "crosslab_gate_loo_closed": float(per_lab["share_of_calls_closed"].mean())}
+
+
+def gate_glue(calibration_table: pd.DataFrame) -> dict:
+    """Where the texture gate closed (all of a lab's cells in one call), from
+    :func:`calibration_table`: the labs, comma-separated, or "none"; "no gate" when the chosen
+    setting reads no texture."""
+    if "gate_closed" not in calibration_table:
+        return {"crosslab_gate_closed_labs": "no gate", "crosslab_gate_open_labs": "no gate"}
+    closed = calibration_table["gate_closed"].astype(bool)
+    names = lambda part: ", ".join(part["lab"]) or "none"  # noqa: E731
+    return {"crosslab_gate_closed_labs": names(calibration_table[closed]),
+            "crosslab_gate_open_labs": names(calibration_table[~closed])}
 
 
 def goals_glue(goals: pd.DataFrame, source: str, unseen: Sequence[str], untouched: str) -> dict:

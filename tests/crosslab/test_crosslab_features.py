@@ -135,3 +135,38 @@ def test_cell_features_are_finite_on_a_blank_cell():
     names = feature_names()
     finite = np.isfinite(f)
     assert finite[[i for i, n in enumerate(names) if n != "log_cell_over_red_cell"]].all()
+
+
+def test_normalised_texture_reads_a_darker_stain_as_the_same_chromatin():
+    """Texture on the nucleus-normalised density: a stain that doubles every optical density (the
+    same chromatin, more dye) gives the same texture; read raw, the grey levels and so GLCM and LBP
+    move. Every other feature is the one the raw reading gives."""
+    from bcfeat.crosslab.cell_features import NUCLEUS_OD_REFERENCE, TEXTURE_OD, texture_density
+
+    rng = np.random.default_rng(0)
+    od = 0.2 + rng.gamma(2.0, 0.1, size=(56, 56))
+    nucleus = _disk((56, 56), (28, 28), 12)
+    od[nucleus] += 0.8 + 0.4 * rng.random(int(nucleus.sum()))
+    cytoplasm = _disk((56, 56), (28, 28), 25) & ~nucleus
+    from bcfeat.crosslab.cell_features import _texture_features
+
+    normalised = [np.array(_texture_features(texture_density(k * od, nucleus, "nucleus"), nucleus, cytoplasm))
+                  for k in (1.0, 2.0)]
+    raw = [np.array(_texture_features(texture_density(k * od, nucleus, "raw"), nucleus, cytoplasm)) for k in (1.0, 2.0)]
+    np.testing.assert_allclose(normalised[0], normalised[1], atol=1e-9)
+    assert np.abs(raw[0] - raw[1]).max() > 0.05
+    assert np.median(texture_density(od, nucleus, "nucleus")[nucleus]) == pytest.approx(NUCLEUS_OD_REFERENCE)
+    np.testing.assert_array_equal(texture_density(od, np.zeros_like(nucleus), "nucleus"), od)  # no nucleus: as is
+    with pytest.raises(ValueError, match="texture_od must be one of"):
+        texture_density(od, nucleus, "median")
+    assert TEXTURE_OD == ("raw", "nucleus")
+    # on a real crop, only the texture group differs between the readings
+    img, cell = _smear(nucleus_centres=((-6, 0), (6, 4)), nucleus_radius=9)
+    img = np.clip(img.astype(float) + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+    crop = canonical_crop(img, cell)
+    a, b = cell_features(crop), cell_features(crop, "nucleus")
+    np.testing.assert_array_equal(a, cell_features(crop, "raw"))
+    texture = np.zeros(len(a), bool)
+    texture[feature_groups()["texture"]] = True
+    np.testing.assert_array_equal(a[~texture], b[~texture], strict=False)
+    assert not np.allclose(a[texture], b[texture])

@@ -459,3 +459,112 @@ def test_a_non_finite_self_supervised_loss_stops_naming_where(monkeypatch):
     with pytest.raises(NonFiniteLossError, match="self-supervised epoch 0, step 0.*total=nan"):
         ssl.train_encoder(crops, ssl.SelfSupervisedConfig(image_size=24, width=4, projection_dim=8, epochs=1,
                                                           batch_size=8))
+
+
+def test_model_files_keep_their_texture_reading_and_older_files_read_texture_raw(tmp_path):
+    from bcfeat.study.crosslab import measurement_parts, measurement_settings
+
+    path = save_model(tmp_path / "m.pt", CrossLabModel(CrossLabConfig(mask_source="stain", texture_od="nucleus")))
+    assert load_model(path).config.texture_od == "nucleus"
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["texture_od"]  # a file written before the field
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").config.texture_od == "raw"
+    with pytest.raises(ValueError, match="texture_od must be one of"):
+        CrossLabConfig(mask_source="stain", texture_od="median")
+    # the study's measurement names, and cache keys that keep the raw reading's old keys
+    assert measurement_parts("stain+normtex") == ("stain", "nucleus")
+    assert measurement_parts("detector") == ("detector", "raw")
+    with pytest.raises(ValueError, match="unknown measurement 'stain\\+texture'"):
+        measurement_parts("stain+texture")
+    raw, normalised = (measurement_settings(CrossLabConfig(mask_source="stain", texture_od=t)) for t in ("raw", "nucleus"))
+    assert "texture_od" not in raw and normalised == {**raw, "texture_od": "nucleus"}
+
+
+def _lab_with_a_texture_block(rng, n_per_class=80, texture_noise=0.0):
+    """Three classes separated by 3 'shape' columns and by 4 'texture' columns; a lab whose texture
+    means something else gets its texture columns replaced by noise."""
+    y = np.repeat(["a", "b", "c"], n_per_class)
+    k = np.searchsorted(["a", "b", "c"], y)
+    shape = k[:, None] * 1.5 + rng.normal(size=(len(y), 3))
+    texture = k[:, None] * 2.0 + rng.normal(size=(len(y), 4))
+    if texture_noise:
+        texture = rng.normal(0, texture_noise, size=texture.shape) + 4 * (k[:, None] == 0)  # class a looks like c
+    return np.hstack([shape, texture]), y
+
+
+def test_the_texture_gate_closes_only_on_a_call_whose_texture_is_foreign():
+    rng = np.random.default_rng(0)
+    X, y = _lab_with_a_texture_block(rng)
+    gate = (3, 4, 5, 6)
+    clf = CrossLabClassifier(C=1.0, statistics="cbr", gate_columns=gate, gate_threshold=1.5).fit(X, y)
+    assert clf.fallback_.columns == (0, 1, 2)
+    same, y_same = _lab_with_a_texture_block(rng)
+    foreign, y_foreign = _lab_with_a_texture_block(rng, texture_noise=3.0)
+    assert clf.gate_novelty(same) < 1.0 < 1.5 < clf.gate_novelty(foreign)
+    # an ordinary lab: the gate stays open and every probability is the full classifier's
+    ungated = CrossLabClassifier(C=1.0, statistics="cbr").fit(X, y)
+    assert not clf.gate_closed(same)
+    np.testing.assert_allclose(clf.predict_proba(same), ungated.predict_proba(same))
+    # a lab whose texture means something else: the classifier without texture decides, and does better
+    assert clf.gate_closed(foreign)
+    np.testing.assert_allclose(clf.predict_proba(foreign), clf.fallback_.predict_proba(foreign))
+    np.testing.assert_allclose(clf.transform(same), ungated.transform(same))
+    assert (clf.predict(foreign) == y_foreign).mean() > (ungated.predict(foreign) == y_foreign).mean() + 0.2
+    assert clf.lab_novelty(foreign) == pytest.approx(ev_novelty(clf.fallback_, foreign))
+    from bcfeat.crosslab.folders import gate_warning
+
+    assert "classified without the texture features" in gate_warning(clf, foreign)
+    assert gate_warning(clf, same) is None and gate_warning(ungated, foreign) is None
+    # a threshold of None or inf never closes it; the novelty can still be read (to fit a threshold)
+    for never in (None, float("inf")):
+        clf.set_params(gate_threshold=never)
+        assert not clf.gate_closed(foreign)
+        np.testing.assert_allclose(clf.predict_proba(foreign), ungated.predict_proba(foreign))
+
+
+def ev_novelty(clf, X):
+    from bcfeat.crosslab.novelty import lab_novelty_score
+
+    return lab_novelty_score(clf.discriminant_view(X), clf.discriminant_means_)
+
+
+def test_the_texture_gate_refuses_columns_it_cannot_gate_and_survives_a_model_file(tmp_path):
+    rng = np.random.default_rng(1)
+    X, y = _lab_with_a_texture_block(rng)
+    with pytest.raises(ValueError, match="non-empty subset of the columns used"):
+        CrossLabClassifier(columns=(0, 1, 2), gate_columns=(3,)).fit(X, y)
+    with pytest.raises(ValueError, match="at least one column"):
+        CrossLabClassifier(gate_columns=tuple(range(7))).fit(X, y)
+    with pytest.raises(ValueError, match="gate_threshold must be >= 0"):
+        CrossLabClassifier(gate_columns=(3,), gate_threshold=-1.0).fit(X, y)
+    for bad in (((100, 1.0), (100, 2.0)), ((0, 1.0),), ((100, -1.0),), "high", ()):
+        with pytest.raises(ValueError, match="gate_threshold"):
+            CrossLabClassifier(gate_columns=(3,), gate_threshold=bad).fit(X, y)
+    # per call size: a small call must look more foreign than a large one before the gate closes
+    by_size = CrossLabClassifier(C=1.0, statistics="cbr", gate_columns=(3, 4, 5, 6),
+                                 gate_threshold=((400, 1.0), (100, 2.0))).fit(X, y)
+    assert by_size.gate_threshold_for(50) == 2.0 and by_size.gate_threshold_for(1000) == 1.0
+    assert 1.0 < by_size.gate_threshold_for(200) < 2.0
+    # in a model file: the same gate, threshold and fallback; a file without its fallback is refused
+    d = len(feature_names())
+    Xw = np.hstack([X, rng.normal(size=(len(X), d - X.shape[1]))])
+    clf = CrossLabClassifier(C=1.0, statistics="cbr", columns=tuple(range(7)), gate_columns=(3, 4, 5, 6),
+                             gate_threshold=1.5).fit(Xw, y)
+    foreign, _ = _lab_with_a_texture_block(rng, texture_noise=3.0)
+    foreign = np.hstack([foreign, rng.normal(size=(len(foreign), d - 7))])
+    path = save_model(tmp_path / "m.pt", CrossLabModel(CrossLabConfig(mask_source="stain"), None, clf))
+    loaded = load_model(path).classifier
+    assert loaded.gate_threshold == 1.5 and loaded.gate_columns == (3, 4, 5, 6) and loaded.gate_closed(foreign)
+    clf.set_params(gate_threshold=((100, 1.4), (400, 1.2)))
+    pairs = load_model(save_model(tmp_path / "pairs.pt", CrossLabModel(CrossLabConfig(mask_source="stain"), None,
+                                                                         clf))).classifier
+    assert pairs.gate_threshold == ((100, 1.4), (400, 1.2))
+    assert pairs.gate_threshold_for(len(foreign)) == pytest.approx(clf.gate_threshold_for(len(foreign)))
+    clf.set_params(gate_threshold=1.5)
+    assert loaded.gate_novelty(foreign) == pytest.approx(clf.gate_novelty(foreign))
+    np.testing.assert_allclose(loaded.predict_proba(foreign), clf.predict_proba(foreign), rtol=1e-6)
+    payload = clf.to_payload()
+    del payload["fallback"]
+    with pytest.raises(ValueError, match="needs its fallback classifier"):
+        CrossLabClassifier.from_payload(payload, d)

@@ -281,6 +281,10 @@ def test_series_confound_and_call_modes_on_a_lab_whose_stain_follows_the_class(t
     # the folder's own statistics undo the lab's shift; without them every cell looks like "b";
     # one-class calls cannot tell the classes apart
     assert modes.iloc[0] >= 0.9 and modes.iloc[1] <= 0.6 and modes.iloc[2] <= 0.75
+    # a gated classifier, and a series too small for its own statistics (its fallback goes unadapted too)
+    gated = CrossLabClassifier(random_state=0, gate_columns=(2, 3), gate_threshold=1.0).fit(X_train, y_train)
+    small = np.where(np.arange(80) < 5, "s0", series)
+    assert len(call_modes(gated, X, y, small)) == 3
     (tmp_path / "b").mkdir()
     for name in ("B-57_0018_0.png", "B-57_0020_1.png"):
         (tmp_path / "b" / name).write_bytes(b"")
@@ -314,6 +318,19 @@ def test_ablation_glue_reports_the_supervised_cnn_rows_when_the_lever_ran():
     assert glue["crosslab_ablation_best_objective"].startswith("objective: hand features")
     without = ablation_glue(table.iloc[:2])
     assert np.isnan(without["crosslab_cnn_alone_mean_unseen"]) and np.isnan(without["crosslab_cnn_minutes"])
+    assert np.isnan(without["crosslab_gate_on_mean_unseen"])
+    gate = pd.DataFrame([("adaptation", "chosen setting, texture trusted on every call", 0.55, 0.40, 0.02),
+                         ("adaptation", "chosen setting + texture gate (threshold from the virtual labs)", 0.65, 0.6,
+                          0.03)], columns=table.columns)
+    glue = ablation_glue(pd.concat([table, gate], ignore_index=True))
+    assert (glue["crosslab_gate_off_mean_unseen"], glue["crosslab_gate_on_min_unseen"]) == (0.55, 0.6)
+
+
+def test_gate_glue_names_the_labs_where_the_gate_closed():
+    calib = pd.DataFrame({"lab": ["a", "b", "c"], "gate_closed": [False, True, True]})
+    assert cv.gate_glue(calib) == {"crosslab_gate_closed_labs": "b, c", "crosslab_gate_open_labs": "a"}
+    assert cv.gate_glue(calib.assign(gate_closed=False))["crosslab_gate_closed_labs"] == "none"
+    assert cv.gate_glue(calib.drop(columns=["gate_closed"]))["crosslab_gate_closed_labs"] == "no gate"
 
 
 def test_calibration_table_applies_the_temperature_once_as_the_deployed_classifier_does():
@@ -335,3 +352,71 @@ def test_calibration_table_applies_the_temperature_once_as_the_deployed_classifi
     assert row["review_share"] == pytest.approx((P.max(1) < 0.6).mean())
     with pytest.raises(ValueError, match="untempered"):
         cv.calibration_table(deployed, calibration, {"lab": (Xt, yt)})
+
+
+def test_texture_gate_threshold_is_the_envelope_of_the_virtual_labs_and_closes_beyond_it():
+    from bcfeat.crosslab.cell_features import feature_groups, feature_set_columns
+    from bcfeat.crosslab.virtual_labs import VirtualLab
+
+    texture = feature_groups()["texture"]
+    assert cv.texture_gate_columns("all") == tuple(texture)
+    assert cv.texture_gate_columns("no_texture") is None
+    fine_left = cv.texture_gate_columns("no_fine_texture")
+    assert fine_left and set(fine_left) < set(texture) and set(fine_left) <= set(feature_set_columns("no_fine_texture"))
+    assert cv.classifier_for("logistic C=0.1 all stain cbr").gate_columns is None  # no threshold: no gate
+    assert cv.classifier_for("logistic C=0.1 no_texture stain cbr", gate_threshold=1.0).gate_columns is None
+
+    rng = np.random.default_rng(6)
+    samples, plan, X, y = _study(rng, 10)
+    codes = pd.factorize(y, sort=True)[0]
+    X[:, texture[:10]] += 2.0 * (codes[:, None] == np.arange(10)[None, :] % 5)  # texture carries the class too
+    rows = cv.development_rows(samples, plan, 0, 0, source="pbc_acevedo20")
+    labs = [VirtualLab("v0"), VirtualLab("v1")]
+    virtual = cv.VirtualLabs(rows, y[rows], {(lab.name, "stain"): X[rows] * (1.5 + k) + 2.0
+                                             for k, lab in enumerate(labs)}, labs, 0.0)
+    measured = {"stain": _Measured(X)}
+    clf = cv.fit_setting(measured, samples, plan, "logistic C=0.1 all stain cbr", 0, gate_threshold=float("inf"),
+                         source="pbc_acevedo20")
+    envelope, calls = cv.fit_gate_threshold(clf, virtual, "stain", 0, call_sizes=(20, 40), n_calls=2,
+                                            mixes=("own", "typical"))
+    n_dev = len(rows)
+    assert set(calls["lab"]) == {"v0", "v1"} and len(calls) == 2 * (1 + 2 * 2 * 2)
+    assert [n for n, _ in envelope] == sorted({20, 40, n_dev})
+    # per size the largest novelty of calls that size or larger, never rising with the size
+    for n, t in envelope:
+        assert t == calls.loc[calls["call_size"] >= n, "gate_novelty"].max()
+    assert all(a[1] >= b[1] for a, b in zip(envelope, envelope[1:]))
+    # a lab whose texture means nothing there sits beyond every virtual lab's call: the gate closes
+    foreign = X[rows].copy()
+    foreign[:, texture] = rng.normal(size=(len(rows), len(texture))) * 3
+    clf.set_params(gate_threshold=envelope)
+    assert not clf.gate_closed(virtual.features[("v0", "stain")]) and clf.gate_closed(foreign)
+    loo = cv.gate_leave_one_lab_out(clf, virtual, "stain", calls)
+    assert list(loo["lab"]) == ["v0", "v1"] and clf.gate_threshold == envelope  # left as it was
+    v0 = calls["lab"] == "v0"
+    from bcfeat.crosslab.adaptation import gate_threshold_at
+
+    others = cv.gate_envelope(calls[~v0])
+    expected = np.mean([nov > gate_threshold_at(others, n) for nov, n in
+                        zip(calls.loc[v0, "gate_novelty"], calls.loc[v0, "call_size"])])
+    assert loo["share_of_calls_closed"].iloc[0] == expected
+    assert loo["balanced_accuracy_with_texture"].between(0, 1).all()
+    threshold = envelope
+    calibration = cv.fit_calibration(clf, virtual, "stain", 0.5, 0.5, threshold)
+    assert calibration.gate_threshold == [[n, t] for n, t in envelope]
+    assert cv.classifier_for("logistic C=0.1 all stain cbr", gate_threshold=calibration.gate_threshold
+                             ).gate_threshold_for(n_dev) == gate_threshold_at(envelope, n_dev)
+    table, _ = cv.calibration_table(clf, calibration, {"foreign": (foreign, y[rows]), "same": (X[rows], y[rows])})
+    assert table.set_index("lab")["gate_closed"].to_dict() == {"foreign": True, "same": False}
+    # a setting without texture has no gate and no threshold
+    plain = cv.fit_setting(measured, samples, plan, "logistic C=0.1 no_texture stain cbr", 0,
+                           gate_threshold=float("inf"), source="pbc_acevedo20")
+    assert cv.fit_gate_threshold(plain, virtual, "stain", 0)[0] is None
+
+
+def test_gate_envelope_glue_reads_the_thresholds_at_100_cells_and_the_largest_call():
+    per_lab = pd.DataFrame({"lab": ["v0", "v1"], "share_of_calls_closed": [0.0, 0.5]})
+    glue = cv.gate_envelope_glue(((32, 3.0), (100, 2.0), (400, 1.0)), per_lab)
+    assert glue == {"crosslab_gate_threshold_100": 2.0, "crosslab_gate_threshold_largest": 1.0,
+                    "crosslab_gate_largest_call": 400, "crosslab_gate_loo_closed": 0.25}
+    assert np.isnan(cv.gate_envelope_glue(None, per_lab)["crosslab_gate_threshold_100"])
