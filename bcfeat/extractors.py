@@ -95,7 +95,7 @@ class Extractor:
 
         The table has ``relpath`` (and, for AE-CFE, ``label, fallback, score``) then one column
         per feature; ``skipped`` names every other file with the reason. ``layout``, ``batch_size``
-        and ``device`` apply to AE-CFE files (:func:`bcfeat.extraction.folder.extract_folder`); a
+        and ``device`` apply to AE-CFE files (:func:`bcfeat.extraction.folder.extract_with`); a
         cross-lab model reads every image below the folder on the CPU.
         """
         self.check_layout(layout)

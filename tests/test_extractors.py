@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -87,12 +88,13 @@ def test_other_files_are_refused_by_name_and_kind(files, tmp_path):
 
 
 def test_extract_folder_is_the_same_for_the_door_and_the_command(files, data_root, tmp_path):
-    from bcfeat.crosslab.folders import extract_folder as crosslab_folder
+    from bcfeat.runner.cli import main as cli_main
 
     folder = Path(data_root) / "cellavision_zheng18" / "basophil"
     table, skipped = open_extractor(files["crosslab"]).extract_folder(folder)
-    expected, expected_skipped = crosslab_folder(files["crosslab"], folder)
-    assert skipped == expected_skipped
+    assert cli_main(["extract", str(files["crosslab"]), str(folder), "--output", str(tmp_path / "f.parquet")]) == 0
+    expected = pd.read_parquet(tmp_path / "f.parquet")
+    assert skipped == [] and list(expected["relpath"]) == list(table["relpath"])
     np.testing.assert_array_equal(table.drop(columns="relpath").to_numpy(), expected.drop(columns="relpath").to_numpy())
     with pytest.raises(ValueError, match="--layout applies to AE-CFE"):
         open_extractor(files["crosslab"]).extract_folder(folder, layout="pbc")

@@ -58,14 +58,10 @@ def _measure_folder(model: CrossLabModel, folder: str | os.PathLike, labelled: b
     return files.iloc[kept].reset_index(drop=True), feats, sorted(dropped)
 
 
-def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike):
-    """Cell features of every image below ``folder``: ``(table, skipped)``; the table has
-    ``relpath`` and one column per feature (raw, before any per-site standardisation)."""
-    return measure_folder_table(load_model(model_path), folder)
-
-
 def measure_folder_table(model: CrossLabModel, folder: str | os.PathLike):
-    """:func:`extract_folder` with a model already loaded (:func:`bcfeat.extractors.open_extractor`)."""
+    """Cell features of every image below ``folder`` with a loaded model (what
+    ``open_extractor(path).extract_folder(folder)`` gives for a cross-lab file): ``(table, skipped)``;
+    the table has ``relpath`` and one column per feature (raw, before any per-site standardisation)."""
     files, feats, skipped = _measure_folder(model, folder, labelled=False)
     table = pd.concat([files[["relpath"]], pd.DataFrame(feats, columns=model.feature_names)], axis=1)
     return table, skipped
@@ -288,5 +284,5 @@ def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray,
     return pd.concat([table, pd.DataFrame(proba, columns=[f"p_{c}" for c in classes])], axis=1)
 
 
-__all__ = ["extract_folder", "measure_folder_table", "train_classifier", "classify_folder", "classify_features", "classify_cells", "uncertain_cells", "lab_warning", "gate_warning",
+__all__ = ["measure_folder_table", "train_classifier", "classify_folder", "classify_features", "classify_cells", "uncertain_cells", "lab_warning", "gate_warning",
            "MIN_CELLS_PER_CLASS", "DEFAULT_UNCERTAIN_BELOW"]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bcfeat.autoencoder.aecfe_model import load_model, instance_arrays
+from bcfeat.autoencoder.aecfe_model import instance_arrays
 from bcfeat.data.image_folders import folder_images
 
 # The columns of a row before its features.
@@ -47,9 +47,11 @@ def with_latent(table: pd.DataFrame, latent: np.ndarray) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame(latent, columns=[f"aecfe{i}" for i in range(latent.shape[1])])], axis=1)
 
 
-def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, layout: str = "files",
-                   batch_size: int = 64, progress: bool = True, device: str | None = None):
-    """The features of every image below ``folder``: one row per image, every other file named.
+def extract_with(model, folder: str | os.PathLike, layout: str = "files", batch_size: int = 64,
+                 progress: bool = True, device: str | None = None):
+    """The features of every image below ``folder`` with a loaded
+    :class:`~bcfeat.autoencoder.aecfe_model.AECFEModel` (what ``open_extractor(path).extract_folder``
+    gives for an AE-CFE file): one row per image, every other file named.
 
     ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``...): where detector and encoder run; on CUDA the
     batched path of :mod:`bcfeat.detection.batched_inference` extracts each block of ``batch_size`` files in
@@ -63,15 +65,6 @@ def extract_folder(model_path: str | os.PathLike, folder: str | os.PathLike, lay
         ``(relpath, reason)`` for every file below ``folder`` without a row: not an image
         type, a broken or looping link, or not decodable (named, counted, never fatal).
     """
-    if batch_size < 1:  # before the model is read
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return extract_with(load_model(model_path), folder, layout, batch_size, progress, device)
-
-
-def extract_with(model, folder: str | os.PathLike, layout: str = "files", batch_size: int = 64,
-                 progress: bool = True, device: str | None = None):
-    """:func:`extract_folder` with an :class:`~bcfeat.autoencoder.aecfe_model.AECFEModel` already loaded
-    (:func:`bcfeat.extractors.open_extractor`)."""
     from tqdm import tqdm
 
     from bcfeat.data.images import SkippedImages, iter_images

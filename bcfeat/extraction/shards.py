@@ -218,15 +218,16 @@ def extract_shard(model_path: str | os.PathLike, folder: str | os.PathLike, outp
     Parameters
     ----------
     model_path, folder, layout, batch_size
-        As for :func:`bcfeat.extraction.folder.extract_folder` (or the cross-lab
-        :func:`bcfeat.crosslab.folders.extract_folder`).
+        As for :meth:`bcfeat.extractors.Extractor.extract_folder` (the AE-CFE
+        :func:`bcfeat.extraction.folder.extract_with`, or the cross-lab
+        :func:`bcfeat.crosslab.folders.measure_folder_table`).
     output : path-like
         The merged table's path; the shard goes into ``<output>.shards/``.
     shard : Shard
     checkpoint_every : int
         Batches between two saves of the shard's progress.
     device : str, optional
-        Where an AE-CFE model runs (as :func:`bcfeat.extraction.folder.extract_folder`); None: as before.
+        Where an AE-CFE model runs (as :func:`bcfeat.extraction.folder.extract_with`); None: as before.
 
     Returns
     -------

@@ -133,12 +133,12 @@ def test_extract_names_every_file_it_leaves_out(model_file, real_paths, tmp_path
     ("afile/x.csv", "afile is a file, not a folder"),
 ])
 def test_extract_refuses_a_bad_output_before_any_work(tmp_path, capsys, monkeypatch, output, message):
-    import bcfeat.extraction.folder
+    import bcfeat.extractors
 
     def must_not_run(*args, **kwargs):
-        raise AssertionError("extraction started")
+        raise AssertionError("the model file was opened")
 
-    monkeypatch.setattr(bcfeat.extraction.folder, "extract_folder", must_not_run)
+    monkeypatch.setattr(bcfeat.extractors, "open_extractor", must_not_run)
     (tmp_path / "folder.csv").mkdir()
     (tmp_path / "afile").write_text("x")
     status = cli_main(["extract", str(tmp_path / "model.pt"), str(tmp_path), "--output", str(tmp_path / output)])
@@ -220,9 +220,9 @@ def test_a_site_standardised_model_takes_each_call_as_one_site(tmp_path, data_ro
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:
             shutil.copy(f, tmp)
-        from bcfeat.extraction.folder import extract_folder
+        from bcfeat.extractors import open_extractor
 
-        table, skipped = extract_folder(path, tmp, progress=False)
+        table, skipped = open_extractor(path).extract_folder(tmp, progress=False)
     assert len(table) == MIN_SITE_IMAGES and not skipped
     order = [[Path(f).name for f in files].index(r) for r in table["relpath"]]
     np.testing.assert_allclose(table[[f"aecfe{i}" for i in range(50)]].to_numpy(),

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from bcfeat.autoencoder.aecfe_model import ExtractionConfig, save_model
-from bcfeat.extraction.folder import extract_folder
+from bcfeat.extractors import open_extractor
 from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, save_checkpoint
 from bcfeat.extraction.shards import Shard, extract_shard, merge_shards, shard_folder, shard_path, shard_range
 from bcfeat.detection.architecture import build_detector
@@ -85,7 +85,7 @@ def test_merged_table_is_the_single_process_table(model_file, folder, tmp_path, 
     stdout = capsys.readouterr().out
     assert "skipped notes.txt" in stdout.split("merge-shards")[-1]
     # the frames themselves, dtypes and all, and the skipped lists
-    table, skipped = extract_folder(model_file, folder, batch_size=2, progress=False)
+    table, skipped = open_extractor(model_file).extract_folder(folder, batch_size=2, progress=False)
     merged, merged_skipped = merge_shards(out)
     pd.testing.assert_frame_equal(merged, table, check_exact=True)
     assert merged_skipped == skipped
@@ -98,7 +98,7 @@ def test_merged_table_is_the_single_process_table(model_file, folder, tmp_path, 
 def test_a_site_standardised_model_is_encoded_at_the_merge(tmp_path):
     model = _model(tmp_path, site_standardize=True)
     cells = _cells(tmp_path / "site", 22, seed=1)  # >= MIN_SITE_IMAGES
-    table, skipped = extract_folder(model, cells, batch_size=4, progress=False)
+    table, skipped = open_extractor(model).extract_folder(cells, batch_size=4, progress=False)
     out = tmp_path / "f.parquet"
     _shards(model, cells, out, 3, batch_size=4)
     merged, merged_skipped = merge_shards(out)
@@ -109,7 +109,7 @@ def test_a_site_standardised_model_is_encoded_at_the_merge(tmp_path):
 def test_undecodable_files_do_not_move_the_batches(model_file, tmp_path):
     cells = _cells(tmp_path / "c", 9, seed=2)
     (cells / "a" / "cell_00x.png").write_bytes(b"not an image")  # a batch of 2 files holds 1 image
-    table, skipped = extract_folder(model_file, cells, batch_size=2, progress=False)
+    table, skipped = open_extractor(model_file).extract_folder(cells, batch_size=2, progress=False)
     out = tmp_path / "f.csv"
     _shards(model_file, cells, out, 2)
     merged, merged_skipped = merge_shards(out)
@@ -180,8 +180,8 @@ def test_a_killed_shard_resumes_where_it_stopped(model_file, folder, tmp_path, m
     assert not partial.exists()
     merged, _ = merge_shards(out)
     monkeypatch.setattr(extractor, "instance_arrays", real)
-    pd.testing.assert_frame_equal(merged, extract_folder(model_file, folder, batch_size=2, progress=False)[0],
-                                  check_exact=True)
+    single, _ = open_extractor(model_file).extract_folder(folder, batch_size=2, progress=False)
+    pd.testing.assert_frame_equal(merged, single, check_exact=True)
     # a finished shard is not recomputed
     calls.clear()
     monkeypatch.setattr(extractor, "instance_arrays", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
@@ -209,7 +209,6 @@ def test_torchrun_rank_picks_the_shard(model_file, folder, tmp_path, monkeypatch
 
 
 def test_crosslab_model_shards_merge_to_the_single_table(data_root, tmp_path):
-    from bcfeat.crosslab.folders import extract_folder as crosslab_extract
     from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig, save_model as save_crosslab
     from bcfeat.data import scan_dataset
 
@@ -218,7 +217,7 @@ def test_crosslab_model_shards_merge_to_the_single_table(data_root, tmp_path):
     cells.mkdir()
     for path in scan_dataset("cellavision_zheng18", root=data_root).samples["path"].tolist()[:5]:
         shutil.copy(path, cells)
-    table, skipped = crosslab_extract(model, cells)
+    table, skipped = open_extractor(model).extract_folder(cells)
     out = tmp_path / "f.csv"
     _shards(model, cells, out, 2)
     merged, merged_skipped = merge_shards(out)
