@@ -1,11 +1,10 @@
-"""How the cross-lab method is measured: transfer scores with bootstrap intervals, an honest
-choice of settings, the adaptation ablation and the few-shot curve.
+"""How the cross-lab method is measured: transfer scores with bootstrap intervals, the
+adaptation ablation and the few-shot curve.
 
 Everything here trains on labelled cells of one site and scores on another; the only use of
 a target site's cells before scoring is unlabelled (its own feature statistics, AdaBN, the
-classifier's own posteriors). Settings are chosen by :func:`select_without_target`: for the
-site a number is reported on, the setting that did best on the *other* unseen sites, so no
-reported number has seen its own site's labels (leave-one-target-out).
+classifier's own posteriors). Settings are chosen on virtual labs that no reported lab is part
+of (:mod:`bcfeat.study.crosslab_validation`).
 """
 
 from __future__ import annotations
@@ -92,27 +91,6 @@ def transfer_scores(X: np.ndarray, y: Sequence, domain: Sequence, train_rows: np
     return (table, pd.concat(preds, ignore_index=True)) if return_predictions else table
 
 
-def select_without_target(scores: pd.DataFrame, setting: str = "setting", site: str = "test_domain",
-                          metric: str = "balanced_accuracy", unseen: Sequence[str] | None = None) -> pd.DataFrame:
-    """Leave-one-target-out choice of a setting: for each unseen site, the setting with the best
-    mean ``metric`` over the **other** unseen sites, and that setting's score on this site.
-
-    Returns one row per unseen site: ``test_domain, chosen, <metric>, selection_score``, plus
-    ``oracle_choice`` (the setting a peek at this site's labels would have chosen) for contrast.
-    """
-    unseen = list(unseen) if unseen is not None else sorted(scores[site].unique())
-    table = scores.pivot_table(index=setting, columns=site, values=metric, aggfunc="mean")
-    rows = []
-    for target in unseen:
-        others = [s for s in unseen if s != target]
-        selection = table[others].mean(axis=1)
-        chosen = selection.idxmax()
-        rows.append({"test_domain": target, "chosen": chosen, metric: float(table.loc[chosen, target]),
-                     "selection_score": float(selection.max()), "oracle_choice": table[target].idxmax(),
-                     f"{metric}_oracle_choice": float(table[target].max())})
-    return pd.DataFrame(rows)
-
-
 def few_shot_curve(X: np.ndarray, y: Sequence, domain: Sequence, source_rows: np.ndarray, target: str,
                    shots: Sequence[int], n_draws: int, make_classifier: Callable[[], object],
                    seed: int = 0) -> pd.DataFrame:
@@ -167,4 +145,4 @@ def ablation_table(results: Mapping[str, pd.DataFrame], unseen: Sequence[str], s
 
 
 __all__ = ["standardize_per_site", "bootstrap_interval", "score_row", "transfer_scores",
-           "select_without_target", "few_shot_curve", "summarize_curve", "ablation_table"]
+           "few_shot_curve", "summarize_curve", "ablation_table"]
