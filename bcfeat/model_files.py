@@ -167,6 +167,124 @@ def read_payload(path: str | os.PathLike, map_location: Any = "cpu", data: bytes
 # Every tensor of a model file together; the study's largest file (the detector) holds ~45 M values.
 MAX_TENSOR_ELEMENTS = 200_000_000
 
+# The tensor types PyTorch's pickle names (``torch.<Name>Storage``) that read_payload_arrays turns
+# into numpy arrays of this dtype (little-endian, as PyTorch writes them on every machine here).
+_STORAGE_DTYPES = {"DoubleStorage": "<f8", "FloatStorage": "<f4", "HalfStorage": "<f2", "LongStorage": "<i8",
+                   "IntStorage": "<i4", "ShortStorage": "<i2", "CharStorage": "i1", "ByteStorage": "u1",
+                   "BoolStorage": "?"}
+
+
+class _NotPlainData(Exception):
+    """The pickle names a global :class:`_ArrayUnpickler` does not read (torch decides then)."""
+
+
+class _StorageType:
+    def __init__(self, name: str):
+        import numpy as np
+
+        self.dtype = np.dtype(_STORAGE_DTYPES[name])
+
+
+def _rebuild_array(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=(), metadata=None):
+    """``torch._utils._rebuild_tensor_v2`` for numpy: a copy of the strided view, checked to lie
+    inside the stored values (a view larger than its storage is refused, as :func:`_check_tensors` does)."""
+    import numpy as np
+
+    size, stride = tuple(int(n) for n in size), tuple(int(st) for st in stride)
+    if len(size) != len(stride) or any(n < 0 for n in size) or any(st < 0 for st in stride):
+        raise ValueError(f"a tensor of shape {size} with strides {stride}")
+    count = int(np.prod(size)) if size else 1
+    if count == 0:
+        return np.zeros(size, storage.dtype)
+    reach = int(storage_offset) + 1 + sum((n - 1) * st for n, st in zip(size, stride))
+    if storage_offset < 0 or reach > len(storage) or any(st == 0 and n > 1 for n, st in zip(size, stride)):
+        raise ValueError(f"tensor of shape {size} claims more values than the {len(storage)} stored for it")
+    view = np.lib.stride_tricks.as_strided(storage[int(storage_offset):], shape=size,
+                                           strides=[st * storage.itemsize for st in stride])
+    return np.array(view)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles a PyTorch file's ``data.pkl`` with numpy arrays in place of tensors; any global
+    other than an ordered dict, a tensor and a storage type stops it *before* being looked up."""
+
+    def __init__(self, handle, archive: zipfile.ZipFile, prefix: str):
+        super().__init__(handle)
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("collections", "OrderedDict"):
+            import collections
+
+            return collections.OrderedDict
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_array
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        raise _NotPlainData(f"{module}.{name}")
+
+    def persistent_load(self, pid):
+        import numpy as np
+
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str)):
+            raise _NotPlainData(f"persistent id {str(pid)[:60]}")
+        raw = self.archive.read(f"{self.prefix}/data/{pid[2]}")
+        values = np.frombuffer(raw, dtype=pid[1].dtype, count=len(raw) // pid[1].dtype.itemsize)
+        return values[:int(pid[4])]
+
+
+def read_payload_arrays(path: str | os.PathLike) -> Any:
+    """:func:`read_payload` without PyTorch: tensors come back as numpy arrays (copies).
+
+    Reads files of weights and plain values as PyTorch writes them (its zip format, tensors of
+    the usual dtypes, little-endian); a file naming any other Python object, or one this reader
+    does not know, is handed to :func:`read_payload` (so ``torch.load(weights_only=True)`` decides,
+    and refuses code without running it). Nothing named in the file is called except the
+    ordered dict and this module's tensor rebuild. The same checks as :func:`read_payload`:
+    archive complete and every CRC-32 right, no view larger than its storage, at most
+    :data:`MAX_TENSOR_ELEMENTS` values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no model file at {path}")
+    _check_archive(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+            if len(pickles) != 1:
+                raise _NotPlainData("archive layout")
+            prefix = pickles[0].split("/")[0]
+            order = f"{prefix}/byteorder"
+            if order in archive.namelist() and archive.read(order).strip() != b"little":
+                raise _NotPlainData("byte order")
+            with archive.open(pickles[0]) as handle:
+                payload = _ArrayUnpickler(handle, archive, prefix).load()
+    except _NotPlainData:
+        return read_payload(path)
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        detail = str(exc).split("\n")[0][:200]
+        raise ModelFileError(path, f"is damaged ({type(exc).__name__}: {detail})") from None
+    _check_array_count(path, payload)
+    return payload
+
+
+def _check_array_count(path: Path, payload: Any) -> int:
+    """The number of values of every array of a payload; more than :data:`MAX_TENSOR_ELEMENTS` is refused."""
+    import numpy as np
+
+    if isinstance(payload, np.ndarray):
+        return int(payload.size)
+    if isinstance(payload, dict):
+        total = sum(_check_array_count(path, v) for v in payload.values())
+    elif isinstance(payload, (list, tuple)):
+        total = sum(_check_array_count(path, v) for v in payload)
+    else:
+        return 0
+    if total > MAX_TENSOR_ELEMENTS:
+        raise ModelFileError(path, f"holds {total:,} values, more than any bcfeat model ({MAX_TENSOR_ELEMENTS:,})")
+    return total
+
 
 def _check_tensors(path: Path, payload: Any, where: str = "") -> int:
     """Refuse tensors that are views larger than the bytes stored for them (a zero-stride 40000 x
@@ -195,7 +313,7 @@ def _check_tensors(path: Path, payload: Any, where: str = "") -> int:
 
 def load_model_file(path: str | os.PathLike, kind: str, versions: Iterable[int] = (1,),
                     required: Iterable[str] = ("config", "state_dict"), map_location: Any = "cpu",
-                    legacy: dict[str, Any] | None = None, payload: Any = None) -> dict[str, Any]:
+                    legacy: dict[str, Any] | None = None, payload: Any = None, arrays: bool = False) -> dict[str, Any]:
     """Open a model file of one kind safely and return its payload dict.
 
     Parameters
@@ -214,6 +332,9 @@ def load_model_file(path: str | os.PathLike, kind: str, versions: Iterable[int] 
         ``"format"`` entry (the oracle's ``{"kind": "oracle"}``), read as version 0.
     payload : optional
         What :func:`read_payload` returned for ``path`` already: it is checked, not read again.
+    arrays : bool
+        Read with :func:`read_payload_arrays` (numpy arrays in place of tensors, without
+        importing PyTorch when the file allows it).
 
     Returns
     -------
@@ -241,7 +362,8 @@ def load_model_file(path: str | os.PathLike, kind: str, versions: Iterable[int] 
     """
     path = Path(path)
     try:
-        payload = read_payload(path, map_location) if payload is None else payload
+        if payload is None:
+            payload = read_payload_arrays(path) if arrays else read_payload(path, map_location)
     except ModelFileError as error:
         if error.unsafe and kind in REMAKE:
             raise ModelFileError(path, f"{error.problem}. If it is an older bcfeat file, {REMAKE[kind]}") from None

@@ -78,3 +78,81 @@ def test_a_file_with_code_is_refused_naming_the_global_without_torchs_advice(tmp
     assert "refused: getattr" in str(info.value)
     assert "can still be loaded" not in str(info.value) and "trust" not in str(info.value)
     assert not (tmp_path / "pwned").exists()
+
+
+def _same(a, b):
+    """A payload read with torch and one read as numpy arrays hold the same values."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, np.ndarray) and a.dtype == torch.from_numpy(b).dtype and np.array_equal(a.numpy(), b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_a_crosslab_file_reads_without_torch_as_the_same_values(model_file, tmp_path):
+    """The classify path reads a stain-mask model file with numpy arrays in place of tensors: the same
+    values, dtypes and probabilities as torch's reader, and PyTorch is never imported for it."""
+    import subprocess
+    import sys
+
+    from bcfeat.model_files import read_payload, read_payload_arrays
+
+    # strided and offset views, the dtypes a file may hold, and a state_dict with its _metadata
+    state = torch.nn.Linear(3, 2).state_dict()
+    extra = {"format": "bcfeat.crosslab/1", "view": torch.arange(24, dtype=torch.float32).reshape(4, 6)[1:, ::2],
+             "ints": torch.arange(5), "flags": torch.tensor([True, False]), "half": torch.ones(3, dtype=torch.float16),
+             "empty": torch.zeros(0, 4), "scalar": torch.tensor(2.5, dtype=torch.float64), "state": state}
+    torch.save(extra, tmp_path / "extra.pt")
+    arrays = read_payload_arrays(tmp_path / "extra.pt")
+    assert _same(read_payload(tmp_path / "extra.pt"), arrays)
+    assert arrays["state"]._metadata == state._metadata and arrays["view"].flags.writeable
+    assert _same(read_payload(model_file), read_payload_arrays(model_file))
+    # a file naming an object this reader does not build goes to torch's reader (torch.Size here)
+    torch.save({"format": "bcfeat.crosslab/1", "shape": torch.Size([2, 3])}, tmp_path / "size.pt")
+    assert read_payload_arrays(tmp_path / "size.pt")["shape"] == torch.Size([2, 3])
+    code = ("import sys, numpy as np\n"
+            "from bcfeat.crosslab.model import load_model\n"
+            f"m = load_model({str(model_file)!r})\n"
+            "p = m.classifier.predict_proba(np.random.default_rng(0).normal(size=(30, len(m.feature_names))))\n"
+            "print('torch' in sys.modules, repr(float((p[:, 0] * np.arange(30)).sum())))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    expected = (load_model(model_file).classifier.predict_proba(
+        np.random.default_rng(0).normal(size=(30, len(feature_names()))))[:, 0] * np.arange(30)).sum()
+    assert out[0] == "False" and float(out[1]) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_a_crafted_view_or_object_is_refused_by_the_torch_free_reader(model_file, tmp_path):
+    from bcfeat.model_files import read_payload_arrays
+
+    wide = _edit(model_file, tmp_path / "wide.pt", lambda p: p.update(x=torch.zeros(1).expand(40000, 40000)))
+    with pytest.raises(ModelFileError, match="wide.pt: is damaged .*claims more values"):
+        read_payload_arrays(wide)
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (marker.touch, ())
+
+    torch.save({"format": "bcfeat.crosslab/1", "config": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ModelFileError, match="evil.pt: holds Python objects other than weights"):
+        read_payload_arrays(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_a_crosslab_file_with_a_detector_loads_its_weights_through_the_arrays(tmp_path):
+    from bcfeat.detection.architecture import build_detector
+    from bcfeat.detection.config import DetectorConfig
+
+    torch.manual_seed(0)
+    detector = build_detector(DetectorConfig.tiny()).eval()
+    path = save_model(tmp_path / "d.pt", CrossLabModel(CrossLabConfig(mask_source="detector"), detector))
+    loaded = load_model(path).detector
+    original, again = detector.state_dict(), loaded.state_dict()
+    assert original.keys() == again.keys()
+    assert all(torch.equal(original[k], again[k]) and original[k].dtype == again[k].dtype for k in original)
+    image = torch.rand(3, 64, 64)
+    with torch.inference_mode():
+        a, b = detector([image])[0], loaded([image])[0]
+    assert torch.equal(a["boxes"], b["boxes"])

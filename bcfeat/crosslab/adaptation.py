@@ -277,6 +277,11 @@ def _gate_envelope(threshold) -> tuple[np.ndarray, np.ndarray]:
     return sizes[order], values[order]
 
 
+def _array(value) -> np.ndarray:
+    """A model file's tensor (torch) or array (read without torch) as a numpy array."""
+    return value if isinstance(value, np.ndarray) else value.numpy()
+
+
 def gate_threshold_at(threshold, n_cells: int) -> float:
     """A gate threshold (a number, or (call size, threshold) pairs) for a call of ``n_cells``
     cells: see :meth:`CrossLabClassifier.gate_threshold_for`."""
@@ -643,17 +648,17 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         clf.classes_ = np.asarray(p["classes"])
         est = LogisticRegression(C=clf.C, max_iter=3000, class_weight="balanced")
         est.classes_ = clf.classes_
-        est.coef_ = p["coef"].numpy()
-        est.intercept_ = p["intercept"].numpy()
+        est.coef_ = _array(p["coef"])
+        est.intercept_ = _array(p["intercept"])
         est.n_features_in_ = est.coef_.shape[1]
         clf.estimator_ = est
         clf.source_statistics_ = SiteStatistics.from_dict(p["source_statistics"])
         clf.n_features_in_ = int(n_features_in)
-        clf._Z_train = p["train_z"].numpy().astype(np.float64)
+        clf._Z_train = _array(p["train_z"]).astype(np.float64)
         clf._y_train = np.asarray(p["train_y"])
         clf._fit_discriminant_space()
         ratio = p.get("fallback_ratio")  # files written before CBR have none: plain statistics
-        clf.fallback_ratio_ = np.ones(clf._Z_train.shape[1]) if ratio is None else ratio.numpy().astype(np.float64)
+        clf.fallback_ratio_ = np.ones(clf._Z_train.shape[1]) if ratio is None else _array(ratio).astype(np.float64)
         clf.calibration_ = dict(p.get("calibration") or {})
         if clf.gate_columns is not None:
             if "fallback" not in p:

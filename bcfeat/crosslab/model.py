@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.crosslab.adaptation import CrossLabClassifier
@@ -214,6 +213,8 @@ class CrossLabModel:
         """The detector's masks; None per image for the stain segmentation, which runs in the workers."""
         if self.config.mask_source == "stain":
             return [None] * len(images)
+        import torch
+
         from bcfeat.detection.inference import detect
 
         with torch.inference_mode():
@@ -362,10 +363,12 @@ def save_model(path: str | os.PathLike, model: CrossLabModel) -> Path:
     return atomic_torch_save(payload, path)
 
 
-def read_model_payload(path: str | os.PathLike, payload: Any = None) -> dict:
+def read_model_payload(path: str | os.PathLike, payload: Any = None, arrays: bool = False) -> dict:
     """The payload of a cross-lab model file, opened as data (:func:`bcfeat.model_files.load_model_file`).
 
-    ``payload``: the file's contents when they were read already (only checked then).
+    ``payload``: the file's contents when they were read already (only checked then). ``arrays``:
+    numpy arrays in place of tensors, read without importing PyTorch where the file allows it
+    (:func:`bcfeat.model_files.read_payload_arrays`).
 
     Raises
     ------
@@ -376,7 +379,8 @@ def read_model_payload(path: str | os.PathLike, payload: Any = None) -> dict:
         this bcfeat; the message names the file.
     """
     payload = load_model_file(path, MODEL_KIND, versions=(MODEL_VERSION,),
-                              required=("config", "feature_names", "detector", "classifier"), payload=payload)
+                              required=("config", "feature_names", "detector", "classifier"), payload=payload,
+                              arrays=arrays)
     if payload["feature_names"] != feature_names():
         raise ModelFileError(path, f"measures other cell features than this bcfeat; {REMAKE_HINT}")
     return payload
@@ -384,8 +388,11 @@ def read_model_payload(path: str | os.PathLike, payload: Any = None) -> dict:
 
 def load_model(path: str | os.PathLike, payload: Any = None) -> CrossLabModel:
     """Rebuild a :class:`CrossLabModel` from a file of :func:`save_model` (``payload``: its contents,
-    when read already by :func:`bcfeat.model_files.read_payload`)."""
-    payload = read_model_payload(path, payload)
+    when read already by :func:`bcfeat.model_files.read_payload`).
+
+    Read from the file, it is opened without PyTorch (numpy arrays); PyTorch is imported only for a
+    file that holds a detector, so classifying with the stain segmentation never loads it."""
+    payload = read_model_payload(path, payload, arrays=payload is None)
 
     def build() -> CrossLabModel:
         config = CrossLabConfig.from_dict(payload["config"])
@@ -393,13 +400,29 @@ def load_model(path: str | os.PathLike, payload: Any = None) -> CrossLabModel:
         if payload["detector"] is not None:
             from bcfeat.detection.checkpoint import detector_from_payload
 
-            detector = detector_from_payload(payload["detector"], path)
+            detector = detector_from_payload(_as_tensors(payload["detector"]), path)
         classifier = None
         if payload["classifier"] is not None:
             classifier = CrossLabClassifier.from_payload(payload["classifier"], len(feature_names()))
         return CrossLabModel(config, detector, classifier, payload.get("record", {}))
 
     return build_from_payload(path, "cross-lab model", build)
+
+
+def _as_tensors(value: Any) -> Any:
+    """A payload part with its numpy arrays as torch tensors (for the detector's weights)."""
+    if isinstance(value, np.ndarray):
+        import torch
+
+        return torch.from_numpy(value)
+    if isinstance(value, dict):
+        out = type(value)((k, _as_tensors(v)) for k, v in value.items())
+        if hasattr(value, "_metadata"):  # a state_dict's per-module versions
+            out._metadata = value._metadata
+        return out
+    if isinstance(value, (list, tuple)):
+        return type(value)(_as_tensors(v) for v in value)
+    return value
 
 
 __all__ = ["MODEL_KIND", "MODEL_VERSION", "MASK_SOURCES", "CrossLabConfig", "CrossLabModel",

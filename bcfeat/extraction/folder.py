@@ -11,9 +11,7 @@ import torch
 
 from bcfeat.autoencoder.aecfe_model import instance_arrays
 from bcfeat.data.image_folders import folder_images
-
-# The columns of a row before its features.
-ROW_COLUMNS = ["relpath", "label", "fallback", "score"]
+from bcfeat.extraction.table import ROW_COLUMNS, with_latent
 
 
 def runtime_on(model, device: str | None, batch_size: int):
@@ -40,11 +38,6 @@ def extract_batch(model, batch: list[tuple[str, np.ndarray]], folder: Path, labe
              "fallback": bool(fb), "score": float(score)}
             for (path, _), fb, score in zip(batch, arrays["fallback"], arrays["scores"])]
     return rows, arrays["features"] if model.site_standardize else model.encode(arrays["features"])
-
-
-def with_latent(table: pd.DataFrame, latent: np.ndarray) -> pd.DataFrame:
-    """``table`` with the latent features as columns ``aecfe0 .. aecfe<k-1>``."""
-    return pd.concat([table, pd.DataFrame(latent, columns=[f"aecfe{i}" for i in range(latent.shape[1])])], axis=1)
 
 
 def extract_with(model, folder: str | os.PathLike, layout: str = "files", batch_size: int = 64,

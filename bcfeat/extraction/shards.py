@@ -37,7 +37,7 @@ import pandas as pd
 
 from bcfeat.data.manifest import sha256_of
 from bcfeat.atomic_io import atomic_path
-from bcfeat.extraction.folder import ROW_COLUMNS, with_latent
+from bcfeat.extraction.table import ROW_COLUMNS, with_latent
 
 log = logging.getLogger(__name__)
 
