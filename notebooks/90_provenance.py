@@ -91,7 +91,8 @@ if pack_file.exists():
 classify_file = Path(results_dir) / "benchmarks" / "bench_classify_folder.json"
 if classify_file.exists():
     classify = classify_benchmark_figures(json.loads(classify_file.read_text()))
-    for name in ("cells_per_s", "baseline_cells_per_s", "baseline", "speedup", "agreement_percent"):
+    for name in ("cells_per_s", "baseline_cells_per_s", "baseline", "speedup", "agreement_percent",
+                 "against_milestone", "against_goal"):
         glue(f"classify_{name}", classify[name], display=False)
     for name in ("ms_per_image", "small_call_seconds", "largest_call_images", "largest_call_cells_per_s"):
         if name in classify:

@@ -133,9 +133,11 @@ def _image_seed(path: str, seed: int) -> int:
 
 
 def measure_virtual_lab(paths: Sequence[str], lab, artifacts: Path, mask_source: str, n_workers: int,
-                        seed: int, detector_file: str | Path | None = None) -> np.ndarray:
-    """Cell features ``(n, d)`` of ``paths`` re-rendered through one virtual lab, cached under
-    ``<artifacts>/cache/virtual_labs`` (key: images, lab, mask source, detector, features)."""
+                        seed: int, detector_file: str | Path | None = None) -> tuple[np.ndarray, float]:
+    """Cell features ``(n, d)`` of ``paths`` re-rendered through one virtual lab, and the minutes
+    rendering and measuring them took when they were measured (kept with them, so a cached run
+    reports the same cost); cached under ``<artifacts>/cache/virtual_labs`` (key: images, lab,
+    mask source, detector, features)."""
     from bcfeat.crosslab.virtual_labs import render
     from bcfeat.data.images import SkippedImages, read_image
     from bcfeat.detection.feature_cache import cache_key, cached_arrays
@@ -156,7 +158,7 @@ def measure_virtual_lab(paths: Sequence[str], lab, artifacts: Path, mask_source:
 
     arrays = cached_arrays(list(paths), compute, Path(artifacts) / "cache" / "virtual_labs", key=key,
                            chunk_size=256, progress=False, description=f"virtual lab {lab.name}")
-    return arrays["features"]
+    return arrays["features"], float(arrays["seconds"].sum() / 60)
 
 
 @dataclass
@@ -167,7 +169,7 @@ class VirtualLabs:
     labels: np.ndarray                               # (n,) their (Acevedo-20) labels
     features: dict[tuple[str, str], np.ndarray]      # (lab name, mask source) -> (n, d)
     labs: list                                       # the VirtualLab objects
-    minutes: float
+    minutes: float                                   # rendering and measuring all of them (as first measured)
 
     def table(self) -> pd.DataFrame:
         """One row per virtual lab: its shift parameters."""
@@ -185,12 +187,11 @@ def build_virtual_labs(samples: pd.DataFrame, rows: np.ndarray, labs: Sequence, 
                        mask_sources: Sequence[str], n_workers: int, seed: int,
                        detector_file: str | Path | None = None) -> VirtualLabs:
     """Render and measure the development cells through every lab, with every mask source."""
-    start = time.perf_counter()
     paths = samples["path"].to_numpy()[rows].tolist()
-    feats = {(lab.name, m): measure_virtual_lab(paths, lab, artifacts, m, n_workers, seed, detector_file)
-             for lab in labs for m in mask_sources}
-    return VirtualLabs(rows, samples["label"].to_numpy()[rows], feats, list(labs),
-                       (time.perf_counter() - start) / 60)
+    measured = {(lab.name, m): measure_virtual_lab(paths, lab, artifacts, m, n_workers, seed, detector_file)
+                for lab in labs for m in mask_sources}
+    return VirtualLabs(rows, samples["label"].to_numpy()[rows], {k: v[0] for k, v in measured.items()}, list(labs),
+                       sum(v[1] for v in measured.values()))
 
 
 # ----------------------------------------------------------------------------- selection

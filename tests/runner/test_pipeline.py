@@ -331,6 +331,8 @@ def test_classify_benchmark_figures_read_the_benchmark_json():
     figures = classify_benchmark_figures(results)
     assert figures["baseline"] == "f6da4b2" and figures["baseline_cells_per_s"] == 40.0
     assert figures["cells_per_s"] == 60.0 and figures["speedup"] == 1.5
+    assert (figures["against_milestone"], figures["against_goal"]) == ("above", "below")
+    assert classify_benchmark_figures({**results, "current_cells_per_s": 59.9})["against_milestone"] == "below"
     assert figures["agreement_percent"] == pytest.approx(95.5)
     assert list(figures["peak_pss_mb"].items()) == [(1000, 705.0), (20000, 810.0)]
     assert "ms_per_image" not in figures and "small_call_seconds" not in figures  # an older benchmark file

@@ -420,3 +420,25 @@ def test_gate_envelope_glue_reads_the_thresholds_at_100_cells_and_the_largest_ca
     assert glue == {"crosslab_gate_threshold_100": 2.0, "crosslab_gate_threshold_largest": 1.0,
                     "crosslab_gate_largest_call": 400, "crosslab_gate_loo_closed": 0.25}
     assert np.isnan(cv.gate_envelope_glue(None, per_lab)["crosslab_gate_threshold_100"])
+
+
+def test_virtual_labs_report_their_measuring_cost_again_when_read_from_the_cache(data_root, tmp_path, monkeypatch):
+    """The chapter's "CPU minutes" of the virtual labs are those of measuring them, also on a run that
+    finds them measured already (the cache keeps each image's seconds)."""
+    from bcfeat.crosslab.virtual_labs import VirtualLab
+    from bcfeat.data import scan_dataset
+
+    paths = scan_dataset("cellavision_zheng18", root=data_root).samples["path"].tolist()[:4]
+    samples = pd.DataFrame({"path": paths, "label": ["neutrophil"] * 4, "domain": "cellavision_zheng18"})
+    labs = [VirtualLab("blurred", blur_sigma=1.0)]
+    first = cv.build_virtual_labs(samples, np.arange(4), labs, tmp_path, ["stain+normtex"], 1, 0)
+    assert first.minutes > 0 and first.features[("blurred", "stain+normtex")].shape[0] == 4
+
+    def must_not_measure(*args, **kwargs):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr("bcfeat.crosslab.model.CrossLabModel.measure", must_not_measure)
+    again = cv.build_virtual_labs(samples, np.arange(4), labs, tmp_path, ["stain+normtex"], 1, 0)
+    assert again.minutes == first.minutes
+    np.testing.assert_array_equal(again.features[("blurred", "stain+normtex")],
+                                  first.features[("blurred", "stain+normtex")])
