@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bcfeat.model_files import ModelFileError, parse_format, read_payload
+from bcfeat.model_files import ModelFileError, parse_format, read_payload, read_payload_arrays
 
 # The kinds of file open_extractor opens, by their format's kind.
 EXTRACTOR_KINDS: tuple[str, ...] = ("aecfe", "crosslab")
@@ -122,7 +122,8 @@ def read_model_bytes(path: str | os.PathLike) -> bytes:
 
 
 def open_extractor(path: str | os.PathLike) -> Extractor:
-    """Open any bcfeat model file that extracts features; the file is read once.
+    """Open any bcfeat model file that extracts features; the file is read once (a cross-lab file
+    without PyTorch unless it holds a detector: :func:`bcfeat.model_files.read_payload_arrays`).
 
     Raises
     ------
@@ -134,9 +135,11 @@ def open_extractor(path: str | os.PathLike) -> Extractor:
     """
     path = Path(path)
     data = read_model_bytes(path)
-    payload = read_payload(path, data=data)
+    payload = read_payload_arrays(path, data=data)
     found = parse_format(payload.get("format")) if isinstance(payload, dict) else None
     kind = found[0] if found else None
+    if kind not in (None, "crosslab"):  # the other kinds build torch modules from tensors
+        payload = read_payload(path, data=data)
     if kind == "crosslab":
         from bcfeat.crosslab.model import load_model as load_crosslab
 

@@ -234,7 +234,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         return values[:int(pid[4])]
 
 
-def read_payload_arrays(path: str | os.PathLike) -> Any:
+def read_payload_arrays(path: str | os.PathLike, data: bytes | None = None) -> Any:
     """:func:`read_payload` without PyTorch: tensors come back as numpy arrays (copies).
 
     Reads files of weights and plain values as PyTorch writes them (its zip format, tensors of
@@ -243,14 +243,15 @@ def read_payload_arrays(path: str | os.PathLike) -> Any:
     and refuses code without running it). Nothing named in the file is called except the
     ordered dict and this module's tensor rebuild. The same checks as :func:`read_payload`:
     archive complete and every CRC-32 right, no view larger than its storage, at most
-    :data:`MAX_TENSOR_ELEMENTS` values.
+    :data:`MAX_TENSOR_ELEMENTS` values. ``data``: the file's bytes when read already (as for
+    :func:`read_payload`).
     """
     path = Path(path)
-    if not path.exists():
+    if data is None and not path.exists():
         raise FileNotFoundError(f"no model file at {path}")
-    _check_archive(path)
+    _check_archive(path, data)
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(path if data is None else io.BytesIO(data)) as archive:
             pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
             if len(pickles) != 1:
                 raise _NotPlainData("archive layout")
@@ -261,7 +262,7 @@ def read_payload_arrays(path: str | os.PathLike) -> Any:
             with archive.open(pickles[0]) as handle:
                 payload = _ArrayUnpickler(handle, archive, prefix).load()
     except _NotPlainData:
-        return read_payload(path)
+        return read_payload(path, data=data)
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         detail = str(exc).split("\n")[0][:200]
         raise ModelFileError(path, f"is damaged ({type(exc).__name__}: {detail})") from None

@@ -116,6 +116,8 @@ def test_a_crosslab_file_reads_without_torch_as_the_same_values(model_file, tmp_
             "from bcfeat.crosslab.model import load_model\n"
             f"m = load_model({str(model_file)!r})\n"
             "p = m.classifier.predict_proba(np.random.default_rng(0).normal(size=(30, len(m.feature_names))))\n"
+            "from bcfeat.extractors import open_extractor\n"
+            f"assert open_extractor({str(model_file)!r}).kind == 'crosslab'\n"
             "print('torch' in sys.modules, repr(float((p[:, 0] * np.arange(30)).sum())))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     expected = (load_model(model_file).classifier.predict_proba(
