@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bcfeat.model_files import ModelFileError, parse_format, read_payload, read_payload_arrays
+from bcfeat.model_files import ModelFileError, arrays_as_tensors, parse_format, read_payload_arrays
 
 # The kinds of file open_extractor opens, by their format's kind.
 EXTRACTOR_KINDS: tuple[str, ...] = ("aecfe", "crosslab")
@@ -139,7 +139,7 @@ def open_extractor(path: str | os.PathLike) -> Extractor:
     found = parse_format(payload.get("format")) if isinstance(payload, dict) else None
     kind = found[0] if found else None
     if kind not in (None, "crosslab"):  # the other kinds build torch modules from tensors
-        payload = read_payload(path, data=data)
+        payload = arrays_as_tensors(payload)
     if kind == "crosslab":
         from bcfeat.crosslab.model import load_model as load_crosslab
 

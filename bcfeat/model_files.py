@@ -270,6 +270,25 @@ def read_payload_arrays(path: str | os.PathLike, data: bytes | None = None) -> A
     return payload
 
 
+def arrays_as_tensors(value: Any) -> Any:
+    """A payload of :func:`read_payload_arrays` (or a part of it) with its numpy arrays as torch
+    tensors, for the code that builds torch modules from it; tensors and plain values unchanged."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        import torch
+
+        return torch.from_numpy(value)
+    if isinstance(value, dict):
+        out = type(value)((k, arrays_as_tensors(v)) for k, v in value.items())
+        if hasattr(value, "_metadata"):  # a state_dict's per-module versions
+            out._metadata = value._metadata
+        return out
+    if isinstance(value, (list, tuple)):
+        return type(value)(arrays_as_tensors(v) for v in value)
+    return value
+
+
 def _check_array_count(path: Path, payload: Any) -> int:
     """The number of values of every array of a payload; more than :data:`MAX_TENSOR_ELEMENTS` is refused."""
     import numpy as np

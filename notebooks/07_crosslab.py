@@ -76,6 +76,7 @@ from bcfeat.study import common as study
 from bcfeat.atomic_io import save_table
 from bcfeat.study import crosslab as cs
 from bcfeat.study import crosslab_validation as cv
+from bcfeat.study import texture_gate as tg
 from bcfeat.crosslab import mixes as mx
 from bcfeat.crosslab.virtual_labs import named_shifts, sample_labs
 from bcfeat.data import resolve_data_root
@@ -194,13 +195,13 @@ selection_table.head(10).round(3)
 # %% tags=["hide-input"]
 dev_clf = cv.fit_setting(measured, samples, plan, headline_setting, seed, gate_threshold=math.inf,
                          source=design.source)
-gate_envelope, gate_calls = cv.fit_gate_threshold(dev_clf, virtual, headline_source, seed)
+gate_envelope, gate_calls = tg.fit_gate_threshold(dev_clf, virtual, headline_source, seed)
 dev_clf.set_params(gate_threshold=gate_envelope)
 gate_per_lab = gate_calls.groupby("lab", sort=False)["gate_novelty"].agg(["median", "max"]).reset_index()
 if gate_envelope is not None:  # each virtual lab as a new lab: left out of the envelope
-    gate_per_lab = gate_per_lab.merge(cv.gate_leave_one_lab_out(dev_clf, virtual, headline_source, gate_calls))
+    gate_per_lab = gate_per_lab.merge(tg.gate_leave_one_lab_out(dev_clf, virtual, headline_source, gate_calls))
 save_table(gate_per_lab, tables / "crosslab_gate_virtual_labs.csv")
-for key, value in cv.gate_envelope_glue(gate_envelope, gate_per_lab).items():
+for key, value in tg.gate_envelope_glue(gate_envelope, gate_per_lab).items():
     glue(key, value, display=False)
 glue("crosslab_gate_table", gate_per_lab.set_index("lab").round(3), display=False)
 display(pd.DataFrame(gate_envelope or [], columns=["call_size", "threshold"]).round(3))
@@ -308,7 +309,7 @@ save_table(calib, tables / "crosslab_calibration.csv")
 from bcfeat.crosslab.calibration import reliability_figure  # noqa: E402
 glue("crosslab_reliability_figure", reliability_figure(reliability), display=False)
 glue("crosslab_calibration", calib.set_index("lab").round(3), display=False)
-for key, value in cv.gate_glue(calib).items():
+for key, value in tg.gate_glue(calib).items():
     glue(key, value, display=False)
 calib.set_index("lab").round(3)
 

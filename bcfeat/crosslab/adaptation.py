@@ -36,9 +36,7 @@ cells per call (the benchmark does), at least :data:`MIN_SITE_CELLS` of them.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -47,212 +45,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-# Fewer cells give statistics too noisy to stand for a site.
-MIN_SITE_CELLS = 10
-# Standardised values beyond this many spreads are clipped (a failed segmentation is an outlier).
-CLIP = 6.0
+from bcfeat.crosslab.site_statistics import (CBR_MIN_CELLS, CBR_MIN_CLASS_CELLS, MIN_SITE_CELLS,  # noqa: F401
+                                             SiteStatistics, class_balanced_weights, class_conditional_statistics,
+                                             em_class_priors, site_statistics, soften, standardize)
+
 MODELS = ("logistic", "forest")
 PRIOR_CORRECTIONS = ("none", "em")
 STATISTICS = ("balanced", "cbr")
-# CBR: a predicted class needs this many cells for its mean and spread to count ...
-CBR_MIN_CLASS_CELLS = 3
-# ... and a call this many cells (the published rule) before class statistics replace plain ones.
-CBR_MIN_CELLS = 32
 # Shrinkage towards the identity of the gated columns' within-class covariance (standardised
 # units): texture measures are strongly correlated, and the inverse must not blow up on them.
 GATE_SHRINKAGE = 0.05
-
-
-@dataclass(frozen=True)
-class SiteStatistics:
-    """Centre, spread and NaN fill value of every feature over one site's cells.
-
-    Attributes
-    ----------
-    centre, scale, fill : np.ndarray
-        ``(d,)`` float64. ``scale`` is never 0 (a constant feature gets 1).
-    n_cells : int
-    """
-
-    centre: np.ndarray
-    scale: np.ndarray
-    fill: np.ndarray
-    n_cells: int
-
-    def to_dict(self) -> dict:
-        """Plain lists (JSON-able), for model files."""
-        return {"centre": self.centre.tolist(), "scale": self.scale.tolist(), "fill": self.fill.tolist(),
-                "n_cells": int(self.n_cells)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SiteStatistics:
-        return cls(np.asarray(d["centre"], float), np.asarray(d["scale"], float), np.asarray(d["fill"], float),
-                   int(d["n_cells"]))
-
-
-def _weighted_median(X: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Column-wise weighted median of ``(n, d)`` values (NaN-free) with weights ``(n,)``."""
-    order = np.argsort(X, axis=0)
-    cum = np.cumsum(w[order], axis=0)
-    idx = (cum >= 0.5 * cum[-1]).argmax(axis=0)
-    return np.take_along_axis(X, order, axis=0)[idx, np.arange(X.shape[1])]
-
-
-_STATISTICS_COLUMNS = 16  # columns of the features summarised at a time (bounds the temporaries)
-
-
-def site_statistics(X: np.ndarray, weights: np.ndarray | None = None) -> SiteStatistics:
-    """Weighted mean and standard deviation of a site's features ``(n, d)`` (NaN ignored).
-
-    ``weights`` ``(n,)`` >= 0, e.g. from :func:`class_balanced_weights`; ``None`` weighs every
-    cell the same. NaNs (a feature that could not be measured on a cell) are left out of the
-    statistics and later filled with the site's weighted median (``fill``).
-
-    Examples
-    --------
-    >>> s = site_statistics(np.array([[0.0], [2.0], [4.0], [np.nan]] * 5))
-    >>> float(s.centre[0]), round(float(s.scale[0]), 3), float(s.fill[0])
-    (2.0, 1.633, 2.0)
-    """
-    X = np.asarray(X, dtype=np.float64)
-    n = len(X)
-    if n < MIN_SITE_CELLS:
-        raise ValueError(f"site statistics need at least {MIN_SITE_CELLS} cells of the site, got {n}")
-    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (n,) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"weights must be {n} non-negative numbers with a positive sum")
-    centre, scale, fill = np.empty(X.shape[1]), np.empty(X.shape[1]), np.empty(X.shape[1])
-    # a few columns at a time: the temporaries of a large call (20,000 cells) stay a few MB
-    for start in range(0, X.shape[1], _STATISTICS_COLUMNS):
-        cols = slice(start, start + _STATISTICS_COLUMNS)
-        centre[cols], scale[cols], fill[cols] = _column_statistics(X[:, cols], w)
-    return SiteStatistics(centre, scale, fill, n)
-
-
-def _column_statistics(X: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted centre, scale and NaN fill of each column of ``X`` (see :func:`site_statistics`)."""
-    missing = np.isnan(X)
-    W = np.where(missing, 0.0, w[:, None])
-    total = np.maximum(W.sum(axis=0), 1e-12)
-    filled = np.where(missing, 0.0, X)
-    centre = (W * filled).sum(axis=0) / total
-    var = (W * (filled - centre) ** 2).sum(axis=0) / total
-    scale = np.sqrt(var)
-    scale = np.where(scale > 1e-9 * np.maximum(1.0, np.abs(centre)), scale, 1.0)
-    return centre, scale, _weighted_median(np.where(missing, centre, X), w)
-
-
-def standardize(X: np.ndarray, stats: SiteStatistics) -> np.ndarray:
-    """``(n, d)`` features -> ``(X - centre) / scale``, NaN filled first, clipped to +-:data:`CLIP`."""
-    X = np.asarray(X, dtype=np.float64)
-    Z = np.where(np.isnan(X), stats.fill, X)  # the one new (n, d) array: the rest is done in place
-    Z -= stats.centre
-    Z /= stats.scale
-    return np.clip(Z, -CLIP, CLIP, out=Z)
-
-
-def class_balanced_weights(posteriors: np.ndarray) -> np.ndarray:
-    """Cell weights that give every (predicted) class the same total weight.
-
-    ``posteriors`` ``(n, k)``: one-hot labels or a classifier's probabilities. Cell ``i``
-    gets ``sum_c P[i, c] / sum_j P[j, c]`` over the classes present (total weight > 0.5 cell).
-
-    Examples
-    --------
-    >>> class_balanced_weights(np.eye(2)[[0, 0, 0, 1]]).round(3).tolist()
-    [0.333, 0.333, 0.333, 1.0]
-    """
-    P = np.asarray(posteriors, dtype=np.float64)
-    mass = P.sum(axis=0)
-    present = mass > 0.5
-    return (P[:, present] / mass[present]).sum(axis=1)
-
-
-def class_conditional_statistics(X: np.ndarray, labels: np.ndarray, fallback_ratio: np.ndarray | None = None,
-                                 min_class_cells: int = CBR_MIN_CLASS_CELLS,
-                                 min_cells: int = CBR_MIN_CELLS) -> SiteStatistics:
-    """Class-balanced re-standardisation statistics of one site's features ``(n, d)``.
-
-    ``labels`` ``(n,)``: known labels (the training site) or hard pseudo-labels (a target site).
-    The centre is the unweighted average of the class means and the scale the square root of
-    the average within-class variance, over the classes with at least ``min_class_cells`` cells;
-    both are independent of how many cells each class has. With fewer than ``min_cells`` cells
-    or fewer than two such classes, the plain statistics are used, their scale multiplied by
-    ``fallback_ratio`` ``(d,)`` (the training site's within-class to total spread) when given.
-
-    Examples
-    --------
-    >>> X = np.array([[0.0]] * 40 + [[10.0]] * 10) + np.tile([[-1.0], [1.0]], (25, 1))
-    >>> s = class_conditional_statistics(X, np.array([0] * 40 + [1] * 10))
-    >>> float(s.centre[0]), float(s.scale[0])     # the 4:1 mix moves neither
-    (5.0, 1.0)
-    """
-    X = np.asarray(X, dtype=np.float64)
-    labels = np.asarray(labels)
-    plain = site_statistics(X)
-    classes, counts = np.unique(labels, return_counts=True)
-    kept = classes[counts >= min_class_cells]
-    if len(X) < min_cells or len(kept) < 2:
-        ratio = np.ones(X.shape[1]) if fallback_ratio is None else np.asarray(fallback_ratio, np.float64)
-        return SiteStatistics(plain.centre, plain.scale * ratio, plain.fill, plain.n_cells)
-    means, variances = [], []
-    for c in kept:
-        rows = X[labels == c]
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a column all NaN in a class: filled below
-            m = np.nanmean(rows, axis=0)
-            v = np.nanmean((rows - m) ** 2, axis=0)
-        means.append(np.where(np.isnan(m), plain.centre, m))
-        variances.append(np.where(np.isnan(v), plain.scale ** 2, v))
-    centre = np.mean(means, axis=0)
-    scale = np.sqrt(np.mean(variances, axis=0))
-    scale = np.where(scale > 1e-9 * np.maximum(1.0, np.abs(centre)), scale, plain.scale)
-    return SiteStatistics(centre, scale, plain.fill, plain.n_cells)
-
-
-def em_class_priors(posteriors: np.ndarray, train_priors: np.ndarray, max_iter: int = 200,
-                    tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """EM re-estimation of a target site's class mix (Saerens, Latinne & Decaestecker 2002).
-
-    Parameters
-    ----------
-    posteriors : (n, k) array
-        The classifier's probabilities on the target cells, under ``train_priors``.
-    train_priors : (k,) array
-        The class mix the classifier's probabilities assume.
-
-    Returns
-    -------
-    adjusted : (n, k) array
-        Posteriors under the estimated target mix.
-    priors : (k,) array
-        The estimated target mix.
-    """
-    P = np.asarray(posteriors, dtype=np.float64)
-    base = np.asarray(train_priors, dtype=np.float64)
-    priors = base.copy()
-    adjusted = P
-    for _ in range(max_iter):
-        adjusted = P * (priors / base)
-        adjusted /= np.maximum(adjusted.sum(axis=1, keepdims=True), 1e-300)
-        new = adjusted.mean(axis=0)
-        done = np.abs(new - priors).max() < tol
-        priors = new
-        if done:
-            break
-    return adjusted, priors
-
-
-def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
-    """``(n, k)`` probabilities -> ``softmax(log p / temperature)``, rows summing to 1.
-
-    >>> soften(np.array([[0.8, 0.2]]), 2.0).round(3).tolist()
-    [[0.667, 0.333]]
-    """
-    logp = np.log(np.clip(np.asarray(proba, np.float64), 1e-12, 1.0)) / float(temperature)
-    logp -= logp.max(axis=1, keepdims=True)
-    e = np.exp(logp)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _gate_envelope(threshold) -> tuple[np.ndarray, np.ndarray]:
@@ -475,17 +277,16 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         label of the call is read."""
         check_is_fitted(self, "fallback_")
         X = self._checked(X)
-        labels = self.fallback_.predict(X)
+        hard = np.searchsorted(self.classes_, self.fallback_.predict(X))
         Xs = self._select(X)
         if not self.site_standardize:
             stats = self.source_statistics_
-        elif self.statistics == "cbr" and self.balance_rounds > 0:
-            stats = class_conditional_statistics(Xs, labels, self.fallback_ratio_)
+        elif self.balance_rounds > 0:
+            stats = self._labelled_statistics(Xs, hard)
         else:
-            onehot = (labels[:, None] == self.classes_[None, :]).astype(float)
-            stats = site_statistics(Xs, class_balanced_weights(onehot) if self.balance_rounds > 0 else None)
+            stats = site_statistics(Xs)
         Z = standardize(Xs, stats)[:, self.gate_index_]
-        R = Z - self.class_means_[np.searchsorted(self.classes_, labels)][:, self.gate_index_]
+        R = Z - self.class_means_[hard][:, self.gate_index_]
         d = np.einsum("ij,jk,ik->i", R, self.gate_precision_, R) / R.shape[1]
         return float(np.median(d))
 
@@ -558,14 +359,16 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         P = estimator.predict_proba(Z)
         for _ in range(self.balance_rounds):
             # hard labels: soft posteriors of a regularised model are too flat to move the weights
-            if self.statistics == "cbr":
-                stats = class_conditional_statistics(X, P.argmax(axis=1), self.fallback_ratio_)
-            else:
-                hard = np.eye(P.shape[1])[P.argmax(axis=1)]
-                stats = site_statistics(X, class_balanced_weights(hard))
-            Z = standardize(X, stats)
+            Z = standardize(X, self._labelled_statistics(X, P.argmax(axis=1)))
             P = estimator.predict_proba(Z)
         return Z, P
+
+    def _labelled_statistics(self, X: np.ndarray, hard: np.ndarray) -> SiteStatistics:
+        """A call's class-balanced statistics (CBR, or class-weighted) from hard class indices
+        ``(n,)`` into ``classes_``: its own predictions, or the texture gate's fallback's."""
+        if self.statistics == "cbr":
+            return class_conditional_statistics(X, hard, self.fallback_ratio_)
+        return site_statistics(X, class_balanced_weights(np.eye(len(self.classes_))[hard]))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """``(n, d)`` features of **one** site -> ``(n, n_classes)`` probabilities (``fallback_``'s
@@ -670,5 +473,4 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         return clf
 
 
-__all__ = ["MIN_SITE_CELLS", "STATISTICS", "SiteStatistics", "site_statistics", "standardize", "class_balanced_weights",
-           "class_conditional_statistics", "em_class_priors", "soften", "gate_threshold_at", "CrossLabClassifier"]
+__all__ = ["STATISTICS", "GATE_SHRINKAGE", "gate_threshold_at", "CrossLabClassifier"]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
-from bcfeat.crosslab.adaptation import site_statistics, standardize
+from bcfeat.crosslab.site_statistics import site_statistics, standardize
 
 
 def standardize_per_site(X: np.ndarray, domain: Sequence) -> np.ndarray:

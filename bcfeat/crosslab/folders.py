@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bcfeat.crosslab.adaptation import MIN_SITE_CELLS, CrossLabClassifier
+from bcfeat.crosslab.adaptation import CrossLabClassifier
+from bcfeat.crosslab.site_statistics import MIN_SITE_CELLS
 from bcfeat.crosslab.model import CrossLabModel, load_model, save_model
 
 logger = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from bcfeat.crosslab.cell_crop import CellCrop, CropConfig, canonical_crop
 from bcfeat.crosslab.cell_features import TEXTURE_OD, cell_features, feature_names
 from bcfeat.data.images import ImageDecodeError, SkippedImages, read_image
 from bcfeat.detection.pseudo_masks import SegmentationConfig
-from bcfeat.model_files import ModelFileError, build_from_payload, format_name, load_model_file
+from bcfeat.model_files import ModelFileError, arrays_as_tensors, build_from_payload, format_name, load_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -400,29 +400,13 @@ def load_model(path: str | os.PathLike, payload: Any = None) -> CrossLabModel:
         if payload["detector"] is not None:
             from bcfeat.detection.checkpoint import detector_from_payload
 
-            detector = detector_from_payload(_as_tensors(payload["detector"]), path)
+            detector = detector_from_payload(arrays_as_tensors(payload["detector"]), path)
         classifier = None
         if payload["classifier"] is not None:
             classifier = CrossLabClassifier.from_payload(payload["classifier"], len(feature_names()))
         return CrossLabModel(config, detector, classifier, payload.get("record", {}))
 
     return build_from_payload(path, "cross-lab model", build)
-
-
-def _as_tensors(value: Any) -> Any:
-    """A payload part with its numpy arrays as torch tensors (for the detector's weights)."""
-    if isinstance(value, np.ndarray):
-        import torch
-
-        return torch.from_numpy(value)
-    if isinstance(value, dict):
-        out = type(value)((k, _as_tensors(v)) for k, v in value.items())
-        if hasattr(value, "_metadata"):  # a state_dict's per-module versions
-            out._metadata = value._metadata
-        return out
-    if isinstance(value, (list, tuple)):
-        return type(value)(_as_tensors(v) for v in value)
-    return value
 
 
 __all__ = ["MODEL_KIND", "MODEL_VERSION", "MASK_SOURCES", "CrossLabConfig", "CrossLabModel",

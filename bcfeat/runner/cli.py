@@ -441,7 +441,7 @@ def run_classify_shard(args: argparse.Namespace, out: Path, report: Path | None)
     Each shard measures its files into ``<output>.shards/`` as ``bcfeat extract --shard`` does; the
     lab's statistics need every cell, so the last shard to finish merges the features and
     classifies them all at once: the table is the one a single ``classify`` writes."""
-    from bcfeat.crosslab.adaptation import MIN_SITE_CELLS
+    from bcfeat.crosslab.site_statistics import MIN_SITE_CELLS
     from bcfeat.crosslab.folders import _classifier_model, _folder_files, classify_features
     from bcfeat.extraction.shards import Shard, all_shards_present, extract_shard, merge_shards
 

@@ -386,7 +386,7 @@ def _adaptation_variants(setting: dict, full_name: str, gate_threshold: float | 
         "+ self-training (2 rounds, p >= 0.9)": {**base, "balance_rounds": 0, "self_training": 2},
     }
     if gate_threshold is not None:
-        from bcfeat.study.crosslab_validation import classifier_for
+        from bcfeat.study.crosslab_settings import classifier_for
 
         chosen = classifier_for(full_name, gate_threshold=gate_threshold).get_params()
         if chosen["gate_columns"] is not None:

@@ -32,82 +32,14 @@ from bcfeat.crosslab import calibration as cal
 from bcfeat.crosslab import mixes as mx
 from bcfeat.crosslab import novelty as nov
 from bcfeat.crosslab.adaptation import CrossLabClassifier
-from bcfeat.crosslab.cell_features import feature_set_columns
 from bcfeat.data.splits import SplitPlan
 from bcfeat.study import common as study
+# the settings' names and classifiers (also read by the notebook as cv.<name>)
+from bcfeat.study.crosslab_settings import (STATISTICS, candidate_settings, classifier_for,  # noqa: F401
+                                            parse_setting, plain_name, setting_name, texture_gate_columns)
 from bcfeat.study.design import StudySites
 
-STATISTICS = ("plain", "balanced", "cbr")
 LABELS = mx.CLASSES
-
-
-# ----------------------------------------------------------------------------- settings
-def setting_name(C: float, groups: str, source: str, statistics: str) -> str:
-    """``"logistic C=0.03 no_fine_texture stain cbr"``."""
-    return f"logistic C={float(C):g} {groups} {source} {statistics}"
-
-
-def parse_setting(name: str) -> dict:
-    """A setting name back into its parts; names without the statistics (before CBR) are plain.
-
-    >>> parse_setting("logistic C=0.03 no_texture stain cbr")["statistics"]
-    'cbr'
-    >>> parse_setting("logistic C=0.03 no_texture stain")["statistics"]
-    'plain'
-    """
-    parts = name.split()
-    if len(parts) not in (4, 5) or parts[0] != "logistic" or not parts[1].startswith("C="):
-        raise ValueError(f"not a cross-lab setting name: {name!r}")
-    statistics = parts[4] if len(parts) == 5 else "plain"
-    if statistics not in STATISTICS:
-        raise ValueError(f"unknown statistics {statistics!r} in {name!r}; valid: {STATISTICS}")
-    return {"name": name, "model": "logistic", "C": float(parts[1][2:]), "groups": parts[2], "source": parts[3],
-            "statistics": statistics}
-
-
-def texture_gate_columns(groups: str) -> tuple[int, ...] | None:
-    """The texture columns a feature set reads (``None`` when it reads none, or only texture):
-    the group the texture gate trusts only on calls like the virtual labs.
-
-    >>> texture_gate_columns("no_texture") is None
-    True
-    """
-    from bcfeat.crosslab.cell_features import feature_groups, feature_names
-
-    used = feature_set_columns(groups)
-    used = set(range(len(feature_names()))) if used is None else set(used)
-    gated = tuple(sorted(used & set(feature_groups()["texture"])))
-    return gated if gated and len(gated) < len(used) else None
-
-
-def classifier_for(setting: dict | str, random_state: int = 0, temperature: float = 1.0,
-                   gate_threshold: float | Sequence | None = None) -> CrossLabClassifier:
-    """The :class:`CrossLabClassifier` of a setting: plain per-call statistics, or two rounds of
-    class-balanced (weighted, or CBR) statistics from its own hard predictions.
-
-    ``gate_threshold``: ``None``, no texture gate; a number (``math.inf``: fitted, never closed) or
-    (call size, threshold) pairs, the setting's texture columns are gated (:func:`texture_gate_columns`; no gate where it reads none)."""
-    s = parse_setting(setting) if isinstance(setting, str) else setting
-    rounds = 0 if s["statistics"] == "plain" else 2
-    stats = "cbr" if s["statistics"] == "cbr" else "balanced"
-    gate = None if gate_threshold is None else texture_gate_columns(s["groups"])
-    return CrossLabClassifier(model="logistic", C=s["C"], balance_rounds=rounds, statistics=stats,
-                              columns=feature_set_columns(s["groups"]), random_state=random_state,
-                              temperature=temperature, gate_columns=gate,
-                              gate_threshold=None if gate is None else gate_threshold)
-
-
-def candidate_settings(Cs: Sequence[str | float], groups: Sequence[str], sources: Sequence[str],
-                       statistics: Sequence[str] = STATISTICS) -> list[str]:
-    """Every combination, named by :func:`setting_name`; unknown names fail before any work."""
-    for g in groups:
-        feature_set_columns(g)
-    bad = [s for s in statistics if s not in STATISTICS]
-    if bad or not Cs or not groups or not sources or not statistics:
-        raise ValueError(f"candidates need at least one C, feature set, mask source and statistics "
-                         f"(valid statistics: {STATISTICS}); got {list(Cs)}, {list(groups)}, {list(sources)}, "
-                         f"{list(statistics)}")
-    return [setting_name(float(c), g, src, st) for src in sources for g in groups for st in statistics for c in Cs]
 
 
 # ----------------------------------------------------------------------------- virtual labs
@@ -269,7 +201,7 @@ class Calibration:
     uncertain_min_probability: float
     novelty_threshold: float
     reference_novelty: list[float]
-    gate_threshold: list | None = None  # the texture gate's [call size, threshold] pairs (fit_gate_threshold); None: no gate
+    gate_threshold: list | None = None  # the texture gate's [call size, threshold] pairs (texture_gate.fit_gate_threshold); None: no gate
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -280,91 +212,11 @@ def _index(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return np.array([lookup[v] for v in y])
 
 
-# Call sizes at which the texture gate's envelope is measured on the virtual labs (besides each lab's
-# all-cells call): a call's novelty is a median over its cells, which scatters more in small calls.
-GATE_CALL_SIZES = (32, 100, 200, 400)
-GATE_MIXES = ("own", "balanced", "typical", "neutrophil_heavy", "lymphocyte_heavy")
-
-
-def gate_envelope(calls: pd.DataFrame) -> tuple[tuple[int, float], ...]:
-    """``(call size, threshold)`` pairs from a table of calls (``call_size``, ``gate_novelty``):
-    per size, the largest novelty of any call of that size or larger (so the threshold never rises
-    with the call's size, as the scatter of a median does not).
-
-    >>> calls = pd.DataFrame({"call_size": [100, 100, 400, 400], "gate_novelty": [1.5, 1.2, 0.9, 1.0]})
-    >>> gate_envelope(calls)
-    ((100, 1.5), (400, 1.0))
-    """
-    per_size = calls.groupby("call_size")["gate_novelty"].max().sort_index(ascending=False)
-    envelope = per_size.cummax().sort_index()
-    return tuple((int(n), float(t)) for n, t in envelope.items())
-
-
-def fit_gate_threshold(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, seed: int,
-                       call_sizes: Sequence[int] = GATE_CALL_SIZES, n_calls: int = 3,
-                       mixes: Sequence[str] = GATE_MIXES) -> tuple[tuple[tuple[int, float], ...] | None, pd.DataFrame]:
-    """The texture gate's threshold per call size (:func:`gate_envelope`): the largest
-    :meth:`~CrossLabClassifier.gate_novelty` of any virtual lab's call, over each lab's all-cells call
-    and ``n_calls`` calls of each of ``call_sizes`` under each mix. Texture is then trusted on any
-    call that looks no more foreign than calls of its size from the labs it was checked on, and
-    only there. Returns ``(envelope, per-call table)``; ``(None, empty)`` when ``clf`` has no gate
-    (its features read no texture).
-
-    ``clf`` must be fitted with ``gate_columns`` (``classifier_for(..., gate_threshold=math.inf)``)."""
-    columns = ["lab", "mix", "call_size", "call", "gate_novelty"]
-    if clf.gate_columns is None:
-        return None, pd.DataFrame(columns=columns)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for lab in virtual.labs:
-        X = virtual.features[(lab.name, source)]
-        rows.append({"lab": lab.name, "mix": "own", "call_size": len(X), "call": 0,
-                     "gate_novelty": clf.gate_novelty(X)})
-        for mix in mixes:
-            for size in call_sizes:
-                for i, idx in enumerate(mx.draw_calls(virtual.labels, mx.MIXES[mix], size, n_calls, rng)):
-                    rows.append({"lab": lab.name, "mix": mix, "call_size": len(idx), "call": i,
-                                 "gate_novelty": clf.gate_novelty(X[idx])})
-    table = pd.DataFrame(rows, columns=columns)
-    return gate_envelope(table), table
-
-
-def gate_leave_one_lab_out(clf: CrossLabClassifier, virtual: VirtualLabs, source: str,
-                           calls: pd.DataFrame) -> pd.DataFrame:
-    """How the gate would treat a new lab like the virtual labs: each virtual lab in turn is left
-    out of the envelope (:func:`gate_envelope` of the *other* labs' calls, from
-    :func:`fit_gate_threshold`'s table), and the share of its calls beyond the envelope at their
-    size is counted; beside it, what closing costs there (balanced accuracy of all its cells with
-    and without texture). One row per lab."""
-    from sklearn.metrics import balanced_accuracy_score
-
-    from bcfeat.crosslab.adaptation import gate_threshold_at
-
-    rows = []
-    threshold_was = clf.gate_threshold
-    try:
-        clf.set_params(gate_threshold=None)  # the full classifier's own predictions
-        for lab in virtual.labs:
-            mine = calls["lab"] == lab.name
-            envelope = gate_envelope(calls[~mine])
-            limits = calls.loc[mine, "call_size"].map(lambda n, e=envelope: gate_threshold_at(e, n))
-            X = virtual.features[(lab.name, source)]
-            rows.append({"lab": lab.name,
-                         "share_of_calls_closed": float((calls.loc[mine, "gate_novelty"] > limits).mean()),
-                         "balanced_accuracy_with_texture": float(balanced_accuracy_score(virtual.labels,
-                                                                                          clf.predict(X))),
-                         "balanced_accuracy_without_texture": float(
-                             balanced_accuracy_score(virtual.labels, clf.fallback_.predict(X)))})
-    finally:
-        clf.set_params(gate_threshold=threshold_was)
-    return pd.DataFrame(rows)
-
-
 def fit_calibration(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, target_catch: float = 0.5,
                     max_review: float = 0.3, gate_threshold: Sequence | None = None) -> Calibration:
     """Temperature (pooled negative log-likelihood), ``uncertain`` threshold and lab novelty
     threshold, from each virtual lab's cells classified in one call; ``gate_threshold`` (from
-    :func:`fit_gate_threshold`) is recorded with them."""
+    :func:`bcfeat.study.texture_gate.fit_gate_threshold`) is recorded with them."""
     probas, truths, novelty = [], [], []
     for lab in virtual.labs:
         X = virtual.features[(lab.name, source)]
@@ -491,24 +343,11 @@ def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequen
 
 __all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for", "candidate_settings",
            "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "fit_setting",
-           "score_on_labs", "select_on_virtual_labs", "Calibration", "GATE_CALL_SIZES", "gate_envelope", "fit_gate_threshold",
-           "gate_leave_one_lab_out",
-           "fit_calibration", "calibration_table",
+           "score_on_labs", "select_on_virtual_labs", "Calibration", "fit_calibration", "calibration_table",
            "real_labs", "mix_table", "per_shift_table", "goals_table"]
 
 
 # ----------------------------------------------------------------------------- headline, model file
-def plain_name(setting: str) -> str:
-    """The setting's features and strength with plain per-site statistics, in the 4-part naming of
-    :func:`bcfeat.study.crosslab.setting_by_name` (the domain matrix, ablations and few-shot curve).
-
-    >>> plain_name("logistic C=0.03 no_texture stain cbr")
-    'logistic C=0.03 no_texture stain'
-    """
-    s = parse_setting(setting)
-    return f"logistic C={s['C']:g} {s['groups']} {s['source']}"
-
-
 def headline_scores(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: str, seed: int,
                     temperature: float = 1.0, gate_threshold: float | None = None, *, source: str) -> pd.DataFrame:
     """The chosen setting trained on the source site (each of the benchmark's splits), tested on every
@@ -611,7 +450,7 @@ def call_modes(clf: CrossLabClassifier, X: np.ndarray, y: np.ndarray, series: np
 
     from sklearn.metrics import balanced_accuracy_score
 
-    from bcfeat.crosslab.adaptation import MIN_SITE_CELLS
+    from bcfeat.crosslab.site_statistics import MIN_SITE_CELLS
 
     unadapted = copy.deepcopy(clf)
     for part in (unadapted, getattr(unadapted, "fallback_", None)):  # a gated classifier: its fallback too
@@ -642,34 +481,6 @@ def all_cells(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: s
                               _train_rows(samples, plan, source), is_test & (domain == source),
                               lambda: classifier_for(s, seed, temperature, gate_threshold), source, n_boot, seed,
                               return_predictions=True)
-
-
-def gate_envelope_glue(envelope: Sequence | None, per_lab: pd.DataFrame) -> dict:
-    """The chapter's numbers on the gate's envelope: its threshold for calls of 100 cells and for
-    the largest fitted call, that size, and the mean share of a left-out virtual lab's calls the
-    gate closes (NaN where the chosen setting has no gate)."""
-    from bcfeat.crosslab.adaptation import gate_threshold_at
-
-    if envelope is None:
-        return {"crosslab_gate_threshold_100": float("nan"), "crosslab_gate_threshold_largest": float("nan"),
-                "crosslab_gate_largest_call": 0, "crosslab_gate_loo_closed": float("nan")}
-    largest = int(max(n for n, _ in envelope))
-    return {"crosslab_gate_threshold_100": gate_threshold_at(envelope, 100),
-            "crosslab_gate_threshold_largest": gate_threshold_at(envelope, largest),
-            "crosslab_gate_largest_call": largest,
-            "crosslab_gate_loo_closed": float(per_lab["share_of_calls_closed"].mean())}
-
-
-def gate_glue(calibration_table: pd.DataFrame) -> dict:
-    """Where the texture gate closed (all of a lab's cells in one call), from
-    :func:`calibration_table`: the labs, comma-separated, or "none"; "no gate" when the chosen
-    setting reads no texture."""
-    if "gate_closed" not in calibration_table:
-        return {"crosslab_gate_closed_labs": "no gate", "crosslab_gate_open_labs": "no gate"}
-    closed = calibration_table["gate_closed"].astype(bool)
-    names = lambda part: ", ".join(part["lab"]) or "none"  # noqa: E731
-    return {"crosslab_gate_closed_labs": names(calibration_table[closed]),
-            "crosslab_gate_open_labs": names(calibration_table[~closed])}
 
 
 def goals_glue(goals: pd.DataFrame, source: str, unseen: Sequence[str], untouched: str) -> dict:

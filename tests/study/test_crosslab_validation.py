@@ -14,6 +14,7 @@ from sklearn.metrics import balanced_accuracy_score as bas
 
 from bcfeat.crosslab.adaptation import CrossLabClassifier, class_conditional_statistics, site_statistics
 from bcfeat.study import crosslab_validation as cv
+from bcfeat.study import texture_gate as tg
 
 
 def _three_class_lab(rng, counts, scale=1.0, shift=0.0, d=6):
@@ -328,9 +329,9 @@ def test_ablation_glue_reports_the_supervised_cnn_rows_when_the_lever_ran():
 
 def test_gate_glue_names_the_labs_where_the_gate_closed():
     calib = pd.DataFrame({"lab": ["a", "b", "c"], "gate_closed": [False, True, True]})
-    assert cv.gate_glue(calib) == {"crosslab_gate_closed_labs": "b, c", "crosslab_gate_open_labs": "a"}
-    assert cv.gate_glue(calib.assign(gate_closed=False))["crosslab_gate_closed_labs"] == "none"
-    assert cv.gate_glue(calib.drop(columns=["gate_closed"]))["crosslab_gate_closed_labs"] == "no gate"
+    assert tg.gate_glue(calib) == {"crosslab_gate_closed_labs": "b, c", "crosslab_gate_open_labs": "a"}
+    assert tg.gate_glue(calib.assign(gate_closed=False))["crosslab_gate_closed_labs"] == "none"
+    assert tg.gate_glue(calib.drop(columns=["gate_closed"]))["crosslab_gate_closed_labs"] == "no gate"
 
 
 def test_calibration_table_applies_the_temperature_once_as_the_deployed_classifier_does():
@@ -377,7 +378,7 @@ def test_texture_gate_threshold_is_the_envelope_of_the_virtual_labs_and_closes_b
     measured = {"stain": _Measured(X)}
     clf = cv.fit_setting(measured, samples, plan, "logistic C=0.1 all stain cbr", 0, gate_threshold=float("inf"),
                          source="pbc_acevedo20")
-    envelope, calls = cv.fit_gate_threshold(clf, virtual, "stain", 0, call_sizes=(20, 40), n_calls=2,
+    envelope, calls = tg.fit_gate_threshold(clf, virtual, "stain", 0, call_sizes=(20, 40), n_calls=2,
                                             mixes=("own", "typical"))
     n_dev = len(rows)
     assert set(calls["lab"]) == {"v0", "v1"} and len(calls) == 2 * (1 + 2 * 2 * 2)
@@ -391,12 +392,12 @@ def test_texture_gate_threshold_is_the_envelope_of_the_virtual_labs_and_closes_b
     foreign[:, texture] = rng.normal(size=(len(rows), len(texture))) * 3
     clf.set_params(gate_threshold=envelope)
     assert not clf.gate_closed(virtual.features[("v0", "stain")]) and clf.gate_closed(foreign)
-    loo = cv.gate_leave_one_lab_out(clf, virtual, "stain", calls)
+    loo = tg.gate_leave_one_lab_out(clf, virtual, "stain", calls)
     assert list(loo["lab"]) == ["v0", "v1"] and clf.gate_threshold == envelope  # left as it was
     v0 = calls["lab"] == "v0"
     from bcfeat.crosslab.adaptation import gate_threshold_at
 
-    others = cv.gate_envelope(calls[~v0])
+    others = tg.gate_envelope(calls[~v0])
     expected = np.mean([nov > gate_threshold_at(others, n) for nov, n in
                         zip(calls.loc[v0, "gate_novelty"], calls.loc[v0, "call_size"])])
     assert loo["share_of_calls_closed"].iloc[0] == expected
@@ -411,15 +412,15 @@ def test_texture_gate_threshold_is_the_envelope_of_the_virtual_labs_and_closes_b
     # a setting without texture has no gate and no threshold
     plain = cv.fit_setting(measured, samples, plan, "logistic C=0.1 no_texture stain cbr", 0,
                            gate_threshold=float("inf"), source="pbc_acevedo20")
-    assert cv.fit_gate_threshold(plain, virtual, "stain", 0)[0] is None
+    assert tg.fit_gate_threshold(plain, virtual, "stain", 0)[0] is None
 
 
 def test_gate_envelope_glue_reads_the_thresholds_at_100_cells_and_the_largest_call():
     per_lab = pd.DataFrame({"lab": ["v0", "v1"], "share_of_calls_closed": [0.0, 0.5]})
-    glue = cv.gate_envelope_glue(((32, 3.0), (100, 2.0), (400, 1.0)), per_lab)
+    glue = tg.gate_envelope_glue(((32, 3.0), (100, 2.0), (400, 1.0)), per_lab)
     assert glue == {"crosslab_gate_threshold_100": 2.0, "crosslab_gate_threshold_largest": 1.0,
                     "crosslab_gate_largest_call": 400, "crosslab_gate_loo_closed": 0.25}
-    assert np.isnan(cv.gate_envelope_glue(None, per_lab)["crosslab_gate_threshold_100"])
+    assert np.isnan(tg.gate_envelope_glue(None, per_lab)["crosslab_gate_threshold_100"])
 
 
 def test_virtual_labs_report_their_measuring_cost_again_when_read_from_the_cache(data_root, tmp_path, monkeypatch):

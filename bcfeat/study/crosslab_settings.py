@@ -1,0 +1,97 @@
+"""The cross-lab study's settings: their names (``"logistic C=0.03 all stain+normtex cbr"``), and
+the :class:`~bcfeat.crosslab.adaptation.CrossLabClassifier` each name stands for, with the texture
+gate where the setting reads texture. Shared by the selection on virtual labs
+(:mod:`bcfeat.study.crosslab_validation`) and the chapter's other steps (:mod:`bcfeat.study.crosslab`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bcfeat.crosslab.adaptation import CrossLabClassifier
+from bcfeat.crosslab.cell_features import feature_set_columns
+
+STATISTICS = ("plain", "balanced", "cbr")
+
+def setting_name(C: float, groups: str, source: str, statistics: str) -> str:
+    """``"logistic C=0.03 no_fine_texture stain cbr"``."""
+    return f"logistic C={float(C):g} {groups} {source} {statistics}"
+
+
+def parse_setting(name: str) -> dict:
+    """A setting name back into its parts; names without the statistics (before CBR) are plain.
+
+    >>> parse_setting("logistic C=0.03 no_texture stain cbr")["statistics"]
+    'cbr'
+    >>> parse_setting("logistic C=0.03 no_texture stain")["statistics"]
+    'plain'
+    """
+    parts = name.split()
+    if len(parts) not in (4, 5) or parts[0] != "logistic" or not parts[1].startswith("C="):
+        raise ValueError(f"not a cross-lab setting name: {name!r}")
+    statistics = parts[4] if len(parts) == 5 else "plain"
+    if statistics not in STATISTICS:
+        raise ValueError(f"unknown statistics {statistics!r} in {name!r}; valid: {STATISTICS}")
+    return {"name": name, "model": "logistic", "C": float(parts[1][2:]), "groups": parts[2], "source": parts[3],
+            "statistics": statistics}
+
+
+def texture_gate_columns(groups: str) -> tuple[int, ...] | None:
+    """The texture columns a feature set reads (``None`` when it reads none, or only texture):
+    the group the texture gate trusts only on calls like the virtual labs.
+
+    >>> texture_gate_columns("no_texture") is None
+    True
+    """
+    from bcfeat.crosslab.cell_features import feature_groups, feature_names
+
+    used = feature_set_columns(groups)
+    used = set(range(len(feature_names()))) if used is None else set(used)
+    gated = tuple(sorted(used & set(feature_groups()["texture"])))
+    return gated if gated and len(gated) < len(used) else None
+
+
+def classifier_for(setting: dict | str, random_state: int = 0, temperature: float = 1.0,
+                   gate_threshold: float | Sequence | None = None) -> CrossLabClassifier:
+    """The :class:`CrossLabClassifier` of a setting: plain per-call statistics, or two rounds of
+    class-balanced (weighted, or CBR) statistics from its own hard predictions.
+
+    ``gate_threshold``: ``None``, no texture gate; a number (``math.inf``: fitted, never closed) or
+    (call size, threshold) pairs, the setting's texture columns are gated (:func:`texture_gate_columns`; no gate where it reads none)."""
+    s = parse_setting(setting) if isinstance(setting, str) else setting
+    rounds = 0 if s["statistics"] == "plain" else 2
+    stats = "cbr" if s["statistics"] == "cbr" else "balanced"
+    gate = None if gate_threshold is None else texture_gate_columns(s["groups"])
+    return CrossLabClassifier(model="logistic", C=s["C"], balance_rounds=rounds, statistics=stats,
+                              columns=feature_set_columns(s["groups"]), random_state=random_state,
+                              temperature=temperature, gate_columns=gate,
+                              gate_threshold=None if gate is None else gate_threshold)
+
+
+def candidate_settings(Cs: Sequence[str | float], groups: Sequence[str], sources: Sequence[str],
+                       statistics: Sequence[str] = STATISTICS) -> list[str]:
+    """Every combination, named by :func:`setting_name`; unknown names fail before any work."""
+    for g in groups:
+        feature_set_columns(g)
+    bad = [s for s in statistics if s not in STATISTICS]
+    if bad or not Cs or not groups or not sources or not statistics:
+        raise ValueError(f"candidates need at least one C, feature set, mask source and statistics "
+                         f"(valid statistics: {STATISTICS}); got {list(Cs)}, {list(groups)}, {list(sources)}, "
+                         f"{list(statistics)}")
+    return [setting_name(float(c), g, src, st) for src in sources for g in groups for st in statistics for c in Cs]
+
+
+
+def plain_name(setting: str) -> str:
+    """The setting's features and strength with plain per-site statistics, in the 4-part naming of
+    :func:`bcfeat.study.crosslab.setting_by_name` (the domain matrix, ablations and few-shot curve).
+
+    >>> plain_name("logistic C=0.03 no_texture stain cbr")
+    'logistic C=0.03 no_texture stain'
+    """
+    s = parse_setting(setting)
+    return f"logistic C={s['C']:g} {s['groups']} {s['source']}"
+
+
+__all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for",
+           "candidate_settings", "plain_name"]
