@@ -26,8 +26,8 @@ seed: int = 0  # seed of the image sample and of training
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # the training run's checkpoints and pseudo-mask cache go here
+design_file: str = "book/results/tables/study_design.json"  # input: the study's design: sites, source site, cells per site, repetitions, headline (made by 00_data_overview)
 detector_file: str = "artifacts/cpu/checkpoints/detector.pt"  # output: the trained detector the later stages read
-sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the study's sites (datasets under the data root) whose images it trains on
 images_per_site: int = 400  # unlabelled training images drawn from each site
 steps: int = 2500  # optimizer steps
 batch_size: int = 6  # images per step
@@ -42,14 +42,16 @@ from pathlib import Path
 from myst_nb import glue
 
 from bcfeat.atomic_io import save_table
+from bcfeat.study import common as study
 from bcfeat.study import detector as ds
 from bcfeat.data import resolve_data_root
 
 root = resolve_data_root(data_root or None)
+study_design = study.read_study_design(design_file)
 tables = Path(results_dir) / "tables"
 tables.mkdir(parents=True, exist_ok=True)
 plan = ds.DetectorPlan.from_parameters(detector_preset, steps, batch_size, seed, images_per_site, balance_sites,
-                                       sites=sites)
+                                       sites=",".join(study_design.sites.sites))
 
 # %% [markdown]
 # ## Training on pseudo-masks

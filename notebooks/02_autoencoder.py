@@ -26,12 +26,9 @@ seed: int = 0  # seed of the subsets and of every training run
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # checkpoints go to <artifacts_dir>/checkpoints, caches to <artifacts_dir>/cache
+design_file: str = "book/results/tables/study_design.json"  # input: the study's design: sites, source site, cells per site, repetitions, headline (made by 00_data_overview)
 detector_file: str = "artifacts/cpu/checkpoints/detector.pt"  # input: the detector (made by 01_detector)
 autoencoders_file: str = "artifacts/cpu/checkpoints/autoencoders.json"  # output: the variants' settings and checkpoints (read by 03_features)
-sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the study's sites (datasets under the data root), in table order
-source_site: str = "pbc_acevedo20"  # the site every classifier is trained on; one of sites
-label_space: str = "coarse5"  # as 05_benchmark: the labelled images it scores are also encoded
-max_per_site: int = 0  # 0: every image; else a seeded subset per site (as 04-07)
 max_source_images: int = 4000  # label-free subset of the source site the autoencoder trains on (0: all)
 ae_preset: str = "cpu"  # AEConfig preset: cpu (64x14x14 -> 64 px crops), paper (256x14x14 -> 128 px), tiny
 epochs: int = 12  # autoencoder epochs per variant
@@ -52,14 +49,17 @@ from bcfeat.study import common as study
 from bcfeat.data import resolve_data_root
 
 root = resolve_data_root(data_root or None)
+study_design = study.read_study_design(design_file)
 tables = Path(results_dir) / "tables"
 tables.mkdir(parents=True, exist_ok=True)
 artifacts = Path(artifacts_dir)
 plan_parameters = dict(names=variants, preset=ae_preset, epochs=epochs, batch_size=batch_size, seed=seed,
                        num_threads=num_threads)
-sample_parameters = dict(max_per_site=max_per_site, max_source_images=max_source_images, seed=seed,
-                         sites=sites, source_site=source_site, label_space=label_space)
+sample_parameters = dict(max_per_site=study_design.max_per_site, max_source_images=max_source_images,
+                         seed=study_design.seed, sites=",".join(study_design.sites.sites),
+                         source_site=study_design.sites.source, label_space=study_design.sites.label_space)
 plan = aes.VariantPlan.from_parameters(**plan_parameters)
+plan.require(study_design.headline_variant, "the study's headline feature set (00_data_overview's headline)")
 
 # %% [markdown]
 # ## Instance features of every image

@@ -27,7 +27,8 @@ results_dir: str = "book/results"  # tables go to <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # instance features are cached in <artifacts_dir>/cache
 raw_pixels_size: int = 32  # side of the resized image of the raw-pixel baseline
 detector_file: str = "artifacts/cpu/checkpoints/detector.pt"  # input: the detector (made by 01_detector)
-autoencoders_file: str = "artifacts/cpu/checkpoints/autoencoders.json"  # input: the trained variants, their samples and settings (made by 02_autoencoder; the first variant is the headline)
+design_file: str = "book/results/tables/study_design.json"  # input: the study's design: sites, source site, cells per site, repetitions, headline (made by 00_data_overview)
+autoencoders_file: str = "artifacts/cpu/checkpoints/autoencoders.json"  # input: the trained variants, their samples and settings (made by 02_autoencoder)
 features_dir: str = "artifacts/cpu/features"  # output: one <name>.npz per feature set
 aecfe_model_file: str = "artifacts/cpu/aecfe_model.pt"  # output: detector + headline autoencoder, for bcfeat extract
 site_standardized_model_file: str = "artifacts/cpu/aecfe_model_site_standardized.pt"  # output: the same with the site_standardized variant (when 02 trained it)
@@ -64,7 +65,8 @@ for name in plan.names:
     latent = aes.encode_samples(plan, name, samples, instances, trained.checkpoints[name])
     study.save_feature_set(study.feature_path(features_dir, study.aecfe_feature_set(name)), keys, latent, variant=name)
     dimensions[study.aecfe_feature_set(name)] = latent.shape[1]
-headline = plan.names[0]
+headline = study.read_study_design(design_file).headline_variant
+plan.require(headline, "the study's headline feature set")
 headline_model = aes.save_variant_model(plan, headline, trained.checkpoints[headline], detector_file, aecfe_model_file)
 if "site_standardized" in plan.names:  # our addition, for users' own images too
     aes.save_variant_model(plan, "site_standardized", trained.checkpoints["site_standardized"], detector_file,

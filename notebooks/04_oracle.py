@@ -26,15 +26,12 @@ seed: int = 0  # seed of the splits and of every oracle
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # results folder (this stage's tables are the *_file outputs below)
 artifacts_dir: str = "artifacts/cpu"  # checkpoints go to <artifacts_dir>/checkpoints
-sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the study's sites (datasets under the data root), in table order
-source_site: str = "pbc_acevedo20"  # the site every classifier is trained on; one of sites
-max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site
-n_repetitions: int = 5  # stratified splits of the benchmark (05_benchmark and 07_crosslab check they use the same)
 oracle_repetitions: int = 1  # how many of those splits the oracle is trained on (each is a full training)
 oracle_norms: str = "batch,group"  # normalisation layers to compare, comma-separated
 oracle_epochs: int = 0  # 0: the profile's default
 train_oracle: bool = True  # True: train (resuming an interrupted run); False: restore the saved checkpoints
-splits_file: str = "book/results/tables/splits_coarse5.csv"  # output: the coarse5 splits every later stage tests on
+design_file: str = "book/results/tables/study_design.json"  # input: the study's design: sites, source site, cells per site, repetitions, headline (made by 00_data_overview)
+splits_file: str = "book/results/tables/splits_coarse5.csv"  # input: the coarse5 splits every later stage tests on (made by 00_data_overview)
 oracles_file: str = "artifacts/cpu/checkpoints/oracles.json"  # output: each oracle's feature-set name and checkpoints
 oracle_scores_file: str = "book/results/tables/oracle_scores.csv"  # output: scores per split and test site
 oracle_predictions_file: str = "book/results/tables/oracle_predictions.csv"  # output: per-cell predictions
@@ -51,13 +48,14 @@ from bcfeat.evaluation.benchmark import matrix_table, summarize
 from bcfeat.data import resolve_data_root
 from bcfeat.evaluation.oracle_model import oracle_config
 
-design = study.StudySites.from_parameters(sites, source_site)
+study_design = study.read_study_design(design_file)
+design = study_design.sites
 root = resolve_data_root(data_root or None)
 # Classes too small to split (one basophil in a small site) stay in training; the splits table lists them.
 warnings.filterwarnings("ignore", message="classes with < 2 samples")
 checkpoints = Path(artifacts_dir) / "checkpoints"
-samples = study.site_samples(root, "coarse5", design.sites, max_per_site, seed)
-plan = study.study_splits(samples, n_repetitions, seed, splits_file)
+samples = study.design_samples(root, study_design)
+plan = study.read_study_splits(splits_file, samples, study_design)
 oracle_plan = study.first_repetitions(plan, oracle_repetitions)
 
 # %% [markdown]

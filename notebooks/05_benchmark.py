@@ -25,17 +25,13 @@ smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of the splits and of every forest
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
-sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the study's sites (datasets under the data root), in table order
-source_site: str = "pbc_acevedo20"  # the site every classifier is trained on; one of sites
-label_space: str = "coarse5"  # coarse5: common13 within the source site only; common13: the paper's table (every site trained on and tested on in common13; every site needs fine labels)
-max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site (as 04)
-n_repetitions: int = 5  # stratified splits per site (coarse5: must match 04_oracle's splits_file)
 feature_sets: str = "aecfe_moment,aecfe_mmd,aecfe_source_only,aecfe_no_alignment,aecfe_no_detector,aecfe_site_standardized,raw_pixels,colour_shape"  # feature sets to compare (names of 03_features' files; an unknown name is an error)
-headline: str = "aecfe_moment"  # the feature set of the headline numbers
 addition: str = "aecfe_site_standardized"  # our addition (not in the paper), reported beside the headline
 raw_pixels_pca: int = 50  # PCA components of the raw-pixel baseline (fitted inside each training split)
 features_dir: str = "artifacts/cpu/features"  # input: the feature sets (made by 03_features)
-splits_file: str = "book/results/tables/splits_coarse5.csv"  # input: the coarse5 splits (made by 04_oracle)
+design_file: str = "book/results/tables/study_design.json"  # input: the study's design: sites, source site, cells per site, repetitions, headline (made by 00_data_overview)
+splits_file: str = "book/results/tables/splits_coarse5.csv"  # input: the coarse5 splits (made by 00_data_overview)
+splits_common13_file: str = "book/results/tables/splits_common13.csv"  # input: the common13 splits (made by 00_data_overview)
 oracle_scores_file: str = "book/results/tables/oracle_scores.csv"  # input: the oracle's scores (made by 04_oracle)
 oracle_predictions_file: str = "book/results/tables/oracle_predictions.csv"  # input: its per-cell predictions (made by 04_oracle)
 benchmark_summary_file: str = "book/results/tables/benchmark_summary.csv"  # output: mean and std per feature set, train and test site
@@ -57,16 +53,16 @@ from bcfeat.evaluation.domain_invariance import pairwise_mmd, site_classificatio
 from bcfeat.evaluation.published import (default_published_file, in_domain_comparison, in_domain_texts,
                                          published_matrix, read_published)
 
-design = study.StudySites.from_parameters(sites, source_site, label_space)
+study_design = study.read_study_design(design_file)
+design = study_design.sites
+headline = study_design.headline
 root = resolve_data_root(data_root or None)
 # Classes too small to split (one basophil in a small site) stay in training; the splits table lists them.
 warnings.filterwarnings("ignore", message="classes with < 2 samples")
 tables = Path(results_dir) / "tables"
-labelled = study.benchmark_samples(root, design, max_per_site, seed)
-coarse5, common13 = labelled["coarse5"], labelled["common13"]
-plan = study.study_splits(coarse5, n_repetitions, seed)
-study.check_same_splits(plan, splits_file)  # the oracle was tested on the same cells
-plan13 = study.study_splits(common13, n_repetitions, seed, tables / "splits_common13.csv")
+coarse5, common13 = (study.design_samples(root, study_design, space) for space in ("coarse5", "common13"))
+plan = study.read_study_splits(splits_file, coarse5, study_design)  # the oracle was tested on the same cells
+plan13 = study.read_study_splits(splits_common13_file, common13, study_design)
 names = study.parse_list(feature_sets)
 X5 = study.load_feature_sets(features_dir, names, coarse5)
 X13 = study.load_feature_sets(features_dir, names, common13)

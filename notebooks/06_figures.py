@@ -22,12 +22,9 @@ smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of UMAP and of the subsets
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables are read from <results_dir>/tables
-sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the study's sites (datasets under the data root), in table order
-source_site: str = "pbc_acevedo20"  # the site every classifier is trained on; one of sites
-max_per_site: int = 0  # as 05_benchmark
-headline: str = "aecfe_moment"  # feature set of the headline figures
 compare: str = "aecfe_site_standardized"  # feature set shown beside it in the latent-space figure
 per_class_sets: str = "aecfe_moment,colour_shape,oracle_batch"  # feature sets of the per-class F1 figure (oracle_batch, oracle_group: the oracles; an unknown name is an error)
+design_file: str = "book/results/tables/study_design.json"  # input: the study's design: sites, source site, cells per site, repetitions, headline (made by 00_data_overview)
 features_dir: str = "artifacts/cpu/features"  # input: the feature sets (made by 03_features)
 oracles_file: str = "artifacts/cpu/checkpoints/oracles.json"  # input: the oracles' feature-set names (made by 04_oracle)
 benchmark_summary_file: str = "book/results/tables/benchmark_summary.csv"  # input: the benchmark's summary (made by 05_benchmark)
@@ -46,11 +43,13 @@ from bcfeat.evaluation.benchmark import confusion_matrices, per_class_f1
 from bcfeat.data import resolve_data_root
 from bcfeat.data.labels import COARSE5
 
-design = study.StudySites.from_parameters(sites, source_site)
+study_design = study.read_study_design(design_file)
+design = study_design.sites
+headline = study_design.headline
 root = resolve_data_root(data_root or None)
 tables = Path(results_dir) / "tables"
 tables.mkdir(parents=True, exist_ok=True)
-coarse5 = study.site_samples(root, "coarse5", design.sites, max_per_site, seed)
+coarse5 = study.design_samples(root, study_design)
 summary = pd.read_csv(benchmark_summary_file)
 predictions = pd.read_csv(benchmark_predictions_file)
 oracle_names = study.read_handoff(oracles_file, "04_oracle")["feature_sets"]

@@ -28,10 +28,6 @@ seed: int = 0  # seed of the splits, draws and models
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # measured cells are cached in <artifacts_dir>/cache
-sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the study's sites (datasets under the data root), in table order
-source_site: str = "pbc_acevedo20"  # the site the cross-lab model is trained on; one of sites
-max_per_site: int = 0  # 0: every image; else a seeded class-stratified subset per site (as 04 and 05)
-n_repetitions: int = 5  # stratified splits (must match 04_oracle's splits_file)
 mask_sources: str = "detector,stain,stain+normtex"  # measurements compared: a cell mask, detector (01's) or stain (label-free segmentation), and "+normtex" for texture read on the nucleus-normalised optical density
 n_workers: int = 2  # processes measuring the crops
 candidate_C: str = "0.03,0.1"  # inverse L2 strengths of the linear model compared by the selection
@@ -54,12 +50,12 @@ mix_calls: int = 5  # resampled calls per (class mix, call size)
 target_catch: float = 0.5  # share of the virtual labs' errors the uncertain flag should catch ...
 max_review: float = 0.3  # ... flagging at most this share of cells
 untouched_folder: str = "../bcfeat_labs/chula_wbc"  # input (optional): a real lab kept out of every choice, <folder>/<class>/<image>; absent: the section says so
-aecfe_features: str = "aecfe_moment"  # 03's feature set shown as AE-CFE in the comparisons
 oracle_norm: str = "batch"  # 04's oracle whose BatchNorm statistics are re-estimated per site (AdaBN)
+design_file: str = "book/results/tables/study_design.json"  # input: the study's design: sites, source site, cells per site, repetitions, headline (made by 00_data_overview)
 detector_file: str = "artifacts/cpu/checkpoints/detector.pt"  # input: the detector (made by 01_detector)
 features_dir: str = "artifacts/cpu/features"  # input: the feature sets (made by 03_features)
 oracles_file: str = "artifacts/cpu/checkpoints/oracles.json"  # input: the oracles' checkpoints (made by 04_oracle)
-splits_file: str = "book/results/tables/splits_coarse5.csv"  # input: the coarse5 splits (made by 04_oracle)
+splits_file: str = "book/results/tables/splits_coarse5.csv"  # input: the coarse5 splits (made by 00_data_overview)
 benchmark_summary_file: str = "book/results/tables/benchmark_summary.csv"  # input: the benchmark's summary (made by 05_benchmark)
 crosslab_model_file: str = "artifacts/cpu/crosslab_model.pt"  # output: detector + features + headline classifier, for bcfeat classify
 
@@ -82,8 +78,6 @@ from bcfeat.crosslab.virtual_labs import named_shifts, sample_labs
 from bcfeat.data import resolve_data_root
 from bcfeat.validation import require_int
 
-require_int("max_per_site", max_per_site, 0)
-require_int("n_repetitions", n_repetitions, 1)
 require_int("n_draws", n_draws, 1)
 require_int("n_workers", n_workers, 1)
 require_int("n_virtual_labs", n_virtual_labs, 1)
@@ -92,15 +86,16 @@ require_int("shift_cells", shift_cells, 0)
 require_int("mix_calls", mix_calls, 1)
 require_int("cnn_epochs", cnn_epochs, 0)
 require_int("cnn_image_size", cnn_image_size, 16)
-design = study.StudySites.from_parameters(sites, source_site)
+study_design = study.read_study_design(design_file)
+design = study_design.sites
+aecfe_features = study_design.headline  # 03's feature set shown as AE-CFE in the comparisons
 root = resolve_data_root(data_root or None)
 warnings.filterwarnings("ignore", message="classes with < 2 samples")
 tables = Path(results_dir) / "tables"
 tables.mkdir(parents=True, exist_ok=True)
 artifacts = Path(artifacts_dir)
-samples = study.site_samples(root, "coarse5", design.sites, max_per_site, seed)
-plan = study.study_splits(samples, n_repetitions, seed)
-plan_ok = study.check_same_splits(plan, splits_file)
+samples = study.design_samples(root, study_design)
+plan = study.read_study_splits(splits_file, samples, study_design)
 unseen = list(design.unseen)
 
 # %% [markdown]

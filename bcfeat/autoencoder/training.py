@@ -1,4 +1,4 @@
-"""Training: a generic, resumable fit loop and the autoencoder's use of it (paper Sec. 2.2).
+"""Training the autoencoder (paper Sec. 2.2): an epoch-based fit and the autoencoder's use of it.
 
 :func:`fit` knows nothing about the autoencoder: it takes a model, a function
 that turns a batch into :class:`bcfeat.autoencoder.losses.LossTerms`, a dataset and a rule
@@ -26,8 +26,9 @@ on ``(seed, epoch)`` and every checkpoint holds the weights, the optimizer
 state and the RNG states, training that resumes after an interruption gives
 the same weights as training straight through.
 
-The device, threads, optimiser step (mixed precision, NaN policy), resume state and checkpoint
-convention are :mod:`bcfeat.training`'s, shared with the detector and the oracle.
+The loop (a unit is one epoch: :func:`bcfeat.training.loop.run_units`), the device, threads,
+optimiser step (mixed precision, NaN policy), resume state and checkpoint convention are
+:mod:`bcfeat.training`'s, shared with the detector, the oracle and the self-supervised encoder.
 
 Under ``torchrun --nproc_per_node=N`` (:mod:`bcfeat.training.distributed`) every rank draws the same
 epoch plan, runs its slice of each batch through the DistributedDataParallel model and computes the
@@ -57,7 +58,7 @@ from bcfeat.autoencoder.model import AEConfig, CrossDomainAutoencoder, save_chec
 from bcfeat.training.checkpoint import check_resumable, config_from_dict, read_model_file
 from bcfeat.training.device import resolve_device, training_threads
 from bcfeat.training.distributed import GlobalBatch, context
-from bcfeat.training.loop import NonFiniteLossError, OptimizerStep, restore_resume_state, resume_state
+from bcfeat.training.loop import NonFiniteLossError, OptimizerStep, restore_resume_state, resume_state, run_units
 
 logger = logging.getLogger(__name__)
 
@@ -328,47 +329,50 @@ def fit(model: nn.Module, model_config: Any, loss_fn: LossFn, dataset: Dataset, 
     # One bar over the epochs (kept, showing the latest epoch means), one per epoch over its batches.
     show = cfg.progress and dist_ctx.is_main
     epochs_bar = tqdm(total=cfg.epochs, initial=start, desc="training", unit="epoch", disable=not show)
+
+    def train_epoch(epoch: int) -> dict[str, Any]:
+        """One epoch over the batch plan; its row of the history (means of the loss terms)."""
+        model.train()
+        plan = batch_plan(epoch)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        n_samples = 0
+        updates = 0
+        t0 = time.perf_counter()
+        with tqdm(total=len(plan), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
+                  leave=False) as bar:
+            for b, batch in enumerate(_iter_batches(dataset, plan)):
+                batch = _to_device(batch, device)
+                with step.autocast():
+                    loss = loss_fn(forward, batch)
+                values = {"total": float(loss.total.detach()), **{k: float(v) for k, v in loss.terms.items()}}
+                updates += step(loss.total, loss.terms, where=f"epoch {epoch + 1}/{cfg.epochs}, "
+                                f"batch {b + 1}/{len(plan)}", on_give_up=kept)
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                for k, v in loss.counts.items():
+                    counts[k] = counts.get(k, 0) + int(v)
+                n_samples += len(plan[b])
+                bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+                bar.update()
+        seconds = time.perf_counter() - t0
+        if updates == 0 and plan and epoch > start:
+            raise NonFiniteLossError(
+                f"epoch {epoch + 1}/{cfg.epochs}: none of its {len(plan)} updates was applied (non-finite "
+                f"gradients{', which mixed precision skips' if step.use_amp else ''}): the model is not "
+                f"learning{'; train with amp=False' if step.use_amp else ''}; {kept()}")
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update({k: v / len(plan) for k, v in sums.items()})
+        row.update(counts)
+        row.update({"batches": len(plan), "samples": n_samples, "seconds": seconds})
+        logger.debug("epoch %d/%d: %s", epoch + 1, cfg.epochs, {k: round(row[k], 5) for k in sums})
+        epochs_bar.set_postfix({k: f"{row[k]:.4f}" for k in sums}, refresh=False)
+        epochs_bar.update()
+        return row
+
     with training_threads(cfg.num_threads, cfg.deterministic), epochs_bar:
-        for epoch in range(start, cfg.epochs):
-            model.train()
-            plan = batch_plan(epoch)
-            sums: dict[str, float] = {}
-            counts: dict[str, int] = {}
-            n_samples = 0
-            updates = 0
-            t0 = time.perf_counter()
-            with tqdm(total=len(plan), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
-                      leave=False) as bar:
-                for b, batch in enumerate(_iter_batches(dataset, plan)):
-                    batch = _to_device(batch, device)
-                    with step.autocast():
-                        loss = loss_fn(forward, batch)
-                    values = {"total": float(loss.total.detach()), **{k: float(v) for k, v in loss.terms.items()}}
-                    updates += step(loss.total, loss.terms, where=f"epoch {epoch + 1}/{cfg.epochs}, "
-                                    f"batch {b + 1}/{len(plan)}", on_give_up=kept)
-                    for k, v in values.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    for k, v in loss.counts.items():
-                        counts[k] = counts.get(k, 0) + int(v)
-                    n_samples += len(plan[b])
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()}, refresh=False)
-                    bar.update()
-            seconds = time.perf_counter() - t0
-            if updates == 0 and plan and epoch > start:
-                raise NonFiniteLossError(
-                    f"epoch {epoch + 1}/{cfg.epochs}: none of its {len(plan)} updates was applied (non-finite "
-                    f"gradients{', which mixed precision skips' if step.use_amp else ''}): the model is not "
-                    f"learning{'; train with amp=False' if step.use_amp else ''}; {kept()}")
-            row: dict[str, Any] = {"epoch": epoch + 1}
-            row.update({k: v / len(plan) for k, v in sums.items()})
-            row.update(counts)
-            row.update({"batches": len(plan), "samples": n_samples, "seconds": seconds})
-            history.append(row)
-            logger.debug("epoch %d/%d: %s", epoch + 1, cfg.epochs, {k: round(row[k], 5) for k in sums})
-            epochs_bar.set_postfix({k: f"{row[k]:.4f}" for k in sums}, refresh=False)
-            epochs_bar.update()
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-                checkpoint(epoch + 1)
+        run_units(start, cfg.epochs, train_epoch, checkpoint=checkpoint, checkpoint_every=cfg.checkpoint_every,
+                  history=history)
 
     model = dist_ctx.unwrap(model)
     model.eval()

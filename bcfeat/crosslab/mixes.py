@@ -36,9 +36,6 @@ from sklearn.metrics import f1_score
 CLASSES: tuple[str, ...] = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")
 """The coarse5 classes, alphabetical (the order of every per-class table)."""
 
-DIFFERENTIAL_ORDER: tuple[str, ...] = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
-"""The conventional order of a white-cell differential, for display."""
-
 MIXES: dict[str, dict[str, float] | None] = {
     "own": None,
     "balanced": {c: 0.2 for c in CLASSES},
@@ -191,8 +188,8 @@ def differential(labels: Sequence, classes: Iterable) -> pd.Series:
 
     Examples
     --------
-    >>> differential(["neutrophil", "neutrophil", "lymphocyte", "basophil"], DIFFERENTIAL_ORDER).tolist()
-    [0.5, 0.25, 0.0, 0.0, 0.25]
+    >>> differential(["neutrophil", "neutrophil", "lymphocyte", "basophil"], CLASSES).tolist()
+    [0.25, 0.0, 0.25, 0.0, 0.5]
     """
     labels = np.asarray(labels)
     classes = list(classes)
@@ -405,5 +402,5 @@ def mix_cost(summary: pd.DataFrame, metric: str = "balanced_accuracy",
     return out
 
 
-__all__ = ["CLASSES", "DIFFERENTIAL_ORDER", "MIXES", "CALL_SIZES", "mix_counts", "draw_calls", "differential",
+__all__ = ["CLASSES", "MIXES", "CALL_SIZES", "mix_counts", "draw_calls", "differential",
            "differential_error", "call_scores", "score_under_mixes", "summarize_mixes", "mix_cost"]

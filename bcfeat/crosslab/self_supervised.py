@@ -39,7 +39,7 @@ from torch import nn
 from bcfeat.model_files import build_from_payload, load_model_file
 from bcfeat.training.checkpoint import check_resumable, read_model_file, save_model_file
 from bcfeat.training.distributed import context, gather
-from bcfeat.training.loop import OptimizerStep, restore_resume_state, resume_state
+from bcfeat.training.loop import OptimizerStep, restore_resume_state, resume_state, run_units
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +232,8 @@ def train_encoder(crops: np.ndarray, cfg: SelfSupervisedConfig,
         logger.info("resuming %s at epoch %d of %d", checkpoint_path, len(history), cfg.epochs)
     dist_ctx = context("cpu")
     net = dist_ctx.wrap(model, torch.device("cpu"))
-    for epoch in range(len(history), cfg.epochs):
+    def train_epoch(epoch: int) -> dict:
+        """One epoch of two lab-shifted views per crop; its history record (mean loss, seconds)."""
         net.train()
         start, total = time.perf_counter(), 0.0
         order = torch.randperm(len(x), generator=gen)
@@ -248,17 +249,23 @@ def train_encoder(crops: np.ndarray, cfg: SelfSupervisedConfig,
             step_fn(loss, where=f"self-supervised epoch {epoch}, step {step}")
             sched.step()
             total += loss.item()
-        record = {"epoch": epoch, "loss": total / steps_per_epoch, "seconds": time.perf_counter() - start}
-        history.append(record)
-        if checkpoint_path is not None:
-            resume_entry = resume_state(step_fn, sched, gen)  # on every rank (a collective under torchrun)
-            if dist_ctx.is_main:
-                save_model_file(checkpoint_path, MODEL_KIND, cfg, model.state_dict(),
-                                {"history": history, "resume": resume_entry, **data}, version=MODEL_VERSION)
+        return {"epoch": epoch, "loss": total / steps_per_epoch, "seconds": time.perf_counter() - start}
+
+    def save(epochs: int) -> None:
+        resume_entry = resume_state(step_fn, sched, gen)  # on every rank (a collective under torchrun)
+        if dist_ctx.is_main:
+            save_model_file(checkpoint_path, MODEL_KIND, cfg, model.state_dict(),
+                            {"history": history, "resume": resume_entry, **data}, version=MODEL_VERSION)
+
+    def report(record: dict) -> bool:
         if dist_ctx.is_main:  # under torchrun rank 0 alone logs and calls back
-            logger.info("self-supervised epoch %d: loss %.4f (%.0f s)", epoch, record["loss"], record["seconds"])
+            logger.info("self-supervised epoch %d: loss %.4f (%.0f s)", record["epoch"], record["loss"], record["seconds"])
             if callback is not None:
                 callback(record)
+        return False
+
+    run_units(len(history), cfg.epochs, train_epoch, checkpoint=save if checkpoint_path is not None else None,
+              history=history, callback=report)
     return dist_ctx.unwrap(model).eval(), history
 
 

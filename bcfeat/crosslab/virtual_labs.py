@@ -58,7 +58,6 @@ __all__ = [
     "VirtualLab",
     "named_shifts",
     "render",
-    "render_many",
     "sample_labs",
 ]
 
@@ -350,35 +349,6 @@ def render(image: np.ndarray, lab: VirtualLab, rng: np.random.Generator | None =
     if lab.jpeg_quality:
         result = _jpeg(result, lab.jpeg_quality)
     return result
-
-
-def render_many(images: Iterable[np.ndarray], lab: VirtualLab, seed: int) -> list[np.ndarray]:
-    """:func:`render` each image, the noise of image ``i`` drawn from ``default_rng([seed, i])``.
-
-    The result of an image depends only on (its index, ``seed``), not on the order the
-    images are processed in (so the work can be split or parallelised).
-
-    Parameters
-    ----------
-    images : iterable of np.ndarray
-        ``(H_i, W_i, 3)`` uint8 images.
-    lab : VirtualLab
-    seed : int
-        Non-negative seed.
-
-    Returns
-    -------
-    list of np.ndarray
-        ``(H_i', W_i', 3)`` uint8, one per image, in input order.
-
-    Examples
-    --------
-    >>> imgs = [np.full((20, 20, 3), 200, np.uint8)] * 2
-    >>> a, b = render_many(imgs, VirtualLab("noisy", noise_sigma=3.0), seed=1)
-    >>> a.shape, bool(np.array_equal(a, b))
-    ((20, 20, 3), False)
-    """
-    return [render(img, lab, np.random.default_rng([int(seed), i])) for i, img in enumerate(images)]
 
 
 def _log_uniform(rng: np.random.Generator, low: float, high: float, size=None):

@@ -10,8 +10,8 @@ RoIAlign features of its box (256 x 14 x 14) feed the autoencoder. Here:
   on the label-free pseudo-masks of :mod:`bcfeat.detection.pseudo_masks`, skipping the ones flagged
   not confident (:func:`train_detector`);
 * :func:`detect` keeps exactly one cell per image: the best-scoring detection, or, when
-  there is none, a centred box and ellipse flagged ``fallback`` (both cases counted by
-  :func:`summarize_detections`).
+  there is none, a centred box and ellipse flagged ``fallback`` (with the number of
+  candidates, so that both cases can be counted).
 
 Checkpoints store ``{"format", "config": asdict(cfg), "state_dict", ...}`` and
 :func:`load_detector` rebuilds the model from the stored config; never a pickled model.

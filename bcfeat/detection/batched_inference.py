@@ -333,7 +333,7 @@ def run_batch_fast(model, images: Sequence[Tensor], crop_size: int, background: 
     runtime : ExtractionRuntime, optional
         ``amp``, ``channels_last`` and ``compile`` are read from it.
     keep_masks : bool
-        Also return the ``(H, W)`` masks (for :func:`detect_fast` and the tests).
+        Also return the ``(H, W)`` masks.
     """
     runtime = (runtime or ExtractionRuntime(device=str(images[0].device))).resolved()
     cfg = getattr(model, "bcfeat_config", None)
@@ -466,16 +466,5 @@ def extract_instances_fast(detector, images: Sequence[Any], crop_size: int = 64,
     return batch
 
 
-def detect_fast(model, images: Sequence[Any], batch_size: int = 8, score_thresh: float | None = None,
-                runtime: ExtractionRuntime | None = None):
-    """:func:`bcfeat.detection.inference.detect`, batched: one :class:`Detection` per image."""
-    from bcfeat.detection.inference import Detection
-
-    batch, masks, boxes = extract_instances_fast(model, images, crop_size=1, batch_size=batch_size,
-                                          score_thresh=score_thresh, runtime=runtime, keep_masks=True)
-    return [Detection(tuple(float(v) for v in b), m, float(s), int(n), bool(f))
-            for b, m, s, n, f in zip(boxes, masks, batch.scores, batch.n_candidates, batch.fallback)]
-
-
 __all__ = ["ExtractionRuntime", "CUDA_BATCH_SIZE", "decode_images", "transform_batch", "paste_masks_subpixel",
-           "masked_crops", "run_batch_fast", "plan_batches", "extract_instances_fast", "detect_fast", "FastBatch"]
+           "masked_crops", "run_batch_fast", "plan_batches", "extract_instances_fast", "FastBatch"]

@@ -258,14 +258,3 @@ def detect(model: MaskRCNN, images: Iterable[Any], batch_size: int = 8,
         out.extend(run_batch(model, batch, score_thresh).detections)
     return out
 
-
-def summarize_detections(detections: Sequence[Detection]) -> dict[str, float]:
-    """Counts of the two special cases: ``n_fallback`` (nothing found) and ``n_multiple``
-    (several candidates, best kept), with the mean score of real detections."""
-    scores = [d.score for d in detections if not d.fallback]
-    return {
-        "n_images": len(detections),
-        "n_fallback": sum(d.fallback for d in detections),
-        "n_multiple": sum(d.n_candidates > 1 for d in detections),
-        "mean_score": float(np.mean(scores)) if scores else float("nan"),
-    }

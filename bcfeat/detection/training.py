@@ -2,9 +2,9 @@
 
 What is specific to the detector lives here: its batches (images drawn with replacement, uniformly or
 balanced per site, then augmented), its loss (the sum of Mask R-CNN's five terms) and its schedule
-(linear warm-up, cosine decay). The device, threads, optimiser step (mixed precision, clipping, the
-NaN policy: skip a non-finite step, stop after ``max_bad_steps`` in a row), resume state and the
-checkpoint convention are :mod:`bcfeat.training`'s.
+(linear warm-up, cosine decay). The loop (a unit is one optimiser step), the device, threads,
+optimiser step (mixed precision, clipping, the NaN policy: skip a non-finite step, stop after
+``max_bad_steps`` in a row), resume state and the checkpoint convention are :mod:`bcfeat.training`'s.
 
 Under ``torchrun --nproc_per_node=N`` (:mod:`bcfeat.training.distributed`) every rank draws the same
 global batch and augmentation from the seeded generator and trains on its slice of the images;
@@ -36,7 +36,7 @@ from bcfeat.detection.training_data import PseudoLabelledSet, augment, pseudo_la
 from bcfeat.training.checkpoint import check_resumable
 from bcfeat.training.device import resolve_device, training_threads
 from bcfeat.training.distributed import context
-from bcfeat.training.loop import OptimizerStep, restore_resume_state, resume_state
+from bcfeat.training.loop import OptimizerStep, restore_resume_state, resume_state, run_units
 
 logger = logging.getLogger(__name__)
 
@@ -187,9 +187,12 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
     net.train()
     t_last = time.perf_counter()
     end = train_cfg.steps if stop_after is None else max(start, min(train_cfg.steps, stop_after))
-    bar = tqdm(range(start, end), desc="detector", disable=not (progress and dist_ctx.is_main), initial=start,
-               total=train_cfg.steps, leave=False)
-    for step in bar:
+    bar = tqdm(total=train_cfg.steps, desc="detector", disable=not (progress and dist_ctx.is_main), initial=start,
+               leave=False)
+
+    def train_step(step: int) -> dict[str, float] | None:
+        """One optimiser step on a drawn, augmented batch; its record every ``log_every`` steps."""
+        nonlocal elapsed, t_last
         draw = (torch.randint(0, len(keep), (train_cfg.batch_size,), generator=g) if weights is None
                 else torch.multinomial(weights, train_cfg.batch_size, replacement=True, generator=g))
         idx = keep[draw.numpy()]
@@ -225,17 +228,19 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
         now = time.perf_counter()
         elapsed += now - t_last
         t_last = now
-        if finite and (step % train_cfg.log_every == 0 or step == end - 1):
-            rec = {"step": step, "loss": loss.item(), "lr": float(sched.get_last_lr()[0]), "seconds": elapsed,
-                   "skipped": step_fn.skipped}
-            rec.update({k: v.item() for k, v in losses.items()})
-            if dist_ctx.active:  # the batch's value: the slices' means weighted by their sizes
-                names = ["loss", *losses]
-                rec.update(zip(names, dist_ctx.sum([rec[k] * len(batch) / len(idx) for k in names], device)))
-            history.append(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", mask=f"{rec['loss_mask']:.3f}")
-        if (step + 1) % train_cfg.checkpoint_every == 0 or step == end - 1:
-            save(step + 1)
+        bar.update()
+        if not (finite and (step % train_cfg.log_every == 0 or step == end - 1)):
+            return None
+        rec = {"step": step, "loss": loss.item(), "lr": float(sched.get_last_lr()[0]), "seconds": elapsed,
+               "skipped": step_fn.skipped}
+        rec.update({k: v.item() for k, v in losses.items()})
+        if dist_ctx.active:  # the batch's value: the slices' means weighted by their sizes
+            names = ["loss", *losses]
+            rec.update(zip(names, dist_ctx.sum([rec[k] * len(batch) / len(idx) for k in names], device)))
+        bar.set_postfix(loss=f"{rec['loss']:.3f}", mask=f"{rec['loss_mask']:.3f}")
+        return rec
+
+    run_units(start, end, train_step, checkpoint=save, checkpoint_every=train_cfg.checkpoint_every, history=history)
     bar.close()
     model = dist_ctx.unwrap(model)
     model.eval()

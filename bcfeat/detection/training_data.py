@@ -154,15 +154,9 @@ def training_images(datasets: Sequence[str] = SITES,
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["dataset", "path"])
 
 
-def training_image_paths(datasets: Sequence[str] = SITES,
-                         per_dataset: int | dict[str, int] = 400, **kwargs: Any) -> list[str]:
-    """The paths of :func:`training_images` (same arguments)."""
-    return training_images(datasets, per_dataset, **kwargs).path.tolist()
-
-
 def holdout_paths(dataset: str, holdout_every: int, *, root: str | os.PathLike | None = None,
                   exclude_class_folders: Sequence[str] = ("platelet",)) -> list[str]:
-    """The images :func:`training_image_paths` never draws for the same ``holdout_every``."""
+    """The images :func:`training_images` never draws for the same ``holdout_every``."""
     samples = scan_dataset(dataset, root, label_space=None).samples
     samples = samples[~samples.class_folder.isin(list(exclude_class_folders))].reset_index(drop=True)
     return samples[samples.index % holdout_every == 0].path.astype(str).tolist()

@@ -51,7 +51,7 @@ from bcfeat.model_files import build_from_payload
 from bcfeat.training.checkpoint import check_resumable, read_model_file, save_model_file
 from bcfeat.training.device import resolve_device, training_threads
 from bcfeat.training.distributed import context
-from bcfeat.training.loop import OptimizerStep, restore_resume_state, resume_state
+from bcfeat.training.loop import OptimizerStep, restore_resume_state, resume_state, run_units
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,8 @@ def train_oracle(
         if dist_ctx.active and smallest < dist_ctx.world_size:
             raise ValueError(f"the last batch of an epoch holds {smallest} image(s), fewer than the "
                              f"{dist_ctx.world_size} processes; change batch_size")
-        for epoch in range(start_epoch, cfg.epochs):
+        def train_epoch(epoch: int) -> dict[str, float]:
+            """One epoch in a seeded order with a cosine learning rate per step; its history record."""
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             order = torch.randperm(n, generator=gen)
@@ -299,24 +300,28 @@ def train_oracle(
                 "train_accuracy": correct / n,
                 "seconds": time.perf_counter() - t0,
             }
-            history.append(record)
             logger.debug("oracle epoch %d/%d: loss %.4f, train accuracy %.3f", epoch + 1, cfg.epochs,
                          record["loss"], record["train_accuracy"])
-            if checkpoint_path is not None:
-                state = resume_state(step_fn, device=device)  # on every rank (a collective under torchrun)
-                with dist_ctx.main_first() as main:
-                    if main:
-                        save_model_file(checkpoint_path, "oracle", cfg, model.state_dict(), {
-                            "classes": classes,
-                            **state,
-                            "epoch": epoch + 1,
-                            "history": history,
-                            "data_fingerprint": fingerprint,
-                        }, fsync=False)
+            return record
+
+        def save(epoch: int) -> None:
+            state = resume_state(step_fn, device=device)  # on every rank (a collective under torchrun)
+            with dist_ctx.main_first() as main:
+                if main:
+                    save_model_file(checkpoint_path, "oracle", cfg, model.state_dict(), {
+                        "classes": classes,
+                        **state,
+                        "epoch": epoch,
+                        "history": history,
+                        "data_fingerprint": fingerprint,
+                    }, fsync=False)
+
+        def stop(record: dict) -> bool:
             # Under torchrun rank 0 runs the callback and every rank follows its decision.
-            stop = callback is not None and dist_ctx.is_main and bool(callback(record))
-            if dist_ctx.any(stop, device):
-                break
+            return dist_ctx.any(callback is not None and dist_ctx.is_main and bool(callback(record)), device)
+
+        run_units(start_epoch, cfg.epochs, train_epoch, checkpoint=save if checkpoint_path is not None else None,
+                  history=history, callback=stop)
     model = dist_ctx.unwrap(model)
     model.cpu().eval()
     return TrainedOracle(model, classes, cfg, history)

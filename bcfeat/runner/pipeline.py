@@ -16,7 +16,8 @@ A stage's outputs reach the results folder only when the stage finishes: it runs
 ``results_dir`` pointing at a staging copy, ``<output>/.staging/<stem>``, and the runner
 moves what it wrote into place after it succeeded. A stage that fails, or a run that is
 killed, leaves every earlier table as it was; the next run removes the staging folder
-(:mod:`bcfeat.runner.staging`). This module plans a run and runs it, and is the command line.
+(:mod:`bcfeat.runner.staging`). The run is planned first (:mod:`bcfeat.runner.planning`); this
+module runs it and is the command line.
 
 Exit status (:mod:`bcfeat.runner.exit_codes`): 0 every stage ran, 1 a stage failed (its
 executed notebook is kept as ``<stem>.failed.ipynb``), 2 a usage error.
@@ -26,7 +27,7 @@ Usage::
     python -m bcfeat.runner --profile cpu            # the whole study (the README's main command)
     python -m bcfeat.runner --profile smoke --output /tmp/smoke
     python -m bcfeat.runner --profile cpu --restore  # restore expensive steps from saved outputs
-    python -m bcfeat.runner --profile smoke --only 05_benchmark -p n_repetitions 3   # override a parameter
+    python -m bcfeat.runner --profile smoke --only 05_benchmark -p raw_pixels_pca 20   # override a parameter
 """
 
 from __future__ import annotations
@@ -36,131 +37,18 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from bcfeat import paths
 from bcfeat.atomic_io import write_text
+from bcfeat.runner.planning import PlannedStage, default_output_dir, plan_run  # noqa: F401 (the runner's API)
 from bcfeat.runner.profiles import PROFILES, get_profile
 # load_provenance, stage_parameter and provenance_frames are read by the provenance notebook from here too
 from bcfeat.runner.provenance import (git_commit, hardware, load_provenance, package_versions,  # noqa: F401
                                       provenance_frames, stage_parameter)
-from bcfeat.runner.staging import StageFailed, clean_staging, display_path, execute_stage
-from bcfeat.runner.stages import (STAGES, MissingInput, Stage, check_declarations, file_parameters, makers,  # noqa: F401
-                                  missing_input, notebook_path, parameters_cell, split_overrides)
-
-def default_output_dir(profile: str) -> Path:
-    """The cpu profile writes the results the book shows; the others write under artifacts/."""
-    return paths.RESULTS if profile == "cpu" else paths.ARTIFACTS / "runs" / profile
-
-
-@dataclass
-class PlannedStage:
-    """A selected stage with the parameters it will receive and the overrides among them."""
-
-    stage: Stage
-    parameters: dict[str, Any]
-    overrides: dict[str, Any]
-
-
-def _exists(path: str) -> bool:
-    return (paths.ROOT / path).exists()  # repository-relative paths are relative to the notebooks' cwd
-
-
-def plan_run(profile_name: str, output_dir: Path, only: Sequence[str] | None = None, restore: bool = False,
-             overrides: Sequence[Sequence[str]] = ()) -> list[PlannedStage]:
-    """The selected stages, in order, with each one's parameters; nothing is run.
-
-    A stage receives its profile's parameters, ``results_dir``, ``artifacts_dir`` (when its
-    parameters cell declares it), the paths of the files it reads and makes (from the
-    declarations of :mod:`bcfeat.runner.stages`), ``<run_parameter>=not restore``, and last the
-    ``-p`` overrides that apply to it.
-
-    Raises
-    ------
-    ValueError
-        An unknown stage, an override no selected stage declares (the error lists the valid
-        names), or a stage whose notebook lacks a file parameter it declares.
-    MissingInput
-        A stage needs a file that no earlier selected stage makes and that is not there (the
-        error names the file and the stage that makes it). The study's design is checked
-        first (:func:`check_study_design`).
-    """
-    check_declarations()
-    profile = get_profile(profile_name)
-    unknown = set(only or []) - {s.stem for s in STAGES}
-    if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {[s.stem for s in STAGES]}")
-    selected = [s for s in STAGES if not only or s.stem in only]
-    declared = {s.stem: parameters_cell(notebook_path(s.stem)) for s in selected}
-    per_stage = split_overrides(overrides, declared)
-    results_dir = display_path(output_dir)
-    # Files live under the profile's artifacts folder, or the one ``-p artifacts_dir`` names.
-    artifacts_dir = next((value for name, value in overrides if name == "artifacts_dir"), profile.artifacts_dir)
-    made_by = makers()
-    planned, will_make = [], set()
-    for stage in selected:
-        cell = declared[stage.stem]
-        parameters = profile.parameters_for(stage.stem)
-        parameters["results_dir"] = results_dir
-        if "artifacts_dir" in cell:
-            parameters["artifacts_dir"] = artifacts_dir
-        parameters.update(file_parameters(stage, results_dir, artifacts_dir))
-        if stage.run_parameter is not None:
-            parameters[stage.run_parameter] = not restore
-        parameters.update(per_stage[stage.stem])
-        lacking = [n for n in (*stage.files, stage.run_parameter) if n is not None and n not in cell]
-        if lacking:
-            raise ValueError(f"{notebook_path(stage.stem)} does not declare its parameter(s) {lacking} "
-                             "(see bcfeat/runner/stages.py)")
-        planned.append(PlannedStage(stage, parameters, per_stage[stage.stem]))
-    check_study_design(planned, declared)
-    for p in planned:
-        stage, parameters = p.stage, p.parameters
-        needed = [n for n in stage.inputs if n not in will_make]
-        if stage.run_parameter is not None and parameters[stage.run_parameter] is False:
-            needed += list(stage.restore_from)
-        for name in needed:
-            if not _exists(parameters[name]):
-                raise missing_input(stage, name, parameters[name], made_by[name], profile.name)
-        will_make |= set(stage.outputs)
-    return planned
-
-
-DESIGN_PARAMETERS = ("sites", "source_site", "label_space")
-
-
-def check_study_design(planned: Sequence[PlannedStage], declared: dict[str, dict]) -> None:
-    """The study's sites, source site and label space, checked before any stage runs: each stage's
-    values (its parameters, else its notebook's defaults) must name known datasets and a source
-    among them (:class:`bcfeat.study.design.StudySites`), and every stage must use the same ones.
-
-    Raises
-    ------
-    ValueError
-        Naming the bad value, or the two stages that disagree.
-    """
-    from bcfeat.study.design import StudySites
-
-    seen: dict[str, tuple[str, object]] = {}
-    for p in planned:
-        cell = declared[p.stage.stem]
-        values = {n: p.parameters.get(n, cell[n].default) for n in DESIGN_PARAMETERS if n in cell}
-        if "sites" in values:
-            try:
-                design = StudySites.from_parameters(values["sites"], values.get("source_site"),
-                                                    values.get("label_space", "coarse5"))
-            except ValueError as err:
-                raise ValueError(f"stage {p.stage.stem}: {err}") from None
-            values["sites"] = design.sites
-        for name, value in values.items():
-            if name in seen and seen[name][1] != value:
-                raise ValueError(f"{name}: stage {seen[name][0]} uses {seen[name][1]!r} but {p.stage.stem} "
-                                 f"{value!r}; pass -p {name} once for every stage")
-            seen.setdefault(name, (p.stage.stem, value))
-
+from bcfeat.runner.staging import StageFailed, clean_staging, execute_stage
+from bcfeat.runner.stages import STAGES, MissingInput, makers, missing_input, notebook_path  # noqa: F401 (MissingInput: raised by run)
 
 def run(profile_name: str, output_dir: Path | None = None, only: list[str] | None = None,
         restore: bool = False, overrides: Sequence[Sequence[str]] = ()) -> dict:
@@ -203,7 +91,7 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
     for step in planned:
         stage, parameters = step.stage, step.parameters
         for name in stage.inputs:  # an earlier stage of this run may not have made what it declares
-            if not _exists(parameters[name]):
+            if not (paths.ROOT / parameters[name]).exists():  # repository-relative, as the notebooks see them
                 raise missing_input(stage, name, parameters[name], made_by[name], profile.name)
         print(f"[bcfeat] {stage.stem} ({profile.name}) ...", flush=True)
         start = time.perf_counter()

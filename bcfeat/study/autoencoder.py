@@ -63,7 +63,7 @@ VARIANTS: dict[str, Variant] = {
 
 @dataclass
 class VariantPlan:
-    """The variants to train, with their full configurations (the first is the headline)."""
+    """The variants to train, with their full configurations (the study's design names the headline)."""
 
     names: list[str]
     ae_config: AEConfig
@@ -88,6 +88,12 @@ class VariantPlan:
             weights = LossWeights() if v.alignment_weight is None else LossWeights(alignment=v.alignment_weight)
             configs[name] = replace(base, alignment=v.alignment, setting=v.setting, weights=weights)
         return cls(chosen, presets[preset](), configs, {n: VARIANTS[n] for n in chosen})
+
+    def require(self, name: str, why: str) -> None:
+        """An error naming ``name`` and why it is needed unless the plan trains that variant."""
+        if name not in self.names:
+            raise ValueError(f"the autoencoder variant {name!r} ({why}) is not among the variants trained, "
+                             f"{self.names}; add it to 02_autoencoder's variants")
 
     def extraction(self, region: str) -> ExtractionConfig:
         return ExtractionConfig(crop_size=self.ae_config.image_size, region=region)

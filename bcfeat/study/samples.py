@@ -15,7 +15,7 @@ from bcfeat.data.splits import SplitPlan, make_splits
 from bcfeat.data import load_image, scan_dataset
 from bcfeat.study.data_overview import subsample
 from bcfeat.data.sites import SITES
-from bcfeat.study.design import StudySites, parse_list  # noqa: F401 (parse_list: re-exported)
+from bcfeat.study.design import DESIGN_FORMAT, StudyDesign, StudySites, parse_list  # noqa: F401 (parse_list: re-exported)
 from bcfeat.validation import require_int
 
 
@@ -85,18 +85,101 @@ def union_samples(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return table.drop_duplicates(subset=["dataset", "relpath"]).sort_values(["dataset", "relpath"]) \
         .reset_index(drop=True)
 
-def check_same_splits(plan: SplitPlan, path: str | os.PathLike) -> bool:
-    """The splits file ``04_oracle`` wrote must hold the same splits as ``plan`` (every later
-    stage tests on the same cells); True when it does."""
+LABEL_SPACES = ("coarse5", "common13")  # the benchmark's label spaces, each with its own splits file
+
+
+def design_samples(root: Path, design: StudyDesign, label_space: str = "coarse5") -> pd.DataFrame:
+    """The labelled samples of the design in one label space: coarse5 on every site, common13 on
+    :attr:`StudySites.common13_sites`; ``max_per_site`` and ``seed`` from the design."""
+    if label_space not in LABEL_SPACES:
+        raise ValueError(f"label_space must be one of {list(LABEL_SPACES)}, got {label_space!r}")
+    sites = design.sites.sites if label_space == "coarse5" else design.sites.common13_sites
+    return site_samples(root, label_space, sites, design.max_per_site, design.seed)
+
+
+def write_study_design(path: str | os.PathLike, design: StudyDesign, samples: dict[str, pd.DataFrame],
+                       splits_files: dict[str, str | os.PathLike]) -> dict[str, SplitPlan]:
+    """Draw the splits of each label space's ``samples`` (:func:`design_samples`) and write them
+    (CSV, one row per sample: key, label, one 0/1 ``test_r<k>`` column per repetition) and the
+    design file (JSON): what ``00_data_overview`` hands every later stage. Returns
+    ``{label space: plan}``."""
+    import json
+
+    from bcfeat.atomic_io import atomic_path
+
+    for name, given in (("samples", samples), ("splits_files", splits_files)):
+        if set(given) != set(LABEL_SPACES):
+            raise ValueError(f"{name} needs one entry per label space {list(LABEL_SPACES)}, got {sorted(given)}")
+    plans = {space: study_splits(samples[space], design.n_repetitions, design.seed, splits_files[space],
+                                 design.test_size) for space in LABEL_SPACES}
+    record = {"format": DESIGN_FORMAT, "design": design.to_record(),
+              "splits_files": {space: Path(splits_files[space]).name for space in LABEL_SPACES},
+              "test_cells": {space: [int(n) for n in plan.is_test.sum(axis=1)] for space, plan in plans.items()}}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    return plans
+
+
+def design_table(samples: dict[str, pd.DataFrame], plans: dict[str, SplitPlan]) -> pd.DataFrame:
+    """Per label space and site: labelled cells, and test cells of each repetition (min-max)."""
+    rows = []
+    for space in LABEL_SPACES:
+        domain = samples[space]["domain"].to_numpy()
+        for site in dict.fromkeys(domain):
+            test = plans[space].is_test[:, domain == site].sum(axis=1)
+            rows.append({"label space": space, "site": site, "cells": int((domain == site).sum()),
+                         "test cells per split": f"{test.min()}" if test.min() == test.max() else f"{test.min()}-{test.max()}"})
+    return pd.DataFrame(rows)
+
+
+def read_study_design(path: str | os.PathLike) -> StudyDesign:
+    """The design ``00_data_overview`` wrote; an error names the file and the stage that makes it."""
+    import json
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"the splits file {path} does not exist: run the stage 04_oracle first")
+        raise FileNotFoundError(f"the study design {path} does not exist: it is made by the stage 00_data_overview; "
+                                "run that stage first")
+    try:
+        record = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a study design (not JSON: {err}); re-run 00_data_overview") from None
+    if not isinstance(record, dict) or record.get("format") != DESIGN_FORMAT:
+        raise ValueError(f"{path} is not a study design (format {DESIGN_FORMAT!r} expected); re-run 00_data_overview")
+    try:
+        return StudyDesign.from_record(record.get("design"))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def read_study_splits(path: str | os.PathLike, samples: pd.DataFrame, design: StudyDesign) -> SplitPlan:
+    """The splits ``00_data_overview`` wrote for ``samples`` (:func:`design_samples` of the same
+    design), read, not made again. The file must list exactly these samples with these labels (a
+    data root that changed since is an error that says so); classes too small to split are listed
+    in ``train_only`` as :func:`bcfeat.data.splits.make_splits` lists them."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"the splits file {path} does not exist: it is made by the stage 00_data_overview; "
+                                "run that stage first")
     stored = pd.read_csv(path)
-    fresh = plan.to_frame()
-    cols = [c for c in fresh.columns if c in stored.columns]
-    if len(stored) != len(fresh) or not (stored[cols].astype(str).values == fresh[cols].astype(str).values).all():
-        raise ValueError(f"{path} holds other splits than this run's; re-run 04_oracle and 05_benchmark first")
-    return True
+    columns = [f"test_r{r}" for r in range(design.n_repetitions)]
+    missing = [c for c in ("key", "label", *columns) if c not in stored.columns]
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {missing}; re-run 00_data_overview")
+    keys = sample_keys(samples)
+    if len(stored) != len(samples) or not (stored["key"].to_numpy() == keys.to_numpy()).all() \
+            or not (stored["label"].astype(str).to_numpy() == samples["label"].astype(str).to_numpy()).all():
+        raise ValueError(f"{path} lists other images or labels than the data root holds now ({len(stored)} rows "
+                         f"against {len(samples)} images); re-run 00_data_overview on this data root")
+    values = stored[columns].to_numpy()
+    if not np.isin(values, (0, 1)).all():
+        raise ValueError(f"{path}: the test_r columns must hold 0 or 1")
+    counts = samples.groupby(["domain", "label"], sort=False).size()
+    rare = counts[counts < 2]
+    train_only = pd.DataFrame({"domain": [d for d, _ in rare.index], "label": [lab for _, lab in rare.index],
+                               "n": rare.to_numpy()}, columns=["domain", "label", "n"])
+    return SplitPlan(is_test=values.T.astype(bool), train_only=train_only, method="shuffle",
+                     test_size=design.test_size, random_state=design.seed)
 
 def transform_paths(transformer, paths: Sequence[str], chunk: int = 500) -> np.ndarray:
     """``transformer.transform`` over image paths in chunks, so only ``chunk`` images are in memory."""
@@ -117,4 +200,4 @@ def run_key(samples: pd.DataFrame, config: object = None) -> str:
     return digest.hexdigest()[:10]
 
 
-__all__ = ["parse_list", "site_samples", "sample_keys", "study_splits", "first_repetitions", "decoded_images", "benchmark_samples", "union_samples", "check_same_splits", "transform_paths", "run_key"]
+__all__ = ["parse_list", "site_samples", "sample_keys", "study_splits", "first_repetitions", "decoded_images", "benchmark_samples", "union_samples", "LABEL_SPACES", "design_samples", "write_study_design", "design_table", "read_study_design", "read_study_splits", "transform_paths", "run_key"]

@@ -1,4 +1,13 @@
-"""The optimiser step shared by every training loop, and the state a run resumes from.
+"""The training loop every model of the study runs, its optimiser step, and the state a run
+resumes from.
+
+:func:`run_units` is the loop itself: units (epochs, or a detector's optimiser steps) from where
+a run starts or resumed to its end, a history record per unit, a checkpoint every
+``checkpoint_every`` units and after the last, and an early stop (a time budget). The detector
+(:mod:`bcfeat.detection.training`), the autoencoder (:mod:`bcfeat.autoencoder.training`), the
+oracle (:mod:`bcfeat.evaluation.oracle`) and the self-supervised encoder
+(:mod:`bcfeat.crosslab.self_supervised`) run it with their own unit (batches, loss, schedule) and
+their own checkpoint (the file kind and its ``format`` entry, :mod:`bcfeat.training.checkpoint`).
 
 :class:`OptimizerStep` is one update: float16 autocast and a GradScaler when mixed precision
 is on (CUDA only), the backward pass, optional gradient-norm clipping, the optimiser step, and
@@ -18,12 +27,59 @@ state of every rank).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableSequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor
+
+
+def run_units(start: int, end: int, unit: Callable[[int], dict | None], *,
+              checkpoint: Callable[[int], None] | None = None, checkpoint_every: int = 1,
+              history: MutableSequence[dict] | None = None,
+              callback: Callable[[dict], bool | None] | None = None) -> MutableSequence[dict]:
+    """Run units ``start, ..., end - 1`` of a training run; returns the history.
+
+    Parameters
+    ----------
+    start, end : int
+        The first unit to run (0, or the units a resumed checkpoint holds) and the end.
+    unit : callable ``u -> record or None``
+        Trains unit ``u`` (an epoch, or one optimiser step) and returns its history record,
+        or None when there is nothing to record (a step between two logged ones).
+    checkpoint : callable ``n -> None``, optional
+        Writes the run after ``n`` units; called when ``n`` is a multiple of
+        ``checkpoint_every`` and after the last unit, so that a run resumed from it (starting at
+        unit ``n``) repeats the uninterrupted run.
+    history : list, optional
+        The records so far (a resumed run's); new records are appended to this list, so a
+        ``checkpoint`` that writes it sees them.
+    callback : callable ``record -> bool``, optional
+        Called with each record after its checkpoint; True stops the run there.
+
+    Examples
+    --------
+    >>> saved = []
+    >>> run_units(1, 5, lambda u: {"unit": u} if u % 2 else None, checkpoint=saved.append, checkpoint_every=3)
+    [{'unit': 1}, {'unit': 3}]
+    >>> saved
+    [3, 5]
+    >>> run_units(0, 9, lambda u: {"unit": u}, callback=lambda r: r["unit"] == 1)
+    [{'unit': 0}, {'unit': 1}]
+    """
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
+    history = [] if history is None else history
+    for u in range(start, end):
+        record = unit(u)
+        if record is not None:
+            history.append(record)
+        if checkpoint is not None and ((u + 1) % checkpoint_every == 0 or u + 1 == end):
+            checkpoint(u + 1)
+        if callback is not None and record is not None and callback(record):
+            break
+    return history
 
 
 class NonFiniteLossError(FloatingPointError):

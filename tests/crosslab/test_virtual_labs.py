@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bcfeat.crosslab.stain import dye_directions
-from bcfeat.crosslab.virtual_labs import (MIN_SIDE, VirtualLab, named_shifts, render, render_many,
+from bcfeat.crosslab.virtual_labs import (MIN_SIDE, VirtualLab, named_shifts, render,
                                           sample_labs)
 
 BACKGROUND = (246, 244, 247)
@@ -307,14 +307,3 @@ def test_named_shifts_each_change_one_thing(smear):
     assert shifts["off_centre"].crop_offset == (0.08, 0.08)
 
 
-def test_render_many_is_order_independent(smear):
-    images = [smear, _smear(100), smear[10:110, 5:115].copy()]
-    lab = VirtualLab("mixed", noise_sigma=2.0, scale=0.8, stain_scale=(1.2, 1.1, 1.0))
-    forward = render_many(images, lab, seed=7)
-    assert len(forward) == 3
-    for i, img in enumerate(images):
-        assert np.array_equal(forward[i], render(img, lab, np.random.default_rng([7, i])))
-    # The same image at another index gets other noise; a generator works as input too.
-    assert not np.array_equal(forward[0], render_many([images[1], images[0]], lab, seed=7)[1])
-    assert all(np.array_equal(a, b) for a, b in zip(forward, render_many(iter(images), lab, seed=7)))
-    assert not np.array_equal(forward[0], render_many(images, lab, seed=8)[0])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from bcfeat.detection.inference import Detection, centred_box, detect, paste_mask_subpixel, select_detection, summarize_detections
+from bcfeat.detection.inference import Detection, centred_box, detect, paste_mask_subpixel, select_detection
 from bcfeat.detection.config import DetectorConfig, DetectorTrainingConfig
 from bcfeat.detection.training_data import PseudoLabelledSet, pseudo_label, resize_long_side
 from bcfeat.detection.architecture import build_detector
@@ -130,8 +130,6 @@ def test_no_cell_falls_back_to_a_centred_box_and_ellipse():
     assert d.fallback and d.n_candidates == 0 and d.score == 0.0
     assert d.box == centred_box(100, 140) == (35.0, 25.0, 105.0, 75.0)
     assert np.array_equal(d.mask, centred_ellipse(100, 140))
-    counts = summarize_detections([d, d])
-    assert counts["n_fallback"] == 2 and counts["n_multiple"] == 0
 
 
 def test_select_detection_takes_the_best_scoring():
@@ -161,7 +159,7 @@ def test_several_detections_keep_the_best_scoring_one(monkeypatch, paste):
     assert not d.fallback and d.n_candidates == 3 and d.score == pytest.approx(0.9)
     assert d.box == pytest.approx((25.0, 30.0, 55.0, 60.0))
     assert d.mask.shape == (64, 64) and d.mask[30:60, 25:55].all() and not d.mask[:20, :20].any()
-    assert summarize_detections([d])["n_multiple"] == 1
+    assert d.n_candidates > 1
     if paste == "subpixel":  # exactly the box's pixels: nothing of the one-cell widening
         assert d.mask.sum() == 30 * 30
 
@@ -330,14 +328,12 @@ def test_balanced_sampling_gives_every_site_the_same_share(tmp_path, monkeypatch
 
 
 def test_training_images_name_the_site_of_each_path(data_root):
-    from bcfeat.detection.training_data import training_image_paths, training_images
+    from bcfeat.detection.training_data import training_images
 
     sample = training_images(("jtsc_zheng18", "cellavision_zheng18"), {"jtsc_zheng18": 5, "cellavision_zheng18": 3},
                              root=data_root, seed=1)
     assert sample.dataset.tolist() == ["jtsc_zheng18"] * 5 + ["cellavision_zheng18"] * 3
     assert all(f"/{ds}/" in path for ds, path in zip(sample.dataset, sample.path))
-    assert training_image_paths(("jtsc_zheng18", "cellavision_zheng18"), {"jtsc_zheng18": 5, "cellavision_zheng18": 3},
-                                root=data_root, seed=1) == sample.path.tolist()
 
 
 # Every step is skipped here, so the schedule advances without an optimiser step (torch warns).

@@ -19,7 +19,7 @@ from bcfeat.detection.architecture import build_detector
 from bcfeat.detection.config import DetectorConfig
 from bcfeat.detection.inference import detect, paste_mask_subpixel
 from bcfeat.detection.instance_features import extract_instances, masked_crop
-from bcfeat.detection.batched_inference import (ExtractionRuntime, detect_fast, extract_instances_fast, masked_crops,
+from bcfeat.detection.batched_inference import (ExtractionRuntime, extract_instances_fast, masked_crops,
                                     paste_masks_subpixel, plan_batches, transform_batch)
 
 torch.set_num_threads(1)
@@ -83,12 +83,13 @@ def test_fast_path_equals_reference_path_on_the_same_batches(model, images, batc
 def test_fast_detections_equal_detect(model, images):
     thresh = _threshold(model, images)
     ref = detect(model, images, batch_size=3, score_thresh=thresh)
-    fast = detect_fast(model, images, batch_size=3, score_thresh=thresh, runtime=CPU_FAST)
-    assert len(ref) == len(fast) == len(images)
-    for r, f in zip(ref, fast):
-        assert r.box == f.box and r.score == pytest.approx(f.score, abs=0) and r.fallback == f.fallback
-        assert r.n_candidates == f.n_candidates
-        assert r.mask.dtype == f.mask.dtype == bool and np.array_equal(r.mask, f.mask)
+    batch, masks, boxes = extract_instances_fast(model, images, crop_size=1, batch_size=3, score_thresh=thresh,
+                                                 runtime=CPU_FAST, keep_masks=True)
+    assert len(ref) == len(masks) == len(boxes) == len(images)
+    for i, r in enumerate(ref):
+        assert r.box == tuple(float(v) for v in boxes[i]) and r.score == pytest.approx(float(batch.scores[i]), abs=0)
+        assert r.fallback == bool(batch.fallback[i]) and r.n_candidates == int(batch.n_candidates[i])
+        assert r.mask.dtype == masks[i].dtype == bool and np.array_equal(r.mask, masks[i])
 
 
 def test_bucketed_path_is_batch_invariant_and_equals_the_one_image_reference(model, images):

@@ -86,22 +86,35 @@ def test_the_stand_ins_parse_as_the_releases(paper_root):
     ([("sites", "matek,pbc_acevedo20")], r"unknown dataset\(s\) \['matek'\]"),
     ([("sites", "pbc_acevedo20")], "at least two sites"),
     ([("label_space", "coarse13")], "label_space must be one of"),
-    ([("05_benchmark.sites", "matek19,pbc_acevedo20")], "sites: stage 04_oracle uses .* but 05_benchmark"),
+    ([("n_repetitions", "0")], r"n_repetitions=0 is out of range: must be >= 1"),
+    ([("max_per_site", "-1")], r"max_per_site=-1 is out of range"),
+    ([("headline", "moment")], r"headline must name an autoencoder variant's feature set"),
+    ([("05_benchmark.sites", "matek19,pbc_acevedo20")], "no parameter 'sites' in stage 05_benchmark"),
 ])
 def test_a_bad_study_design_is_refused_before_any_stage_runs(tmp_path, pairs, message):
     with pytest.raises(ValueError, match=message):
-        plan_run("smoke", tmp_path, only=["04_oracle", "05_benchmark"], overrides=[("artifacts_dir", str(tmp_path)), *pairs])
+        plan_run("smoke", tmp_path, only=["00_data_overview", "04_oracle", "05_benchmark"],
+                 overrides=[("artifacts_dir", str(tmp_path)), *pairs])
     assert not list(tmp_path.iterdir())
 
 
-def test_the_design_reaches_every_stage_that_declares_it(tmp_path):
+def test_the_design_is_set_once_and_written_for_the_later_stages(tmp_path, paper_root):
     planned = plan_run("smoke", tmp_path, overrides=[("artifacts_dir", str(tmp_path / "a")), *PAPER])
     by_stem = {p.stage.stem: p.parameters for p in planned}
-    for stem in ("00_data_overview", "01_detector", "02_autoencoder", "04_oracle", "05_benchmark", "06_figures",
-                 "07_crosslab"):
-        assert by_stem[stem]["sites"] == "matek19,mll23,pbc_acevedo20", stem
-    for stem in ("02_autoencoder", "04_oracle", "05_benchmark", "06_figures", "07_crosslab"):
-        assert by_stem[stem]["source_site"] == "matek19", stem
+    assert by_stem["00_data_overview"]["sites"] == "matek19,mll23,pbc_acevedo20"
+    assert by_stem["00_data_overview"]["source_site"] == "matek19"
+    assert all("sites" not in by_stem[s] for s in by_stem if s != "00_data_overview")
+    from bcfeat.study import common as study
+
+    design = study.StudyDesign.from_parameters("matek19,mll23,pbc_acevedo20", "matek19", "common13", 0, 2, 0)
+    labelled = {space: study.design_samples(paper_root, design, space) for space in study.LABEL_SPACES}
+    files = {space: tmp_path / f"splits_{space}.csv" for space in study.LABEL_SPACES}
+    plans = study.write_study_design(tmp_path / "design.json", design, labelled, files)
+    assert study.read_study_design(tmp_path / "design.json") == design
+    for space in study.LABEL_SPACES:
+        read = study.read_study_splits(files[space], labelled[space], design)
+        assert (read.is_test == plans[space].is_test).all() and read.n_repetitions == 2
+    assert set(labelled["common13"]["domain"]) == {"matek19", "mll23", "pbc_acevedo20"}  # the paper's table
 
 
 def test_the_autoencoder_aligns_every_site_to_the_chosen_source(paper_root):

@@ -45,7 +45,8 @@ def test_every_file_is_made_by_exactly_one_earlier_stage():
     stages.check_declarations()
     made = [name for s in STAGES for name in s.outputs]
     assert len(made) == len(set(made))
-    assert stages.makers()["splits_file"].stem == "04_oracle"
+    assert stages.makers()["splits_file"].stem == "00_data_overview"
+    assert stages.makers()["design_file"].stem == "00_data_overview"
     assert stages.makers()["detector_file"].stem == "01_detector"
     twice = (stages.Stage("a", outputs={"x_file": "{results_dir}/x"}), stages.Stage("b", outputs={"x_file": "{results_dir}/y"}))
     with pytest.raises(ValueError, match="x_file is made by two stages, a and b"):
@@ -76,8 +77,20 @@ def test_no_notebook_or_profile_types_another_stage_s_file_name():
         assert not re.search(r"oracle \(\w+, \w+ norm", path.read_text()), path.name
 
 
+def _design_files(results):
+    """Stand-ins for the files of 00_data_overview (the runner checks only that they exist)."""
+    (results / "tables").mkdir(parents=True, exist_ok=True)
+    for name in ("study_design.json", "splits_coarse5.csv", "splits_common13.csv"):
+        (results / "tables" / name).write_text("")
+
+
 def test_a_missing_input_names_the_file_and_the_stage_that_makes_it(tmp_path):
     empty = str(tmp_path / "artifacts")
+    with pytest.raises(stages.MissingInput, match=r"stage 05_benchmark needs .*tables/study_design\.json \(design_file\)"
+                                                  r".*made by the stage 00_data_overview"):
+        run("smoke", tmp_path / "out", only=["05_benchmark"], overrides=[("artifacts_dir", empty)])
+    assert not (tmp_path / "out").exists(), "a refused run writes nothing"
+    _design_files(tmp_path / "out")
     with pytest.raises(stages.MissingInput, match=r"stage 05_benchmark needs .*artifacts/features \(features_dir\)"
                                                   r".*made by the stage 03_features"):
         run("smoke", tmp_path / "out", only=["05_benchmark"], overrides=[("artifacts_dir", empty)])
@@ -88,11 +101,11 @@ def test_a_missing_input_names_the_file_and_the_stage_that_makes_it(tmp_path):
                        overrides=[("artifacts_dir", empty)])
     assert planned[1].parameters["detector_file"] == planned[0].parameters["detector_file"] == \
         f"{empty}/checkpoints/detector.pt"
-    assert not (tmp_path / "out").exists(), "a refused run writes nothing"
 
 
 def test_restore_needs_the_stage_s_own_saved_output(tmp_path):
     empty = str(tmp_path / "artifacts")
+    _design_files(tmp_path)
     with pytest.raises(stages.MissingInput, match=r"stage 01_detector restores from .*detector\.pt.*without --restore"):
         plan_run("smoke", tmp_path, only=["01_detector"], restore=True, overrides=[("artifacts_dir", empty)])
     planned = plan_run("smoke", tmp_path, only=["01_detector"], overrides=[("artifacts_dir", empty)])
@@ -103,7 +116,9 @@ def test_restore_needs_the_stage_s_own_saved_output(tmp_path):
 
 
 def _made_before_04(artifacts):
-    """Stand-ins for the files of 01_detector and 03_features (the runner checks only that they exist)."""
+    """Stand-ins for the files of 00_data_overview (beside ``artifacts``), 01_detector and 03_features
+    (the runner checks only that they exist)."""
+    _design_files(artifacts.parent)
     (artifacts / "features").mkdir(parents=True)
     (artifacts / "checkpoints" / "detector.pt").parent.mkdir(parents=True)
     (artifacts / "checkpoints" / "detector.pt").write_text("")
@@ -114,24 +129,46 @@ def test_overrides_apply_to_every_selected_stage_that_declares_them(tmp_path):
     artifacts = _made_before_04(tmp_path / "artifacts")
     planned = {p.stage.stem: p for p in plan_run("smoke", tmp_path, only=["04_oracle", "05_benchmark", "07_crosslab"],
                                                  restore=True, overrides=[("artifacts_dir", artifacts),
-                                                                          ("n_repetitions", "3"),
+                                                                          ("seed", "3"),
                                                                           ("05_benchmark.raw_pixels_pca", "7"),
                                                                           ("shots", "5"), ("train_oracle", "True")])}
-    assert [planned[s].parameters["n_repetitions"] for s in planned] == [3, 3, 3]
+    assert [planned[s].parameters["seed"] for s in planned] == [3, 3, 3]
     assert planned["05_benchmark"].parameters["raw_pixels_pca"] == 7
     assert planned["07_crosslab"].parameters["shots"] == "5"  # a str parameter keeps the text
     assert planned["04_oracle"].parameters["train_oracle"] is True  # -p after --restore
-    assert planned["05_benchmark"].overrides == {"n_repetitions": 3, "raw_pixels_pca": 7}
-    assert planned["04_oracle"].overrides == {"artifacts_dir": artifacts, "n_repetitions": 3, "train_oracle": True}
+    assert planned["05_benchmark"].overrides == {"seed": 3, "raw_pixels_pca": 7}
+    assert planned["04_oracle"].overrides == {"artifacts_dir": artifacts, "seed": 3, "train_oracle": True}
     assert planned["07_crosslab"].parameters["oracles_file"] == f"{artifacts}/checkpoints/oracles.json"
     assert planned["05_benchmark"].parameters["splits_file"] == f"{tmp_path}/tables/splits_coarse5.csv"
+    assert planned["07_crosslab"].parameters["design_file"] == f"{tmp_path}/tables/study_design.json"
+
+
+def test_the_design_is_one_stage_s_parameters_and_every_later_stage_s_input(tmp_path):
+    """Sites, sizes, repetitions and the headline are set once, by 00_data_overview; a -p of one of
+    them without that stage is refused with what to do, since the later stages read the file."""
+    design_cell = parameters_cell("00_data_overview")
+    for name in ("sites", "source_site", "label_space", "max_per_site", "n_repetitions", "headline"):
+        assert name in design_cell
+        assert [s.stem for s in STAGES if name in parameters_cell(s.stem)] == ["00_data_overview"], name
+    readers = [s.stem for s in STAGES if "design_file" in s.inputs]
+    assert readers == ["01_detector", "02_autoencoder", "03_features", "04_oracle", "05_benchmark", "06_figures",
+                       "07_crosslab"]
+    artifacts = _made_before_04(tmp_path / "artifacts")
+    with pytest.raises(ValueError, match=r"-p n_repetitions: n_repetitions is part of the study's design, which "
+                                         r"00_data_overview writes.*--only 00_data_overview 04_oracle 05_benchmark"):
+        plan_run("smoke", tmp_path, only=["04_oracle", "05_benchmark"],
+                 overrides=[("artifacts_dir", artifacts), ("n_repetitions", "3")])
+    planned = plan_run("smoke", tmp_path, only=["00_data_overview", "04_oracle", "05_benchmark"],
+                       overrides=[("artifacts_dir", artifacts), ("n_repetitions", "3"), ("headline", "aecfe_mmd")])
+    assert planned[0].parameters["n_repetitions"] == 3 and planned[0].parameters["headline"] == "aecfe_mmd"
+    assert "n_repetitions" not in planned[1].parameters and "n_repetitions" not in planned[2].parameters
 
 
 @pytest.mark.parametrize("pair, message", [
-    (("n_epochs", "3"), r"no selected stage declares 'n_epochs'; valid names: \[.*'max_per_site'.*'n_repetitions'"),
+    (("n_epochs", "3"), r"no selected stage declares 'n_epochs'; valid names: \[.*'feature_sets'.*'raw_pixels_pca'"),
     (("05_benchmark.shots", "3"), r"no parameter 'shots' in stage 05_benchmark; valid names: \[.*'raw_pixels_pca'"),
     (("07_crosslab.seed", "1"), r"'07_crosslab' is not a selected stage"),
-    (("n_repetitions", "2.5"), r"05_benchmark declares n_repetitions: int"),
+    (("raw_pixels_pca", "2.5"), r"05_benchmark declares raw_pixels_pca: int"),
     (("smoke", "yes"), r"declares smoke: bool \(True or False\)"),
     (("results_dir", "x"), r"set by the runner"),
 ])
@@ -217,9 +254,7 @@ def test_failed_stage_is_recorded_and_earlier_outputs_kept(tmp_path, monkeypatch
 
     broken = tmp_path / "notebooks"
     broken.mkdir()
-    (broken / "00_data_overview.py").write_text(
-        '# %% tags=["parameters"]\nprofile: str = "x"  # p\nsmoke: bool = False  # s\nseed: int = 0  # s\n'
-        'max_images_per_dataset: int = 0  # m\nresults_dir: str = ""  # r\n\n# %%\nprint("ok")\n')
+    (broken / "00_data_overview.py").write_text(HEADER + 'print("ok")\n')
     (broken / "90_provenance.py").write_text(
         '# %% tags=["parameters"]\nprofile: str = "x"  # p\nsmoke: bool = False  # s\nseed: int = 0  # s\n'
         'results_dir: str = ""  # r\n\n# %%\nraise RuntimeError("boom in the last stage")\n')
@@ -240,7 +275,8 @@ def test_failed_stage_is_recorded_and_earlier_outputs_kept(tmp_path, monkeypatch
 
 
 HEADER = ('# %% tags=["parameters"]\nprofile: str = "x"  # p\nsmoke: bool = False  # s\nseed: int = 0  # s\n'
-          'max_images_per_dataset: int = 0  # m\nresults_dir: str = ""  # r\n\n# %%\n'
+          'max_images_per_dataset: int = 0  # m\nresults_dir: str = ""  # r\n'
+          'design_file: str = ""  # output: d\nsplits_file: str = ""  # output: s\nsplits_common13_file: str = ""  # output: s\n\n# %%\n'
           'import os, signal\nfrom pathlib import Path\ntables = Path(results_dir) / "tables"\n'
           'tables.mkdir(parents=True, exist_ok=True)\n')
 

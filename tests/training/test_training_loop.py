@@ -20,7 +20,7 @@ from bcfeat.evaluation.oracle_model import OracleConfig
 from bcfeat.model_files import ModelFileError
 from bcfeat.training.checkpoint import check_resumable, config_from_dict, read_model_file, save_model_file
 from bcfeat.training.device import resolve_device, training_threads
-from bcfeat.training.loop import NonFiniteLossError, OptimizerStep, restore_resume_state, resume_state
+from bcfeat.training.loop import NonFiniteLossError, OptimizerStep, restore_resume_state, resume_state, run_units
 
 CPU = torch.device("cpu")
 
@@ -237,3 +237,27 @@ def test_an_epoch_in_which_every_update_was_skipped_stops_the_training(tmp_path,
         fit_autoencoder(data, AEConfig.tiny(), cfg, tmp_path / "ae.pt", resume=False)
     _, history = fit_autoencoder(data, AEConfig.tiny(), replace(cfg, epochs=1), tmp_path / "one.pt", resume=False)
     assert len(history) == 1  # one epoch of skipped steps alone is not an error
+
+
+def test_the_loop_checkpoints_every_k_units_and_after_the_last_then_stops_when_told():
+    saved, seen = [], []
+
+    def checkpoint(n):
+        saved.append((n, [r["unit"] for r in history]))  # the file holds every record up to unit n
+
+    history = [{"unit": -1}]  # a resumed run's records
+    out = run_units(2, 9, lambda u: {"unit": u} if u != 4 else None, checkpoint=checkpoint, checkpoint_every=3,
+                    history=history)
+    assert out is history and [r["unit"] for r in history] == [-1, 2, 3, 5, 6, 7, 8]
+    assert saved == [(3, [-1, 2]), (6, [-1, 2, 3, 5]), (9, [-1, 2, 3, 5, 6, 7, 8])]
+    # the callback sees each record after its checkpoint; True stops there, nothing more runs
+    saved.clear()
+    history = []
+    run_units(0, 9, lambda u: seen.append(u) or {"unit": u}, checkpoint=checkpoint,
+              history=history, callback=lambda r: r["unit"] == 2)
+    assert seen == [0, 1, 2] and saved[-1] == (3, [0, 1, 2])
+    assert run_units(5, 5, lambda u: pytest.fail("no unit to run")) == []
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="checkpoint_every must be an int >= 1"):
+            run_units(0, 1, lambda u: None, checkpoint_every=bad)
+
