@@ -25,7 +25,7 @@ smoke: bool = False  # tiny run for tests and CI
 seed: int = 0  # seed of the splits and of every forest
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
-feature_sets: str = "aecfe_moment,aecfe_mmd,aecfe_source_only,aecfe_no_alignment,aecfe_no_detector,aecfe_site_standardized,raw_pixels,colour_shape"  # feature sets to compare (names of 03_features' files; an unknown name is an error)
+feature_sets: str = ""  # feature sets to compare: empty, every one 03_features made (the autoencoder variants in their order, then the baselines); else names of its files (an unknown name is an error)
 addition: str = "aecfe_site_standardized"  # our addition (not in the paper), reported beside the headline
 raw_pixels_pca: int = 50  # PCA components of the raw-pixel baseline (fitted inside each training split)
 features_dir: str = "artifacts/cpu/features"  # input: the feature sets (made by 03_features)
@@ -45,6 +45,7 @@ from pathlib import Path
 import pandas as pd
 from myst_nb import glue
 
+from bcfeat.study import autoencoder as aes
 from bcfeat.study import common as study
 from bcfeat.atomic_io import save_table
 from bcfeat.evaluation.benchmark import matrix_table, summarize
@@ -63,7 +64,7 @@ tables = Path(results_dir) / "tables"
 coarse5, common13 = (study.design_samples(root, study_design, space) for space in ("coarse5", "common13"))
 plan = study.read_study_splits(splits_file, coarse5, study_design)  # the oracle was tested on the same cells
 plan13 = study.read_study_splits(splits_common13_file, common13, study_design)
-names = study.parse_list(feature_sets)
+names = study.parse_list(feature_sets) or study.stored_feature_sets(features_dir, aes.FEATURE_SET_ORDER)
 X5 = study.load_feature_sets(features_dir, names, coarse5)
 X13 = study.load_feature_sets(features_dir, names, common13)
 factories = {study.RAW_PIXELS: study.pca_forest_factory(raw_pixels_pca)}

@@ -60,6 +60,9 @@ VARIANTS: dict[str, Variant] = {
     "site_standardized": Variant(alignment_weight=0.0, site_standardize=True),
 }
 
+# The order of the feature sets in the benchmark's tables: each variant's latent code, then the baselines.
+FEATURE_SET_ORDER: tuple[str, ...] = (*(study.aecfe_feature_set(v) for v in VARIANTS), *study.BASELINE_FEATURE_SETS)
+
 
 @dataclass
 class VariantPlan:

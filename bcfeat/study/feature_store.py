@@ -72,6 +72,15 @@ def feature_set_names(features_dir: str | os.PathLike) -> list[str]:
     """The feature sets stored in ``features_dir``, sorted."""
     return sorted(p.stem for p in Path(features_dir).glob("*.npz"))
 
+def stored_feature_sets(features_dir: str | os.PathLike, first: Sequence[str] = ()) -> list[str]:
+    """The feature sets stored in ``features_dir``: those named in ``first`` in that order, then
+    any other, sorted. An empty folder is an error naming it and the stage that fills it."""
+    stored = feature_set_names(features_dir)
+    if not stored:
+        raise FileNotFoundError(f"no feature set in {features_dir}: it is filled by the stage 03_features")
+    return [n for n in first if n in stored] + [n for n in stored if n not in first]
+
+
 def resolve_feature_sets(requested: Sequence[str], available: Sequence[str],
                          aliases: dict[str, str] | None = None) -> list[str]:
     """``requested`` names (or short names in ``aliases``) as feature-set names, in their order.
@@ -103,4 +112,4 @@ def load_feature_sets(features_dir: str | os.PathLike, names: Sequence[str],
     return {name: load_feature_set(feature_path(features_dir, name), samples) for name in names}
 
 
-__all__ = ["save_feature_set", "load_feature_set", "feature_path", "RAW_PIXELS", "COLOUR_SHAPE", "BASELINE_FEATURE_SETS", "aecfe_feature_set", "oracle_feature_set", "oracle_short_name", "feature_set_names", "resolve_feature_sets", "load_feature_sets"]
+__all__ = ["save_feature_set", "load_feature_set", "feature_path", "RAW_PIXELS", "COLOUR_SHAPE", "BASELINE_FEATURE_SETS", "aecfe_feature_set", "oracle_feature_set", "oracle_short_name", "feature_set_names", "stored_feature_sets", "resolve_feature_sets", "load_feature_sets"]

@@ -67,3 +67,16 @@ def test_oracle_hand_off_names_each_repetition_s_checkpoint(tmp_path):
         study.oracle_checkpoint(path, "group")
     with pytest.raises(FileNotFoundError, match="run the stage 04_oracle first"):
         study.read_handoff(tmp_path / "none.json", "04_oracle")
+
+
+def test_the_benchmark_compares_every_stored_feature_set_in_the_variants_order(tmp_path):
+    from bcfeat.study.autoencoder import FEATURE_SET_ORDER, VARIANTS
+
+    assert FEATURE_SET_ORDER == (*(f"aecfe_{v}" for v in VARIANTS), "raw_pixels", "colour_shape")
+    with pytest.raises(FileNotFoundError, match="filled by the stage 03_features"):
+        study.stored_feature_sets(tmp_path, FEATURE_SET_ORDER)
+    keys = study.sample_keys(_samples())
+    for name in ("colour_shape", "aecfe_mmd", "my_features", "aecfe_moment"):
+        study.save_feature_set(study.feature_path(tmp_path, name), keys, np.zeros((len(keys), 3)))
+    assert study.stored_feature_sets(tmp_path, FEATURE_SET_ORDER) == ["aecfe_moment", "aecfe_mmd", "colour_shape",
+                                                                      "my_features"]
