@@ -22,7 +22,7 @@
 # %% tags=["parameters"]
 profile: str = "cpu"  # run profile (smoke, cpu, gpu); recorded in the provenance
 smoke: bool = False  # tiny run for tests and CI
-seed: int = 0  # seed of every subsample and montage pick
+seed: int = 0  # seed of every subsample and montage pick, and of the study's samples and splits
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 sites: str = "pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops"  # the study's sites (datasets under the data root), comma-separated, in table order
 source_site: str = "pbc_acevedo20"  # the site every classifier and the cross-lab model are trained on; one of sites

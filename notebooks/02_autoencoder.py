@@ -22,7 +22,7 @@
 # %% tags=["parameters"]
 profile: str = "cpu"  # run profile (smoke, cpu, gpu)
 smoke: bool = False  # tiny run for tests and CI
-seed: int = 0  # seed of the subsets and of every training run
+seed: int = 0  # seed of every training run (the samples follow the design's seed)
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # checkpoints go to <artifacts_dir>/checkpoints, caches to <artifacts_dir>/cache

@@ -21,7 +21,7 @@
 # %% tags=["parameters"]
 profile: str = "cpu"  # run profile (smoke, cpu, gpu)
 smoke: bool = False  # tiny run for tests and CI
-seed: int = 0  # seed of the subsets
+seed: int = 0  # unused here (the samples are 02's); every notebook takes it
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # instance features are cached in <artifacts_dir>/cache

@@ -22,7 +22,7 @@
 # %% tags=["parameters"]
 profile: str = "cpu"  # run profile (smoke, cpu, gpu): picks the oracle architecture and size
 smoke: bool = False  # tiny run for tests and CI
-seed: int = 0  # seed of the splits and of every oracle
+seed: int = 0  # seed of every oracle (the splits are the design's)
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # results folder (this stage's tables are the *_file outputs below)
 artifacts_dir: str = "artifacts/cpu"  # checkpoints go to <artifacts_dir>/checkpoints

@@ -22,7 +22,7 @@
 # %% tags=["parameters"]
 profile: str = "cpu"  # run profile (smoke, cpu, gpu)
 smoke: bool = False  # tiny run for tests and CI
-seed: int = 0  # seed of the splits and of every forest
+seed: int = 0  # seed of every forest (the splits are the design's)
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
 feature_sets: str = ""  # feature sets to compare: empty, every one 03_features made (the autoencoder variants in their order, then the baselines); else names of its files (an unknown name is an error)

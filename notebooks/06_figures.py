@@ -19,7 +19,7 @@
 # %% tags=["parameters"]
 profile: str = "cpu"  # run profile (smoke, cpu, gpu)
 smoke: bool = False  # tiny run for tests and CI
-seed: int = 0  # seed of UMAP and of the subsets
+seed: int = 0  # seed of UMAP and of the figures' subsets
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables are read from <results_dir>/tables
 compare: str = "aecfe_site_standardized"  # feature set shown beside it in the latent-space figure

@@ -24,7 +24,7 @@
 # %% tags=["parameters"]
 profile: str = "cpu"  # run profile (smoke, cpu, gpu)
 smoke: bool = False  # tiny run for tests and CI
-seed: int = 0  # seed of the splits, draws and models
+seed: int = 0  # seed of the draws and models (the splits are the design's)
 data_root: str = ""  # data root; empty: $BCFEAT_DATA_ROOT, then ../shared/datasets
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
 artifacts_dir: str = "artifacts/cpu"  # measured cells are cached in <artifacts_dir>/cache
