@@ -242,9 +242,14 @@ def test_smoke_run_of_every_notebook(tmp_path):
     counts = (tmp_path / "tables" / "class_counts.csv").read_text()
     assert "pbc_acevedo20" in counts and "bccd_crops" in counts
     assert not (tmp_path / ".staging").exists() and not list(tmp_path.glob(".*.running.ipynb"))
-    # One stage alone into a new folder creates the folders it writes.
+    design = json.loads((tmp_path / "tables" / "study_design.json").read_text())["design"]
+    assert design["max_per_site"] == 60 and design["n_repetitions"] == 2 and design["headline"] == "aecfe_moment"
+    # A later stage alone into a new folder needs the design there; with the design stage it
+    # runs, and creates the folders it writes.
     fresh = tmp_path / "fresh" / "run"
-    run("smoke", fresh, only=["02_autoencoder"], restore=True)
+    with pytest.raises(stages.MissingInput, match="study_design.json .design_file.*00_data_overview"):
+        run("smoke", fresh, only=["02_autoencoder"], restore=True)
+    run("smoke", fresh, only=["00_data_overview", "02_autoencoder"], restore=True)
     assert (fresh / "tables" / "detections_per_site.csv").is_file() and (fresh / "02_autoencoder.ipynb").is_file()
 
 
