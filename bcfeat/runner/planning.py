@@ -100,7 +100,7 @@ def plan_run(profile_name: str, output_dir: Path, only: Sequence[str] | None = N
     return planned
 
 
-DESIGN_STAGE = "00_data_overview"  # writes the study's design; later stages read it from its files
+DESIGN_STAGE = makers()["design_file"].stem  # writes the study's design; later stages read it from its files
 DESIGN_PARAMETERS = ("sites", "source_site", "label_space", "max_per_site", "n_repetitions", "seed", "headline")
 
 

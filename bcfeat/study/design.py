@@ -100,6 +100,13 @@ class StudySites:
         """The sites scored in common13: all of them in the paper's table, else the source."""
         return self.sites if self.label_space == "common13" else (self.source,)
 
+    def sites_for(self, label_space: str) -> tuple[str, ...]:
+        """The sites with labelled samples in ``label_space``: every site in coarse5, and
+        :attr:`common13_sites` in common13."""
+        if label_space not in ("coarse5", "common13"):
+            raise ValueError(f"label_space must be one of ['coarse5', 'common13'], got {label_space!r}")
+        return self.sites if label_space == "coarse5" else self.common13_sites
+
     def order(self, names: Iterable[str]) -> list[str]:
         """``names`` (each once) with the study's sites first in the study's order, then any other."""
         present = list(dict.fromkeys(names))
@@ -184,8 +191,7 @@ class StudyDesign:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> StudyDesign:
         """The inverse of :meth:`to_record`; a missing or unknown entry is an error naming it."""
-        expected = {"sites", "source_site", "label_space", "max_per_site", "n_repetitions", "seed", "headline",
-                    "test_size"}
+        expected = set(cls().to_record())
         if not isinstance(record, dict) or set(record) != expected:
             got = sorted(record) if isinstance(record, dict) else type(record).__name__
             raise ValueError(f"a study design needs the entries {sorted(expected)}, got {got}")

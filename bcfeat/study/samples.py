@@ -18,6 +18,8 @@ from bcfeat.data.sites import SITES
 from bcfeat.study.design import DESIGN_FORMAT, StudyDesign, StudySites, parse_list  # noqa: F401 (parse_list: re-exported)
 from bcfeat.validation import require_int
 
+LABEL_SPACES = ("coarse5", "common13")  # the benchmark's label spaces, each with its own splits file
+
 
 def site_samples(root: Path, label_space: str | None = "coarse5", sites: Sequence[str] = SITES,
                  max_per_site: int = 0, seed: int = 0) -> pd.DataFrame:
@@ -74,10 +76,7 @@ def decoded_images(paths: Sequence[str], size: int) -> np.ndarray:
 def benchmark_samples(root: Path, design: StudySites, max_per_site: int = 0, seed: int = 0) -> dict[str, pd.DataFrame]:
     """The labelled samples of the benchmark: coarse5 on every site; common13 on every site in
     the paper's table (``design.label_space == "common13"``), else within the source site."""
-    return {
-        "coarse5": site_samples(root, "coarse5", design.sites, max_per_site, seed),
-        "common13": site_samples(root, "common13", design.common13_sites, max_per_site, seed),
-    }
+    return {space: site_samples(root, space, design.sites_for(space), max_per_site, seed) for space in LABEL_SPACES}
 
 def union_samples(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     """Every image that any of the tables uses, once (features are computed for these)."""
@@ -85,16 +84,10 @@ def union_samples(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return table.drop_duplicates(subset=["dataset", "relpath"]).sort_values(["dataset", "relpath"]) \
         .reset_index(drop=True)
 
-LABEL_SPACES = ("coarse5", "common13")  # the benchmark's label spaces, each with its own splits file
-
-
 def design_samples(root: Path, design: StudyDesign, label_space: str = "coarse5") -> pd.DataFrame:
     """The labelled samples of the design in one label space: coarse5 on every site, common13 on
     :attr:`StudySites.common13_sites`; ``max_per_site`` and ``seed`` from the design."""
-    if label_space not in LABEL_SPACES:
-        raise ValueError(f"label_space must be one of {list(LABEL_SPACES)}, got {label_space!r}")
-    sites = design.sites.sites if label_space == "coarse5" else design.sites.common13_sites
-    return site_samples(root, label_space, sites, design.max_per_site, design.seed)
+    return site_samples(root, label_space, design.sites.sites_for(label_space), design.max_per_site, design.seed)
 
 
 def write_study_design(path: str | os.PathLike, design: StudyDesign, samples: dict[str, pd.DataFrame],
