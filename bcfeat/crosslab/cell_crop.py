@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters, measure
-from skimage.transform import resize
 
 from bcfeat.detection.pseudo_masks import disk_dilation, disk_opening
+from bcfeat.detection.region_geometry import equivalent_diameter, labelled_regions, resize_float, solidity
 
 
 @dataclass(frozen=True)
@@ -155,23 +155,22 @@ def red_cell_diameter(image: np.ndarray, cell_mask: np.ndarray, background: np.n
     H, W = cell_mask.shape
     scale = min(1.0, work_size / max(H, W))
     h, w = max(8, round(H * scale)), max(8, round(W * scale))
-    green = resize(image[..., 1].astype(np.float32), (h, w), anti_aliasing=scale < 1, preserve_range=True)
+    # resize_float: scikit-image's resize (anti-aliased when shrinking), without its per-call checks
+    green = resize_float(image[..., 1].astype(np.float32), (h, w))
     od = -np.log10(np.clip(green, 1.0, None) / background[1])
-    cell = resize(cell_mask.astype(np.float32), (h, w), order=1) > 0.5
+    cell = resize_float(cell_mask.astype(np.float32), (h, w)) > 0.5
     cell = disk_dilation(disk_dilation(cell, 1), 1)  # ndi.binary_dilation(cell, iterations=2)
     outside = od[~cell]
     if outside.size < 64 or np.ptp(outside) < 1e-3:
         return float("nan")
     red = (od > filters.threshold_otsu(outside)) & ~cell
     red = disk_opening(red, 1)  # ndi.binary_opening(red, iterations=1)
-    labels = measure.label(red)
     diameters = []
-    for region in measure.regionprops(labels):
-        r0, c0, r1, c1 = region.bbox
-        if r0 == 0 or c0 == 0 or r1 == h or c1 == w or region.area < 12:
+    for (rows, cols), region, area in labelled_regions(measure.label(red)):
+        if rows.start == 0 or cols.start == 0 or rows.stop == h or cols.stop == w or area < 12:
             continue
-        if region.solidity >= 0.9:
-            diameters.append(region.equivalent_diameter_area)
+        if solidity(region) >= 0.9:
+            diameters.append(equivalent_diameter(area))
     if len(diameters) < 2:
         return float("nan")
     return float(np.median(diameters) / scale)

@@ -1,0 +1,59 @@
+"""bcfeat.detection.region_geometry returns scikit-image's region measures and resize bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage import measure
+from skimage.morphology import convex_hull_image
+from skimage.transform import resize
+
+from bcfeat.detection import region_geometry as rg
+
+
+def _blobs(seed: int, n: int = 300):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        h, w = (int(v) for v in rng.integers(2, 50, 2))
+        mask = rng.random((h, w)) < rng.uniform(0.1, 0.9)
+        if rng.random() < 0.5:
+            mask = ndi.binary_opening(mask)
+        if mask.any():
+            yield mask
+
+
+def test_convex_hull_area_and_solidity_are_scikit_images():
+    for mask in _blobs(0):
+        hull = convex_hull_image(mask)
+        assert rg.convex_hull_area(mask) == int(hull.sum())
+        region = measure.regionprops(mask.astype(np.uint8))[0]
+        assert rg.solidity(mask[region.slice]) == region.solidity
+    assert rg.convex_hull_area(np.zeros((4, 4), bool)) == 0
+
+
+def test_labelled_regions_and_diameter_are_regionprops():
+    for mask in _blobs(1, 100):
+        labels = measure.label(mask)
+        props = measure.regionprops(labels)
+        ours = list(rg.labelled_regions(labels))
+        assert len(ours) == len(props)
+        for (box, image, area), region in zip(ours, props):
+            assert box == region.slice and area == region.area
+            np.testing.assert_array_equal(image, region.image)
+            assert rg.equivalent_diameter(area) == region.equivalent_diameter_area
+
+
+@pytest.mark.parametrize("shape_in,shape_out", [((363, 360), (160, 159)), ((120, 120), (120, 120)),
+                                                ((90, 300), (48, 160)), ((40, 50), (64, 80))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_resize_float_is_skimage_resize(shape_in, shape_out, dtype):
+    rng = np.random.default_rng(2)
+    image = (rng.random(shape_in) * 255).astype(dtype)
+    expected = resize(image, shape_out, anti_aliasing=shape_out[0] < shape_in[0] or shape_out[1] < shape_in[1],
+                      preserve_range=True)
+    got = rg.resize_float(image, shape_out)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    mask = (rng.random(shape_in) < 0.3).astype(np.float32)
+    np.testing.assert_array_equal(rg.resize_float(mask, shape_out), resize(mask, shape_out, order=1))
