@@ -31,6 +31,7 @@ data_root: str = ""  # data root (for the published numbers beside it); empty: $
 results_dir: str = "book/results"  # tables go to <results_dir>/tables
 factor_run_dir: str = "book/results/factors/h200"  # input: a run of scripts/ae_factors.py, scored (factor_runs.json, factor_history.csv, factor_scores.csv)
 reference_run_dir: str = "book/results/factors/cpu_reference"  # input: the same first point trained on this CPU (empty: none)
+cpu_paper_run_dir: str = "book/results/factors/cpu_paper"  # input: the cpu-paper configuration trained and scored on this CPU (empty: none)
 
 # %% tags=["remove-cell"]
 import json
@@ -115,6 +116,40 @@ else:
     for name in ("factor_cpu_reference_pct", "factor_cpu_minutes_150", "factor_gpu_minutes_150"):
         glue(name, float("nan"), display=False)
     print("no CPU reference run")
+
+# %% [markdown]
+# ## The cpu-paper configuration, on this CPU
+#
+# The factors that raise the in-domain accuracy, combined (`bcfeat.study.factors.CPU_PAPER`: 150
+# epochs, batch 500, alignment term off) and trained on this 2-core CPU from the full-quality
+# images, within a 90-minute budget that includes the instance features and the scoring. Its
+# learning curve, with the cumulative training minutes at each checkpoint.
+
+# %% tags=["hide-input"]
+cpu_paper = factors.cpu_paper_summary(cpu_paper_run_dir, DEFAULT_SITES.source) if cpu_paper_run_dir else None
+if cpu_paper is not None:
+    final = cpu_paper.curve.iloc[-1]
+    glue("cpu_paper_curve", cpu_paper.curve.set_index("epochs").round(3), display=False)
+    glue("cpu_paper_epochs", int(final["epochs"]), display=False)
+    glue("cpu_paper_pct", 100 * float(final["common13_in_domain_accuracy"]), display=False)
+    glue("cpu_paper_std_pct", 100 * float(final["common13_in_domain_accuracy_std"]), display=False)
+    glue("cpu_paper_unseen", float(final["coarse5_unseen_balanced_accuracy"]), display=False)
+    glue("cpu_paper_minutes", cpu_paper.minutes, display=False)
+    glue("cpu_paper_train_minutes", float(final["train_minutes"]), display=False)
+    glue("cpu_paper_cut", ", ".join(str(e) for e in cpu_paper.cut) or "none", display=False)
+    same_on_gpu = table[(table["run"] == "alignment weight 0 (batch 500)") & (table["epochs"] == final["epochs"])]
+    glue("cpu_paper_gpu_pct", 100 * float(same_on_gpu["common13_in_domain_accuracy"].iloc[0]) if len(same_on_gpu)
+         else float("nan"), display=False)
+    glue("cpu_paper_below_published", (published if published is not None else float("nan"))
+         - 100 * float(final["common13_in_domain_accuracy"]), display=False)
+    display(cpu_paper.curve.set_index("epochs").round(3))
+else:
+    for name in ("cpu_paper_epochs", "cpu_paper_pct", "cpu_paper_std_pct", "cpu_paper_unseen", "cpu_paper_minutes",
+                 "cpu_paper_train_minutes", "cpu_paper_gpu_pct", "cpu_paper_below_published"):
+        glue(name, float("nan"), display=False)
+    glue("cpu_paper_cut", "", display=False)
+    glue("cpu_paper_curve", pd.DataFrame(), display=False)
+    print("no cpu-paper run")
 
 # %% [markdown]
 # ## Training losses

@@ -10,6 +10,8 @@ checkpoint (a run stopped at its limit keeps what it finished).
     python scripts/ae_factors.py --data-root gpu_carry/data/datasets --detector gpu_carry/detector.pt \\
         --device cuda --budget-s 420 --out $OUT/factors                                            # a GPU machine
     python scripts/ae_factors.py --quick --out /tmp/factors                                        # a dry run
+    python scripts/ae_factors.py --runs cpu-paper --budget-s 5400 --work /tmp/cpu_paper \
+        --out book/results/factors/cpu_paper                        # the factors that help, combined, on the CPU
 
 The book's table is made from the ``factor_scores.csv`` of a run (``notebooks/08_factors.py``).
 """
@@ -35,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                                                  "with --score-only, the folder of a finished run")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--budget-s", type=float, default=float("inf"), help="seconds for the whole study, extraction included")
-    p.add_argument("--runs", default="", help="comma-separated run names to keep (default: all, in order)")
+    p.add_argument("--runs", default="", help="comma-separated run names to keep (default: the factor runs, in order; "
+                                               "`cpu-paper`: the factors that help, combined, within 90 minutes on a 2-core CPU)")
     p.add_argument("--n-jobs", type=int, default=os.cpu_count() or 2, help="forest worker processes")
     p.add_argument("--num-threads", type=int, default=os.cpu_count() or 2, help="torch CPU threads")
     p.add_argument("--max-source-images", type=int, default=4000, help="as the cpu profile")
@@ -68,13 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     device = str(resolve_device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = list(factors.FACTOR_RUNS)
+    runs = [*factors.FACTOR_RUNS, factors.CPU_PAPER]
     if args.runs:
         wanted = [r.strip() for r in args.runs.split(",")]
         unknown = sorted(set(wanted) - {r.name for r in runs})
         if unknown:
             p.error(f"unknown run(s) {unknown}; choose from {[r.name for r in runs]}")
         runs = [r for r in runs if r.name in wanted]
+    else:
+        runs = list(factors.FACTOR_RUNS)
     max_per_site, repetitions = 0, args.n_repetitions
     if args.max_epochs:
         runs = [replace(r, checkpoints=tuple(e for e in r.checkpoints if e <= args.max_epochs)) for r in runs

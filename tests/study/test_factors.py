@@ -92,3 +92,24 @@ def test_latents_from_another_data_root_are_refused_by_name(tiny_data, tmp_path)
     np.savez(path, **arrays)
     with pytest.raises(KeyError, match="another data root"):
         factors.score_saved_latents(tmp_path / "out", tiny_data)
+
+
+def test_the_cpu_paper_run_reads_back_as_its_learning_curve_with_minutes_and_cuts(tiny_data, tmp_path):
+    assert factors.CPU_PAPER.name not in {r.name for r in factors.FACTOR_RUNS}  # run on its own, on the CPU
+    assert factors.CPU_PAPER.effective_alignment_weight == 0.0 and factors.CPU_PAPER.epochs == 150
+    run = factors.FactorRun(factors.CPU_PAPER.name, variant="no_alignment", batch_size=8, checkpoints=(1, 2, 3))
+    _run(tiny_data, [run], tmp_path)
+    summary = factors.cpu_paper_summary(tmp_path / "out", DEFAULT_SITES.source, run)
+    assert summary.curve["epochs"].tolist() == [1, 2, 3]
+    history = pd.read_csv(tmp_path / "out" / "factor_history.csv")
+    assert summary.curve["train_minutes"].iloc[-1] == pytest.approx(history["seconds"].sum() / 60)
+    assert summary.curve["train_minutes"].is_monotonic_increasing
+    assert summary.cut == [] and np.isnan(summary.minutes)  # no finite budget: no elapsed time is recorded
+
+    cut = _run(tiny_data, [factors.FactorRun(run.name, variant="no_alignment", batch_size=8, checkpoints=(1, 50_000))],
+               tmp_path / "cut", budget=factors.FactorBudget(3600.0))
+    assert sorted(set(cut["epochs"])) == [1]
+    summary = factors.cpu_paper_summary(tmp_path / "cut" / "out", DEFAULT_SITES.source, run)
+    assert summary.cut == [50_000] and 0 < summary.minutes < 60
+    with pytest.raises(ValueError, match="no scored checkpoint of the run 'other'"):
+        factors.cpu_paper_summary(tmp_path / "cut" / "out", DEFAULT_SITES.source, factors.FactorRun("other"))
