@@ -129,7 +129,7 @@ else:
 cpu_paper = factors.cpu_paper_summary(cpu_paper_run_dir, DEFAULT_SITES.source) if cpu_paper_run_dir else None
 if cpu_paper is not None:
     final = cpu_paper.curve.iloc[-1]
-    glue("cpu_paper_curve", cpu_paper.curve.set_index("epochs").round(3), display=False)
+    glue("cpu_paper_curve", cpu_paper.display(), display=False)
     glue("cpu_paper_epochs", int(final["epochs"]), display=False)
     glue("cpu_paper_pct", 100 * float(final["common13_in_domain_accuracy"]), display=False)
     glue("cpu_paper_std_pct", 100 * float(final["common13_in_domain_accuracy_std"]), display=False)
@@ -137,17 +137,23 @@ if cpu_paper is not None:
     glue("cpu_paper_minutes", cpu_paper.minutes, display=False)
     glue("cpu_paper_train_minutes", float(final["train_minutes"]), display=False)
     glue("cpu_paper_cut", ", ".join(str(e) for e in cpu_paper.cut) or "none", display=False)
+    accuracy = cpu_paper.curve["common13_in_domain_accuracy"]
+    glue("cpu_paper_last_gain", 100 * float(accuracy.iloc[-1] - accuracy.iloc[-2]) if len(accuracy) > 1
+         else float("nan"), display=False)
+    glue("cpu_paper_previous_epochs", int(cpu_paper.curve["epochs"].iloc[-2]) if len(accuracy) > 1 else 0,
+         display=False)
     same_on_gpu = table[(table["run"] == "alignment weight 0 (batch 500)") & (table["epochs"] == final["epochs"])]
     glue("cpu_paper_gpu_pct", 100 * float(same_on_gpu["common13_in_domain_accuracy"].iloc[0]) if len(same_on_gpu)
          else float("nan"), display=False)
     glue("cpu_paper_below_published", (published if published is not None else float("nan"))
          - 100 * float(final["common13_in_domain_accuracy"]), display=False)
-    display(cpu_paper.curve.set_index("epochs").round(3))
+    display(cpu_paper.display())
 else:
     for name in ("cpu_paper_epochs", "cpu_paper_pct", "cpu_paper_std_pct", "cpu_paper_unseen", "cpu_paper_minutes",
-                 "cpu_paper_train_minutes", "cpu_paper_gpu_pct", "cpu_paper_below_published"):
+                 "cpu_paper_train_minutes", "cpu_paper_gpu_pct", "cpu_paper_below_published", "cpu_paper_last_gain"):
         glue(name, float("nan"), display=False)
     glue("cpu_paper_cut", "", display=False)
+    glue("cpu_paper_previous_epochs", 0, display=False)
     glue("cpu_paper_curve", pd.DataFrame(), display=False)
     print("no cpu-paper run")
 

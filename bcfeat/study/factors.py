@@ -443,6 +443,17 @@ class CpuPaperSummary:
     minutes: float
     cut: list[int]
 
+    def display(self) -> pd.DataFrame:
+        """The learning curve for reading: one row per checkpoint, named columns, rounded."""
+        shown = self.curve.set_index("epochs")[[
+            "common13_in_domain_accuracy", "common13_in_domain_accuracy_std", "coarse5_in_domain_balanced_accuracy",
+            "coarse5_unseen_balanced_accuracy", "latent_std", "train_minutes"]].copy()
+        shown[["common13_in_domain_accuracy", "common13_in_domain_accuracy_std"]] *= 100
+        shown.columns = ["in-domain accuracy, common13 (%)", "± (%)", "in-domain BA, coarse5", "unseen sites (BA)",
+                         "latent spread", "training minutes"]
+        return shown.round({"in-domain accuracy, common13 (%)": 1, "± (%)": 1, "in-domain BA, coarse5": 3,
+                            "unseen sites (BA)": 3, "latent spread": 3, "training minutes": 1})
+
 
 def cpu_paper_summary(folder: str | os.PathLike, source: str, run: FactorRun = CPU_PAPER) -> CpuPaperSummary:
     """:class:`CpuPaperSummary` of a finished ``scripts/ae_factors.py --runs cpu-paper`` folder

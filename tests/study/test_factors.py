@@ -105,6 +105,10 @@ def test_the_cpu_paper_run_reads_back_as_its_learning_curve_with_minutes_and_cut
     assert summary.curve["train_minutes"].iloc[-1] == pytest.approx(history["seconds"].sum() / 60)
     assert summary.curve["train_minutes"].is_monotonic_increasing
     assert summary.cut == [] and np.isnan(summary.minutes)  # no finite budget: no elapsed time is recorded
+    shown = summary.display()
+    assert list(shown.index) == [1, 2, 3]
+    assert shown["in-domain accuracy, common13 (%)"].tolist() == pytest.approx(
+        (100 * summary.curve["common13_in_domain_accuracy"]).round(1).tolist())
 
     cut = _run(tiny_data, [factors.FactorRun(run.name, variant="no_alignment", batch_size=8, checkpoints=(1, 50_000))],
                tmp_path / "cut", budget=factors.FactorBudget(3600.0))
