@@ -71,15 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     device = str(resolve_device(args.device))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [*factors.FACTOR_RUNS, factors.CPU_PAPER]
+    runs = list(factors.FACTOR_RUNS)
     if args.runs:
+        known = [*runs, factors.CPU_PAPER]
         wanted = [r.strip() for r in args.runs.split(",")]
-        unknown = sorted(set(wanted) - {r.name for r in runs})
+        unknown = sorted(set(wanted) - {r.name for r in known})
         if unknown:
-            p.error(f"unknown run(s) {unknown}; choose from {[r.name for r in runs]}")
-        runs = [r for r in runs if r.name in wanted]
-    else:
-        runs = list(factors.FACTOR_RUNS)
+            p.error(f"unknown run(s) {unknown}; choose from {[r.name for r in known]}")
+        runs = [r for r in known if r.name in wanted]
     max_per_site, repetitions = 0, args.n_repetitions
     if args.max_epochs:
         runs = [replace(r, checkpoints=tuple(e for e in r.checkpoints if e <= args.max_epochs)) for r in runs

@@ -103,8 +103,8 @@ class StudySites:
     def sites_for(self, label_space: str) -> tuple[str, ...]:
         """The sites with labelled samples in ``label_space``: every site in coarse5, and
         :attr:`common13_sites` in common13."""
-        if label_space not in ("coarse5", "common13"):
-            raise ValueError(f"label_space must be one of ['coarse5', 'common13'], got {label_space!r}")
+        if label_space not in CROSS_SITE_LABEL_SPACES:
+            raise ValueError(f"label_space must be one of {list(CROSS_SITE_LABEL_SPACES)}, got {label_space!r}")
         return self.sites if label_space == "coarse5" else self.common13_sites
 
     def order(self, names: Iterable[str]) -> list[str]:

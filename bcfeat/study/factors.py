@@ -104,7 +104,6 @@ FACTOR_RUNS: tuple[FactorRun, ...] = (
 # term off (the two steps of the attribution that help; batch 500 is the released value and costs
 # nothing). Trained on the CPU by ``scripts/ae_factors.py --runs cpu-paper``, with its learning curve.
 CPU_PAPER = FactorRun("cpu-paper", variant="no_alignment", batch_size=500, checkpoints=(12, 50, 100, 150))
-CPU_PAPER_MINUTES = 90  # the configuration's budget on the CPU, extraction and scoring included
 
 
 @dataclass

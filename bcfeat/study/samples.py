@@ -14,11 +14,11 @@ from bcfeat.atomic_io import save_table
 from bcfeat.data.splits import SplitPlan, make_splits
 from bcfeat.data import load_image, scan_dataset
 from bcfeat.study.data_overview import subsample
-from bcfeat.data.sites import SITES
+from bcfeat.data.sites import CROSS_SITE_LABEL_SPACES, SITES
 from bcfeat.study.design import DESIGN_FORMAT, StudyDesign, StudySites, parse_list  # noqa: F401 (parse_list: re-exported)
 from bcfeat.validation import require_int
 
-LABEL_SPACES = ("coarse5", "common13")  # the benchmark's label spaces, each with its own splits file
+LABEL_SPACES = CROSS_SITE_LABEL_SPACES  # the benchmark's label spaces, each with its own splits file
 
 
 def site_samples(root: Path, label_space: str | None = "coarse5", sites: Sequence[str] = SITES,
