@@ -71,6 +71,7 @@ from myst_nb import glue
 from bcfeat.study import common as study
 from bcfeat.atomic_io import save_table
 from bcfeat.study import crosslab as cs
+from bcfeat.study import crosslab_figures as cf
 from bcfeat.study import crosslab_validation as cv
 from bcfeat.study import texture_gate as tg
 from bcfeat.crosslab import mixes as mx
@@ -203,14 +204,28 @@ display(pd.DataFrame(gate_envelope or [], columns=["call_size", "threshold"]).ro
 gate_per_lab.round(3)
 
 # %% [markdown]
-# The temperature, the `uncertain` threshold and the lab-novelty threshold of the chosen setting,
-# fitted on the same virtual labs (each lab classified in one call):
+# A call's accuracy, estimated from its two views: the chosen classifier and its texture-free
+# fallback classify every virtual lab's cells (all at once, and calls of 100 under each mix), and a
+# straight line from how often the two disagree to the call's accuracy is fitted on those calls.
+# `bcfeat classify` uses it to bring each call's mean probability to the accuracy it predicts.
 
 # %% tags=["hide-input"]
-calibration = cv.fit_calibration(dev_clf, virtual, headline_source, target_catch, max_review, gate_envelope)
+disagreement = cv.disagreement_calls(dev_clf, virtual, headline_source, seed=seed)
+save_table(disagreement, tables / "crosslab_disagreement_calls.csv")
+disagreement.groupby("lab", sort=False)[["disagreement", "accuracy"]].mean().round(3)
+
+# %% [markdown]
+# The temperature, the `uncertain` threshold, the lab-novelty threshold and the line from the
+# views' disagreement to a call's accuracy, all fitted on the same virtual labs:
+
+# %% tags=["hide-input"]
+calibration = cv.fit_calibration(dev_clf, virtual, headline_source, target_catch, max_review, gate_envelope,
+                                 calls=disagreement)
 glue("crosslab_temperature", calibration.temperature, display=False)
 glue("crosslab_uncertain_below", calibration.uncertain_min_probability, display=False)
 glue("crosslab_novelty_threshold", calibration.novelty_threshold, display=False)
+for key, value in cv.disagreement_glue(calibration).items():
+    glue(key, value, display=False)
 calibration
 
 # %% [markdown]
@@ -304,6 +319,8 @@ save_table(calib, tables / "crosslab_calibration.csv")
 from bcfeat.crosslab.calibration import reliability_figure  # noqa: E402
 glue("crosslab_reliability_figure", reliability_figure(reliability), display=False)
 glue("crosslab_calibration", calib.set_index("lab").round(3), display=False)
+if "view_disagreement" in calib.columns:
+    glue("crosslab_disagreement_figure", cf.disagreement_figure(disagreement, calib), display=False)
 for key, value in tg.gate_glue(calib).items():
     glue(key, value, display=False)
 calib.set_index("lab").round(3)

@@ -393,6 +393,17 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         uniform = np.full(len(self.classes_), 1.0 / len(self.classes_))  # class_weight="balanced"
         return em_class_priors(P, uniform)[0]
 
+    def view_probabilities(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """One call read twice: ``(with every column, without the gated ones)``, the untempered
+        probabilities of this classifier (gate ignored) and of ``fallback_``; ``None`` without a
+        gate. How often the two part is :func:`bcfeat.crosslab.view_agreement.view_disagreement`."""
+        if self.gate_columns is None:
+            return None
+        X = self._checked(X)
+        full = self._site_view(self._select(X), self.estimator_)[1]
+        fallback = self.fallback_._site_view(self.fallback_._select(X), self.fallback_.estimator_)[1]
+        return full, fallback
+
     def transform(self, X: np.ndarray) -> np.ndarray:
         """``(n, d)`` raw features of one site -> ``(n, d')`` the classifier's standardised view of them
         (after the balancing rounds), the space of ``class_means_`` (of this classifier, gate or not)."""

@@ -203,6 +203,37 @@ def lab_warning(classifier: CrossLabClassifier, feats: np.ndarray) -> str | None
     return novelty_warning(score, novelty)
 
 
+#: A call whose estimated accuracy (from its views' disagreement) is below this gets a warning: the
+#: issue's target balanced accuracy for a lab.
+ESTIMATE_WARNING_BELOW = 0.80
+
+
+def call_calibrated(classifier: CrossLabClassifier, feats: np.ndarray,
+                    proba: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """One call's probabilities brought to the accuracy its two views' disagreement predicts (the
+    model file's ``accuracy_from_disagreement``, fitted on the study's development labs;
+    :mod:`bcfeat.crosslab.view_agreement`), and a warning when that estimate is below
+    :data:`ESTIMATE_WARNING_BELOW`. Unchanged, without a warning, when the file holds no such line
+    or the classifier has one view (a lab's own ``train-classifier`` model), or for a call of fewer
+    than :data:`bcfeat.crosslab.view_agreement.MIN_CALL_CELLS` cells."""
+    from bcfeat.crosslab.view_agreement import (MIN_CALL_CELLS, AccuracyFromDisagreement, calibrate_call,
+                                                view_disagreement)
+
+    record = getattr(classifier, "calibration_", {}).get("accuracy_from_disagreement")
+    views = None if record is None or len(proba) < MIN_CALL_CELLS else classifier.view_probabilities(feats)
+    if views is None:
+        return proba, None
+    fit = AccuracyFromDisagreement.from_dict(record)
+    d = view_disagreement(*views)
+    out, estimate = calibrate_call(proba, d, fit)
+    if estimate >= ESTIMATE_WARNING_BELOW:
+        return out, None
+    return out, (f"the classifier read with and without texture disagrees on {d:.0%} of these {len(feats)} cells; "
+                 f"on the development labs that went with about {estimate:.0%} accuracy, and the probabilities "
+                 "are lowered to match: review the cells marked uncertain, or label a few cells per class "
+                 "(bcfeat train-classifier --corrections)")
+
+
 def gate_warning(classifier: CrossLabClassifier, feats: np.ndarray) -> str | None:
     """A note when this call's texture measures sit farther from the training classes than any of
     the study's development labs' did, so that it was classified without them (``None`` if not,
@@ -271,13 +302,14 @@ def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray,
     classes = model.classifier.classes_
     # cells where no cell was found are left out of the lab's statistics and get no class
     proba = np.full((len(relpaths), len(classes)), np.nan)
-    proba[found] = model.classifier.predict_proba(feats[found])
+    proba[found], accuracy_warning = call_calibrated(model.classifier, feats[found],
+                                                     model.classifier.predict_proba(feats[found]))
     predicted = np.where(found, classes[np.nan_to_num(proba, nan=0.0).argmax(axis=1)], NO_CELL)
     table = pd.DataFrame({"relpath": np.asarray(relpaths), "predicted": predicted, "probability": proba.max(axis=1),
                           "uncertain": ~found | uncertain_cells(model.classifier, np.nan_to_num(proba, nan=0.0)),
                           "cell_found": found})
     for warning in [lab_warning(model.classifier, feats[found]), gate_warning(model.classifier, feats[found]),
-                    *_call_warnings(feats[found], predicted[found])]:
+                    accuracy_warning, *_call_warnings(feats[found], predicted[found])]:
         if warning:
             logger.warning("%s: %s", folder, warning)
             if warning_list is not None:
@@ -285,5 +317,6 @@ def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray,
     return pd.concat([table, pd.DataFrame(proba, columns=[f"p_{c}" for c in classes])], axis=1)
 
 
-__all__ = ["measure_folder_table", "train_classifier", "classify_folder", "classify_features", "classify_cells", "uncertain_cells", "lab_warning", "gate_warning",
+__all__ = ["measure_folder_table", "train_classifier", "classify_folder", "classify_features", "classify_cells", "uncertain_cells", "lab_warning", "gate_warning", "call_calibrated",
+           "ESTIMATE_WARNING_BELOW",
            "MIN_CELLS_PER_CLASS", "DEFAULT_UNCERTAIN_BELOW"]

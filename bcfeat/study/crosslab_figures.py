@@ -119,3 +119,34 @@ def mix_figure(summary: pd.DataFrame, metric: str = "balanced_accuracy"):
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def disagreement_figure(calls: pd.DataFrame, real: pd.DataFrame | None = None):
+    """Each development call's accuracy against how often the classifier and its texture-free
+    fallback disagree on it (:func:`bcfeat.study.crosslab_validation.disagreement_calls`), with the
+    least-squares line; ``real`` (``lab, view_disagreement, accuracy``), when given, marks real labs."""
+    from bcfeat.study.figures import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    whole = calls["mix"] == "all cells"
+    ax.scatter(calls.loc[~whole, "disagreement"], calls.loc[~whole, "accuracy"], s=8, alpha=0.35,
+               label="virtual lab, call of 100")
+    ax.scatter(calls.loc[whole, "disagreement"], calls.loc[whole, "accuracy"], s=18, marker="s",
+               label="virtual lab, all cells")
+    slope, intercept = np.polyfit(calls["disagreement"], calls["accuracy"], 1)
+    xs = np.linspace(0, max(float(calls["disagreement"].max()), 0.05) * 1.3, 20)
+    ax.plot(xs, intercept + slope * xs, color="black", lw=1, label=f"fit: {intercept:.2f} {slope:+.2f} x")
+    if real is not None:
+        ax.scatter(real["view_disagreement"], real["accuracy"], s=40, marker="*", color="crimson",
+                   label="real lab, all cells")
+        for _, row in real.iterrows():
+            ax.annotate(str(row["lab"])[:12], (row["view_disagreement"], row["accuracy"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("share of cells the two views call differently")
+    ax.set_ylabel("accuracy of the call")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig

@@ -202,6 +202,9 @@ class Calibration:
     novelty_threshold: float
     reference_novelty: list[float]
     gate_threshold: list | None = None  # the texture gate's [call size, threshold] pairs (texture_gate.fit_gate_threshold); None: no gate
+    # view_agreement.AccuracyFromDisagreement.to_dict(): a call's accuracy from how often the classifier and its
+    # texture-free fallback part; None: no gate, so no second view
+    accuracy_from_disagreement: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -212,39 +215,111 @@ def _index(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return np.array([lookup[v] for v in y])
 
 
+def disagreement_calls(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, call_size: int = 100,
+                       n_calls: int = 3, seed: int = 0) -> pd.DataFrame:
+    """The development calls the accuracy-from-disagreement line is fitted on: every virtual lab's
+    cells in one call and in ``n_calls`` calls of ``call_size`` under each class mix of
+    :data:`bcfeat.crosslab.mixes.MIXES`; one row per call with ``lab, mix, n_cells, disagreement,
+    accuracy`` (empty when ``clf`` has no texture gate, hence no second view)."""
+    from bcfeat.crosslab.view_agreement import view_disagreement
+
+    rows = []
+    if clf.gate_columns is None:
+        return pd.DataFrame(columns=["lab", "mix", "n_cells", "disagreement", "accuracy"])
+    for lab in virtual.labs:
+        X, y = virtual.features[(lab.name, source)], virtual.labels
+        calls = [("all cells", np.arange(len(y)))]
+        for mix, shares in mx.MIXES.items():
+            rng = np.random.default_rng([seed, zlib.crc32(f"{lab.name}/{mix}".encode())])
+            calls += [(mix, idx) for idx in mx.draw_calls(y, shares, call_size, n_calls, rng)]
+        for mix, idx in calls:
+            full, fallback = clf.view_probabilities(X[idx])
+            rows.append({"lab": lab.name, "mix": mix, "n_cells": len(idx),
+                         "disagreement": view_disagreement(full, fallback),
+                         "accuracy": float(np.mean(clf.predict(X[idx]) == y[idx]))})
+    return pd.DataFrame(rows)
+
+
+def _call_calibrated(clf: CrossLabClassifier, X: np.ndarray, P: np.ndarray, fit) -> tuple[np.ndarray, float, float]:
+    """One call's tempered probabilities ``P`` brought to the accuracy its views' disagreement
+    predicts: ``(P', disagreement, estimated accuracy)``."""
+    from bcfeat.crosslab.view_agreement import calibrate_call, view_disagreement
+
+    d = view_disagreement(*clf.view_probabilities(X))
+    out, estimate = calibrate_call(P, d, fit)
+    return out, d, estimate
+
+
 def fit_calibration(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, target_catch: float = 0.5,
-                    max_review: float = 0.3, gate_threshold: Sequence | None = None) -> Calibration:
+                    max_review: float = 0.3, gate_threshold: Sequence | None = None,
+                    calls: pd.DataFrame | None = None) -> Calibration:
     """Temperature (pooled negative log-likelihood), ``uncertain`` threshold and lab novelty
     threshold, from each virtual lab's cells classified in one call; ``gate_threshold`` (from
-    :func:`bcfeat.study.texture_gate.fit_gate_threshold`) is recorded with them."""
-    probas, truths, novelty = [], [], []
+    :func:`bcfeat.study.texture_gate.fit_gate_threshold`) is recorded with them. With a texture
+    gate, the line from the views' disagreement to a call's accuracy is fitted on ``calls``
+    (:func:`disagreement_calls`), and the ``uncertain`` threshold is chosen on the probabilities
+    that line gives each lab (what ``bcfeat classify`` deploys)."""
+    from bcfeat.crosslab.view_agreement import AccuracyFromDisagreement
+
+    probas, truths, novelty, features = [], [], [], []
     for lab in virtual.labs:
         X = virtual.features[(lab.name, source)]
         probas.append(clf.predict_proba(X))
         truths.append(_index(virtual.labels, clf.classes_))
         novelty.append(clf.lab_novelty(X))
+        features.append(X)
     P, t = np.vstack(probas), np.concatenate(truths)
     T = cal.fit_temperature(P, t)
-    rule = cal.choose_uncertain_rule(cal.apply_temperature(P, T), t, target_catch, max_review)
+    fit = None
+    if clf.gate_columns is not None:
+        calls = disagreement_calls(clf, virtual, source) if calls is None else calls
+    if clf.gate_columns is not None and calls["disagreement"].nunique() > 1:  # else the calls say nothing of it
+        fit = AccuracyFromDisagreement.fit(calls["disagreement"], calls["accuracy"], len(clf.classes_))
+        P = np.vstack([_call_calibrated(clf, X, cal.apply_temperature(p, T), fit)[0]
+                       for X, p in zip(features, probas)])
+    else:
+        P = cal.apply_temperature(P, T)
+    rule = cal.choose_uncertain_rule(P, t, target_catch, max_review)
     fitted = nov.fit_novelty(novelty)
     gate = None if gate_threshold is None else [[int(n), float(t)] for n, t in gate_threshold]
     return Calibration(float(T), float(rule.min_probability), float(fitted.threshold), [float(v) for v in novelty],
-                       gate)
+                       gate, None if fit is None else fit.to_dict())
+
+
+def disagreement_glue(calibration: Calibration) -> dict:
+    """The accuracy-from-disagreement line's numbers for the chapter (empty without one).
+
+    >>> c = Calibration(1.5, 0.6, 2.0, [1.0], None, {"intercept": 0.97, "slope": -1.6, "floor": 0.2,
+    ...                                               "n_calls": 120, "residual_std": 0.05})
+    >>> disagreement_glue(c)["crosslab_disagreement_slope"]
+    -1.6
+    """
+    fit = calibration.accuracy_from_disagreement
+    if fit is None:
+        return {}
+    return {f"crosslab_disagreement_{k}": v for k, v in fit.items() if k != "floor"}
 
 
 def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
                       labs: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Per lab (all its cells in one call): ECE and the confidence gap before and after the
-    temperature, the ``uncertain`` flag's review share and catch rate, the novelty score and
-    whether it warns; and the reliability tables (after the temperature).
+    temperature and, where the calibration holds the accuracy-from-disagreement line and the
+    classifier two views, after the call's own temperature (``view_disagreement``,
+    ``estimated_accuracy`` and the ``_call`` columns: what ``bcfeat classify`` gives); the
+    ``uncertain`` flag's review share and catch rate, the novelty score and whether it warns; and
+    the reliability tables, all on the deployed probabilities.
 
     ``clf`` must be untempered (``temperature=1``): the calibration's temperature is applied
     here, once, as the deployed model applies it."""
     if clf.temperature != 1.0:
         raise ValueError(f"calibration_table needs the untempered classifier (temperature 1), got temperature "
                          f"{clf.temperature}: the calibration's temperature {calibration.temperature} is applied here")
+    from bcfeat.crosslab.view_agreement import AccuracyFromDisagreement
+
     rule = cal.UncertainRule(calibration.uncertain_min_probability)
     novelty = nov.LabNovelty(np.asarray(calibration.reference_novelty), calibration.novelty_threshold)
+    fit = (None if calibration.accuracy_from_disagreement is None or clf.gate_columns is None
+           else AccuracyFromDisagreement.from_dict(calibration.accuracy_from_disagreement))
     rows, reliability = [], {}
     for name, (X, y) in labs.items():
         P = clf.predict_proba(X)
@@ -254,10 +329,16 @@ def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
         score = clf.lab_novelty(X)
         gate = {} if clf.gate_columns is None else {"gate_novelty": clf.gate_novelty(X),
                                                      "gate_closed": clf.gate_closed(X)}
+        call = {}
+        if fit is not None:  # what bcfeat classify deploys: the call's own temperature from its views
+            Pt, d, estimate = _call_calibrated(clf, X, Pt, fit)
+            called = cal.calibration_summary(Pt, t)
+            call = {"view_disagreement": d, "estimated_accuracy": estimate, "ece_call": called["ece"],
+                    "mean_confidence_call": called["mean_confidence"], "confidence_gap_call": called["confidence_gap"]}
         rows.append({"lab": name, "n_cells": len(y), "accuracy": after["accuracy"],
                      "ece_raw": before["ece"], "mean_confidence_raw": before["mean_confidence"],
                      "ece": after["ece"], "mean_confidence": after["mean_confidence"],
-                     "confidence_gap": after["confidence_gap"],
+                     "confidence_gap": after["confidence_gap"], **call,
                      **{k: v for k, v in cal.review_table(Pt, t, rule).items() if k != "n_cells"},
                      "novelty": score, "novelty_warning": nov.novelty_warning(score, novelty) is not None, **gate})
         reliability[name] = cal.reliability_table(Pt, t)
@@ -337,13 +418,16 @@ def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequen
                      "worst_mix_cost": float(own100 - c100["balanced_accuracy"].min()),
                      "diff_mae_pp_100": float(c100["diff_mae_pp"].mean()),
                      "diff_worst_pp_100": float(c100["diff_worst_pp"].max()),
-                     "ece": float(cal_row["ece"]), "confidence_gap": float(cal_row["confidence_gap"])})
+                     "ece": float(cal_row["ece"]), "confidence_gap": float(cal_row["confidence_gap"]),
+                     # the probabilities bcfeat classify deploys (the call's own temperature), where there are two views
+                     **({"ece_call": float(cal_row["ece_call"]), "confidence_gap_call": float(cal_row["confidence_gap_call"])}
+                        if "ece_call" in cal_row.index else {})})
     return pd.DataFrame(rows)
 
 
 __all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for", "candidate_settings",
            "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "fit_setting",
-           "score_on_labs", "select_on_virtual_labs", "Calibration", "fit_calibration", "calibration_table",
+           "score_on_labs", "select_on_virtual_labs", "Calibration", "disagreement_calls", "disagreement_glue", "fit_calibration", "calibration_table",
            "real_labs", "mix_table", "per_shift_table", "goals_table"]
 
 
@@ -489,18 +573,23 @@ def goals_glue(goals: pd.DataFrame, source: str, unseen: Sequence[str], untouche
     and the target (>= 0.80 balanced accuracy and >= 0.75 macro-F1 under every mix in calls of
     >= 100 cells, differential error <= 3 / 5 points, ECE <= 0.05) hold on the unseen labs."""
     g = goals.set_index("lab")
+    # calibration is judged on the probabilities bcfeat classify gives: the call's own temperature where
+    # the classifier has two views (ece_call, confidence_gap_call), else the one temperature
+    called = "confidence_gap_call" in g.columns
+    ece, gap = ("ece_call", "confidence_gap_call") if called else ("ece", "confidence_gap")
     out = {}
     for lab in g.index:
         for col in ("balanced_accuracy_all", "macro_f1_all", "worst_mix_balanced_accuracy", "worst_mix_cost",
-                    "diff_mae_pp_100", "diff_worst_pp_100", "ece", "confidence_gap"):
+                    "diff_mae_pp_100", "diff_worst_pp_100", "ece", "confidence_gap",
+                    *(("ece_call", "confidence_gap_call") if called else ())):
             out[f"crosslab_goal_{lab}_{col}"] = float(g.loc[lab, col])
     labs = [lab for lab in [*unseen, untouched] if lab in g.index]
     part = g.loc[labs]
     milestone = ((part["balanced_accuracy_all"] >= 0.70).all() and (part["worst_mix_cost"] <= 0.03).all()
-                 and (part["confidence_gap"].abs() <= 0.10).all())
+                 and (part[gap].abs() <= 0.10).all())
     target = ((part["worst_mix_balanced_accuracy"] >= 0.80).all() and (part["worst_mix_macro_f1"] >= 0.75).all()
               and (part["diff_mae_pp_100"] <= 3).all() and (part["diff_worst_pp_100"] <= 5).all()
-              and (part["ece"] <= 0.05).all() and g.loc[source, "worst_mix_balanced_accuracy"] >= 0.97)
+              and (part[ece] <= 0.05).all() and g.loc[source, "worst_mix_balanced_accuracy"] >= 0.97)
     out["crosslab_goal_milestone"] = "met" if milestone else "not met"
     out["crosslab_goal_target"] = "met" if target else "not met"
     out["crosslab_goal_labs"] = ", ".join(labs)

@@ -443,3 +443,64 @@ def test_virtual_labs_report_their_measuring_cost_again_when_read_from_the_cache
     assert again.minutes == first.minutes
     np.testing.assert_array_equal(again.features[("blurred", "stain+normtex")],
                                   first.features[("blurred", "stain+normtex")])
+
+
+def test_the_calibration_fits_a_call_accuracy_line_on_virtual_labs_and_judges_the_deployed_probabilities():
+    """With a texture gate, the line from the views' disagreement to a call's accuracy is fitted on
+    the virtual labs' calls; the calibration table reads every lab through it (what classify
+    deploys), and the goals judge calibration on those probabilities."""
+    from bcfeat.crosslab.cell_features import feature_groups
+    from bcfeat.crosslab.virtual_labs import VirtualLab
+
+    texture = feature_groups()["texture"]
+    rng = np.random.default_rng(7)
+    samples, plan, X, y = _study(rng, 10)
+    codes = pd.factorize(y, sort=True)[0]
+    X[:, texture[:10]] += 2.5 * (codes[:, None] == np.arange(10)[None, :] % 5)  # texture carries the class too
+    rows = cv.development_rows(samples, plan, 0, 0, source="pbc_acevedo20")
+
+    def lying(share, seed):
+        """The development cells, a share of them with the texture of another class."""
+        r = np.random.default_rng(seed)
+        out = X[rows].copy()
+        swap = r.uniform(size=len(rows)) < share
+        out[np.ix_(swap, texture[:10])] = np.roll(out[np.ix_(swap, texture[:10])], 1, axis=1)
+        return out
+
+    labs = [VirtualLab(f"v{k}") for k in range(5)]
+    virtual = cv.VirtualLabs(rows, y[rows], {(lab.name, "stain"): lying(k / 5, k) for k, lab in enumerate(labs)},
+                             labs, 0.0)
+    measured = {"stain": _Measured(X)}
+    clf = cv.fit_setting(measured, samples, plan, "logistic C=0.1 all stain cbr", 0, gate_threshold=float("inf"),
+                         source="pbc_acevedo20")
+    calls = cv.disagreement_calls(clf, virtual, "stain", call_size=40, n_calls=2)
+    assert len(calls) == 5 * (1 + 2 * len(cv.mx.MIXES)) and set(calls["mix"]) == {"all cells", *cv.mx.MIXES}
+    whole = calls[calls["mix"] == "all cells"].set_index("lab")
+    assert whole["disagreement"].is_monotonic_increasing and whole["accuracy"].iloc[0] > whole["accuracy"].iloc[-1]
+    calibration = cv.fit_calibration(clf, virtual, "stain", 0.5, 0.5, calls=calls)
+    line = calibration.accuracy_from_disagreement
+    assert line["slope"] < 0 and line["n_calls"] == len(calls)
+    assert cv.disagreement_glue(calibration)["crosslab_disagreement_slope"] == line["slope"]
+    real = {"same": (X[rows], y[rows]), "lying": (lying(0.7, 11), y[rows])}
+    table, _ = cv.calibration_table(clf, calibration, real)
+    t = table.set_index("lab")
+    assert t.loc["lying", "view_disagreement"] > t.loc["same", "view_disagreement"]
+    assert t.loc["lying", "estimated_accuracy"] < t.loc["same", "estimated_accuracy"]
+    for lab in ("same", "lying"):  # each lab's mean probability is brought to its estimated accuracy
+        assert t.loc[lab, "mean_confidence_call"] == pytest.approx(t.loc[lab, "estimated_accuracy"], abs=1e-4)
+    assert abs(t.loc["lying", "confidence_gap_call"]) < 0.1
+    # goals: calibration judged on the call-calibrated probabilities where they exist
+    summary = pd.DataFrame([{"lab": lab, "mix": "own", "call_size": size, "balanced_accuracy": 0.9, "macro_f1": 0.9,
+                             "diff_mae_pp": 1.0, "diff_worst_pp": 2.0} for lab in ("same", "lying") for size in (0, 100)])
+    goals = cv.goals_table(summary, table, ["lying"])
+    glue = cv.goals_glue(goals, "same", ["lying"], "untouched")
+    assert glue["crosslab_goal_lying_confidence_gap_call"] == pytest.approx(t.loc["lying", "confidence_gap_call"])
+    wide = table.assign(confidence_gap=0.5, confidence_gap_call=0.05)
+    assert cv.goals_glue(cv.goals_table(summary, wide, ["lying"]), "same", ["lying"], "u")["crosslab_goal_milestone"] == "met"
+    assert cv.goals_glue(cv.goals_table(summary, wide.assign(confidence_gap_call=0.5), ["lying"]), "same", ["lying"],
+                         "u")["crosslab_goal_milestone"] == "not met"
+    # a classifier without a gate has one view: no calls, no line, the table as before
+    plain = cv.fit_setting(measured, samples, plan, "logistic C=0.1 all stain cbr", 0, source="pbc_acevedo20")
+    assert cv.disagreement_calls(plain, virtual, "stain").empty
+    assert cv.fit_calibration(plain, virtual, "stain", 0.5, 0.5).accuracy_from_disagreement is None
+    assert "view_disagreement" not in cv.calibration_table(plain, calibration, real)[0].columns
