@@ -33,10 +33,32 @@ def git_commit() -> dict[str, object]:
         return {"commit": None, "dirty": None}
 
 
+def cpu_model(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str | None:
+    r"""The CPU's model name from Linux's ``/proc/cpuinfo`` (``platform.processor()`` is empty
+    there); ``None`` where the file is absent or names none. The reproduction's float sums, and so
+    its numbers, differ between CPU models: the record says which one made them.
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+    ...     _ = f.write("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n")
+    >>> cpu_model(f.name), cpu_model("/no/such/file")
+    ('AMD EPYC 7B13', None)
+    """
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        return None
+    return None
+
+
 def hardware() -> dict[str, object]:
     info: dict[str, object] = {
         "machine": platform.machine(), "system": platform.system(), "python": platform.python_version(),
-        "cpu_count": os.cpu_count(), "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(), "processor": platform.processor() or cpu_model(),
     }
     try:
         import torch
