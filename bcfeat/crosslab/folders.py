@@ -216,16 +216,12 @@ def call_calibrated(classifier: CrossLabClassifier, feats: np.ndarray,
     :data:`ESTIMATE_WARNING_BELOW`. Unchanged, without a warning, when the file holds no such line
     or the classifier has one view (a lab's own ``train-classifier`` model), or for a call of fewer
     than :data:`bcfeat.crosslab.view_agreement.MIN_CALL_CELLS` cells."""
-    from bcfeat.crosslab.view_agreement import (MIN_CALL_CELLS, AccuracyFromDisagreement, calibrate_call,
-                                                view_disagreement)
+    from bcfeat.crosslab.view_agreement import MIN_CALL_CELLS, AccuracyFromDisagreement, calibrate_with_views
 
     record = getattr(classifier, "calibration_", {}).get("accuracy_from_disagreement")
-    views = None if record is None or len(proba) < MIN_CALL_CELLS else classifier.view_probabilities(feats)
-    if views is None:
+    if record is None or classifier.gate_columns is None or len(proba) < MIN_CALL_CELLS:
         return proba, None
-    fit = AccuracyFromDisagreement.from_dict(record)
-    d = view_disagreement(*views)
-    out, estimate = calibrate_call(proba, d, fit)
+    out, d, estimate = calibrate_with_views(classifier, feats, proba, AccuracyFromDisagreement.from_dict(record))
     if estimate >= ESTIMATE_WARNING_BELOW:
         return out, None
     return out, (f"the classifier read with and without texture disagrees on {d:.0%} of these {len(feats)} cells; "

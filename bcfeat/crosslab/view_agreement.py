@@ -29,7 +29,7 @@ import numpy as np
 from bcfeat.crosslab.calibration import apply_temperature
 
 __all__ = ["MIN_CALL_CELLS", "AccuracyFromDisagreement", "view_disagreement", "temperature_for_mean_confidence",
-           "calibrate_call"]
+           "calibrate_call", "calibrate_with_views"]
 
 #: Calls of fewer cells keep their probabilities (the disagreement share scatters too much).
 MIN_CALL_CELLS = 32
@@ -156,3 +156,13 @@ def calibrate_call(proba: np.ndarray, disagreement: float,
     if len(proba) < MIN_CALL_CELLS:
         return proba, estimate
     return apply_temperature(proba, temperature_for_mean_confidence(proba, estimate)), estimate
+
+
+def calibrate_with_views(classifier, X: np.ndarray, proba: np.ndarray,
+                         fit: AccuracyFromDisagreement) -> tuple[np.ndarray, float, float]:
+    """:func:`calibrate_call` for one call's features ``X`` read by ``classifier`` (a
+    :class:`~bcfeat.crosslab.adaptation.CrossLabClassifier` with a texture gate, whose
+    ``view_probabilities`` gives the two readings): ``(proba', disagreement, estimated accuracy)``."""
+    d = view_disagreement(*classifier.view_probabilities(X))
+    out, estimate = calibrate_call(proba, d, fit)
+    return out, d, estimate

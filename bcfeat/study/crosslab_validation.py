@@ -240,16 +240,6 @@ def disagreement_calls(clf: CrossLabClassifier, virtual: VirtualLabs, source: st
     return pd.DataFrame(rows)
 
 
-def _call_calibrated(clf: CrossLabClassifier, X: np.ndarray, P: np.ndarray, fit) -> tuple[np.ndarray, float, float]:
-    """One call's tempered probabilities ``P`` brought to the accuracy its views' disagreement
-    predicts: ``(P', disagreement, estimated accuracy)``."""
-    from bcfeat.crosslab.view_agreement import calibrate_call, view_disagreement
-
-    d = view_disagreement(*clf.view_probabilities(X))
-    out, estimate = calibrate_call(P, d, fit)
-    return out, d, estimate
-
-
 def fit_calibration(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, target_catch: float = 0.5,
                     max_review: float = 0.3, gate_threshold: Sequence | None = None,
                     calls: pd.DataFrame | None = None) -> Calibration:
@@ -259,7 +249,7 @@ def fit_calibration(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, 
     gate, the line from the views' disagreement to a call's accuracy is fitted on ``calls``
     (:func:`disagreement_calls`), and the ``uncertain`` threshold is chosen on the probabilities
     that line gives each lab (what ``bcfeat classify`` deploys)."""
-    from bcfeat.crosslab.view_agreement import AccuracyFromDisagreement
+    from bcfeat.crosslab.view_agreement import AccuracyFromDisagreement, calibrate_with_views
 
     probas, truths, novelty, features = [], [], [], []
     for lab in virtual.labs:
@@ -268,18 +258,16 @@ def fit_calibration(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, 
         truths.append(_index(virtual.labels, clf.classes_))
         novelty.append(clf.lab_novelty(X))
         features.append(X)
-    P, t = np.vstack(probas), np.concatenate(truths)
-    T = cal.fit_temperature(P, t)
+    t = np.concatenate(truths)
+    T = cal.fit_temperature(np.vstack(probas), t)
+    tempered = [cal.apply_temperature(p, T) for p in probas]
     fit = None
     if clf.gate_columns is not None:
         calls = disagreement_calls(clf, virtual, source) if calls is None else calls
-    if clf.gate_columns is not None and calls["disagreement"].nunique() > 1:  # else the calls say nothing of it
-        fit = AccuracyFromDisagreement.fit(calls["disagreement"], calls["accuracy"], len(clf.classes_))
-        P = np.vstack([_call_calibrated(clf, X, cal.apply_temperature(p, T), fit)[0]
-                       for X, p in zip(features, probas)])
-    else:
-        P = cal.apply_temperature(P, T)
-    rule = cal.choose_uncertain_rule(P, t, target_catch, max_review)
+        if calls["disagreement"].nunique() > 1:  # else the calls say nothing of it
+            fit = AccuracyFromDisagreement.fit(calls["disagreement"], calls["accuracy"], len(clf.classes_))
+            tempered = [calibrate_with_views(clf, X, p, fit)[0] for X, p in zip(features, tempered)]
+    rule = cal.choose_uncertain_rule(np.vstack(tempered), t, target_catch, max_review)
     fitted = nov.fit_novelty(novelty)
     gate = None if gate_threshold is None else [[int(n), float(t)] for n, t in gate_threshold]
     return Calibration(float(T), float(rule.min_probability), float(fitted.threshold), [float(v) for v in novelty],
@@ -314,7 +302,7 @@ def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
     if clf.temperature != 1.0:
         raise ValueError(f"calibration_table needs the untempered classifier (temperature 1), got temperature "
                          f"{clf.temperature}: the calibration's temperature {calibration.temperature} is applied here")
-    from bcfeat.crosslab.view_agreement import AccuracyFromDisagreement
+    from bcfeat.crosslab.view_agreement import AccuracyFromDisagreement, calibrate_with_views
 
     rule = cal.UncertainRule(calibration.uncertain_min_probability)
     novelty = nov.LabNovelty(np.asarray(calibration.reference_novelty), calibration.novelty_threshold)
@@ -331,7 +319,7 @@ def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
                                                      "gate_closed": clf.gate_closed(X)}
         call = {}
         if fit is not None:  # what bcfeat classify deploys: the call's own temperature from its views
-            Pt, d, estimate = _call_calibrated(clf, X, Pt, fit)
+            Pt, d, estimate = calibrate_with_views(clf, X, Pt, fit)
             called = cal.calibration_summary(Pt, t)
             call = {"view_disagreement": d, "estimated_accuracy": estimate, "ece_call": called["ece"],
                     "mean_confidence_call": called["mean_confidence"], "confidence_gap_call": called["confidence_gap"]}
