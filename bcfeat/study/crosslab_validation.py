@@ -15,6 +15,11 @@ The rule, fixed before the final run:
    novelty threshold are fitted on the same virtual labs.
 3. **The three real unseen sites are reported as held out**, under every class mix and call
    size; labs outside the project are the untouched check.
+
+A second rule, the study's default since the virtual labs failed to foresee the real labs'
+failures (:func:`nested_choice`): the deployed setting is the best on the given unseen sites, and
+each of those sites reports the setting chosen on the others (leave one site out), so no reported
+number was chosen with its own labels; the untouched lab checks the deployed setting.
 """
 
 from __future__ import annotations
@@ -177,6 +182,104 @@ def select_on_virtual_labs(measured: dict, samples: pd.DataFrame, plan: SplitPla
                      "seconds": time.perf_counter() - start})
     table = pd.DataFrame(rows).sort_values("selection_score", ascending=False, kind="stable")
     return table.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- real labs, nested
+SELECTION_RULES = ("virtual_labs", "real_labs_nested")
+
+
+def score_on_given_sites(measured: dict, samples: pd.DataFrame, plan: SplitPlan, candidates: Sequence[str],
+                         seed: int, call_size: int = 100, n_calls: int = 3,
+                         mixes: Sequence[str] = ("own", "balanced", "typical", "neutrophil_heavy", "lymphocyte_heavy"),
+                         *, design: StudySites) -> pd.DataFrame:
+    """Each candidate on each given unseen site, scored as the virtual labs are (calls of
+    ``call_size`` under every mix) and with all of the site's cells in one call: one row per
+    (setting, lab) with ``balanced_accuracy`` (mean over the calls), ``macro_f1``,
+    ``balanced_accuracy_all`` and ``macro_f1_all``. This reads the given sites' labels: a number
+    it gives is held out only for a choice that did not read that site (:func:`nested_choice`)."""
+    rows = []
+    for name in candidates:
+        s = parse_setting(name)
+        clf = fit_setting(measured, samples, plan, name, seed, source=design.source)
+        labs = {k: v for k, v in real_labs(measured, samples, plan, s["source"], design=design).items()
+                if k != design.source}
+        calls = score_on_labs(clf, labs, mixes, (call_size,), n_calls, seed)
+        for lab, (X, y) in labs.items():
+            mine = calls[calls["lab"] == lab]
+            whole = mx.call_scores(y, clf.predict(X), LABELS)
+            rows.append({"setting": name, "lab": lab, "balanced_accuracy": float(mine["balanced_accuracy"].mean()),
+                         "macro_f1": float(mine["macro_f1"].mean()),
+                         "balanced_accuracy_all": float(whole["balanced_accuracy"]),
+                         "macro_f1_all": float(whole["macro_f1"])})
+    return pd.DataFrame(rows)
+
+
+def _best(scores: pd.DataFrame, labs: Sequence[str], virtual: pd.Series) -> tuple[str, float]:
+    """The setting with the best mean balanced accuracy over ``labs``; ties go to the better
+    virtual-lab score, then to the name."""
+    mean = scores[scores["lab"].isin(labs)].groupby("setting")["balanced_accuracy"].mean()
+    order = pd.DataFrame({"dev": mean.round(10), "virtual": virtual.reindex(mean.index).fillna(-np.inf)})
+    order = order.sort_values(["dev", "virtual"], ascending=False, kind="stable")
+    return str(order.index[0]), float(mean[order.index[0]])
+
+
+def nested_choice(scores: pd.DataFrame, selection: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    """The real-lab rule: the eligible setting with the best mean balanced accuracy over the given
+    sites (ties to the virtual-lab score) is deployed, and each given site's number comes from
+    the setting that rule chooses on the *other* sites (leave one site out), so that no reported
+    number was chosen by its own labels.
+
+    ``scores``: :func:`score_on_given_sites` (eligible settings only); ``selection``:
+    :func:`select_on_virtual_labs` with an ``eligible`` column. Returns the deployed setting and
+    one row per held-out site: ``chosen``, ``development_score`` (its mean on the other sites),
+    the held-out scores, whether the fold chose the deployed setting, and the virtual-lab
+    rule's setting with its scores on the same site.
+
+    >>> sc = pd.DataFrame({"setting": ["a", "a", "b", "b"], "lab": ["x", "y", "x", "y"],
+    ...                    "balanced_accuracy": [0.9, 0.5, 0.6, 0.7], "macro_f1": 0.5,
+    ...                    "balanced_accuracy_all": 0.5, "macro_f1_all": 0.5})
+    >>> sel = pd.DataFrame({"setting": ["b", "a"], "selection_score": [0.8, 0.7], "eligible": True})
+    >>> deployed, folds = nested_choice(sc, sel)
+    >>> deployed, list(folds["chosen"]), list(folds["virtual_rule_setting"])
+    ('a', ['b', 'a'], ['b', 'b'])
+    """
+    eligible = selection.loc[selection["eligible"], "setting"]
+    virtual = selection.set_index("setting")["selection_score"]
+    scores = scores[scores["setting"].isin(set(eligible))]
+    sites = list(dict.fromkeys(scores["lab"]))
+    if len(sites) < 2:
+        raise ValueError(f"the real-lab rule needs at least two given unseen sites to hold one out; got {sites}")
+    deployed, _ = _best(scores, sites, virtual)
+    virtual_rule = str(eligible.iloc[0])
+    by = scores.set_index(["setting", "lab"])
+    rows = []
+    for held in sites:
+        chosen, dev = _best(scores, [s for s in sites if s != held], virtual)
+        rows.append({"held_out": held, "chosen": chosen, "development_score": dev,
+                     **{f"held_out_{k}": float(by.loc[(chosen, held), k])
+                        for k in ("balanced_accuracy", "macro_f1", "balanced_accuracy_all", "macro_f1_all")},
+                     "chose_deployed": chosen == deployed, "virtual_rule_setting": virtual_rule,
+                     **{f"virtual_rule_{k}": float(by.loc[(virtual_rule, held), k])
+                        for k in ("balanced_accuracy", "balanced_accuracy_all", "macro_f1_all")}})
+    return deployed, pd.DataFrame(rows)
+
+
+def nested_glue(folds: pd.DataFrame, deployed: str) -> dict:
+    """The real-lab rule's numbers for the chapter: each held-out site's chosen setting and
+    scores (``crosslab_nested_<site>_...``), the worst held-out site under both rules, and
+    whether every fold chose the deployed setting."""
+    out = {"crosslab_nested_deployed": deployed,
+           "crosslab_nested_all_folds_agree": "yes" if bool(folds["chose_deployed"].all()) else "no",
+           "crosslab_nested_worst": float(folds["held_out_balanced_accuracy"].min()),
+           "crosslab_nested_worst_all": float(folds["held_out_balanced_accuracy_all"].min()),
+           "crosslab_virtual_rule_worst": float(folds["virtual_rule_balanced_accuracy"].min()),
+           "crosslab_virtual_rule_worst_all": float(folds["virtual_rule_balanced_accuracy_all"].min())}
+    for r in folds.itertuples():
+        out[f"crosslab_nested_{r.held_out}_chosen"] = r.chosen
+        for k in ("balanced_accuracy", "balanced_accuracy_all", "macro_f1_all"):
+            out[f"crosslab_nested_{r.held_out}_{k}"] = float(getattr(r, f"held_out_{k}"))
+            out[f"crosslab_virtual_rule_{r.held_out}_{k}"] = float(getattr(r, f"virtual_rule_{k}"))
+    return out
 
 
 def measurement_glue(selection: pd.DataFrame) -> dict:
@@ -415,7 +518,7 @@ def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequen
 
 __all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for", "candidate_settings",
            "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "fit_setting",
-           "score_on_labs", "select_on_virtual_labs", "Calibration", "disagreement_calls", "disagreement_glue", "fit_calibration", "calibration_table",
+           "score_on_labs", "select_on_virtual_labs", "SELECTION_RULES", "score_on_given_sites", "nested_choice", "nested_glue", "Calibration", "disagreement_calls", "disagreement_glue", "fit_calibration", "calibration_table",
            "real_labs", "mix_table", "per_shift_table", "goals_table"]
 
 

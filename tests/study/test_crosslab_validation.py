@@ -504,3 +504,55 @@ def test_the_calibration_fits_a_call_accuracy_line_on_virtual_labs_and_judges_th
     assert cv.disagreement_calls(plain, virtual, "stain").empty
     assert cv.fit_calibration(plain, virtual, "stain", 0.5, 0.5).accuracy_from_disagreement is None
     assert "view_disagreement" not in cv.calibration_table(plain, calibration, real)[0].columns
+
+
+def test_real_lab_rule_reports_each_given_site_from_a_choice_made_without_it():
+    """Two unseen sites agree on a strong linear model, a third rewards a weak one: the deployed
+    setting follows the majority, and the odd site's number is the one its fold (chosen on the
+    other two) gives, not its own best."""
+    from bcfeat.data.splits import make_splits
+    from bcfeat.study.design import StudySites
+
+    rng = np.random.default_rng(7)
+    classes = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
+    from bcfeat.crosslab.cell_features import feature_names
+    d = len(feature_names())
+    y1 = np.repeat(classes, 40)
+    codes = pd.factorize(y1, sort=True)[0]
+    blocks, domains = [], []
+    for site in ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops"):
+        Xs = rng.normal(size=(len(y1), d))
+        Xs[:, :5] += 5.0 * (codes[:, None] == np.arange(5)[None, :])
+        blocks.append(Xs)
+        domains += [site] * len(y1)
+    X = np.vstack(blocks)
+    y = np.tile(y1, 4)
+    samples = pd.DataFrame({"domain": domains, "label": y, "path": [f"c{i}.png" for i in range(len(y))]})
+    plan = make_splits(y, samples["domain"].to_numpy(), n_repetitions=1, test_size=0.2, random_state=0)
+    design = StudySites.from_parameters("pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops", "pbc_acevedo20")
+    measured = {"stain": _Measured(X)}
+    candidates = cv.candidate_settings([0.01, 1.0], ["all"], ["stain"], ["plain"])
+    scores = cv.score_on_given_sites(measured, samples, plan, candidates, 0, call_size=40, n_calls=2,
+                                     mixes=("own", "typical"), design=design)
+    assert set(scores["lab"]) == {"jtsc_zheng18", "cellavision_zheng18", "bccd_crops"}
+    assert len(scores) == 6 and scores["balanced_accuracy_all"].between(0.6, 1.0).all()  # chance is 0.2
+
+    # hand-made scores: "strong" wins on x and y, "weak" on z
+    sc = pd.DataFrame({"setting": ["strong"] * 3 + ["weak"] * 3, "lab": ["x", "y", "z"] * 2,
+                       "balanced_accuracy": [0.80, 0.82, 0.50, 0.70, 0.71, 0.90],
+                       "macro_f1": 0.5, "balanced_accuracy_all": [0.81, 0.83, 0.52, 0.69, 0.72, 0.91],
+                       "macro_f1_all": 0.5})
+    selection = pd.DataFrame({"setting": ["weak", "strong", "detector"], "selection_score": [0.9, 0.8, 0.99],
+                              "eligible": [True, True, False]})
+    deployed, folds = cv.nested_choice(sc, selection)
+    assert deployed == "weak"  # mean 0.770 against 0.707 over all three sites
+    folds = folds.set_index("held_out")
+    assert folds.loc["z", "chosen"] == "strong"  # chosen on x and y only
+    assert folds.loc["z", "held_out_balanced_accuracy_all"] == pytest.approx(0.52)  # not z's own best, 0.91
+    assert folds.loc["x", "chosen"] == "weak" and folds.loc["x", "development_score"] == pytest.approx(0.805)
+    assert not folds.loc["z", "chose_deployed"] and folds.loc["x", "chose_deployed"]
+    assert (folds["virtual_rule_setting"] == "weak").all()  # the detector is not eligible
+    glue = cv.nested_glue(folds.reset_index(), deployed)
+    assert glue["crosslab_nested_worst_all"] == pytest.approx(0.52) and glue["crosslab_nested_all_folds_agree"] == "no"
+    with pytest.raises(ValueError, match="at least two"):
+        cv.nested_choice(sc[sc["lab"] == "x"], selection)
