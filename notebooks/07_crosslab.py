@@ -158,6 +158,8 @@ selection_table["eligible"] = selection_table["source"].isin(study.parse_list(se
 save_table(selection_table, tables / "crosslab_selection.csv")
 virtual_rule_setting = str(selection_table.loc[selection_table["eligible"], "setting"].iloc[0])
 glue("crosslab_virtual_rule_setting", virtual_rule_setting, display=False)
+glue("crosslab_virtual_rule_score", float(selection_table.loc[selection_table["eligible"], "selection_score"].iloc[0]),
+     display=False)
 excluded_best = str(selection_table["setting"].iloc[0])
 glue("crosslab_excluded_best", excluded_best, display=False)
 glue("crosslab_excluded_best_score", float(selection_table["selection_score"].iloc[0]), display=False)
@@ -169,10 +171,11 @@ selection_table.head(10).round(3)
 # The virtual labs do not reproduce what breaks on real labs (texture that misleads, the section
 # on shifts below), so the deployed setting is chosen on the given unseen sites with each of
 # them held out in turn: every eligible candidate is scored on each given site as on the virtual
-# labs (calls of 100 cells under five mixes); for each site, the setting with the best mean over
-# the *other* sites is the one whose number that site reports; the setting with the best mean
-# over all of them is deployed, and only the untouched lab (and labs outside the project) can
-# check it without bias.
+# labs (calls of 100 cells under five mixes); for each site, the setting chosen on the *other*
+# sites is the one whose number that site reports; the setting chosen on all of them is deployed,
+# and only the untouched lab (and labs outside the project) can check it without bias. "Chosen"
+# is the one-standard-error rule: of the settings within one standard error of the best mean,
+# the one the virtual labs rate best.
 
 # %% tags=["hide-input"]
 if selection_rule not in cv.SELECTION_RULES:

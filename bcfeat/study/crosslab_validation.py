@@ -8,7 +8,7 @@ The rule, fixed before the final run:
    optical-density space, white balance, focus, resolution, JPEG, noise, framing) and measured
    again from the raw image, segmentation included. No public single-cell set of another lab
    with a licence that allows its use was found (see the chapter).
-2. **Settings are chosen on the virtual labs only**: every candidate (mask source, feature set,
+2. **Settings are chosen on the virtual labs only** (the rule as first written): every candidate (mask source, feature set,
    linear-model strength, label-free statistics) is trained on Acevedo-20's training split and
    scored on each virtual lab under every class mix in calls of 100 cells; the candidate with
    the best mean balanced accuracy wins. The temperature, the ``uncertain`` rule and the
@@ -195,7 +195,8 @@ def score_on_given_sites(measured: dict, samples: pd.DataFrame, plan: SplitPlan,
     """Each candidate on each given unseen site, scored as the virtual labs are (calls of
     ``call_size`` under every mix) and with all of the site's cells in one call: one row per
     (setting, lab) with ``balanced_accuracy`` (mean over the calls), ``macro_f1``,
-    ``balanced_accuracy_all`` and ``macro_f1_all``. This reads the given sites' labels: a number
+    ``balanced_accuracy_all`` and ``macro_f1_all``, and ``balanced_accuracy_se`` (the standard
+    error of the calls' mean). This reads the given sites' labels: a number
     it gives is held out only for a choice that did not read that site (:func:`nested_choice`)."""
     rows = []
     for name in candidates:
@@ -207,7 +208,9 @@ def score_on_given_sites(measured: dict, samples: pd.DataFrame, plan: SplitPlan,
         for lab, (X, y) in labs.items():
             mine = calls[calls["lab"] == lab]
             whole = mx.call_scores(y, clf.predict(X), LABELS)
-            rows.append({"setting": name, "lab": lab, "balanced_accuracy": float(mine["balanced_accuracy"].mean()),
+            ba = mine["balanced_accuracy"].to_numpy(float)
+            rows.append({"setting": name, "lab": lab, "balanced_accuracy": float(ba.mean()),
+                         "balanced_accuracy_se": float(ba.std(ddof=1) / np.sqrt(len(ba))) if len(ba) > 1 else 0.0,
                          "macro_f1": float(mine["macro_f1"].mean()),
                          "balanced_accuracy_all": float(whole["balanced_accuracy"]),
                          "macro_f1_all": float(whole["macro_f1"])})
@@ -215,17 +218,28 @@ def score_on_given_sites(measured: dict, samples: pd.DataFrame, plan: SplitPlan,
 
 
 def _best(scores: pd.DataFrame, labs: Sequence[str], virtual: pd.Series) -> tuple[str, float]:
-    """The setting with the best mean balanced accuracy over ``labs``; ties go to the better
-    virtual-lab score, then to the name."""
-    mean = scores[scores["lab"].isin(labs)].groupby("setting")["balanced_accuracy"].mean()
-    order = pd.DataFrame({"dev": mean.round(10), "virtual": virtual.reindex(mean.index).fillna(-np.inf)})
-    order = order.sort_values(["dev", "virtual"], ascending=False, kind="stable")
+    """The one-standard-error choice over ``labs``: of the settings whose mean balanced accuracy
+    over ``labs`` is within one standard error of the best mean (the best setting's; per-lab
+    errors ``balanced_accuracy_se`` combined, 0 where absent), the one the virtual labs rate best
+    (then the higher mean, then the name). Real labs say which features survive; among settings
+    they cannot tell apart, the virtual labs, with their class mixes, say which adapts better."""
+    part = scores[scores["lab"].isin(labs)]
+    se = part["balanced_accuracy_se"] if "balanced_accuracy_se" in part else pd.Series(0.0, index=part.index)
+    grouped = part.assign(_var=se ** 2).groupby("setting")
+    mean = grouped["balanced_accuracy"].mean()
+    error = np.sqrt(grouped["_var"].sum()) / grouped.size()
+    top = mean.idxmax()
+    near = mean[mean >= mean[top] - error[top] - 1e-12]
+    order = pd.DataFrame({"virtual": virtual.reindex(near.index).fillna(-np.inf), "dev": near.round(10)})
+    order = order.assign(name=order.index).sort_values(["virtual", "dev", "name"], ascending=[False, False, True],
+                                                        kind="stable")
     return str(order.index[0]), float(mean[order.index[0]])
 
 
 def nested_choice(scores: pd.DataFrame, selection: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     """The real-lab rule: the eligible setting with the best mean balanced accuracy over the given
-    sites (ties to the virtual-lab score) is deployed, and each given site's number comes from
+    sites (one standard error: among the settings within one standard error of the best, the
+    virtual labs' best, :func:`_best`) is deployed, and each given site's number comes from
     the setting that rule chooses on the *other* sites (leave one site out), so that no reported
     number was chosen by its own labels.
 

@@ -556,3 +556,20 @@ def test_real_lab_rule_reports_each_given_site_from_a_choice_made_without_it():
     assert glue["crosslab_nested_worst_all"] == pytest.approx(0.52) and glue["crosslab_nested_all_folds_agree"] == "no"
     with pytest.raises(ValueError, match="at least two"):
         cv.nested_choice(sc[sc["lab"] == "x"], selection)
+
+
+def test_real_lab_rule_lets_the_virtual_labs_choose_among_settings_the_real_labs_cannot_tell_apart():
+    sc = pd.DataFrame({"setting": ["plain", "plain", "cbr", "cbr", "texture", "texture"], "lab": ["x", "y"] * 3,
+                       "balanced_accuracy": [0.74, 0.72, 0.73, 0.71, 0.60, 0.62],
+                       "balanced_accuracy_se": [0.02, 0.02, 0.02, 0.02, 0.02, 0.02],
+                       "macro_f1": 0.5, "balanced_accuracy_all": 0.5, "macro_f1_all": 0.5})
+    selection = pd.DataFrame({"setting": ["texture", "cbr", "plain"], "selection_score": [0.81, 0.77, 0.74],
+                              "eligible": True})
+    # plain is best (0.73) but cbr (0.72) is within its standard error (0.014): the virtual labs decide
+    deployed, folds = cv.nested_choice(sc, selection)
+    assert deployed == "cbr"
+    # texture is the virtual labs' favourite but far below on the real labs: never chosen
+    assert "texture" not in set(folds["chosen"])
+    # without standard errors the rule is the plain argmax
+    deployed, _ = cv.nested_choice(sc.drop(columns="balanced_accuracy_se"), selection)
+    assert deployed == "plain"
