@@ -188,6 +188,8 @@ save_table(nested_folds, tables / "crosslab_nested_selection.csv")
 for key, value in cv.nested_glue(nested_folds, nested_setting).items():
     glue(key, value, display=False)
 glue("crosslab_nested_table", nested_folds.round(3), display=False)
+argmax_setting, _ = cv.nested_choice(given_scores.drop(columns="balanced_accuracy_se"), selection_table)
+glue("crosslab_argmax_setting", argmax_setting, display=False)
 headline_setting = nested_setting if selection_rule == "real_labs_nested" else virtual_rule_setting
 glue("crosslab_selection_rule", selection_rule, display=False)
 glue("crosslab_headline_score", float(selection_table.set_index("setting").loc[headline_setting, "selection_score"]),
@@ -355,6 +357,30 @@ if "view_disagreement" in calib.columns:
 for key, value in tg.gate_glue(calib).items():
     glue(key, value, display=False)
 calib.set_index("lab").round(3)
+
+# %% [markdown]
+# ## The rule's readings side by side
+#
+# The real-lab rule can be read as the plain best mean over the given sites, or (the deployed
+# reading) with the one-standard-error step that lets the virtual labs choose among settings the
+# given sites cannot tell apart. Each reading's choice, and the virtual-lab rule's, on the two
+# labs no rule reads: the in-domain site under a smear's mix, and the untouched lab.
+
+# %% tags=["hide-input"]
+rule_settings = {"virtual labs": virtual_rule_setting, "real labs, best mean": argmax_setting,
+                 "real labs, one standard error (nested)": nested_setting}
+untouched_by_source = {cv.parse_setting(s)["source"]: None for s in rule_settings.values()}
+for src in untouched_by_source:
+    untouched_by_source[src] = (untouched if src == headline_source else
+                                cv.untouched_lab(untouched_folder, artifacts, src, n_workers, detector_file=detector_file))
+readings = cv.rule_readings(measured, samples, plan, rule_settings, untouched_by_source, seed, mix_calls, design=design)
+save_table(readings, tables / "crosslab_rule_readings.csv")
+glue("crosslab_rule_readings", readings.set_index("reading").round(3), display=False)
+for r in readings.itertuples():
+    key = {"virtual labs": "virtual", "real labs, best mean": "argmax"}.get(r.reading, "nested")
+    glue(f"crosslab_reading_{key}_in_domain_worst_mix", r.in_domain_worst_mix_100, display=False)
+    glue(f"crosslab_reading_{key}_untouched", r.untouched_all, display=False)
+readings.set_index("reading").round(3)
 
 # %% [markdown]
 # ## The untouched lab

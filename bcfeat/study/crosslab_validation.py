@@ -296,6 +296,28 @@ def nested_glue(folds: pd.DataFrame, deployed: str) -> dict:
     return out
 
 
+def rule_readings(measured: dict, samples: pd.DataFrame, plan: SplitPlan, readings: dict[str, str],
+                  untouched: dict[str, tuple | None], seed: int, n_calls: int = 5, *, design: StudySites) -> pd.DataFrame:
+    """The selection rule's readings side by side (``reading -> the setting it chose``), each
+    setting's classifier without temperature or gate: the in-domain site's balanced accuracy on
+    all its test cells and its worst mean over the mixes in calls of 100 (a smear's mix on the
+    training lab), and the untouched lab's on all its cells (``untouched``: mask source ->
+    ``(X, y)`` or None; NaN when absent)."""
+    rows = []
+    for reading, setting in readings.items():
+        s = parse_setting(setting)
+        clf = fit_setting(measured, samples, plan, setting, seed, source=design.source)
+        Xs, ys = real_labs(measured, samples, plan, s["source"], design=design)[design.source]
+        calls = score_on_labs(clf, {design.source: (Xs, ys)}, tuple(mx.MIXES), (100,), n_calls, seed)
+        lab = untouched.get(s["source"])
+        rows.append({"reading": reading, "setting": setting,
+                     "in_domain_all": float(mx.call_scores(ys, clf.predict(Xs), LABELS)["balanced_accuracy"]),
+                     "in_domain_worst_mix_100": float(calls.groupby("mix")["balanced_accuracy"].mean().min()),
+                     "untouched_all": (float(mx.call_scores(lab[1], clf.predict(lab[0]), LABELS)["balanced_accuracy"])
+                                       if lab is not None else float("nan"))})
+    return pd.DataFrame(rows)
+
+
 def measurement_glue(selection: pd.DataFrame) -> dict:
     """The best selection score of each measurement (mask source and texture reading), keyed
     ``crosslab_best_score_<measurement>`` with ``+`` spelt ``_`` (``stain+normtex`` ->
@@ -532,7 +554,7 @@ def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequen
 
 __all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for", "candidate_settings",
            "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "fit_setting",
-           "score_on_labs", "select_on_virtual_labs", "SELECTION_RULES", "score_on_given_sites", "nested_choice", "nested_glue", "Calibration", "disagreement_calls", "disagreement_glue", "fit_calibration", "calibration_table",
+           "score_on_labs", "select_on_virtual_labs", "SELECTION_RULES", "score_on_given_sites", "nested_choice", "nested_glue", "rule_readings", "Calibration", "disagreement_calls", "disagreement_glue", "fit_calibration", "calibration_table",
            "real_labs", "mix_table", "per_shift_table", "goals_table"]
 
 
