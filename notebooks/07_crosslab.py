@@ -187,7 +187,7 @@ nested_setting, nested_folds = cv.nested_choice(given_scores, selection_table)
 save_table(nested_folds, tables / "crosslab_nested_selection.csv")
 for key, value in cv.nested_glue(nested_folds, nested_setting).items():
     glue(key, value, display=False)
-glue("crosslab_nested_table", nested_folds.round(3), display=False)
+glue("crosslab_nested_table", cv.nested_display(nested_folds).round(3), display=False)
 argmax_setting, _ = cv.nested_choice(given_scores.drop(columns="balanced_accuracy_se"), selection_table)
 glue("crosslab_argmax_setting", argmax_setting, display=False)
 headline_setting = nested_setting if selection_rule == "real_labs_nested" else virtual_rule_setting
@@ -203,7 +203,7 @@ for key, value in cv.measurement_glue(selection_table).items():
 glue("crosslab_selection_top", selection_table.head(10).drop(columns=["source"]).round(3), display=False)
 X, crops = measured[headline_source].features, measured[headline_source].crops
 grid = cs.candidate_grid(study.parse_list(candidate_C), study.parse_list(candidate_groups), list(measured))
-nested_folds.round(3)
+cv.nested_display(nested_folds).round(3)
 
 # %% [markdown]
 # ## Trusting texture only where it was checked

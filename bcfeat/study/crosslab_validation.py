@@ -278,6 +278,18 @@ def nested_choice(scores: pd.DataFrame, selection: pd.DataFrame) -> tuple[str, p
     return deployed, pd.DataFrame(rows)
 
 
+NESTED_DISPLAY = {"chosen": "chosen on the other sites", "development_score": "its mean there",
+                  "held_out_balanced_accuracy": "held out, calls of 100", "held_out_balanced_accuracy_all": "held out, all cells",
+                  "held_out_macro_f1_all": "macro-F1, all cells", "chose_deployed": "the deployed setting",
+                  "virtual_rule_balanced_accuracy_all": "virtual-lab rule, all cells"}
+
+
+def nested_display(folds: pd.DataFrame) -> pd.DataFrame:
+    """The chapter's view of :func:`nested_choice`'s folds: one row per held-out site, the columns
+    of :data:`NESTED_DISPLAY` under their readable names (balanced accuracy unless named)."""
+    return folds.set_index("held_out")[list(NESTED_DISPLAY)].rename(columns=NESTED_DISPLAY)
+
+
 def nested_glue(folds: pd.DataFrame, deployed: str) -> dict:
     """The real-lab rule's numbers for the chapter: each held-out site's chosen setting and
     scores (``crosslab_nested_<site>_...``), the worst held-out site under both rules, and
@@ -554,7 +566,7 @@ def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequen
 
 __all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for", "candidate_settings",
            "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "fit_setting",
-           "score_on_labs", "select_on_virtual_labs", "SELECTION_RULES", "score_on_given_sites", "nested_choice", "nested_glue", "rule_readings", "Calibration", "disagreement_calls", "disagreement_glue", "fit_calibration", "calibration_table",
+           "score_on_labs", "select_on_virtual_labs", "SELECTION_RULES", "score_on_given_sites", "nested_choice", "nested_display", "nested_glue", "rule_readings", "Calibration", "disagreement_calls", "disagreement_glue", "fit_calibration", "calibration_table",
            "real_labs", "mix_table", "per_shift_table", "goals_table"]
 
 

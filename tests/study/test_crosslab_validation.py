@@ -563,6 +563,8 @@ def test_real_lab_rule_reports_each_given_site_from_a_choice_made_without_it():
     assert folds.loc["x", "chosen"] == "weak" and folds.loc["x", "development_score"] == pytest.approx(0.805)
     assert not folds.loc["z", "chose_deployed"] and folds.loc["x", "chose_deployed"]
     assert (folds["virtual_rule_setting"] == "weak").all()  # the detector is not eligible
+    shown = cv.nested_display(folds.reset_index())
+    assert list(shown.index) == ["x", "y", "z"] and shown.loc["z", "held out, all cells"] == pytest.approx(0.52)
     glue = cv.nested_glue(folds.reset_index(), deployed)
     assert glue["crosslab_nested_worst_all"] == pytest.approx(0.52) and glue["crosslab_nested_all_folds_agree"] == "no"
     with pytest.raises(ValueError, match="at least two"):
