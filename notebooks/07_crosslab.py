@@ -45,7 +45,7 @@ n_virtual_labs: int = 8  # virtual labs sampled for the selection (development l
 virtual_lab_cells: int = 400  # Acevedo-20 test cells re-rendered per virtual lab (0: all of the first split's)
 shift_cells: int = 250  # cells re-rendered per single named shift (the diagnosis table; 0: skip it)
 selection_mask_sources: str = "stain,stain+normtex"  # measurements the choice may take: the detector was trained on Acevedo-20 images that include the development cells, so the virtual labs flatter it (it is scored and reported, not chosen)
-selection_rule: str = "real_labs_nested"  # how the deployed setting is chosen: "virtual_labs" (the virtual labs only) or "real_labs_nested" (the given unseen sites, each site's reported number from the setting chosen on the other sites; the virtual labs break ties)
+selection_rule: str = "real_labs_nested"  # how the deployed setting is chosen: "virtual_labs" (the virtual labs only) or "real_labs_nested" (the given unseen sites, each site's reported number from the setting chosen on the other sites; among settings within one standard error there, the virtual labs choose)
 candidate_statistics: str = "plain,cbr"  # label-free per-call statistics compared by the selection (the class-weighted reading is in the ablation)
 mix_calls: int = 5  # resampled calls per (class mix, call size)
 target_catch: float = 0.5  # share of the virtual labs' errors the uncertain flag should catch ...
@@ -367,19 +367,15 @@ calib.set_index("lab").round(3)
 # labs no rule reads: the in-domain site under a smear's mix, and the untouched lab.
 
 # %% tags=["hide-input"]
-rule_settings = {"virtual labs": virtual_rule_setting, "real labs, best mean": argmax_setting,
-                 "real labs, one standard error (nested)": nested_setting}
-untouched_by_source = {cv.parse_setting(s)["source"]: None for s in rule_settings.values()}
-for src in untouched_by_source:
-    untouched_by_source[src] = (untouched if src == headline_source else
-                                cv.untouched_lab(untouched_folder, artifacts, src, n_workers, detector_file=detector_file))
-readings = cv.rule_readings(measured, samples, plan, rule_settings, untouched_by_source, seed, mix_calls, design=design)
+rule_settings = dict(zip(cv.READING_KEYS, (virtual_rule_setting, argmax_setting, nested_setting)))
+readings = cv.rule_readings(measured, samples, plan, rule_settings,
+                            lambda src: cv.untouched_lab(untouched_folder, artifacts, src, n_workers,
+                                                         detector_file=detector_file),
+                            seed, mix_calls, design=design)
 save_table(readings, tables / "crosslab_rule_readings.csv")
 glue("crosslab_rule_readings", readings.set_index("reading").round(3), display=False)
-for r in readings.itertuples():
-    key = {"virtual labs": "virtual", "real labs, best mean": "argmax"}.get(r.reading, "nested")
-    glue(f"crosslab_reading_{key}_in_domain_worst_mix", r.in_domain_worst_mix_100, display=False)
-    glue(f"crosslab_reading_{key}_untouched", r.untouched_all, display=False)
+for key, value in cv.rule_readings_glue(readings).items():
+    glue(key, value, display=False)
 readings.set_index("reading").round(3)
 
 # %% [markdown]

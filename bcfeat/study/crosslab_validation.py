@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -308,26 +308,43 @@ def nested_glue(folds: pd.DataFrame, deployed: str) -> dict:
     return out
 
 
+READING_KEYS = {"virtual labs": "virtual", "real labs, best mean": "argmax",
+                "real labs, one standard error (nested)": "nested"}
+"""The readings :func:`rule_readings` compares, and the short name each has in the glue keys."""
+
+
 def rule_readings(measured: dict, samples: pd.DataFrame, plan: SplitPlan, readings: dict[str, str],
-                  untouched: dict[str, tuple | None], seed: int, n_calls: int = 5, *, design: StudySites) -> pd.DataFrame:
+                  untouched_for: Callable[[str], tuple | None], seed: int, n_calls: int = 5, *,
+                  design: StudySites) -> pd.DataFrame:
     """The selection rule's readings side by side (``reading -> the setting it chose``), each
     setting's classifier without temperature or gate: the in-domain site's balanced accuracy on
     all its test cells and its worst mean over the mixes in calls of 100 (a smear's mix on the
-    training lab), and the untouched lab's on all its cells (``untouched``: mask source ->
-    ``(X, y)`` or None; NaN when absent)."""
+    training lab), and the untouched lab's on all its cells (``untouched_for(mask source)`` ->
+    ``(X, y)``, or None when the lab is absent: NaN)."""
     rows = []
     for reading, setting in readings.items():
         s = parse_setting(setting)
         clf = fit_setting(measured, samples, plan, setting, seed, source=design.source)
         Xs, ys = real_labs(measured, samples, plan, s["source"], design=design)[design.source]
         calls = score_on_labs(clf, {design.source: (Xs, ys)}, tuple(mx.MIXES), (100,), n_calls, seed)
-        lab = untouched.get(s["source"])
+        lab = untouched_for(s["source"])
         rows.append({"reading": reading, "setting": setting,
                      "in_domain_all": float(mx.call_scores(ys, clf.predict(Xs), LABELS)["balanced_accuracy"]),
                      "in_domain_worst_mix_100": float(calls.groupby("mix")["balanced_accuracy"].mean().min()),
                      "untouched_all": (float(mx.call_scores(lab[1], clf.predict(lab[0]), LABELS)["balanced_accuracy"])
                                        if lab is not None else float("nan"))})
     return pd.DataFrame(rows)
+
+
+def rule_readings_glue(readings: pd.DataFrame) -> dict:
+    """``crosslab_reading_<virtual|argmax|nested>_{in_domain_worst_mix,untouched}`` from
+    :func:`rule_readings` (readings named as in :data:`READING_KEYS`)."""
+    out = {}
+    for r in readings.itertuples():
+        key = READING_KEYS[r.reading]
+        out[f"crosslab_reading_{key}_in_domain_worst_mix"] = float(r.in_domain_worst_mix_100)
+        out[f"crosslab_reading_{key}_untouched"] = float(r.untouched_all)
+    return out
 
 
 def measurement_glue(selection: pd.DataFrame) -> dict:
@@ -566,7 +583,7 @@ def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequen
 
 __all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for", "candidate_settings",
            "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "fit_setting",
-           "score_on_labs", "select_on_virtual_labs", "SELECTION_RULES", "score_on_given_sites", "nested_choice", "nested_display", "nested_glue", "rule_readings", "Calibration", "disagreement_calls", "disagreement_glue", "fit_calibration", "calibration_table",
+           "score_on_labs", "select_on_virtual_labs", "SELECTION_RULES", "score_on_given_sites", "nested_choice", "nested_display", "nested_glue", "READING_KEYS", "rule_readings", "rule_readings_glue", "Calibration", "disagreement_calls", "disagreement_glue", "fit_calibration", "calibration_table",
            "real_labs", "mix_table", "per_shift_table", "goals_table"]
 
 

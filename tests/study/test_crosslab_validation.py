@@ -539,13 +539,15 @@ def test_real_lab_rule_reports_each_given_site_from_a_choice_made_without_it():
     assert (scores["balanced_accuracy_se"] > 0).all()
     # the readings table scores each chosen setting on the in-domain site and the untouched lab
     far = {"stain": (X[samples["domain"].to_numpy() == "bccd_crops"] * 3.0, y1)}
-    readings = cv.rule_readings(measured, samples, plan, {"weak": candidates[0], "strong": candidates[1]}, far, 0,
+    readings = cv.rule_readings(measured, samples, plan, {"weak": candidates[0], "strong": candidates[1]}, far.get, 0,
                                 n_calls=2, design=design)
     assert list(readings["reading"]) == ["weak", "strong"]
     assert (readings["in_domain_worst_mix_100"] <= readings["in_domain_all"] + 0.1).all()
     clf = cv.fit_setting(measured, samples, plan, candidates[1], 0, source="pbc_acevedo20")
     assert readings["untouched_all"].iloc[1] == pytest.approx(bas(y1, clf.predict(far["stain"][0])))
-    assert np.isnan(cv.rule_readings(measured, samples, plan, {"w": candidates[0]}, {"stain": None}, 0, n_calls=2,
+    named = readings.assign(reading=["virtual labs", "real labs, one standard error (nested)"])
+    assert cv.rule_readings_glue(named)["crosslab_reading_nested_untouched"] == readings["untouched_all"].iloc[1]
+    assert np.isnan(cv.rule_readings(measured, samples, plan, {"w": candidates[0]}, lambda src: None, 0, n_calls=2,
                                      design=design)["untouched_all"].iloc[0])
 
     # hand-made scores: "strong" wins on x and y, "weak" on z
