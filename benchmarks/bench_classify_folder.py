@@ -135,12 +135,13 @@ def stage_profile(model_path: str, images: list[Path], n: int) -> dict[str, floa
     this checkout (stain segmentation models only; empty for a detector's)."""
     from bcfeat.crosslab.cell_crop import canonical_crop
     from bcfeat.crosslab.cell_features import cell_features
-    from bcfeat.crosslab.model import load_model
+    from bcfeat.crosslab.model import load_model, measured_parts
     from bcfeat.data.images import read_image
     from bcfeat.detection.pseudo_masks import centred_ellipse, segment_white_cell
 
     model = load_model(model_path)
-    cfg, ruler = model.config, model.classifier_uses_ruler
+    cfg = model.config
+    ruler, fine = measured_parts(model.classifier_columns)  # what bcfeat classify measures for this classifier
     if cfg.mask_source != "stain" or n < 1:
         return {}
     spent = dict.fromkeys(("read", "segment", "crop", "features"), 0.0)
@@ -153,7 +154,7 @@ def stage_profile(model_path: str, images: list[Path], n: int) -> dict[str, floa
         t2 = time.perf_counter()
         crop = canonical_crop(image, mask, cfg.crop, ruler=ruler)
         t3 = time.perf_counter()
-        cell_features(crop)
+        cell_features(crop, cfg.texture_od, fine)
         t4 = time.perf_counter()
         for step, seconds in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             spent[step] += seconds

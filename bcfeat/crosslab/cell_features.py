@@ -175,25 +175,32 @@ def uniform_lbp(grey: np.ndarray, radius: int) -> np.ndarray:
     return np.where(transitions <= 2, ones, 9).astype(np.int64)
 
 
-def _texture_features(od_total: np.ndarray, nucleus: np.ndarray, cytoplasm: np.ndarray) -> list[float]:
+def _texture_features(od_total: np.ndarray, nucleus: np.ndarray, cytoplasm: np.ndarray,
+                      fine: bool = True) -> list[float]:
     """GLCM, LBP histograms (rotation-invariant uniform, 8 points), difference-of-Gaussian energy
-    and granule density, for the nucleus and then the cytoplasm."""
+    and granule density, for the nucleus and then the cytoplasm. ``fine=False``: only the
+    difference-of-Gaussian energies are measured, the pixel-scale measures are NaN."""
     # 8-bit grey levels for the LBP (it compares neighbours; float noise would flip codes)
     grey = np.clip(od_total / (3 * MAX_OD) * 255 * 3, 0, 255).astype(np.uint8)
-    codes = [uniform_lbp(grey, radius) for radius in _LBP_RADII]
+    codes = [uniform_lbp(grey, radius) for radius in _LBP_RADII] if fine else []
     blurred = {s: ndi.gaussian_filter(od_total, s) for s in sorted({*_DOG_SIGMAS, *(2 * s for s in _DOG_SIGMAS)})}
     dogs = [np.abs(blurred[s] - blurred[2 * s]) for s in _DOG_SIGMAS]
     smooth = blurred[1.0]
-    peaks_all = smooth == ndi.maximum_filter(smooth, size=3)
+    peaks_all = smooth == ndi.maximum_filter(smooth, size=3) if fine else None
+    missing = [float("nan")]
     feats: list[float] = []
     for region in (nucleus, cytoplasm):
         n = int(region.sum())
-        feats += _glcm_features(od_total, region)
+        feats += _glcm_features(od_total, region) if fine else missing * (len(_GLCM_PROPS) * len(_GLCM_DISTANCES))
         for code in codes:
             hist = np.bincount(code[region], minlength=10)[:10].astype(np.float64)
             feats += list(hist / max(hist.sum(), 1))
+        if not fine:
+            feats += missing * (10 * len(_LBP_RADII))
         feats += [float(d[region].mean()) if n >= 4 else 0.0 for d in dogs]
-        if n >= 16:  # granules: local maxima of the optical density per 100 px of region
+        if not fine:
+            feats += missing
+        elif n >= 16:  # granules: local maxima of the optical density per 100 px of region
             peaks = peaks_all & region & (smooth > np.median(smooth[region]))
             feats.append(100.0 * peaks.sum() / n)
         else:
@@ -263,6 +270,15 @@ def feature_groups() -> dict[str, list[int]]:
 FEATURE_SETS: tuple[str, ...] = ("all", "no_texture", "no_fine_texture", "no_ruler")
 
 
+FINE_TEXTURE = ("_glcm_", "_lbp_", "_granules_")
+"""Name parts of the pixel-scale texture measures (co-occurrence, local binary patterns, granules)."""
+
+
+def fine_texture_columns() -> tuple[int, ...]:
+    """Column indices of the pixel-scale texture measures (names containing :data:`FINE_TEXTURE`)."""
+    return tuple(i for i, n in enumerate(feature_names()) if any(f in n for f in FINE_TEXTURE))
+
+
 def feature_set_columns(name: str) -> tuple[int, ...] | None:
     """Column indices of a named feature set (``None``: every column).
 
@@ -277,8 +293,8 @@ def feature_set_columns(name: str) -> tuple[int, ...] | None:
     if name == "no_ruler":
         return tuple(i for i, n in enumerate(names) if n != "log_cell_over_red_cell")
     if name == "no_fine_texture":
-        fine = ("_glcm_", "_lbp_", "_granules_")
-        return tuple(i for i, n in enumerate(names) if not any(f in n for f in fine))
+        fine = set(fine_texture_columns())
+        return tuple(i for i in range(len(names)) if i not in fine)
     if name.startswith("no_") and name[3:] in GROUPS:
         drop = set(feature_groups()[name[3:]])
         return tuple(i for i in range(len(names)) if i not in drop)
@@ -301,11 +317,13 @@ def texture_density(od_total: np.ndarray, nucleus: np.ndarray, texture_od: str =
     return od_total * (NUCLEUS_OD_REFERENCE / max(float(np.median(od_total[nucleus])), 1e-3))
 
 
-def cell_features(crop: CellCrop, texture_od: str = "raw") -> np.ndarray:
+def cell_features(crop: CellCrop, texture_od: str = "raw", fine_texture: bool = True) -> np.ndarray:
     """One canonical cell crop -> ``(len(feature_names()),)`` float64 features.
 
     ``texture_od`` (:data:`TEXTURE_OD`): how the texture group reads the optical density
-    (:func:`texture_density`); every other feature is the same either way.
+    (:func:`texture_density`); every other feature is the same either way. ``fine_texture=False``
+    leaves the pixel-scale texture measures (:func:`fine_texture_columns`) out, NaN: for a
+    classifier that does not read them, the same values elsewhere in less time.
 
     ``log_cell_over_red_cell`` is NaN when the image shows no single red cell; the
     adaptation step fills it with the site's median.
@@ -337,9 +355,9 @@ def cell_features(crop: CellCrop, texture_od: str = "raw") -> np.ndarray:
         feats += stats[name]
     n, c = np.array(stats["nucleus"]), np.array(stats["cytoplasm"])
     feats += [n[7] - c[7], n[11] - c[11], n[12] - c[12], n[13] - c[13], n[14] - c[14]]
-    feats += _texture_features(texture_density(od_total, nucleus, texture_od), nucleus, cytoplasm)
+    feats += _texture_features(texture_density(od_total, nucleus, texture_od), nucleus, cytoplasm, fine_texture)
     feats += _profile_features(od_total, chroma, cell)
     return np.asarray(feats, dtype=np.float64)
 
 
-__all__ = ["GROUPS", "TEXTURE_OD", "NUCLEUS_OD_REFERENCE", "texture_density", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "cell_features"]
+__all__ = ["GROUPS", "TEXTURE_OD", "NUCLEUS_OD_REFERENCE", "texture_density", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "FINE_TEXTURE", "fine_texture_columns", "cell_features"]

@@ -43,7 +43,7 @@ def _folder_files(folder: str | os.PathLike, labelled: bool) -> tuple[pd.DataFra
 
 
 def _measure_folder(model: CrossLabModel, folder: str | os.PathLike, labelled: bool, found: list | None = None,
-                    thumbnails: list | None = None, min_images: int = 1, ruler: bool = True):
+                    thumbnails: list | None = None, min_images: int = 1, reads: tuple[int, ...] | None = None):
     from bcfeat.data.images import SkippedImages
 
     files, dropped = _folder_files(folder, labelled)
@@ -53,7 +53,7 @@ def _measure_folder(model: CrossLabModel, folder: str | os.PathLike, labelled: b
         raise ValueError(f"{len(files)} image file(s) below {folder}; the model standardises a lab's cells with "
                          f"their own statistics and needs at least {min_images}")
     skipped = SkippedImages()
-    feats, kept = model.measure(files["path"].tolist(), skipped, found=found, thumbnails=thumbnails, ruler=ruler)
+    feats, kept = model.measure(files["path"].tolist(), skipped, found=found, thumbnails=thumbnails, reads=reads)
     dropped = dropped + [(str(Path(p).relative_to(folder)) if Path(p).is_absolute() else str(p), reason)
                          for p, reason in skipped]
     return files.iloc[kept].reset_index(drop=True), feats, sorted(dropped)
@@ -262,7 +262,7 @@ def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, th
     model = _classifier_model(model_path)
     found: list[bool] = []
     files, feats, skipped = _measure_folder(model, folder, labelled=False, found=found, thumbnails=thumbnails,
-                                            min_images=MIN_SITE_CELLS, ruler=model.classifier_uses_ruler)
+                                            min_images=MIN_SITE_CELLS, reads=model.classifier_columns)
     table = classify_cells(model, files["relpath"], feats, np.asarray(found, bool), folder, warning_list)
     return table, skipped
 

@@ -29,7 +29,7 @@ import numpy as np
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_crop import CellCrop, CropConfig, canonical_crop
-from bcfeat.crosslab.cell_features import TEXTURE_OD, cell_features, feature_names
+from bcfeat.crosslab.cell_features import TEXTURE_OD, cell_features, feature_names, fine_texture_columns
 from bcfeat.data.images import ImageDecodeError, SkippedImages, read_image
 from bcfeat.detection.pseudo_masks import SegmentationConfig
 from bcfeat.model_files import ModelFileError, arrays_as_tensors, build_from_payload, format_name, load_model_file
@@ -116,11 +116,12 @@ def end_with_parent() -> None:
 
 
 def _measure(image: np.ndarray, mask: Any, crop_cfg: CropConfig, ruler: bool = True,
-             seg_cfg: SegmentationConfig | None = None, texture_od: str = "raw") -> tuple[np.ndarray, np.ndarray, bool]:
+             seg_cfg: SegmentationConfig | None = None, texture_od: str = "raw",
+             fine_texture: bool = True) -> tuple[np.ndarray, np.ndarray, bool]:
     """One image and its cell mask (None: the label-free stain segmentation's, with ``seg_cfg``; or
     the detector's ``(mask, found)``) -> (features, crop image, whether a cell was found rather than
-    the fallback). ``ruler=False`` skips the red-cell ruler (its feature is NaN); ``texture_od``:
-    see :class:`CrossLabConfig`."""
+    the fallback). ``ruler=False`` skips the red-cell ruler (its feature is NaN), ``fine_texture=False``
+    the pixel-scale texture (NaN); ``texture_od``: see :class:`CrossLabConfig`."""
     found = True
     if mask is None:
         from bcfeat.detection.pseudo_masks import segment_white_cell
@@ -134,7 +135,7 @@ def _measure(image: np.ndarray, mask: Any, crop_cfg: CropConfig, ruler: bool = T
 
         mask, found = centred_ellipse(*image.shape[:2]), False
     crop = canonical_crop(image, mask, crop_cfg, ruler=ruler)
-    return cell_features(crop, texture_od), crop.image, found
+    return cell_features(crop, texture_od, fine_texture), crop.image, found
 
 
 THUMBNAIL_QUALITY = 90  # JPEG quality of the review page's cell crops
@@ -151,17 +152,31 @@ def encode_thumbnail(crop: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _measure_item(args: tuple[Any, Any, CrossLabConfig, bool, bool]
+def measured_parts(reads: Sequence[int] | None) -> tuple[bool, bool]:
+    """Whether the red-cell ruler and the pixel-scale texture must be measured for a caller that
+    reads the feature columns ``reads`` (None: all of them).
+
+    >>> from bcfeat.crosslab.cell_features import feature_set_columns
+    >>> measured_parts(None), measured_parts(feature_set_columns("no_fine_texture"))
+    ((True, True), (True, False))
+    """
+    if reads is None:
+        return True, True
+    reads = {int(c) for c in reads}
+    return feature_names().index("log_cell_over_red_cell") in reads, bool(reads & set(fine_texture_columns()))
+
+
+def _measure_item(args: tuple[Any, Any, CrossLabConfig, bool, bool, bool]
                   ) -> tuple[np.ndarray, np.ndarray, bool, bytes | None] | str:
-    """``(image, mask, model config, encode, ruler)``: one image (a path, read here, or an array)
+    """``(image, mask, model config, encode, ruler, fine texture)``: one image (a path, read here, or an array)
     and its mask (see :func:`_measure`) -> ``(features, crop, found, thumbnail or None)``, or the
     reason why the file could not be read."""
-    item, mask, cfg, encode, ruler = args
+    item, mask, cfg, encode, ruler, fine = args
     try:
         image = read_image(item)
     except (ImageDecodeError, OSError, ValueError, TypeError) as error:
         return str(error)
-    feats, crop, found = _measure(image, mask, cfg.crop, ruler, cfg.segmentation, cfg.texture_od)
+    feats, crop, found = _measure(image, mask, cfg.crop, ruler, cfg.segmentation, cfg.texture_od, fine)
     return feats, crop, found, encode_thumbnail(crop) if encode else None
 
 
@@ -222,7 +237,7 @@ class CrossLabModel:
                     for d in detect(self.detector, images, batch_size=self.config.detector_batch_size)]
 
     def iter_measure(self, images: Iterable[Any], skipped: SkippedImages, return_crops: bool = False,
-                     found: list | None = None, thumbnails: list | None = None, ruler: bool = True
+                     found: list | None = None, thumbnails: list | None = None, reads: Sequence[int] | None = None
                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """:meth:`measure` in bounded chunks: yields ``(features, kept indices, crops or None)``
         per chunk of at most ``config.chunk_size`` images, so memory does not grow with the number
@@ -231,10 +246,13 @@ class CrossLabModel:
         With the stain segmentation the worker processes read the files themselves (the main
         process holds no decoded image); with the detector the main process decodes a chunk and
         runs the detector on it while the workers measure the previous one. ``thumbnails`` (a
-        list) receives each kept cell's canonical crop as JPEG bytes, for a review page. ``ruler=False`` leaves the red-cell ruler out (its
-        feature is NaN): for a classifier that does not use it, the same classes in less time.
+        list) receives each kept cell's canonical crop as JPEG bytes, for a review page. ``reads``:
+        the feature columns the caller will read (None: all); the red-cell ruler and the pixel-scale
+        texture are measured only when one of their columns is read (else NaN), so a classifier
+        that reads neither gets the same classes in less time.
         """
         cfg = self.config
+        ruler, fine = measured_parts(reads)
         encode = thumbnails is not None
         pool = (ProcessPoolExecutor(cfg.n_workers, initializer=end_with_parent) if cfg.n_workers > 1 else None)
 
@@ -242,7 +260,7 @@ class CrossLabModel:
             """Start measuring one chunk: the workers begin at once, the results come lazily."""
             jobs, kept = [], []
             if cfg.mask_source == "stain":
-                jobs = [(item, None, cfg, encode, ruler) for item in chunk]
+                jobs = [(item, None, cfg, encode, ruler, fine) for item in chunk]
                 kept = list(range(start, start + len(chunk)))
             else:
                 loaded = []
@@ -252,7 +270,7 @@ class CrossLabModel:
                         kept.append(i)
                     except (ImageDecodeError, OSError, ValueError, TypeError) as error:
                         skipped.add(_item_name(item, i), str(error))
-                jobs = [(im, m, cfg, encode, ruler) for im, m in zip(loaded, self._masks(loaded) if loaded else [])]
+                jobs = [(im, m, cfg, encode, ruler, fine) for im, m in zip(loaded, self._masks(loaded) if loaded else [])]
             if pool is not None and len(jobs) > 1:
                 results = pool.map(_measure_item, jobs, chunksize=max(1, len(jobs) // (4 * cfg.n_workers)))
             else:
@@ -298,7 +316,7 @@ class CrossLabModel:
 
     def measure(self, images: Sequence[Any], skipped: SkippedImages | None = None,
                 return_crops: bool = False, found: list | None = None, thumbnails: list | None = None,
-                ruler: bool = True) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+                reads: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cell features of images (arrays or paths).
 
         Returns ``(features (m, d), kept (m,) indices into images)``, and the canonical crops
@@ -314,7 +332,7 @@ class CrossLabModel:
         """
         told = skipped is not None  # a caller that passes the list reports it (the commands do, once)
         skipped = SkippedImages() if skipped is None else skipped
-        parts = list(self.iter_measure(images, skipped, return_crops, found, thumbnails, ruler))
+        parts = list(self.iter_measure(images, skipped, return_crops, found, thumbnails, reads))
         d = len(feature_names())
         feats = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, d))
         kept = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
@@ -334,14 +352,13 @@ class CrossLabModel:
         """
         if self.classifier is None:
             raise ValueError("this model has no classifier: train one with `bcfeat train-classifier`")
-        feats, kept = self.measure(images, skipped, ruler=self.classifier_uses_ruler)
+        feats, kept = self.measure(images, skipped, reads=self.classifier_columns)
         return self.classifier.predict_proba(feats), kept
 
     @property
-    def classifier_uses_ruler(self) -> bool:
-        """Whether the classifier reads the red-cell ruler feature (True without a classifier)."""
-        columns = None if self.classifier is None else self.classifier.columns
-        return columns is None or feature_names().index("log_cell_over_red_cell") in columns
+    def classifier_columns(self) -> tuple[int, ...] | None:
+        """The feature columns the classifier reads (None: all, or no classifier)."""
+        return None if self.classifier is None or self.classifier.columns is None else tuple(self.classifier.columns)
 
 
 # ----------------------------------------------------------------------------- model files
@@ -409,5 +426,5 @@ def load_model(path: str | os.PathLike, payload: Any = None) -> CrossLabModel:
     return build_from_payload(path, "cross-lab model", build)
 
 
-__all__ = ["MODEL_KIND", "MODEL_VERSION", "MASK_SOURCES", "CrossLabConfig", "CrossLabModel",
+__all__ = ["MODEL_KIND", "MODEL_VERSION", "MASK_SOURCES", "CrossLabConfig", "CrossLabModel", "measured_parts",
            "save_model", "load_model", "read_model_payload"]

@@ -63,6 +63,23 @@ def test_leaving_the_ruler_out_changes_only_the_ruler():
     assert np.array_equal(with_ruler.image, without.image) and np.array_equal(with_ruler.mask, without.mask)
 
 
+def test_a_classifier_without_fine_texture_gets_the_same_features_without_measuring_it(tmp_path):
+    from bcfeat.crosslab.cell_features import feature_set_columns, fine_texture_columns
+    from bcfeat.crosslab.model import measured_parts
+
+    two_class_lab(tmp_path)
+    files = sorted(str(p) for p in (tmp_path / "new").glob("*.png"))
+    model = CrossLabModel(CrossLabConfig(mask_source="stain", n_workers=1))
+    reads = feature_set_columns("no_fine_texture")
+    everything, _ = model.measure(files)
+    needed, _ = model.measure(files, reads=reads)
+    fine = list(fine_texture_columns())
+    assert len(fine) > 0 and np.isnan(needed[:, fine]).all() and np.isfinite(everything[:, fine]).all()
+    assert np.array_equal(everything[:, list(reads)], needed[:, list(reads)], equal_nan=True)
+    assert measured_parts(feature_set_columns("no_texture")) == (True, False)
+    assert measured_parts(feature_set_columns("no_ruler")) == (False, True)
+
+
 def test_chunked_measuring_equals_one_pass_and_names_bad_files(tmp_path):
     two_class_lab(tmp_path)
     files = sorted(str(p) for p in (tmp_path / "new").glob("*.png"))
