@@ -76,6 +76,7 @@ from bcfeat.atomic_io import save_table
 from bcfeat.study import crosslab as cs
 from bcfeat.study import crosslab_figures as cf
 from bcfeat.study import crosslab_validation as cv
+from bcfeat.study import real_lab_selection as rs
 from bcfeat.study import texture_gate as tg
 from bcfeat.crosslab import mixes as mx
 from bcfeat.crosslab.virtual_labs import named_shifts, sample_labs
@@ -181,17 +182,17 @@ selection_table.head(10).round(3)
 # the one the virtual labs rate best.
 
 # %% tags=["hide-input"]
-if selection_rule not in cv.SELECTION_RULES:
-    raise ValueError(f"selection_rule must be one of {cv.SELECTION_RULES}; got {selection_rule!r}")
-given_scores = cv.score_on_given_sites(measured, samples, plan, list(selection_table.loc[selection_table["eligible"], "setting"]),
+if selection_rule not in rs.SELECTION_RULES:
+    raise ValueError(f"selection_rule must be one of {rs.SELECTION_RULES}; got {selection_rule!r}")
+given_scores = rs.score_on_given_sites(measured, samples, plan, list(selection_table.loc[selection_table["eligible"], "setting"]),
                                        seed, design=design)
 save_table(given_scores, tables / "crosslab_given_site_scores.csv")
-nested_setting, nested_folds = cv.nested_choice(given_scores, selection_table)
+nested_setting, nested_folds = rs.nested_choice(given_scores, selection_table)
 save_table(nested_folds, tables / "crosslab_nested_selection.csv")
-for key, value in cv.nested_glue(nested_folds, nested_setting).items():
+for key, value in rs.nested_glue(nested_folds, nested_setting).items():
     glue(key, value, display=False)
-glue("crosslab_nested_table", cv.nested_display(nested_folds).round(3), display=False)
-argmax_setting, _ = cv.nested_choice(given_scores.drop(columns="balanced_accuracy_se"), selection_table)
+glue("crosslab_nested_table", rs.nested_display(nested_folds).round(3), display=False)
+argmax_setting, _ = rs.nested_choice(given_scores.drop(columns="balanced_accuracy_se"), selection_table)
 glue("crosslab_argmax_setting", argmax_setting, display=False)
 headline_setting = nested_setting if selection_rule == "real_labs_nested" else virtual_rule_setting
 glue("crosslab_selection_rule", selection_rule, display=False)
@@ -206,7 +207,7 @@ for key, value in cv.measurement_glue(selection_table).items():
 glue("crosslab_selection_top", selection_table.head(10).drop(columns=["source"]).round(3), display=False)
 X, crops = measured[headline_source].features, measured[headline_source].crops
 grid = cs.candidate_grid(study.parse_list(candidate_C), study.parse_list(candidate_groups), list(measured))
-cv.nested_display(nested_folds).round(3)
+rs.nested_display(nested_folds).round(3)
 
 # %% [markdown]
 # ## Trusting texture only where it was checked
@@ -370,14 +371,14 @@ calib.set_index("lab").round(3)
 # labs no rule reads: the in-domain site under a smear's mix, and the untouched lab.
 
 # %% tags=["hide-input"]
-rule_settings = dict(zip(cv.READING_KEYS, (virtual_rule_setting, argmax_setting, nested_setting)))
-readings = cv.rule_readings(measured, samples, plan, rule_settings,
+rule_settings = dict(zip(rs.READING_KEYS, (virtual_rule_setting, argmax_setting, nested_setting)))
+readings = rs.rule_readings(measured, samples, plan, rule_settings,
                             lambda src: cv.untouched_lab(untouched_folder, artifacts, src, n_workers,
                                                          detector_file=detector_file),
                             seed, mix_calls, design=design)
 save_table(readings, tables / "crosslab_rule_readings.csv")
 glue("crosslab_rule_readings", readings.set_index("reading").round(3), display=False)
-for key, value in cv.rule_readings_glue(readings).items():
+for key, value in rs.rule_readings_glue(readings).items():
     glue(key, value, display=False)
 readings.set_index("reading").round(3)
 

@@ -17,9 +17,7 @@ The rule, fixed before the final run:
    size; labs outside the project are the untouched check.
 
 A second rule, the study's default since the virtual labs failed to foresee the real labs'
-failures (:func:`nested_choice`): the deployed setting is the best on the given unseen sites, and
-each of those sites reports the setting chosen on the others (leave one site out), so no reported
-number was chosen with its own labels; the untouched lab checks the deployed setting.
+failures, is in :mod:`bcfeat.study.real_lab_selection`.
 """
 
 from __future__ import annotations
@@ -182,169 +180,6 @@ def select_on_virtual_labs(measured: dict, samples: pd.DataFrame, plan: SplitPla
                      "seconds": time.perf_counter() - start})
     table = pd.DataFrame(rows).sort_values("selection_score", ascending=False, kind="stable")
     return table.reset_index(drop=True)
-
-
-# ----------------------------------------------------------------------------- real labs, nested
-SELECTION_RULES = ("virtual_labs", "real_labs_nested")
-
-
-def score_on_given_sites(measured: dict, samples: pd.DataFrame, plan: SplitPlan, candidates: Sequence[str],
-                         seed: int, call_size: int = 100, n_calls: int = 3,
-                         mixes: Sequence[str] = ("own", "balanced", "typical", "neutrophil_heavy", "lymphocyte_heavy"),
-                         *, design: StudySites) -> pd.DataFrame:
-    """Each candidate on each given unseen site, scored as the virtual labs are (calls of
-    ``call_size`` under every mix) and with all of the site's cells in one call: one row per
-    (setting, lab) with ``balanced_accuracy`` (mean over the calls), ``macro_f1``,
-    ``balanced_accuracy_all`` and ``macro_f1_all``, and ``balanced_accuracy_se`` (the standard
-    error of the calls' mean). This reads the given sites' labels: a number
-    it gives is held out only for a choice that did not read that site (:func:`nested_choice`)."""
-    rows = []
-    for name in candidates:
-        s = parse_setting(name)
-        clf = fit_setting(measured, samples, plan, name, seed, source=design.source)
-        labs = {k: v for k, v in real_labs(measured, samples, plan, s["source"], design=design).items()
-                if k != design.source}
-        calls = score_on_labs(clf, labs, mixes, (call_size,), n_calls, seed)
-        for lab, (X, y) in labs.items():
-            mine = calls[calls["lab"] == lab]
-            whole = mx.call_scores(y, clf.predict(X), LABELS)
-            ba = mine["balanced_accuracy"].to_numpy(float)
-            rows.append({"setting": name, "lab": lab, "balanced_accuracy": float(ba.mean()),
-                         "balanced_accuracy_se": float(ba.std(ddof=1) / np.sqrt(len(ba))) if len(ba) > 1 else 0.0,
-                         "macro_f1": float(mine["macro_f1"].mean()),
-                         "balanced_accuracy_all": float(whole["balanced_accuracy"]),
-                         "macro_f1_all": float(whole["macro_f1"])})
-    return pd.DataFrame(rows)
-
-
-def _best(scores: pd.DataFrame, labs: Sequence[str], virtual: pd.Series) -> tuple[str, float]:
-    """The one-standard-error choice over ``labs``: of the settings whose mean balanced accuracy
-    over ``labs`` is within one standard error of the best mean (the best setting's; per-lab
-    errors ``balanced_accuracy_se`` combined, 0 where absent), the one the virtual labs rate best
-    (then the higher mean, then the name). Real labs say which features survive; among settings
-    they cannot tell apart, the virtual labs, with their class mixes, say which adapts better."""
-    part = scores[scores["lab"].isin(labs)]
-    se = part["balanced_accuracy_se"] if "balanced_accuracy_se" in part else pd.Series(0.0, index=part.index)
-    grouped = part.assign(_var=se ** 2).groupby("setting")
-    mean = grouped["balanced_accuracy"].mean()
-    error = np.sqrt(grouped["_var"].sum()) / grouped.size()
-    top = mean.idxmax()
-    near = mean[mean >= mean[top] - error[top] - 1e-12]
-    order = pd.DataFrame({"virtual": virtual.reindex(near.index).fillna(-np.inf), "dev": near.round(10)})
-    order = order.assign(name=order.index).sort_values(["virtual", "dev", "name"], ascending=[False, False, True],
-                                                        kind="stable")
-    return str(order.index[0]), float(mean[order.index[0]])
-
-
-def nested_choice(scores: pd.DataFrame, selection: pd.DataFrame) -> tuple[str, pd.DataFrame]:
-    """The real-lab rule: the eligible setting with the best mean balanced accuracy over the given
-    sites (one standard error: among the settings within one standard error of the best, the
-    virtual labs' best, :func:`_best`) is deployed, and each given site's number comes from
-    the setting that rule chooses on the *other* sites (leave one site out), so that no reported
-    number was chosen by its own labels.
-
-    ``scores``: :func:`score_on_given_sites` (eligible settings only); ``selection``:
-    :func:`select_on_virtual_labs` with an ``eligible`` column. Returns the deployed setting and
-    one row per held-out site: ``chosen``, ``development_score`` (its mean on the other sites),
-    the held-out scores, whether the fold chose the deployed setting, and the virtual-lab
-    rule's setting with its scores on the same site.
-
-    >>> sc = pd.DataFrame({"setting": ["a", "a", "b", "b"], "lab": ["x", "y", "x", "y"],
-    ...                    "balanced_accuracy": [0.9, 0.5, 0.6, 0.7], "macro_f1": 0.5,
-    ...                    "balanced_accuracy_all": 0.5, "macro_f1_all": 0.5})
-    >>> sel = pd.DataFrame({"setting": ["b", "a"], "selection_score": [0.8, 0.7], "eligible": True})
-    >>> deployed, folds = nested_choice(sc, sel)
-    >>> deployed, list(folds["chosen"]), list(folds["virtual_rule_setting"])
-    ('a', ['b', 'a'], ['b', 'b'])
-    """
-    eligible = selection.loc[selection["eligible"], "setting"]
-    virtual = selection.set_index("setting")["selection_score"]
-    scores = scores[scores["setting"].isin(set(eligible))]
-    sites = list(dict.fromkeys(scores["lab"]))
-    if len(sites) < 2:
-        raise ValueError(f"the real-lab rule needs at least two given unseen sites to hold one out; got {sites}")
-    deployed, _ = _best(scores, sites, virtual)
-    virtual_rule = str(eligible.iloc[0])
-    by = scores.set_index(["setting", "lab"])
-    rows = []
-    for held in sites:
-        chosen, dev = _best(scores, [s for s in sites if s != held], virtual)
-        rows.append({"held_out": held, "chosen": chosen, "development_score": dev,
-                     **{f"held_out_{k}": float(by.loc[(chosen, held), k])
-                        for k in ("balanced_accuracy", "macro_f1", "balanced_accuracy_all", "macro_f1_all")},
-                     "chose_deployed": chosen == deployed, "virtual_rule_setting": virtual_rule,
-                     **{f"virtual_rule_{k}": float(by.loc[(virtual_rule, held), k])
-                        for k in ("balanced_accuracy", "balanced_accuracy_all", "macro_f1_all")}})
-    return deployed, pd.DataFrame(rows)
-
-
-NESTED_DISPLAY = {"chosen": "chosen on the other sites", "development_score": "its mean there",
-                  "held_out_balanced_accuracy": "held out, calls of 100", "held_out_balanced_accuracy_all": "held out, all cells",
-                  "held_out_macro_f1_all": "macro-F1, all cells", "chose_deployed": "the deployed setting",
-                  "virtual_rule_balanced_accuracy_all": "virtual-lab rule, all cells"}
-
-
-def nested_display(folds: pd.DataFrame) -> pd.DataFrame:
-    """The chapter's view of :func:`nested_choice`'s folds: one row per held-out site, the columns
-    of :data:`NESTED_DISPLAY` under their readable names (balanced accuracy unless named)."""
-    return folds.set_index("held_out")[list(NESTED_DISPLAY)].rename(columns=NESTED_DISPLAY)
-
-
-def nested_glue(folds: pd.DataFrame, deployed: str) -> dict:
-    """The real-lab rule's numbers for the chapter: each held-out site's chosen setting and
-    scores (``crosslab_nested_<site>_...``), the worst held-out site under both rules, and
-    whether every fold chose the deployed setting."""
-    out = {"crosslab_nested_deployed": deployed,
-           "crosslab_nested_all_folds_agree": "yes" if bool(folds["chose_deployed"].all()) else "no",
-           "crosslab_nested_worst": float(folds["held_out_balanced_accuracy"].min()),
-           "crosslab_nested_worst_all": float(folds["held_out_balanced_accuracy_all"].min()),
-           "crosslab_virtual_rule_worst": float(folds["virtual_rule_balanced_accuracy"].min()),
-           "crosslab_virtual_rule_worst_all": float(folds["virtual_rule_balanced_accuracy_all"].min())}
-    for r in folds.itertuples():
-        out[f"crosslab_nested_{r.held_out}_chosen"] = r.chosen
-        for k in ("balanced_accuracy", "balanced_accuracy_all", "macro_f1_all"):
-            out[f"crosslab_nested_{r.held_out}_{k}"] = float(getattr(r, f"held_out_{k}"))
-            out[f"crosslab_virtual_rule_{r.held_out}_{k}"] = float(getattr(r, f"virtual_rule_{k}"))
-    return out
-
-
-READING_KEYS = {"virtual labs": "virtual", "real labs, best mean": "argmax",
-                "real labs, one standard error (nested)": "nested"}
-"""The readings :func:`rule_readings` compares, and the short name each has in the glue keys."""
-
-
-def rule_readings(measured: dict, samples: pd.DataFrame, plan: SplitPlan, readings: dict[str, str],
-                  untouched_for: Callable[[str], tuple | None], seed: int, n_calls: int = 5, *,
-                  design: StudySites) -> pd.DataFrame:
-    """The selection rule's readings side by side (``reading -> the setting it chose``), each
-    setting's classifier without temperature or gate: the in-domain site's balanced accuracy on
-    all its test cells and its worst mean over the mixes in calls of 100 (a smear's mix on the
-    training lab), and the untouched lab's on all its cells (``untouched_for(mask source)`` ->
-    ``(X, y)``, or None when the lab is absent: NaN)."""
-    rows = []
-    for reading, setting in readings.items():
-        s = parse_setting(setting)
-        clf = fit_setting(measured, samples, plan, setting, seed, source=design.source)
-        Xs, ys = real_labs(measured, samples, plan, s["source"], design=design)[design.source]
-        calls = score_on_labs(clf, {design.source: (Xs, ys)}, tuple(mx.MIXES), (100,), n_calls, seed)
-        lab = untouched_for(s["source"])
-        rows.append({"reading": reading, "setting": setting,
-                     "in_domain_all": float(mx.call_scores(ys, clf.predict(Xs), LABELS)["balanced_accuracy"]),
-                     "in_domain_worst_mix_100": float(calls.groupby("mix")["balanced_accuracy"].mean().min()),
-                     "untouched_all": (float(mx.call_scores(lab[1], clf.predict(lab[0]), LABELS)["balanced_accuracy"])
-                                       if lab is not None else float("nan"))})
-    return pd.DataFrame(rows)
-
-
-def rule_readings_glue(readings: pd.DataFrame) -> dict:
-    """``crosslab_reading_<virtual|argmax|nested>_{in_domain_worst_mix,untouched}`` from
-    :func:`rule_readings` (readings named as in :data:`READING_KEYS`)."""
-    out = {}
-    for r in readings.itertuples():
-        key = READING_KEYS[r.reading]
-        out[f"crosslab_reading_{key}_in_domain_worst_mix"] = float(r.in_domain_worst_mix_100)
-        out[f"crosslab_reading_{key}_untouched"] = float(r.untouched_all)
-    return out
 
 
 def measurement_glue(selection: pd.DataFrame) -> dict:
@@ -583,7 +418,7 @@ def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequen
 
 __all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for", "candidate_settings",
            "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "fit_setting",
-           "score_on_labs", "select_on_virtual_labs", "SELECTION_RULES", "score_on_given_sites", "nested_choice", "nested_display", "nested_glue", "READING_KEYS", "rule_readings", "rule_readings_glue", "Calibration", "disagreement_calls", "disagreement_glue", "fit_calibration", "calibration_table",
+           "score_on_labs", "select_on_virtual_labs", "Calibration", "disagreement_calls", "disagreement_glue", "fit_calibration", "calibration_table",
            "real_labs", "mix_table", "per_shift_table", "goals_table"]
 
 

@@ -14,6 +14,7 @@ from sklearn.metrics import balanced_accuracy_score as bas
 
 from bcfeat.crosslab.adaptation import CrossLabClassifier, class_conditional_statistics, site_statistics
 from bcfeat.study import crosslab_validation as cv
+from bcfeat.study import real_lab_selection as rs
 from bcfeat.study import texture_gate as tg
 
 
@@ -532,22 +533,22 @@ def test_real_lab_rule_reports_each_given_site_from_a_choice_made_without_it():
     design = StudySites.from_parameters("pbc_acevedo20,jtsc_zheng18,cellavision_zheng18,bccd_crops", "pbc_acevedo20")
     measured = {"stain": _Measured(X)}
     candidates = cv.candidate_settings([0.01, 1.0], ["all"], ["stain"], ["plain"])
-    scores = cv.score_on_given_sites(measured, samples, plan, candidates, 0, call_size=40, n_calls=2,
+    scores = rs.score_on_given_sites(measured, samples, plan, candidates, 0, call_size=40, n_calls=2,
                                      mixes=("own", "typical"), design=design)
     assert set(scores["lab"]) == {"jtsc_zheng18", "cellavision_zheng18", "bccd_crops"}
     assert len(scores) == 6 and scores["balanced_accuracy_all"].between(0.6, 1.0).all()  # chance is 0.2
     assert (scores["balanced_accuracy_se"] > 0).all()
     # the readings table scores each chosen setting on the in-domain site and the untouched lab
     far = {"stain": (X[samples["domain"].to_numpy() == "bccd_crops"] * 3.0, y1)}
-    readings = cv.rule_readings(measured, samples, plan, {"weak": candidates[0], "strong": candidates[1]}, far.get, 0,
+    readings = rs.rule_readings(measured, samples, plan, {"weak": candidates[0], "strong": candidates[1]}, far.get, 0,
                                 n_calls=2, design=design)
     assert list(readings["reading"]) == ["weak", "strong"]
     assert (readings["in_domain_worst_mix_100"] <= readings["in_domain_all"] + 0.1).all()
     clf = cv.fit_setting(measured, samples, plan, candidates[1], 0, source="pbc_acevedo20")
     assert readings["untouched_all"].iloc[1] == pytest.approx(bas(y1, clf.predict(far["stain"][0])))
     named = readings.assign(reading=["virtual labs", "real labs, one standard error (nested)"])
-    assert cv.rule_readings_glue(named)["crosslab_reading_nested_untouched"] == readings["untouched_all"].iloc[1]
-    assert np.isnan(cv.rule_readings(measured, samples, plan, {"w": candidates[0]}, lambda src: None, 0, n_calls=2,
+    assert rs.rule_readings_glue(named)["crosslab_reading_nested_untouched"] == readings["untouched_all"].iloc[1]
+    assert np.isnan(rs.rule_readings(measured, samples, plan, {"w": candidates[0]}, lambda src: None, 0, n_calls=2,
                                      design=design)["untouched_all"].iloc[0])
 
     # hand-made scores: "strong" wins on x and y, "weak" on z
@@ -557,7 +558,7 @@ def test_real_lab_rule_reports_each_given_site_from_a_choice_made_without_it():
                        "macro_f1_all": 0.5})
     selection = pd.DataFrame({"setting": ["weak", "strong", "detector"], "selection_score": [0.9, 0.8, 0.99],
                               "eligible": [True, True, False]})
-    deployed, folds = cv.nested_choice(sc, selection)
+    deployed, folds = rs.nested_choice(sc, selection)
     assert deployed == "weak"  # mean 0.770 against 0.707 over all three sites
     folds = folds.set_index("held_out")
     assert folds.loc["z", "chosen"] == "strong"  # chosen on x and y only
@@ -565,12 +566,12 @@ def test_real_lab_rule_reports_each_given_site_from_a_choice_made_without_it():
     assert folds.loc["x", "chosen"] == "weak" and folds.loc["x", "development_score"] == pytest.approx(0.805)
     assert not folds.loc["z", "chose_deployed"] and folds.loc["x", "chose_deployed"]
     assert (folds["virtual_rule_setting"] == "weak").all()  # the detector is not eligible
-    shown = cv.nested_display(folds.reset_index())
+    shown = rs.nested_display(folds.reset_index())
     assert list(shown.index) == ["x", "y", "z"] and shown.loc["z", "held out, all cells"] == pytest.approx(0.52)
-    glue = cv.nested_glue(folds.reset_index(), deployed)
+    glue = rs.nested_glue(folds.reset_index(), deployed)
     assert glue["crosslab_nested_worst_all"] == pytest.approx(0.52) and glue["crosslab_nested_all_folds_agree"] == "no"
     with pytest.raises(ValueError, match="at least two"):
-        cv.nested_choice(sc[sc["lab"] == "x"], selection)
+        rs.nested_choice(sc[sc["lab"] == "x"], selection)
 
 
 def test_real_lab_rule_lets_the_virtual_labs_choose_among_settings_the_real_labs_cannot_tell_apart():
@@ -581,10 +582,10 @@ def test_real_lab_rule_lets_the_virtual_labs_choose_among_settings_the_real_labs
     selection = pd.DataFrame({"setting": ["texture", "cbr", "plain"], "selection_score": [0.81, 0.77, 0.74],
                               "eligible": True})
     # plain is best (0.73) but cbr (0.72) is within its standard error (0.014): the virtual labs decide
-    deployed, folds = cv.nested_choice(sc, selection)
+    deployed, folds = rs.nested_choice(sc, selection)
     assert deployed == "cbr"
     # texture is the virtual labs' favourite but far below on the real labs: never chosen
     assert "texture" not in set(folds["chosen"])
     # without standard errors the rule is the plain argmax
-    deployed, _ = cv.nested_choice(sc.drop(columns="balanced_accuracy_se"), selection)
+    deployed, _ = rs.nested_choice(sc.drop(columns="balanced_accuracy_se"), selection)
     assert deployed == "plain"
