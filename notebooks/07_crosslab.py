@@ -192,7 +192,7 @@ save_table(nested_folds, tables / "crosslab_nested_selection.csv")
 for key, value in rs.nested_glue(nested_folds, nested_setting).items():
     glue(key, value, display=False)
 glue("crosslab_nested_table", rs.nested_display(nested_folds).round(3), display=False)
-argmax_setting, _ = rs.nested_choice(given_scores.drop(columns="balanced_accuracy_se"), selection_table)
+argmax_setting, _ = rs.nested_choice(given_scores, selection_table, one_se=False)
 glue("crosslab_argmax_setting", argmax_setting, display=False)
 headline_setting = nested_setting if selection_rule == "real_labs_nested" else virtual_rule_setting
 glue("crosslab_selection_rule", selection_rule, display=False)

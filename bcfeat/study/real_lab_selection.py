@@ -53,14 +53,16 @@ def score_on_given_sites(measured: dict, samples: pd.DataFrame, plan: SplitPlan,
     return pd.DataFrame(rows)
 
 
-def _best(scores: pd.DataFrame, labs: Sequence[str], virtual: pd.Series) -> tuple[str, float]:
+def _best(scores: pd.DataFrame, labs: Sequence[str], virtual: pd.Series, one_se: bool = True) -> tuple[str, float]:
     """The one-standard-error choice over ``labs``: of the settings whose mean balanced accuracy
     over ``labs`` is within one standard error of the best mean (the best setting's; per-lab
-    errors ``balanced_accuracy_se`` combined, 0 where absent), the one the virtual labs rate best
+    errors ``balanced_accuracy_se`` combined, 0 where absent or with ``one_se=False``: the plain
+    best mean), the one the virtual labs rate best
     (then the higher mean, then the name). Real labs say which features survive; among settings
     they cannot tell apart, the virtual labs, with their class mixes, say which adapts better."""
     part = scores[scores["lab"].isin(labs)]
-    se = part["balanced_accuracy_se"] if "balanced_accuracy_se" in part else pd.Series(0.0, index=part.index)
+    se = (part["balanced_accuracy_se"] if one_se and "balanced_accuracy_se" in part
+          else pd.Series(0.0, index=part.index))
     grouped = part.assign(_var=se ** 2).groupby("setting")
     mean = grouped["balanced_accuracy"].mean()
     error = np.sqrt(grouped["_var"].sum()) / grouped.size()
@@ -72,10 +74,10 @@ def _best(scores: pd.DataFrame, labs: Sequence[str], virtual: pd.Series) -> tupl
     return str(order.index[0]), float(mean[order.index[0]])
 
 
-def nested_choice(scores: pd.DataFrame, selection: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+def nested_choice(scores: pd.DataFrame, selection: pd.DataFrame, one_se: bool = True) -> tuple[str, pd.DataFrame]:
     """The real-lab rule: the eligible setting with the best mean balanced accuracy over the given
     sites (one standard error: among the settings within one standard error of the best, the
-    virtual labs' best, :func:`_best`) is deployed, and each given site's number comes from
+    virtual labs' best, :func:`_best`; ``one_se=False``: the plain best mean) is deployed, and each given site's number comes from
     the setting that rule chooses on the *other* sites (leave one site out), so that no reported
     number was chosen by its own labels.
 
@@ -99,12 +101,12 @@ def nested_choice(scores: pd.DataFrame, selection: pd.DataFrame) -> tuple[str, p
     sites = list(dict.fromkeys(scores["lab"]))
     if len(sites) < 2:
         raise ValueError(f"the real-lab rule needs at least two given unseen sites to hold one out; got {sites}")
-    deployed, _ = _best(scores, sites, virtual)
+    deployed, _ = _best(scores, sites, virtual, one_se)
     virtual_rule = str(eligible.iloc[0])
     by = scores.set_index(["setting", "lab"])
     rows = []
     for held in sites:
-        chosen, dev = _best(scores, [s for s in sites if s != held], virtual)
+        chosen, dev = _best(scores, [s for s in sites if s != held], virtual, one_se)
         rows.append({"held_out": held, "chosen": chosen, "development_score": dev,
                      **{f"held_out_{k}": float(by.loc[(chosen, held), k])
                         for k in ("balanced_accuracy", "macro_f1", "balanced_accuracy_all", "macro_f1_all")},
