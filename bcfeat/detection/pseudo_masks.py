@@ -32,7 +32,8 @@ expert masks are read only by :mod:`bcfeat.detection.mask_metrics`, never here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -70,6 +71,11 @@ class SegmentationConfig:
     inside_shrink : tuple of float
         Factors of ``inside_radius`` tried in turn until the shape checks pass (a smaller
         disk when background between crowded red cells leaked into the mask).
+    inside_from_nucleus : float
+        0: the centre disk's radius is ``inside_radius`` of the crop (the crops frame the cell
+        alike). > 0: it is at most this many times the nucleus's reach (the largest distance
+        from the nucleus's centroid to its pixels), so a cell that fills a sixth of its crop is
+        not sampled with the red cells around it; the crop-relative radius stays the upper bound.
     frame_width : float
         Width of the outer frame used as the "surround" sample.
     log_ratio_threshold : float
@@ -110,6 +116,7 @@ class SegmentationConfig:
     hist_sigma: float = 1.0
     inside_radius: float = 0.3
     inside_shrink: tuple[float, ...] = (1.0, 0.75, 0.55)
+    inside_from_nucleus: float = 0.0
     frame_width: float = 0.1
     log_ratio_threshold: float = 0.0
     opening_radius: float = 0.03
@@ -127,6 +134,21 @@ class SegmentationConfig:
     def __post_init__(self) -> None:
         if self.resampler not in RESAMPLERS:
             raise ValueError(f"SegmentationConfig.resampler must be one of {RESAMPLERS}, got {self.resampler!r}")
+
+
+def segmentation_key(cfg: SegmentationConfig) -> dict:
+    """``cfg`` as a dict for cache keys: settings added after caches were written are left out
+    at their default (then they change nothing), so those caches stay valid.
+
+    >>> "inside_from_nucleus" in segmentation_key(SegmentationConfig())
+    False
+    >>> segmentation_key(SegmentationConfig(inside_from_nucleus=1.2))["inside_from_nucleus"]
+    1.2
+    """
+    key = asdict(cfg)
+    if key["inside_from_nucleus"] == 0:
+        del key["inside_from_nucleus"]
+    return key
 
 
 @dataclass
@@ -479,6 +501,7 @@ def segment_white_cell(image: np.ndarray, cfg: SegmentationConfig | None = None)
     yy, xx = np.mgrid[:h, :w]
     cy, cx = np.argwhere(nucleus).mean(axis=0)
     centre_d2 = (yy - cy) ** 2 + (xx - cx) ** 2
+    reach = float(np.sqrt(centre_d2[nucleus].max())) if cfg.inside_from_nucleus > 0 else math.inf
     fw = max(2, int(cfg.frame_width * cfg.work_size))
     outside = np.ones((h, w), bool)
     outside[fw:-fw, fw:-fw] = False
@@ -487,7 +510,10 @@ def segment_white_cell(image: np.ndarray, cfg: SegmentationConfig | None = None)
     # than in a wide centre disk and leaks into the mask (a ragged, non-convex shape):
     # shrink the centre disk until the shape is plausible, else keep the best try.
     for shrink in cfg.inside_shrink:
-        inside = centre_d2 < (shrink * cfg.inside_radius * cfg.work_size) ** 2
+        radius = shrink * cfg.inside_radius * cfg.work_size
+        if cfg.inside_from_nucleus > 0:
+            radius = min(radius, shrink * cfg.inside_from_nucleus * reach)
+        inside = centre_d2 < radius ** 2
         log_ratio = _colour_log_ratio(img, inside, outside, cfg)
         cell = _clean_shape(log_ratio > cfg.log_ratio_threshold, nucleus, cfg)
         if not cell.any():
@@ -506,6 +532,6 @@ def segment_white_cell(image: np.ndarray, cfg: SegmentationConfig | None = None)
     return PseudoMask(mask, nuc_full, mask_to_box(mask), quality, confident, reason)
 
 
-__all__: Sequence[str] = ["RESAMPLERS", "SegmentationConfig", "PseudoMask", "segment_white_cell", "central_component",
+__all__: Sequence[str] = ["RESAMPLERS", "SegmentationConfig", "segmentation_key", "PseudoMask", "segment_white_cell", "central_component",
                           "mask_to_box", "centred_ellipse", "fill_holes", "disk_erosion",
                           "disk_dilation", "disk_opening", "disk_closing"]

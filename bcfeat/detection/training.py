@@ -31,7 +31,7 @@ from torchvision.models.detection import MaskRCNN
 from bcfeat.detection.architecture import build_detector
 from bcfeat.detection.checkpoint import read_detector_file, save_detector
 from bcfeat.detection.config import DetectorConfig, DetectorTrainingConfig
-from bcfeat.detection.pseudo_masks import SegmentationConfig
+from bcfeat.detection.pseudo_masks import SegmentationConfig, segmentation_key
 from bcfeat.detection.training_data import PseudoLabelledSet, augment, pseudo_label, to_target
 from bcfeat.training.checkpoint import check_resumable
 from bcfeat.training.device import resolve_device, training_threads
@@ -181,7 +181,7 @@ def _train(images, cfg, train_cfg, checkpoint_path, state, seg_cfg, cache_path, 
                 save_detector(checkpoint_path, model, {
                     "train_config": asdict(train_cfg), **state, "step": step,
                     "history": history, "seconds": elapsed, **data_info,
-                    "seg_config": asdict(seg_cfg or SegmentationConfig()),
+                    "seg_config": segmentation_key(seg_cfg or SegmentationConfig()),
                 })
 
     net.train()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -18,7 +18,7 @@ from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.data import scan_dataset
 from bcfeat.data.sites import SITES
 from bcfeat.data.images import read_image
-from bcfeat.detection.pseudo_masks import SegmentationConfig, segment_white_cell
+from bcfeat.detection.pseudo_masks import SegmentationConfig, segment_white_cell, segmentation_key
 from bcfeat.detection.config import DetectorTrainingConfig
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def pseudo_label(items: Sequence[Any], image_size: int, seg_cfg: SegmentationCon
     """
     seg_cfg = seg_cfg or SegmentationConfig()
     sources = [str(it) if not isinstance(it, np.ndarray) else f"array:{i}" for i, it in enumerate(items)]
-    key = {"sources": sources, "image_size": image_size, "seg_config": asdict(seg_cfg)}
+    key = {"sources": sources, "image_size": image_size, "seg_config": segmentation_key(seg_cfg)}
     if cache_path is not None and Path(cache_path).is_file():
         cached = torch.load(cache_path, map_location="cpu", weights_only=True)
         if cached.get("key") == key:

@@ -48,35 +48,52 @@ class Measured:
     detector_file: str | None
 
 
-# A measurement is a mask source, optionally with the texture read on the nucleus-normalised
-# optical density: "stain", "detector", "stain+normtex", "detector+normtex".
+# A measurement is a mask source, optionally with the stain segmentation's centre disk scaled to the
+# nucleus and the texture read on the nucleus-normalised optical density: "stain", "detector",
+# "stain+normtex", "stain+nucdisk", "stain+nucdisk+normtex", "detector+normtex".
 NORMALISED_TEXTURE = "+normtex"
+NUCLEUS_DISK = "+nucdisk"
+# How far the centre disk reaches with "+nucdisk", in nucleus reaches (SegmentationConfig.inside_from_nucleus)
+NUCLEUS_DISK_FACTOR = 1.2
 
 
 def measurement_parts(name: str) -> tuple[str, str]:
     """A measurement's mask source and texture reading (``CrossLabConfig.texture_od``).
 
-    >>> measurement_parts("stain"), measurement_parts("stain+normtex")
-    (('stain', 'raw'), ('stain', 'nucleus'))
+    >>> measurement_parts("stain"), measurement_parts("stain+normtex"), measurement_parts("stain+nucdisk+normtex")
+    (('stain', 'raw'), ('stain', 'nucleus'), ('stain', 'nucleus'))
     """
+    return _measurement(name)[:2]
+
+
+def _measurement(name: str) -> tuple[str, str, float]:
+    """``(mask source, texture reading, SegmentationConfig.inside_from_nucleus)`` of a measurement name."""
     from bcfeat.crosslab.model import MASK_SOURCES
 
-    mask_source, texture_od = (name[:-len(NORMALISED_TEXTURE)], "nucleus") if name.endswith(NORMALISED_TEXTURE) \
-        else (name, "raw")
-    if mask_source not in MASK_SOURCES:
-        valid = [m + t for m in MASK_SOURCES for t in ("", NORMALISED_TEXTURE)]
+    rest = str(name)
+    texture_od = "raw"
+    if rest.endswith(NORMALISED_TEXTURE):
+        rest, texture_od = rest[:-len(NORMALISED_TEXTURE)], "nucleus"
+    inside_from_nucleus = 0.0
+    if rest == "stain" + NUCLEUS_DISK:
+        rest, inside_from_nucleus = "stain", NUCLEUS_DISK_FACTOR
+    if rest not in MASK_SOURCES:
+        valid = [m + d + t for m in MASK_SOURCES for d in ("", NUCLEUS_DISK) if m == "stain" or not d
+                 for t in ("", NORMALISED_TEXTURE)]
         raise ValueError(f"unknown measurement {name!r}; valid: {valid}")
-    return mask_source, texture_od
+    return rest, texture_od, inside_from_nucleus
 
 
 def _model(detector_file: str | Path | None, measurement: str, n_workers: int, crop: CropConfig | None = None):
     """The :class:`~bcfeat.crosslab.model.CrossLabModel` (no classifier) that measures one measurement."""
     from bcfeat.crosslab.model import CrossLabModel, CrossLabConfig
     from bcfeat.detection.checkpoint import load_detector
+    from bcfeat.detection.pseudo_masks import SegmentationConfig
 
-    mask_source, texture_od = measurement_parts(measurement)
+    mask_source, texture_od, inside_from_nucleus = _measurement(measurement)
     config = CrossLabConfig(mask_source=mask_source, crop=crop or CropConfig(), n_workers=n_workers,
-                            texture_od=texture_od)
+                            texture_od=texture_od,
+                            segmentation=SegmentationConfig(resampler="pillow", inside_from_nucleus=inside_from_nucleus))
     detector = None
     if mask_source == "detector":
         if detector_file is None:
@@ -89,10 +106,13 @@ def measurement_settings(config: CrossLabConfig) -> dict:
     """What a cell's features depend on besides the image and the detector file, for a cache key:
     mask source, crop, the stain segmentation's settings (with that mask source), the texture
     reading (when not raw: raw keys are those of the files measured before the choice existed)
-    and the features."""
+    and the features. Settings at their defaults that did not exist when earlier caches were
+    written are left out (:func:`~bcfeat.detection.pseudo_masks.segmentation_key`)."""
+    from bcfeat.detection.pseudo_masks import segmentation_key
+
     settings = {"mask_source": config.mask_source, "crop": asdict(config.crop), "features": feature_names()}
     if config.mask_source == "stain":
-        settings["segmentation"] = asdict(config.segmentation)
+        settings["segmentation"] = segmentation_key(config.segmentation)
     if config.texture_od != "raw":
         settings["texture_od"] = config.texture_od
     return settings
