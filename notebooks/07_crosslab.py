@@ -123,6 +123,19 @@ display(costs)
 cs.feature_group_table(any_x)
 
 # %% [markdown]
+# The stain segmentation samples the cell's colours in a centre disk: sized from the crop (a cell
+# that fills a small part of its crop lets red cells and background into that sample, and the
+# mask leaks into them), or from the nucleus (`+nucdisk`). Both against the expert masks of the
+# two sites that have them:
+
+# %% tags=["hide-input"]
+stain_vs_expert = cs.stain_masks_against_experts(study.parse_list(mask_sources), root)
+save_table(stain_vs_expert, tables / "crosslab_stain_masks_vs_expert.csv")
+for row in stain_vs_expert.itertuples():
+    glue(f"crosslab_expert_iou_{row.segmentation.replace('+', '_')}_{row.dataset}", row.mean_iou, display=False)
+stain_vs_expert.round(3)
+
+# %% [markdown]
 # ## Virtual labs: development data that no reported lab is part of
 #
 # Acevedo-20's held-out test cells (first split) are re-rendered from the raw image through

@@ -156,6 +156,36 @@ def measure_all(samples: pd.DataFrame, artifacts: Path, measurements: Sequence[s
     return {m: measure_cells(samples, artifacts, m, n_workers, detector_file=detector_file) for m in measurements}
 
 
+def stain_masks_against_experts(measurements: Sequence[str], data_root: str | Path,
+                                max_images: int | None = None) -> pd.DataFrame:
+    """The stain segmentation of each stain measurement (its centre colour sample sized from the
+    crop, or from the nucleus with ``+nucdisk``) against the expert masks of
+    :data:`~bcfeat.detection.mask_metrics.MASKED_DATASETS`: one row per segmentation and dataset
+    with ``segmentation, dataset, n_images, mean_iou, median_iou``. Datasets without images or
+    expert masks under ``data_root`` are left out (no rows at all when none has them)."""
+    from bcfeat.detection.mask_metrics import MASKED_DATASETS, evaluate_mask_predictor
+    from bcfeat.detection.pseudo_masks import SegmentationConfig, segment_white_cell
+
+    segmentations = {}
+    for name in measurements:
+        mask_source, _, inside_from_nucleus = _measurement(name)
+        if mask_source == "stain":
+            segmentations["stain" + (NUCLEUS_DISK if inside_from_nucleus else "")] = inside_from_nucleus
+    rows = []
+    for label, factor in segmentations.items():
+        cfg = SegmentationConfig(resampler="pillow", inside_from_nucleus=factor)
+        for dataset in MASKED_DATASETS:
+            try:
+                result = evaluate_mask_predictor(lambda images: [segment_white_cell(im, cfg) for im in images],
+                                                 [dataset], data_root=data_root, max_images=max_images)
+            except FileNotFoundError:
+                continue
+            iou = result.per_image["mask_iou"]
+            rows.append({"segmentation": label, "dataset": dataset, "n_images": len(iou),
+                         "mean_iou": float(iou.mean()), "median_iou": float(iou.median())})
+    return pd.DataFrame(rows, columns=["segmentation", "dataset", "n_images", "mean_iou", "median_iou"])
+
+
 def measured_table(measured: dict[str, Measured]) -> pd.DataFrame:
     """Cost of measuring every cell with each mask source."""
     return pd.DataFrame([{"mask_source": m, "n_cells": len(v.features), "cpu_minutes": v.minutes,

@@ -553,3 +553,34 @@ def test_the_texture_gate_refuses_columns_it_cannot_gate_and_survives_a_model_fi
     del payload["fallback"]
     with pytest.raises(ValueError, match="needs its fallback classifier"):
         CrossLabClassifier.from_payload(payload, d)
+
+
+def test_the_nucleus_sized_centre_sample_is_a_measurement_kept_in_model_files_and_cache_keys(tmp_path):
+    from bcfeat.detection.pseudo_masks import SegmentationConfig
+    from bcfeat.study.crosslab import NUCLEUS_DISK_FACTOR, _model, measurement_settings
+
+    model = _model(None, "stain+nucdisk+normtex", 1)
+    assert model.config.mask_source == "stain" and model.config.texture_od == "nucleus"
+    assert model.config.segmentation.inside_from_nucleus == NUCLEUS_DISK_FACTOR > 0
+    assert _model(None, "stain+normtex", 1).config.segmentation.inside_from_nucleus == 0
+    # bcfeat classify reads the same segmentation back from the model file
+    path = save_model(tmp_path / "m.pt", model)
+    assert load_model(path).config.segmentation.inside_from_nucleus == NUCLEUS_DISK_FACTOR
+    # a cache written before the setting existed keeps its key; the new measurement gets its own
+    crop_sized = measurement_settings(CrossLabConfig(mask_source="stain", segmentation=SegmentationConfig(resampler="pillow")))
+    assert "inside_from_nucleus" not in crop_sized["segmentation"]
+    assert measurement_settings(model.config)["segmentation"] == {**crop_sized["segmentation"],
+                                                                  "inside_from_nucleus": NUCLEUS_DISK_FACTOR}
+    for bad in ("detector+nucdisk", "stain+normtex+nucdisk"):
+        with pytest.raises(ValueError, match="unknown measurement"):
+            _model(None, bad, 1)
+
+
+def test_both_centre_samples_are_scored_against_the_expert_masks(data_root, tmp_path):
+    from bcfeat.study.crosslab import stain_masks_against_experts
+
+    table = stain_masks_against_experts(["detector", "stain+normtex", "stain+nucdisk+normtex"], data_root, max_images=6)
+    assert sorted(set(zip(table.segmentation, table.dataset))) == sorted(
+        (s, d) for s in ("stain", "stain+nucdisk") for d in ("cellavision_zheng18", "jtsc_zheng18"))
+    assert (table.n_images == 6).all() and (table.mean_iou > 0.7).all() and (table.mean_iou <= 1).all()
+    assert stain_masks_against_experts(["stain"], tmp_path).empty  # no datasets, no masks: no rows

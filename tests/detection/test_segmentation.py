@@ -46,6 +46,38 @@ def test_cell_off_centre_is_still_the_large_central_blob():
     assert mask_iou(pm.mask, np.roll(truth, 15, axis=1)) > 0.9
 
 
+def small_cell_in_a_clearing(size: int = 240, radius: int = 16, nucleus: int = 11, clearing: int = 60, seed: int = 0):
+    """A white cell that fills a small part of its crop, in a clearing of background among crowded
+    red cells: the background is rarer in the frame (red cells) than in a crop-sized centre disk."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((size, size, 3), np.float64)
+    img[:] = (235, 215, 200)
+    yy, xx = np.mgrid[:size, :size]
+    c = (size - 1) / 2
+    for cy in np.arange(13, size, 26):
+        for cx in np.arange(13, size, 26):
+            if np.hypot(cy - c, cx - c) > clearing:
+                img[(yy - cy) ** 2 + (xx - cx) ** 2 < 12**2] = (215, 150, 155)
+    cell = (yy - c) ** 2 + (xx - c) ** 2 < radius**2
+    img[cell] = (175, 150, 205)
+    img[(yy - c) ** 2 + (xx - c - 2) ** 2 < nucleus**2] = (90, 40, 130)
+    img += rng.normal(0, 3, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), cell
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_centre_sample_sized_from_the_nucleus_keeps_a_small_cell_from_leaking_into_its_crop(seed):
+    img, truth = small_cell_in_a_clearing(seed=seed)
+    crop_sized = segment_white_cell(img, SegmentationConfig(resampler="pillow"))
+    nucleus_sized = segment_white_cell(img, SegmentationConfig(resampler="pillow", inside_from_nucleus=1.2))
+    # the crop-sized disk samples the clearing as cell colour: the mask spreads over the background
+    assert crop_sized.mask.sum() > 5 * truth.sum() and mask_iou(crop_sized.mask, truth) < 0.3
+    assert mask_iou(nucleus_sized.mask, truth) > 0.75
+    # a cell that fills its crop is found as before
+    big, big_truth = synthetic_cell(seed=seed)
+    assert mask_iou(segment_white_cell(big, SegmentationConfig(inside_from_nucleus=1.2)).mask, big_truth) > 0.9
+
+
 def test_blank_image_gives_a_flagged_centred_guess():
     pm = segment_white_cell(np.full((64, 80, 3), 240, np.uint8))
     assert not pm.confident and "no_nucleus" in pm.reason
