@@ -133,7 +133,14 @@ stain_vs_expert = cs.stain_masks_against_experts(study.parse_list(mask_sources),
 save_table(stain_vs_expert, tables / "crosslab_stain_masks_vs_expert.csv")
 for row in stain_vs_expert.itertuples():
     glue(f"crosslab_expert_iou_{row.segmentation.replace('+', '_')}_{row.dataset}", row.mean_iou, display=False)
-stain_vs_expert.round(3)
+display(stain_vs_expert.round(3))
+if {"stain+normtex", "stain+nucdisk+normtex"} <= set(measured):
+    # how many masks the nucleus-sized sample changes, per site (from the cells' diameters)
+    area_change = cs.mask_area_change(measured, samples, "stain+normtex", "stain+nucdisk+normtex")
+    save_table(area_change, tables / "crosslab_nucdisk_area_change.csv")
+    for row in area_change.itertuples():
+        glue(f"crosslab_nucdisk_changed_{row.site}", row.changed_share, display=False)
+    display(area_change.round(3))
 
 # %% [markdown]
 # ## Virtual labs: development data that no reported lab is part of

@@ -186,6 +186,25 @@ def stain_masks_against_experts(measurements: Sequence[str], data_root: str | Pa
     return pd.DataFrame(rows, columns=["segmentation", "dataset", "n_images", "mean_iou", "median_iou"])
 
 
+def mask_area_change(measured: dict[str, Measured], samples: pd.DataFrame, a: str, b: str,
+                     tolerance: float = 0.1) -> pd.DataFrame:
+    """Per site: the share of cells whose mask area differs by more than ``tolerance`` (relative)
+    between measurements ``a`` and ``b``, and the median area ratio ``b / a``, from the cells'
+    ``log_cell_diameter_px`` (area goes with the diameter squared). Columns ``site, n_cells,
+    changed_share, median_area_ratio``."""
+    for name in (a, b):
+        if name not in measured:
+            raise ValueError(f"measurement {name!r} was not measured; measured: {sorted(measured)}")
+    column = feature_names().index("log_cell_diameter_px")
+    ratio = np.exp(2 * (measured[b].features[:, column] - measured[a].features[:, column]))
+    rows = []
+    for site, idx in samples.groupby("domain", sort=False).indices.items():
+        r = ratio[idx]
+        rows.append({"site": site, "n_cells": len(idx), "changed_share": float(np.mean(np.abs(r - 1) > tolerance)),
+                     "median_area_ratio": float(np.median(r))})
+    return pd.DataFrame(rows)
+
+
 def measured_table(measured: dict[str, Measured]) -> pd.DataFrame:
     """Cost of measuring every cell with each mask source."""
     return pd.DataFrame([{"mask_source": m, "n_cells": len(v.features), "cpu_minutes": v.minutes,

@@ -584,3 +584,24 @@ def test_both_centre_samples_are_scored_against_the_expert_masks(data_root, tmp_
         (s, d) for s in ("stain", "stain+nucdisk") for d in ("cellavision_zheng18", "jtsc_zheng18"))
     assert (table.n_images == 6).all() and (table.mean_iou > 0.7).all() and (table.mean_iou <= 1).all()
     assert stain_masks_against_experts(["stain"], tmp_path).empty  # no datasets, no masks: no rows
+
+
+def test_mask_area_change_counts_the_cells_whose_mask_grew_or_shrank_per_site():
+    import pandas as pd
+
+    from bcfeat.crosslab.cell_features import feature_names
+    from bcfeat.study.crosslab import Measured, mask_area_change
+
+    d = feature_names().index("log_cell_diameter_px")
+    a = np.zeros((6, len(feature_names())))
+    a[:, d] = np.log(100.0)
+    b = a.copy()
+    b[0, d] = np.log(100.0 * np.sqrt(0.5))  # half the area
+    b[4, d] = np.log(100.0 * np.sqrt(1.05))  # 5 % more: within the tolerance
+    samples = pd.DataFrame({"domain": ["x", "x", "x", "y", "y", "y"]})
+    crops = np.zeros((6, 2, 2, 3), np.uint8)
+    table = mask_area_change({"a": Measured(a, crops, 0.0, None), "b": Measured(b, crops, 0.0, None)}, samples, "a", "b")
+    assert table.set_index("site")["changed_share"].to_dict() == pytest.approx({"x": 1 / 3, "y": 0.0})
+    assert table.set_index("site").loc["x", "median_area_ratio"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="'c' was not measured"):
+        mask_area_change({"a": Measured(a, crops, 0.0, None)}, samples, "a", "c")
