@@ -134,6 +134,9 @@ class SegmentationConfig:
     def __post_init__(self) -> None:
         if self.resampler not in RESAMPLERS:
             raise ValueError(f"SegmentationConfig.resampler must be one of {RESAMPLERS}, got {self.resampler!r}")
+        if not (math.isfinite(self.inside_from_nucleus) and self.inside_from_nucleus >= 0):
+            raise ValueError("SegmentationConfig.inside_from_nucleus must be >= 0 (0: the centre disk sized from the "
+                             f"crop), got {self.inside_from_nucleus!r}")
 
 
 def segmentation_key(cfg: SegmentationConfig) -> dict:

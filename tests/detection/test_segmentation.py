@@ -76,6 +76,9 @@ def test_a_centre_sample_sized_from_the_nucleus_keeps_a_small_cell_from_leaking_
     # a cell that fills its crop is found as before
     big, big_truth = synthetic_cell(seed=seed)
     assert mask_iou(segment_white_cell(big, SegmentationConfig(inside_from_nucleus=1.2)).mask, big_truth) > 0.9
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="inside_from_nucleus must be >= 0"):
+            SegmentationConfig(inside_from_nucleus=bad)
 
 
 def test_blank_image_gives_a_flagged_centred_guess():
