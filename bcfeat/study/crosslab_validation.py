@@ -76,7 +76,7 @@ def measure_virtual_lab(paths: Sequence[str], lab, artifacts: Path, mask_source:
     from bcfeat.crosslab.virtual_labs import render
     from bcfeat.data.images import SkippedImages, read_image
     from bcfeat.detection.feature_cache import cache_key, cached_arrays
-    from bcfeat.study.crosslab import _model, measurement_settings
+    from bcfeat.study.crosslab_measurement import _model, measurement_settings
 
     model = _model(detector_file, mask_source, n_workers)
     detector = str(detector_file) if model.config.mask_source == "detector" else None
@@ -450,7 +450,7 @@ def write_deployed_model(measured: dict, samples: pd.DataFrame, path: Path, sett
     cell of the source site (Acevedo-20), with the temperature, ``uncertain`` threshold and novelty reference fitted on
     the virtual labs (``classifier.calibration_``)."""
     from bcfeat.crosslab.model import save_model
-    from bcfeat.study.crosslab import _model
+    from bcfeat.study.crosslab_measurement import _model
 
     s = parse_setting(setting)
     rows = samples["domain"].to_numpy() == source
@@ -472,7 +472,7 @@ def untouched_lab(folder: str | Path, artifacts: Path, mask_source: str, n_worke
     """Features and labels of a labelled folder ``<folder>/<class>/<image>`` kept out of every
     choice (``None`` when ``folder`` is empty or absent): ``(X raw (n, d), y (n,))``."""
     from bcfeat.data.image_folders import folder_images
-    from bcfeat.study.crosslab import measure_cells
+    from bcfeat.study.crosslab_measurement import measure_cells
 
     if not str(folder):
         return None

@@ -190,7 +190,7 @@ def test_model_files_keep_their_segmentation_and_older_files_segment_as_before(t
 
 def test_the_stain_segmentation_settings_reach_the_features_and_the_cache_key():
     from bcfeat.detection.pseudo_masks import SegmentationConfig
-    from bcfeat.study.crosslab import measurement_settings
+    from bcfeat.study.crosslab_measurement import measurement_settings
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:300, :300]
@@ -447,7 +447,7 @@ def test_a_non_finite_self_supervised_loss_stops_naming_where(monkeypatch):
 
 
 def test_model_files_keep_their_texture_reading_and_older_files_read_texture_raw(tmp_path):
-    from bcfeat.study.crosslab import measurement_parts, measurement_settings
+    from bcfeat.study.crosslab_measurement import measurement_parts, measurement_settings
 
     path = save_model(tmp_path / "m.pt", CrossLabModel(CrossLabConfig(mask_source="stain", texture_od="nucleus")))
     assert load_model(path).config.texture_od == "nucleus"
@@ -557,7 +557,7 @@ def test_the_texture_gate_refuses_columns_it_cannot_gate_and_survives_a_model_fi
 
 def test_the_nucleus_sized_centre_sample_is_a_measurement_kept_in_model_files_and_cache_keys(tmp_path):
     from bcfeat.detection.pseudo_masks import SegmentationConfig
-    from bcfeat.study.crosslab import NUCLEUS_DISK_FACTOR, _model, measurement_settings
+    from bcfeat.study.crosslab_measurement import NUCLEUS_DISK_FACTOR, _model, measurement_settings
 
     model = _model(None, "stain+nucdisk+normtex", 1)
     assert model.config.mask_source == "stain" and model.config.texture_od == "nucleus"
@@ -577,7 +577,7 @@ def test_the_nucleus_sized_centre_sample_is_a_measurement_kept_in_model_files_an
 
 
 def test_both_centre_samples_are_scored_against_the_expert_masks(data_root, tmp_path):
-    from bcfeat.study.crosslab import stain_masks_against_experts
+    from bcfeat.study.crosslab_measurement import stain_masks_against_experts
 
     table = stain_masks_against_experts(["detector", "stain+normtex", "stain+nucdisk+normtex"], data_root, max_images=6)
     assert sorted(set(zip(table.segmentation, table.dataset))) == sorted(
@@ -590,7 +590,7 @@ def test_mask_area_change_counts_the_cells_whose_mask_grew_or_shrank_per_site():
     import pandas as pd
 
     from bcfeat.crosslab.cell_features import feature_names
-    from bcfeat.study.crosslab import Measured, mask_area_change
+    from bcfeat.study.crosslab_measurement import Measured, mask_area_change
 
     d = feature_names().index("log_cell_diameter_px")
     a = np.zeros((6, len(feature_names())))
