@@ -43,6 +43,7 @@ n_boot: int = 1000  # bootstrap resamples of the 95 % intervals
 shots: str = "0,1,5,10,20"  # labelled target cells per class for the few-shot curve
 n_draws: int = 5  # draws per few-shot point
 few_shot_source_cells: int = 2000  # source training cells of the few-shot curve (stratified subsample; 0: all)
+source_calibration_folds: int = 5  # folds of the training lab's own out-of-fold calls offered to the accuracy-from-disagreement line (0: virtual labs only)
 n_virtual_labs: int = 8  # virtual labs sampled for the selection (development labs rendered from Acevedo-20)
 virtual_lab_cells: int = 400  # Acevedo-20 test cells re-rendered per virtual lab (0: all of the first split's)
 shift_cells: int = 250  # cells re-rendered per single named shift (the diagnosis table; 0: skip it)
@@ -267,9 +268,32 @@ gate_per_lab.round(3)
 # `bcfeat classify` uses it to bring each call's mean probability to the accuracy it predicts.
 
 # %% tags=["hide-input"]
-disagreement = cv.disagreement_calls(dev_clf, virtual, headline_source, seed=seed)
+virtual_calls = cv.disagreement_calls(dev_clf, virtual, headline_source, seed=seed)
+virtual_calls.groupby("lab", sort=False)[["disagreement", "accuracy"]].mean().round(3)
+
+# %% [markdown]
+# Every virtual lab shifts the training lab, so on its own the line never sees a call of a lab that
+# is not shifted at all, which is how a lab that trains on its own cells uses the classifier. The
+# training lab's own calls are added where they help: its training split is cut into folds, and a
+# copy of the chosen classifier trained on the other folds reads each fold (in one call and in calls
+# of 100 under each mix). No test cell of any site is read. Both readings are scored by how far the
+# line misses each virtual lab's calls when fitted without that lab; the smaller error is used.
+
+# %% tags=["hide-input"]
+source_X, source_y = cv.source_training_cells(measured, samples, plan, headline_setting, source=design.source)
+source_calls = cv.source_out_of_fold_calls(dev_clf, source_X, source_y, source_calibration_folds, seed=seed)
+disagreement, line_readings = cv.calibration_calls(virtual_calls, source_calls, len(dev_clf.classes_))
 save_table(disagreement, tables / "crosslab_disagreement_calls.csv")
-disagreement.groupby("lab", sort=False)[["disagreement", "accuracy"]].mean().round(3)
+save_table(line_readings, tables / "crosslab_disagreement_readings.csv")
+glue("crosslab_line_readings", line_readings.set_index("reading").round(3), display=False)
+glue("crosslab_line_reading_used", str(line_readings.loc[line_readings["used"], "reading"].iloc[0]), display=False)
+for key, reading in (("virtual", 0), ("with_source", 1)):
+    if reading < len(line_readings):
+        glue(f"crosslab_line_error_{key}", float(line_readings["error"].iloc[reading]), display=False)
+if len(source_calls):
+    glue("crosslab_source_calls_accuracy", float(source_calls["accuracy"].mean()), display=False)
+    glue("crosslab_source_calls_disagreement", float(source_calls["disagreement"].mean()), display=False)
+line_readings.round(3)
 
 # %% [markdown]
 # The temperature, the `uncertain` threshold, the lab-novelty threshold and the line from the

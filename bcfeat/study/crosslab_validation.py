@@ -137,13 +137,19 @@ def _train_rows(samples: pd.DataFrame, plan: SplitPlan, source: str) -> np.ndarr
     return np.flatnonzero((samples["domain"].to_numpy() == source) & ~is_test)
 
 
+def source_training_cells(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: str, *,
+                          source: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(features, labels)`` of the source site's training split (first repetition), measured as
+    ``setting`` measures them: what :func:`fit_setting` trains on."""
+    train = _train_rows(samples, plan, source)
+    return measured[parse_setting(setting)["source"]].features[train], samples["label"].to_numpy()[train]
+
+
 def fit_setting(measured: dict, samples: pd.DataFrame, plan: SplitPlan, setting: str, seed: int,
                 temperature: float = 1.0, gate_threshold: float | None = None, *, source: str) -> CrossLabClassifier:
     """A setting's classifier trained on the source site's training split (first repetition)."""
-    s = parse_setting(setting)
-    train = _train_rows(samples, plan, source)
-    X = measured[s["source"]].features
-    return classifier_for(s, seed, temperature, gate_threshold).fit(X[train], samples["label"].to_numpy()[train])
+    X, y = source_training_cells(measured, samples, plan, setting, source=source)
+    return classifier_for(parse_setting(setting), seed, temperature, gate_threshold).fit(X, y)
 
 
 def score_on_labs(clf: CrossLabClassifier, labs: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -241,6 +247,94 @@ def disagreement_calls(clf: CrossLabClassifier, virtual: VirtualLabs, source: st
                          "disagreement": view_disagreement(full, fallback),
                          "accuracy": float(np.mean(clf.predict(X[idx]) == y[idx]))})
     return pd.DataFrame(rows)
+
+
+def source_out_of_fold_calls(clf: CrossLabClassifier, X: np.ndarray, y: np.ndarray, n_folds: int = 5,
+                             call_size: int = 100, n_calls: int = 2, seed: int = 0) -> pd.DataFrame:
+    """The training lab's own calls, each read by a classifier that never saw its cells: rows like
+    :func:`disagreement_calls` (``lab`` is ``"source fold k"``).
+
+    The virtual labs all shift the training lab, so the line from the views' disagreement to a
+    call's accuracy never sees a call of a lab that is not shifted at all, which is where a lab that
+    trains its own classifier uses it. Here the source's training cells ``X, y`` are split into
+    ``n_folds`` stratified folds; a copy of ``clf`` (same parameters, texture gate included) is
+    trained on the other folds, and reads the held-out fold in one call and in ``n_calls`` calls of
+    ``call_size`` under each class mix. No test cell of any site is read. Empty when ``clf`` has no
+    gate (no second view), when ``n_folds < 2``, or when a class has fewer cells than folds.
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    from bcfeat.crosslab.view_agreement import view_disagreement
+
+    columns = ["lab", "mix", "n_cells", "disagreement", "accuracy"]
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
+    if len(X) != len(y):
+        raise ValueError(f"{len(X)} rows of features but {len(y)} labels")
+    if clf.gate_columns is None or n_folds < 2 or np.unique(y, return_counts=True)[1].min() < n_folds:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    folds = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(X, y)
+    for k, (train, held) in enumerate(folds):
+        fold_clf = clone(clf).fit(X[train], y[train])
+        calls = [("all cells", held)]
+        for mix, shares in mx.MIXES.items():
+            rng = np.random.default_rng([seed, k, zlib.crc32(mix.encode())])
+            calls += [(mix, held[idx]) for idx in mx.draw_calls(y[held], shares, call_size, n_calls, rng)]
+        for mix, idx in calls:
+            full, fallback = fold_clf.view_probabilities(X[idx])
+            rows.append({"lab": f"source fold {k}", "mix": mix, "n_cells": len(idx),
+                         "disagreement": view_disagreement(full, fallback),
+                         "accuracy": float(np.mean(fold_clf.predict(X[idx]) == y[idx]))})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def line_error_leave_one_lab_out(calls: pd.DataFrame, n_classes: int,
+                                 extra: pd.DataFrame | None = None) -> float:
+    """Mean absolute error of the accuracy-from-disagreement line on each development lab's calls,
+    the line fitted on the other labs' calls (and on ``extra``, calls that are never held out, such
+    as :func:`source_out_of_fold_calls`). NaN when fewer than two labs have calls."""
+    from bcfeat.crosslab.view_agreement import AccuracyFromDisagreement
+
+    labs = list(dict.fromkeys(calls["lab"]))
+    if len(labs) < 2:
+        return float("nan")
+    errors = []
+    for lab in labs:
+        dev = calls[calls["lab"] != lab]
+        if extra is not None and len(extra):
+            dev = pd.concat([dev, extra], ignore_index=True)
+        if dev["disagreement"].nunique() < 2:
+            return float("nan")
+        line = AccuracyFromDisagreement.fit(dev["disagreement"], dev["accuracy"], n_classes)
+        held = calls[calls["lab"] == lab]
+        errors += [abs(line.estimate(d) - a) for d, a in zip(held["disagreement"], held["accuracy"])]
+    return float(np.mean(errors))
+
+
+def calibration_calls(virtual_calls: pd.DataFrame, source_calls: pd.DataFrame, n_classes: int
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The development calls the line is fitted on, and the comparison that chose them.
+
+    Two readings: the virtual labs' calls alone, or with the training lab's out-of-fold calls.
+    Each is scored by :func:`line_error_leave_one_lab_out` on the virtual labs (the source's calls
+    are never held out: the in-domain site is reported, and its test cells are not among them); the
+    reading with the smaller error is used. Returns ``(calls, table)``, the table one row per reading
+    (``reading, n_calls, error, used``).
+    """
+    readings = {"virtual labs": None}
+    if len(source_calls):
+        readings["virtual labs + the training lab's out-of-fold calls"] = source_calls
+    rows = [{"reading": name, "n_calls": len(virtual_calls) + (0 if extra is None else len(extra)),
+             "error": line_error_leave_one_lab_out(virtual_calls, n_classes, extra)}
+            for name, extra in readings.items()]
+    table = pd.DataFrame(rows)
+    errors = table["error"].to_numpy(dtype=float)
+    best = int(np.nanargmin(errors)) if np.isfinite(errors).any() else 0
+    table["used"] = np.arange(len(table)) == best
+    extra = readings[table["reading"].iloc[best]]
+    calls = virtual_calls if extra is None else pd.concat([virtual_calls, extra], ignore_index=True)
+    return calls, table
 
 
 def fit_calibration(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, target_catch: float = 0.5,
@@ -417,8 +511,9 @@ def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequen
 
 
 __all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for", "candidate_settings",
-           "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "fit_setting",
-           "score_on_labs", "select_on_virtual_labs", "Calibration", "disagreement_calls", "disagreement_glue", "fit_calibration", "calibration_table",
+           "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "source_training_cells",
+           "fit_setting", "score_on_labs", "select_on_virtual_labs", "Calibration", "disagreement_calls",
+           "source_out_of_fold_calls", "line_error_leave_one_lab_out", "calibration_calls", "disagreement_glue", "fit_calibration", "calibration_table",
            "real_labs", "mix_table", "per_shift_table", "goals_table"]
 
 

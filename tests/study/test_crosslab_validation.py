@@ -507,6 +507,64 @@ def test_the_calibration_fits_a_call_accuracy_line_on_virtual_labs_and_judges_th
     assert "view_disagreement" not in cv.calibration_table(plain, calibration, real)[0].columns
 
 
+def test_the_training_labs_out_of_fold_calls_join_the_line_only_where_they_lower_its_error_on_the_virtual_labs():
+    """The training lab's own calls are read by fold classifiers that never saw them (same gate,
+    same parameters); they sit at low disagreement and high accuracy, and join the line's calls
+    only when the line, fitted without a virtual lab, then misses that lab's calls by less."""
+    from bcfeat.crosslab.cell_features import feature_groups
+
+    texture = feature_groups()["texture"]
+    rng = np.random.default_rng(3)
+    samples, plan, X, y = _study(rng, 10)
+    codes = pd.factorize(y, sort=True)[0]
+    X[:, texture[:10]] += 2.5 * (codes[:, None] == np.arange(10)[None, :] % 5)
+    measured = {"stain": _Measured(X)}
+    setting = "logistic C=0.1 all stain cbr"
+    clf = cv.fit_setting(measured, samples, plan, setting, 0, gate_threshold=float("inf"), source="pbc_acevedo20")
+    Xs, ys = cv.source_training_cells(measured, samples, plan, setting, source="pbc_acevedo20")
+    assert len(Xs) == len(ys) and set(ys) == set(y)
+    calls = cv.source_out_of_fold_calls(clf, Xs, ys, n_folds=3, call_size=20, n_calls=1)
+    assert len(calls) == 3 * (1 + len(cv.mx.MIXES))
+    assert set(calls["lab"]) == {"source fold 0", "source fold 1", "source fold 2"}
+    whole = calls[calls["mix"] == "all cells"]
+    assert whole["n_cells"].sum() == len(ys)  # every training cell is read once, by a classifier without it
+    assert whole["accuracy"].min() > 0.8 and whole["disagreement"].max() < 0.2
+    # a copy of the classifier trained on the same cells would read them all correctly: the folds do not
+    refit = cv.CrossLabClassifier(**clf.get_params()).fit(Xs, ys)
+    assert np.mean(refit.predict(Xs) == ys) >= whole["accuracy"].mean()
+    # no gate, no folds, or a class smaller than the folds: no calls
+    plain = cv.fit_setting(measured, samples, plan, setting, 0, source="pbc_acevedo20")
+    assert cv.source_out_of_fold_calls(plain, Xs, ys).empty
+    assert cv.source_out_of_fold_calls(clf, Xs, ys, n_folds=0).empty
+    assert cv.source_out_of_fold_calls(clf, Xs, ys, n_folds=10 ** 6).empty
+    with pytest.raises(ValueError, match="labels"):
+        cv.source_out_of_fold_calls(clf, Xs, ys[:-1])
+
+    # the choice between the two readings: virtual labs whose accuracy falls with disagreement from
+    # the source's level are fitted better with the source's calls; labs that say otherwise are not
+    def virtual_calls(intercept, slope):
+        r = np.random.default_rng(0)
+        rows = []
+        for lab in range(4):
+            d = r.uniform(0.05, 0.3, 6)
+            rows += [{"lab": f"v{lab}", "mix": "own", "n_cells": 100, "disagreement": x,
+                      "accuracy": float(np.clip(intercept + slope * x + r.normal(0, 0.01), 0, 1))} for x in d]
+        return pd.DataFrame(rows)
+
+    source = pd.DataFrame([{"lab": "source fold 0", "mix": "own", "n_cells": 100, "disagreement": 0.0,
+                            "accuracy": 0.98}] * 5)
+    agreeing = virtual_calls(0.98, -1.5)
+    used, table = cv.calibration_calls(agreeing, source, 5)
+    assert table["used"].tolist() == [False, True] and len(used) == len(agreeing) + len(source)
+    assert table["error"].iloc[1] < table["error"].iloc[0]
+    contrary = virtual_calls(0.6, -0.2)  # the virtual labs say a shift-free call is far from 0.98
+    used, table = cv.calibration_calls(contrary, source, 5)
+    assert table["used"].tolist() == [True, False] and len(used) == len(contrary)
+    used, table = cv.calibration_calls(agreeing, source.iloc[:0], 5)  # no source calls: one reading
+    assert table["used"].tolist() == [True] and len(used) == len(agreeing)
+    assert np.isnan(cv.line_error_leave_one_lab_out(agreeing[agreeing["lab"] == "v0"], 5))
+
+
 def test_real_lab_rule_reports_each_given_site_from_a_choice_made_without_it():
     """Two unseen sites agree on a strong linear model, a third rewards a weak one: the deployed
     setting follows the majority, and the odd site's number is the one its fold (chosen on the
