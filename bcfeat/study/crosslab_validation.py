@@ -35,6 +35,7 @@ from bcfeat.crosslab import calibration as cal
 from bcfeat.crosslab import mixes as mx
 from bcfeat.crosslab import novelty as nov
 from bcfeat.crosslab.adaptation import CrossLabClassifier
+from bcfeat.crosslab.site_statistics import MIN_SITE_CELLS
 from bcfeat.data.splits import SplitPlan
 from bcfeat.study import common as study
 # the settings' names and classifiers (also read by the notebook as cv.<name>)
@@ -259,8 +260,9 @@ def source_out_of_fold_calls(clf: CrossLabClassifier, X: np.ndarray, y: np.ndarr
     trains its own classifier uses it. Here the source's training cells ``X, y`` are split into
     ``n_folds`` stratified folds; a copy of ``clf`` (same parameters, texture gate included) is
     trained on the other folds, and reads the held-out fold in one call and in ``n_calls`` calls of
-    ``call_size`` under each class mix. No test cell of any site is read. Empty when ``clf`` has no
-    gate (no second view), when ``n_folds < 2``, or when a class has fewer cells than folds.
+    ``call_size`` under each class mix. No test cell of any site is read. Calls of fewer than
+    :data:`~bcfeat.crosslab.site_statistics.MIN_SITE_CELLS` cells are left out. Empty when ``clf`` has
+    no gate (no second view), when ``n_folds < 2``, or when a class has fewer cells than folds.
     """
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
@@ -282,6 +284,8 @@ def source_out_of_fold_calls(clf: CrossLabClassifier, X: np.ndarray, y: np.ndarr
             rng = np.random.default_rng([seed, k, zlib.crc32(mix.encode())])
             calls += [(mix, held[idx]) for idx in mx.draw_calls(y[held], shares, call_size, n_calls, rng)]
         for mix, idx in calls:
+            if len(idx) < MIN_SITE_CELLS:  # too few cells for a call's own statistics (a small training split)
+                continue
             full, fallback = fold_clf.view_probabilities(X[idx])
             rows.append({"lab": f"source fold {k}", "mix": mix, "n_cells": len(idx),
                          "disagreement": view_disagreement(full, fallback),

@@ -537,6 +537,10 @@ def test_the_training_labs_out_of_fold_calls_join_the_line_only_where_they_lower
     assert cv.source_out_of_fold_calls(plain, Xs, ys).empty
     assert cv.source_out_of_fold_calls(clf, Xs, ys, n_folds=0).empty
     assert cv.source_out_of_fold_calls(clf, Xs, ys, n_folds=10 ** 6).empty
+    few = np.concatenate([np.flatnonzero(ys == c)[:4] for c in np.unique(ys)])  # folds of ~7 cells
+    small = cv.source_out_of_fold_calls(clf, Xs[few], ys[few], n_folds=3, call_size=20, n_calls=1)
+    # each held-out fold (~7 cells) is below MIN_SITE_CELLS: it is not read as one call, the drawn calls of 20 are
+    assert len(small) and (small["n_cells"] >= cv.MIN_SITE_CELLS).all() and "all cells" not in set(small["mix"])
     with pytest.raises(ValueError, match="labels"):
         cv.source_out_of_fold_calls(clf, Xs, ys[:-1])
 
