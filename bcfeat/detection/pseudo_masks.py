@@ -43,6 +43,8 @@ from skimage import filters, measure, morphology
 from skimage.segmentation import watershed
 from skimage.transform import resize
 
+from bcfeat.detection.region_geometry import solidity
+
 
 RESAMPLERS = ("skimage", "pillow")
 
@@ -410,13 +412,23 @@ def _clean_shape(candidates: np.ndarray, nucleus: np.ndarray, cfg: SegmentationC
     return out
 
 
+def _centroid_and_solidity(cell: np.ndarray) -> tuple[float, float, float]:
+    """``regionprops(cell.astype(np.uint8))[0]``'s centroid (row, column) and solidity, by the same
+    arithmetic (:func:`bcfeat.detection.region_geometry.solidity` on the region's box) without
+    building the region object: a fifth of :func:`_quality`'s time. ``cell`` must not be empty."""
+    box = ndi.find_objects(cell.astype(np.uint8))[0]
+    image = cell[box]
+    offset = np.array([box[0].start, box[1].start])
+    cy, cx = ((offset + np.argwhere(image)) * np.full(2, 1.0) + np.zeros(2, dtype=int)).mean(axis=0)
+    return float(cy), float(cx), solidity(image)
+
+
 def _quality(cell: np.ndarray, nucleus: np.ndarray, cfg: SegmentationConfig) -> tuple[float, bool, str]:
     h, w = cell.shape
     area = cell.mean()
     if area == 0:
         return 0.0, False, "empty"
-    region = max(measure.regionprops(cell.astype(np.uint8)), key=lambda r: r.area)
-    cy, cx = region.centroid
+    cy, cx, cell_solidity = _centroid_and_solidity(cell)
     offset = float(np.hypot((cy - (h - 1) / 2) / h, (cx - (w - 1) / 2) / w))
     border = float(np.concatenate([cell[0], cell[-1], cell[:, 0], cell[:, -1]]).mean())
     nucleus_frac = nucleus.sum() / cell.sum()
@@ -424,7 +436,7 @@ def _quality(cell: np.ndarray, nucleus: np.ndarray, cfg: SegmentationConfig) -> 
         "area_small": area >= cfg.min_area_frac,
         "area_large": area <= cfg.max_area_frac,
         "off_centre": offset <= cfg.max_centre_offset,
-        "not_convex": region.solidity >= cfg.min_solidity,
+        "not_convex": cell_solidity >= cfg.min_solidity,
         "on_border": border <= cfg.max_border_frac,
         "no_nucleus": nucleus_frac >= cfg.min_nucleus_frac,
     }
@@ -433,7 +445,7 @@ def _quality(cell: np.ndarray, nucleus: np.ndarray, cfg: SegmentationConfig) -> 
         np.clip(area / (2 * cfg.min_area_frac), 0, 1)
         * np.clip((1 - area) / (2 * (1 - cfg.max_area_frac)), 0, 1)
         * np.clip(2 * (1 - offset / cfg.max_centre_offset), 0, 1)
-        * np.clip((region.solidity - cfg.min_solidity) / ((1 - cfg.min_solidity) / 2), 0, 1)
+        * np.clip((cell_solidity - cfg.min_solidity) / ((1 - cfg.min_solidity) / 2), 0, 1)
         * np.clip(2 * (1 - border / cfg.max_border_frac), 0, 1)
     )
     failed = [name for name, ok in checks.items() if not ok]

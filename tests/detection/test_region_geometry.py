@@ -57,3 +57,18 @@ def test_resize_float_is_skimage_resize(shape_in, shape_out, dtype):
     np.testing.assert_array_equal(got, expected)
     mask = (rng.random(shape_in) < 0.3).astype(np.float32)
     np.testing.assert_array_equal(rg.resize_float(mask, shape_out), resize(mask, shape_out, order=1))
+
+
+def test_the_segmentations_quality_check_reads_regionprops_centroid_and_solidity_bit_for_bit():
+    """``_quality`` once built a regionprops object per try; its replacement gives the same numbers
+    on masks of several parts, holes and edges (a changed centroid or solidity would change which
+    try of the segmentation is kept)."""
+    from bcfeat.detection.pseudo_masks import _centroid_and_solidity
+
+    n = 0
+    for mask in _blobs(5):
+        region = measure.regionprops(mask.astype(np.uint8))[0]
+        cy, cx, solid = _centroid_and_solidity(mask)
+        assert (cy, cx) == region.centroid and solid == region.solidity
+        n += 1
+    assert n > 200  # nearly every random blob is non-empty
