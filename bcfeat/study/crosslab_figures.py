@@ -123,17 +123,23 @@ def mix_figure(summary: pd.DataFrame, metric: str = "balanced_accuracy"):
 
 def disagreement_figure(calls: pd.DataFrame, real: pd.DataFrame | None = None):
     """Each development call's accuracy against how often the classifier and its texture-free
-    fallback disagree on it (:func:`bcfeat.study.crosslab_validation.disagreement_calls`), with the
+    fallback disagree on it (:func:`bcfeat.study.crosslab_validation.disagreement_calls`, and the
+    training lab's out-of-fold calls where the line uses them, labs ``"source fold k"``), with the
     least-squares line; ``real`` (``lab, view_disagreement, accuracy``), when given, marks real labs."""
     from bcfeat.study.figures import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    whole = calls["mix"] == "all cells"
-    ax.scatter(calls.loc[~whole, "disagreement"], calls.loc[~whole, "accuracy"], s=8, alpha=0.35,
-               label="virtual lab, call of 100")
-    ax.scatter(calls.loc[whole, "disagreement"], calls.loc[whole, "accuracy"], s=18, marker="s",
-               label="virtual lab, all cells")
+    source = calls["lab"].astype(str).str.startswith("source fold")  # source_out_of_fold_calls
+    for part, name, markers in ((calls[~source], "virtual lab", ("o", "s")),
+                                (calls[source], "training lab, out of fold", ("^", "D"))):
+        whole = part["mix"] == "all cells"
+        if (~whole).any():
+            ax.scatter(part.loc[~whole, "disagreement"], part.loc[~whole, "accuracy"], s=8, alpha=0.35,
+                       marker=markers[0], label=f"{name}, call of 100")
+        if whole.any():
+            ax.scatter(part.loc[whole, "disagreement"], part.loc[whole, "accuracy"], s=18, marker=markers[1],
+                       label=f"{name}, all cells")
     slope, intercept = np.polyfit(calls["disagreement"], calls["accuracy"], 1)
     xs = np.linspace(0, max(float(calls["disagreement"].max()), 0.05) * 1.3, 20)
     ax.plot(xs, intercept + slope * xs, color="black", lw=1, label=f"fit: {intercept:.2f} {slope:+.2f} x")

@@ -69,3 +69,24 @@ def test_per_class_f1_figure_has_a_panel_per_feature_set():
                               "label": ["x", "y", "x", "y"], "f1": [0.5, 0.7, 0.2, 0.1]})
     fig = figures.per_class_f1_figure(per_class)
     assert len([ax for ax in fig.axes if ax.get_title()]) == 2
+
+
+def test_the_disagreement_figure_tells_the_training_labs_calls_from_the_virtual_labs():
+    """The line's development calls, drawn by where they came from; the fitted line is that of all of them."""
+    from bcfeat.study import crosslab_figures as cf
+
+    rows = [{"lab": "virtual_00", "mix": mix, "disagreement": d, "accuracy": 0.9 - 2 * d}
+            for mix, d in (("all cells", 0.05), ("own", 0.08), ("typical", 0.1))]
+    rows += [{"lab": "source fold 0", "mix": mix, "disagreement": d, "accuracy": 0.98 - d}
+             for mix, d in (("all cells", 0.0), ("own", 0.01))]
+    calls = pd.DataFrame(rows)
+    real = pd.DataFrame([{"lab": "bccd_crops", "view_disagreement": 0.1, "accuracy": 0.6}])
+    ax = cf.disagreement_figure(calls, real).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    slope, intercept = np.polyfit(calls["disagreement"], calls["accuracy"], 1)
+    assert f"fit: {intercept:.2f} {slope:+.2f} x" in labels
+    assert [t for t in labels if not t.startswith("fit")] == [
+        "virtual lab, call of 100", "virtual lab, all cells", "training lab, out of fold, call of 100",
+        "training lab, out of fold, all cells", "real lab, all cells"]
+    only_virtual = [t.get_text() for t in cf.disagreement_figure(calls.iloc[:3]).axes[0].get_legend().get_texts()]
+    assert not any("training lab" in t for t in only_virtual)
