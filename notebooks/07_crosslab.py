@@ -287,12 +287,13 @@ save_table(disagreement, tables / "crosslab_disagreement_calls.csv")
 save_table(line_readings, tables / "crosslab_disagreement_readings.csv")
 glue("crosslab_line_readings", line_readings.set_index("reading").round(3), display=False)
 glue("crosslab_line_reading_used", str(line_readings.loc[line_readings["used"], "reading"].iloc[0]), display=False)
-for key, reading in (("virtual", 0), ("with_source", 1)):
-    if reading < len(line_readings):
-        glue(f"crosslab_line_error_{key}", float(line_readings["error"].iloc[reading]), display=False)
-if len(source_calls):
-    glue("crosslab_source_calls_accuracy", float(source_calls["accuracy"].mean()), display=False)
-    glue("crosslab_source_calls_disagreement", float(source_calls["disagreement"].mean()), display=False)
+glue("crosslab_source_calibration_folds", source_calibration_folds, display=False)
+for key, reading in (("virtual", 0), ("with_source", 1)):  # NaN where that reading was not possible
+    error = float(line_readings["error"].iloc[reading]) if reading < len(line_readings) else math.nan
+    glue(f"crosslab_line_error_{key}", error, display=False)
+for key in ("accuracy", "disagreement"):
+    glue(f"crosslab_source_calls_{key}", float(source_calls[key].mean()) if len(source_calls) else math.nan,
+         display=False)
 line_readings.round(3)
 
 # %% [markdown]
