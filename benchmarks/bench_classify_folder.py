@@ -154,7 +154,7 @@ def stage_profile(model_path: str, images: list[Path], n: int) -> dict[str, floa
         t2 = time.perf_counter()
         crop = canonical_crop(image, mask, cfg.crop, ruler=ruler)
         t3 = time.perf_counter()
-        cell_features(crop, cfg.texture_od, fine)
+        cell_features(crop, cfg.texture_od, fine, cfg.nucleus_od)
         t4 = time.perf_counter()
         for step, seconds in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             spent[step] += seconds

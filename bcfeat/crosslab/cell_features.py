@@ -51,6 +51,11 @@ TEXTURE_OD = ("raw", "nucleus")
 # Acevedo-20's median nucleus OD sum over its cells (measured: 1.39; Zheng-18 set 1 1.67, set 2 1.26,
 # BCCD 0.46): scaling to it leaves the training lab's grey levels about where they were.
 NUCLEUS_OD_REFERENCE = 1.39
+# Which optical density the nucleus is found in (``CrossLabConfig.nucleus_od``): "total", the sum of
+# the three channels' (every dye), or "red", the red channel's alone: the nuclear dye (azure,
+# haematoxylin) absorbs red light and eosin hardly does, so orange eosinophil granules that a
+# darker stain brings near the nucleus's total density stay out of a nucleus found in red.
+NUCLEUS_OD = ("total", "red")
 
 
 def _hull_area(mask: np.ndarray) -> float:
@@ -92,6 +97,18 @@ def _nucleus_mask(od_total: np.ndarray, cell: np.ndarray) -> np.ndarray:
     nucleus = (od_total > filters.threshold_otsu(values)) & cell
     nucleus = disk_opening(nucleus, 1)
     return fill_holes(nucleus)
+
+
+def nucleus_density(od: np.ndarray, nucleus_od: str = "total") -> np.ndarray:
+    """The optical density the nucleus is found in (:data:`NUCLEUS_OD`): ``(H, W, 3)`` -> ``(H, W)``.
+
+    >>> od = np.array([[[0.4, 0.7, 0.3], [0.05, 0.6, 0.5]]])  # a nucleus pixel, an eosinophil granule
+    >>> [round(float(v), 2) for v in nucleus_density(od)[0]], [round(float(v), 2) for v in nucleus_density(od, "red")[0]]
+    ([1.4, 1.15], [0.4, 0.05])
+    """
+    if nucleus_od not in NUCLEUS_OD:
+        raise ValueError(f"nucleus_od must be one of {NUCLEUS_OD}, got {nucleus_od!r}")
+    return od.sum(axis=-1) if nucleus_od == "total" else od[..., 0]
 
 
 def _shape_features(cell: np.ndarray, nucleus: np.ndarray) -> list[float]:
@@ -317,13 +334,16 @@ def texture_density(od_total: np.ndarray, nucleus: np.ndarray, texture_od: str =
     return od_total * (NUCLEUS_OD_REFERENCE / max(float(np.median(od_total[nucleus])), 1e-3))
 
 
-def cell_features(crop: CellCrop, texture_od: str = "raw", fine_texture: bool = True) -> np.ndarray:
+def cell_features(crop: CellCrop, texture_od: str = "raw", fine_texture: bool = True,
+                  nucleus_od: str = "total") -> np.ndarray:
     """One canonical cell crop -> ``(len(feature_names()),)`` float64 features.
 
     ``texture_od`` (:data:`TEXTURE_OD`): how the texture group reads the optical density
     (:func:`texture_density`); every other feature is the same either way. ``fine_texture=False``
     leaves the pixel-scale texture measures (:func:`fine_texture_columns`) out, NaN: for a
-    classifier that does not read them, the same values elsewhere in less time.
+    classifier that does not read them, the same values elsewhere in less time. ``nucleus_od``
+    (:data:`NUCLEUS_OD`): the optical density whose darker Otsu class is the nucleus
+    (:func:`nucleus_density`); every feature that reads the nucleus or the cytoplasm follows it.
 
     ``log_cell_over_red_cell`` is NaN when the image shows no single red cell; the
     adaptation step fills it with the site's median.
@@ -344,7 +364,7 @@ def cell_features(crop: CellCrop, texture_od: str = "raw", fine_texture: bool = 
     chroma = od_chromaticity(od)
     lab = white_balanced_lab(crop.image, crop.background)
     cell = crop.mask
-    nucleus = _nucleus_mask(od_total, cell)
+    nucleus = _nucleus_mask(nucleus_density(od, nucleus_od), cell)
     cytoplasm = cell & ~disk_dilation(nucleus, 1)
     feats = [np.log(crop.cell_diameter_px), np.log(crop.cell_diameter_px / crop.red_cell_diameter_px)]
     feats += _shape_features(cell, nucleus)
@@ -360,4 +380,4 @@ def cell_features(crop: CellCrop, texture_od: str = "raw", fine_texture: bool = 
     return np.asarray(feats, dtype=np.float64)
 
 
-__all__ = ["GROUPS", "TEXTURE_OD", "NUCLEUS_OD_REFERENCE", "texture_density", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "FINE_TEXTURE", "fine_texture_columns", "cell_features"]
+__all__ = ["GROUPS", "TEXTURE_OD", "NUCLEUS_OD_REFERENCE", "NUCLEUS_OD", "nucleus_density", "texture_density", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "FINE_TEXTURE", "fine_texture_columns", "cell_features"]

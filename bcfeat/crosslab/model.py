@@ -29,7 +29,7 @@ import numpy as np
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_crop import CellCrop, CropConfig, canonical_crop
-from bcfeat.crosslab.cell_features import TEXTURE_OD, cell_features, feature_names, fine_texture_columns
+from bcfeat.crosslab.cell_features import NUCLEUS_OD, TEXTURE_OD, cell_features, feature_names, fine_texture_columns
 from bcfeat.data.images import ImageDecodeError, SkippedImages, read_image
 from bcfeat.detection.pseudo_masks import SegmentationConfig
 from bcfeat.model_files import ModelFileError, arrays_as_tensors, build_from_payload, format_name, load_model_file
@@ -61,6 +61,10 @@ class CrossLabConfig:
         How the texture features read the optical density
         (:func:`bcfeat.crosslab.cell_features.texture_density`): as measured, or scaled per cell
         to a reference nucleus density. Model files written before this field read it raw.
+    nucleus_od : {"total", "red"}
+        The optical density whose darker class inside the cell is the nucleus
+        (:func:`bcfeat.crosslab.cell_features.nucleus_density`): every dye's, or the red channel's
+        (the nuclear dye's) alone. Model files written before this field use the total.
     detector_batch_size : int
         Images per detector forward pass.
     n_workers : int
@@ -74,6 +78,7 @@ class CrossLabConfig:
     crop: CropConfig = field(default_factory=CropConfig)
     segmentation: SegmentationConfig = field(default_factory=lambda: SegmentationConfig(resampler="pillow"))
     texture_od: str = "raw"
+    nucleus_od: str = "total"
     detector_batch_size: int = 16
     n_workers: int = 1
     chunk_size: int = 256
@@ -83,6 +88,8 @@ class CrossLabConfig:
             raise ValueError(f"mask_source must be one of {MASK_SOURCES}, got {self.mask_source!r}")
         if self.texture_od not in TEXTURE_OD:
             raise ValueError(f"texture_od must be one of {TEXTURE_OD}, got {self.texture_od!r}")
+        if self.nucleus_od not in NUCLEUS_OD:
+            raise ValueError(f"nucleus_od must be one of {NUCLEUS_OD}, got {self.nucleus_od!r}")
         if self.detector_batch_size < 1 or self.n_workers < 1 or self.chunk_size < 1:
             raise ValueError("detector_batch_size, n_workers and chunk_size must be >= 1, got "
                              f"{self.detector_batch_size}, {self.n_workers} and {self.chunk_size}")
@@ -117,11 +124,11 @@ def end_with_parent() -> None:
 
 def _measure(image: np.ndarray, mask: Any, crop_cfg: CropConfig, ruler: bool = True,
              seg_cfg: SegmentationConfig | None = None, texture_od: str = "raw",
-             fine_texture: bool = True) -> tuple[np.ndarray, np.ndarray, bool]:
+             fine_texture: bool = True, nucleus_od: str = "total") -> tuple[np.ndarray, np.ndarray, bool]:
     """One image and its cell mask (None: the label-free stain segmentation's, with ``seg_cfg``; or
     the detector's ``(mask, found)``) -> (features, crop image, whether a cell was found rather than
     the fallback). ``ruler=False`` skips the red-cell ruler (its feature is NaN), ``fine_texture=False``
-    the pixel-scale texture (NaN); ``texture_od``: see :class:`CrossLabConfig`."""
+    the pixel-scale texture (NaN); ``texture_od`` and ``nucleus_od``: see :class:`CrossLabConfig`."""
     found = True
     if mask is None:
         from bcfeat.detection.pseudo_masks import segment_white_cell
@@ -135,7 +142,7 @@ def _measure(image: np.ndarray, mask: Any, crop_cfg: CropConfig, ruler: bool = T
 
         mask, found = centred_ellipse(*image.shape[:2]), False
     crop = canonical_crop(image, mask, crop_cfg, ruler=ruler)
-    return cell_features(crop, texture_od, fine_texture), crop.image, found
+    return cell_features(crop, texture_od, fine_texture, nucleus_od), crop.image, found
 
 
 THUMBNAIL_QUALITY = 90  # JPEG quality of the review page's cell crops
@@ -176,7 +183,8 @@ def _measure_item(args: tuple[Any, Any, CrossLabConfig, bool, bool, bool]
         image = read_image(item)
     except (ImageDecodeError, OSError, ValueError, TypeError) as error:
         return str(error)
-    feats, crop, found = _measure(image, mask, cfg.crop, ruler, cfg.segmentation, cfg.texture_od, fine)
+    feats, crop, found = _measure(image, mask, cfg.crop, ruler, cfg.segmentation, cfg.texture_od, fine,
+                                  cfg.nucleus_od)
     return feats, crop, found, encode_thumbnail(crop) if encode else None
 
 

@@ -2,8 +2,9 @@
 
 A *measurement* names how a cell is found and read: the mask source (the detector of
 ``01_detector`` or the label-free stain segmentation), for the stain segmentation where it samples
-the cell's colours (``+nucdisk``: a centre disk sized from the nucleus, not the crop), and how the
-texture reads the optical density (``+normtex``). :func:`measure_cells` measures every sample once
+the cell's colours (``+nucdisk``: a centre disk sized from the nucleus, not the crop), which optical
+density the nucleus is found in (``+rednuc``: the red channel's, where the nuclear dye absorbs), and
+how the texture reads the optical density (``+normtex``). :func:`measure_cells` measures every sample once
 per measurement and caches the features and canonical crops; the rest checks and summarises what
 was measured.
 """
@@ -38,10 +39,12 @@ class Measured:
 
 
 # A measurement is a mask source, optionally with the stain segmentation's centre disk scaled to the
-# nucleus and the texture read on the nucleus-normalised optical density: "stain", "detector",
-# "stain+normtex", "stain+nucdisk", "stain+nucdisk+normtex", "detector+normtex".
+# nucleus, the nucleus found in the red channel's optical density and the texture read on the
+# nucleus-normalised optical density, in that order: "stain", "detector", "stain+normtex",
+# "stain+nucdisk", "stain+nucdisk+normtex", "stain+nucdisk+rednuc+normtex", "detector+rednuc".
 NORMALISED_TEXTURE = "+normtex"
 NUCLEUS_DISK = "+nucdisk"
+RED_NUCLEUS = "+rednuc"
 # How far the centre disk reaches with "+nucdisk", in nucleus reaches (SegmentationConfig.inside_from_nucleus)
 NUCLEUS_DISK_FACTOR = 1.2
 
@@ -55,33 +58,41 @@ def measurement_parts(name: str) -> tuple[str, str]:
     return _measurement(name)[:2]
 
 
-def _measurement(name: str) -> tuple[str, str, float]:
-    """``(mask source, texture reading, SegmentationConfig.inside_from_nucleus)`` of a measurement name."""
+def _measurement(name: str) -> tuple[str, str, float, str]:
+    """``(mask source, texture reading, SegmentationConfig.inside_from_nucleus, nucleus reading)`` of a
+    measurement name.
+
+    >>> _measurement("stain+nucdisk+rednuc+normtex"), _measurement("detector")
+    (('stain', 'nucleus', 1.2, 'red'), ('detector', 'raw', 0.0, 'total'))
+    """
     from bcfeat.crosslab.model import MASK_SOURCES
 
     rest = str(name)
     texture_od = "raw"
     if rest.endswith(NORMALISED_TEXTURE):
         rest, texture_od = rest[:-len(NORMALISED_TEXTURE)], "nucleus"
+    nucleus_od = "total"
+    if rest.endswith(RED_NUCLEUS):
+        rest, nucleus_od = rest[:-len(RED_NUCLEUS)], "red"
     inside_from_nucleus = 0.0
     if rest == "stain" + NUCLEUS_DISK:
         rest, inside_from_nucleus = "stain", NUCLEUS_DISK_FACTOR
     if rest not in MASK_SOURCES:
-        valid = [m + d + t for m in MASK_SOURCES for d in ("", NUCLEUS_DISK) if m == "stain" or not d
-                 for t in ("", NORMALISED_TEXTURE)]
+        valid = [m + d + n + t for m in MASK_SOURCES for d in ("", NUCLEUS_DISK) if m == "stain" or not d
+                 for n in ("", RED_NUCLEUS) for t in ("", NORMALISED_TEXTURE)]
         raise ValueError(f"unknown measurement {name!r}; valid: {valid}")
-    return rest, texture_od, inside_from_nucleus
+    return rest, texture_od, inside_from_nucleus, nucleus_od
 
 
 def measurement_config(measurement: str, n_workers: int = 1, crop: CropConfig | None = None) -> CrossLabConfig:
     """The :class:`~bcfeat.crosslab.model.CrossLabConfig` of one measurement: the model's defaults
-    (its stain segmentation included) with the measurement's mask source, texture reading and
-    centre sample."""
+    (its stain segmentation included) with the measurement's mask source, texture reading, nucleus
+    reading and centre sample."""
     from bcfeat.crosslab.model import CrossLabConfig
 
-    mask_source, texture_od, inside_from_nucleus = _measurement(measurement)
+    mask_source, texture_od, inside_from_nucleus, nucleus_od = _measurement(measurement)
     config = CrossLabConfig(mask_source=mask_source, crop=crop or CropConfig(), n_workers=n_workers,
-                            texture_od=texture_od)
+                            texture_od=texture_od, nucleus_od=nucleus_od)
     return replace(config, segmentation=replace(config.segmentation, inside_from_nucleus=inside_from_nucleus))
 
 
@@ -102,8 +113,8 @@ def _model(detector_file: str | Path | None, measurement: str, n_workers: int, c
 def measurement_settings(config: CrossLabConfig) -> dict:
     """What a cell's features depend on besides the image and the detector file, for a cache key:
     mask source, crop, the stain segmentation's settings (with that mask source), the texture
-    reading (when not raw: raw keys are those of the files measured before the choice existed)
-    and the features. Settings at their defaults that did not exist when earlier caches were
+    reading (when not raw: raw keys are those of the files measured before the choice existed),
+    the nucleus reading (likewise, when not the total) and the features. Settings at their defaults that did not exist when earlier caches were
     written are left out (:func:`~bcfeat.detection.pseudo_masks.segmentation_key`)."""
     from bcfeat.detection.pseudo_masks import segmentation_key
 
@@ -112,6 +123,8 @@ def measurement_settings(config: CrossLabConfig) -> dict:
         settings["segmentation"] = segmentation_key(config.segmentation)
     if config.texture_od != "raw":
         settings["texture_od"] = config.texture_od
+    if config.nucleus_od != "total":
+        settings["nucleus_od"] = config.nucleus_od
     return settings
 
 

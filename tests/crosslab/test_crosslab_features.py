@@ -170,3 +170,32 @@ def test_normalised_texture_reads_a_darker_stain_as_the_same_chromatin():
     texture[feature_groups()["texture"]] = True
     np.testing.assert_array_equal(a[~texture], b[~texture], strict=False)
     assert not np.allclose(a[texture], b[texture])
+
+
+def test_a_nucleus_found_in_the_nuclear_dye_leaves_out_granules_as_dark_as_it_in_every_dye():
+    """Orange granules with the nucleus's total optical density: the total reading takes them into the
+    nucleus (a larger one, as a basophil's), the red channel's reading does not."""
+    from bcfeat.crosslab.cell_features import NUCLEUS_OD, nucleus_density
+
+    img, cell = _smear(nucleus_radius=12)
+    c = img.shape[0] // 2
+    granules = np.zeros(cell.shape, bool)
+    for angle in np.linspace(0, 2 * np.pi, 8, endpoint=False):
+        granules |= _disk(cell.shape, (c + 21 * np.sin(angle), c + 21 * np.cos(angle)), 3.5)
+    img[granules] = (190, 60, 40)
+    crop = canonical_crop(img, cell)
+    od = optical_density(crop.image, crop.background)
+    ring = crop.mask & (_disk(crop.mask.shape, (39.5, 39.5), 16) ^ _disk(crop.mask.shape, (39.5, 39.5), 24))
+    # the granules are as dark as the nucleus in every dye, and far paler in red
+    assert abs(od[39, 39].sum() - od[ring].sum(axis=-1).max()) < 0.15
+    assert nucleus_density(od, "red")[39, 39] > 3 * np.percentile(nucleus_density(od, "red")[ring], 99)
+    names = feature_names()
+    total, red = (dict(zip(names, cell_features(crop, nucleus_od=n))) for n in NUCLEUS_OD)
+    true_share = 12 ** 2 / 30 ** 2
+    assert red["nucleus_share"] == pytest.approx(true_share, abs=0.04)
+    assert red["nucleus_parts"] == 1.0
+    assert total["nucleus_share"] > true_share + 0.05
+    # the default is the total reading, the deployed one
+    np.testing.assert_array_equal(cell_features(crop), cell_features(crop, nucleus_od="total"))
+    with pytest.raises(ValueError, match="nucleus_od must be one of"):
+        cell_features(crop, nucleus_od="blue")

@@ -576,6 +576,46 @@ def test_the_nucleus_sized_centre_sample_is_a_measurement_kept_in_model_files_an
             _model(None, bad, 1)
 
 
+def test_the_red_nucleus_is_a_measurement_kept_in_model_files_that_measures_and_keys_apart(tmp_path):
+    from bcfeat.study.crosslab_measurement import _model, measurement_settings
+
+    model = _model(None, "stain+nucdisk+rednuc+normtex", 1)
+    assert (model.config.nucleus_od, model.config.texture_od) == ("red", "nucleus")
+    assert model.config.segmentation.inside_from_nucleus > 0
+    total = _model(None, "stain+nucdisk+normtex", 1)
+    assert total.config.nucleus_od == "total"
+    # bcfeat classify reads the reading back; files from before the field find the nucleus in every dye
+    path = save_model(tmp_path / "m.pt", model)
+    assert load_model(path).config.nucleus_od == "red"
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["nucleus_od"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").config.nucleus_od == "total"
+    with pytest.raises(ValueError, match="nucleus_od must be one of"):
+        CrossLabConfig(mask_source="stain", nucleus_od="blue")
+    # the deployed measurement keeps its cache key; the red reading gets its own
+    assert "nucleus_od" not in measurement_settings(total.config)
+    assert measurement_settings(model.config) == {**measurement_settings(total.config), "nucleus_od": "red"}
+    for bad in ("stain+normtex+rednuc", "stain+rednuc+nucdisk"):
+        with pytest.raises(ValueError, match="unknown measurement"):
+            _model(None, bad, 1)
+    # and the model measures with it: an image's features differ only where the nucleus is read
+    img = np.full((90, 90, 3), 235, np.uint8)
+    yy, xx = np.mgrid[:90, :90]
+    cell = (yy - 45) ** 2 + (xx - 45) ** 2 < 30 ** 2
+    img[cell] = (200, 170, 210)
+    img[(yy - 45) ** 2 + (xx - 45) ** 2 < 12 ** 2] = (90, 40, 130)
+    for angle in np.linspace(0, 2 * np.pi, 8, endpoint=False):
+        img[(yy - 45 - 21 * np.sin(angle)) ** 2 + (xx - 45 - 21 * np.cos(angle)) ** 2 < 3.5 ** 2] = (190, 60, 40)
+    from bcfeat.data.images import SkippedImages
+
+    skipped = SkippedImages()
+    share = feature_names().index("nucleus_share")
+    f_total, f_red = (m.measure([img], skipped)[0][0] for m in (total, model))
+    assert f_red[share] < f_total[share] - 0.05
+    assert f_red[0] == f_total[0]  # the same mask and crop
+
+
 def test_both_centre_samples_are_scored_against_the_expert_masks(data_root, tmp_path):
     from bcfeat.study.crosslab_measurement import stain_masks_against_experts
 
