@@ -126,6 +126,17 @@ display(costs)
 cs.feature_group_table(any_x)
 
 # %% [markdown]
+# The red-cell ruler, read without labels on each site with each measurement: the white cell's and
+# the red cells' median diameters in the image's pixels, their ratio, and the share of images that
+# gave no ruler. A working ruler reads about 0.4-0.9 (red cells are about 7.5 µm).
+
+# %% tags=["hide-input"]
+ruler = pd.concat([cs.ruler_table(m.features, samples).assign(measurement=name) for name, m in measured.items()],
+                  ignore_index=True)
+save_table(ruler, tables / "crosslab_ruler.csv")
+ruler.set_index(["measurement", "site"]).round(2)
+
+# %% [markdown]
 # The stain segmentation samples the cell's colours in a centre disk: sized from the crop (a cell
 # that fills a small part of its crop lets red cells and background into that sample, and the
 # mask leaks into them), or from the nucleus (`+nucdisk`). Both against the expert masks of the
@@ -229,6 +240,11 @@ for key, value in cv.measurement_glue(selection_table).items():
     glue(key, value, display=False)
 glue("crosslab_selection_top", selection_table.head(10).drop(columns=["source"]).round(3), display=False)
 X, crops = measured[headline_source].features, measured[headline_source].crops
+headline_ruler = ruler[ruler["measurement"] == headline_source]
+for row in headline_ruler.itertuples():
+    for column in ("red_over_white", "red_cell_diameter_px", "cell_diameter_px", "no_ruler_share"):
+        glue(f"crosslab_ruler_{column}_{row.site}", getattr(row, column), display=False)
+glue("crosslab_ruler_table", headline_ruler.drop(columns="measurement").set_index("site").round(2), display=False)
 grid = cs.candidate_grid(study.parse_list(candidate_C), study.parse_list(candidate_groups), list(measured))
 rs.nested_display(nested_folds).round(3)
 

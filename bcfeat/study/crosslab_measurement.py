@@ -215,6 +215,34 @@ def mask_area_change(measured: dict[str, Measured], samples: pd.DataFrame, a: st
     return pd.DataFrame(rows)
 
 
+def ruler_table(X: np.ndarray, samples: pd.DataFrame) -> pd.DataFrame:
+    """What the red-cell ruler reads on each site, without labels: per site the median white-cell
+    diameter and the median red-cell diameter it found (pixels of the image), their median ratio
+    (red over white, per cell) and the share of cells whose image gave no ruler (fewer than two
+    single red cells). Red cells are about 7.5 µm and the white cells here about 8-17 µm, so a
+    working ruler reads a ratio of roughly 0.4-0.9; far below that it measured something smaller
+    than a red cell.
+
+    >>> names = feature_names(); X = np.zeros((3, len(names)))
+    >>> X[:, names.index("log_cell_diameter_px")] = np.log(100.0)
+    >>> X[:, names.index("log_cell_over_red_cell")] = [np.log(2.0), np.log(20.0), np.nan]
+    >>> ruler_table(X, pd.DataFrame({"domain": ["a", "a", "a"]})).round(2).to_dict("records")
+    [{'site': 'a', 'n_cells': 3, 'cell_diameter_px': 100.0, 'red_cell_diameter_px': 27.5, 'red_over_white': 0.28, 'no_ruler_share': 0.33}]
+    """
+    names = feature_names()
+    log_cell = X[:, names.index("log_cell_diameter_px")]
+    ratio = np.exp(-X[:, names.index("log_cell_over_red_cell")])  # red over white, NaN without a ruler
+    rows = []
+    for site, idx in samples.groupby("domain", sort=False).indices.items():
+        found = idx[np.isfinite(ratio[idx])]
+        rows.append({"site": site, "n_cells": len(idx), "cell_diameter_px": float(np.exp(np.median(log_cell[idx]))),
+                     "red_cell_diameter_px": float(np.median(np.exp(log_cell[found]) * ratio[found]))
+                     if len(found) else float("nan"),
+                     "red_over_white": float(np.median(ratio[found])) if len(found) else float("nan"),
+                     "no_ruler_share": float(1 - len(found) / len(idx))})
+    return pd.DataFrame(rows)
+
+
 def measured_table(measured: dict[str, Measured]) -> pd.DataFrame:
     """Cost of measuring every cell with each mask source."""
     return pd.DataFrame([{"mask_source": m, "n_cells": len(v.features), "cpu_minutes": v.minutes,
@@ -234,4 +262,4 @@ def feature_group_table(X: np.ndarray) -> pd.DataFrame:
 
 __all__ = ["Measured", "NORMALISED_TEXTURE", "NUCLEUS_DISK", "NUCLEUS_DISK_FACTOR", "measurement_parts",
            "measurement_config", "measurement_settings", "measure_cells", "measure_all", "stain_masks_against_experts",
-           "mask_area_change", "measured_table", "feature_group_table"]
+           "mask_area_change", "ruler_table", "measured_table", "feature_group_table"]
