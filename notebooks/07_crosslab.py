@@ -128,7 +128,8 @@ cs.feature_group_table(any_x)
 # %% [markdown]
 # The red-cell ruler, read without labels on each site with each measurement: the white cell's and
 # the red cells' median diameters in the image's pixels, their ratio, and the share of images that
-# gave no ruler. A working ruler reads about 0.4-0.9 (red cells are about 7.5 µm).
+# gave no ruler. A working ruler reads about 0.35-0.9 (red cells are about 7.5 µm, white cells
+# about 8-20 µm).
 
 # %% tags=["hide-input"]
 ruler = pd.concat([cs.ruler_table(m.features, samples).assign(measurement=name) for name, m in measured.items()],

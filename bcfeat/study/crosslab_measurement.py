@@ -219,8 +219,8 @@ def ruler_table(X: np.ndarray, samples: pd.DataFrame) -> pd.DataFrame:
     """What the red-cell ruler reads on each site, without labels: per site the median white-cell
     diameter and the median red-cell diameter it found (pixels of the image), their median ratio
     (red over white, per cell) and the share of cells whose image gave no ruler (fewer than two
-    single red cells). Red cells are about 7.5 µm and the white cells here about 8-17 µm, so a
-    working ruler reads a ratio of roughly 0.4-0.9; far below that it measured something smaller
+    single red cells). Red cells are about 7.5 µm and white cells about 8-20 µm, so a
+    working ruler reads a ratio of roughly 0.35-0.9; far below that it measured something smaller
     than a red cell.
 
     >>> names = feature_names(); X = np.zeros((3, len(names)))
