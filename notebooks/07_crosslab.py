@@ -245,7 +245,7 @@ headline_ruler = ruler[ruler["measurement"] == headline_source]
 for row in headline_ruler.itertuples():
     for column in ("red_over_white", "red_cell_diameter_px", "cell_diameter_px", "no_ruler_share"):
         glue(f"crosslab_ruler_{column}_{row.site}", getattr(row, column), display=False)
-glue("crosslab_ruler_table", headline_ruler.drop(columns="measurement").set_index("site").round(2), display=False)
+glue("crosslab_ruler_table", cs.ruler_display(headline_ruler).round(2), display=False)
 grid = cs.candidate_grid(study.parse_list(candidate_C), study.parse_list(candidate_groups), list(measured))
 rs.nested_display(nested_folds).round(3)
 
@@ -565,11 +565,12 @@ if red_nucleus_lever:
     nucleus_table = nr.nucleus_reading_table(measured, samples, plan, headline_setting, seed, design=design)
     for key, value in nr.nucleus_reading_glue(nucleus_table, unseen).items():
         glue(key, value, display=False)
+    glue("crosslab_nucleus_table", nr.nucleus_reading_display(nucleus_table).round(3), display=False)
     del measured[red_measurement]
 else:
     nucleus_table = pd.DataFrame(columns=["reading", "site"])
+    glue("crosslab_nucleus_table", nucleus_table, display=False)
 save_table(nucleus_table, tables / "crosslab_nucleus_reading.csv")
-glue("crosslab_nucleus_table", nucleus_table.round(3), display=False)
 nucleus_table.round(3)
 
 # %% [markdown]

@@ -29,7 +29,7 @@ from bcfeat.study.crosslab_figures import (few_shot_figure, gallery_figure, matr
                                           per_class_figure, umap_figure, virtual_lab_figure)
 from bcfeat.crosslab.cell_features import GROUPS, feature_groups, feature_set_columns
 from bcfeat.study.crosslab_measurement import (Measured, feature_group_table, mask_area_change,  # noqa: F401
-                                               measure_all, measure_cells, measured_table, ruler_table,
+                                               measure_all, measure_cells, measured_table, ruler_display, ruler_table,
                                                stain_masks_against_experts)
 
 LABELS = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")

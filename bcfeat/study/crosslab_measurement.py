@@ -243,6 +243,13 @@ def ruler_table(X: np.ndarray, samples: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ruler_display(table: pd.DataFrame) -> pd.DataFrame:
+    """One measurement's rows of :func:`ruler_table` as the chapter shows them: by site, short names."""
+    names = {"n_cells": "cells", "cell_diameter_px": "white cell (px)", "red_cell_diameter_px": "red cell (px)",
+             "red_over_white": "red / white", "no_ruler_share": "no ruler"}
+    return table.set_index("site")[list(names)].rename(columns=names)
+
+
 def measured_table(measured: dict[str, Measured]) -> pd.DataFrame:
     """Cost of measuring every cell with each mask source."""
     return pd.DataFrame([{"mask_source": m, "n_cells": len(v.features), "cpu_minutes": v.minutes,
@@ -262,4 +269,4 @@ def feature_group_table(X: np.ndarray) -> pd.DataFrame:
 
 __all__ = ["Measured", "NORMALISED_TEXTURE", "NUCLEUS_DISK", "NUCLEUS_DISK_FACTOR", "measurement_parts",
            "measurement_config", "measurement_settings", "measure_cells", "measure_all", "stain_masks_against_experts",
-           "mask_area_change", "ruler_table", "measured_table", "feature_group_table"]
+           "mask_area_change", "ruler_table", "ruler_display", "measured_table", "feature_group_table"]

@@ -90,6 +90,14 @@ def nucleus_reading_table(measured: dict[str, Measured], samples: pd.DataFrame, 
     return pd.DataFrame(rows)
 
 
+def nucleus_reading_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as the chapter shows it: indexed by reading and site, short column names, no minutes."""
+    names = {"n_cells": "cells", "balanced_accuracy": "bal. acc.", "macro_f1": "macro-F1",
+             "called_basophil": "called baso.", "true_basophil": "baso.", "eosinophil_recall": "eos. recall",
+             "eosinophil_nucleus_share": "eos. nucleus share"}
+    return table.set_index(["reading", "site"])[list(names)].rename(columns=names)
+
+
 def nucleus_reading_glue(table: pd.DataFrame, unseen: list[str]) -> dict:
     """``crosslab_nucleus_<reading>_<column>_<site>`` for every row, and per reading the mean balanced
     accuracy and macro-F1 over the unseen sites and the excess basophil calls summed over them."""
@@ -106,4 +114,5 @@ def nucleus_reading_glue(table: pd.DataFrame, unseen: list[str]) -> dict:
     return out
 
 
-__all__ = ["READINGS", "red_nucleus_measurement", "with_measurement", "nucleus_reading_table", "nucleus_reading_glue"]
+__all__ = ["READINGS", "red_nucleus_measurement", "with_measurement", "nucleus_reading_table", "nucleus_reading_display",
+           "nucleus_reading_glue"]

@@ -74,3 +74,17 @@ def test_the_nucleus_lever_scores_both_readings_on_every_site_and_counts_the_fal
         nr.nucleus_reading_table(measured, samples, plan, setting, 0, design=design)
     with pytest.raises(ValueError, match="already reads the nucleus in red"):
         nr.red_nucleus_measurement("stain+rednuc+normtex")
+
+
+def test_the_chapter_shows_the_nucleus_and_ruler_tables_by_reading_and_site_with_short_names():
+    from bcfeat.study.crosslab_measurement import ruler_display
+
+    samples, plan, measured = _two_readings(np.random.default_rng(0))
+    design = StudySites.from_parameters("pbc_acevedo20,bccd_crops", "pbc_acevedo20")
+    table = nr.nucleus_reading_table(measured, samples, plan, "logistic C=0.1 all stain+normtex cbr", 0, design=design)
+    shown = nr.nucleus_reading_display(table)
+    assert shown.index.names == ["reading", "site"] and "cpu_minutes" not in shown
+    assert shown.loc[("red", "bccd_crops"), "called baso."] == table.iloc[3]["called_basophil"]
+    ruler = pd.DataFrame({"site": ["a"], "n_cells": [3], "cell_diameter_px": [100.0], "red_cell_diameter_px": [50.0],
+                          "red_over_white": [0.5], "no_ruler_share": [0.0], "measurement": ["stain"]})
+    assert list(ruler_display(ruler).columns) == ["cells", "white cell (px)", "red cell (px)", "red / white", "no ruler"]
