@@ -25,7 +25,7 @@ from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.site_statistics import MIN_SITE_CELLS
 
 if TYPE_CHECKING:
-    from bcfeat.study.crosslab_validation import VirtualLabs
+    from bcfeat.study.virtual_lab_features import VirtualLabs
 
 
 @dataclass

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from bcfeat.data.splits import SplitPlan
 from bcfeat.study.crosslab_settings import (STATISTICS, candidate_settings, classifier_for,  # noqa: F401
                                             parse_setting, plain_name, setting_name, texture_gate_columns)
 from bcfeat.study.design import StudySites
+from bcfeat.study.virtual_lab_features import VirtualLabs  # noqa: F401 (the notebook's cv.VirtualLabs)
 from bcfeat.study.crosslab_calibration import (Calibration, _index, calibration_calls, calibration_table,  # noqa: F401
                                                disagreement_calls, disagreement_glue, fit_calibration,
                                                line_error_leave_one_lab_out, source_out_of_fold_calls)
@@ -95,28 +96,6 @@ def measure_virtual_lab(paths: Sequence[str], lab, artifacts: Path, mask_source:
     arrays = cached_arrays(list(paths), compute, Path(artifacts) / "cache" / "virtual_labs", key=key,
                            chunk_size=256, progress=False, description=f"virtual lab {lab.name}")
     return arrays["features"], float(arrays["seconds"].sum() / 60)
-
-
-@dataclass
-class VirtualLabs:
-    """Features of the development cells through each virtual lab and mask source."""
-
-    rows: np.ndarray                                 # (n,) rows of the samples re-rendered
-    labels: np.ndarray                               # (n,) their (Acevedo-20) labels
-    features: dict[tuple[str, str], np.ndarray]      # (lab name, mask source) -> (n, d)
-    labs: list                                       # the VirtualLab objects
-    minutes: float                                   # rendering and measuring all of them (as first measured)
-
-    def table(self) -> pd.DataFrame:
-        """One row per virtual lab: its shift parameters."""
-        rows = []
-        for lab in self.labs:
-            d = asdict(lab)
-            d["stain_scale"] = ", ".join(f"{v:.2f}" for v in d["stain_scale"])
-            d["white_balance"] = ", ".join(f"{v:.2f}" for v in d["white_balance"])
-            d["crop_offset"] = ", ".join(f"{v:.2f}" for v in d["crop_offset"])
-            rows.append(d)
-        return pd.DataFrame(rows)
 
 
 def build_virtual_labs(samples: pd.DataFrame, rows: np.ndarray, labs: Sequence, artifacts: Path,

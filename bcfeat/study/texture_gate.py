@@ -18,7 +18,7 @@ from bcfeat.crosslab import mixes as mx
 from bcfeat.crosslab.adaptation import CrossLabClassifier, gate_threshold_at
 
 if TYPE_CHECKING:
-    from bcfeat.study.crosslab_validation import VirtualLabs
+    from bcfeat.study.virtual_lab_features import VirtualLabs
 
 # Call sizes at which the texture gate's envelope is measured on the virtual labs (besides each lab's
 # all-cells call): a call's novelty is a median over its cells, which scatters more in small calls.
