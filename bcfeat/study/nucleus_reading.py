@@ -29,9 +29,6 @@ from bcfeat.study.crosslab_settings import parse_setting
 from bcfeat.study.crosslab_validation import fit_setting, real_labs
 from bcfeat.study.design import StudySites
 
-READINGS = {"total": "every dye's optical density (deployed)", "red": "the red channel's (the nuclear dye's)"}
-
-
 def red_nucleus_measurement(measurement: str) -> str:
     """The same measurement with the nucleus found in the red channel's optical density.
 
@@ -114,5 +111,5 @@ def nucleus_reading_glue(table: pd.DataFrame, unseen: list[str]) -> dict:
     return out
 
 
-__all__ = ["READINGS", "red_nucleus_measurement", "with_measurement", "nucleus_reading_table", "nucleus_reading_display",
+__all__ = ["red_nucleus_measurement", "with_measurement", "nucleus_reading_table", "nucleus_reading_display",
            "nucleus_reading_glue"]
