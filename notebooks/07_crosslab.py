@@ -574,6 +574,23 @@ save_table(nucleus_table, tables / "crosslab_nucleus_reading.csv")
 nucleus_table.round(3)
 
 # %% [markdown]
+# Which part of the reading makes the nucleus large: on the two sites whose experts drew the
+# nucleus as well as the cell, the deployed measurement's cell mask against the experts' cell, and
+# the nucleus found in it (and in the experts' cell) against the experts' nucleus, per class.
+
+# %% tags=["hide-input"]
+if cs.measurement_config(headline_source).mask_source == "stain":
+    nucleus_vs_expert = nr.nucleus_against_experts_summary(nr.nucleus_against_experts(headline_source, root))
+else:  # a detector's measurement: no stain segmentation to score
+    nucleus_vs_expert = nr.nucleus_against_experts_summary(
+        pd.DataFrame(columns=["dataset", "class_folder", "stem", "reading", *nr.EXPERT_COLUMNS]))
+save_table(nucleus_vs_expert, tables / "crosslab_nucleus_vs_expert.csv")
+for key, value in nr.nucleus_against_experts_glue(nucleus_vs_expert).items():
+    glue(key, value, display=False)
+glue("crosslab_nucleus_vs_expert", nr.nucleus_against_experts_display(nucleus_vs_expert).round(2), display=False)
+nr.nucleus_against_experts_display(nucleus_vs_expert).round(2)
+
+# %% [markdown]
 # ## A few labelled cells of the new lab
 #
 # With k labelled cells per class of the target lab added to the Acevedo-20 training cells,

@@ -196,6 +196,46 @@ def _smoothed_window(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, sigm
     return part, r0, c0
 
 
+def _canvas_geometry(cell_mask: np.ndarray, cfg: CropConfig) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Where each canvas pixel samples the image: the cell's equivalent diameter (image pixels), the
+    zoom (canvas pixels per image pixel) and the ``(size, size)`` sampled rows and columns, the
+    canvas centred on the mask's centroid."""
+    diameter = 2.0 * np.sqrt(int(cell_mask.sum()) / np.pi)
+    zoom = cfg.cell_diameter / (diameter if cfg.rescale else cfg.reference_diameter_px)
+    cy, cx = ndi.center_of_mass(cell_mask)
+    # canvas pixel (i, j) samples the image at centre + (index - canvas centre) / zoom
+    offsets = (np.arange(cfg.size, dtype=np.float64) - (cfg.size - 1) / 2) / zoom
+    rows, cols = np.meshgrid(cy + offsets, cx + offsets, indexing="ij")
+    return float(diameter), float(zoom), rows, cols
+
+
+def _sample_mask(mask: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """A bool mask sampled (linearly, then > 0.5) at ``rows, cols``; outside the image is False."""
+    return ndi.map_coordinates(mask.astype(np.float32), np.stack([rows, cols]), order=1, mode="constant",
+                               cval=0.0) > 0.5
+
+
+def canvas_mask(mask: np.ndarray, cell_mask: np.ndarray, cfg: CropConfig | None = None) -> np.ndarray:
+    """Another mask of the same image (an expert's nucleus, say) on the canvas that
+    :func:`canonical_crop` cuts around ``cell_mask``: ``(H, W)`` bool -> ``(size, size)`` bool,
+    pixel for pixel where the crop's own mask and image lie.
+
+    >>> cell = np.zeros((60, 60), bool); cell[10:50, 10:50] = True
+    >>> bool((canvas_mask(cell, cell, CropConfig(size=32, cell_diameter=20)) ==
+    ...       canonical_crop(np.full((60, 60, 3), 200, np.uint8), cell, CropConfig(size=32, cell_diameter=20),
+    ...                      ruler=False).mask).all())
+    True
+    """
+    cfg = cfg or CropConfig()
+    cell_mask = np.asarray(cell_mask, bool)
+    if mask.shape != cell_mask.shape:
+        raise ValueError(f"mask of shape {mask.shape} does not match the cell mask's {cell_mask.shape}")
+    if not cell_mask.any():
+        raise ValueError("the cell mask is empty")
+    _, _, rows, cols = _canvas_geometry(cell_mask, cfg)
+    return _sample_mask(np.asarray(mask, bool), rows, cols)
+
+
 def canonical_crop(image: np.ndarray, cell_mask: np.ndarray, cfg: CropConfig | None = None,
                    ruler: bool = True) -> CellCrop:
     """Cut the cell out around its mask and rescale it to the canonical diameter.
@@ -237,13 +277,7 @@ def canonical_crop(image: np.ndarray, cell_mask: np.ndarray, cfg: CropConfig | N
     if area == 0:
         raise ValueError("the cell mask is empty")
     background = background_colour(image, cell_mask)
-    diameter = 2.0 * np.sqrt(area / np.pi)
-    # canvas pixels per image pixel
-    zoom = cfg.cell_diameter / (diameter if cfg.rescale else cfg.reference_diameter_px)
-    cy, cx = ndi.center_of_mass(cell_mask)
-    # canvas pixel (i, j) samples the image at centre + (index - canvas centre) / zoom
-    offsets = (np.arange(cfg.size, dtype=np.float64) - (cfg.size - 1) / 2) / zoom
-    rows, cols = np.meshgrid(cy + offsets, cx + offsets, indexing="ij")
+    diameter, zoom, rows, cols = _canvas_geometry(cell_mask, cfg)
     coords = np.stack([rows, cols])
     if zoom < 1:  # shrinking: smooth first so the canvas does not alias the granules
         source, r0, c0 = _smoothed_window(image, rows, cols, 0.5 / zoom)
@@ -253,11 +287,10 @@ def canonical_crop(image: np.ndarray, cell_mask: np.ndarray, cfg: CropConfig | N
     channels = [ndi.map_coordinates(source[..., c], coords, order=1, mode="constant", cval=float(background[c]))
                 for c in range(3)]
     crop = np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)
-    mask = ndi.map_coordinates(cell_mask.astype(np.float32), np.stack([rows, cols]), order=1, mode="constant",
-                               cval=0.0) > 0.5
+    mask = _sample_mask(cell_mask, rows, cols)
     red = red_cell_diameter(image, cell_mask, background, cfg.ruler_work_size) if ruler else float("nan")
     return CellCrop(image=crop, mask=mask, background=background, cell_diameter_px=float(diameter),
                     red_cell_diameter_px=red)
 
 
-__all__ = ["CropConfig", "CellCrop", "background_colour", "red_cell_diameter", "canonical_crop"]
+__all__ = ["CropConfig", "CellCrop", "background_colour", "red_cell_diameter", "canvas_mask", "canonical_crop"]

@@ -90,7 +90,7 @@ def _region_shape(mask: np.ndarray) -> list[float]:
 
 
 def _nucleus_mask(od_total: np.ndarray, cell: np.ndarray) -> np.ndarray:
-    """The darker Otsu class of the total optical density inside the cell, lightly cleaned."""
+    """The darker Otsu class of an optical density inside the cell, lightly cleaned."""
     values = od_total[cell]
     if values.size < 16 or np.ptp(values) < 1e-4:
         return np.zeros_like(cell)
@@ -109,6 +109,13 @@ def nucleus_density(od: np.ndarray, nucleus_od: str = "total") -> np.ndarray:
     if nucleus_od not in NUCLEUS_OD:
         raise ValueError(f"nucleus_od must be one of {NUCLEUS_OD}, got {nucleus_od!r}")
     return od.sum(axis=-1) if nucleus_od == "total" else od[..., 0]
+
+
+def nucleus_mask(crop: CellCrop, nucleus_od: str = "total") -> np.ndarray:
+    """The nucleus that :func:`cell_features` reads: the darker Otsu class, inside the crop's cell
+    mask, of the optical density that ``nucleus_od`` names (:func:`nucleus_density`), opened by one
+    pixel and with its holes filled. ``(size, size)`` bool; empty when the cell is (nearly) flat."""
+    return _nucleus_mask(nucleus_density(optical_density(crop.image, crop.background), nucleus_od), crop.mask)
 
 
 def _shape_features(cell: np.ndarray, nucleus: np.ndarray) -> list[float]:
@@ -380,4 +387,4 @@ def cell_features(crop: CellCrop, texture_od: str = "raw", fine_texture: bool = 
     return np.asarray(feats, dtype=np.float64)
 
 
-__all__ = ["GROUPS", "TEXTURE_OD", "NUCLEUS_OD_REFERENCE", "NUCLEUS_OD", "nucleus_density", "texture_density", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "FINE_TEXTURE", "fine_texture_columns", "cell_features"]
+__all__ = ["GROUPS", "TEXTURE_OD", "NUCLEUS_OD_REFERENCE", "NUCLEUS_OD", "nucleus_density", "nucleus_mask", "texture_density", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "FINE_TEXTURE", "fine_texture_columns", "cell_features"]

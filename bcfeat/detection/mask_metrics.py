@@ -74,15 +74,23 @@ def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
     return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
 
 
-def load_expert_mask(mask_path: str | Path) -> np.ndarray:
-    """The expert whole-cell mask: ``(H, W)`` bool, every pixel > 0 (nucleus 255, cytoplasm 128)."""
+def _expert_mask_levels(mask_path: str | Path) -> np.ndarray:
+    """An expert mask's grey levels, ``(H, W)``: 255 nucleus, 128 cytoplasm, 0 background."""
     try:
         arr = np.asarray(Image.open(mask_path))
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read expert mask {mask_path}: {err}") from err
-    if arr.ndim == 3:
-        arr = arr[..., 0]
-    return arr > 0
+    return arr[..., 0] if arr.ndim == 3 else arr
+
+
+def load_expert_mask(mask_path: str | Path) -> np.ndarray:
+    """The expert whole-cell mask: ``(H, W)`` bool, every pixel > 0 (nucleus 255, cytoplasm 128)."""
+    return _expert_mask_levels(mask_path) > 0
+
+
+def load_expert_nucleus(mask_path: str | Path) -> np.ndarray:
+    """The expert nucleus mask: ``(H, W)`` bool, the pixels marked 255 (above the cytoplasm's 128)."""
+    return _expert_mask_levels(mask_path) > 191
 
 
 def expert_mask_pairs(dataset: str, data_root: str | Path | None = None,
@@ -239,5 +247,5 @@ def evaluate_mask_predictor(
     return MaskEvaluation(per_image, summary)
 
 
-__all__ = ["MASKED_DATASETS", "DETECTION_IOU", "mask_iou", "box_iou", "mask_box", "load_expert_mask",
+__all__ = ["MASKED_DATASETS", "DETECTION_IOU", "mask_iou", "box_iou", "mask_box", "load_expert_mask", "load_expert_nucleus",
            "expert_mask_pairs", "MaskEvaluation", "summarize", "evaluate_mask_predictor"]

@@ -88,3 +88,61 @@ def test_the_chapter_shows_the_nucleus_and_ruler_tables_by_reading_and_site_with
     ruler = pd.DataFrame({"site": ["a"], "n_cells": [3], "cell_diameter_px": [100.0], "red_cell_diameter_px": [50.0],
                           "red_over_white": [0.5], "no_ruler_share": [0.0], "measurement": ["stain"]})
     assert list(ruler_display(ruler).columns) == ["cells", "white cell (px)", "red cell (px)", "red / white", "no ruler"]
+
+
+def _masked_smear(root, dataset, stem, granules: bool, rng):
+    """One synthetic smear of a masked dataset with its expert mask (255 nucleus, 128 cytoplasm): a
+    pale cell of radius 30 around a dark nucleus of radius 14 on a light background; with
+    ``granules``, the cytoplasm's outer ring is densely speckled with granules as dark as the nucleus."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[:120, :120]
+    r2 = (yy - 60) ** 2 + (xx - 60) ** 2
+    cell, nucleus = r2 < 30 ** 2, r2 < 14 ** 2
+    image = np.empty((120, 120, 3), np.uint8)
+    image[:] = (236, 226, 218)
+    image[cell] = (214, 186, 200)
+    if granules:
+        ring = cell & (r2 > 18 ** 2) & (rng.random((120, 120)) < 0.85)
+        image[ring] = (92, 44, 128)
+    image[nucleus] = (90, 40, 130)
+    expert = np.where(nucleus, 255, np.where(cell, 128, 0)).astype(np.uint8)
+    (root / "datasets" / dataset / "eosinophil").mkdir(parents=True, exist_ok=True)
+    (root / "masks" / dataset).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(root / "datasets" / dataset / "eosinophil" / f"{stem}.bmp")
+    Image.fromarray(expert).save(root / "masks" / dataset / f"{stem}.png")
+
+
+def test_the_nucleus_is_scored_against_the_experts_and_granules_as_dark_as_it_show_as_a_share_too_large(tmp_path):
+    rng = np.random.default_rng(0)
+    _masked_smear(tmp_path, "jtsc_zheng18", "001", granules=False, rng=rng)
+    _masked_smear(tmp_path, "jtsc_zheng18", "002", granules=True, rng=rng)
+    per_image = nr.nucleus_against_experts("stain+nucdisk+normtex", tmp_path / "datasets")
+    assert list(per_image[["stem", "reading"]].itertuples(index=False, name=None)) == [
+        ("001", "total"), ("001", "red"), ("002", "total"), ("002", "red")]
+    p = per_image.set_index(["stem", "reading"])
+    assert p["expert_share"].to_numpy() == pytest.approx(14 ** 2 / 30 ** 2, abs=0.02)
+    assert (p["cell_iou"] > 0.85).all()  # the segmentation finds the cell either way
+    clean, granular = p.loc[("001", "total")], p.loc[("002", "total")]
+    assert clean["share"] == pytest.approx(clean["expert_share"], abs=0.05) and clean["nucleus_iou"] > 0.85
+    # the granules join the nucleus with the experts' cell as well: the threshold, not the cell mask
+    assert granular["share_expert_cell"] > granular["expert_share"] + 0.1 and granular["nucleus_iou_expert_cell"] < 0.7
+    summary = nr.nucleus_against_experts_summary(per_image)
+    s = summary.set_index(["dataset", "reading", "class_folder"])
+    assert s.loc[("jtsc_zheng18", "total", "all"), "n_images"] == 2
+    assert s.loc[("jtsc_zheng18", "total", "eosinophil"), "nucleus_iou"] == pytest.approx(p.xs("total", level=1)["nucleus_iou"].mean())
+    glue = nr.nucleus_against_experts_glue(summary)
+    assert glue["crosslab_nucexp_red_n_images_jtsc_zheng18_all"] == 2
+    shown = nr.nucleus_against_experts_display(summary)
+    assert shown.loc[("jtsc_zheng18", "all"), "expert share"] == s.loc[("jtsc_zheng18", "total", "all"), "expert_share"]
+    # a dataset folder without masks gives no rows; a detector's measurement has no stain segmentation
+    assert nr.nucleus_against_experts("stain+nucdisk+normtex", tmp_path / "elsewhere").empty
+    with pytest.raises(ValueError, match="not a stain-segmentation measurement"):
+        nr.nucleus_against_experts("detector", tmp_path / "datasets")
+
+
+def test_on_the_shared_sites_the_deployed_cell_mask_matches_the_experts(data_root):
+    per_image = nr.nucleus_against_experts("stain+nucdisk+normtex", data_root, max_images=8)
+    assert sorted(per_image["dataset"].unique()) == ["cellavision_zheng18", "jtsc_zheng18"]
+    assert len(per_image) == 2 * 8 * 2
+    assert per_image["cell_iou"].mean() > 0.8 and per_image["nucleus_iou_expert_cell"].mean() > 0.6
