@@ -580,15 +580,27 @@ nucleus_table.round(3)
 
 # %% tags=["hide-input"]
 if cs.measurement_config(headline_source).mask_source == "stain":
-    nucleus_vs_expert = nr.nucleus_against_experts_summary(nr.nucleus_against_experts(headline_source, root))
+    nucleus_per_image = nr.nucleus_against_experts(headline_source, root)
 else:  # a detector's measurement: no stain segmentation to score
-    nucleus_vs_expert = nr.nucleus_against_experts_summary(
-        pd.DataFrame(columns=["dataset", "class_folder", "stem", "reading", *nr.EXPERT_COLUMNS]))
+    nucleus_per_image = pd.DataFrame(columns=["dataset", "class_folder", "stem", "reading", *nr.EXPERT_COLUMNS])
+nucleus_vs_expert = nr.nucleus_against_experts_summary(nucleus_per_image)
 save_table(nucleus_vs_expert, tables / "crosslab_nucleus_vs_expert.csv")
 for key, value in nr.nucleus_against_experts_glue(nucleus_vs_expert).items():
     glue(key, value, display=False)
 glue("crosslab_nucleus_vs_expert", nr.nucleus_against_experts_display(nucleus_vs_expert).round(2), display=False)
 nr.nucleus_against_experts_display(nucleus_vs_expert).round(2)
+
+# %% [markdown]
+# The same per cell, split by whether the classifier of the "all cells" table above called it a
+# basophil: are the false basophils the cells whose nucleus goes wrong?
+
+# %% tags=["hide-input"]
+nucleus_calls = nr.nucleus_by_call(nucleus_per_image, predictions, samples, "basophil")
+save_table(nucleus_calls, tables / "crosslab_nucleus_by_call.csv")
+for key, value in nr.nucleus_by_call_glue(nucleus_calls, "basophil").items():
+    glue(key, value, display=False)
+glue("crosslab_nucleus_by_call", nucleus_calls.set_index(["dataset", "true_class", "called"]).round(2), display=False)
+nucleus_calls.round(2)
 
 # %% [markdown]
 # ## A few labelled cells of the new lab

@@ -199,6 +199,43 @@ def nucleus_against_experts_summary(per_image: pd.DataFrame) -> pd.DataFrame:
     return both.groupby(["dataset", "reading", "class_folder"], sort=False).agg(**agg).reset_index()
 
 
+def nucleus_by_call(per_image: pd.DataFrame, predictions: pd.DataFrame, samples: pd.DataFrame,
+                    called: str = "basophil", reading: str = "total") -> pd.DataFrame:
+    """Are the cells called ``called`` the ones whose nucleus goes wrong? ``per_image`` (from
+    :func:`nucleus_against_experts`, one ``reading``) joined, by dataset and file stem, with a
+    classifier's per-cell ``predictions`` (``test_domain, row, y_true, y_pred``; ``row`` indexes
+    ``samples``, whose ``path`` names the image). One row per dataset, true class and whether the
+    cell was called ``called``: ``n_cells``, the median ``expert_share``, ``share`` and
+    ``share_expert_cell``, and the mean ``nucleus_iou`` and ``cell_iou``. Expert-masked images that
+    the predictions do not cover are left out."""
+    paths = samples["path"].to_numpy()
+    calls = pd.DataFrame({"dataset": predictions["test_domain"].to_numpy(),
+                          "stem": [Path(paths[r]).stem for r in predictions["row"]],
+                          "true_class": predictions["y_true"].to_numpy(),
+                          "called": predictions["y_pred"].to_numpy() == called})
+    joined = per_image[per_image["reading"] == reading].merge(calls, on=["dataset", "stem"], validate="one_to_one")
+    columns = ["dataset", "true_class", "called", "n_cells", "expert_share", "share", "share_expert_cell",
+               "nucleus_iou", "cell_iou"]
+    if joined.empty:
+        return pd.DataFrame(columns=columns)
+    return joined.groupby(["dataset", "true_class", "called"], sort=False).agg(
+        n_cells=("stem", "size"), expert_share=("expert_share", "median"), share=("share", "median"),
+        share_expert_cell=("share_expert_cell", "median"), nucleus_iou=("nucleus_iou", "mean"),
+        cell_iou=("cell_iou", "mean")).reset_index()[columns]
+
+
+def nucleus_by_call_glue(table: pd.DataFrame, called: str = "basophil") -> dict:
+    """``crosslab_nucbycall_<dataset>_<true class>_<called|not>_<column>`` for every row and column of
+    :func:`nucleus_by_call`'s table (``called`` the class it was built for)."""
+    out = {}
+    for row in table.itertuples():
+        tag = f"{row.dataset}_{row.true_class}_{called if row.called else 'not'}"
+        for column in ("n_cells", "expert_share", "share", "share_expert_cell", "nucleus_iou", "cell_iou"):
+            value = getattr(row, column)
+            out[f"crosslab_nucbycall_{tag}_{column}"] = int(value) if column == "n_cells" else float(value)
+    return out
+
+
 def nucleus_against_experts_display(summary: pd.DataFrame) -> pd.DataFrame:
     """The summary as the chapter shows it: one row per dataset and class, the share of the nucleus
     (experts', ours, ours in the experts' cell) and its IoU per reading beside the cell's IoU."""
@@ -225,4 +262,4 @@ def nucleus_against_experts_glue(summary: pd.DataFrame) -> dict:
 
 __all__ = ["red_nucleus_measurement", "with_measurement", "nucleus_reading_table", "nucleus_reading_display",
            "nucleus_reading_glue", "EXPERT_COLUMNS", "nucleus_against_experts", "nucleus_against_experts_summary",
-           "nucleus_against_experts_display", "nucleus_against_experts_glue"]
+           "nucleus_by_call", "nucleus_by_call_glue", "nucleus_against_experts_display", "nucleus_against_experts_glue"]

@@ -146,3 +146,31 @@ def test_on_the_shared_sites_the_deployed_cell_mask_matches_the_experts(data_roo
     assert sorted(per_image["dataset"].unique()) == ["cellavision_zheng18", "jtsc_zheng18"]
     assert len(per_image) == 2 * 8 * 2
     assert per_image["cell_iou"].mean() > 0.8 and per_image["nucleus_iou_expert_cell"].mean() > 0.6
+
+
+def test_the_nucleus_per_call_joins_the_experts_images_with_the_cells_called_basophils():
+    per_image = pd.DataFrame({
+        "dataset": ["jtsc_zheng18"] * 6, "class_folder": ["eosinophil"] * 4 + ["neutrophil"] * 2,
+        "stem": ["001", "001", "002", "002", "003", "003"], "reading": ["total", "red"] * 3,
+        "cell_iou": [0.9] * 6, "expert_share": [0.3, 0.3, 0.32, 0.32, 0.35, 0.35],
+        "share": [0.5, 0.45, 0.3, 0.3, 0.34, 0.33], "nucleus_iou": [0.5, 0.55, 0.9, 0.9, 0.88, 0.87],
+        "share_expert_cell": [0.52, 0.5, 0.31, 0.3, 0.35, 0.34], "nucleus_iou_expert_cell": [0.5] * 6})
+    samples = pd.DataFrame({"path": ["/d/pbc/x.jpg", "/d/jtsc_zheng18/eosinophil/001.bmp",
+                                     "/d/jtsc_zheng18/eosinophil/002.bmp", "/d/jtsc_zheng18/neutrophil/003.bmp",
+                                     "/d/jtsc_zheng18/neutrophil/004.bmp"]})
+    predictions = pd.DataFrame({"test_domain": ["jtsc_zheng18"] * 4, "row": [1, 2, 3, 4],
+                                "y_true": ["eosinophil", "eosinophil", "neutrophil", "neutrophil"],
+                                "y_pred": ["basophil", "eosinophil", "basophil", "neutrophil"]})
+    table = nr.nucleus_by_call(per_image, predictions, samples, "basophil")
+    t = table.set_index(["true_class", "called"])
+    # the eosinophil called a basophil is the one whose nucleus took its granules in (total reading)
+    assert t.loc[("eosinophil", True), "share"] == 0.5 and t.loc[("eosinophil", True), "nucleus_iou"] == 0.5
+    assert t.loc[("eosinophil", False), "share"] == 0.3
+    assert t.loc[("neutrophil", True), "n_cells"] == 1
+    assert ("neutrophil", False) not in t.index  # 004 has no expert mask
+    assert nr.nucleus_by_call(per_image, predictions, samples, "basophil", reading="red").set_index(
+        ["true_class", "called"]).loc[("eosinophil", True), "share"] == 0.45
+    glue = nr.nucleus_by_call_glue(table, "basophil")
+    assert glue["crosslab_nucbycall_jtsc_zheng18_eosinophil_basophil_share"] == 0.5
+    assert glue["crosslab_nucbycall_jtsc_zheng18_eosinophil_not_n_cells"] == 1
+    assert nr.nucleus_by_call(per_image.iloc[:0], predictions, samples).empty
