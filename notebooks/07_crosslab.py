@@ -470,6 +470,11 @@ save_table(goals, tables / "crosslab_goals.csv")
 for key, value in cv.goals_glue(goals, design.source, unseen, untouched_name).items():
     glue(key, value, display=False)
 glue("crosslab_goals", goals.set_index("lab").round(3), display=False)
+if untouched is not None:  # what its red-cell ruler reads (no labels), as for the other sites above
+    untouched_ruler = cs.ruler_table(untouched[0], pd.DataFrame({"domain": [untouched_name] * len(untouched[1])}))
+    save_table(untouched_ruler, tables / "crosslab_untouched_ruler.csv")
+    for column in ("red_over_white", "red_cell_diameter_px", "cell_diameter_px", "no_ruler_share"):
+        glue(f"crosslab_untouched_ruler_{column}", float(untouched_ruler[column].iloc[0]), display=False)
 
 # %% [markdown]
 # How the untouched lab's photographs were taken matters for any adaptation that uses a call's own
