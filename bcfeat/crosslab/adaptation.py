@@ -32,11 +32,17 @@ Optional extras, each also label-free:
 
 All statistics of a site come from the cells passed to one ``predict`` call: pass one site's
 cells per call (the benchmark does), at least :data:`MIN_SITE_CELLS` of them.
+
+Labelled cells of *another* lab (a reviewer's corrections of a classified folder) join the
+training as :class:`LabelledCall`: every cell of that lab's call, of which some carry labels.
+They are standardised the way the classifier reads that lab when it classifies it, with the
+call's own statistics (not the training lab's), so what they teach holds where it is used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -55,6 +61,26 @@ STATISTICS = ("balanced", "cbr")
 # Shrinkage towards the identity of the gated columns' within-class covariance (standardised
 # units): texture measures are strongly correlated, and the inverse must not blow up on them.
 GATE_SHRINKAGE = 0.05
+
+
+@dataclass(frozen=True)
+class LabelledCall:
+    """One call of another lab, some of its cells labelled (a reviewer's corrections).
+
+    Attributes
+    ----------
+    features : np.ndarray
+        ``(m, d)`` raw features of **every** cell of the call: the call's statistics are read
+        from all of them, as when the lab's folder is classified.
+    rows : np.ndarray
+        ``(k,)`` int, the labelled cells' rows in ``features``.
+    labels : np.ndarray
+        ``(k,)`` their labels, each one of the training classes.
+    """
+
+    features: np.ndarray
+    rows: np.ndarray
+    labels: np.ndarray
 
 
 def _gate_envelope(threshold) -> tuple[np.ndarray, np.ndarray]:
@@ -213,8 +239,12 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
     def _select(self, X: np.ndarray) -> np.ndarray:
         return X if self.columns is None else X[:, list(self.columns)]
 
-    def fit(self, X: np.ndarray, y: Sequence) -> CrossLabClassifier:
-        """Fit on one lab's features ``(n, d)`` (raw, unstandardised) and labels ``(n,)``."""
+    def fit(self, X: np.ndarray, y: Sequence, labelled_calls: Sequence[LabelledCall] = ()) -> CrossLabClassifier:
+        """Fit on one lab's features ``(n, d)`` (raw, unstandardised) and labels ``(n,)``.
+
+        ``labelled_calls``: labelled cells of other labs (:class:`LabelledCall`), each standardised
+        with its own call's statistics as the classifier fitted on ``X`` reads that call; the
+        estimator is then refitted on the training lab's cells and theirs together."""
         self._check_params()
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y)
@@ -236,13 +266,38 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
             self.source_statistics_ = site_statistics(X, weights)
         self._Z_train, self._y_train = standardize(X, self.source_statistics_), y
         self.estimator_ = self._new_estimator().fit(self._Z_train, y)
+        if labelled_calls:
+            self._learn_from_calls(labelled_calls)
         self._fit_discriminant_space()
         if self.gate_columns is not None:
             kept = self._gate_split()
             params = {**self.get_params(), "columns": kept, "gate_columns": None, "gate_threshold": None}
-            self.fallback_ = CrossLabClassifier(**params).fit(X_full, y)
+            self.fallback_ = CrossLabClassifier(**params).fit(X_full, y, labelled_calls)
             self._fit_gate()
         return self
+
+    def _learn_from_calls(self, calls: Sequence[LabelledCall]) -> None:
+        """Add each call's labelled cells, in the call's own standardised view (read with the
+        estimator fitted so far), to the training cells and refit the estimator on all."""
+        Z, y = [self._Z_train], [self._y_train]
+        for i, call in enumerate(calls):
+            features = np.asarray(call.features, dtype=np.float64)
+            rows, labels = np.asarray(call.rows, dtype=np.int64), np.asarray(call.labels)
+            if features.ndim != 2 or features.shape[1] != self.n_features_in_:
+                raise ValueError(f"labelled call {i}: features must be (m, {self.n_features_in_}), got {features.shape}")
+            if rows.shape != labels.shape or rows.ndim != 1 or not len(rows):
+                raise ValueError(f"labelled call {i}: rows and labels must be two (k,) arrays with k >= 1")
+            if rows.min() < 0 or rows.max() >= len(features) or len(np.unique(rows)) != len(rows):
+                raise ValueError(f"labelled call {i}: rows must be distinct indices into its {len(features)} cells")
+            unknown = sorted(set(labels.tolist()) - set(self.classes_.tolist()))
+            if unknown:
+                raise ValueError(f"labelled call {i}: labels {unknown} are not classes of the training lab "
+                                 f"{self.classes_.tolist()}")
+            view = self._site_view(self._select(features), self.estimator_)[0]
+            Z.append(view[rows])
+            y.append(labels)
+        self._Z_train, self._y_train = np.vstack(Z), np.concatenate(y)
+        self.estimator_ = self._new_estimator().fit(self._Z_train, self._y_train)
 
     def _gate_split(self) -> tuple[int, ...]:
         """The columns the fallback keeps; checks that the gated ones are used and some are not."""
@@ -484,4 +539,4 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         return clf
 
 
-__all__ = ["STATISTICS", "GATE_SHRINKAGE", "gate_threshold_at", "CrossLabClassifier"]
+__all__ = ["STATISTICS", "GATE_SHRINKAGE", "gate_threshold_at", "LabelledCall", "CrossLabClassifier"]

@@ -93,17 +93,25 @@ def transfer_scores(X: np.ndarray, y: Sequence, domain: Sequence, train_rows: np
 
 def few_shot_curve(X: np.ndarray, y: Sequence, domain: Sequence, source_rows: np.ndarray, target: str,
                    shots: Sequence[int], n_draws: int, make_classifier: Callable[[], object],
-                   seed: int = 0) -> pd.DataFrame:
+                   seed: int = 0, as_corrections: bool = False) -> pd.DataFrame:
     """Balanced accuracy on a target site when ``k`` labelled cells per class of it join training.
 
     For each ``k`` in ``shots`` and each draw, ``k`` cells of every class of the target (at most
     all but one of a class, so one is left to test) are added to the source's labelled cells;
-    the classifier is refitted and scored on the target's remaining cells. ``X`` should already
-    be standardised per site (:func:`standardize_per_site`), so source and target cells share
-    one scale. ``k = 0`` is the unadapted-labels transfer.
+    the classifier is refitted and scored on the target's remaining cells. ``k = 0`` is the
+    unadapted-labels transfer.
+
+    With ``as_corrections=False`` the added cells are pooled with the source's: ``X`` should then
+    already be standardised per site (:func:`standardize_per_site`), so source and target cells
+    share one scale. With ``as_corrections=True`` (a :class:`~bcfeat.crosslab.adaptation.CrossLabClassifier`,
+    raw ``X``) they are what ``bcfeat train-classifier --corrections`` makes of a reviewer's
+    corrections: a :class:`~bcfeat.crosslab.adaptation.LabelledCall` of the whole target site, read
+    in its own statistics, and the target is then classified as one call.
 
     Returns rows ``target, k, draw, n_added, n_test, balanced_accuracy``.
     """
+    from bcfeat.crosslab.adaptation import LabelledCall
+
     X, y, domain = np.asarray(X), np.asarray(y), np.asarray(domain)
     rng = np.random.default_rng(seed)
     target_rows = np.flatnonzero(domain == target)
@@ -114,10 +122,15 @@ def few_shot_curve(X: np.ndarray, y: Sequence, domain: Sequence, source_rows: np
         for k in shots:
             added = np.concatenate([order[c][:min(k, len(order[c]) - 1)] for c in classes]).astype(int)
             test = np.setdiff1d(target_rows, added)
-            train = np.concatenate([source_rows, added])
-            clf = make_classifier().fit(X[train], y[train])
+            if as_corrections:
+                calls = [LabelledCall(X[target_rows], np.searchsorted(target_rows, added), y[added])] if len(added) else []
+                clf = make_classifier().fit(X[source_rows], y[source_rows], calls)
+                predicted = clf.predict(X[target_rows])[np.isin(target_rows, test)]
+            else:
+                train = np.concatenate([source_rows, added])
+                predicted = make_classifier().fit(X[train], y[train]).predict(X[test])
             rows.append({"target": target, "k": k, "draw": draw, "n_added": len(added), "n_test": len(test),
-                         "balanced_accuracy": balanced_accuracy_score(y[test], clf.predict(X[test]))})
+                         "balanced_accuracy": balanced_accuracy_score(y[test], predicted)})
     return pd.DataFrame(rows)
 
 

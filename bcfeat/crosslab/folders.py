@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bcfeat.crosslab.adaptation import CrossLabClassifier
+from bcfeat.crosslab.adaptation import CrossLabClassifier, LabelledCall
 from bcfeat.crosslab.site_statistics import MIN_SITE_CELLS
 from bcfeat.crosslab.model import CrossLabModel, load_model, save_model
 
@@ -69,8 +69,8 @@ def measure_folder_table(model: CrossLabModel, folder: str | os.PathLike):
 
 
 def _corrections_files(corrections: str | os.PathLike, folder: str | os.PathLike) -> pd.DataFrame:
-    """The corrected cells as ``relpath, path, label`` (relpath prefixed with the folder's name,
-    so that it cannot collide with a labelled file's); every file must exist below ``folder``."""
+    """The corrected cells as ``relpath, path, label`` (``path`` resolved); every file must exist
+    below ``folder``."""
     from bcfeat.crosslab.review_report import read_corrections
 
     table = read_corrections(corrections)
@@ -81,8 +81,39 @@ def _corrections_files(corrections: str | os.PathLike, folder: str | os.PathLike
         if root not in path.parents or not path.is_file():
             raise ValueError(f"{corrections}: row {i}: {relpath!r} is not a file below {folder}")
         paths.append(str(path))
-    return pd.DataFrame({"relpath": [f"{root.name}/{r}" for r in table["relpath"]], "path": paths,
-                         "label": table["label"].to_numpy()})
+    return pd.DataFrame({"relpath": table["relpath"].to_numpy(), "path": paths, "label": table["label"].to_numpy()})
+
+
+def _corrections_call(model: CrossLabModel, corrections: str | os.PathLike, folder: str | os.PathLike
+                      ) -> tuple[LabelledCall, pd.Series, list[tuple[str, str]]]:
+    """A reviewer's corrections of a classified folder as one :class:`LabelledCall`: every image
+    below ``folder`` is measured again (the call's statistics are those of its cells with a cell
+    found, as when it was classified) and the corrected ones carry their labels. Returns the call,
+    the corrections per class and the skipped files (a corrected image that cannot be read, or
+    where no cell was found, is skipped with its reason)."""
+    extra = _corrections_files(corrections, folder)
+    found: list[bool] = []
+    files, feats, skipped = _measure_folder(model, folder, labelled=False, found=found, min_images=MIN_SITE_CELLS)
+    found = np.asarray(found, bool)
+    if found.sum() < MIN_SITE_CELLS:
+        raise ValueError(f"--corrections-folder {folder}: {int(found.sum())} images hold a cell that could be found; "
+                         f"the corrections are read in that lab's own statistics, which need at least {MIN_SITE_CELLS}")
+    call_rows = np.cumsum(found) - 1  # a measured image's row among the cells of the call
+    where = {str(Path(path).resolve()): i for i, path in enumerate(files["path"])}
+    rows, labels = [], []
+    for relpath, path, label in extra.itertuples(index=False):
+        i = where.get(path)
+        if i is None:
+            continue  # unreadable: already in skipped, with its reason
+        if not found[i]:
+            skipped.append((str(relpath), "corrected, but no cell was found in it (the correction is not used)"))
+            continue
+        rows.append(int(call_rows[i]))
+        labels.append(label)
+    if not rows:
+        raise ValueError(f"{corrections}: none of the corrected images below {folder} holds a cell that could be read")
+    call = LabelledCall(features=feats[found], rows=np.asarray(rows), labels=np.asarray(labels))
+    return call, pd.Series(labels).value_counts(), sorted(skipped)
 
 
 def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, output: str | os.PathLike,
@@ -93,9 +124,10 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
 
     ``C`` and ``groups`` (the feature set) default to the setting the study chose for the model
     file (its record), else 0.03 and ``"all"``. ``corrections`` (``relpath,label``, the download
-    of a review report) adds reviewed cells of ``corrections_folder`` (the classified folder) to
-    the labelled ones. Returns the written path, the number of cells per class, and the skipped
-    files.
+    of a review report) adds reviewed cells of ``corrections_folder`` (the classified folder, which
+    is measured again): they are read in that folder's own statistics, as the classifier reads the
+    folder when it classifies it, not in the labelled folder's (:class:`LabelledCall`). Returns the
+    written path, the number of cells per class (corrections included), and the skipped files.
     """
     from bcfeat.crosslab.cell_features import feature_set_columns
 
@@ -106,24 +138,25 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
     if (corrections is None) != (corrections_folder is None):
         raise ValueError("--corrections and --corrections-folder go together: the corrections' relpaths are "
                          "relative to the folder that was classified")
-    extra = None if corrections is None else _corrections_files(corrections, corrections_folder)
+    if corrections is not None:  # a bad table, or a folder too small for its statistics, fails before any measuring
+        _corrections_files(corrections, corrections_folder)
+        n_files = len(_folder_files(corrections_folder, labelled=False)[0])
+        if n_files < MIN_SITE_CELLS:
+            raise ValueError(f"--corrections-folder {corrections_folder}: {n_files} image file(s); the corrections "
+                             f"are read in that lab's own statistics, which need at least {MIN_SITE_CELLS}")
     model = load_model(model_path)
     setting = _study_setting(model.record)
     C = setting.get("C", 0.03) if C is None else C
     groups = setting.get("groups", "all") if groups is None else groups
     statistics = setting.get("statistics", "plain")
     columns = feature_set_columns(groups)
-    files, feats, skipped = _measure_folder(model, folder, labelled=True,
-                                            min_images=0 if extra is not None else MIN_SITE_CELLS)
-    if extra is not None:
-        from bcfeat.data.images import SkippedImages
-
-        more = SkippedImages()
-        extra_feats, kept = model.measure(extra["path"].tolist(), more)
-        skipped = sorted(skipped + [(str(p), reason) for p, reason in more])
-        files = pd.concat([files, extra.iloc[kept]], ignore_index=True)
-        feats = np.concatenate([feats, extra_feats])
-    counts = files["label"].value_counts().sort_index()
+    files, feats, skipped = _measure_folder(model, folder, labelled=True, min_images=MIN_SITE_CELLS)
+    calls, counts = [], files["label"].value_counts()
+    if corrections is not None:
+        call, corrected, more = _corrections_call(model, corrections, corrections_folder)
+        calls, counts = [call], counts.add(corrected, fill_value=0).astype(int)
+        skipped = sorted(skipped + more)
+    counts = counts.sort_index()
     small = counts[counts < MIN_CELLS_PER_CLASS]
     if len(small):
         raise ValueError(f"class folder(s) {', '.join(f'{k!r} ({v})' for k, v in small.items())} hold fewer than "
@@ -132,20 +165,25 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
         raise ValueError(f"{folder} holds one class folder ({', '.join(counts.index)}); a classifier needs two or more")
     if len(files) < MIN_SITE_CELLS:
         raise ValueError(f"{len(files)} readable images; at least {MIN_SITE_CELLS} are needed for the lab's statistics")
+    unknown = sorted(set(counts.index) - set(files["label"]))
+    if unknown:
+        raise ValueError(f"{corrections}: label(s) {unknown} are not class folders of {folder} "
+                         f"({', '.join(sorted(set(files['label'])))})")
     study_calibration = {} if model.classifier is None else getattr(model.classifier, "calibration_", {})
     calibration = {k: v for k, v in study_calibration.items() if k in ("temperature", "uncertain_min_probability")}
     clf = CrossLabClassifier(model="logistic", C=C, balance_rounds=0 if statistics == "plain" else 2,
                              statistics="cbr" if statistics == "cbr" else "balanced", columns=columns,
                              temperature=float(calibration.get("temperature", 1.0)))
-    model.classifier = clf.fit(feats, files["label"].to_numpy())
+    model.classifier = clf.fit(feats, files["label"].to_numpy(), calls)
     # The study's temperature and uncertain threshold were fitted on its virtual labs for the same
     # features and model, and are kept; its novelty reference and texture gate belong to its own
     # classifier and classes, and are not.
     model.classifier.calibration_ = calibration
     model.record = {**model.record, "classifier_trained_on": str(Path(folder).resolve()),
-                    "class_counts": {str(k): int(v) for k, v in counts.items()}, "n_cells": int(len(files)),
+                    "class_counts": {str(k): int(v) for k, v in counts.items()}, "n_cells": int(counts.sum()),
                     "n_skipped": len(skipped), "C": C, "groups": groups, "statistics": statistics,
-                    "n_corrections": 0 if extra is None else int(len(extra)),
+                    "n_corrections": int(len(calls[0].rows)) if calls else 0,
+                    **({"corrections_folder": str(Path(corrections_folder).resolve())} if calls else {}),
                     "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return save_model(output, model), counts, skipped
 

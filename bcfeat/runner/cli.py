@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--corrections", default=None, help="relpath,label CSV downloaded from a review report: "
                                                         "reviewed cells added to the labelled ones")
     tc.add_argument("--corrections-folder", default=None, help="the folder the report classified (the "
-                                                               "corrections' relpaths are below it)")
+                                                               "corrections' relpaths are below it; measured "
+                                                               "again: the corrections are read in its statistics)")
     tc.set_defaults(func=_cmd_train_classifier)
 
     c = sub.add_parser("classify", help="classify a folder of one lab's cells to a table (class, probability)")

@@ -445,24 +445,30 @@ def ablation_glue(ablation: pd.DataFrame) -> dict:
 # ----------------------------------------------------------------------------- few-shot
 def few_shot(X, samples, plan, setting: str, features_dir: Path, aecfe: str, adabn: AdaBNOracle, shots: Sequence[int],
              n_draws: int, source_cells: int, seed: int, *, design: StudySites) -> pd.DataFrame:
-    """The few-shot curve of ours, AE-CFE (the paper's forest on its features) and the AdaBN oracle's
-    embeddings (linear), on each unseen site."""
+    """The few-shot curve of ours (``X`` raw: the chosen setting's classifier taught the way
+    ``bcfeat train-classifier --corrections`` teaches it), AE-CFE (the paper's forest on its
+    features) and the AdaBN oracle's embeddings (linear, per-site standardised), on each unseen site."""
     train, _ = _source_train_rows(samples, plan, design.source)
     domain, y = samples["domain"].to_numpy(), samples["label"].to_numpy()
     if source_cells and len(train) > source_cells:
         from sklearn.model_selection import train_test_split
 
         train, _ = train_test_split(train, train_size=source_cells, stratify=y[train], random_state=seed)
+    from bcfeat.study.crosslab_settings import classifier_for
+
     chosen = setting_by_name(setting)
-    sets = {OURS: (ev.standardize_per_site(X, domain), make_factory(chosen)),
+    # ours: the chosen setting's classifier taught as `bcfeat train-classifier --corrections` teaches it
+    # (the added cells read in their own site's statistics, the site classified as one call)
+    sets = {OURS: (X, lambda rs: classifier_for(setting, rs), True),
             "oracle AdaBN embeddings": (ev.standardize_per_site(adabn.embeddings, domain),
-                                        make_factory(_rename(chosen, groups="all")))}
+                                        make_factory(_rename(chosen, groups="all")), False)}
     aecfe_X = study.load_feature_sets(features_dir, [aecfe], samples)[aecfe]
-    sets[f"{aecfe} (paper's forest)"] = (aecfe_X, lambda rs: default_classifier(rs, n_jobs=2))
+    sets[f"{aecfe} (paper's forest)"] = (aecfe_X, lambda rs: default_classifier(rs, n_jobs=2), False)
     frames = []
-    for name, (F, factory) in sets.items():
+    for name, (F, factory, as_corrections) in sets.items():
         for target in design.unseen:
-            curve = ev.few_shot_curve(F, y, domain, train, target, shots, n_draws, lambda f=factory: f(seed), seed)
+            curve = ev.few_shot_curve(F, y, domain, train, target, shots, n_draws, lambda f=factory: f(seed), seed,
+                                      as_corrections=as_corrections)
             frames.append(curve.assign(features=name))
     return ev.summarize_curve(pd.concat(frames, ignore_index=True))
 

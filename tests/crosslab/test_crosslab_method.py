@@ -127,6 +127,31 @@ def test_few_shot_curve_adds_target_cells_and_tests_on_the_rest():
     assert means[10] > means[0]
 
 
+def test_the_few_shot_curve_as_corrections_is_what_train_classifier_corrections_teach():
+    from bcfeat.crosslab.adaptation import LabelledCall
+
+    source, target, y = _relabelled_lab(np.random.default_rng(2), 40)
+    target = target * 3.0 - 2.0  # another lab's offsets and scales
+    X, yy = np.vstack([source, target]), np.concatenate([y, y])
+    dom = np.array(["s"] * len(y) + ["t"] * len(y))
+    make = lambda: CrossLabClassifier(C=1.0, statistics="cbr")  # noqa: E731
+    curve = ev.few_shot_curve(X, yy, dom, np.flatnonzero(dom == "s"), "t", [0, 5], 2, make, seed=3,
+                              as_corrections=True)
+    assert (curve.loc[curve["k"] == 5, "n_added"] == 15).all() and (curve["n_test"] == curve["n_added"].rsub(120)).all()
+    # the first draw at k = 5 by hand: the same cells as a LabelledCall of the whole target lab
+    rng = np.random.default_rng(3)
+    t_rows = np.flatnonzero(dom == "t")
+    order = {c: rng.permutation(t_rows[yy[t_rows] == c]) for c in np.unique(y)}
+    added = np.concatenate([order[c][:5] for c in np.unique(y)])
+    clf = make().fit(source, y, [LabelledCall(target, added - len(y), yy[added])])
+    test = np.setdiff1d(t_rows, added)
+    from sklearn.metrics import balanced_accuracy_score
+    expected = balanced_accuracy_score(yy[test], clf.predict(target)[np.isin(t_rows, test)])
+    got = curve[(curve["k"] == 5) & (curve["draw"] == 0)]["balanced_accuracy"].item()
+    assert got == pytest.approx(expected)
+    assert curve[curve["k"] == 0]["balanced_accuracy"].nunique() == 1  # nothing added: the same classifier
+
+
 def _stain_model(tmp_path: Path, with_classifier: bool):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, len(feature_names())))
@@ -645,3 +670,52 @@ def test_mask_area_change_counts_the_cells_whose_mask_grew_or_shrank_per_site():
     assert table.set_index("site").loc["x", "median_area_ratio"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="'c' was not measured"):
         mask_area_change({"a": Measured(a, crops, 0.0, None)}, samples, "a", "c")
+
+
+def _relabelled_lab(rng, n_per_class=60):
+    """A training lab where class "b" is told by column 0, and a new lab whose class "b" is told by
+    column 1 instead (its column 0 looks like "a")."""
+    y = np.repeat(["a", "b", "c"], n_per_class)
+    source = rng.normal(size=(len(y), 4))
+    source[y == "b", 0] += 3.0
+    source[y == "c", 2] += 3.0
+    target = rng.normal(size=(len(y), 4))
+    target[y == "b", 1] += 3.0
+    target[y == "c", 2] += 3.0
+    return source, target, y
+
+
+def test_labelled_cells_of_another_lab_are_read_in_that_labs_own_statistics():
+    """A correction means the same whatever the new lab's stain does to every feature's offset and
+    scale: the classifier taught by it reads the lab the same way before and after such a shift."""
+    from bcfeat.crosslab.adaptation import LabelledCall
+
+    source, target, y = _relabelled_lab(np.random.default_rng(0))
+    labelled = np.concatenate([np.flatnonzero(y == c)[:8] for c in ("a", "b", "c")])
+    params = dict(model="logistic", C=1.0, statistics="cbr")
+    shifted = target * 4.0 + 10.0
+    taught = CrossLabClassifier(**params).fit(source, y, [LabelledCall(target, labelled, y[labelled])])
+    taught_shifted = CrossLabClassifier(**params).fit(source, y, [LabelledCall(shifted, labelled, y[labelled])])
+    assert np.allclose(taught.predict_proba(target), taught_shifted.predict_proba(shifted), atol=1e-6)
+    alone = CrossLabClassifier(**params).fit(source, y)
+    assert not np.allclose(taught.predict_proba(target), alone.predict_proba(target), atol=0.05)  # they taught it
+    assert len(taught._y_train) == len(y) + len(labelled)  # kept with the model file's training cells
+    # pooled with the training lab's cells (read in its statistics), the same corrections depend on the shift
+    def pooled(X):
+        return CrossLabClassifier(**params).fit(np.vstack([source, X[labelled]]), np.concatenate([y, y[labelled]]))
+    assert not np.allclose(pooled(target).predict_proba(target), pooled(shifted).predict_proba(shifted), atol=0.05)
+
+
+def test_labelled_calls_are_checked_by_name():
+    from bcfeat.crosslab.adaptation import LabelledCall
+
+    rng = np.random.default_rng(1)
+    source, target, y = _relabelled_lab(rng, 20)
+    target = target * 4.0 + 10.0
+    clf = CrossLabClassifier(C=1.0, statistics="cbr")
+    with pytest.raises(ValueError, match=r"labels \['z'\] are not classes"):
+        clf.fit(source, y, [LabelledCall(target, np.array([0, 1]), np.array(["a", "z"]))])
+    with pytest.raises(ValueError, match="distinct indices"):
+        clf.fit(source, y, [LabelledCall(target, np.array([0, 999]), np.array(["a", "b"]))])
+    with pytest.raises(ValueError, match=r"must be \(m, 4\)"):
+        clf.fit(source, y, [LabelledCall(target[:, :3], np.array([0]), np.array(["a"]))])

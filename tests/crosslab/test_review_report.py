@@ -116,7 +116,7 @@ def test_a_folder_too_small_for_the_lab_statistics_is_refused_before_reading(cla
     assert "3 image file(s)" in capsys.readouterr().err and not (tmp / "s.csv").exists()
 
 
-def test_corrections_are_added_to_the_lab_classifier(classified_lab, tmp_path):
+def test_corrections_are_added_to_the_lab_classifier(classified_lab, tmp_path, capsys):
     from bcfeat.runner.cli import main
 
     tmp, clf, _ = classified_lab
@@ -133,6 +133,15 @@ def test_corrections_are_added_to_the_lab_classifier(classified_lab, tmp_path):
                  "--corrections", str(corrections), "--corrections-folder", str(tmp / "new")]) == 2
     assert main(["train-classifier", str(clf), str(tmp / "lab"), "--output", str(tmp_path / "x.pt"),
                  "--corrections", str(corrections)]) == 2
+    # the corrections are read in their folder's own statistics: a folder too small for them is refused
+    few = tmp_path / "few"
+    few.mkdir()
+    for i in range(3):
+        shutil.copy(tmp / "new" / f"l{i}.png", few / f"l{i}.png")
+    corrections.write_text("relpath,label\nl0.png,lymph\n")
+    assert main(["train-classifier", str(clf), str(tmp / "lab"), "--output", str(tmp_path / "x.pt"),
+                 "--corrections", str(corrections), "--corrections-folder", str(few)]) == 2
+    assert "3 image file(s)" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
 
 
