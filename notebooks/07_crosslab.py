@@ -584,10 +584,7 @@ nucleus_table.round(3)
 # the nucleus found in it (and in the experts' cell) against the experts' nucleus, per class.
 
 # %% tags=["hide-input"]
-if cs.measurement_config(headline_source).mask_source == "stain":
-    nucleus_per_image = nr.nucleus_against_experts(headline_source, root)
-else:  # a detector's measurement: no stain segmentation to score
-    nucleus_per_image = pd.DataFrame(columns=["dataset", "class_folder", "stem", "reading", *nr.EXPERT_COLUMNS])
+nucleus_per_image = nr.nucleus_against_experts(headline_source, root)  # no rows for a detector's measurement
 nucleus_vs_expert = nr.nucleus_against_experts_summary(nucleus_per_image)
 save_table(nucleus_vs_expert, tables / "crosslab_nucleus_vs_expert.csv")
 for key, value in nr.nucleus_against_experts_glue(nucleus_vs_expert).items():

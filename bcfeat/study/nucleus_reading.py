@@ -148,16 +148,16 @@ def nucleus_against_experts(measurement: str, data_root: str | Path, max_images:
     with the experts' nucleus on the same canvas; ``share_expert_cell`` and
     ``nucleus_iou_expert_cell``, the same with the crop cut around the experts' cell (the nucleus
     threshold alone, the cell mask taken as right). Datasets without images or masks under
-    ``data_root`` give no rows.
+    ``data_root``, and a measurement without a stain segmentation (the detector's), give no rows.
     """
     from bcfeat.data.images import read_image
     from bcfeat.detection.mask_metrics import MASKED_DATASETS, expert_mask_pairs, load_expert_mask, load_expert_nucleus
     from bcfeat.detection.pseudo_masks import centred_ellipse, segment_white_cell
 
     config = measurement_config(measurement)
-    if config.mask_source != "stain":
-        raise ValueError(f"{measurement!r} is not a stain-segmentation measurement")
     columns = ["dataset", "class_folder", "stem", "reading", *EXPERT_COLUMNS]
+    if config.mask_source != "stain":
+        return pd.DataFrame(columns=columns)
     rows = []
     for dataset in MASKED_DATASETS:
         try:
@@ -208,14 +208,17 @@ def nucleus_by_call(per_image: pd.DataFrame, predictions: pd.DataFrame, samples:
     cell was called ``called``: ``n_cells``, the median ``expert_share``, ``share`` and
     ``share_expert_cell``, and the mean ``nucleus_iou`` and ``cell_iou``. Expert-masked images that
     the predictions do not cover are left out."""
+    columns = ["dataset", "true_class", "called", "n_cells", "expert_share", "share", "share_expert_cell",
+               "nucleus_iou", "cell_iou"]
+    per_image = per_image[per_image["reading"] == reading]
+    if per_image.empty:
+        return pd.DataFrame(columns=columns)
     paths = samples["path"].to_numpy()
     calls = pd.DataFrame({"dataset": predictions["test_domain"].to_numpy(),
                           "stem": [Path(paths[r]).stem for r in predictions["row"]],
                           "true_class": predictions["y_true"].to_numpy(),
                           "called": predictions["y_pred"].to_numpy() == called})
-    joined = per_image[per_image["reading"] == reading].merge(calls, on=["dataset", "stem"], validate="one_to_one")
-    columns = ["dataset", "true_class", "called", "n_cells", "expert_share", "share", "share_expert_cell",
-               "nucleus_iou", "cell_iou"]
+    joined = per_image.merge(calls, on=["dataset", "stem"], validate="one_to_one")
     if joined.empty:
         return pd.DataFrame(columns=columns)
     return joined.groupby(["dataset", "true_class", "called"], sort=False).agg(

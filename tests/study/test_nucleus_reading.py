@@ -135,10 +135,12 @@ def test_the_nucleus_is_scored_against_the_experts_and_granules_as_dark_as_it_sh
     assert glue["crosslab_nucexp_red_n_images_jtsc_zheng18_all"] == 2
     shown = nr.nucleus_against_experts_display(summary)
     assert shown.loc[("jtsc_zheng18", "all"), "expert share"] == s.loc[("jtsc_zheng18", "total", "all"), "expert_share"]
-    # a dataset folder without masks gives no rows; a detector's measurement has no stain segmentation
+    # a dataset folder without masks gives no rows, nor does a detector's measurement (no stain segmentation)
     assert nr.nucleus_against_experts("stain+nucdisk+normtex", tmp_path / "elsewhere").empty
-    with pytest.raises(ValueError, match="not a stain-segmentation measurement"):
-        nr.nucleus_against_experts("detector", tmp_path / "datasets")
+    none = nr.nucleus_against_experts("detector", tmp_path / "datasets")
+    assert none.empty and list(none.columns) == ["dataset", "class_folder", "stem", "reading", *nr.EXPERT_COLUMNS]
+    assert nr.nucleus_by_call(none, pd.DataFrame({"test_domain": [], "row": [], "y_true": [], "y_pred": []}),
+                              pd.DataFrame({"path": []})).empty
 
 
 def test_on_the_shared_sites_the_deployed_cell_mask_matches_the_experts(data_root):
