@@ -84,14 +84,13 @@ def _corrections_files(corrections: str | os.PathLike, folder: str | os.PathLike
     return pd.DataFrame({"relpath": table["relpath"].to_numpy(), "path": paths, "label": table["label"].to_numpy()})
 
 
-def _corrections_call(model: CrossLabModel, corrections: str | os.PathLike, folder: str | os.PathLike
-                      ) -> tuple[LabelledCall, pd.Series, list[tuple[str, str]]]:
+def _corrections_call(model: CrossLabModel, corrections: str | os.PathLike, extra: pd.DataFrame,
+                      folder: str | os.PathLike) -> tuple[LabelledCall, pd.Series, list[tuple[str, str]]]:
     """A reviewer's corrections of a classified folder as one :class:`LabelledCall`: every image
     below ``folder`` is measured again (the call's statistics are those of its cells with a cell
     found, as when it was classified) and the corrected ones carry their labels. Returns the call,
     the corrections per class and the skipped files (a corrected image that cannot be read, or
-    where no cell was found, is skipped with its reason)."""
-    extra = _corrections_files(corrections, folder)
+    where no cell was found, is skipped with its reason). ``extra``: :func:`_corrections_files`'s table."""
     found: list[bool] = []
     files, feats, skipped = _measure_folder(model, folder, labelled=False, found=found, min_images=MIN_SITE_CELLS)
     found = np.asarray(found, bool)
@@ -138,8 +137,9 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
     if (corrections is None) != (corrections_folder is None):
         raise ValueError("--corrections and --corrections-folder go together: the corrections' relpaths are "
                          "relative to the folder that was classified")
+    extra = None
     if corrections is not None:  # a bad table, or a folder too small for its statistics, fails before any measuring
-        _corrections_files(corrections, corrections_folder)
+        extra = _corrections_files(corrections, corrections_folder)
         n_files = len(_folder_files(corrections_folder, labelled=False)[0])
         if n_files < MIN_SITE_CELLS:
             raise ValueError(f"--corrections-folder {corrections_folder}: {n_files} image file(s); the corrections "
@@ -153,7 +153,7 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
     files, feats, skipped = _measure_folder(model, folder, labelled=True, min_images=MIN_SITE_CELLS)
     calls, counts = [], files["label"].value_counts()
     if corrections is not None:
-        call, corrected, more = _corrections_call(model, corrections, corrections_folder)
+        call, corrected, more = _corrections_call(model, corrections, extra, corrections_folder)
         calls, counts = [call], counts.add(corrected, fill_value=0).astype(int)
         skipped = sorted(skipped + more)
     counts = counts.sort_index()

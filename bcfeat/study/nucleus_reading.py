@@ -175,11 +175,11 @@ def nucleus_against_experts(measurement: str, data_root: str | Path, max_images:
                      "expert": canonical_crop(image, expert_cell, config.crop, ruler=False)}
             truth = {"ours": canvas_mask(expert_nucleus, cell, config.crop),
                      "expert": canvas_mask(expert_nucleus, expert_cell, config.crop)}
+            image_row = {"dataset": dataset, "class_folder": pair.class_folder, "stem": pair.stem,
+                         "cell_iou": _iou(cell, expert_cell), "expert_share": _share(expert_nucleus, expert_cell)}
             for reading in NUCLEUS_OD:
                 found = {k: nucleus_mask(crop, reading) for k, crop in crops.items()}
-                rows.append({"dataset": dataset, "class_folder": pair.class_folder, "stem": pair.stem,
-                             "reading": reading, "cell_iou": _iou(cell, expert_cell),
-                             "expert_share": _share(expert_nucleus, expert_cell),
+                rows.append({**image_row, "reading": reading,
                              "share": _share(found["ours"], crops["ours"].mask),
                              "nucleus_iou": _iou(found["ours"], truth["ours"]),
                              "share_expert_cell": _share(found["expert"], crops["expert"].mask),
