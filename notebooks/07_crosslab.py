@@ -601,8 +601,8 @@ nucleus_calls = nr.nucleus_by_call(nucleus_per_image, predictions, samples, "bas
 save_table(nucleus_calls, tables / "crosslab_nucleus_by_call.csv")
 for key, value in nr.nucleus_by_call_glue(nucleus_calls, "basophil").items():
     glue(key, value, display=False)
-glue("crosslab_nucleus_by_call", nucleus_calls.set_index(["dataset", "true_class", "called"]).round(2), display=False)
-nucleus_calls.round(2)
+glue("crosslab_nucleus_by_call", nr.nucleus_by_call_display(nucleus_calls, "basophil").round(2), display=False)
+nr.nucleus_by_call_display(nucleus_calls, "basophil").round(2)
 
 # %% [markdown]
 # ## A few labelled cells of the new lab

@@ -240,15 +240,40 @@ def nucleus_by_call_glue(table: pd.DataFrame, called: str = "basophil") -> dict:
 
 
 def nucleus_against_experts_display(summary: pd.DataFrame) -> pd.DataFrame:
-    """The summary as the chapter shows it: one row per dataset and class, the share of the nucleus
-    (experts', ours, ours in the experts' cell) and its IoU per reading beside the cell's IoU."""
+    """The summary as the chapter shows it: one row per dataset and class, and columns under three
+    headings: the images and the cell mask's IoU; the share of the cell that is nucleus (the
+    experts', ours, ours inside the experts' cell outline); the nucleus IoU (in our cell, in the
+    experts' cell, and for the nucleus read in the red channel, whose share comes last)."""
     total = summary[summary["reading"] == "total"].set_index(["dataset", "class_folder"])
     red = summary[summary["reading"] == "red"].set_index(["dataset", "class_folder"])
-    return pd.DataFrame({
-        "images": total["n_images"], "cell IoU": total["cell_iou"], "expert share": total["expert_share"],
-        "share": total["share"], "share (expert cell)": total["share_expert_cell"],
-        "nucleus IoU": total["nucleus_iou"], "nucleus IoU (expert cell)": total["nucleus_iou_expert_cell"],
-        "red: share": red["share"], "red: nucleus IoU": red["nucleus_iou"]})
+    columns = {
+        ("cell", "images"): total["n_images"], ("cell", "IoU"): total["cell_iou"],
+        ("nucleus share", "experts"): total["expert_share"], ("nucleus share", "ours"): total["share"],
+        ("nucleus share", "ours, experts' cell"): total["share_expert_cell"],
+        ("nucleus share", "red"): red["share"],
+        ("nucleus IoU", "ours"): total["nucleus_iou"],
+        ("nucleus IoU", "ours, experts' cell"): total["nucleus_iou_expert_cell"],
+        ("nucleus IoU", "red"): red["nucleus_iou"]}
+    table = pd.DataFrame(columns)
+    table.columns = pd.MultiIndex.from_tuples(columns)
+    table.index.names = ["dataset", "class"]
+    return table
+
+
+def nucleus_by_call_display(table: pd.DataFrame, called: str = "basophil") -> pd.DataFrame:
+    """:func:`nucleus_by_call`'s table as the chapter shows it: rows by dataset, true class and
+    whether the cell was called ``called``; columns under readable headings."""
+    shown = table.assign(called=table["called"].map({True: "yes", False: "no"}))
+    shown = shown.set_index(["dataset", "true_class", "called"])
+    shown.index.names = ["dataset", "true class", f"called {called}"]
+    columns = {("", "cells"): shown["n_cells"],
+               ("nucleus share (median)", "experts"): shown["expert_share"],
+               ("nucleus share (median)", "ours"): shown["share"],
+               ("nucleus share (median)", "ours, experts' cell"): shown["share_expert_cell"],
+               ("IoU (mean)", "nucleus"): shown["nucleus_iou"], ("IoU (mean)", "cell"): shown["cell_iou"]}
+    out = pd.DataFrame(columns)
+    out.columns = pd.MultiIndex.from_tuples(columns)
+    return out
 
 
 def nucleus_against_experts_glue(summary: pd.DataFrame) -> dict:
@@ -265,4 +290,4 @@ def nucleus_against_experts_glue(summary: pd.DataFrame) -> dict:
 
 __all__ = ["red_nucleus_measurement", "with_measurement", "nucleus_reading_table", "nucleus_reading_display",
            "nucleus_reading_glue", "EXPERT_COLUMNS", "nucleus_against_experts", "nucleus_against_experts_summary",
-           "nucleus_by_call", "nucleus_by_call_glue", "nucleus_against_experts_display", "nucleus_against_experts_glue"]
+           "nucleus_by_call", "nucleus_by_call_glue", "nucleus_by_call_display", "nucleus_against_experts_display", "nucleus_against_experts_glue"]

@@ -134,7 +134,8 @@ def test_the_nucleus_is_scored_against_the_experts_and_granules_as_dark_as_it_sh
     glue = nr.nucleus_against_experts_glue(summary)
     assert glue["crosslab_nucexp_red_n_images_jtsc_zheng18_all"] == 2
     shown = nr.nucleus_against_experts_display(summary)
-    assert shown.loc[("jtsc_zheng18", "all"), "expert share"] == s.loc[("jtsc_zheng18", "total", "all"), "expert_share"]
+    assert shown.loc[("jtsc_zheng18", "all"), ("nucleus share", "experts")] == s.loc[("jtsc_zheng18", "total", "all"), "expert_share"]
+    assert shown.loc[("jtsc_zheng18", "all"), ("nucleus IoU", "red")] == s.loc[("jtsc_zheng18", "red", "all"), "nucleus_iou"]
     # a dataset folder without masks gives no rows, nor does a detector's measurement (no stain segmentation)
     assert nr.nucleus_against_experts("stain+nucdisk+normtex", tmp_path / "elsewhere").empty
     none = nr.nucleus_against_experts("detector", tmp_path / "datasets")
@@ -173,6 +174,10 @@ def test_the_nucleus_per_call_joins_the_experts_images_with_the_cells_called_bas
     assert nr.nucleus_by_call(per_image, predictions, samples, "basophil", reading="red").set_index(
         ["true_class", "called"]).loc[("eosinophil", True), "share"] == 0.45
     glue = nr.nucleus_by_call_glue(table, "basophil")
+    shown = nr.nucleus_by_call_display(table, "basophil")
+    assert shown.index.names == ["dataset", "true class", "called basophil"]
+    assert shown.loc[("jtsc_zheng18", "eosinophil", "yes"), ("nucleus share (median)", "ours")] == 0.5
+    assert shown.loc[("jtsc_zheng18", "neutrophil", "yes"), ("", "cells")] == 1
     assert glue["crosslab_nucbycall_jtsc_zheng18_eosinophil_basophil_share"] == 0.5
     assert glue["crosslab_nucbycall_jtsc_zheng18_eosinophil_not_n_cells"] == 1
     assert nr.nucleus_by_call(per_image.iloc[:0], predictions, samples).empty
