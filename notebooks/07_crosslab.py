@@ -35,6 +35,7 @@ n_workers: int = 2  # processes measuring the crops
 candidate_C: str = "0.03,0.1"  # inverse L2 strengths of the linear model compared by the selection
 candidate_groups: str = "all,no_texture,no_fine_texture,no_ruler"  # feature sets compared by the selection
 ablation_cells: int = 400  # cells per site re-measured for the crop lever (0: skip it)
+red_cell_lever: bool = True  # read every cell's optical densities against the red cells of its own photograph (a colour reference within the photograph) and compare with the deployed reading (reported, not chosen)
 red_nucleus_lever: bool = True  # measure every cell again with the nucleus found in the red channel's optical density (the nuclear dye's) and compare with the deployed reading (reported, not chosen)
 ssl_epochs: int = 4  # epochs of the self-supervised encoder (0: skip the lever)
 ssl_image_size: int = 40  # crop side the encoder reads
@@ -78,6 +79,8 @@ from bcfeat.atomic_io import save_table
 from bcfeat.study import crosslab as cs
 from bcfeat.study import crosslab_figures as cf
 from bcfeat.study import crosslab_validation as cv
+from bcfeat.study import class_profiles as cp
+from bcfeat.study import colour_reference as crr
 from bcfeat.study import nucleus_reading as nr
 from bcfeat.study import real_lab_selection as rs
 from bcfeat.study import texture_gate as tg
@@ -494,6 +497,48 @@ if series is not None:
         glue(f"crosslab_untouched_calls_{key}", row.balanced_accuracy, display=False)
     display(pd.DataFrame([confound]))
     display(modes.round(3))
+
+# %% [markdown]
+# Where the features stop carrying: per feature group that the chosen setting reads, how far each
+# lab's class profiles (each class's mean against the others', in the lab's own within-class
+# spread) agree with the training cells' (`bcfeat.study.class_profiles`). It reads every lab's
+# labels, so it explains the scores above and chooses nothing.
+
+# %% tags=["hide-input"]
+profiles = cp.setting_profile_agreement((source_X, source_y), report_labs, headline_setting)
+save_table(profiles, tables / "crosslab_class_profiles.csv")
+for key, value in cp.profile_agreement_glue(profiles).items():
+    glue(key, value, display=False)
+glue("crosslab_class_profiles", cp.profile_agreement_display(profiles).round(2), display=False)
+cp.profile_agreement_display(profiles).round(2)
+
+# %% [markdown]
+# A colour reference within each photograph: every optical-density level of the cell read against
+# the red cells around it (`bcfeat.study.colour_reference`; they take the same eosin and light),
+# the chosen setting trained and read that way beside the deployed reading. Reported, not chosen.
+
+# %% tags=["hide-input"]
+red_reference = None
+if red_cell_lever:
+    red_reference = crr.red_cell_reference(samples["path"].tolist(), artifacts, headline_source, n_workers)
+if red_reference is not None:
+    untouched_reference = None
+    if untouched is not None:
+        untouched_reference = (untouched_name, *untouched, crr.red_cell_reference(
+            cv.untouched_files(untouched_folder)["path"].tolist(), artifacts, headline_source, n_workers,
+            cache_name="untouched_red_cells"))
+    colour_reference = crr.colour_reference_table(measured, samples, plan, headline_setting, seed, red_reference,
+                                                  design=design, untouched=untouched_reference)
+    for key, value in crr.colour_reference_glue(colour_reference).items():
+        glue(key, value, display=False)
+else:  # not asked for, or a detector's measurement (no stain segmentation to find the red cells around)
+    colour_reference = pd.DataFrame(columns=["reading", "lab", "n_cells", "balanced_accuracy", "macro_f1",
+                                             "missing_reference"])
+save_table(colour_reference, tables / "crosslab_colour_reference.csv")
+glue("crosslab_colour_reference", crr.colour_reference_display(colour_reference).round(3), display=False)
+crr.colour_reference_display(colour_reference).round(3)
+
+# %% tags=["hide-input"]
 # the best candidate the rule excluded (a mask whose training overlaps the development cells), scored the same way
 if excluded_best != headline_setting:
     excluded = cv.fit_setting(measured, samples, plan, excluded_best, seed, source=design.source)

@@ -176,6 +176,32 @@ def red_cell_diameter(image: np.ndarray, cell_mask: np.ndarray, background: np.n
     return float(np.median(diameters) / scale)
 
 
+def red_cell_od(image: np.ndarray, cell_mask: np.ndarray, background: np.ndarray,
+                min_pixels: int = 32) -> np.ndarray:
+    """The red cells' colour in the same photograph: the per-channel median optical density
+    ``(R, G, B)`` of the pixels outside the white cell (dilated by three pixels) whose green optical
+    density is above Otsu's threshold there (red cells absorb green light; the slide between them
+    does not). NaN where fewer than 64 pixels lie outside the cell or fewer than ``min_pixels`` pass.
+
+    Red cells take the same eosin in every photograph of a smear, so this is a colour reference
+    within the photograph (the red-cell ruler, :func:`red_cell_diameter`, is one for size).
+
+    >>> img = np.full((60, 60, 3), 240, np.uint8); img[:, :20] = (200, 120, 150)   # red cells on the left
+    >>> cell = np.zeros((60, 60), bool); cell[25:35, 40:50] = True
+    >>> od = red_cell_od(img, cell, np.array([240.0, 240.0, 240.0]))
+    >>> [round(float(v), 2) for v in od]
+    [0.08, 0.3, 0.2]
+    """
+    od = -np.log10(np.clip(image.astype(np.float64), 1.0, None) / background)
+    outside = od[~ndi.binary_dilation(cell_mask, iterations=3)]
+    if len(outside) < 64 or np.ptp(outside[:, 1]) < 1e-6:
+        return np.full(3, np.nan)
+    red = outside[outside[:, 1] > filters.threshold_otsu(outside[:, 1])]
+    if len(red) < min_pixels:
+        return np.full(3, np.nan)
+    return np.median(red, axis=0)
+
+
 def _smoothed_window(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, sigma: float
                      ) -> tuple[np.ndarray, int, int]:
     """``ndi.gaussian_filter(image, (sigma, sigma, 0))`` (float32) on the part of the image that
@@ -293,4 +319,4 @@ def canonical_crop(image: np.ndarray, cell_mask: np.ndarray, cfg: CropConfig | N
                     red_cell_diameter_px=red)
 
 
-__all__ = ["CropConfig", "CellCrop", "background_colour", "red_cell_diameter", "canvas_mask", "canonical_crop"]
+__all__ = ["CropConfig", "CellCrop", "background_colour", "red_cell_diameter", "red_cell_od", "canvas_mask", "canonical_crop"]

@@ -387,4 +387,45 @@ def cell_features(crop: CellCrop, texture_od: str = "raw", fine_texture: bool = 
     return np.asarray(feats, dtype=np.float64)
 
 
-__all__ = ["GROUPS", "TEXTURE_OD", "NUCLEUS_OD_REFERENCE", "NUCLEUS_OD", "nucleus_density", "nucleus_mask", "texture_density", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "FINE_TEXTURE", "fine_texture_columns", "cell_features"]
+def red_cell_referenced_columns() -> dict[int, int | None]:
+    """The feature columns that are an optical density's level, each with the channel of the red
+    cells' optical density it is read against (0, 1, 2; ``None``: their sum): the nucleus's,
+    cytoplasm's and cell's mean per channel and the quantiles of their summed density, and the
+    radial rings' summed density. Spreads, chromaticities, Lab, contrasts and texture are left."""
+    out: dict[int, int | None] = {}
+    for j, name in enumerate(feature_names()):
+        part, _, stat = name.partition("_")
+        if part in ("nucleus", "cytoplasm", "cell") and stat in ("od_r", "od_g", "od_b"):
+            out[j] = "rgb".index(stat[-1])
+        elif part in ("nucleus", "cytoplasm", "cell") and stat.startswith("od_sum_q"):
+            out[j] = None
+        elif part.startswith("ring") and stat == "od_sum":
+            out[j] = None
+    return out
+
+
+def relative_to_red_cells(features: np.ndarray, red_od: np.ndarray) -> np.ndarray:
+    """Cell features ``(n, d)`` with every optical-density level read against the red cells of the
+    same photograph (:func:`bcfeat.crosslab.cell_crop.red_cell_od`, ``(n, 3)``): the red cells'
+    density (per channel, or summed) subtracted, so that a photograph stained or lit more strongly
+    than the next does not move them. Rows whose reference is NaN give NaN there.
+
+    >>> names = feature_names(); X = np.zeros((1, len(names))); X[0, names.index("nucleus_od_g")] = 0.9
+    >>> Y = relative_to_red_cells(X, np.array([[0.1, 0.3, 0.2]]))
+    >>> round(float(Y[0, names.index("nucleus_od_g")]), 2), round(float(Y[0, names.index("ring0_od_sum")]), 2)
+    (0.6, -0.6)
+    """
+    features = np.array(features, dtype=np.float64)
+    red_od = np.asarray(red_od, dtype=np.float64)
+    if features.ndim != 2 or features.shape[1] != len(feature_names()):
+        raise ValueError(f"expected (n, {len(feature_names())}) cell features, got {features.shape}")
+    if red_od.shape != (len(features), 3):
+        raise ValueError(f"expected ({len(features)}, 3) red-cell optical densities, got {red_od.shape}")
+    total = red_od.sum(axis=1)
+    for column, channel in red_cell_referenced_columns().items():
+        features[:, column] -= total if channel is None else red_od[:, channel]
+    return features
+
+
+__all__ = ["GROUPS", "TEXTURE_OD", "NUCLEUS_OD_REFERENCE", "NUCLEUS_OD", "nucleus_density", "nucleus_mask", "texture_density", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "FINE_TEXTURE", "fine_texture_columns", "cell_features",
+           "red_cell_referenced_columns", "relative_to_red_cells"]

@@ -313,24 +313,34 @@ def write_deployed_model(measured: dict, samples: pd.DataFrame, path: Path, sett
     return save_model(Path(path), model)
 
 
-def untouched_lab(folder: str | Path, artifacts: Path, mask_source: str, n_workers: int,
-                  detector_file: str | Path | None = None):
-    """Features and labels of a labelled folder ``<folder>/<class>/<image>`` kept out of every
-    choice (``None`` when ``folder`` is empty or absent): ``(X raw (n, d), y (n,))``."""
+def untouched_files(folder: str | Path) -> pd.DataFrame | None:
+    """The images of a labelled folder ``<folder>/<class>/<image>`` in the order
+    :func:`untouched_lab` measures them, with their ``path`` and ``label`` (``None`` when
+    ``folder`` is empty or absent); class folders outside coarse5 are an error."""
     from bcfeat.data.image_folders import folder_images
-    from bcfeat.study.crosslab_measurement import measure_cells
 
-    if not str(folder):
+    if not str(folder) or not Path(folder).is_dir():
         return None
     folder = Path(folder)
-    if not folder.is_dir():
-        return None
     files, _ = folder_images(folder, "files")
     files = files[files["relpath"].map(lambda r: len(Path(r).parts) == 2)].reset_index(drop=True)
     files["label"] = files["relpath"].map(lambda r: Path(r).parts[0])
     unknown = sorted(set(files["label"]) - set(LABELS))
     if unknown:
         raise ValueError(f"{folder}: class folders {unknown} are not coarse5 classes {LABELS}")
+    return files
+
+
+def untouched_lab(folder: str | Path, artifacts: Path, mask_source: str, n_workers: int,
+                  detector_file: str | Path | None = None):
+    """Features and labels of a labelled folder ``<folder>/<class>/<image>`` kept out of every
+    choice (``None`` when ``folder`` is empty or absent): ``(X raw (n, d), y (n,))``."""
+    from bcfeat.study.crosslab_measurement import measure_cells
+
+    files = untouched_files(folder)
+    if files is None:
+        return None
+    folder = Path(folder)
     measured = measure_cells(files.assign(domain=folder.name), artifacts, mask_source, n_workers,
                              cache_name="untouched", detector_file=detector_file)
     return measured.features, files["label"].to_numpy()
