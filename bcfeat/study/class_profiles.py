@@ -89,17 +89,21 @@ def setting_profile_agreement(source: tuple[np.ndarray, np.ndarray], labs: dict[
 
 
 def profile_agreement_display(table: pd.DataFrame) -> pd.DataFrame:
-    """The table as the chapter shows it: one row per feature group, the labs side by side under
-    each measure."""
+    """The table as the chapter shows it: one row per feature group and measure (median
+    correlation, share reversed, separation), one column per lab."""
     if table.empty:
         return table
-    shown = table.pivot(index="group", columns="lab", values=["median_correlation", "reversed_share", "separation"])
+    names = {"median_correlation": "median correlation", "reversed_share": "share reversed",
+             "separation": "separation"}
     labs = list(dict.fromkeys(table["lab"]))
     groups = list(dict.fromkeys(table["group"]))
-    shown = shown.reindex(index=groups, columns=pd.MultiIndex.from_product(
-        [["median_correlation", "reversed_share", "separation"], labs]))
-    return shown.rename(columns={"median_correlation": "median correlation", "reversed_share": "share reversed"},
-                        level=0)
+    long = table.melt(id_vars=["lab", "group"], value_vars=list(names), var_name="measure")
+    long["measure"] = long["measure"].map(names)
+    shown = long.pivot_table(index=["group", "measure"], columns="lab", values="value", sort=False, dropna=False)
+    order = pd.MultiIndex.from_product([groups, list(names.values())], names=["group", "measure"])
+    shown = shown.reindex(index=order, columns=labs)
+    shown.columns.name = None
+    return shown
 
 
 def profile_agreement_glue(table: pd.DataFrame) -> dict:

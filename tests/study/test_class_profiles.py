@@ -56,4 +56,5 @@ def test_features_not_read_or_without_a_profile_are_skipped():
     glue = cp.profile_agreement_glue(table)
     assert glue["crosslab_profile_lab_a_n_features"] == 1
     shown = cp.profile_agreement_display(table)
-    assert shown.loc["a", ("median correlation", "lab")] == table["median_correlation"].iloc[0]
+    assert shown.loc[("a", "median correlation"), "lab"] == table["median_correlation"].iloc[0]
+    assert list(shown.index.get_level_values("measure")) == ["median correlation", "share reversed", "separation"]
