@@ -532,8 +532,7 @@ if red_reference is not None:
     for key, value in crr.colour_reference_glue(colour_reference).items():
         glue(key, value, display=False)
 else:  # not asked for, or a detector's measurement (no stain segmentation to find the red cells around)
-    colour_reference = pd.DataFrame(columns=["reading", "lab", "n_cells", "balanced_accuracy", "macro_f1",
-                                             "missing_reference"])
+    colour_reference = pd.DataFrame(columns=crr.COLUMNS)
 save_table(colour_reference, tables / "crosslab_colour_reference.csv")
 glue("crosslab_colour_reference", crr.colour_reference_display(colour_reference).round(3), display=False)
 crr.colour_reference_display(colour_reference).round(3)

@@ -95,13 +95,16 @@ def fill_by_lab(red_od: np.ndarray, labs: Sequence[str]) -> np.ndarray:
     return out
 
 
-def referenced(measured: Measured, red_od: np.ndarray, labs: Sequence[str]) -> Measured:
-    """The same cells with every optical-density level read against their photograph's red cells
-    (NaN references filled per lab, :func:`fill_by_lab`)."""
+def _against_red_cells(features: np.ndarray, red_od: np.ndarray, labs: Sequence[str]) -> np.ndarray:
+    """Every optical-density level read against the photograph's red cells, NaN references filled
+    per lab (:func:`fill_by_lab`)."""
     from bcfeat.crosslab.cell_features import relative_to_red_cells
 
-    return Measured(relative_to_red_cells(measured.features, fill_by_lab(red_od, labs)), measured.crops,
-                    measured.minutes, measured.detector_file)
+    return relative_to_red_cells(features, fill_by_lab(red_od, labs))
+
+
+#: The columns of :func:`colour_reference_table` (also of its empty table, when the lever is not run).
+COLUMNS = ["reading", "lab", "n_cells", "balanced_accuracy", "macro_f1", "missing_reference"]
 
 
 def colour_reference_table(measured: dict[str, Measured], samples: pd.DataFrame, plan: SplitPlan, setting: str,
@@ -114,14 +117,14 @@ def colour_reference_table(measured: dict[str, Measured], samples: pd.DataFrame,
     features, labels, red-cell reference), that lab, each in one call. Columns: ``reading, lab,
     n_cells, balanced_accuracy, macro_f1, missing_reference`` (the share of the lab's photographs
     in which no red cells were found)."""
-    from bcfeat.crosslab.cell_features import relative_to_red_cells
-
     from bcfeat.study.crosslab_settings import parse_setting
 
     measurement = parse_setting(setting)["source"]
     domains = samples["domain"].to_numpy()
     twin = measurement + RED_CELL_REFERENCE
-    readings = {"background": measured, "red cells": {**measured, twin: referenced(measured[measurement], red_od, domains)}}
+    cells = measured[measurement]
+    readings = {"background": measured, "red cells": {**measured, twin: Measured(
+        _against_red_cells(cells.features, red_od, domains), cells.crops, cells.minutes, cells.detector_file)}}
     missing = pd.Series(np.isnan(red_od).any(axis=1)).groupby(domains).mean()
     rows = []
     for reading, cells in readings.items():
@@ -131,7 +134,7 @@ def colour_reference_table(measured: dict[str, Measured], samples: pd.DataFrame,
                 for site, (X, y) in real_labs(cells, samples, plan, name, design=design).items()}
         if untouched is not None:
             lab, X, y, lab_red = untouched
-            X = X if reading == "background" else relative_to_red_cells(X, fill_by_lab(lab_red, [lab] * len(X)))
+            X = X if reading == "background" else _against_red_cells(X, lab_red, [lab] * len(X))
             labs[lab] = (X, y, float(np.isnan(lab_red).any(axis=1).mean()))
         for lab, (X, y, miss) in labs.items():
             predicted = clf.predict(X)
@@ -139,8 +142,7 @@ def colour_reference_table(measured: dict[str, Measured], samples: pd.DataFrame,
                          "balanced_accuracy": float(balanced_accuracy_score(y, predicted)),
                          "macro_f1": float(f1_score(y, predicted, average="macro", labels=clf.classes_, zero_division=0)),
                          "missing_reference": miss})
-    return pd.DataFrame(rows, columns=["reading", "lab", "n_cells", "balanced_accuracy", "macro_f1",
-                                       "missing_reference"])
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def colour_reference_display(table: pd.DataFrame) -> pd.DataFrame:
@@ -170,5 +172,5 @@ def colour_reference_glue(table: pd.DataFrame) -> dict:
     return out
 
 
-__all__ = ["RED_CELL_REFERENCE", "red_cell_reference", "fill_by_lab", "referenced", "colour_reference_table",
+__all__ = ["RED_CELL_REFERENCE", "COLUMNS", "red_cell_reference", "fill_by_lab", "colour_reference_table",
            "colour_reference_display", "colour_reference_glue"]

@@ -254,8 +254,7 @@ def nucleus_against_experts_display(summary: pd.DataFrame) -> pd.DataFrame:
         ("nucleus IoU", "ours"): total["nucleus_iou"],
         ("nucleus IoU", "ours, experts' cell"): total["nucleus_iou_expert_cell"],
         ("nucleus IoU", "red"): red["nucleus_iou"]}
-    table = pd.DataFrame(columns)
-    table.columns = pd.MultiIndex.from_tuples(columns)
+    table = pd.DataFrame(columns)  # tuple keys: two-level column headings
     table.index.names = ["dataset", "class"]
     return table
 
@@ -271,9 +270,7 @@ def nucleus_by_call_display(table: pd.DataFrame, called: str = "basophil") -> pd
                ("nucleus share (median)", "ours"): shown["share"],
                ("nucleus share (median)", "ours, experts' cell"): shown["share_expert_cell"],
                ("IoU (mean)", "nucleus"): shown["nucleus_iou"], ("IoU (mean)", "cell"): shown["cell_iou"]}
-    out = pd.DataFrame(columns)
-    out.columns = pd.MultiIndex.from_tuples(columns)
-    return out
+    return pd.DataFrame(columns)  # tuple keys: two-level column headings
 
 
 def nucleus_against_experts_glue(summary: pd.DataFrame) -> dict:
