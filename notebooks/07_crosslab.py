@@ -80,6 +80,7 @@ from bcfeat.study import crosslab as cs
 from bcfeat.study import crosslab_figures as cf
 from bcfeat.study import crosslab_validation as cv
 from bcfeat.study import class_profiles as cp
+from bcfeat.study import own_label_ceiling as olc
 from bcfeat.study import colour_reference as crr
 from bcfeat.study import nucleus_reading as nr
 from bcfeat.study import real_lab_selection as rs
@@ -497,6 +498,22 @@ if series is not None:
         glue(f"crosslab_untouched_calls_{key}", row.balanced_accuracy, display=False)
     display(pd.DataFrame([confound]))
     display(modes.round(3))
+
+# %% [markdown]
+# How much of each lab the features can learn from that lab's own labels (`bcfeat.study.own_label_ceiling`):
+# the chosen setting trained on the training lab's cells, on those plus the lab's labelled cells of
+# the other folds, and on the lab's own labelled cells alone, every cell predicted out of fold with
+# the lab's folder read as one call. The untouched lab is folded twice: at random, and one photograph
+# series held out at a time. It reads labels, so it explains the scores and chooses nothing.
+
+# %% tags=["hide-input"]
+ceiling = olc.own_label_table((source_X, source_y), report_labs, headline_setting,
+                              {untouched_name: series} if series is not None else None, seed=seed)
+save_table(ceiling, tables / "crosslab_own_label_ceiling.csv")
+for key, value in olc.own_label_glue(ceiling).items():
+    glue(key, value, display=False)
+glue("crosslab_own_label_ceiling", olc.own_label_display(ceiling).round(3), display=False)
+olc.own_label_display(ceiling).round(3)
 
 # %% [markdown]
 # Where the features stop carrying: per feature group that the chosen setting reads, how far each
