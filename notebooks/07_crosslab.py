@@ -516,6 +516,28 @@ glue("crosslab_own_label_ceiling", olc.own_label_display(ceiling).round(3), disp
 olc.own_label_display(ceiling).round(3)
 
 # %% [markdown]
+# Which feature groups carry from one of the untouched lab's photograph series to the next: the chosen
+# setting's classifier on each group alone, trained on the lab's own labels, random folds beside one
+# series held out at a time.
+
+# %% tags=["hide-input"]
+if series is not None:
+    by_group = olc.own_label_by_group(*untouched, series, headline_setting, seed=seed)
+else:
+    by_group = pd.DataFrame(columns=olc.GROUP_COLUMNS)
+save_table(by_group, tables / "crosslab_own_label_by_group.csv")
+for row in by_group.itertuples(index=False):
+    for column in ("random_folds", "series_held_out"):
+        glue(f"crosslab_series_group_{row.group.replace(' ', '_')}_{column}", float(getattr(row, column)), display=False)
+single = by_group[~by_group["group"].isin(["all it reads", "all but colour"])]
+if len(single):
+    best = single.loc[single["series_held_out"].idxmax()]
+    glue("crosslab_series_group_best_single", str(best["group"]), display=False)
+    glue("crosslab_series_group_best_single_value", float(best["series_held_out"]), display=False)
+glue("crosslab_own_label_by_group", by_group.set_index("group").round(3), display=False)
+by_group.set_index("group").round(3)
+
+# %% [markdown]
 # Where the features stop carrying: per feature group that the chosen setting reads, how far each
 # lab's class profiles (each class's mean against the others', in the lab's own within-class
 # spread) agree with the training cells' (`bcfeat.study.class_profiles`). It reads every lab's

@@ -70,14 +70,58 @@ def out_of_fold_scores(source: tuple[np.ndarray, np.ndarray], X: np.ndarray, y: 
     for train, test in lab_folds(y, series, n_folds, seed):
         both = classifier_for(setting, seed).fit(Xs, ys, [LabelledCall(X, train, y[train])])
         predicted["source_and_own_labels"][test] = both.predict(X)[test]
-        if len(np.unique(y[train])) < 2:  # nothing to tell apart: the classes of the lab's other folds
-            predicted["own_labels"][test] = y[train][0] if len(train) else ""
-            continue
-        own = classifier_for(setting, seed).fit(X[train], y[train])
-        predicted["own_labels"][test] = own.predict(X)[test]
+        predicted["own_labels"][test] = _own_fold(classifier_for(setting, seed), X, y, train)[test]
+    return {name: _balanced_accuracy(y, pred) for name, pred in predicted.items()}
+
+
+def _own_fold(clf, X: np.ndarray, y: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Every cell's class by ``clf`` fitted on the lab's ``train`` rows, the lab read as one call
+    (a single class in ``train``: that class, there being nothing to tell apart)."""
+    if len(np.unique(y[train])) < 2:
+        return np.full(len(y), y[train][0] if len(train) else "", dtype=object)
+    return clf.fit(X[train], y[train]).predict(X)
+
+
+def _balanced_accuracy(y: np.ndarray, predicted: np.ndarray) -> float:
     with warnings.catch_warnings():  # a class never predicted is a recall of 0, as it should be
         warnings.simplefilter("ignore", UserWarning)
-        return {name: float(balanced_accuracy_score(y, pred.astype(str))) for name, pred in predicted.items()}
+        return float(balanced_accuracy_score(y, predicted.astype(str)))
+
+
+GROUP_COLUMNS = ["group", "n_features", "random_folds", "series_held_out"]
+
+
+def own_label_by_group(X: np.ndarray, y: np.ndarray, series: np.ndarray, setting: str,
+                       n_folds: int = N_RANDOM_FOLDS, seed: int = 0) -> pd.DataFrame:
+    """Which feature groups carry from one photograph series of a lab to the next: per group that
+    ``setting`` reads (:func:`bcfeat.crosslab.cell_features.feature_groups`), then all of them and
+    all but colour, the setting's classifier on those columns alone, trained on the lab's own
+    labels, balanced accuracy out of fold in random folds and with one series held out at a time
+    (:data:`GROUP_COLUMNS`)."""
+    from bcfeat.crosslab.cell_features import feature_groups
+    from bcfeat.study.crosslab_settings import feature_set_columns, parse_setting
+
+    X, y, series = np.asarray(X, dtype=np.float64), np.asarray(y).astype(str), np.asarray(series)
+    if not len(X) == len(y) == len(series):
+        raise ValueError(f"one label and series per cell: {len(X)} cells, {len(y)} labels, {len(series)} series")
+    read = feature_set_columns(parse_setting(setting)["groups"])
+    read = list(range(X.shape[1])) if read is None else sorted(int(c) for c in read)
+    groups = {g: [c for c in cols if c in read] for g, cols in feature_groups().items()}
+    sets = {**{g: cols for g, cols in groups.items() if cols}, "all it reads": read,
+            "all but colour": [c for c in read if c not in groups.get("colour", [])]}
+    rows = []
+    for name, cols in sets.items():
+        if not cols:
+            continue
+        row = {"group": name, "n_features": len(cols)}
+        for key, held in (("random_folds", None), ("series_held_out", series)):
+            predicted = np.empty(len(y), dtype=object)
+            for train, test in lab_folds(y, held, n_folds, seed):
+                clf = classifier_for(setting, seed).set_params(columns=tuple(cols))
+                predicted[test] = _own_fold(clf, X, y, train)[test]
+            row[key] = _balanced_accuracy(y, predicted)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=GROUP_COLUMNS)
 
 
 def own_label_table(source: tuple[np.ndarray, np.ndarray], labs: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -106,7 +150,9 @@ def own_label_display(table: pd.DataFrame) -> pd.DataFrame:
     names = {"folds": "held out", "n_folds": "folds", "n_cells": "cells",
              "source_labels": "training lab's labels", "source_and_own_labels": "training lab's + the lab's own",
              "own_labels": "the lab's own labels alone"}
-    return table.set_index("lab").rename(columns=names)
+    shown = table.set_index("lab").rename(columns=names)
+    shown.index.name = None
+    return shown
 
 
 def own_label_glue(table: pd.DataFrame) -> dict[str, float]:

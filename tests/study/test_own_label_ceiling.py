@@ -82,3 +82,27 @@ def test_glue_display_and_small_labs():
     assert shown.loc["a", "the lab's own labels alone"] == pytest.approx(table["own_labels"].iloc[0])
     with pytest.raises(ValueError, match="one label"):
         olc.out_of_fold_scores(source, X, y[:-1], SETTING)
+
+
+def test_by_group_tells_a_group_that_carries_across_series_from_one_that_follows_them():
+    from bcfeat.crosslab.cell_features import feature_groups
+
+    rng = np.random.default_rng(3)
+    size = feature_groups()["size"]
+    colour = [c for c in feature_groups()["colour"] if c in set(READ)]
+    X, y = _lab(rng, CLASSES, signal=0.0)
+    series = np.empty(len(y), dtype=object)
+    for i, c in enumerate(CLASSES):
+        rows = np.flatnonzero(y == c)
+        X[rows, size[0]] += 5.0 * i  # the cell's size says its class in every series
+        for k, part in enumerate(np.array_split(rows, 2)):
+            series[part] = f"{c}-{k}"
+    for k, name in enumerate(sorted(set(series))):
+        X[series == name, colour[k]] += 5.0  # each series' own stain, and with it its class
+    table = olc.own_label_by_group(X, y, series, SETTING).set_index("group")
+    assert table.loc["size", "series_held_out"] > 0.8
+    assert table.loc["colour", "random_folds"] > 0.8 > 0.4 > table.loc["colour", "series_held_out"]
+    assert table.loc["all it reads", "n_features"] == len(READ)
+    assert table.loc["all but colour", "n_features"] == len(READ) - len(colour)
+    with pytest.raises(ValueError, match="series per cell"):
+        olc.own_label_by_group(X, y, series[:-1], SETTING)
