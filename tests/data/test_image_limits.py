@@ -30,7 +30,8 @@ def test_tiny_and_huge_files_are_refused_by_name_on_every_decoder(tmp_path, monk
     with pytest.raises(ImageSizeError, match="big.png.*1,600 pixels"):
         load_image(tmp_path / "big.png")
     # a float RGB TIFF goes to tifffile (Pillow cannot read it); its tags are checked before decoding
-    tifffile.imwrite(tmp_path / "big.tif", np.zeros((40, 40, 3), np.float32), tile=(16, 16), compression="zlib")
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((40, 40, 3), np.float32), tile=(16, 16), compression="zlib",
+                     photometric="rgb")
     decoded = []
     monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: decoded.append(1))
     with pytest.raises(ImageSizeError, match="big.tif"):
