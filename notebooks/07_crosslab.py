@@ -534,8 +534,8 @@ if len(single):
     best = single.loc[single["series_held_out"].idxmax()]
     glue("crosslab_series_group_best_single", str(best["group"]), display=False)
     glue("crosslab_series_group_best_single_value", float(best["series_held_out"]), display=False)
-glue("crosslab_own_label_by_group", by_group.set_index("group").round(3), display=False)
-by_group.set_index("group").round(3)
+glue("crosslab_own_label_by_group", olc.own_label_by_group_display(by_group).round(3), display=False)
+olc.own_label_by_group_display(by_group).round(3)
 
 # %% [markdown]
 # Where the features stop carrying: per feature group that the chosen setting reads, how far each

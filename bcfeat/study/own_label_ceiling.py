@@ -155,6 +155,14 @@ def own_label_display(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
+def own_label_by_group_display(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`own_label_by_group`'s table as the chapter shows it: one row per group, readable column names."""
+    names = {"n_features": "features", "random_folds": "random folds", "series_held_out": "one series held out"}
+    shown = table.set_index("group").rename(columns=names)
+    shown.index.name = None
+    return shown
+
+
 def own_label_glue(table: pd.DataFrame) -> dict[str, float]:
     """``crosslab_ceiling_<lab>_<reading>`` (random folds) and ``..._series_<reading>`` (series held out)."""
     out = {}

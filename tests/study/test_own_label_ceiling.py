@@ -104,5 +104,8 @@ def test_by_group_tells_a_group_that_carries_across_series_from_one_that_follows
     assert table.loc["colour", "random_folds"] > 0.8 > 0.4 > table.loc["colour", "series_held_out"]
     assert table.loc["all it reads", "n_features"] == len(READ)
     assert table.loc["all but colour", "n_features"] == len(READ) - len(colour)
+    shown = olc.own_label_by_group_display(table.reset_index())
+    assert list(shown.columns) == ["features", "random folds", "one series held out"]
+    assert shown.loc["colour", "one series held out"] == table.loc["colour", "series_held_out"]
     with pytest.raises(ValueError, match="series per cell"):
         olc.own_label_by_group(X, y, series[:-1], SETTING)
