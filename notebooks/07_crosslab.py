@@ -53,6 +53,7 @@ selection_mask_sources: str = "stain,stain+normtex,stain+nucdisk+normtex"  # mea
 selection_rule: str = "real_labs_nested"  # how the deployed setting is chosen: "virtual_labs" (the virtual labs only) or "real_labs_nested" (the given unseen sites, each site's reported number from the setting chosen on the other sites; among settings within one standard error there, the virtual labs choose)
 candidate_statistics: str = "plain,cbr"  # label-free per-call statistics compared by the selection (the class-weighted reading is in the ablation)
 mix_calls: int = 5  # resampled calls per (class mix, call size)
+flag_calls: int = 20  # calls of 100 cells per lab, drawn with a typical differential, for the differential check
 target_catch: float = 0.5  # share of the virtual labs' errors the uncertain flag should catch ...
 max_review: float = 0.3  # ... flagging at most this share of cells
 untouched_folder: str = "../bcfeat_labs/chula_wbc"  # input (optional): a real lab kept out of every choice, <folder>/<class>/<image>; absent: the section says so
@@ -86,12 +87,14 @@ from bcfeat.study import nucleus_reading as nr
 from bcfeat.study import real_lab_selection as rs
 from bcfeat.study import texture_gate as tg
 from bcfeat.crosslab import mixes as mx
+from bcfeat.crosslab.differential_check import USUAL_UPPER_SHARE
 from bcfeat.crosslab.virtual_labs import named_shifts, sample_labs
 from bcfeat.data import resolve_data_root
 from bcfeat.validation import require_int
 
 require_int("n_draws", n_draws, 1)
 require_int("n_workers", n_workers, 1)
+require_int("flag_calls", flag_calls, 1)
 require_int("n_virtual_labs", n_virtual_labs, 1)
 require_int("virtual_lab_cells", virtual_lab_cells, 0)
 require_int("shift_cells", shift_cells, 0)
@@ -479,6 +482,24 @@ if untouched is not None:  # what its red-cell ruler reads (no labels), as for t
     save_table(untouched_ruler, tables / "crosslab_untouched_ruler.csv")
     for column in ("red_over_white", "red_cell_diameter_px", "cell_diameter_px", "no_ruler_share"):
         glue(f"crosslab_untouched_ruler_{column}", float(untouched_ruler[column].iloc[0]), display=False)
+
+# %% [markdown]
+# The differential check (`bcfeat.crosslab.differential_check`): calls of 100 cells drawn with a
+# blood count's typical differential, so every class lies within its usual range and a flag is the
+# classifier's doing. Per lab, the share of calls `bcfeat classify` would warn about and each class's
+# mean predicted share (percent; the calls' own shares are `mx.MIXES["typical"]`).
+
+# %% tags=["hide-input"]
+flags = cv.differential_flag_table(head_clf, report_labs, flag_calls, seed)
+save_table(flags, tables / "crosslab_differential_check.csv")
+for row in flags.itertuples(index=False):
+    glue(f"crosslab_flag_{row.lab}_flagged", float(row.flagged), display=False)
+    glue(f"crosslab_flag_{row.lab}_predicted_basophil", float(row.predicted_basophil), display=False)
+for name, share in USUAL_UPPER_SHARE.items():
+    glue(f"crosslab_usual_upper_{name}", 100 * share, display=False)
+    glue(f"crosslab_typical_share_{name}", 100 * mx.MIXES["typical"][name], display=False)
+glue("crosslab_differential_check", cv.differential_flag_display(flags).round(2), display=False)
+cv.differential_flag_display(flags).round(2)
 
 # %% [markdown]
 # How the untouched lab's photographs were taken matters for any adaptation that uses a call's own

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from bcfeat.crosslab.adaptation import CrossLabClassifier, LabelledCall
+from bcfeat.crosslab.differential_check import differential_warning
 from bcfeat.crosslab.site_statistics import MIN_SITE_CELLS
 from bcfeat.crosslab.model import CrossLabModel, load_model, save_model
 
@@ -292,7 +293,9 @@ def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, th
     ``uncertain`` marks the cells a technologist should review (top probability below the
     threshold the study fitted on its development labs). When the folder's cells look unlike
     every training class (farther than any development lab), a warning is logged: the lab's
-    stain, optics or framing may be outside what the model has seen. A list passed as ``warning_list``
+    stain, optics or framing may be outside what the model has seen; and when the predicted
+    differential holds more of a class than blood usually does (:mod:`bcfeat.crosslab.differential_check`,
+    e.g. a fifth of the cells called basophils). A list passed as ``warning_list``
     receives them too; one passed as ``thumbnails`` receives each row's canonical crop (JPEG bytes).
 
     Images are read and measured in bounded chunks: memory holds the feature table, not the folder.
@@ -343,7 +346,8 @@ def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray,
                           "uncertain": ~found | uncertain_cells(model.classifier, np.nan_to_num(proba, nan=0.0)),
                           "cell_found": found})
     for warning in [lab_warning(model.classifier, feats[found]), gate_warning(model.classifier, feats[found]),
-                    accuracy_warning, *_call_warnings(feats[found], predicted[found])]:
+                    accuracy_warning, *_call_warnings(feats[found], predicted[found]),
+                    differential_warning(predicted[found])]:
         if warning:
             logger.warning("%s: %s", folder, warning)
             if warning_list is not None:

@@ -204,6 +204,38 @@ def mix_table(clf: CrossLabClassifier, labs: dict, n_calls: int, seed: int) -> t
     return calls, summary
 
 
+FLAG_COLUMNS = ["lab", "calls", "call_size", "flagged", *[f"predicted_{c}" for c in mx.CLASSES]]
+
+
+def differential_flag_table(clf: CrossLabClassifier, labs: dict[str, tuple[np.ndarray, np.ndarray]],
+                            n_calls: int, seed: int, call_size: int = 100, mix: str = "typical") -> pd.DataFrame:
+    """How often :mod:`bcfeat.crosslab.differential_check` flags a lab's calls drawn with a blood
+    count's typical differential (every class within its usual range, so a flag is the classifier's
+    doing): per lab, the share of calls flagged and each class's mean predicted share (percent)."""
+    from bcfeat.crosslab.differential_check import excess_classes
+
+    rows = []
+    for name, (X, y) in labs.items():
+        if not set(mx.MIXES[mix]) <= set(np.asarray(y).tolist()):
+            continue  # a lab without every class of the mix cannot be drawn with it
+        predicted = [np.asarray(clf.predict(X[idx])) for idx in
+                     mx.draw_calls(np.asarray(y), mx.MIXES[mix], call_size, n_calls, np.random.default_rng(seed))]
+        rows.append({"lab": name, "calls": len(predicted), "call_size": call_size,
+                     "flagged": float(np.mean([bool(excess_classes(p)) for p in predicted])),
+                     **{f"predicted_{c}": 100 * float(np.mean([np.mean(p == c) for p in predicted]))
+                        for c in mx.CLASSES}})
+    return pd.DataFrame(rows, columns=FLAG_COLUMNS)
+
+
+def differential_flag_display(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`differential_flag_table` as the chapter shows it: one row per lab, readable headings."""
+    names = {"calls": "calls", "call_size": "cells per call", "flagged": "share of calls flagged",
+             **{f"predicted_{c}": f"% {c}" for c in mx.CLASSES}}
+    shown = table.set_index("lab").rename(columns=names)
+    shown.index.name = None
+    return shown
+
+
 def per_shift_table(clfs: dict[str, CrossLabClassifier], shifts: VirtualLabs, source: str) -> pd.DataFrame:
     """Balanced accuracy of each classifier on each single named shift (all cells in one call), and
     for a gated classifier whether its texture gate closed there (the named shifts are not among the

@@ -651,3 +651,25 @@ def test_real_lab_rule_lets_the_virtual_labs_choose_among_settings_the_real_labs
     # without standard errors the rule is the plain argmax
     deployed, _ = rs.nested_choice(sc.drop(columns="balanced_accuracy_se"), selection)
     assert deployed == "plain"
+
+
+def test_the_differential_check_table_counts_flagged_calls_per_lab():
+    from bcfeat.crosslab.adaptation import CrossLabClassifier
+    from bcfeat.crosslab.mixes import CLASSES
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 4, (5, 6))
+    y = np.repeat(CLASSES, 80)
+    X = centres[np.repeat(np.arange(5), 80)] + rng.normal(size=(len(y), 6))
+    clf = CrossLabClassifier().fit(X, y)
+    # a lab whose neutrophils look like the training lab's basophils
+    Xb = X.copy()
+    Xb[y == "neutrophil"] = centres[0] + rng.normal(size=((y == "neutrophil").sum(), 6))
+    labs = {"same": (X, y), "misread": (Xb, y), "four classes": (X[y != "basophil"], y[y != "basophil"])}
+    table = cv.differential_flag_table(clf, labs, n_calls=6, seed=0).set_index("lab")
+    assert list(table.index) == ["same", "misread"]              # a lab without every class cannot be drawn
+    assert table.loc["same", "flagged"] == 0 and table.loc["misread", "flagged"] == 1
+    assert table.loc["same", "predicted_basophil"] < 5 < 40 < table.loc["misread", "predicted_basophil"]
+    assert table["calls"].tolist() == [6, 6] and table["call_size"].tolist() == [100, 100]
+    shown = cv.differential_flag_display(table.reset_index())
+    assert shown.loc["misread", "share of calls flagged"] == 1 and "% basophil" in shown.columns
