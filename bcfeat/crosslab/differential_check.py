@@ -63,3 +63,24 @@ def differential_warning(predicted: Sequence[str], upper: Mapping[str, float] | 
     return (f"the predicted differential of {len(predicted)} cells holds more than blood usually does: "
             f"{'; '.join(parts)}. Unless this smear is known to be abnormal, the classifier may be misreading "
             "this lab's cells: review before reporting")
+
+
+def parse_usual_upper(text: str) -> dict[str, float]:
+    """A lab's own upper ends, ``"basophil=0.03,eosinophil=8%"`` (a share, or a percentage with
+    ``%``), over :data:`USUAL_UPPER_SHARE` (the classes not named keep theirs).
+
+    >>> parse_usual_upper("basophil=3%, eosinophil=0.08")["basophil"]
+    0.03
+    """
+    out = dict(USUAL_UPPER_SHARE)
+    for part in (p.strip() for p in text.split(",")):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        try:
+            share = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+        except ValueError:
+            share = float("nan")
+        if not sep or not name or not 0 <= share <= 1:
+            raise ValueError(f"{part!r} is not <class>=<share> with a share in [0, 1] (or a percentage: 3%)")
+        out[name] = share
+    return out

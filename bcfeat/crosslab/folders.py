@@ -282,7 +282,7 @@ def gate_warning(classifier: CrossLabClassifier, feats: np.ndarray) -> str | Non
 
 
 def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, thumbnails: list | None = None,
-                    warning_list: list | None = None):
+                    warning_list: list | None = None, usual_upper: dict[str, float] | None = None):
     """Classify every image below ``folder`` as one lab's cells: ``(table, skipped)`` with
     ``relpath, predicted, probability, uncertain, cell_found`` and one ``p_<class>`` column per class.
 
@@ -295,7 +295,8 @@ def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, th
     every training class (farther than any development lab), a warning is logged: the lab's
     stain, optics or framing may be outside what the model has seen; and when the predicted
     differential holds more of a class than blood usually does (:mod:`bcfeat.crosslab.differential_check`,
-    e.g. a fifth of the cells called basophils). A list passed as ``warning_list``
+    e.g. a fifth of the cells called basophils; ``usual_upper``: the lab's own upper shares, default
+    its ``USUAL_UPPER_SHARE``). A list passed as ``warning_list``
     receives them too; one passed as ``thumbnails`` receives each row's canonical crop (JPEG bytes).
 
     Images are read and measured in bounded chunks: memory holds the feature table, not the folder.
@@ -304,7 +305,8 @@ def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, th
     found: list[bool] = []
     files, feats, skipped = _measure_folder(model, folder, labelled=False, found=found, thumbnails=thumbnails,
                                             min_images=MIN_SITE_CELLS, reads=model.classifier_columns)
-    table = classify_cells(model, files["relpath"], feats, np.asarray(found, bool), folder, warning_list)
+    table = classify_cells(model, files["relpath"], feats, np.asarray(found, bool), folder, warning_list,
+                           usual_upper)
     return table, skipped
 
 
@@ -316,7 +318,7 @@ def _classifier_model(model_path: str | os.PathLike) -> CrossLabModel:
 
 
 def classify_features(model_path: str | os.PathLike, features: pd.DataFrame, folder: str | os.PathLike,
-                      warning_list: list | None = None) -> pd.DataFrame:
+                      warning_list: list | None = None, usual_upper: dict[str, float] | None = None) -> pd.DataFrame:
     """:func:`classify_folder`'s table from a feature table of the same model (``relpath``,
     ``cell_found`` and the feature columns: the merge of ``bcfeat classify --shard`` runs)."""
     model = _classifier_model(model_path)
@@ -325,11 +327,12 @@ def classify_features(model_path: str | os.PathLike, features: pd.DataFrame, fol
         raise ValueError(f"the feature table lacks {len(missing)} column(s) of this model, e.g. {missing[0]!r}")
     feats = features[model.feature_names].to_numpy(np.float64)
     return classify_cells(model, features["relpath"], feats, features["cell_found"].to_numpy(bool), folder,
-                          warning_list)
+                          warning_list, usual_upper)
 
 
 def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray, found: np.ndarray,
-                   folder: str | os.PathLike, warning_list: list | None = None) -> pd.DataFrame:
+                   folder: str | os.PathLike, warning_list: list | None = None,
+                   usual_upper: dict[str, float] | None = None) -> pd.DataFrame:
     """One lab's measured cells -> the table of :func:`classify_folder` (the lab's statistics are
     those of the cells with ``found``)."""
     if found.sum() < MIN_SITE_CELLS:
@@ -347,7 +350,7 @@ def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray,
                           "cell_found": found})
     for warning in [lab_warning(model.classifier, feats[found]), gate_warning(model.classifier, feats[found]),
                     accuracy_warning, *_call_warnings(feats[found], predicted[found]),
-                    differential_warning(predicted[found])]:
+                    differential_warning(predicted[found], usual_upper)]:
         if warning:
             logger.warning("%s: %s", folder, warning)
             if warning_list is not None:

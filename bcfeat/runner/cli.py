@@ -176,7 +176,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         return status
     thumbnails: list | None = None if report is None else []
     warnings: list[str] = []
-    table, skipped = classify_folder(args.model, args.input, thumbnails=thumbnails, warning_list=warnings)
+    table, skipped = classify_folder(args.model, args.input, thumbnails=thumbnails, warning_list=warnings,
+                                     usual_upper=args.usual_upper)
     save_table(table, out)  # creates the folder; never leaves half a table
     report_skipped("classify", len(table), out, skipped)
     if report is not None:
@@ -189,6 +190,15 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                               "table": str(out)})
         print(f"bcfeat classify: review report -> {report}")
     return 0
+
+
+def _usual_upper_arg(text: str) -> dict[str, float]:
+    from bcfeat.crosslab.differential_check import parse_usual_upper
+
+    try:
+        return parse_usual_upper(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _http_url(text: str) -> str:
@@ -287,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure only the K-th of N shards of the sorted file list into <output>.shards/ "
                         "(resumable); the last shard to finish classifies the whole lab and writes the table. "
                         "Under torchrun the shard is RANK+1/WORLD_SIZE")
+    c.add_argument("--usual-upper", type=_usual_upper_arg, default=None, metavar="CLASS=SHARE,...",
+                   help="the lab's own upper ends of a blood differential (e.g. basophil=3%%,eosinophil=0.08); a call "
+                        "whose predicted share of a class lies above its end with 95%% confidence is warned about "
+                        "(default: 75%% neutrophils, 45%% lymphocytes, 10%% monocytes, 6%% eosinophils, 2%% basophils)")
     c.set_defaults(func=_cmd_classify)
     add_commands(sub)
     return p
@@ -462,7 +476,7 @@ def run_classify_shard(args: argparse.Namespace, out: Path, report: Path | None)
         print(f"bcfeat classify: waiting for the other shards; the last one to finish writes {out}", file=sys.stderr)
         return 0
     features, skipped = merge_shards(out, shard.count, args.model, cell_found=True)
-    table = classify_features(args.model, features, args.input)
+    table = classify_features(args.model, features, args.input, usual_upper=getattr(args, "usual_upper", None))
     save_table(table, out)
     report_skipped("classify", len(table), out, skipped)
     return 0

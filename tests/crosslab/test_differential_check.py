@@ -55,10 +55,29 @@ def test_classify_warns_a_lab_whose_call_over_calls_a_class():
 
     X, y = cells(dict.fromkeys(CLASSES, 0.2), 300)
     model = CrossLabModel(CrossLabConfig(mask_source="stain"), None, CrossLabClassifier().fit(X, y))
-    for shares, flagged in ((TYPICAL, False), ({**TYPICAL, "basophil": 0.25, "neutrophil": 0.32}, True)):
+    over = {**TYPICAL, "basophil": 0.25, "neutrophil": 0.32}
+    for shares, flagged, ranges in ((TYPICAL, False, None), (over, True, None), (over, False, {"basophil": 0.4})):
         Xc, yc = cells(shares, 200)
         warnings: list[str] = []
         table = classify_cells(model, pd.Series([f"c{i}.png" for i in range(len(yc))]), Xc,
-                               np.ones(len(yc), bool), "lab/", warnings)
+                               np.ones(len(yc), bool), "lab/", warnings, ranges)
         assert (table["predicted"] == yc).mean() > 0.9
         assert any("basophil" in w and "usually" in w for w in warnings) == flagged
+
+
+def test_a_labs_own_ranges_from_the_command_line():
+    from bcfeat.crosslab.differential_check import parse_usual_upper
+    from bcfeat.runner.cli import build_parser
+
+    ranges = parse_usual_upper("basophil=3%, eosinophil=0.08")
+    assert ranges["basophil"] == pytest.approx(0.03) and ranges["eosinophil"] == 0.08
+    assert ranges["neutrophil"] == USUAL_UPPER_SHARE["neutrophil"]      # the classes not named keep theirs
+    for bad in ("basophil", "basophil=two", "basophil=3", "=0.1", "basophil=150%"):
+        with pytest.raises(ValueError, match="not <class>=<share>"):
+            parse_usual_upper(bad)
+    args = build_parser().parse_args(["classify", "m.pt", "lab/", "--output", "o.csv", "--usual-upper", "basophil=0.3"])
+    assert args.usual_upper["basophil"] == 0.3
+    assert build_parser().parse_args(["classify", "m.pt", "lab/", "--output", "o.csv"]).usual_upper is None
+    with pytest.raises(SystemExit) as exit_info:                        # argparse: one line, exit 2
+        build_parser().parse_args(["classify", "m.pt", "lab/", "--output", "o.csv", "--usual-upper", "basophil=3"])
+    assert exit_info.value.code == 2
