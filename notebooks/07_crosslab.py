@@ -87,7 +87,6 @@ from bcfeat.study import nucleus_reading as nr
 from bcfeat.study import real_lab_selection as rs
 from bcfeat.study import texture_gate as tg
 from bcfeat.crosslab import mixes as mx
-from bcfeat.crosslab.differential_check import USUAL_UPPER_SHARE
 from bcfeat.crosslab.virtual_labs import named_shifts, sample_labs
 from bcfeat.data import resolve_data_root
 from bcfeat.validation import require_int
@@ -492,12 +491,8 @@ if untouched is not None:  # what its red-cell ruler reads (no labels), as for t
 # %% tags=["hide-input"]
 flags = cv.differential_flag_table(head_clf, report_labs, flag_calls, seed)
 save_table(flags, tables / "crosslab_differential_check.csv")
-for row in flags.itertuples(index=False):
-    glue(f"crosslab_flag_{row.lab}_flagged", float(row.flagged), display=False)
-    glue(f"crosslab_flag_{row.lab}_predicted_basophil", float(row.predicted_basophil), display=False)
-for name, share in USUAL_UPPER_SHARE.items():
-    glue(f"crosslab_usual_upper_{name}", 100 * share, display=False)
-    glue(f"crosslab_typical_share_{name}", 100 * mx.MIXES["typical"][name], display=False)
+for key, value in cv.differential_flag_glue(flags).items():
+    glue(key, value, display=False)
 glue("crosslab_differential_check", cv.differential_flag_display(flags).round(2), display=False)
 cv.differential_flag_display(flags).round(2)
 
@@ -547,14 +542,8 @@ if series is not None:
 else:
     by_group = pd.DataFrame(columns=olc.GROUP_COLUMNS)
 save_table(by_group, tables / "crosslab_own_label_by_group.csv")
-for row in by_group.itertuples(index=False):
-    for column in ("random_folds", "series_held_out"):
-        glue(f"crosslab_series_group_{row.group.replace(' ', '_')}_{column}", float(getattr(row, column)), display=False)
-single = by_group[~by_group["group"].isin(["all it reads", "all but colour"])]
-if len(single):
-    best = single.loc[single["series_held_out"].idxmax()]
-    glue("crosslab_series_group_best_single", str(best["group"]), display=False)
-    glue("crosslab_series_group_best_single_value", float(best["series_held_out"]), display=False)
+for key, value in olc.own_label_by_group_glue(by_group).items():
+    glue(key, value, display=False)
 glue("crosslab_own_label_by_group", olc.own_label_by_group_display(by_group).round(3), display=False)
 olc.own_label_by_group_display(by_group).round(3)
 

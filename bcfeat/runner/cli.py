@@ -201,6 +201,12 @@ def _usual_upper_arg(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _usual_upper_default() -> str:
+    from bcfeat.crosslab.differential_check import USUAL_UPPER_SHARE
+
+    return ", ".join(f"{name}={share:.0%}" for name, share in USUAL_UPPER_SHARE.items()).replace("%", "%%")  # argparse help
+
+
 def _http_url(text: str) -> str:
     import urllib.parse
 
@@ -300,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--usual-upper", type=_usual_upper_arg, default=None, metavar="CLASS=SHARE,...",
                    help="the lab's own upper ends of a blood differential (e.g. basophil=3%%,eosinophil=0.08); a call "
                         "whose predicted share of a class lies above its end with 95%% confidence is warned about "
-                        "(default: 75%% neutrophils, 45%% lymphocytes, 10%% monocytes, 6%% eosinophils, 2%% basophils)")
+                        f"(default: {_usual_upper_default()})")
     c.set_defaults(func=_cmd_classify)
     add_commands(sub)
     return p

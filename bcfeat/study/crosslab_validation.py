@@ -216,15 +216,32 @@ def differential_flag_table(clf: CrossLabClassifier, labs: dict[str, tuple[np.nd
 
     rows = []
     for name, (X, y) in labs.items():
-        if not set(mx.MIXES[mix]) <= set(np.asarray(y).tolist()):
+        y = np.asarray(y)
+        if not set(mx.MIXES[mix]) <= set(y.tolist()):
             continue  # a lab without every class of the mix cannot be drawn with it
-        predicted = [np.asarray(clf.predict(X[idx])) for idx in
-                     mx.draw_calls(np.asarray(y), mx.MIXES[mix], call_size, n_calls, np.random.default_rng(seed))]
+        predicted = [clf.predict(X[idx]) for idx in
+                     mx.draw_calls(y, mx.MIXES[mix], call_size, n_calls, np.random.default_rng(seed))]
+        shares = pd.concat([mx.differential(p, mx.CLASSES) for p in predicted], axis=1).mean(axis=1)
         rows.append({"lab": name, "calls": len(predicted), "call_size": call_size,
                      "flagged": float(np.mean([bool(excess_classes(p)) for p in predicted])),
-                     **{f"predicted_{c}": 100 * float(np.mean([np.mean(p == c) for p in predicted]))
-                        for c in mx.CLASSES}})
+                     **{f"predicted_{c}": 100 * float(shares[c]) for c in mx.CLASSES}})
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
+
+
+def differential_flag_glue(table: pd.DataFrame, mix: str = "typical") -> dict[str, float]:
+    """``crosslab_flag_<lab>_flagged`` and ``..._predicted_basophil`` per row of
+    :func:`differential_flag_table`, and the percentages the chapter quotes: each class's usual upper
+    end (``crosslab_usual_upper_<class>``) and its share in the drawn calls (``crosslab_typical_share_<class>``)."""
+    from bcfeat.crosslab.differential_check import USUAL_UPPER_SHARE
+
+    out = {}
+    for row in table.itertuples(index=False):
+        out[f"crosslab_flag_{row.lab}_flagged"] = float(row.flagged)
+        out[f"crosslab_flag_{row.lab}_predicted_basophil"] = float(row.predicted_basophil)
+    for name, share in USUAL_UPPER_SHARE.items():
+        out[f"crosslab_usual_upper_{name}"] = 100 * share
+        out[f"crosslab_typical_share_{name}"] = 100 * mx.MIXES[mix][name]
+    return out
 
 
 def differential_flag_display(table: pd.DataFrame) -> pd.DataFrame:

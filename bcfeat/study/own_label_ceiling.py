@@ -89,6 +89,7 @@ def _balanced_accuracy(y: np.ndarray, predicted: np.ndarray) -> float:
 
 
 GROUP_COLUMNS = ["group", "n_features", "random_folds", "series_held_out"]
+COMBINED_GROUPS = ("all it reads", "all but colour")  # the rows after the single groups
 
 
 def own_label_by_group(X: np.ndarray, y: np.ndarray, series: np.ndarray, setting: str,
@@ -107,8 +108,8 @@ def own_label_by_group(X: np.ndarray, y: np.ndarray, series: np.ndarray, setting
     read = feature_set_columns(parse_setting(setting)["groups"])
     read = list(range(X.shape[1])) if read is None else sorted(int(c) for c in read)
     groups = {g: [c for c in cols if c in read] for g, cols in feature_groups().items()}
-    sets = {**{g: cols for g, cols in groups.items() if cols}, "all it reads": read,
-            "all but colour": [c for c in read if c not in groups.get("colour", [])]}
+    sets = {**{g: cols for g, cols in groups.items() if cols}, COMBINED_GROUPS[0]: read,
+            COMBINED_GROUPS[1]: [c for c in read if c not in groups.get("colour", [])]}
     rows = []
     for name, cols in sets.items():
         if not cols:
@@ -161,6 +162,21 @@ def own_label_by_group_display(table: pd.DataFrame) -> pd.DataFrame:
     shown = table.set_index("group").rename(columns=names)
     shown.index.name = None
     return shown
+
+
+def own_label_by_group_glue(table: pd.DataFrame) -> dict[str, float | str]:
+    """``crosslab_series_group_<group>_<column>`` for every row of :func:`own_label_by_group`'s table,
+    and the single group that carries best across series (``..._best_single`` and ``..._best_single_value``)."""
+    out: dict[str, float | str] = {}
+    for row in table.itertuples(index=False):
+        for column in ("random_folds", "series_held_out"):
+            out[f"crosslab_series_group_{row.group.replace(' ', '_')}_{column}"] = float(getattr(row, column))
+    single = table[~table["group"].isin(COMBINED_GROUPS)]
+    if len(single):
+        best = single.loc[single["series_held_out"].idxmax()]
+        out["crosslab_series_group_best_single"] = str(best["group"])
+        out["crosslab_series_group_best_single_value"] = float(best["series_held_out"])
+    return out
 
 
 def own_label_glue(table: pd.DataFrame) -> dict[str, float]:
