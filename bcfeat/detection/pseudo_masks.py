@@ -32,6 +32,7 @@ expert masks are read only by :mod:`bcfeat.detection.mask_metrics`, never here.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -43,7 +44,7 @@ from skimage import filters, measure, morphology
 from skimage.segmentation import watershed
 from skimage.transform import resize
 
-from bcfeat.detection.region_geometry import solidity
+from bcfeat.detection.region_geometry import h_maxima, solidity
 
 
 RESAMPLERS = ("skimage", "pillow")
@@ -189,6 +190,15 @@ def _disk_radius(radius: float) -> int:
     return max(1, int(round(radius)))
 
 
+@functools.lru_cache(maxsize=64)
+def _disk_half_widths(radius: int) -> np.ndarray:
+    """Per row of ``morphology.disk(radius)``, top to bottom, the half-width of its run of pixels
+    (read-only: shared between calls)."""
+    half_widths = morphology.disk(radius).sum(axis=1) // 2
+    half_widths.flags.writeable = False
+    return half_widths
+
+
 def _disk_morphology(mask: np.ndarray, radius: int, dilate: bool) -> np.ndarray:
     """``ndi.binary_erosion`` (or ``binary_dilation``) of a bool mask by ``morphology.disk(radius)``,
     outside the image False: the same pixels in a fraction of the time.
@@ -199,7 +209,7 @@ def _disk_morphology(mask: np.ndarray, radius: int, dilate: bool) -> np.ndarray:
     """
     h, w = mask.shape
     combine = np.logical_or if dilate else np.logical_and
-    half_widths = morphology.disk(radius).sum(axis=1) // 2  # per row of the disk, top to bottom
+    half_widths = _disk_half_widths(radius)
     padded = np.zeros((h + 2 * radius, w + 2 * radius), bool)
     padded[radius:radius + h, radius:radius + w] = mask
     runs = [padded[:, radius:radius + w]]  # runs[k]: combined over column offsets -k..k
@@ -397,7 +407,7 @@ def _clean_shape(candidates: np.ndarray, nucleus: np.ndarray, cfg: SegmentationC
             if overlap >= 0.1 * flooded.sum() or overlap >= 0.25 * n_total:
                 keep[tight] = flooded
         else:
-            markers = measure.label(morphology.h_maxima(dist, cfg.split_h * dist.max()))
+            markers = measure.label(h_maxima(dist, cfg.split_h * dist.max()))
             parts = watershed(-dist, markers, mask=part_cell)
             kept = np.zeros_like(part_cell)
             for region in measure.regionprops(parts):

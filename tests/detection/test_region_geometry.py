@@ -72,3 +72,26 @@ def test_the_segmentations_quality_check_reads_regionprops_centroid_and_solidity
         assert (cy, cx) == region.centroid and solid == region.solidity
         n += 1
     assert n > 200  # nearly every random blob is non-empty
+
+
+def test_h_maxima_is_scikit_images_on_distance_maps_and_plateaus():
+    """The touching-cell split's markers: the same h-maxima as scikit-image's reconstruction, on
+    distance maps of random blobs (several summits, plateaus, touching the edge) and on noise."""
+    from skimage.morphology import h_maxima
+
+    rng = np.random.default_rng(7)
+    n = 0
+    for mask in _blobs(3, 200):
+        dist = ndi.distance_transform_edt(mask)
+        if np.ptp(dist) == 0:
+            continue
+        for share in (0.1, 0.3, 0.9):
+            expected = h_maxima(dist, share * dist.max())
+            np.testing.assert_array_equal(rg.h_maxima(dist, share * dist.max()), expected)
+            n += int(expected.sum() > 0)
+    noise = rng.random((40, 30)).astype(np.float32)
+    np.testing.assert_array_equal(rg.h_maxima(noise, 0.2), h_maxima(noise, 0.2))
+    assert n > 300
+    assert not rg.h_maxima(np.ones((5, 5)), 0.5).any()  # h above the range: nothing, as scikit-image
+    with pytest.raises(ValueError, match="2-D float"):
+        rg.h_maxima(np.ones((5, 5), np.uint8), 1)
