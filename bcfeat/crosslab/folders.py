@@ -13,14 +13,17 @@ import os
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from bcfeat.crosslab.adaptation import CrossLabClassifier, LabelledCall
 from bcfeat.crosslab.differential_check import differential_warning
 from bcfeat.crosslab.site_statistics import MIN_SITE_CELLS
-from bcfeat.crosslab.model import CrossLabModel, load_model, save_model
+from bcfeat.crosslab.model import CrossLabModel, load_measuring_part, load_model, read_model_payload, save_model
+
+if TYPE_CHECKING:  # scikit-learn is imported where a classifier is built: classify starts its workers first
+    from bcfeat.crosslab.adaptation import CrossLabClassifier, LabelledCall
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +47,8 @@ def _folder_files(folder: str | os.PathLike, labelled: bool) -> tuple[pd.DataFra
 
 
 def _measure_folder(model: CrossLabModel, folder: str | os.PathLike, labelled: bool, found: list | None = None,
-                    thumbnails: list | None = None, min_images: int = 1, reads: tuple[int, ...] | None = None):
+                    thumbnails: list | None = None, min_images: int = 1, reads: tuple[int, ...] | None = None,
+                    meanwhile=None):
     from bcfeat.data.images import SkippedImages
 
     files, dropped = _folder_files(folder, labelled)
@@ -54,7 +58,8 @@ def _measure_folder(model: CrossLabModel, folder: str | os.PathLike, labelled: b
         raise ValueError(f"{len(files)} image file(s) below {folder}; the model standardises a lab's cells with "
                          f"their own statistics and needs at least {min_images}")
     skipped = SkippedImages()
-    feats, kept = model.measure(files["path"].tolist(), skipped, found=found, thumbnails=thumbnails, reads=reads)
+    feats, kept = model.measure(files["path"].tolist(), skipped, found=found, thumbnails=thumbnails, reads=reads,
+                                meanwhile=meanwhile)
     dropped = dropped + [(str(Path(p).relative_to(folder)) if Path(p).is_absolute() else str(p), reason)
                          for p, reason in skipped]
     return files.iloc[kept].reset_index(drop=True), feats, sorted(dropped)
@@ -92,6 +97,8 @@ def _corrections_call(model: CrossLabModel, corrections: str | os.PathLike, extr
     found, as when it was classified) and the corrected ones carry their labels. Returns the call,
     the corrections per class and the skipped files (a corrected image that cannot be read, or
     where no cell was found, is skipped with its reason). ``extra``: :func:`_corrections_files`'s table."""
+    from bcfeat.crosslab.adaptation import LabelledCall
+
     found: list[bool] = []
     files, feats, skipped = _measure_folder(model, folder, labelled=False, found=found, min_images=MIN_SITE_CELLS)
     found = np.asarray(found, bool)
@@ -129,6 +136,7 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
     folder when it classifies it, not in the labelled folder's (:class:`LabelledCall`). Returns the
     written path, the number of cells per class (corrections included), and the skipped files.
     """
+    from bcfeat.crosslab.adaptation import CrossLabClassifier
     from bcfeat.crosslab.cell_features import feature_set_columns
 
     if groups is not None:
@@ -301,11 +309,20 @@ def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, th
 
     Images are read and measured in bounded chunks: memory holds the feature table, not the folder.
     A folder with fewer image files than the lab statistics need is refused before any is read."""
-    model = _classifier_model(model_path)
+    payload = read_model_payload(model_path, arrays=True)
+    if payload["classifier"] is None:
+        raise ValueError(f"{model_path} holds no classifier: train one with `bcfeat train-classifier`")
+    loaded: list[CrossLabModel] = []
+    if payload["detector"] is not None:  # the detector runs in this process: the whole model first
+        loaded.append(load_model(model_path, payload))
+        measuring, reads, meanwhile = loaded[0], loaded[0].classifier_columns, None
+    else:  # the classifier (and scikit-learn) is built while the worker processes measure
+        measuring, reads = load_measuring_part(model_path, payload)
+        meanwhile = lambda: loaded.append(load_model(model_path, payload))  # noqa: E731
     found: list[bool] = []
-    files, feats, skipped = _measure_folder(model, folder, labelled=False, found=found, thumbnails=thumbnails,
-                                            min_images=MIN_SITE_CELLS, reads=model.classifier_columns)
-    table = classify_cells(model, files["relpath"], feats, np.asarray(found, bool), folder, warning_list,
+    files, feats, skipped = _measure_folder(measuring, folder, labelled=False, found=found, thumbnails=thumbnails,
+                                            min_images=MIN_SITE_CELLS, reads=reads, meanwhile=meanwhile)
+    table = classify_cells(loaded[0], files["relpath"], feats, np.asarray(found, bool), folder, warning_list,
                            usual_upper)
     return table, skipped
 

@@ -18,21 +18,23 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bcfeat.atomic_io import atomic_torch_save
-from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.cell_crop import CellCrop, CropConfig, canonical_crop
 from bcfeat.crosslab.cell_features import NUCLEUS_OD, TEXTURE_OD, cell_features, feature_names, fine_texture_columns
 from bcfeat.data.images import ImageDecodeError, SkippedImages, read_image
 from bcfeat.detection.pseudo_masks import SegmentationConfig
 from bcfeat.model_files import ModelFileError, arrays_as_tensors, build_from_payload, format_name, load_model_file
+
+if TYPE_CHECKING:  # scikit-learn is imported where a classifier is built, not by the worker processes' parent
+    from bcfeat.crosslab.adaptation import CrossLabClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +247,8 @@ class CrossLabModel:
                     for d in detect(self.detector, images, batch_size=self.config.detector_batch_size)]
 
     def iter_measure(self, images: Iterable[Any], skipped: SkippedImages, return_crops: bool = False,
-                     found: list | None = None, thumbnails: list | None = None, reads: Sequence[int] | None = None
+                     found: list | None = None, thumbnails: list | None = None, reads: Sequence[int] | None = None,
+                     meanwhile: Callable[[], Any] | None = None
                      ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
         """:meth:`measure` in bounded chunks: yields ``(features, kept indices, crops or None)``
         per chunk of at most ``config.chunk_size`` images, so memory does not grow with the number
@@ -257,7 +260,9 @@ class CrossLabModel:
         list) receives each kept cell's canonical crop as JPEG bytes, for a review page. ``reads``:
         the feature columns the caller will read (None: all); the red-cell ruler and the pixel-scale
         texture are measured only when one of their columns is read (else NaN), so a classifier
-        that reads neither gets the same classes in less time.
+        that reads neither gets the same classes in less time. ``meanwhile``: work of the main
+        process's own (loading a classifier, say), run once while the workers measure the first
+        chunk, so that it costs no time of its own; its exception ends the measuring.
         """
         cfg = self.config
         ruler, fine = measured_parts(reads)
@@ -313,9 +318,14 @@ class CrossLabModel:
             ahead = None
             for start, chunk in _chunks(images, cfg.chunk_size):
                 submitted = submit(start, chunk)
+                if meanwhile is not None:
+                    meanwhile, work = None, meanwhile
+                    work()
                 if ahead is not None:
                     yield collect(*ahead)
                 ahead = submitted
+            if meanwhile is not None:  # no image at all
+                meanwhile()
             if ahead is not None:
                 yield collect(*ahead)
         finally:
@@ -324,7 +334,8 @@ class CrossLabModel:
 
     def measure(self, images: Sequence[Any], skipped: SkippedImages | None = None,
                 return_crops: bool = False, found: list | None = None, thumbnails: list | None = None,
-                reads: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+                reads: Sequence[int] | None = None, meanwhile: Callable[[], Any] | None = None
+                ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cell features of images (arrays or paths).
 
         Returns ``(features (m, d), kept (m,) indices into images)``, and the canonical crops
@@ -335,12 +346,12 @@ class CrossLabModel:
         the centred fallback, e.g. a blank image); one passed as ``thumbnails`` each kept cell's
         canonical crop as JPEG bytes.
 
-        Images are read and measured in chunks (:meth:`iter_measure`): only the features (and
-        the crops or thumbnails asked for) are held for the whole call.
+        Images are read and measured in chunks (:meth:`iter_measure`, which runs ``meanwhile``):
+        only the features (and the crops or thumbnails asked for) are held for the whole call.
         """
         told = skipped is not None  # a caller that passes the list reports it (the commands do, once)
         skipped = SkippedImages() if skipped is None else skipped
-        parts = list(self.iter_measure(images, skipped, return_crops, found, thumbnails, reads))
+        parts = list(self.iter_measure(images, skipped, return_crops, found, thumbnails, reads, meanwhile))
         d = len(feature_names())
         feats = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, d))
         kept = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
@@ -428,11 +439,34 @@ def load_model(path: str | os.PathLike, payload: Any = None) -> CrossLabModel:
             detector = detector_from_payload(arrays_as_tensors(payload["detector"]), path)
         classifier = None
         if payload["classifier"] is not None:
+            from bcfeat.crosslab.adaptation import CrossLabClassifier
+
             classifier = CrossLabClassifier.from_payload(payload["classifier"], len(feature_names()))
         return CrossLabModel(config, detector, classifier, payload.get("record", {}))
 
     return build_from_payload(path, "cross-lab model", build)
 
 
+def load_measuring_part(path: str | os.PathLike, payload: dict) -> tuple[CrossLabModel, tuple[int, ...] | None]:
+    """The measuring part of a stain-segmentation model file, without its classifier: ``(model,
+    the feature columns its classifier reads)`` (None: every column, or no classifier). ``payload``:
+    the file read by :func:`read_model_payload`.
+
+    Building the classifier imports scikit-learn; a caller that measures before it classifies
+    (``bcfeat classify``) starts the worker processes with this part and builds the whole model
+    (:func:`load_model` with the same payload) while they measure.
+    """
+    if payload["detector"] is not None:
+        raise ValueError(f"{path}: a detector model is measured in this process; load it whole with load_model")
+
+    def build() -> tuple[CrossLabModel, tuple[int, ...] | None]:
+        model = CrossLabModel(CrossLabConfig.from_dict(payload["config"]), record=payload.get("record", {}))
+        params = (payload["classifier"] or {}).get("params") or {}
+        columns = params.get("columns")
+        return model, None if columns is None else tuple(int(c) for c in columns)
+
+    return build_from_payload(path, "cross-lab model", build)
+
+
 __all__ = ["MODEL_KIND", "MODEL_VERSION", "MASK_SOURCES", "CrossLabConfig", "CrossLabModel", "measured_parts",
-           "save_model", "load_model", "read_model_payload"]
+           "save_model", "load_model", "load_measuring_part", "read_model_payload"]

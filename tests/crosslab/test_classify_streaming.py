@@ -116,3 +116,63 @@ def test_sharded_classify_writes_the_plain_table(tmp_path, capsys):
     # a report needs every crop in one process
     assert main(["classify", str(clf), str(tmp_path / "new"), "--output", str(tmp_path / "x.csv"), "--shard", "1/2",
                  "--report", str(tmp_path / "r.html")]) == 2
+
+
+def test_the_worker_processes_parent_has_not_imported_scikit_learn():
+    """``bcfeat classify`` forks its workers before it builds the classifier: importing the command
+    line, the folder functions and the model module must not import scikit-learn (or PyTorch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bcfeat.runner.cli, bcfeat.crosslab.folders, bcfeat.crosslab.model; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'torch'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_work_given_as_meanwhile_runs_once_while_measuring_and_its_error_ends_it(tmp_path):
+    two_class_lab(tmp_path)
+    files = sorted(str(p) for p in (tmp_path / "new").glob("*.png"))
+    model = CrossLabModel(CrossLabConfig(mask_source="stain", chunk_size=4, n_workers=2))
+    calls = []
+    feats, kept = model.measure(files, meanwhile=lambda: calls.append(len(calls)))
+    assert calls == [0] and len(kept) == len(files)  # once, not per chunk
+    assert np.array_equal(feats, model.measure(files)[0], equal_nan=True)
+    model.measure([], meanwhile=lambda: calls.append(len(calls)))
+    assert calls == [0, 1]  # also when there is nothing to measure
+
+    def broken():
+        raise RuntimeError("the classifier could not be built")
+
+    with pytest.raises(RuntimeError, match="could not be built"):
+        model.measure(files, meanwhile=broken)
+
+
+def test_classify_builds_the_classifier_while_measuring_and_names_a_bad_model_file(tmp_path):
+    import torch
+
+    from bcfeat.crosslab.folders import classify_cells, classify_folder
+    from bcfeat.crosslab.model import load_measuring_part, load_model, read_model_payload
+    from bcfeat.model_files import ModelFileError
+    from bcfeat.runner.cli import main
+
+    two_class_lab(tmp_path)
+    base = save_model(tmp_path / "base.pt", CrossLabModel(CrossLabConfig(mask_source="stain")))
+    clf = tmp_path / "clf.pt"
+    assert main(["train-classifier", str(base), str(tmp_path / "lab"), "--output", str(clf),
+                 "--groups", "no_fine_texture"]) == 0
+    whole = load_model(clf)
+    part, reads = load_measuring_part(clf, read_model_payload(clf, arrays=True))
+    assert part.classifier is None and part.config == whole.config and reads == whole.classifier_columns
+    table, _ = classify_folder(clf, tmp_path / "new")
+    files, found = sorted((tmp_path / "new").glob("*.png")), []
+    feats, _ = whole.measure([str(p) for p in files], found=found, reads=whole.classifier_columns)
+    expected = classify_cells(whole, pd.Series([p.name for p in files]), feats, np.asarray(found), tmp_path / "new")
+    pd.testing.assert_frame_equal(table.sort_values("relpath", ignore_index=True), expected)  # what the whole model gives
+    with pytest.raises(ValueError, match="holds no classifier"):
+        classify_folder(base, tmp_path / "new")  # refused before any image is read
+    payload = torch.load(clf, weights_only=True)
+    payload["classifier"]["params"]["C"] = -1.0  # a damaged classifier, found while the workers measure
+    torch.save(payload, tmp_path / "damaged.pt")
+    with pytest.raises(ModelFileError, match="damaged.pt"):
+        classify_folder(tmp_path / "damaged.pt", tmp_path / "new")
