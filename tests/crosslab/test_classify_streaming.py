@@ -176,3 +176,32 @@ def test_classify_builds_the_classifier_while_measuring_and_names_a_bad_model_fi
     torch.save(payload, tmp_path / "damaged.pt")
     with pytest.raises(ModelFileError, match="damaged.pt"):
         classify_folder(tmp_path / "damaged.pt", tmp_path / "new")
+
+
+def test_a_detector_model_is_loaded_whole_before_classify_measures(tmp_path, monkeypatch):
+    """The detector runs in the main process, so its model file is loaded whole first (not as the
+    measuring's meanwhile work), once, and classifies as the whole model does."""
+    import torch
+
+    from bcfeat.crosslab import folders
+    from bcfeat.crosslab.model import load_model
+    from bcfeat.detection.architecture import build_detector
+    from bcfeat.detection.config import DetectorConfig
+    from bcfeat.runner.cli import main
+
+    two_class_lab(tmp_path)
+    stain = save_model(tmp_path / "base.pt", CrossLabModel(CrossLabConfig(mask_source="stain")))
+    assert main(["train-classifier", str(stain), str(tmp_path / "lab"), "--output", str(tmp_path / "clf.pt")]) == 0
+    torch.manual_seed(0)
+    detector = build_detector(DetectorConfig.tiny()).eval()
+    path = save_model(tmp_path / "d.pt", CrossLabModel(CrossLabConfig(mask_source="detector", n_workers=1), detector,
+                                                        load_model(tmp_path / "clf.pt").classifier))
+    loads = []
+    monkeypatch.setattr(folders, "load_model", lambda *a: loads.append(a) or load_model(*a))
+    monkeypatch.setattr(folders, "load_measuring_part", lambda *a: pytest.fail("a detector model is measured whole"))
+    table, _ = folders.classify_folder(path, tmp_path / "new")
+    assert len(loads) == 1
+    whole, files, found = load_model(path), sorted((tmp_path / "new").glob("*.png")), []
+    feats, _ = whole.measure([str(p) for p in files], found=found, reads=whole.classifier_columns)
+    expected = folders.classify_cells(whole, pd.Series([p.name for p in files]), feats, np.asarray(found), tmp_path / "new")
+    pd.testing.assert_frame_equal(table.sort_values("relpath", ignore_index=True), expected)
