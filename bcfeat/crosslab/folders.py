@@ -311,7 +311,7 @@ def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, th
     A folder with fewer image files than the lab statistics need is refused before any is read."""
     payload = read_model_payload(model_path, arrays=True)
     if payload["classifier"] is None:
-        raise ValueError(f"{model_path} holds no classifier: train one with `bcfeat train-classifier`")
+        raise _no_classifier(model_path)
     loaded: list[CrossLabModel] = []
     if payload["detector"] is not None:  # the detector runs in this process: the whole model first
         loaded.append(load_model(model_path, payload))
@@ -327,10 +327,14 @@ def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, th
     return table, skipped
 
 
+def _no_classifier(model_path: str | os.PathLike) -> ValueError:
+    return ValueError(f"{model_path} holds no classifier: train one with `bcfeat train-classifier`")
+
+
 def _classifier_model(model_path: str | os.PathLike) -> CrossLabModel:
     model = load_model(model_path)
     if model.classifier is None:
-        raise ValueError(f"{model_path} holds no classifier: train one with `bcfeat train-classifier`")
+        raise _no_classifier(model_path)
     return model
 
 
