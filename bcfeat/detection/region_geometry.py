@@ -3,11 +3,12 @@
 ``measure.regionprops`` builds an object per region and ``transform.resize`` checks and converts
 its input on every call; in the red-cell ruler (:func:`bcfeat.crosslab.cell_crop.red_cell_diameter`,
 a few small regions and two resizes per image) that bookkeeping is about a tenth of the ruler's
-time. The functions here run the same arithmetic in the same order, so they return the same numbers
-bit for bit (the tests compare them with scikit-image's on random masks and images):
+time. The functions here return the same numbers bit for bit (the tests compare them with
+scikit-image's on random masks and images):
 
 - :func:`convex_hull_area`: ``np.sum(convex_hull_image(image))``, the area ``regionprops`` divides by
-  for ``solidity``;
+  for ``solidity``, counted row by row in integer arithmetic instead of testing every pixel of the
+  image against the hull (about half the time on the ruler's red cells);
 - :func:`labelled_regions`: each labelled region's bounding box, mask and area, in label order;
 - :func:`resize_float`: ``transform.resize(image, shape, order=1, preserve_range=True)`` of a float
   image (anti-aliased when shrinking, as scikit-image decides by default);
@@ -23,34 +24,53 @@ from typing import Iterator
 
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.spatial import ConvexHull, QhullError
-from skimage.measure.pnpoly import grid_points_in_poly
-from skimage.morphology._convex_hull import possible_hull
-from skimage.util import unique_rows
-
-# The middles of a pixel's four edges (scikit-image's ``offset_coordinates``), in its order.
-_EDGE_MIDDLES = np.array([[-0.5, 0.0], [0.5, 0.0], [0.0, -0.5], [0.0, 0.5]])
+from scipy.spatial import ConvexHull
 
 
 def convex_hull_area(image: np.ndarray) -> int:
     """The number of pixels of ``skimage.morphology.convex_hull_image(image)`` (2-D, bool): the
-    pixels whose centres lie in the convex hull of the mask's pixel edges' middles (0 when the hull
-    cannot be formed, where scikit-image returns an empty image).
+    pixels whose centres lie in, or on, the convex hull of the mask's pixel edges' middles (0 for
+    an empty mask, where scikit-image returns an empty image).
+
+    Counted exactly, in integers: the hull's corners are multiples of half a pixel, so in doubled
+    coordinates every edge is a half-plane ``a x + b y <= c`` with integer ``a, b, c``, and each
+    row's pixels in the hull are one run of columns whose ends are integer floor and ceiling
+    divisions. scikit-image's test of each pixel against the polygon is exact for such small
+    half-integers (a point on an edge counts as inside), so the counts agree; the tests compare
+    them on random masks. Only each row's first and last pixel can be corners of the hull.
 
     >>> from skimage.morphology import convex_hull_image
     >>> m = np.zeros((7, 9), bool); m[1:6, 2] = True; m[5, 2:8] = True
     >>> convex_hull_area(m) == int(convex_hull_image(m).sum())
     True
     """
-    if not image.any():
+    image = np.asarray(image, dtype=bool)
+    rows = np.flatnonzero(image.any(axis=1))
+    if rows.size == 0:
         return 0
-    coords = possible_hull(np.ascontiguousarray(image, dtype=np.uint8))
-    coords = unique_rows((coords[:, np.newaxis, :] + _EDGE_MIDDLES).reshape(-1, 2))
-    try:
-        hull = ConvexHull(coords)
-    except QhullError:
-        return 0
-    return int(np.count_nonzero(grid_points_in_poly(image.shape, hull.points[hull.vertices], binarize=False) >= 1))
+    H, W = image.shape
+    occupied = image[rows]
+    first = occupied.argmax(axis=1)
+    last = W - 1 - occupied[:, ::-1].argmax(axis=1)
+    # doubled (column, row) of the middles of the first and last pixels' edges, in each row
+    y, left, right = 2 * rows, 2 * first, 2 * last
+    points = np.stack([np.concatenate([left, left, left - 1, right, right, right + 1]),
+                       np.concatenate([y - 1, y + 1, y, y - 1, y + 1, y])], axis=1)
+    corners = points[ConvexHull(points.astype(np.float64)).vertices]  # counter-clockwise in 2-D
+    dx, dy = (np.roll(corners, -1, axis=0) - corners).T
+    # inside: left of every edge (counter-clockwise), dy x - dx y <= dy x0 - dx y0
+    c = dy * corners[:, 0] - dx * corners[:, 1]
+    r = np.arange(max(0, rows[0] - 1), min(H, rows[-1] + 2))
+    bound = c[None, :] + dx[None, :] * (2 * r)[:, None]  # dy * (2 column) <= bound, per row and edge
+    right_of, left_of, level = dy > 0, dy < 0, dy == 0
+    last_col = np.full(len(r), W - 1, np.int64)
+    first_col = np.zeros(len(r), np.int64)
+    if right_of.any():
+        last_col = np.minimum(last_col, (bound[:, right_of] // (2 * dy[right_of])).min(axis=1))
+    if left_of.any():
+        first_col = np.maximum(first_col, (-(-bound[:, left_of] // (2 * dy[left_of]))).max(axis=1))
+    inside_rows = (bound[:, level] >= 0).all(axis=1)
+    return int(np.where(inside_rows, np.maximum(last_col - first_col + 1, 0), 0).sum())
 
 
 def solidity(image: np.ndarray) -> float:

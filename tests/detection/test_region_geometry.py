@@ -32,6 +32,34 @@ def test_convex_hull_area_and_solidity_are_scikit_images():
     assert rg.convex_hull_area(np.zeros((4, 4), bool)) == 0
 
 
+def _edge_cases():
+    """Single pixels, lines, diagonals, masks filling or touching the image's borders, large blobs."""
+    yield np.ones((1, 1), bool)
+    yield np.ones((5, 7), bool)
+    for h, w in ((1, 9), (9, 1), (6, 6)):
+        m = np.zeros((h, w), bool); m[h // 2, w // 2] = True
+        yield m
+        yield np.ones((h, w), bool)
+    eye = np.eye(12, dtype=bool)
+    yield eye
+    yield eye[::-1]
+    yield eye | eye[::-1]
+    m = np.zeros((10, 10), bool); m[0, :] = True; m[:, -1] = True
+    yield m
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(60, 200, 2))
+        yield ndi.gaussian_filter(rng.random((h, w)), float(rng.uniform(2, 12))) > 0.5
+        pts = np.zeros((h, w), bool)
+        pts[rng.integers(0, h, 4), rng.integers(0, w, 4)] = True  # a few scattered pixels
+        yield pts
+
+
+def test_convex_hull_area_counts_scikit_images_hull_on_lines_borders_and_large_masks():
+    for mask in _edge_cases():
+        assert rg.convex_hull_area(mask) == int(convex_hull_image(mask).sum()), mask.shape
+
+
 def test_labelled_regions_and_diameter_are_regionprops():
     for mask in _blobs(1, 100):
         labels = measure.label(mask)
