@@ -1,7 +1,8 @@
 """`bcfeat classify` end to end (file to probabilities): speed, and peak memory against folder size.
 
 A lab's call is the command itself, so this benchmark runs the command in a subprocess on folders
-of links to real images (drawn evenly from the four shared sites, repeated as needed) and samples
+of links to real images (a quarter from each of the four shared sites at every folder size, each
+site's images repeated as needed: :func:`even_mix`) and samples
 the memory of its whole process tree (the command and its worker processes) every 0.2 s:
 
 * **speed**, side by side in one run: the same folder classified by this checkout and by an
@@ -50,13 +51,19 @@ from benchmarks.results_file import write_results  # noqa: E402
 DATASETS = ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops")
 
 
-def site_images() -> list[Path]:
-    """Every image of the four shared sites, sites interleaved (so any prefix mixes the labs)."""
+def _per_site() -> list[list[Path]]:
+    """Every image of each of the four shared sites, in a fixed shuffled order per site."""
     per_site = []
     for ds in DATASETS:
         files = sorted(p for p in (paths.SHARED_DATA / ds).rglob("*") if p.is_file() and not p.name.startswith("."))
         rng = np.random.default_rng(0)
         per_site.append([files[i] for i in rng.permutation(len(files))])
+    return per_site
+
+
+def site_images() -> list[Path]:
+    """Every image of the four shared sites, sites interleaved (so any prefix mixes the labs)."""
+    per_site = _per_site()
     out, k = [], 0
     while any(per_site):
         site = per_site[k % len(per_site)]
@@ -66,8 +73,19 @@ def site_images() -> list[Path]:
     return out
 
 
+def even_mix(n: int, sites: tuple[int, ...] | None = None) -> list[Path]:
+    """``n`` images, the sites taking turns (a quarter each), each site's images repeated once it
+    runs out: every folder size holds the same mix of the labs (their images differ in size and
+    cost), so a speed measured on 1,000 images and one on 20,000 compare. ``sites``: only these
+    (indices into :data:`DATASETS`), e.g. one lab's images alone."""
+    per_site = _per_site()
+    chosen = [per_site[i] for i in (range(len(per_site)) if sites is None else sites)]
+    return [chosen[i % len(chosen)][(i // len(chosen)) % len(chosen[i % len(chosen)])] for i in range(n)]
+
+
 def link_folder(folder: Path, n: int, images: list[Path]) -> Path:
-    """``folder`` with ``n`` links to ``images`` (repeated when ``n`` exceeds them)."""
+    """``folder`` with ``n`` links to ``images`` (repeated when ``n`` exceeds them): with
+    :func:`even_mix` the folder holds each lab's images in equal shares at every size."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         source = images[i % len(images)]
@@ -182,11 +200,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="model file of the baseline run (default: --model), e.g. one written by --baseline-rev's "
                              "study; with it and no --baseline-rev, this checkout classifies with both files")
     args = parser.parse_args(argv)
-    images = site_images()
     results: dict = {"model": args.model, "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="bcfeat-bench-") as tmp:
         tmp = Path(tmp)
-        speed_folder = link_folder(tmp / f"speed{args.speed_size}", args.speed_size, images)
+        speed_folder = link_folder(tmp / f"speed{args.speed_size}", args.speed_size, even_mix(args.speed_size))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         runs = [("current", env, args.model)]
         if args.baseline_rev or args.baseline_model:
@@ -218,15 +235,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"speed-up {results['speedup']:.2f}x (medians of {args.repeats}); same class for {100 * results['prediction_agreement']:.1f} % "
                   f"of the cells (largest probability difference {results['max_probability_difference']:.2g})")
         if args.profile_images > 0:
-            results["stage_ms_per_image"] = stage_profile(args.model, images, args.profile_images)
+            results["stage_ms_per_image"] = stage_profile(args.model, even_mix(args.profile_images), args.profile_images)
             print("ms per image on one core: " + ", ".join(f"{k} {v:.1f}" for k, v in results["stage_ms_per_image"].items()))
-            small = link_folder(tmp / "small20", 20, images)
+            for i, site in enumerate(DATASETS):  # the labs' images differ in size, and so in cost
+                per_site = stage_profile(args.model, even_mix(args.profile_images // 2, (i,)), args.profile_images // 2)
+                results[f"stage_ms_per_image_{site}"] = per_site
+                print(f"  {site:22s} " + ", ".join(f"{k} {v:.1f}" for k, v in per_site.items()))
+            small = link_folder(tmp / "small20", 20, even_mix(20))
             calls = [run_classify(classify_command(args.model, small, tmp / "small20.csv"), env)["seconds"]
                      for _ in range(max(1, args.repeats))]
             results["small_call_seconds"] = float(np.median(calls))
             print(f"a 20-image call (start-up and little else): {results['small_call_seconds']:.1f} s")
         for n in args.sizes:
-            folder = link_folder(tmp / f"mem{n}", n, images)
+            folder = link_folder(tmp / f"mem{n}", n, even_mix(n))
             r = run_classify(classify_command(args.model, folder, tmp / f"mem{n}.csv"), env)
             results[f"memory_{n}"] = r
             print(f"{n:6d} images: {r['seconds']:.0f} s ({n / r['seconds']:.1f} cells/s); process tree peak PSS "

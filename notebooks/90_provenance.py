@@ -82,8 +82,8 @@ if pack_file.exists():
 # %% [markdown]
 # ## A lab's folder through `bcfeat classify`
 #
-# `benchmarks/bench_classify_folder.py` runs the command on folders of real images (the four
-# shared sites interleaved) with the study's model file, beside an earlier revision with the model
+# `benchmarks/bench_classify_folder.py` runs the command on folders of real images (a quarter from
+# each of the four shared sites at every folder size) with the study's model file, beside an earlier revision with the model
 # file that revision's study wrote, and samples the memory of the command's process tree; its
 # JSON is kept in `<results_dir>/benchmarks/bench_classify_folder.json`.
 
@@ -97,6 +97,8 @@ if classify_file.exists():
     for name in ("ms_per_image", "small_call_seconds", "largest_call_images", "largest_call_cells_per_s"):
         if name in classify:
             glue(f"classify_{name}", classify[name], display=False)
+    for site, ms in classify.get("site_ms_per_image", {}).items():
+        glue(f"classify_ms_per_image_{site}", ms, display=False)
     glue("classify_memory", " and ".join(f"{mb:,.0f} MB for {n:,}" for n, mb in classify["peak_pss_mb"].items()),
          display=False)
     display(pd.Series(classify).to_frame("bcfeat classify"))

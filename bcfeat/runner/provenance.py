@@ -131,7 +131,8 @@ def classify_benchmark_figures(results: dict) -> dict[str, Any]:
     revision and of the baseline run (its name: the revision, or ``model``), the speed-up, the
     share of cells given the same class by both (percent), and the process tree's peak PSS (MB)
     per folder size; with the step profile, the milliseconds of one core per image
-    (``ms_per_image``, and per step in ``stage_ms_per_image``) and a 20-image call's seconds; and the
+    (``ms_per_image``, and per step in ``stage_ms_per_image``), the same total per lab's images
+    (``site_ms_per_image``: the labs' images differ in size and cost) and a 20-image call's seconds; and the
     speed of the largest memory run (``largest_call_cells_per_s``, where start-up counts least); and
     where the 1,000-image speed stands against the lab workflow's milestone and goal
     (``against_milestone``, ``against_goal``: "above" or "below" :data:`CLASSIFY_MILESTONE` /
@@ -147,6 +148,9 @@ def classify_benchmark_figures(results: dict) -> dict[str, Any]:
             "peak_pss_mb": dict(sorted(memory.items())),
             **({"ms_per_image": results["stage_ms_per_image"]["total"],
                 "stage_ms_per_image": results["stage_ms_per_image"]} if results.get("stage_ms_per_image") else {}),
+            **({"site_ms_per_image": {k[len("stage_ms_per_image_"):]: v["total"] for k, v in results.items()
+                                      if k.startswith("stage_ms_per_image_") and v}}
+               if any(k.startswith("stage_ms_per_image_") for k in results) else {}),
             **({"small_call_seconds": results["small_call_seconds"]} if "small_call_seconds" in results else {}),
             **({"largest_call_images": max(memory), "largest_call_cells_per_s":
                 max(memory) / results[f"memory_{max(memory)}"]["seconds"]} if memory else {})}

@@ -379,8 +379,11 @@ def test_classify_benchmark_figures_read_the_benchmark_json():
     assert figures["agreement_percent"] == pytest.approx(95.5)
     assert list(figures["peak_pss_mb"].items()) == [(1000, 705.0), (20000, 810.0)]
     assert "ms_per_image" not in figures and "small_call_seconds" not in figures  # an older benchmark file
+    assert "site_ms_per_image" not in figures
     steps = {"read": 1.0, "segment": 12.0, "crop": 7.0, "features": 8.0, "total": 28.0}
     figures = classify_benchmark_figures({**results, "stage_ms_per_image": steps, "small_call_seconds": 3.6})
     assert figures["ms_per_image"] == 28.0 and figures["stage_ms_per_image"]["segment"] == 12.0
     assert figures["small_call_seconds"] == 3.6
+    per_site = {"stage_ms_per_image_pbc_acevedo20": {**steps, "total": 22.0}, "stage_ms_per_image_bccd_crops": {**steps, "total": 17.5}}
+    assert classify_benchmark_figures({**results, **per_site})["site_ms_per_image"] == {"pbc_acevedo20": 22.0, "bccd_crops": 17.5}
     assert figures["largest_call_images"] == 20000 and figures["largest_call_cells_per_s"] == pytest.approx(20000 / 300)
