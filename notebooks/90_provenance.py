@@ -94,7 +94,8 @@ if classify_file.exists():
     for name in ("cells_per_s", "baseline_cells_per_s", "baseline", "speedup", "agreement_percent",
                  "against_milestone", "against_goal"):
         glue(f"classify_{name}", classify[name], display=False)
-    for name in ("ms_per_image", "small_call_seconds", "largest_call_images", "largest_call_cells_per_s"):
+    for name in ("ms_per_image", "small_call_seconds", "largest_call_images", "largest_call_cells_per_s",
+                 "largest_against_goal"):
         if name in classify:
             glue(f"classify_{name}", classify[name], display=False)
     for site, ms in classify.get("site_ms_per_image", {}).items():

@@ -387,3 +387,6 @@ def test_classify_benchmark_figures_read_the_benchmark_json():
     per_site = {"stage_ms_per_image_pbc_acevedo20": {**steps, "total": 22.0}, "stage_ms_per_image_bccd_crops": {**steps, "total": 17.5}}
     assert classify_benchmark_figures({**results, **per_site})["site_ms_per_image"] == {"pbc_acevedo20": 22.0, "bccd_crops": 17.5}
     assert figures["largest_call_images"] == 20000 and figures["largest_call_cells_per_s"] == pytest.approx(20000 / 300)
+    assert figures["largest_against_goal"] == "below"
+    fast = {**results, "memory_20000": {"seconds": 190.0, "tree_peak_pss_mb": 810.0}}
+    assert classify_benchmark_figures(fast)["largest_against_goal"] == "above"
