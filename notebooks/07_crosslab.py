@@ -81,12 +81,14 @@ from bcfeat.study import crosslab as cs
 from bcfeat.study import crosslab_figures as cf
 from bcfeat.study import crosslab_validation as cv
 from bcfeat.study import class_profiles as cp
+from bcfeat.study import false_calls as fc
 from bcfeat.study import own_label_ceiling as olc
 from bcfeat.study import colour_reference as crr
 from bcfeat.study import nucleus_reading as nr
 from bcfeat.study import real_lab_selection as rs
 from bcfeat.study import texture_gate as tg
 from bcfeat.crosslab import mixes as mx
+from bcfeat.crosslab.cell_features import feature_groups, feature_names
 from bcfeat.crosslab.virtual_labs import named_shifts, sample_labs
 from bcfeat.data import resolve_data_root
 from bcfeat.validation import require_int
@@ -696,6 +698,20 @@ for key, value in nr.nucleus_by_call_glue(nucleus_calls, "basophil").items():
     glue(key, value, display=False)
 glue("crosslab_nucleus_by_call", nr.nucleus_by_call_display(nucleus_calls, "basophil").round(2), display=False)
 nr.nucleus_by_call_display(nucleus_calls, "basophil").round(2)
+
+# %% [markdown]
+# What else pushes them: for every false basophil of each lab (all its cells in one call), the
+# linear classifier's margin of "basophil" over the cell's own class, split over the features it
+# reads (`bcfeat.study.false_calls`), averaged and summed per feature group and per part of the cell.
+
+# %% tags=["hide-input"]
+basophil_push, basophil_top = fc.false_call_push(head_clf, report_labs, "basophil", feature_groups(), feature_names())
+save_table(basophil_push, tables / "crosslab_false_basophil_push.csv")
+save_table(basophil_top, tables / "crosslab_false_basophil_features.csv")
+for key, value in fc.false_call_glue(basophil_push, basophil_top).items():
+    glue(key, value, display=False)
+glue("crosslab_false_basophil_push", fc.false_call_display(basophil_push, basophil_top), display=False)
+fc.false_call_display(basophil_push, basophil_top)
 
 # %% [markdown]
 # ## A few labelled cells of the new lab
