@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 PUSH_COLUMNS = ["lab", "called", "n_false", "grouping", "group", "push"]
-TOP_COLUMNS = ["lab", "called", "rank", "feature", "push"]
+TOP_COLUMNS = ["lab", "called", "rank", "feature", "push", "value"]
 
 
 def cell_part(name: str) -> str:
@@ -48,7 +48,8 @@ def false_call_push(clf, labs: dict[str, tuple[np.ndarray, np.ndarray]], called:
     ``called`` of the cells called so whose label differs, per feature group (``groups``: name ->
     indices into the features) and per part of the cell (:func:`cell_part`), as rows of
     :data:`PUSH_COLUMNS` (``grouping``: ``"group"`` or ``"part"``); and the ``top`` features with the
-    largest mean push per lab (:data:`TOP_COLUMNS`). ``clf``: a fitted linear
+    largest mean push per lab (:data:`TOP_COLUMNS`; ``value``: the feature's mean over the false
+    calls in the standardised view, in the lab's own spread from its centre). ``clf``: a fitted linear
     :class:`bcfeat.crosslab.adaptation.CrossLabClassifier` (``estimator_.coef_``). A lab with no
     false call of ``called`` gives a row per group with push NaN and ``n_false`` 0.
 
@@ -75,6 +76,7 @@ def false_call_push(clf, labs: dict[str, tuple[np.ndarray, np.ndarray]], called:
         predicted = reader.predict(X)
         false = np.flatnonzero((predicted == called) & (y != called) & np.isin(y, classes))
         term = np.full(X.shape[1], np.nan)  # mean push per feature, in the full feature indexing
+        value = np.full(X.shape[1], np.nan)  # mean standardised value per feature over the false calls
         if called in classes and len(false):
             Z = reader.transform(X)[false]
             W = reader.estimator_.coef_
@@ -82,6 +84,7 @@ def false_call_push(clf, labs: dict[str, tuple[np.ndarray, np.ndarray]], called:
                 W = np.vstack([np.zeros_like(W[0]), W[0]])
             toward = W[classes.index(called)][None, :] - W[[classes.index(t) for t in y[false]]]
             term[columns] = (Z * toward).mean(axis=0)
+            value[columns] = Z.mean(axis=0)
         for grouping, members in (("group", groups), ("part", parts)):
             for group, idx in members.items():
                 used = [i for i in idx if np.isfinite(term[i])]
@@ -90,8 +93,8 @@ def false_call_push(clf, labs: dict[str, tuple[np.ndarray, np.ndarray]], called:
                              "group": group, "push": push})
         if len(false):
             order = np.argsort(-np.nan_to_num(term, nan=-np.inf))[:top]
-            tops += [{"lab": lab, "called": called, "rank": r + 1, "feature": names[i], "push": float(term[i])}
-                     for r, i in enumerate(order)]
+            tops += [{"lab": lab, "called": called, "rank": r + 1, "feature": names[i], "push": float(term[i]),
+                      "value": float(value[i])} for r, i in enumerate(order)]
     return pd.DataFrame(rows, columns=PUSH_COLUMNS), pd.DataFrame(tops, columns=TOP_COLUMNS)
 
 
@@ -116,7 +119,8 @@ def false_call_display(push: pd.DataFrame, top: pd.DataFrame, digits: int = 2) -
 
 def false_call_glue(push: pd.DataFrame, top: pd.DataFrame) -> dict:
     """``crosslab_false_<called>_<lab>_n`` and ``..._<grouping>_<group>`` (the mean push), and
-    ``..._top_feature`` (the feature that pushes most) for every lab."""
+    ``..._top_feature`` (the feature that pushes most) with ``..._top_value`` (its mean
+    standardised value over the false calls) for every lab."""
     out = {}
     for row in push.itertuples():
         stem = f"crosslab_false_{row.called}_{row.lab}"
@@ -124,6 +128,7 @@ def false_call_glue(push: pd.DataFrame, top: pd.DataFrame) -> dict:
         out[f"{stem}_{row.grouping}_{row.group}"] = float(row.push)
     for row in top[top["rank"] == 1].itertuples():
         out[f"crosslab_false_{row.called}_{row.lab}_top_feature"] = str(row.feature)
+        out[f"crosslab_false_{row.called}_{row.lab}_top_value"] = float(row.value)
     return out
 
 

@@ -34,11 +34,13 @@ def test_the_push_into_a_class_is_carried_by_the_feature_that_moved(classifier):
     assert by[("group", "colour")] == pytest.approx(by[("part", "cytoplasm")] + by[("part", "nucleus")])
     assert abs(by[("group", "size")]) < 0.3
     assert top.iloc[0]["feature"] == "cytoplasm_chroma_r" and list(top["rank"]) == [1, 2, 3]
+    assert top.iloc[0]["value"] > 1.0  # the shifted feature sits far above the classifier's centre
     shown = fc.false_call_display(push, top)
     assert shown.loc["false calls", "lab"] == 40 and shown.loc["features pushing most", "lab"].startswith("cytoplasm")
     glued = fc.false_call_glue(push, top)
     assert glued["crosslab_false_c_lab_n"] == 40 and glued["crosslab_false_c_lab_top_feature"] == "cytoplasm_chroma_r"
     assert glued["crosslab_false_c_lab_part_cytoplasm"] == pytest.approx(by[("part", "cytoplasm")])
+    assert glued["crosslab_false_c_lab_top_value"] == pytest.approx(top.iloc[0]["value"])
 
 
 def test_a_lab_without_false_calls_has_no_push_and_no_top_features(classifier):
