@@ -98,20 +98,22 @@ def false_call_push(clf, labs: dict[str, tuple[np.ndarray, np.ndarray]], called:
     return pd.DataFrame(rows, columns=PUSH_COLUMNS), pd.DataFrame(tops, columns=TOP_COLUMNS)
 
 
-def false_call_display(push: pd.DataFrame, top: pd.DataFrame, digits: int = 2) -> pd.DataFrame:
+def false_call_display(push: pd.DataFrame, top: pd.DataFrame, digits: int = 2, n_features: int = 2) -> pd.DataFrame:
     """One column per lab: the number of false calls, the push per feature group and per part of
-    the cell (logit units, mean over the false calls, to ``digits`` decimals), and the features
-    that push most."""
+    the cell (logit units, mean over the false calls, to ``digits`` decimals), and the
+    ``n_features`` features that push most."""
     if push.empty:
         return pd.DataFrame()
     labs = list(dict.fromkeys(push["lab"]))
     shown = push.assign(row=push["grouping"].map({"group": "group: ", "part": "part: "}) + push["group"])
     table = shown.pivot_table(index="row", columns="lab", values="push", sort=False, dropna=False).reindex(columns=labs)
-    counts = push.drop_duplicates("lab").set_index("lab")["n_false"].reindex(labs).astype(float)
-    table = pd.concat([counts.to_frame().T.rename(index={"n_false": "false calls"}), table.round(digits)])
+    table = table.round(digits).astype(object)
+    counts = push.drop_duplicates("lab").set_index("lab")["n_false"].reindex(labs)
+    table = pd.concat([pd.DataFrame([counts.astype(int).tolist()], index=["false calls"], columns=labs, dtype=object),
+                       table])
     if not top.empty:
-        firsts = top.sort_values("rank").groupby("lab", sort=False)["feature"].agg(", ".join).reindex(labs)
-        table = table.astype(object)
+        firsts = (top[top["rank"] <= n_features].sort_values("rank").groupby("lab", sort=False)["feature"]
+                  .agg(", ".join).reindex(labs))
         table.loc["features pushing most"] = firsts.fillna("").tolist()
     table.columns.name = None
     return table
