@@ -35,12 +35,6 @@ def cell_part(name: str) -> str:
     return head if head in ("nucleus", "cytoplasm", "cell") else "other"
 
 
-def _reading_classifier(clf, X: np.ndarray):
-    """The classifier that classifies this call: the gate's fallback where the gate is closed."""
-    gated = getattr(clf, "gate_columns", None) is not None and clf.gate_closed(X)
-    return clf.fallback_ if gated else clf
-
-
 def false_call_push(clf, labs: dict[str, tuple[np.ndarray, np.ndarray]], called: str,
                     groups: dict[str, Sequence[int]], names: Sequence[str], top: int = 3
                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -70,7 +64,7 @@ def false_call_push(clf, labs: dict[str, tuple[np.ndarray, np.ndarray]], called:
         parts.setdefault(cell_part(name), []).append(i)
     for lab, (X, y) in labs.items():
         X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
-        reader = _reading_classifier(clf, X)
+        reader = clf.fallback_ if clf.gate_closed(X) else clf  # the classifier that classifies this call
         classes = list(reader.classes_)
         columns = np.arange(X.shape[1]) if reader.columns is None else np.asarray(reader.columns)
         predicted = reader.predict(X)
