@@ -20,7 +20,11 @@ rounds. No target label is read. Two readings of "class-balanced" are implemente
   within-class standard deviation, so neither moves with the call's class mix. Classes with
   fewer than :data:`CBR_MIN_CLASS_CELLS` predicted cells are dropped; a call of fewer than
   :data:`CBR_MIN_CELLS` cells, or with fewer than two classes left, falls back to the plain
-  statistics with the spread scaled by the training site's within-to-total spread ratio.
+  statistics with the spread scaled by the training site's within-to-total spread ratio;
+- ``"cbr_mix"``: CBR's centre, with the spread read from every cell of the call and divided by
+  the spread the training cells would have under the call's predicted class shares
+  (:func:`~bcfeat.crosslab.site_statistics.mix_corrected_statistics`): only the predicted
+  *shares* enter the spread, not which cells were put in which class.
 
 Optional extras, each also label-free:
 
@@ -53,11 +57,13 @@ from sklearn.utils.validation import check_is_fitted
 
 from bcfeat.crosslab.site_statistics import (CBR_MIN_CELLS, CBR_MIN_CLASS_CELLS, MIN_SITE_CELLS,  # noqa: F401
                                              SiteStatistics, class_balanced_weights, class_conditional_statistics,
-                                             em_class_priors, site_statistics, soften, standardize)
+                                             class_moments, em_class_priors, mix_corrected_statistics,
+                                             site_statistics, soften, standardize)
 
 MODELS = ("logistic", "forest")
 PRIOR_CORRECTIONS = ("none", "em")
-STATISTICS = ("balanced", "cbr")
+STATISTICS = ("balanced", "cbr", "cbr_mix")
+CLASS_STATISTICS = ("cbr", "cbr_mix")  # the readings with per-class centres (and the fallback ratio)
 # Shrinkage towards the identity of the gated columns' within-class covariance (standardised
 # units): texture measures are strongly correlated, and the inverse must not blow up on them.
 GATE_SHRINKAGE = 0.05
@@ -134,9 +140,11 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         Rounds of class-balanced re-estimation of a target site's statistics from the
         posteriors (0: plain, unweighted statistics). The training site is always balanced
         with its labels when this is > 0.
-    statistics : {"balanced", "cbr"}, default="balanced"
-        Which class-balanced statistics the rounds use: the class-weighted mean and spread, or
-        class-balanced re-standardisation (:func:`class_conditional_statistics`).
+    statistics : {"balanced", "cbr", "cbr_mix"}, default="balanced"
+        Which class-balanced statistics the rounds use: the class-weighted mean and spread,
+        class-balanced re-standardisation (:func:`class_conditional_statistics`), or CBR's centre
+        with the call's whole spread corrected for its predicted mix
+        (:func:`mix_corrected_statistics`).
     temperature : float, default=1.0
         The output probabilities are ``softmax(log p / temperature)``: a temperature > 1
         softens a classifier that is confident while wrong on new labs. It is chosen on
@@ -174,8 +182,11 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         The training classes' centroids in :meth:`discriminant_view` and the ``(k, k)`` map into
         it (how far a new lab's cells sit from every class: :mod:`bcfeat.crosslab.calibration`).
     fallback_ratio_ : np.ndarray
-        ``(d',)`` the training site's within-class to total spread (``statistics="cbr"``), used
-        where a call is too small for class statistics.
+        ``(d',)`` the training site's within-class to total spread (``statistics`` ``"cbr"`` or
+        ``"cbr_mix"``), used where a call is too small for class statistics.
+    source_class_means_, source_class_variances_ : np.ndarray
+        ``(n_classes, d')`` the training cells' moments per class in the standardised view
+        (``statistics="cbr_mix"``).
     fallback_ : CrossLabClassifier
         With ``gate_columns``: the classifier without them.
 
@@ -258,13 +269,16 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = np.unique(y)
         onehot = (y[:, None] == self.classes_[None, :]).astype(float)
         self.fallback_ratio_ = np.ones(X.shape[1])
-        if self.balance_rounds > 0 and self.statistics == "cbr":
+        if self.balance_rounds > 0 and self.statistics in CLASS_STATISTICS:
             self.source_statistics_ = class_conditional_statistics(X, y)
             self.fallback_ratio_ = self.source_statistics_.scale / site_statistics(X).scale
         else:
             weights = class_balanced_weights(onehot) if self.balance_rounds > 0 else None
             self.source_statistics_ = site_statistics(X, weights)
         self._Z_train, self._y_train = standardize(X, self.source_statistics_), y
+        if self.statistics == "cbr_mix":
+            self.source_class_means_, self.source_class_variances_ = class_moments(
+                self._Z_train, np.searchsorted(self.classes_, y), len(self.classes_))
         self.estimator_ = self._new_estimator().fit(self._Z_train, y)
         if labelled_calls:
             self._learn_from_calls(labelled_calls)
@@ -423,6 +437,9 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         ``(n,)`` into ``classes_``: its own predictions, or the texture gate's fallback's."""
         if self.statistics == "cbr":
             return class_conditional_statistics(X, hard, self.fallback_ratio_)
+        if self.statistics == "cbr_mix":
+            return mix_corrected_statistics(X, hard, self.source_class_means_, self.source_class_variances_,
+                                            self.fallback_ratio_)
         return site_statistics(X, class_balanced_weights(np.eye(len(self.classes_))[hard]))
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -499,6 +516,9 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
             "train_y": [str(v) for v in self._y_train],
             "fallback_ratio": torch.from_numpy(np.asarray(self.fallback_ratio_, np.float64)),
             "calibration": dict(getattr(self, "calibration_", {}) or {}),
+            **({"class_moments": {"means": torch.from_numpy(self.source_class_means_),
+                                  "variances": torch.from_numpy(self.source_class_variances_)}}
+               if self.statistics == "cbr_mix" else {}),
         }
 
     @classmethod
@@ -529,6 +549,16 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         ratio = p.get("fallback_ratio")  # files written before CBR have none: plain statistics
         clf.fallback_ratio_ = np.ones(clf._Z_train.shape[1]) if ratio is None else _array(ratio).astype(np.float64)
         clf.calibration_ = dict(p.get("calibration") or {})
+        if clf.statistics == "cbr_mix":
+            moments = p.get("class_moments")
+            shape = (len(clf.classes_), clf._Z_train.shape[1])
+            if moments is None:
+                raise ValueError("a classifier with statistics='cbr_mix' needs its class moments in the file")
+            clf.source_class_means_ = _array(moments["means"]).astype(np.float64)
+            clf.source_class_variances_ = _array(moments["variances"]).astype(np.float64)
+            if clf.source_class_means_.shape != shape or clf.source_class_variances_.shape != shape:
+                raise ValueError(f"the file's class moments must be {shape}, got {clf.source_class_means_.shape} "
+                                 f"and {clf.source_class_variances_.shape}")
         if clf.gate_columns is not None:
             if "fallback" not in p:
                 raise ValueError("a classifier with gate_columns needs its fallback classifier in the file")
@@ -539,4 +569,4 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         return clf
 
 
-__all__ = ["STATISTICS", "GATE_SHRINKAGE", "gate_threshold_at", "LabelledCall", "CrossLabClassifier"]
+__all__ = ["STATISTICS", "CLASS_STATISTICS", "GATE_SHRINKAGE", "gate_threshold_at", "LabelledCall", "CrossLabClassifier"]

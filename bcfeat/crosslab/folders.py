@@ -136,7 +136,7 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
     folder when it classifies it, not in the labelled folder's (:class:`LabelledCall`). Returns the
     written path, the number of cells per class (corrections included), and the skipped files.
     """
-    from bcfeat.crosslab.adaptation import CrossLabClassifier
+    from bcfeat.crosslab.adaptation import CLASS_STATISTICS, CrossLabClassifier
     from bcfeat.crosslab.cell_features import feature_set_columns
 
     if groups is not None:
@@ -181,7 +181,7 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
     study_calibration = {} if model.classifier is None else getattr(model.classifier, "calibration_", {})
     calibration = {k: v for k, v in study_calibration.items() if k in ("temperature", "uncertain_min_probability")}
     clf = CrossLabClassifier(model="logistic", C=C, balance_rounds=0 if statistics == "plain" else 2,
-                             statistics="cbr" if statistics == "cbr" else "balanced", columns=columns,
+                             statistics=statistics if statistics in CLASS_STATISTICS else "balanced", columns=columns,
                              temperature=float(calibration.get("temperature", 1.0)))
     model.classifier = clf.fit(feats, files["label"].to_numpy(), calls)
     # The study's temperature and uncertain threshold were fitted on its virtual labs for the same

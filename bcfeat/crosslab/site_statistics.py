@@ -128,6 +128,15 @@ def class_balanced_weights(posteriors: np.ndarray) -> np.ndarray:
     return (P[:, present] / mass[present]).sum(axis=1)
 
 
+def _cbr_classes(labels: np.ndarray, min_class_cells: int, min_cells: int) -> np.ndarray | None:
+    """The classes whose statistics CBR averages, or ``None`` where a call falls back to the
+    plain statistics (fewer than ``min_cells`` cells, or fewer than two classes of at least
+    ``min_class_cells`` cells)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    kept = classes[counts >= min_class_cells]
+    return None if len(labels) < min_cells or len(kept) < 2 else kept
+
+
 def class_conditional_statistics(X: np.ndarray, labels: np.ndarray, fallback_ratio: np.ndarray | None = None,
                                  min_class_cells: int = CBR_MIN_CLASS_CELLS,
                                  min_cells: int = CBR_MIN_CELLS) -> SiteStatistics:
@@ -150,9 +159,8 @@ def class_conditional_statistics(X: np.ndarray, labels: np.ndarray, fallback_rat
     X = np.asarray(X, dtype=np.float64)
     labels = np.asarray(labels)
     plain = site_statistics(X)
-    classes, counts = np.unique(labels, return_counts=True)
-    kept = classes[counts >= min_class_cells]
-    if len(X) < min_cells or len(kept) < 2:
+    kept = _cbr_classes(labels, min_class_cells, min_cells)
+    if kept is None:
         ratio = np.ones(X.shape[1]) if fallback_ratio is None else np.asarray(fallback_ratio, np.float64)
         return SiteStatistics(plain.centre, plain.scale * ratio, plain.fill, plain.n_cells)
     means, variances = [], []
@@ -168,6 +176,84 @@ def class_conditional_statistics(X: np.ndarray, labels: np.ndarray, fallback_rat
     scale = np.sqrt(np.mean(variances, axis=0))
     scale = np.where(scale > 1e-9 * np.maximum(1.0, np.abs(centre)), scale, plain.scale)
     return SiteStatistics(centre, scale, plain.fill, plain.n_cells)
+
+
+def class_moments(Z: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of every class's rows (NaN ignored): two ``(n_classes, d)`` arrays.
+
+    ``labels`` ``(n,)``: class indices ``0 .. n_classes - 1``; each class needs a row.
+
+    >>> m, v = class_moments(np.array([[0.0], [2.0], [5.0]]), np.array([0, 0, 1]), 2)
+    >>> m.ravel().tolist(), v.ravel().tolist()
+    ([1.0, 5.0], [1.0, 0.0])
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    labels = np.asarray(labels)
+    missing = sorted(set(range(n_classes)) - set(labels.tolist()))
+    if missing:
+        raise ValueError(f"class moments need a row of every class; classes {missing} have none")
+    means = np.stack([np.nanmean(Z[labels == c], axis=0) for c in range(n_classes)])
+    variances = np.stack([np.nanvar(Z[labels == c], axis=0) for c in range(n_classes)])
+    return means, variances
+
+
+def mix_spread(class_means: np.ndarray, class_variances: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """``(d,)`` standard deviation of a population made of the classes in ``shares`` ``(k,)``,
+    from each class's mean and variance ``(k, d)``: the within-class variance and the spread of
+    the class means, both weighted by the shares.
+
+    >>> mix_spread(np.array([[0.0], [2.0]]), np.array([[1.0], [1.0]]), np.array([0.5, 0.5])).tolist()
+    [1.4142135623730951]
+    """
+    shares = np.asarray(shares, dtype=np.float64)
+    mean = shares @ class_means
+    second = shares @ (class_variances + class_means ** 2)
+    return np.sqrt(np.maximum(second - mean ** 2, 0.0))
+
+
+def mix_corrected_statistics(X: np.ndarray, labels: np.ndarray, class_means: np.ndarray,
+                             class_variances: np.ndarray, fallback_ratio: np.ndarray | None = None,
+                             min_class_cells: int = CBR_MIN_CLASS_CELLS,
+                             min_cells: int = CBR_MIN_CELLS) -> SiteStatistics:
+    """CBR's centre with a spread read from the whole call, corrected for its predicted mix.
+
+    CBR's spread is the average within-class spread of the *predicted* classes, so every cell
+    the classifier puts in the wrong class widens or narrows it. Here the spread is the call's
+    plain standard deviation (every cell, whatever its class) divided by the standard deviation
+    the training cells would have in the classifier's standardised view with the call's
+    predicted class shares (:func:`mix_spread`): a lab that only stretches a feature keeps the
+    training lab's spread in that view, whatever its class mix, and only the class *shares*, not
+    the class members, are read from the predictions.
+
+    ``labels`` ``(n,)``: hard class indices ``0 .. k-1`` (the classifier's own predictions);
+    ``class_means``, ``class_variances`` ``(k, d)``: the training cells' moments per class in
+    the classifier's standardised view (:func:`class_moments`). Where CBR falls back (a small
+    call, fewer than two classes; :func:`class_conditional_statistics`) so does this, and a
+    feature whose training spread under the mix is 0 keeps CBR's spread.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> Z = np.r_[rng.normal(0, 1, (200, 1)), rng.normal(4, 1, (200, 1))]; y = np.repeat([0, 1], 200)
+    >>> m, v = class_moments(Z, y, 2)
+    >>> lab = Z[:300] * 3.0 + 7.0        # another lab: the feature stretched 3 times, a 2:1 class mix
+    >>> s = mix_corrected_statistics(lab, y[:300], m, v)
+    >>> round(float(s.scale[0]), 1)      # the stretch, read from all its cells
+    3.0
+    """
+    X = np.asarray(X, dtype=np.float64)
+    labels = np.asarray(labels)
+    cbr = class_conditional_statistics(X, labels, fallback_ratio, min_class_cells, min_cells)
+    if _cbr_classes(labels, min_class_cells, min_cells) is None:
+        return cbr
+    k = len(class_means)
+    if labels.min() < 0 or labels.max() >= k:
+        raise ValueError(f"labels must be class indices in 0..{k - 1}, got {labels.min()}..{labels.max()}")
+    shares = np.bincount(labels.astype(np.int64), minlength=k) / len(labels)
+    spread = mix_spread(class_means, class_variances, shares)
+    usable = spread > 1e-9
+    scale = np.where(usable, site_statistics(X).scale / np.where(usable, spread, 1.0), cbr.scale)
+    return SiteStatistics(cbr.centre, scale, cbr.fill, cbr.n_cells)
 
 
 def em_class_priors(posteriors: np.ndarray, train_priors: np.ndarray, max_iter: int = 200,
@@ -216,4 +302,5 @@ def soften(proba: np.ndarray, temperature: float) -> np.ndarray:
 
 
 __all__ = ["MIN_SITE_CELLS", "CLIP", "CBR_MIN_CLASS_CELLS", "CBR_MIN_CELLS", "SiteStatistics", "site_statistics",
-           "standardize", "class_balanced_weights", "class_conditional_statistics", "em_class_priors", "soften"]
+           "standardize", "class_balanced_weights", "class_conditional_statistics", "class_moments", "mix_spread",
+           "mix_corrected_statistics", "em_class_priors", "soften"]

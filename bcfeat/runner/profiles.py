@@ -66,7 +66,7 @@ PROFILES: dict[str, Profile] = {
                             "ssl_epochs": 1, "ssl_image_size": 24, "cnn_epochs": 1, "cnn_image_size": 24, "n_boot": 50, "shots": "0,1,5", "n_draws": 2,
                             "few_shot_source_cells": 0, "n_workers": 2,
                             "n_virtual_labs": 2, "virtual_lab_cells": 0, "shift_cells": 12, "mix_calls": 2, "flag_calls": 3,
-                            "candidate_statistics": "plain,cbr", "untouched_folder": ""},
+                            "candidate_statistics": "plain,cbr,cbr_mix", "untouched_folder": ""},
         },
     ),
     "cpu": _profile(

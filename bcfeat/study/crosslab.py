@@ -265,6 +265,8 @@ def _adaptation_variants(setting: dict, full_name: str, gate_threshold: float | 
         "per-site standardisation (plain)": {**base, "balance_rounds": 0},
         "+ class-balanced site statistics (2 rounds)": {**base, "balance_rounds": 2},
         "+ class-balanced re-standardisation, CBR (2 rounds)": {**base, "balance_rounds": 2, "statistics": "cbr"},
+        "+ CBR, spread from every cell corrected for the predicted mix (2 rounds)": {**base, "balance_rounds": 2,
+                                                                                   "statistics": "cbr_mix"},
         "+ EM class-prior correction": {**base, "balance_rounds": 0, "prior_correction": "em"},
         "+ self-training (2 rounds, p >= 0.9)": {**base, "balance_rounds": 0, "self_training": 2},
     }

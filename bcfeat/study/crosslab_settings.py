@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bcfeat.crosslab.adaptation import CrossLabClassifier
+from bcfeat.crosslab.adaptation import CLASS_STATISTICS, CrossLabClassifier
 from bcfeat.crosslab.cell_features import feature_set_columns
 
-STATISTICS = ("plain", "balanced", "cbr")
+STATISTICS = ("plain", "balanced", "cbr", "cbr_mix")
 
 def setting_name(C: float, groups: str, source: str, statistics: str) -> str:
     """``"logistic C=0.03 no_fine_texture stain cbr"``."""
@@ -60,7 +60,7 @@ def classifier_for(setting: dict | str, random_state: int = 0, temperature: floa
     (call size, threshold) pairs, the setting's texture columns are gated (:func:`texture_gate_columns`; no gate where it reads none)."""
     s = parse_setting(setting) if isinstance(setting, str) else setting
     rounds = 0 if s["statistics"] == "plain" else 2
-    stats = "cbr" if s["statistics"] == "cbr" else "balanced"
+    stats = s["statistics"] if s["statistics"] in CLASS_STATISTICS else "balanced"
     gate = None if gate_threshold is None else texture_gate_columns(s["groups"])
     return CrossLabClassifier(model="logistic", C=s["C"], balance_rounds=rounds, statistics=stats,
                               columns=feature_set_columns(s["groups"]), random_state=random_state,

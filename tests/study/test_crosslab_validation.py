@@ -62,6 +62,53 @@ def test_cbr_classifier_holds_a_skewed_lab_better_than_plain_statistics():
         CrossLabClassifier(temperature=0).fit(Xs, ys)
 
 
+def test_the_mix_corrected_spread_reads_every_cell_and_only_the_predicted_shares():
+    from bcfeat.crosslab.site_statistics import class_moments, mix_corrected_statistics, standardize
+
+    rng = np.random.default_rng(4)
+    Xs, ys = _three_class_lab(rng, [300, 300, 300])
+    means, variances = class_moments(standardize(Xs, class_conditional_statistics(Xs, ys)), ys, 3)
+    Xt, yt = _three_class_lab(rng, [720, 60, 20], scale=2.5, shift=4.0)  # stretched 2.5 times, 90 % one class
+    right = mix_corrected_statistics(Xt, yt, means, variances)
+    np.testing.assert_allclose(right.scale, 2.5, rtol=0.1)
+    np.testing.assert_allclose(right.centre, class_conditional_statistics(Xt, yt).centre)  # CBR's centre
+    # 30 cells of the first class and 30 of the second predicted the other way round: the shares,
+    # and so the spread, stay; CBR's within-class spread takes the misplaced cells in
+    swapped = yt.copy()
+    swapped[np.flatnonzero(yt == 0)[:30]], swapped[np.flatnonzero(yt == 1)[:30]] = 1, 0
+    np.testing.assert_array_equal(mix_corrected_statistics(Xt, swapped, means, variances).scale, right.scale)
+    assert np.abs(class_conditional_statistics(Xt, swapped).scale / 2.5 - 1).max() > 0.3
+    # a small call falls back as CBR does; a feature constant in training keeps CBR's spread
+    np.testing.assert_allclose(mix_corrected_statistics(Xt[:20], yt[:20], means, variances).scale,
+                               class_conditional_statistics(Xt[:20], yt[:20]).scale)
+    flat = variances.copy(); flat[:, 0] = 0.0
+    flat_means = means.copy(); flat_means[:, 0] = 0.0
+    np.testing.assert_allclose(mix_corrected_statistics(Xt, yt, flat_means, flat).scale[0],
+                               class_conditional_statistics(Xt, yt).scale[0])
+    with pytest.raises(ValueError, match="class indices"):
+        mix_corrected_statistics(Xt, yt + 1, means, variances)
+    with pytest.raises(ValueError, match=r"classes \[2\] have none"):
+        class_moments(Xs, np.minimum(ys, 1), 3)
+
+
+def test_the_mix_corrected_classifier_holds_a_skewed_lab_and_keeps_its_moments_in_the_model_file():
+    rng = np.random.default_rng(5)
+    Xs, ys = _three_class_lab(rng, [300, 300, 300])
+    Xt, yt = _three_class_lab(rng, [720, 60, 20], scale=2.5, shift=4.0)
+    mixed = CrossLabClassifier(balance_rounds=2, statistics="cbr_mix").fit(Xs, ys)
+    assert bas(yt, mixed.predict(Xt)) > 0.85
+    assert mixed.source_class_means_.shape == mixed.source_class_variances_.shape == (3, 6)
+    stored = CrossLabClassifier.from_payload(mixed.to_payload(), 6)
+    np.testing.assert_array_equal(stored.predict_proba(Xt), mixed.predict_proba(Xt))
+    payload = mixed.to_payload()
+    del payload["class_moments"]
+    with pytest.raises(ValueError, match="needs its class moments"):
+        CrossLabClassifier.from_payload(payload, 6)
+    assert "class_moments" not in CrossLabClassifier(statistics="cbr").fit(Xs, ys).to_payload()
+    assert cv.parse_setting(cv.setting_name(0.03, "all", "stain", "cbr_mix"))["statistics"] == "cbr_mix"
+    assert cv.classifier_for("logistic C=0.03 all stain cbr_mix").statistics == "cbr_mix"
+
+
 def test_temperature_softens_without_changing_the_prediction():
     rng = np.random.default_rng(3)
     Xs, ys = _three_class_lab(rng, [100, 100, 100])
@@ -78,7 +125,7 @@ def test_setting_names_round_trip_and_unknown_parts_fail():
     assert cv.parse_setting(name) == {"name": name, "model": "logistic", "C": 0.03, "groups": "no_texture",
                                       "source": "stain", "statistics": "cbr"}
     assert cv.plain_name(name) == "logistic C=0.03 no_texture stain"
-    assert len(cv.candidate_settings([0.01, 0.1], ["all"], ["stain"])) == 6
+    assert len(cv.candidate_settings([0.01, 0.1], ["all"], ["stain"])) == 8  # plain, balanced, cbr, cbr_mix
     with pytest.raises(ValueError):
         cv.candidate_settings([0.1], ["no_colours"], ["stain"])
     with pytest.raises(ValueError, match="statistics"):
