@@ -455,6 +455,25 @@ for key, value in rs.rule_readings_glue(readings).items():
 readings.set_index("reading").round(3)
 
 # %% [markdown]
+# The deployed setting beside the same mask, features and strength with the grid's other
+# label-free statistics: each given site in calls of 100 under the mixes and on all its cells,
+# the virtual labs' score, and the untouched lab (read by no choice).
+
+# %% tags=["hide-input"]
+statistics_table = rs.statistics_comparison(
+    given_scores, selection_table, nested_setting,
+    rs.untouched_scorer(measured, samples, plan,
+                        lambda src: cv.untouched_lab(untouched_folder, artifacts, src, n_workers,
+                                                     detector_file=detector_file),
+                        seed, design=design))
+save_table(statistics_table, tables / "crosslab_statistics.csv")
+glue("crosslab_statistics_table", statistics_table.drop(columns=["setting"]).set_index("statistics").round(3),
+     display=False)
+for key, value in rs.statistics_glue(statistics_table).items():
+    glue(key, value, display=False)
+statistics_table.set_index("statistics").round(3)
+
+# %% [markdown]
 # ## The untouched lab
 #
 # A real lab kept out of every choice until this point: the Chulalongkorn University set

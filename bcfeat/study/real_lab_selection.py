@@ -17,7 +17,7 @@ import pandas as pd
 
 from bcfeat.crosslab import mixes as mx
 from bcfeat.data.splits import SplitPlan
-from bcfeat.study.crosslab_settings import parse_setting
+from bcfeat.study.crosslab_settings import STATISTICS, parse_setting, setting_name
 from bcfeat.study.crosslab_validation import LABELS, fit_setting, real_labs, score_on_labs
 from bcfeat.study.design import StudySites
 
@@ -185,5 +185,55 @@ def rule_readings_glue(readings: pd.DataFrame) -> dict:
     return out
 
 
+def statistics_comparison(given_scores: pd.DataFrame, selection: pd.DataFrame, setting: str,
+                          untouched: Callable[[str], float] | None = None) -> pd.DataFrame:
+    """The deployed setting beside the same mask, features and strength with each other label-free
+    statistics the grid scored: one row per statistics, the mean balanced accuracy on each given
+    site (calls of 100 under the mixes, :func:`score_on_given_sites`) and on all its cells, their
+    means, the virtual labs' selection score and, with ``untouched(setting) -> balanced
+    accuracy`` (:func:`untouched_scorer`), the untouched lab's on all its cells (read by no
+    choice; reported only)."""
+    s = parse_setting(setting)
+    virtual = selection.set_index("setting")["selection_score"]
+    rows = []
+    for statistics in STATISTICS:
+        name = setting_name(s["C"], s["groups"], s["source"], statistics)
+        part = given_scores[given_scores["setting"] == name]
+        if part.empty:
+            continue
+        row = {"statistics": statistics, "setting": name, "deployed": name == s["name"]}
+        for r in part.itertuples():
+            row[f"{r.lab}_mixes"] = float(r.balanced_accuracy)
+            row[f"{r.lab}_all"] = float(r.balanced_accuracy_all)
+        row["mean_mixes"] = float(part["balanced_accuracy"].mean())
+        row["mean_all"] = float(part["balanced_accuracy_all"].mean())
+        row["virtual_labs"] = float(virtual.get(name, np.nan))
+        if untouched is not None:
+            row["untouched_all"] = float(untouched(name))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def untouched_scorer(measured: dict, samples: pd.DataFrame, plan: SplitPlan,
+                     untouched_for: Callable[[str], tuple | None], seed: int, *,
+                     design: StudySites) -> Callable[[str], float]:
+    """``setting -> balanced accuracy`` on all the untouched lab's cells (NaN when the lab is
+    absent), the setting's classifier fitted as :func:`rule_readings` fits it."""
+    def score(setting: str) -> float:
+        lab = untouched_for(parse_setting(setting)["source"])
+        if lab is None:
+            return float("nan")
+        clf = fit_setting(measured, samples, plan, setting, seed, source=design.source)
+        return float(mx.call_scores(lab[1], clf.predict(lab[0]), LABELS)["balanced_accuracy"])
+    return score
+
+
+def statistics_glue(table: pd.DataFrame) -> dict:
+    """``crosslab_stats_<statistics>_<column>`` for every number of :func:`statistics_comparison`."""
+    return {f"crosslab_stats_{r['statistics']}_{k}": float(v) for r in table.to_dict("records")
+            for k, v in r.items() if k not in ("statistics", "setting", "deployed")}
+
+
 __all__ = ["SELECTION_RULES", "score_on_given_sites", "nested_choice", "nested_display", "nested_glue",
-           "READING_KEYS", "rule_readings", "rule_readings_glue"]
+           "READING_KEYS", "rule_readings", "rule_readings_glue", "statistics_comparison", "untouched_scorer",
+           "statistics_glue"]

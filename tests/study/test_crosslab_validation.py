@@ -655,6 +655,9 @@ def test_real_lab_rule_reports_each_given_site_from_a_choice_made_without_it():
     assert (readings["in_domain_worst_mix_100"] <= readings["in_domain_all"] + 0.1).all()
     clf = cv.fit_setting(measured, samples, plan, candidates[1], 0, source="pbc_acevedo20")
     assert readings["untouched_all"].iloc[1] == pytest.approx(bas(y1, clf.predict(far["stain"][0])))
+    scorer = rs.untouched_scorer(measured, samples, plan, far.get, 0, design=design)
+    assert scorer(candidates[1]) == readings["untouched_all"].iloc[1]
+    assert np.isnan(rs.untouched_scorer(measured, samples, plan, lambda src: None, 0, design=design)(candidates[1]))
     named = readings.assign(reading=["virtual labs", "real labs, one standard error (nested)"])
     assert rs.rule_readings_glue(named)["crosslab_reading_nested_untouched"] == readings["untouched_all"].iloc[1]
     assert np.isnan(rs.rule_readings(measured, samples, plan, {"w": candidates[0]}, lambda src: None, 0, n_calls=2,
@@ -720,3 +723,22 @@ def test_the_differential_check_table_counts_flagged_calls_per_lab():
     assert table["calls"].tolist() == [6, 6] and table["call_size"].tolist() == [100, 100]
     shown = cv.differential_flag_display(table.reset_index())
     assert shown.loc["misread", "share of calls flagged"] == 1 and "% basophil" in shown.columns
+
+
+def test_the_statistics_comparison_puts_the_deployed_setting_beside_its_other_statistics():
+    names = [cv.setting_name(0.03, "all", "stain", st) for st in ("plain", "cbr", "cbr_mix")]
+    other = cv.setting_name(0.1, "all", "stain", "cbr")  # another strength: not compared
+    sc = pd.DataFrame({"setting": [n for n in names + [other] for _ in range(2)], "lab": ["x", "y"] * 4,
+                       "balanced_accuracy": [0.70, 0.60, 0.72, 0.64, 0.75, 0.69, 0.1, 0.1],
+                       "balanced_accuracy_all": [0.71, 0.61, 0.73, 0.65, 0.76, 0.70, 0.1, 0.1]})
+    selection = pd.DataFrame({"setting": names + [other], "selection_score": [0.80, 0.85, 0.84, 0.9]})
+    seen = []
+    table = rs.statistics_comparison(sc, selection, names[2], lambda s: seen.append(s) or len(seen) / 10)
+    assert table["statistics"].tolist() == ["plain", "cbr", "cbr_mix"] and table["deployed"].tolist() == [False, False, True]
+    assert seen == names  # the untouched lab is scored for each, in the table's order
+    row = table.set_index("statistics").loc["cbr_mix"]
+    assert row["x_mixes"] == 0.75 and row["y_all"] == 0.70 and row["mean_mixes"] == pytest.approx(0.72)
+    assert row["virtual_labs"] == 0.84 and row["untouched_all"] == pytest.approx(0.3)
+    glue = rs.statistics_glue(table)
+    assert glue["crosslab_stats_cbr_mean_all"] == pytest.approx(0.69) and glue["crosslab_stats_plain_untouched_all"] == 0.1
+    assert "untouched_all" not in rs.statistics_comparison(sc, selection, names[1]).columns  # no lab given
