@@ -10,7 +10,7 @@ pulls the neutrophils of those sites towards the middle and pushes the minority 
 :class:`CrossLabClassifier` therefore standardises with **class-balanced** statistics: on the
 source site with the known labels (each class weighs the same), on a target site with the
 classifier's own posteriors (each *predicted* class weighs the same), re-estimated for a few
-rounds. No target label is read. Two readings of "class-balanced" are implemented
+rounds. No target label is read. Three readings of "class-balanced" are implemented
 (``statistics``):
 
 - ``"balanced"``: the weighted mean and standard deviation with every (predicted) class given
