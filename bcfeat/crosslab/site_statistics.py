@@ -158,8 +158,14 @@ def class_conditional_statistics(X: np.ndarray, labels: np.ndarray, fallback_rat
     """
     X = np.asarray(X, dtype=np.float64)
     labels = np.asarray(labels)
-    plain = site_statistics(X)
-    kept = _cbr_classes(labels, min_class_cells, min_cells)
+    return _class_conditional(X, labels, site_statistics(X), _cbr_classes(labels, min_class_cells, min_cells),
+                              fallback_ratio)
+
+
+def _class_conditional(X: np.ndarray, labels: np.ndarray, plain: SiteStatistics, kept: np.ndarray | None,
+                       fallback_ratio: np.ndarray | None) -> SiteStatistics:
+    """:func:`class_conditional_statistics` from the call's plain statistics and the classes CBR
+    keeps (``None``: the fallback)."""
     if kept is None:
         ratio = np.ones(X.shape[1]) if fallback_ratio is None else np.asarray(fallback_ratio, np.float64)
         return SiteStatistics(plain.centre, plain.scale * ratio, plain.fill, plain.n_cells)
@@ -243,8 +249,10 @@ def mix_corrected_statistics(X: np.ndarray, labels: np.ndarray, class_means: np.
     """
     X = np.asarray(X, dtype=np.float64)
     labels = np.asarray(labels)
-    cbr = class_conditional_statistics(X, labels, fallback_ratio, min_class_cells, min_cells)
-    if _cbr_classes(labels, min_class_cells, min_cells) is None:
+    plain = site_statistics(X)
+    kept = _cbr_classes(labels, min_class_cells, min_cells)
+    cbr = _class_conditional(X, labels, plain, kept, fallback_ratio)
+    if kept is None:
         return cbr
     k = len(class_means)
     if labels.min() < 0 or labels.max() >= k:
@@ -252,7 +260,7 @@ def mix_corrected_statistics(X: np.ndarray, labels: np.ndarray, class_means: np.
     shares = np.bincount(labels.astype(np.int64), minlength=k) / len(labels)
     spread = mix_spread(class_means, class_variances, shares)
     usable = spread > 1e-9
-    scale = np.where(usable, site_statistics(X).scale / np.where(usable, spread, 1.0), cbr.scale)
+    scale = np.where(usable, plain.scale / np.where(usable, spread, 1.0), cbr.scale)
     return SiteStatistics(cbr.centre, scale, cbr.fill, cbr.n_cells)
 
 

@@ -165,13 +165,19 @@ def rule_readings(measured: dict, samples: pd.DataFrame, plan: SplitPlan, readin
         clf = fit_setting(measured, samples, plan, setting, seed, source=design.source)
         Xs, ys = real_labs(measured, samples, plan, s["source"], design=design)[design.source]
         calls = score_on_labs(clf, {design.source: (Xs, ys)}, tuple(mx.MIXES), (100,), n_calls, seed)
-        lab = untouched_for(s["source"])
         rows.append({"reading": reading, "setting": setting,
                      "in_domain_all": float(mx.call_scores(ys, clf.predict(Xs), LABELS)["balanced_accuracy"]),
                      "in_domain_worst_mix_100": float(calls.groupby("mix")["balanced_accuracy"].mean().min()),
-                     "untouched_all": (float(mx.call_scores(lab[1], clf.predict(lab[0]), LABELS)["balanced_accuracy"])
-                                       if lab is not None else float("nan"))})
+                     "untouched_all": _untouched_balanced_accuracy(clf, untouched_for(s["source"]))})
     return pd.DataFrame(rows)
+
+
+def _untouched_balanced_accuracy(clf, lab: tuple | None) -> float:
+    """A classifier's balanced accuracy on all the untouched lab's cells ``(X, y)`` in one call;
+    NaN when the lab is absent (``None``)."""
+    if lab is None:
+        return float("nan")
+    return float(mx.call_scores(lab[1], clf.predict(lab[0]), LABELS)["balanced_accuracy"])
 
 
 def rule_readings_glue(readings: pd.DataFrame) -> dict:
@@ -223,8 +229,8 @@ def untouched_scorer(measured: dict, samples: pd.DataFrame, plan: SplitPlan,
         lab = untouched_for(parse_setting(setting)["source"])
         if lab is None:
             return float("nan")
-        clf = fit_setting(measured, samples, plan, setting, seed, source=design.source)
-        return float(mx.call_scores(lab[1], clf.predict(lab[0]), LABELS)["balanced_accuracy"])
+        return _untouched_balanced_accuracy(fit_setting(measured, samples, plan, setting, seed, source=design.source),
+                                            lab)
     return score
 
 
