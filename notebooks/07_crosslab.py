@@ -89,6 +89,7 @@ from bcfeat.study import real_lab_selection as rs
 from bcfeat.study import texture_gate as tg
 from bcfeat.crosslab import mixes as mx
 from bcfeat.crosslab.cell_features import feature_groups, feature_names
+from bcfeat.crosslab.view_agreement import AccuracyFromDisagreement
 from bcfeat.crosslab.virtual_labs import named_shifts, sample_labs
 from bcfeat.data import resolve_data_root
 from bcfeat.validation import require_int
@@ -291,20 +292,24 @@ gate_per_lab.round(3)
 # %% [markdown]
 # A call's accuracy, estimated from its two views: the chosen classifier and its texture-free
 # fallback classify every virtual lab's cells (all at once, and calls of 100 under each mix), and a
-# straight line from how often the two disagree to the call's accuracy is fitted on those calls.
-# `bcfeat classify` uses it to bring each call's mean probability to the accuracy it predicts.
+# straight line from how often the two disagree (and, where it helps, the call's lab novelty) to
+# the call's accuracy is fitted on those calls. `bcfeat classify` uses it to bring each call's mean
+# probability to the accuracy it predicts.
 
 # %% tags=["hide-input"]
 virtual_calls = cv.disagreement_calls(dev_clf, virtual, headline_source, seed=seed)
-virtual_calls.groupby("lab", sort=False)[["disagreement", "accuracy"]].mean().round(3)
+virtual_calls.groupby("lab", sort=False)[["disagreement", "novelty", "accuracy"]].mean().round(3)
 
 # %% [markdown]
 # Every virtual lab shifts the training lab, so on its own the line never sees a call of a lab that
 # is not shifted at all, which is how a lab that trains on its own cells uses the classifier. The
 # training lab's own calls are added where they help: its training split is cut into folds, and a
 # copy of the chosen classifier trained on the other folds reads each fold (in one call and in calls
-# of 100 under each mix). No test cell of any site is read. Both readings are scored by how far the
-# line misses each virtual lab's calls when fitted without that lab; the smaller error is used.
+# of 100 under each mix). No test cell of any site is read. The line may also read each call's lab
+# novelty (how far its cells sit from every training class), which does not come from the two views.
+# The four readings (with or without the training lab's calls, with or without novelty) are scored
+# by how far the line misses each virtual lab's calls when fitted without that lab; the smallest
+# error is used.
 
 # %% tags=["hide-input"]
 source_X, source_y = cv.source_training_cells(measured, samples, plan, headline_setting, source=design.source)
@@ -315,9 +320,12 @@ save_table(line_readings, tables / "crosslab_disagreement_readings.csv")
 glue("crosslab_line_readings", line_readings.set_index("reading").round(3), display=False)
 glue("crosslab_line_reading_used", str(line_readings.loc[line_readings["used"], "reading"].iloc[0]), display=False)
 glue("crosslab_source_calibration_folds", source_calibration_folds, display=False)
-for key, reading in (("virtual", 0), ("with_source", 1)):  # NaN where that reading was not possible
-    error = float(line_readings["error"].iloc[reading]) if reading < len(line_readings) else math.nan
-    glue(f"crosslab_line_error_{key}", error, display=False)
+for key, novelty_term in (("", False), ("_novelty", True)):  # NaN where that reading was not possible
+    errors = line_readings.loc[line_readings["novelty"] == novelty_term, "error"].tolist() + [math.nan, math.nan]
+    glue(f"crosslab_line_error_virtual{key}", float(errors[0]), display=False)
+    glue(f"crosslab_line_error_with_source{key}", float(errors[1]), display=False)
+line_uses_novelty = bool(line_readings.loc[line_readings["used"], "novelty"].iloc[0])
+glue("crosslab_line_uses_novelty", "reads" if line_uses_novelty else "does not read", display=False)
 for key in ("accuracy", "disagreement"):
     glue(f"crosslab_source_calls_{key}", float(source_calls[key].mean()) if len(source_calls) else math.nan,
          display=False)
@@ -329,7 +337,7 @@ line_readings.round(3)
 
 # %% tags=["hide-input"]
 calibration = cv.fit_calibration(dev_clf, virtual, headline_source, target_catch, max_review, gate_envelope,
-                                 calls=disagreement)
+                                 calls=disagreement, with_novelty=line_uses_novelty)
 glue("crosslab_temperature", calibration.temperature, display=False)
 glue("crosslab_uncertain_below", calibration.uncertain_min_probability, display=False)
 glue("crosslab_novelty_threshold", calibration.novelty_threshold, display=False)
@@ -429,7 +437,8 @@ from bcfeat.crosslab.calibration import reliability_figure  # noqa: E402
 glue("crosslab_reliability_figure", reliability_figure(reliability), display=False)
 glue("crosslab_calibration", calib.set_index("lab").round(3), display=False)
 if "view_disagreement" in calib.columns:
-    glue("crosslab_disagreement_figure", cf.disagreement_figure(disagreement, calib), display=False)
+    glue("crosslab_disagreement_figure", cf.disagreement_figure(
+        disagreement, AccuracyFromDisagreement.from_dict(calibration.accuracy_from_disagreement), calib), display=False)
 for key, value in tg.gate_glue(calib).items():
     glue(key, value, display=False)
 calib.set_index("lab").round(3)

@@ -257,8 +257,9 @@ ESTIMATE_WARNING_BELOW = 0.80
 
 def call_calibrated(classifier: CrossLabClassifier, feats: np.ndarray,
                     proba: np.ndarray) -> tuple[np.ndarray, str | None]:
-    """One call's probabilities brought to the accuracy its two views' disagreement predicts (the
-    model file's ``accuracy_from_disagreement``, fitted on the study's development labs;
+    """One call's probabilities brought to the accuracy its two views' disagreement (and, for a
+    two-term line, its lab novelty) predicts (the model file's ``accuracy_from_disagreement``, fitted
+    on the study's development labs;
     :mod:`bcfeat.crosslab.view_agreement`), and a warning when that estimate is below
     :data:`ESTIMATE_WARNING_BELOW`. Unchanged, without a warning, when the file holds no such line
     or the classifier has one view (a lab's own ``train-classifier`` model), or for a call of fewer
@@ -268,10 +269,13 @@ def call_calibrated(classifier: CrossLabClassifier, feats: np.ndarray,
     record = getattr(classifier, "calibration_", {}).get("accuracy_from_disagreement")
     if record is None or classifier.gate_columns is None or len(proba) < MIN_CALL_CELLS:
         return proba, None
-    out, d, estimate = calibrate_with_views(classifier, feats, proba, AccuracyFromDisagreement.from_dict(record))
+    line = AccuracyFromDisagreement.from_dict(record)
+    out, d, estimate = calibrate_with_views(classifier, feats, proba, line)
     if estimate >= ESTIMATE_WARNING_BELOW:
         return out, None
-    return out, (f"the classifier read with and without texture disagrees on {d:.0%} of these {len(feats)} cells; "
+    far = (f" and the cells sit {classifier.lab_novelty(feats):.2f} from the training classes (lab novelty)"
+           if line.uses_novelty else "")
+    return out, (f"the classifier read with and without texture disagrees on {d:.0%} of these {len(feats)} cells{far}; "
                  f"on the development labs that went with about {estimate:.0%} accuracy, and the probabilities "
                  "are lowered to match: review the cells marked uncertain, or label a few cells per class "
                  "(bcfeat train-classifier --corrections)")

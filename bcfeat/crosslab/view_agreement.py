@@ -7,9 +7,11 @@ the training lab's, they part. How often they part is measured on each call, wit
 
 - :func:`view_disagreement`: the share of a call's cells whose top class differs between two
   probability tables (in the study: the classifier and its texture-free fallback).
-- :class:`AccuracyFromDisagreement`: a straight line from that share to the call's accuracy,
-  fitted by least squares on labelled development calls (the virtual labs rendered from the
-  training lab, under several class mixes), never on the lab it is applied to.
+- :class:`AccuracyFromDisagreement`: a straight line from that share (and, where the study's
+  development calls choose it, the call's lab novelty: how far its cells sit from every training
+  class, a reading that does not come from the two views) to the call's accuracy, fitted by least
+  squares on labelled development calls (the virtual labs rendered from the training lab, under
+  several class mixes), never on the lab it is applied to.
 - :func:`temperature_for_mean_confidence` and :func:`calibrate_call`: the temperature that
   brings a call's mean top probability to the estimated accuracy, applied to that call only.
   One temperature fitted on development labs (:func:`bcfeat.crosslab.calibration.fit_temperature`)
@@ -53,17 +55,25 @@ def view_disagreement(proba_a: np.ndarray, proba_b: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class AccuracyFromDisagreement:
-    """``accuracy ~ intercept + slope * disagreement``, clipped to ``[floor, 1]``.
+    """``accuracy ~ intercept + slope * disagreement (+ novelty_slope * novelty)``, clipped to ``[floor, 1]``.
 
     ``floor`` is chance (one over the number of classes): an estimate never says a call is worse
     than guessing. ``n_calls`` and ``residual_std`` record what the line was fitted on and how
     far the development calls sat from it.
+
+    The second term is optional: a call's lab novelty
+    (:meth:`bcfeat.crosslab.adaptation.CrossLabClassifier.lab_novelty`, how far its cells sit from
+    every training class), a reading that does not depend on the two views. ``novelty_slope`` 0
+    (the default, and every file written before it) is the line from disagreement alone.
 
     >>> fit = AccuracyFromDisagreement.fit([0.0, 0.1, 0.2, 0.3], [0.98, 0.84, 0.70, 0.56], n_classes=5)
     >>> round(fit.slope, 2), round(fit.intercept, 2), round(fit.estimate(0.25), 2)
     (-1.4, 0.98, 0.63)
     >>> fit.estimate(0.9)   # clipped at chance
     0.2
+    >>> two = AccuracyFromDisagreement.fit([0.0, 0.1, 0.0, 0.1], [0.95, 0.85, 0.75, 0.65], 5, novelties=[1, 1, 2, 2])
+    >>> round(two.novelty_slope, 2), round(two.estimate(0.05, novelty=1.5), 2)
+    (-0.2, 0.8)
     """
 
     intercept: float
@@ -71,9 +81,16 @@ class AccuracyFromDisagreement:
     floor: float
     n_calls: int
     residual_std: float
+    novelty_slope: float = 0.0
+
+    @property
+    def uses_novelty(self) -> bool:
+        """Whether the estimate reads the call's lab novelty as well."""
+        return self.novelty_slope != 0.0
 
     @classmethod
-    def fit(cls, disagreements, accuracies, n_classes: int) -> AccuracyFromDisagreement:
+    def fit(cls, disagreements, accuracies, n_classes: int, novelties=None) -> AccuracyFromDisagreement:
+        """Least squares on development calls; ``novelties`` (one per call): fit the two-term line."""
         d, acc = np.asarray(disagreements, float), np.asarray(accuracies, float)
         if d.ndim != 1 or d.shape != acc.shape or len(d) < 3:
             raise ValueError(f"fitting accuracy from disagreement needs >= 3 calls of equal length, "
@@ -84,30 +101,49 @@ class AccuracyFromDisagreement:
             raise ValueError("every development call has the same disagreement: no line can be fitted")
         if not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
             raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
-        slope, intercept = np.polyfit(d, acc, 1)
-        residual = acc - (intercept + slope * d)
-        return cls(float(intercept), float(slope), 1.0 / int(n_classes), int(len(d)), float(residual.std()))
+        if novelties is None:
+            slope, intercept = np.polyfit(d, acc, 1)
+            residual = acc - (intercept + slope * d)
+            return cls(float(intercept), float(slope), 1.0 / int(n_classes), int(len(d)), float(residual.std()))
+        nov = np.asarray(novelties, float)
+        if nov.shape != d.shape or not np.all(np.isfinite(nov)) or np.any(nov < 0):
+            raise ValueError(f"novelties must be {d.shape[0]} finite values >= 0, one per call, got shape {nov.shape}")
+        if np.ptp(nov) <= 0:
+            raise ValueError("every development call has the same novelty: its term cannot be fitted")
+        A = np.stack([np.ones_like(d), d, nov], axis=1)
+        coef = np.linalg.lstsq(A, acc, rcond=None)[0]
+        residual = acc - A @ coef
+        return cls(float(coef[0]), float(coef[1]), 1.0 / int(n_classes), int(len(d)), float(residual.std()),
+                   float(coef[2]))
 
-    def estimate(self, disagreement: float) -> float:
-        """The estimated accuracy of a call whose views disagree on this share of its cells."""
+    def estimate(self, disagreement: float, novelty: float | None = None) -> float:
+        """The estimated accuracy of a call whose views disagree on this share of its cells (and,
+        for a two-term line, whose lab novelty is ``novelty``)."""
         if not 0.0 <= float(disagreement) <= 1.0:
             raise ValueError(f"a disagreement share lies in [0, 1], got {disagreement!r}")
-        return float(np.clip(self.intercept + self.slope * float(disagreement), self.floor, 1.0))
+        value = self.intercept + self.slope * float(disagreement)
+        if self.uses_novelty:
+            if novelty is None or not (np.isfinite(novelty) and float(novelty) >= 0):
+                raise ValueError(f"this line reads the call's lab novelty too (a finite value >= 0), got {novelty!r}")
+            value += self.novelty_slope * float(novelty)
+        return float(np.clip(value, self.floor, 1.0))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> AccuracyFromDisagreement:
-        """Read back :meth:`to_dict` (a model file's calibration); every value is checked."""
+        """Read back :meth:`to_dict` (a model file's calibration); every value is checked. A record
+        without ``novelty_slope`` (written before the two-term line) is the line from disagreement alone."""
         keys = ("intercept", "slope", "floor", "n_calls", "residual_std")
-        if not isinstance(d, dict) or set(d) != set(keys):
-            raise ValueError(f"an accuracy-from-disagreement record needs exactly {keys}, got {d!r}")
-        values = {k: float(d[k]) for k in keys}
+        if not isinstance(d, dict) or not set(keys) <= set(d) or not set(d) <= {*keys, "novelty_slope"}:
+            raise ValueError(f"an accuracy-from-disagreement record needs exactly {keys} (and optionally "
+                             f"novelty_slope), got {d!r}")
+        values = {k: float(d[k]) for k in (*keys, "novelty_slope") if k in d}
         if not all(np.isfinite(v) for v in values.values()) or not 0 < values["floor"] < 1:
             raise ValueError(f"an accuracy-from-disagreement record holds non-finite or invalid values: {d!r}")
         return cls(values["intercept"], values["slope"], values["floor"], int(values["n_calls"]),
-                   values["residual_std"])
+                   values["residual_std"], values.get("novelty_slope", 0.0))
 
 
 def temperature_for_mean_confidence(proba: np.ndarray, target: float) -> float:
@@ -136,10 +172,11 @@ def temperature_for_mean_confidence(proba: np.ndarray, target: float) -> float:
     return float(np.exp((low + high) / 2))
 
 
-def calibrate_call(proba: np.ndarray, disagreement: float,
-                   fit: AccuracyFromDisagreement) -> tuple[np.ndarray, float]:
+def calibrate_call(proba: np.ndarray, disagreement: float, fit: AccuracyFromDisagreement,
+                   novelty: float | None = None) -> tuple[np.ndarray, float]:
     """One call's probabilities with their mean confidence brought to the accuracy its views'
-    ``disagreement`` (:func:`view_disagreement`) predicts: ``(proba', estimated accuracy)``. A
+    ``disagreement`` (:func:`view_disagreement`) and, for a two-term line, its lab ``novelty``
+    predict: ``(proba', estimated accuracy)``. A
     call of fewer than :data:`MIN_CALL_CELLS` cells keeps ``proba``. The predicted classes never
     change.
 
@@ -151,7 +188,7 @@ def calibrate_call(proba: np.ndarray, disagreement: float,
     >>> np.array_equal(calibrate_call(p[:10], 0.25, fit)[0], p[:10])   # too few cells: unchanged
     True
     """
-    estimate = fit.estimate(disagreement)
+    estimate = fit.estimate(disagreement, novelty)
     proba = np.asarray(proba, float)
     if len(proba) < MIN_CALL_CELLS:
         return proba, estimate
@@ -162,7 +199,8 @@ def calibrate_with_views(classifier, X: np.ndarray, proba: np.ndarray,
                          fit: AccuracyFromDisagreement) -> tuple[np.ndarray, float, float]:
     """:func:`calibrate_call` for one call's features ``X`` read by ``classifier`` (a
     :class:`~bcfeat.crosslab.adaptation.CrossLabClassifier` with a texture gate, whose
-    ``view_probabilities`` gives the two readings): ``(proba', disagreement, estimated accuracy)``."""
+    ``view_probabilities`` gives the two readings, and ``lab_novelty`` the call's novelty where the
+    line reads it): ``(proba', disagreement, estimated accuracy)``."""
     d = view_disagreement(*classifier.view_probabilities(X))
-    out, estimate = calibrate_call(proba, d, fit)
+    out, estimate = calibrate_call(proba, d, fit, classifier.lab_novelty(X) if fit.uses_novelty else None)
     return out, d, estimate

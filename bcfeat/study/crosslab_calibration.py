@@ -5,7 +5,8 @@ what the deployed classifier carries besides its weights, all fitted without a r
   texture gate's envelope and the line from the two views' disagreement to a call's accuracy;
 - the development calls that line is fitted on: every virtual lab's (:func:`disagreement_calls`)
   and, where they lower its leave-one-virtual-lab-out error (:func:`calibration_calls`), the training
-  lab's own calls read out of fold (:func:`source_out_of_fold_calls`);
+  lab's own calls read out of fold (:func:`source_out_of_fold_calls`); the same error decides
+  whether the line reads the call's lab novelty beside the disagreement;
 - :func:`fit_calibration` and, per lab, :func:`calibration_table`.
 """
 
@@ -38,7 +39,7 @@ class Calibration:
     reference_novelty: list[float]
     gate_threshold: list | None = None  # the texture gate's [call size, threshold] pairs (texture_gate.fit_gate_threshold); None: no gate
     # view_agreement.AccuracyFromDisagreement.to_dict(): a call's accuracy from how often the classifier and its
-    # texture-free fallback part; None: no gate, so no second view
+    # texture-free fallback part (and, with a novelty_slope, from the call's lab novelty); None: no gate, so no second view
     accuracy_from_disagreement: dict | None = None
 
     def to_dict(self) -> dict:
@@ -50,7 +51,7 @@ def _index(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return np.array([lookup[v] for v in y])
 
 
-CALL_COLUMNS = ["lab", "mix", "n_cells", "disagreement", "accuracy"]
+CALL_COLUMNS = ["lab", "mix", "n_cells", "disagreement", "novelty", "accuracy"]
 """The columns of a development call's row (:func:`disagreement_calls`, :func:`source_out_of_fold_calls`)."""
 
 
@@ -64,12 +65,12 @@ def _development_calls(y: np.ndarray, call_size: int, n_calls: int, rng_for) -> 
 
 
 def _call_row(clf: CrossLabClassifier, lab: str, mix: str, X: np.ndarray, y: np.ndarray) -> dict:
-    """One call read by ``clf``: how often its two views disagree, and its accuracy."""
+    """One call read by ``clf``: how often its two views disagree, its lab novelty, and its accuracy."""
     from bcfeat.crosslab.view_agreement import view_disagreement
 
     full, fallback = clf.view_probabilities(X)
     return {"lab": lab, "mix": mix, "n_cells": len(y), "disagreement": view_disagreement(full, fallback),
-            "accuracy": float(np.mean(clf.predict(X) == y))}
+            "novelty": clf.lab_novelty(X), "accuracy": float(np.mean(clf.predict(X) == y))}
 
 
 def disagreement_calls(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, call_size: int = 100,
@@ -77,7 +78,7 @@ def disagreement_calls(clf: CrossLabClassifier, virtual: VirtualLabs, source: st
     """The development calls the accuracy-from-disagreement line is fitted on: every virtual lab's
     cells in one call and in ``n_calls`` calls of ``call_size`` under each class mix of
     :data:`bcfeat.crosslab.mixes.MIXES`; one row per call with ``lab, mix, n_cells, disagreement,
-    accuracy`` (empty when ``clf`` has no texture gate, hence no second view)."""
+    novelty, accuracy`` (empty when ``clf`` has no texture gate, hence no second view)."""
     rows = []
     if clf.gate_columns is None:
         return pd.DataFrame(columns=CALL_COLUMNS)
@@ -123,64 +124,99 @@ def source_out_of_fold_calls(clf: CrossLabClassifier, X: np.ndarray, y: np.ndarr
     return pd.DataFrame(rows, columns=CALL_COLUMNS)
 
 
-def line_error_leave_one_lab_out(calls: pd.DataFrame, n_classes: int,
-                                 extra: pd.DataFrame | None = None) -> float:
-    """Mean absolute error of the accuracy-from-disagreement line on each development lab's calls,
-    the line fitted on the other labs' calls (and on ``extra``, calls that are never held out, such
-    as :func:`source_out_of_fold_calls`). NaN when fewer than two labs have calls."""
+def _fit_line(calls: pd.DataFrame, n_classes: int, with_novelty: bool):
     from bcfeat.crosslab.view_agreement import AccuracyFromDisagreement
 
+    return AccuracyFromDisagreement.fit(calls["disagreement"], calls["accuracy"], n_classes,
+                                        novelties=calls["novelty"] if with_novelty else None)
+
+
+def _estimates(line, calls: pd.DataFrame) -> np.ndarray:
+    return np.array([line.estimate(d, v) for d, v in zip(calls["disagreement"], calls["novelty"])])
+
+
+def line_error_leave_one_lab_out(calls: pd.DataFrame, n_classes: int,
+                                 extra: pd.DataFrame | None = None, with_novelty: bool = False) -> float:
+    """Mean absolute error of the accuracy-from-disagreement line on each development lab's calls,
+    the line fitted on the other labs' calls (and on ``extra``, calls that are never held out, such
+    as :func:`source_out_of_fold_calls`); ``with_novelty``: the two-term line that reads the calls'
+    lab novelty too. NaN when fewer than two labs have calls."""
+    errors = _held_out_errors(calls, n_classes, extra, with_novelty)
+    return float(np.mean(errors)) if len(errors) else float("nan")
+
+
+def _held_out_errors(calls: pd.DataFrame, n_classes: int, extra: pd.DataFrame | None,
+                     with_novelty: bool) -> np.ndarray:
+    """Each development call's absolute error under the line fitted without its lab (empty where
+    the line cannot be fitted: :func:`line_error_leave_one_lab_out`)."""
     labs = list(dict.fromkeys(calls["lab"]))
     if len(labs) < 2:
-        return float("nan")
+        return np.zeros(0)
     errors = []
     for lab in labs:
         dev = calls[calls["lab"] != lab]
         if extra is not None and len(extra):
             dev = pd.concat([dev, extra], ignore_index=True)
-        if dev["disagreement"].nunique() < 2:
-            return float("nan")
-        line = AccuracyFromDisagreement.fit(dev["disagreement"], dev["accuracy"], n_classes)
+        if dev["disagreement"].nunique() < 2 or (with_novelty and dev["novelty"].nunique() < 2):
+            return np.zeros(0)
+        line = _fit_line(dev, n_classes, with_novelty)
         held = calls[calls["lab"] == lab]
-        errors += [abs(line.estimate(d) - a) for d, a in zip(held["disagreement"], held["accuracy"])]
-    return float(np.mean(errors))
+        errors += list(np.abs(_estimates(line, held) - held["accuracy"].to_numpy(float)))
+    return np.asarray(errors)
 
 
 def calibration_calls(virtual_calls: pd.DataFrame, source_calls: pd.DataFrame, n_classes: int
                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The development calls the line is fitted on, and the comparison that chose them.
+    """The development calls the line is fitted on, the line's terms, and the comparison that chose them.
 
-    Two readings: the virtual labs' calls alone, or with the training lab's out-of-fold calls.
-    Each is scored by :func:`line_error_leave_one_lab_out` on the virtual labs (the source's calls
-    are never held out: the in-domain site is reported, and its test cells are not among them); the
-    reading with the smaller error is used. Returns ``(calls, table)``, the table one row per reading
-    (``reading, n_calls, error, used``).
+    Four readings: the virtual labs' calls alone, or with the training lab's out-of-fold calls; the
+    line from the disagreement alone, or from the disagreement and the calls' lab novelty (a
+    reading that does not come from the two views, so it need not fail where they agree while both
+    are wrong). Each is scored by :func:`line_error_leave_one_lab_out` on the virtual labs (the
+    source's calls are never held out: the in-domain site is reported, and its test cells are not
+    among them); the reading with the smallest error is used (the first of equal ones, in the order
+    above), except that a line with the novelty term must beat every line without it by more than
+    one standard error of its own error (the held-out calls' spread over the square root of their
+    number): a second term that helps by less than the calls can tell is left out. Returns
+    ``(calls, table)``, the table one row per reading (``reading, novelty, n_calls, error, error_se,
+    used``; ``novelty``: whether that line reads it).
     """
     readings = {"virtual labs": None}
     if len(source_calls):
         readings["virtual labs + the training lab's out-of-fold calls"] = source_calls
-    rows = [{"reading": name, "n_calls": len(virtual_calls) + (0 if extra is None else len(extra)),
-             "error": line_error_leave_one_lab_out(virtual_calls, n_classes, extra)}
-            for name, extra in readings.items()]
+    rows = []
+    for with_novelty in (False, True):
+        for name, extra in readings.items():
+            errors = _held_out_errors(virtual_calls, n_classes, extra, with_novelty)
+            rows.append({"reading": name + (" (disagreement and novelty)" if with_novelty else ""), "calls": name,
+                         "novelty": with_novelty, "n_calls": len(virtual_calls) + (0 if extra is None else len(extra)),
+                         "error": float(np.mean(errors)) if len(errors) else float("nan"),
+                         "error_se": float(np.std(errors, ddof=1) / np.sqrt(len(errors))) if len(errors) > 1 else float("nan")})
     table = pd.DataFrame(rows)
     errors = table["error"].to_numpy(dtype=float)
+    one_term = np.where(table["novelty"].to_numpy(), np.nan, errors)
     best = int(np.nanargmin(errors)) if np.isfinite(errors).any() else 0
+    if table["novelty"].iloc[best] and np.isfinite(one_term).any():
+        simpler = int(np.nanargmin(one_term))
+        if errors[simpler] <= errors[best] + table["error_se"].iloc[best]:
+            best = simpler
     table["used"] = np.arange(len(table)) == best
-    extra = readings[table["reading"].iloc[best]]
+    extra = readings[table["calls"].iloc[best]]
     calls = virtual_calls if extra is None else pd.concat([virtual_calls, extra], ignore_index=True)
-    return calls, table
+    return calls, table.drop(columns="calls")
 
 
 def fit_calibration(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, target_catch: float = 0.5,
                     max_review: float = 0.3, gate_threshold: Sequence | None = None,
-                    calls: pd.DataFrame | None = None) -> Calibration:
+                    calls: pd.DataFrame | None = None, with_novelty: bool = False) -> Calibration:
     """Temperature (pooled negative log-likelihood), ``uncertain`` threshold and lab novelty
     threshold, from each virtual lab's cells classified in one call; ``gate_threshold`` (from
     :func:`bcfeat.study.texture_gate.fit_gate_threshold`) is recorded with them. With a texture
-    gate, the line from the views' disagreement to a call's accuracy is fitted on ``calls``
+    gate, the line from the views' disagreement (and, ``with_novelty``, the calls' lab novelty:
+    the reading :func:`calibration_calls` chose) to a call's accuracy is fitted on ``calls``
     (:func:`disagreement_calls`), and the ``uncertain`` threshold is chosen on the probabilities
     that line gives each lab (what ``bcfeat classify`` deploys)."""
-    from bcfeat.crosslab.view_agreement import AccuracyFromDisagreement, calibrate_with_views
+    from bcfeat.crosslab.view_agreement import calibrate_with_views
 
     probas, truths, novelty, features = [], [], [], []
     for lab in virtual.labs:
@@ -196,7 +232,7 @@ def fit_calibration(clf: CrossLabClassifier, virtual: VirtualLabs, source: str, 
     if clf.gate_columns is not None:
         calls = disagreement_calls(clf, virtual, source) if calls is None else calls
         if calls["disagreement"].nunique() > 1:  # else the calls say nothing of it
-            fit = AccuracyFromDisagreement.fit(calls["disagreement"], calls["accuracy"], len(clf.classes_))
+            fit = _fit_line(calls, len(clf.classes_), with_novelty)
             tempered = [calibrate_with_views(clf, X, p, fit)[0] for X, p in zip(features, tempered)]
     rule = cal.choose_uncertain_rule(np.vstack(tempered), t, target_catch, max_review)
     fitted = nov.fit_novelty(novelty)

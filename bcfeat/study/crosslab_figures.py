@@ -121,38 +121,39 @@ def mix_figure(summary: pd.DataFrame, metric: str = "balanced_accuracy"):
     return fig
 
 
-def disagreement_figure(calls: pd.DataFrame, real: pd.DataFrame | None = None):
-    """Each development call's accuracy against how often the classifier and its texture-free
-    fallback disagree on it (:func:`bcfeat.study.crosslab_validation.disagreement_calls`, and the
-    training lab's out-of-fold calls where the line uses them, labs ``"source fold k"``), with the
-    least-squares line; ``real`` (``lab, view_disagreement, accuracy``), when given, marks real labs."""
+def disagreement_figure(calls: pd.DataFrame, line, real: pd.DataFrame | None = None):
+    """Each development call's accuracy against the accuracy that ``line`` (the deployed
+    :class:`~bcfeat.crosslab.view_agreement.AccuracyFromDisagreement`) estimates from its readings
+    (how often the classifier and its texture-free fallback disagree on it and, for a two-term line,
+    its lab novelty): :func:`bcfeat.study.crosslab_validation.disagreement_calls`, and the training
+    lab's out-of-fold calls where the line uses them (labs ``"source fold k"``). A call on the
+    diagonal was estimated exactly; ``real`` (``lab, estimated_accuracy, accuracy``), when given,
+    marks real labs."""
     from bcfeat.study.figures import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    source = calls["lab"].astype(str).str.startswith("source fold")  # source_out_of_fold_calls
-    for part, name, markers in ((calls[~source], "virtual lab", ("o", "s")),
-                                (calls[source], "training lab, out of fold", ("^", "D"))):
-        whole = part["mix"] == "all cells"
-        if (~whole).any():
-            ax.scatter(part.loc[~whole, "disagreement"], part.loc[~whole, "accuracy"], s=8, alpha=0.35,
-                       marker=markers[0], label=f"{name}, call of 100")
-        if whole.any():
-            ax.scatter(part.loc[whole, "disagreement"], part.loc[whole, "accuracy"], s=18, marker=markers[1],
-                       label=f"{name}, all cells")
-    slope, intercept = np.polyfit(calls["disagreement"], calls["accuracy"], 1)
-    xs = np.linspace(0, max(float(calls["disagreement"].max()), 0.05) * 1.3, 20)
-    ax.plot(xs, intercept + slope * xs, color="black", lw=1, label=f"fit: {intercept:.2f} {slope:+.2f} x")
+    estimated = np.array([line.estimate(d, v) for d, v in zip(calls["disagreement"], calls["novelty"])])
+    source = calls["lab"].astype(str).str.startswith("source fold").to_numpy()  # source_out_of_fold_calls
+    whole = (calls["mix"] == "all cells").to_numpy()
+    for part, name, markers in ((~source, "virtual lab", ("o", "s")), (source, "training lab, out of fold", ("^", "D"))):
+        for rows, size, marker, what in ((part & ~whole, 8, markers[0], "call of 100"), (part & whole, 18, markers[1], "all cells")):
+            if rows.any():
+                ax.scatter(estimated[rows], calls.loc[rows, "accuracy"], s=size, alpha=0.35 if size == 8 else 1.0,
+                           marker=marker, label=f"{name}, {what}")
+    ax.plot([0, 1], [0, 1], color="black", lw=1, label="estimate = accuracy")
     if real is not None:
-        ax.scatter(real["view_disagreement"], real["accuracy"], s=40, marker="*", color="crimson",
+        ax.scatter(real["estimated_accuracy"], real["accuracy"], s=40, marker="*", color="crimson",
                    label="real lab, all cells")
         for _, row in real.iterrows():
-            ax.annotate(str(row["lab"])[:12], (row["view_disagreement"], row["accuracy"]), fontsize=7,
+            ax.annotate(str(row["lab"])[:12], (row["estimated_accuracy"], row["accuracy"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("share of cells the two views call differently")
+    terms = "disagreement and lab novelty" if line.uses_novelty else "disagreement of the two views"
+    ax.set_xlabel(f"accuracy estimated from the {terms}")
     ax.set_ylabel("accuracy of the call")
+    ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig

@@ -33,11 +33,41 @@ def test_the_accuracy_line_recovers_a_known_line_and_never_leaves_chance_to_one(
         AccuracyFromDisagreement.fit([0.1, 0.2, 2.0], [0.9, 0.8, 0.7], 5)
 
 
+def test_the_two_term_line_recovers_the_novelty_slope_and_needs_the_novelty_to_estimate():
+    """Calls whose accuracy falls with disagreement and, apart from it, with the lab's novelty."""
+    rng = np.random.default_rng(2)
+    d, nov = rng.uniform(0, 0.3, 300), rng.uniform(0.8, 1.6, 300)
+    acc = np.clip(1.3 - 1.0 * d - 0.4 * nov + rng.normal(0, 0.01, 300), 0, 1)
+    fit = AccuracyFromDisagreement.fit(d, acc, 5, novelties=nov)
+    assert fit.uses_novelty and fit.novelty_slope == pytest.approx(-0.4, abs=0.02)
+    assert fit.slope == pytest.approx(-1.0, abs=0.05) and fit.residual_std < 0.02
+    assert fit.estimate(0.1, novelty=1.5) == pytest.approx(1.3 - 0.1 - 0.6, abs=0.02)
+    # the one-term line on the same calls misses the novel labs: the second term is what tells them
+    one = AccuracyFromDisagreement.fit(d, acc, 5)
+    assert not one.uses_novelty and one.novelty_slope == 0.0 and one.estimate(0.1, novelty=2.0) == one.estimate(0.1)
+    assert abs(one.estimate(0.1) - (1.3 - 0.1 - 0.4 * 1.6)) > 2 * abs(fit.estimate(0.1, 1.6) - (1.3 - 0.1 - 0.4 * 1.6))
+    with pytest.raises(ValueError, match="lab novelty too"):
+        fit.estimate(0.1)
+    with pytest.raises(ValueError, match="same novelty"):
+        AccuracyFromDisagreement.fit(d, acc, 5, novelties=np.ones(300))
+    with pytest.raises(ValueError, match="one per call"):
+        AccuracyFromDisagreement.fit(d, acc, 5, novelties=nov[:10])
+    with pytest.raises(ValueError, match="one per call"):
+        AccuracyFromDisagreement.fit(d, acc, 5, novelties=np.where(nov > 1.5, np.nan, nov))
+    out, estimate = calibrate_call(rng.dirichlet([6, 1, 1], size=50), 0.1, fit, novelty=1.5)
+    assert estimate == fit.estimate(0.1, 1.5) and out.max(axis=1).mean() == pytest.approx(estimate, abs=1e-6)
+
+
 def test_a_line_read_from_a_model_file_is_checked():
     fit = AccuracyFromDisagreement(0.97, -1.5, 0.2, 40, 0.03)
     assert AccuracyFromDisagreement.from_dict(fit.to_dict()) == fit
+    two = AccuracyFromDisagreement(1.3, -1.0, 0.2, 40, 0.03, -0.4)
+    assert AccuracyFromDisagreement.from_dict(two.to_dict()) == two and two.to_dict()["novelty_slope"] == -0.4
+    # a record written before the novelty term: the line from disagreement alone
+    old = {k: v for k, v in fit.to_dict().items() if k != "novelty_slope"}
+    assert AccuracyFromDisagreement.from_dict(old) == fit and not AccuracyFromDisagreement.from_dict(old).uses_novelty
     for bad in ({"intercept": 0.9}, {**fit.to_dict(), "slope": float("nan")}, {**fit.to_dict(), "floor": 0.0},
-                {**fit.to_dict(), "extra": 1}, "not a record"):
+                {**fit.to_dict(), "extra": 1}, {**two.to_dict(), "novelty_slope": float("inf")}, "not a record"):
         with pytest.raises(ValueError, match="accuracy-from-disagreement record"):
             AccuracyFromDisagreement.from_dict(bad)
 
@@ -122,6 +152,17 @@ def test_the_views_part_on_a_lab_whose_texture_lies_and_classify_lowers_its_prob
     np.testing.assert_array_equal(table["predicted"], clf.predict(lying))  # classes unchanged
     assert any(f"disagrees on {d_lying:.0%}" in w and "accuracy" in w for w in warnings)
     assert table["uncertain"].mean() > (clf.predict_proba(lying).max(axis=1) < 0.6).mean()
+    # a two-term line reads the call's lab novelty from the classifier: a lab farther from the
+    # training classes is estimated lower at the same disagreement, and its probabilities follow
+    two = AccuracyFromDisagreement(fit.intercept + 0.5, fit.slope, fit.floor, fit.n_calls, fit.residual_std, -0.25)
+    model.classifier.calibration_ = {"uncertain_min_probability": 0.6, "accuracy_from_disagreement": two.to_dict()}
+    novelty = model.classifier.lab_novelty(lying)
+    out, warning = call_calibrated(model.classifier, lying, model.classifier.predict_proba(lying))
+    assert f"sit {novelty:.2f} from the training classes" in warning
+    expected = two.estimate(d_lying, novelty)
+    assert expected == pytest.approx(fit.estimate(d_lying) + 0.5 - 0.25 * novelty, abs=1e-9)
+    assert out.max(axis=1).mean() == pytest.approx(expected, abs=1e-4)
+    assert two.estimate(d_lying, novelty + 0.4) == pytest.approx(expected - 0.1)  # farther out: lower
     # a file without the line (older files, or a lab's own classifier): probabilities as they were
     model.classifier.calibration_ = {"uncertain_min_probability": 0.6}
     P = model.classifier.predict_proba(lying)

@@ -591,29 +591,44 @@ def test_the_training_labs_out_of_fold_calls_join_the_line_only_where_they_lower
     with pytest.raises(ValueError, match="labels"):
         cv.source_out_of_fold_calls(clf, Xs, ys[:-1])
 
-    # the choice between the two readings: virtual labs whose accuracy falls with disagreement from
+    # the choice between the readings: virtual labs whose accuracy falls with disagreement from
     # the source's level are fitted better with the source's calls; labs that say otherwise are not
-    def virtual_calls(intercept, slope):
-        r = np.random.default_rng(0)
+    def virtual_calls(intercept, slope, novelty_slope=0.0, novelty_noise=0.0, seed=0, novelty_step=0.1):
+        r = np.random.default_rng(seed)
         rows = []
         for lab in range(4):
             d = r.uniform(0.05, 0.3, 6)
-            rows += [{"lab": f"v{lab}", "mix": "own", "n_cells": 100, "disagreement": x,
-                      "accuracy": float(np.clip(intercept + slope * x + r.normal(0, 0.01), 0, 1))} for x in d]
+            v = 1.0 + novelty_step * lab + r.normal(0, novelty_noise, 6)  # the labs' novelty: a level per lab
+            rows += [{"lab": f"v{lab}", "mix": "own", "n_cells": 100, "disagreement": x, "novelty": n,
+                      "accuracy": float(np.clip(intercept + slope * x + novelty_slope * (n - 1) + r.normal(0, 0.01), 0, 1))}
+                     for x, n in zip(d, v)]
         return pd.DataFrame(rows)
 
     source = pd.DataFrame([{"lab": "source fold 0", "mix": "own", "n_cells": 100, "disagreement": 0.0,
-                            "accuracy": 0.98}] * 5)
-    agreeing = virtual_calls(0.98, -1.5)
+                            "novelty": 0.8, "accuracy": 0.98}] * 5)
+    agreeing = virtual_calls(0.98, -1.5, novelty_step=0.0)  # one novelty for every call: no line can read it
     used, table = cv.calibration_calls(agreeing, source, 5)
-    assert table["used"].tolist() == [False, True] and len(used) == len(agreeing) + len(source)
+    assert table["novelty"].tolist() == [False, False, True, True] and np.isnan(table["error"].iloc[2])
+    assert table["used"].tolist() == [False, True, False, False] and len(used) == len(agreeing) + len(source)
     assert table["error"].iloc[1] < table["error"].iloc[0]
-    contrary = virtual_calls(0.6, -0.2)  # the virtual labs say a shift-free call is far from 0.98
+    contrary = virtual_calls(0.6, -0.2, novelty_step=0.0)  # the virtual labs say a shift-free call is far from 0.98
     used, table = cv.calibration_calls(contrary, source, 5)
-    assert table["used"].tolist() == [True, False] and len(used) == len(contrary)
-    used, table = cv.calibration_calls(agreeing, source.iloc[:0], 5)  # no source calls: one reading
-    assert table["used"].tolist() == [True] and len(used) == len(agreeing)
+    assert table["used"].tolist() == [True, False, False, False] and len(used) == len(contrary)
+    used, table = cv.calibration_calls(agreeing, source.iloc[:0], 5)  # no source calls: two readings
+    assert table["used"].tolist() == [True, False] and len(used) == len(agreeing)
     assert np.isnan(cv.line_error_leave_one_lab_out(agreeing[agreeing["lab"] == "v0"], 5))
+    # labs whose accuracy falls with their novelty at the same disagreement: the two-term line wins,
+    # and the line it fits reads novelty with a negative slope
+    far = virtual_calls(0.9, -0.5, novelty_slope=-1.0)
+    used, table = cv.calibration_calls(far, source.iloc[:0], 5)
+    assert table["used"].tolist() == [False, True] and table["error"].iloc[1] < table["error"].iloc[0] / 2
+    assert cv.line_error_leave_one_lab_out(far, 5, with_novelty=True) == table["error"].iloc[1]
+    # novelty that tells nothing of accuracy can still shave the error by chance: by less than one
+    # standard error, so the line without it is kept
+    noise = virtual_calls(0.98, -1.5, novelty_noise=0.05, seed=1)
+    used, table = cv.calibration_calls(noise, source, 5)
+    assert table["novelty"].iloc[int(table["error"].idxmin())]
+    assert table["used"].tolist() == [False, True, False, False]
 
 
 def test_real_lab_rule_reports_each_given_site_from_a_choice_made_without_it():

@@ -71,22 +71,29 @@ def test_per_class_f1_figure_has_a_panel_per_feature_set():
     assert len([ax for ax in fig.axes if ax.get_title()]) == 2
 
 
-def test_the_disagreement_figure_tells_the_training_labs_calls_from_the_virtual_labs():
-    """The line's development calls, drawn by where they came from; the fitted line is that of all of them."""
+def test_the_disagreement_figure_puts_each_call_at_the_lines_estimate_and_tells_where_it_came_from():
+    """Every call sits at (the deployed line's estimate from its readings, its accuracy), drawn by
+    where it came from; real labs at their estimated accuracy; the axis names the line's terms."""
+    from bcfeat.crosslab.view_agreement import AccuracyFromDisagreement
     from bcfeat.study import crosslab_figures as cf
 
-    rows = [{"lab": "virtual_00", "mix": mix, "disagreement": d, "accuracy": 0.9 - 2 * d}
-            for mix, d in (("all cells", 0.05), ("own", 0.08), ("typical", 0.1))]
-    rows += [{"lab": "source fold 0", "mix": mix, "disagreement": d, "accuracy": 0.98 - d}
+    rows = [{"lab": "virtual_00", "mix": mix, "disagreement": d, "novelty": v, "accuracy": 0.9 - 2 * d}
+            for mix, d, v in (("all cells", 0.05, 1.2), ("own", 0.08, 1.3), ("typical", 0.1, 1.1))]
+    rows += [{"lab": "source fold 0", "mix": mix, "disagreement": d, "novelty": 0.8, "accuracy": 0.98 - d}
              for mix, d in (("all cells", 0.0), ("own", 0.01))]
     calls = pd.DataFrame(rows)
-    real = pd.DataFrame([{"lab": "bccd_crops", "view_disagreement": 0.1, "accuracy": 0.6}])
-    ax = cf.disagreement_figure(calls, real).axes[0]
+    line = AccuracyFromDisagreement(1.2, -1.0, 0.2, 5, 0.02, -0.3)
+    real = pd.DataFrame([{"lab": "bccd_crops", "estimated_accuracy": 0.7, "accuracy": 0.6}])
+    ax = cf.disagreement_figure(calls, line, real).axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    slope, intercept = np.polyfit(calls["disagreement"], calls["accuracy"], 1)
-    assert f"fit: {intercept:.2f} {slope:+.2f} x" in labels
-    assert [t for t in labels if not t.startswith("fit")] == [
-        "virtual lab, call of 100", "virtual lab, all cells", "training lab, out of fold, call of 100",
-        "training lab, out of fold, all cells", "real lab, all cells"]
-    only_virtual = [t.get_text() for t in cf.disagreement_figure(calls.iloc[:3]).axes[0].get_legend().get_texts()]
-    assert not any("training lab" in t for t in only_virtual)
+    assert labels == ["virtual lab, call of 100", "virtual lab, all cells", "training lab, out of fold, call of 100",
+                      "training lab, out of fold, all cells", "estimate = accuracy", "real lab, all cells"]
+    drawn = np.vstack([c.get_offsets() for c in ax.collections[:4]])
+    expected = [(line.estimate(r.disagreement, r.novelty), r.accuracy) for r in calls.itertuples()]
+    order = [1, 2, 0, 4, 3]  # calls of 100 before all cells, per source
+    assert np.allclose(drawn, np.array(expected)[order])
+    assert np.allclose(ax.collections[4].get_offsets(), [[0.7, 0.6]])
+    assert "novelty" in ax.get_xlabel()
+    one_term = cf.disagreement_figure(calls.iloc[:3], AccuracyFromDisagreement(0.9, -2.0, 0.2, 3, 0.0)).axes[0]
+    assert not any("training lab" in t.get_text() for t in one_term.get_legend().get_texts())
+    assert "novelty" not in one_term.get_xlabel()
