@@ -55,11 +55,14 @@ def view_disagreement(proba_a: np.ndarray, proba_b: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class AccuracyFromDisagreement:
-    """``accuracy ~ intercept + slope * disagreement (+ novelty_slope * novelty)``, clipped to ``[floor, 1]``.
+    """``accuracy ~ intercept + slope * disagreement (+ novelty_slope * novelty)``, clipped to ``[floor, ceiling]``.
 
     ``floor`` is chance (one over the number of classes): an estimate never says a call is worse
-    than guessing. ``n_calls`` and ``residual_std`` record what the line was fitted on and how
-    far the development calls sat from it.
+    than guessing. ``ceiling`` is the accuracy of the most accurate development call: an estimate
+    never promises more than a call the line was fitted on reached (a lab nearer the training
+    classes than every development lab would otherwise be extrapolated to 1, and its probabilities
+    sharpened until no cell is left uncertain). ``n_calls`` and ``residual_std`` record what the
+    line was fitted on and how far the development calls sat from it.
 
     The second term is optional: a call's lab novelty
     (:meth:`bcfeat.crosslab.adaptation.CrossLabClassifier.lab_novelty`, how far its cells sit from
@@ -71,6 +74,8 @@ class AccuracyFromDisagreement:
     (-1.4, 0.98, 0.63)
     >>> fit.estimate(0.9)   # clipped at chance
     0.2
+    >>> AccuracyFromDisagreement(1.1, -1.0, 0.2, 3, 0.0, ceiling=0.95).estimate(0.0)   # at most the ceiling
+    0.95
     >>> two = AccuracyFromDisagreement.fit([0.0, 0.1, 0.0, 0.1], [0.95, 0.85, 0.75, 0.65], 5, novelties=[1, 1, 2, 2])
     >>> round(two.novelty_slope, 2), round(two.estimate(0.05, novelty=1.5), 2)
     (-0.2, 0.8)
@@ -82,6 +87,7 @@ class AccuracyFromDisagreement:
     n_calls: int
     residual_std: float
     novelty_slope: float = 0.0
+    ceiling: float = 1.0
 
     @property
     def uses_novelty(self) -> bool:
@@ -104,7 +110,8 @@ class AccuracyFromDisagreement:
         if novelties is None:
             slope, intercept = np.polyfit(d, acc, 1)
             residual = acc - (intercept + slope * d)
-            return cls(float(intercept), float(slope), 1.0 / int(n_classes), int(len(d)), float(residual.std()))
+            return cls(float(intercept), float(slope), 1.0 / int(n_classes), int(len(d)), float(residual.std()),
+                       ceiling=float(acc.max()))
         nov = np.asarray(novelties, float)
         if nov.shape != d.shape or not np.all(np.isfinite(nov)) or np.any(nov < 0):
             raise ValueError(f"novelties must be {d.shape[0]} finite values >= 0, one per call, got shape {nov.shape}")
@@ -114,7 +121,7 @@ class AccuracyFromDisagreement:
         coef = np.linalg.lstsq(A, acc, rcond=None)[0]
         residual = acc - A @ coef
         return cls(float(coef[0]), float(coef[1]), 1.0 / int(n_classes), int(len(d)), float(residual.std()),
-                   float(coef[2]))
+                   float(coef[2]), float(acc.max()))
 
     def estimate(self, disagreement: float, novelty: float | None = None) -> float:
         """The estimated accuracy of a call whose views disagree on this share of its cells (and,
@@ -126,7 +133,7 @@ class AccuracyFromDisagreement:
             if novelty is None or not (np.isfinite(novelty) and float(novelty) >= 0):
                 raise ValueError(f"this line reads the call's lab novelty too (a finite value >= 0), got {novelty!r}")
             value += self.novelty_slope * float(novelty)
-        return float(np.clip(value, self.floor, 1.0))
+        return float(np.clip(value, self.floor, max(self.floor, self.ceiling)))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,16 +141,18 @@ class AccuracyFromDisagreement:
     @classmethod
     def from_dict(cls, d: dict) -> AccuracyFromDisagreement:
         """Read back :meth:`to_dict` (a model file's calibration); every value is checked. A record
-        without ``novelty_slope`` (written before the two-term line) is the line from disagreement alone."""
-        keys = ("intercept", "slope", "floor", "n_calls", "residual_std")
-        if not isinstance(d, dict) or not set(keys) <= set(d) or not set(d) <= {*keys, "novelty_slope"}:
+        without ``novelty_slope`` or ``ceiling`` (written before them) is the line from disagreement
+        alone, clipped at 1."""
+        keys, optional = ("intercept", "slope", "floor", "n_calls", "residual_std"), ("novelty_slope", "ceiling")
+        if not isinstance(d, dict) or not set(keys) <= set(d) or not set(d) <= {*keys, *optional}:
             raise ValueError(f"an accuracy-from-disagreement record needs exactly {keys} (and optionally "
-                             f"novelty_slope), got {d!r}")
-        values = {k: float(d[k]) for k in (*keys, "novelty_slope") if k in d}
-        if not all(np.isfinite(v) for v in values.values()) or not 0 < values["floor"] < 1:
+                             f"{optional}), got {d!r}")
+        values = {k: float(d[k]) for k in (*keys, *optional) if k in d}
+        if (not all(np.isfinite(v) for v in values.values()) or not 0 < values["floor"] < 1
+                or not values["floor"] <= values.get("ceiling", 1.0) <= 1):
             raise ValueError(f"an accuracy-from-disagreement record holds non-finite or invalid values: {d!r}")
         return cls(values["intercept"], values["slope"], values["floor"], int(values["n_calls"]),
-                   values["residual_std"], values.get("novelty_slope", 0.0))
+                   values["residual_std"], values.get("novelty_slope", 0.0), values.get("ceiling", 1.0))
 
 
 def temperature_for_mean_confidence(proba: np.ndarray, target: float) -> float:

@@ -23,6 +23,9 @@ def test_the_accuracy_line_recovers_a_known_line_and_never_leaves_chance_to_one(
     assert fit.estimate(0.2) == pytest.approx(0.67, abs=0.02)
     assert fit.estimate(0.9) == 0.2                                  # chance for five classes, not below
     assert AccuracyFromDisagreement(1.1, -1.0, 0.2, 3, 0.0).estimate(0.0) == 1.0
+    assert fit.ceiling == acc.max() and fit.estimate(0.0) <= acc.max()   # never above the best development call
+    steep = AccuracyFromDisagreement.fit([0.0, 0.1, 0.2], [0.9, 0.8, 0.3], 5)   # the line starts above 0.9
+    assert steep.intercept > 0.95 and steep.estimate(0.0) == 0.9
     with pytest.raises(ValueError, match="lies in \\[0, 1\\]"):
         fit.estimate(1.5)
     with pytest.raises(ValueError, match="same disagreement"):
@@ -64,10 +67,11 @@ def test_a_line_read_from_a_model_file_is_checked():
     two = AccuracyFromDisagreement(1.3, -1.0, 0.2, 40, 0.03, -0.4)
     assert AccuracyFromDisagreement.from_dict(two.to_dict()) == two and two.to_dict()["novelty_slope"] == -0.4
     # a record written before the novelty term: the line from disagreement alone
-    old = {k: v for k, v in fit.to_dict().items() if k != "novelty_slope"}
+    old = {k: v for k, v in fit.to_dict().items() if k not in ("novelty_slope", "ceiling")}
     assert AccuracyFromDisagreement.from_dict(old) == fit and not AccuracyFromDisagreement.from_dict(old).uses_novelty
     for bad in ({"intercept": 0.9}, {**fit.to_dict(), "slope": float("nan")}, {**fit.to_dict(), "floor": 0.0},
-                {**fit.to_dict(), "extra": 1}, {**two.to_dict(), "novelty_slope": float("inf")}, "not a record"):
+                {**fit.to_dict(), "extra": 1}, {**two.to_dict(), "novelty_slope": float("inf")},
+                {**fit.to_dict(), "ceiling": 0.1}, {**fit.to_dict(), "ceiling": 1.5}, "not a record"):
         with pytest.raises(ValueError, match="accuracy-from-disagreement record"):
             AccuracyFromDisagreement.from_dict(bad)
 
