@@ -439,7 +439,7 @@ glue("crosslab_calibration", calib.set_index("lab").round(3), display=False)
 if "view_disagreement" in calib.columns:
     glue("crosslab_disagreement_figure", cf.disagreement_figure(
         disagreement, AccuracyFromDisagreement.from_dict(calibration.accuracy_from_disagreement), calib), display=False)
-for key, value in tg.gate_glue(calib).items():
+for key, value in {**tg.gate_glue(calib), **cv.review_glue(calib, disagreement)}.items():
     glue(key, value, display=False)
 calib.set_index("lab").round(3)
 

@@ -255,6 +255,27 @@ def disagreement_glue(calibration: Calibration) -> dict:
     return {f"crosslab_disagreement_{k}": v for k, v in fit.items() if k != "floor"}
 
 
+def review_glue(calibration_rows: pd.DataFrame, calls: pd.DataFrame) -> dict:
+    """The chapter's numbers on what the deployed probabilities flag and on the development calls:
+    per lab of :func:`calibration_table`, the ``uncertain`` flag's review share and catch rate
+    (``crosslab_flag_review_<lab>``, ``crosslab_flag_catch_<lab>``), and the lowest accuracy of a
+    virtual lab's cells in one call among the line's development ``calls``
+    (``crosslab_virtual_lowest_all_cells_accuracy``, NaN without such calls).
+
+    >>> rows = pd.DataFrame({"lab": ["a"], "review_share": [0.2], "catch_rate": [0.5]})
+    >>> calls = pd.DataFrame({"lab": ["v0", "v1", "source fold 0"], "mix": ["all cells"] * 3, "accuracy": [0.7, 0.6, 0.5]})
+    >>> sorted(review_glue(rows, calls).items())
+    [('crosslab_flag_catch_a', 0.5), ('crosslab_flag_review_a', 0.2), ('crosslab_virtual_lowest_all_cells_accuracy', 0.6)]
+    """
+    out = {}
+    for row in calibration_rows.itertuples():
+        out[f"crosslab_flag_review_{row.lab}"] = float(row.review_share)
+        out[f"crosslab_flag_catch_{row.lab}"] = float(row.catch_rate)
+    whole = calls[(calls["mix"] == "all cells") & ~calls["lab"].astype(str).str.startswith("source fold")]
+    out["crosslab_virtual_lowest_all_cells_accuracy"] = float(whole["accuracy"].min()) if len(whole) else float("nan")
+    return out
+
+
 def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
                       labs: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Per lab (all its cells in one call): ECE and the confidence gap before and after the
@@ -301,4 +322,4 @@ def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
 
 
 __all__ = ["CALL_COLUMNS", "Calibration", "disagreement_calls", "source_out_of_fold_calls", "line_error_leave_one_lab_out",
-           "calibration_calls", "fit_calibration", "disagreement_glue", "calibration_table"]
+           "calibration_calls", "fit_calibration", "disagreement_glue", "review_glue", "calibration_table"]
