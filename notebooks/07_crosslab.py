@@ -47,6 +47,7 @@ n_draws: int = 5  # draws per few-shot point
 few_shot_source_cells: int = 2000  # source training cells of the few-shot curve (stratified subsample; 0: all)
 source_calibration_folds: int = 5  # folds of the training lab's own out-of-fold calls offered to the accuracy-from-disagreement line (0: virtual labs only)
 n_virtual_labs: int = 8  # virtual labs sampled for the selection (development labs rendered from Acevedo-20)
+n_hard_virtual_labs: int = 6  # hard virtual labs (every shift drawn stronger), only for the line that estimates a call's accuracy (0: none)
 virtual_lab_cells: int = 400  # Acevedo-20 test cells re-rendered per virtual lab (0: all of the first split's)
 shift_cells: int = 250  # cells re-rendered per single named shift (the diagnosis table; 0: skip it)
 selection_mask_sources: str = "stain,stain+normtex,stain+nucdisk+normtex"  # measurements the choice may take: the detector was trained on Acevedo-20 images that include the development cells, so the virtual labs flatter it (it is scored and reported, not chosen)
@@ -98,6 +99,7 @@ require_int("n_draws", n_draws, 1)
 require_int("n_workers", n_workers, 1)
 require_int("flag_calls", flag_calls, 1)
 require_int("n_virtual_labs", n_virtual_labs, 1)
+require_int("n_hard_virtual_labs", n_hard_virtual_labs, 0)
 require_int("virtual_lab_cells", virtual_lab_cells, 0)
 require_int("shift_cells", shift_cells, 0)
 require_int("mix_calls", mix_calls, 1)
@@ -293,11 +295,20 @@ gate_per_lab.round(3)
 # A call's accuracy, estimated from its two views: the chosen classifier and its texture-free
 # fallback classify every virtual lab's cells (all at once, and calls of 100 under each mix), and a
 # straight line from how often the two disagree (and, where it helps, the call's lab novelty) to
-# the call's accuracy is fitted on those calls. `bcfeat classify` uses it to bring each call's mean
+# the call's accuracy is fitted on those calls. The ordinary virtual labs are misread less than a
+# real lab can be, so hard virtual labs (the same kinds of shift, each drawn stronger) add calls
+# at lower accuracies; they serve this line only. `bcfeat classify` uses it to bring each call's mean
 # probability to the accuracy it predicts.
 
 # %% tags=["hide-input"]
 virtual_calls = cv.disagreement_calls(dev_clf, virtual, headline_source, seed=seed)
+if n_hard_virtual_labs:  # the same calls of labs misread harder: accuracies the ordinary virtual labs do not reach
+    hard_virtual = cv.hard_virtual_labs(samples, dev_rows, n_hard_virtual_labs, artifacts, headline_source, n_workers,
+                                        seed, detector_file=detector_file)
+    save_table(hard_virtual.table(), tables / "crosslab_hard_virtual_labs.csv")
+    glue("crosslab_n_hard_virtual_labs", len(hard_virtual.labs), display=False)
+    virtual_calls = pd.concat([virtual_calls, cv.disagreement_calls(dev_clf, hard_virtual, headline_source, seed=seed)],
+                              ignore_index=True)
 virtual_calls.groupby("lab", sort=False)[["disagreement", "novelty", "accuracy"]].mean().round(3)
 
 # %% [markdown]

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -59,6 +59,8 @@ __all__ = [
     "named_shifts",
     "render",
     "sample_labs",
+    "sample_hard_labs",
+    "strengthened",
 ]
 
 # No side of a rendered image is smaller than this (pixels); inputs must be at least this big.
@@ -429,6 +431,42 @@ def sample_labs(n: int, seed: int) -> list[VirtualLab]:
             crop_offset=crop_offset, nuclear_dye=nuclear_dye, cytoplasm_dye=cytoplasm_dye,
             nuclear_dye_hue=nuclear_dye_hue, cytoplasm_dye_hue=cytoplasm_dye_hue))
     return labs
+
+
+def strengthened(lab: VirtualLab, name: str) -> VirtualLab:
+    """The same lab with every shift drawn stronger: ``blur_sigma`` + 1.5 pixels, ``scale`` x 0.6
+    (at least 0.3), ``noise_sigma`` + 5, each ``stain_scale`` factor to the power 1.8 and each dye
+    factor to the power 1.6 (a factor away from 1 moves further; within [0.2, 3]), ``crop_fraction``
+    x 1.3 (at most 1.5: the cell smaller in its crop). Colour balance, gamma, JPEG, hues and
+    offsets are kept.
+
+    >>> lab = strengthened(VirtualLab("v", stain_scale=(0.8, 1.0, 1.25), scale=0.9, crop_fraction=1.0), "hard")
+    >>> lab.name, lab.blur_sigma, round(lab.scale, 2), lab.noise_sigma, [round(v, 2) for v in lab.stain_scale]
+    ('hard', 1.5, 0.54, 5.0, [0.67, 1.0, 1.49])
+    """
+    def factor(value: float, power: float) -> float:
+        return float(np.clip(value ** power, *_DYE_RANGE))
+
+    return replace(lab, name=name, blur_sigma=lab.blur_sigma + 1.5, scale=max(_SCALE_RANGE[0], lab.scale * 0.6),
+                   noise_sigma=lab.noise_sigma + 5.0,
+                   stain_scale=tuple(float(np.clip(v ** 1.8, *_STAIN_SCALE_RANGE)) for v in lab.stain_scale),
+                   nuclear_dye=factor(lab.nuclear_dye, 1.6), cytoplasm_dye=factor(lab.cytoplasm_dye, 1.6),
+                   crop_fraction=min(_CROP_FRACTION_RANGE[1], lab.crop_fraction * 1.3))
+
+
+def sample_hard_labs(n: int, seed: int) -> list[VirtualLab]:
+    """``n`` labs named ``hard_00``, ``hard_01``, ...: :func:`sample_labs` drawn with ``seed``
+    and each :func:`strengthened`. They reach accuracies that the ordinary virtual labs do not
+    (a lab misread as badly as a real one can be), for the line that estimates a call's accuracy;
+    they choose nothing else.
+
+    >>> [lab.name for lab in sample_hard_labs(2, seed=101)]
+    ['hard_00', 'hard_01']
+    >>> sample_hard_labs(2, seed=101)[0].blur_sigma == sample_labs(1, seed=101)[0].blur_sigma + 1.5
+    True
+    """
+    width = max(2, len(str(max(n - 1, 0))))
+    return [strengthened(lab, f"hard_{i:0{width}d}") for i, lab in enumerate(sample_labs(n, seed))]
 
 
 def named_shifts() -> dict[str, VirtualLab]:

@@ -65,7 +65,7 @@ PROFILES: dict[str, Profile] = {
             "07_crosslab": {"candidate_C": "0.03,0.1", "ablation_cells": 20,
                             "ssl_epochs": 1, "ssl_image_size": 24, "cnn_epochs": 1, "cnn_image_size": 24, "n_boot": 50, "shots": "0,1,5", "n_draws": 2,
                             "few_shot_source_cells": 0, "n_workers": 2,
-                            "n_virtual_labs": 2, "virtual_lab_cells": 0, "shift_cells": 12, "mix_calls": 2, "flag_calls": 3,
+                            "n_virtual_labs": 2, "n_hard_virtual_labs": 1, "virtual_lab_cells": 0, "shift_cells": 12, "mix_calls": 2, "flag_calls": 3,
                             "candidate_statistics": "plain,cbr,cbr_mix", "untouched_folder": ""},
         },
     ),

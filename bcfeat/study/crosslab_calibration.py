@@ -80,7 +80,7 @@ def disagreement_calls(clf: CrossLabClassifier, virtual: VirtualLabs, source: st
     :data:`bcfeat.crosslab.mixes.MIXES`; one row per call with ``lab, mix, n_cells, disagreement,
     novelty, accuracy`` (empty when ``clf`` has no texture gate, hence no second view)."""
     rows = []
-    if clf.gate_columns is None:
+    if clf.gate_columns is None or not virtual.labs:
         return pd.DataFrame(columns=CALL_COLUMNS)
     for lab in virtual.labs:
         X, y = virtual.features[(lab.name, source)], virtual.labels
@@ -88,6 +88,25 @@ def disagreement_calls(clf: CrossLabClassifier, virtual: VirtualLabs, source: st
         rows += [_call_row(clf, lab.name, mix, X[idx], y[idx])
                  for mix, idx in _development_calls(y, call_size, n_calls, rng_for)]
     return pd.DataFrame(rows)
+
+
+#: The hard virtual labs are drawn with the study's seed plus this: another draw than the ordinary
+#: virtual labs', so that they are not strengthened copies of the same labs.
+HARD_LAB_SEED_OFFSET = 101
+
+
+def hard_virtual_labs(samples: pd.DataFrame, rows: np.ndarray, n_labs: int, artifacts, source: str, n_workers: int,
+                      seed: int, detector_file=None) -> VirtualLabs:
+    """The development cells ``rows`` rendered through ``n_labs`` hard virtual labs
+    (:func:`bcfeat.crosslab.virtual_labs.sample_hard_labs`, seed ``seed + HARD_LAB_SEED_OFFSET``)
+    and measured with the mask source ``source`` only: development calls for the accuracy line
+    (:func:`disagreement_calls`) that reach accuracies the ordinary virtual labs do not. They
+    choose no setting, temperature, threshold or gate."""
+    from bcfeat.crosslab.virtual_labs import sample_hard_labs
+    from bcfeat.study.crosslab_validation import build_virtual_labs
+
+    labs = sample_hard_labs(n_labs, seed + HARD_LAB_SEED_OFFSET)
+    return build_virtual_labs(samples, rows, labs, artifacts, [source], n_workers, seed, detector_file=detector_file)
 
 
 def source_out_of_fold_calls(clf: CrossLabClassifier, X: np.ndarray, y: np.ndarray, n_folds: int = 5,
@@ -258,21 +277,27 @@ def disagreement_glue(calibration: Calibration) -> dict:
 def review_glue(calibration_rows: pd.DataFrame, calls: pd.DataFrame) -> dict:
     """The chapter's numbers on what the deployed probabilities flag and on the development calls:
     per lab of :func:`calibration_table`, the ``uncertain`` flag's review share and catch rate
-    (``crosslab_flag_review_<lab>``, ``crosslab_flag_catch_<lab>``), and the lowest accuracy of a
-    virtual lab's cells in one call among the line's development ``calls``
-    (``crosslab_virtual_lowest_all_cells_accuracy``, NaN without such calls).
+    (``crosslab_flag_review_<lab>``, ``crosslab_flag_catch_<lab>``), and the lowest accuracy of an
+    ordinary and of a hard virtual lab's cells in one call among the line's development ``calls``
+    (``crosslab_virtual_lowest_all_cells_accuracy``, ``crosslab_hard_lowest_all_cells_accuracy``;
+    NaN without such calls).
 
     >>> rows = pd.DataFrame({"lab": ["a"], "review_share": [0.2], "catch_rate": [0.5]})
-    >>> calls = pd.DataFrame({"lab": ["v0", "v1", "source fold 0"], "mix": ["all cells"] * 3, "accuracy": [0.7, 0.6, 0.5]})
-    >>> sorted(review_glue(rows, calls).items())
-    [('crosslab_flag_catch_a', 0.5), ('crosslab_flag_review_a', 0.2), ('crosslab_virtual_lowest_all_cells_accuracy', 0.6)]
+    >>> calls = pd.DataFrame({"lab": ["v0", "v1", "hard_00", "source fold 0"], "mix": ["all cells"] * 4,
+    ...                       "accuracy": [0.7, 0.6, 0.4, 0.5]})
+    >>> sorted(review_glue(rows, calls).items())  # doctest: +NORMALIZE_WHITESPACE
+    [('crosslab_flag_catch_a', 0.5), ('crosslab_flag_review_a', 0.2), ('crosslab_hard_lowest_all_cells_accuracy', 0.4),
+     ('crosslab_virtual_lowest_all_cells_accuracy', 0.6)]
     """
     out = {}
     for row in calibration_rows.itertuples():
         out[f"crosslab_flag_review_{row.lab}"] = float(row.review_share)
         out[f"crosslab_flag_catch_{row.lab}"] = float(row.catch_rate)
-    whole = calls[(calls["mix"] == "all cells") & ~calls["lab"].astype(str).str.startswith("source fold")]
-    out["crosslab_virtual_lowest_all_cells_accuracy"] = float(whole["accuracy"].min()) if len(whole) else float("nan")
+    lab = calls["lab"].astype(str)
+    whole, hard = calls["mix"] == "all cells", lab.str.startswith("hard_")
+    for key, part in (("virtual", whole & ~hard & ~lab.str.startswith("source fold")), ("hard", whole & hard)):
+        out[f"crosslab_{key}_lowest_all_cells_accuracy"] = (float(calls.loc[part, "accuracy"].min()) if part.any()
+                                                             else float("nan"))
     return out
 
 
@@ -321,5 +346,5 @@ def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
     return pd.DataFrame(rows), reliability
 
 
-__all__ = ["CALL_COLUMNS", "Calibration", "disagreement_calls", "source_out_of_fold_calls", "line_error_leave_one_lab_out",
+__all__ = ["CALL_COLUMNS", "Calibration", "HARD_LAB_SEED_OFFSET", "hard_virtual_labs", "disagreement_calls", "source_out_of_fold_calls", "line_error_leave_one_lab_out",
            "calibration_calls", "fit_calibration", "disagreement_glue", "review_glue", "calibration_table"]

@@ -125,8 +125,9 @@ def disagreement_figure(calls: pd.DataFrame, line, real: pd.DataFrame | None = N
     """Each development call's accuracy against the accuracy that ``line`` (the deployed
     :class:`~bcfeat.crosslab.view_agreement.AccuracyFromDisagreement`) estimates from its readings
     (how often the classifier and its texture-free fallback disagree on it and, for a two-term line,
-    its lab novelty): :func:`bcfeat.study.crosslab_validation.disagreement_calls`, and the training
-    lab's out-of-fold calls where the line uses them (labs ``"source fold k"``). A call on the
+    its lab novelty): :func:`bcfeat.study.crosslab_validation.disagreement_calls` (hard virtual labs:
+    ``"hard_..."``), and the training lab's out-of-fold calls where the line uses them (labs
+    ``"source fold k"``). A call on the
     diagonal was estimated exactly; ``real`` (``lab, estimated_accuracy, accuracy``), when given,
     marks real labs."""
     from bcfeat.study.figures import pyplot
@@ -134,9 +135,12 @@ def disagreement_figure(calls: pd.DataFrame, line, real: pd.DataFrame | None = N
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     estimated = np.array([line.estimate(d, v) for d, v in zip(calls["disagreement"], calls["novelty"])])
-    source = calls["lab"].astype(str).str.startswith("source fold").to_numpy()  # source_out_of_fold_calls
+    lab = calls["lab"].astype(str)
+    source = lab.str.startswith("source fold").to_numpy()  # source_out_of_fold_calls
+    hard = lab.str.startswith("hard_").to_numpy()  # crosslab_calibration.hard_virtual_labs
     whole = (calls["mix"] == "all cells").to_numpy()
-    for part, name, markers in ((~source, "virtual lab", ("o", "s")), (source, "training lab, out of fold", ("^", "D"))):
+    for part, name, markers in ((~source & ~hard, "virtual lab", ("o", "s")), (hard, "hard virtual lab", ("v", "P")),
+                                (source, "training lab, out of fold", ("^", "D"))):
         for rows, size, marker, what in ((part & ~whole, 8, markers[0], "call of 100"), (part & whole, 18, markers[1], "all cells")):
             if rows.any():
                 ax.scatter(estimated[rows], calls.loc[rows, "accuracy"], s=size, alpha=0.35 if size == 8 else 1.0,

@@ -41,7 +41,7 @@ from bcfeat.study.crosslab_settings import (STATISTICS, candidate_settings, clas
 from bcfeat.study.design import StudySites
 from bcfeat.study.virtual_lab_features import VirtualLabs  # noqa: F401 (the notebook's cv.VirtualLabs)
 from bcfeat.study.crosslab_calibration import (Calibration, _index, calibration_calls, calibration_table,  # noqa: F401
-                                               disagreement_calls, disagreement_glue, fit_calibration,
+                                               disagreement_calls, disagreement_glue, fit_calibration, hard_virtual_labs,
                                                line_error_leave_one_lab_out, review_glue, source_out_of_fold_calls)
 
 LABELS = mx.CLASSES
@@ -313,7 +313,7 @@ def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequen
 __all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for", "candidate_settings",
            "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "source_training_cells",
            "fit_setting", "score_on_labs", "select_on_virtual_labs", "Calibration", "disagreement_calls",
-           "source_out_of_fold_calls", "line_error_leave_one_lab_out", "calibration_calls", "disagreement_glue", "review_glue", "fit_calibration", "calibration_table",
+           "source_out_of_fold_calls", "hard_virtual_labs", "line_error_leave_one_lab_out", "calibration_calls", "disagreement_glue", "review_glue", "fit_calibration", "calibration_table",
            "real_labs", "mix_table", "per_shift_table", "goals_table"]
 
 

@@ -83,6 +83,10 @@ def test_the_disagreement_figure_puts_each_call_at_the_lines_estimate_and_tells_
              for mix, d in (("all cells", 0.0), ("own", 0.01))]
     calls = pd.DataFrame(rows)
     line = AccuracyFromDisagreement(1.2, -1.0, 0.2, 5, 0.02, -0.3)
+    hard_calls = pd.concat([calls, pd.DataFrame([{"lab": "hard_00", "mix": "all cells", "disagreement": 0.2,
+                                                  "novelty": 1.5, "accuracy": 0.4}])], ignore_index=True)
+    hard_labels = [t.get_text() for t in cf.disagreement_figure(hard_calls, line).axes[0].get_legend().get_texts()]
+    assert "hard virtual lab, all cells" in hard_labels and "hard virtual lab, call of 100" not in hard_labels
     real = pd.DataFrame([{"lab": "bccd_crops", "estimated_accuracy": 0.7, "accuracy": 0.6}])
     ax = cf.disagreement_figure(calls, line, real).axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
