@@ -90,25 +90,6 @@ def disagreement_calls(clf: CrossLabClassifier, virtual: VirtualLabs, source: st
     return pd.DataFrame(rows)
 
 
-#: The hard virtual labs are drawn with the study's seed plus this: another draw than the ordinary
-#: virtual labs', so that they are not strengthened copies of the same labs.
-HARD_LAB_SEED_OFFSET = 101
-
-
-def hard_virtual_labs(samples: pd.DataFrame, rows: np.ndarray, n_labs: int, artifacts, source: str, n_workers: int,
-                      seed: int, detector_file=None) -> VirtualLabs:
-    """The development cells ``rows`` rendered through ``n_labs`` hard virtual labs
-    (:func:`bcfeat.crosslab.virtual_labs.sample_hard_labs`, seed ``seed + HARD_LAB_SEED_OFFSET``)
-    and measured with the mask source ``source`` only: development calls for the accuracy line
-    (:func:`disagreement_calls`) that reach accuracies the ordinary virtual labs do not. They
-    choose no setting, temperature, threshold or gate."""
-    from bcfeat.crosslab.virtual_labs import sample_hard_labs
-    from bcfeat.study.crosslab_validation import build_virtual_labs
-
-    labs = sample_hard_labs(n_labs, seed + HARD_LAB_SEED_OFFSET)
-    return build_virtual_labs(samples, rows, labs, artifacts, [source], n_workers, seed, detector_file=detector_file)
-
-
 def source_out_of_fold_calls(clf: CrossLabClassifier, X: np.ndarray, y: np.ndarray, n_folds: int = 5,
                              call_size: int = 100, n_calls: int = 2, seed: int = 0) -> pd.DataFrame:
     """The training lab's own calls, each read by a classifier that never saw its cells: rows like
@@ -150,7 +131,9 @@ def _fit_line(calls: pd.DataFrame, n_classes: int, with_novelty: bool):
                                         novelties=calls["novelty"] if with_novelty else None)
 
 
-def _estimates(line, calls: pd.DataFrame) -> np.ndarray:
+def call_estimates(line, calls: pd.DataFrame) -> np.ndarray:
+    """``(n,)`` the accuracy ``line`` (an :class:`~bcfeat.crosslab.view_agreement.AccuracyFromDisagreement`)
+    estimates for each development call (rows with ``disagreement`` and ``novelty``)."""
     return np.array([line.estimate(d, v) for d, v in zip(calls["disagreement"], calls["novelty"])])
 
 
@@ -180,7 +163,7 @@ def _held_out_errors(calls: pd.DataFrame, n_classes: int, extra: pd.DataFrame | 
             return np.zeros(0)
         line = _fit_line(dev, n_classes, with_novelty)
         held = calls[calls["lab"] == lab]
-        errors += list(np.abs(_estimates(line, held) - held["accuracy"].to_numpy(float)))
+        errors += list(np.abs(call_estimates(line, held) - held["accuracy"].to_numpy(float)))
     return np.asarray(errors)
 
 
@@ -346,5 +329,5 @@ def calibration_table(clf: CrossLabClassifier, calibration: Calibration,
     return pd.DataFrame(rows), reliability
 
 
-__all__ = ["CALL_COLUMNS", "Calibration", "HARD_LAB_SEED_OFFSET", "hard_virtual_labs", "disagreement_calls", "source_out_of_fold_calls", "line_error_leave_one_lab_out",
+__all__ = ["CALL_COLUMNS", "Calibration", "disagreement_calls", "call_estimates", "source_out_of_fold_calls", "line_error_leave_one_lab_out",
            "calibration_calls", "fit_calibration", "disagreement_glue", "review_glue", "calibration_table"]

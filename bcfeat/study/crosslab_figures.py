@@ -130,14 +130,15 @@ def disagreement_figure(calls: pd.DataFrame, line, real: pd.DataFrame | None = N
     ``"source fold k"``). A call on the
     diagonal was estimated exactly; ``real`` (``lab, estimated_accuracy, accuracy``), when given,
     marks real labs."""
+    from bcfeat.study.crosslab_calibration import call_estimates
     from bcfeat.study.figures import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    estimated = np.array([line.estimate(d, v) for d, v in zip(calls["disagreement"], calls["novelty"])])
+    estimated = call_estimates(line, calls)
     lab = calls["lab"].astype(str)
     source = lab.str.startswith("source fold").to_numpy()  # source_out_of_fold_calls
-    hard = lab.str.startswith("hard_").to_numpy()  # crosslab_calibration.hard_virtual_labs
+    hard = lab.str.startswith("hard_").to_numpy()  # crosslab_validation.hard_virtual_labs
     whole = (calls["mix"] == "all cells").to_numpy()
     for part, name, markers in ((~source & ~hard, "virtual lab", ("o", "s")), (hard, "hard virtual lab", ("v", "P")),
                                 (source, "training lab, out of fold", ("^", "D"))):

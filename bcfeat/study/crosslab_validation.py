@@ -41,7 +41,7 @@ from bcfeat.study.crosslab_settings import (STATISTICS, candidate_settings, clas
 from bcfeat.study.design import StudySites
 from bcfeat.study.virtual_lab_features import VirtualLabs  # noqa: F401 (the notebook's cv.VirtualLabs)
 from bcfeat.study.crosslab_calibration import (Calibration, _index, calibration_calls, calibration_table,  # noqa: F401
-                                               disagreement_calls, disagreement_glue, fit_calibration, hard_virtual_labs,
+                                               disagreement_calls, disagreement_glue, fit_calibration,
                                                line_error_leave_one_lab_out, review_glue, source_out_of_fold_calls)
 
 LABELS = mx.CLASSES
@@ -107,6 +107,25 @@ def build_virtual_labs(samples: pd.DataFrame, rows: np.ndarray, labs: Sequence, 
                 for lab in labs for m in mask_sources}
     return VirtualLabs(rows, samples["label"].to_numpy()[rows], {k: v[0] for k, v in measured.items()}, list(labs),
                        sum(v[1] for v in measured.values()))
+
+
+#: The hard virtual labs are drawn with the study's seed plus this: another draw than the ordinary
+#: virtual labs', so that they are not strengthened copies of the same labs.
+HARD_LAB_SEED_OFFSET = 101
+
+
+def hard_virtual_labs(samples: pd.DataFrame, rows: np.ndarray, n_labs: int, artifacts, source: str, n_workers: int,
+                      seed: int, detector_file=None) -> VirtualLabs:
+    """The development cells ``rows`` rendered through ``n_labs`` hard virtual labs
+    (:func:`bcfeat.crosslab.virtual_labs.sample_hard_labs`, seed ``seed + HARD_LAB_SEED_OFFSET``)
+    and measured with the mask source ``source`` only: development calls for the accuracy line
+    (:func:`bcfeat.study.crosslab_calibration.disagreement_calls`) that reach accuracies the ordinary virtual labs do not. They
+    choose no setting, temperature, threshold or gate."""
+    from bcfeat.crosslab.virtual_labs import sample_hard_labs
+
+    labs = sample_hard_labs(n_labs, seed + HARD_LAB_SEED_OFFSET)
+    return build_virtual_labs(samples, rows, labs, artifacts, [source], n_workers, seed, detector_file=detector_file)
+
 
 
 # ----------------------------------------------------------------------------- selection
@@ -313,7 +332,7 @@ def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequen
 __all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for", "candidate_settings",
            "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "source_training_cells",
            "fit_setting", "score_on_labs", "select_on_virtual_labs", "Calibration", "disagreement_calls",
-           "source_out_of_fold_calls", "hard_virtual_labs", "line_error_leave_one_lab_out", "calibration_calls", "disagreement_glue", "review_glue", "fit_calibration", "calibration_table",
+           "source_out_of_fold_calls", "HARD_LAB_SEED_OFFSET", "hard_virtual_labs", "line_error_leave_one_lab_out", "calibration_calls", "disagreement_glue", "review_glue", "fit_calibration", "calibration_table",
            "real_labs", "mix_table", "per_shift_table", "goals_table"]
 
 
