@@ -53,7 +53,7 @@ shift_cells: int = 250  # cells re-rendered per single named shift (the diagnosi
 selection_mask_sources: str = "stain,stain+normtex,stain+nucdisk+normtex"  # measurements the choice may take: the detector was trained on Acevedo-20 images that include the development cells, so the virtual labs flatter it (it is scored and reported, not chosen)
 selection_rule: str = "real_labs_nested"  # how the deployed setting is chosen: "virtual_labs" (the virtual labs only) or "real_labs_nested" (the given unseen sites, each site's reported number from the setting chosen on the other sites; among settings within one standard error there, the virtual labs choose)
 candidate_statistics: str = "plain,cbr,cbr_mix"  # label-free per-call statistics compared by the selection (the class-weighted reading is in the ablation)
-mix_calls: int = 5  # resampled calls per (class mix, call size)
+mix_calls: int = 60  # resampled calls per (class mix, call size): a call of 100 holds a rare class as one or two cells, so the mean over 5 calls moved by several points between draws
 flag_calls: int = 20  # calls of 100 cells per lab, drawn with a typical differential, for the differential check
 target_catch: float = 0.5  # share of the virtual labs' errors the uncertain flag should catch ...
 max_review: float = 0.3  # ... flagging at most this share of cells
@@ -412,7 +412,9 @@ transfer
 # lab is resampled to five class mixes (its own, balanced, a typical differential, neutrophil-heavy,
 # lymphocyte-heavy) in calls of 20 and 100 cells and all cells at once; the classifier of the first
 # split adapts to each call separately. The differential error is each class's predicted share of
-# a call minus its true share, in percentage points.
+# a call minus its true share, in percentage points. Each (mix, call size) is the mean over
+# `mix_calls` calls, with its standard error (`balanced_accuracy_se`): a rare class is one or two
+# cells of a call of 100, so one call's balanced accuracy moves by several points with the draw.
 
 # %% tags=["hide-input"]
 labs = cv.real_labs(measured, samples, plan, headline_source, design=design)

@@ -326,8 +326,11 @@ def score_under_mixes(y: np.ndarray, predict_call: Callable[[np.ndarray], np.nda
 def summarize_mixes(calls: pd.DataFrame, group: Sequence[str] = ("mix", "call_size")) -> pd.DataFrame:
     """Mean over the calls of every numeric score, per ``group``.
 
-    Adds ``n_calls`` and ``worst_balanced_accuracy`` (the lowest call's balanced accuracy).
-    NaN scores (a precision of a class no call predicted) are skipped by the mean. Extra
+    Adds ``n_calls``, ``worst_balanced_accuracy`` (the lowest call's balanced accuracy) and
+    ``balanced_accuracy_se``, the standard error of the mean balanced accuracy over the calls (their
+    standard deviation over the square root of their number; NaN for one call): a call of 100 cells
+    holds a class of a few per cent as one or two cells, so a mean over a few calls moves by several
+    points from one draw to the next. NaN scores (a precision of a class no call predicted) are skipped by the mean. Extra
     grouping columns (``site``, ``setting``) are kept when named in ``group``; groups keep
     the order in which they first appear. ``call_size`` 0 stays 0.
 
@@ -335,8 +338,8 @@ def summarize_mixes(calls: pd.DataFrame, group: Sequence[str] = ("mix", "call_si
     --------
     >>> calls = pd.DataFrame({"mix": ["own", "own", "typical"], "call_size": [20, 20, 20], "call": [0, 1, 0],
     ...                       "balanced_accuracy": [0.5, 0.7, 0.9], "diff_worst_class": ["a", "b", "c"]})
-    >>> summarize_mixes(calls).to_dict("records")[0]
-    {'mix': 'own', 'call_size': 20, 'n_calls': 2, 'balanced_accuracy': 0.6, 'worst_balanced_accuracy': 0.5}
+    >>> {k: round(v, 3) if isinstance(v, float) else v for k, v in summarize_mixes(calls).to_dict("records")[0].items()}
+    {'mix': 'own', 'call_size': 20, 'n_calls': 2, 'balanced_accuracy': 0.6, 'worst_balanced_accuracy': 0.5, 'balanced_accuracy_se': 0.1}
     """
     group = list(group)
     missing = [g for g in group if g not in calls.columns]
@@ -350,6 +353,7 @@ def summarize_mixes(calls: pd.DataFrame, group: Sequence[str] = ("mix", "call_si
     out.insert(0, "n_calls", grouped.size())
     if "balanced_accuracy" in calls.columns:
         out["worst_balanced_accuracy"] = grouped["balanced_accuracy"].min()
+        out["balanced_accuracy_se"] = grouped["balanced_accuracy"].std(ddof=1) / np.sqrt(out["n_calls"])
     return out.reset_index()
 
 

@@ -304,22 +304,34 @@ def shift_glue(table: pd.DataFrame, setting: str) -> dict:
     return {"crosslab_shift_worst_dye": worst(table[is_dye]), "crosslab_shift_worst_other": worst(table[~is_dye])}
 
 
+def _se(row: pd.Series) -> float:
+    """A summary row's standard error of its mean balanced accuracy (NaN where not recorded)."""
+    return float(row["balanced_accuracy_se"]) if "balanced_accuracy_se" in row.index else float("nan")
+
+
 def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequence[str]) -> pd.DataFrame:
     """The issue's goals, one row per lab: balanced accuracy and macro-F1 on all cells (own mix),
-    the worst mix in calls of >= 100 cells, the differential error, ECE, and the mix cost."""
+    the worst mix in calls of >= 100 cells, the differential error, ECE, and the mix cost: the own
+    mix's mean balanced accuracy in calls of 100 minus the worst mix's (``worst_mix``), with its
+    standard error ``worst_mix_cost_se`` (the two means' standard errors combined: their calls are
+    drawn independently; NaN without ``balanced_accuracy_se`` in ``summary``)."""
     rows = []
     for lab, g in summary.groupby("lab", sort=False):
         allc = g[(g["mix"] == "own") & (g["call_size"] == 0)].iloc[0]
         big = g[(g["call_size"] == 0) | (g["call_size"] >= 100)]
         c100 = g[g["call_size"] == 100]
-        own100 = float(c100.loc[c100["mix"] == "own", "balanced_accuracy"].iloc[0])
+        own_row = c100[c100["mix"] == "own"].iloc[0]
+        worst_row = c100.loc[c100["balanced_accuracy"].idxmin()]
+        own100 = float(own_row["balanced_accuracy"])
         cal_row = calibration.set_index("lab").loc[lab]
         rows.append({"lab": lab, "unseen": lab in unseen,
                      "balanced_accuracy_all": float(allc["balanced_accuracy"]),
                      "macro_f1_all": float(allc["macro_f1"]),
                      "worst_mix_balanced_accuracy": float(big["balanced_accuracy"].min()),
                      "worst_mix_macro_f1": float(big["macro_f1"].min()),
-                     "worst_mix_cost": float(own100 - c100["balanced_accuracy"].min()),
+                     "worst_mix_cost": float(own100 - worst_row["balanced_accuracy"]),
+                     "worst_mix": str(worst_row["mix"]),
+                     "worst_mix_cost_se": 0.0 if worst_row["mix"] == "own" else float(np.hypot(_se(own_row), _se(worst_row))),
                      "diff_mae_pp_100": float(c100["diff_mae_pp"].mean()),
                      "diff_worst_pp_100": float(c100["diff_worst_pp"].max()),
                      "ece": float(cal_row["ece"]), "confidence_gap": float(cal_row["confidence_gap"]),
@@ -493,7 +505,10 @@ def goals_glue(goals: pd.DataFrame, source: str, unseen: Sequence[str], untouche
     ece, gap = ("ece_call", "confidence_gap_call") if called else ("ece", "confidence_gap")
     out = {}
     for lab in g.index:
+        if "worst_mix" in g.columns:
+            out[f"crosslab_goal_{lab}_worst_mix"] = str(g.loc[lab, "worst_mix"]).replace("_", "-")
         for col in ("balanced_accuracy_all", "macro_f1_all", "worst_mix_balanced_accuracy", "worst_mix_cost",
+                    *(("worst_mix_cost_se",) if "worst_mix_cost_se" in g.columns else ()),
                     "diff_mae_pp_100", "diff_worst_pp_100", "ece", "confidence_gap",
                     *(("ece_call", "confidence_gap_call") if called else ())):
             out[f"crosslab_goal_{lab}_{col}"] = float(g.loc[lab, col])

@@ -335,10 +335,13 @@ def test_summarize_mixes_means_worst_call_and_extra_groups():
         "diff_worst_class": ["a", "b", "c", "d", "e", "f"]})
     summary = summarize_mixes(calls, group=("site", "mix", "call_size"))
     assert list(summary.columns) == ["site", "mix", "call_size", "n_calls", "balanced_accuracy",
-                                     "precision_basophil", "worst_balanced_accuracy"]
+                                     "precision_basophil", "worst_balanced_accuracy", "balanced_accuracy_se"]
     assert summary["site"].tolist() == ["A", "A", "B", "B"]
     a_own = summary.iloc[0]
     assert a_own["n_calls"] == 2 and a_own["balanced_accuracy"] == pytest.approx(0.6)
+    # the standard error of the mean over the calls: sd (ddof 1) / sqrt(n); one call has none
+    assert a_own["balanced_accuracy_se"] == pytest.approx(np.std([0.5, 0.7], ddof=1) / np.sqrt(2))
+    assert np.isnan(summary.iloc[1]["balanced_accuracy_se"])
     assert a_own["worst_balanced_accuracy"] == 0.5 and a_own["precision_basophil"] == 1.0   # NaN skipped
     with pytest.raises(KeyError):
         summarize_mixes(calls, group=("setting", "mix"))

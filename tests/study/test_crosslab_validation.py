@@ -757,3 +757,31 @@ def test_the_statistics_comparison_puts_the_deployed_setting_beside_its_other_st
     glue = rs.statistics_glue(table)
     assert glue["crosslab_stats_cbr_mean_all"] == pytest.approx(0.69) and glue["crosslab_stats_plain_untouched_all"] == 0.1
     assert "untouched_all" not in rs.statistics_comparison(sc, selection, names[1]).columns  # no lab given
+
+
+def test_the_mix_cost_names_the_worst_mix_and_its_standard_error_from_the_calls():
+    """The cost is the own mix's mean in calls of 100 minus the worst mix's, and its standard error
+    combines the two means' (independent draws); few noisy calls give a wide one."""
+    from bcfeat.crosslab import mixes as mx
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for mix, mean in [("own", 0.80), ("balanced", 0.79), ("lymphocyte_heavy", 0.74), ("typical", 0.81)]:
+        for size, n in [(0, 1 if mix == "own" else 8), (100, 8)]:
+            rows += [{"lab": "lab", "mix": mix, "call_size": size, "call": i, "balanced_accuracy": mean + rng.normal(0, 0.05),
+                      "macro_f1": 0.7, "diff_mae_pp": 1.0, "diff_worst_pp": 2.0} for i in range(n)]
+    summary = mx.summarize_mixes(pd.DataFrame(rows), group=("lab", "mix", "call_size"))
+    calibration = pd.DataFrame([{"lab": "lab", "ece": 0.05, "confidence_gap": 0.01}])
+    goals = cv.goals_table(summary, calibration, ["lab"]).iloc[0]
+    c100 = summary[summary["call_size"] == 100].set_index("mix")
+    worst = c100["balanced_accuracy"].idxmin()
+    assert goals["worst_mix"] == worst
+    assert goals["worst_mix_cost"] == pytest.approx(c100.loc["own", "balanced_accuracy"] - c100.loc[worst, "balanced_accuracy"])
+    expected_se = np.hypot(c100.loc["own", "balanced_accuracy_se"], c100.loc[worst, "balanced_accuracy_se"])
+    assert goals["worst_mix_cost_se"] == pytest.approx(expected_se) and 0.015 < expected_se < 0.05
+    glue = cv.goals_glue(cv.goals_table(summary, calibration, ["lab"]), "lab", ["lab"], "untouched")
+    assert glue["crosslab_goal_lab_worst_mix"] == worst.replace("_", "-")
+    assert glue["crosslab_goal_lab_worst_mix_cost_se"] == pytest.approx(expected_se)
+    # a summary from before the standard error: the cost as before, its error unknown
+    old = cv.goals_table(summary.drop(columns="balanced_accuracy_se"), calibration, ["lab"]).iloc[0]
+    assert old["worst_mix_cost"] == goals["worst_mix_cost"] and np.isnan(old["worst_mix_cost_se"])
