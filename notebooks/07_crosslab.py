@@ -36,6 +36,7 @@ candidate_C: str = "0.03,0.1"  # inverse L2 strengths of the linear model compar
 candidate_groups: str = "all,no_texture,no_fine_texture,no_ruler"  # feature sets compared by the selection
 ablation_cells: int = 400  # cells per site re-measured for the crop lever (0: skip it)
 red_cell_lever: bool = True  # read every cell's optical densities against the red cells of its own photograph (a colour reference within the photograph) and compare with the deployed reading (reported, not chosen)
+order_stable_lever: bool = True  # drop the features whose class order reverses on a given site (each given site read with the features kept on the others) and compare with the deployed setting (reported, not chosen)
 red_nucleus_lever: bool = True  # measure every cell again with the nucleus found in the red channel's optical density (the nuclear dye's) and compare with the deployed reading (reported, not chosen)
 ssl_epochs: int = 4  # epochs of the self-supervised encoder (0: skip the lever)
 ssl_image_size: int = 40  # crop side the encoder reads
@@ -83,6 +84,7 @@ from bcfeat.study import crosslab_figures as cf
 from bcfeat.study import crosslab_validation as cv
 from bcfeat.study import class_profiles as cp
 from bcfeat.study import false_calls as fc
+from bcfeat.study import order_stable_features as osf
 from bcfeat.study import own_label_ceiling as olc
 from bcfeat.study import colour_reference as crr
 from bcfeat.study import nucleus_reading as nr
@@ -427,6 +429,7 @@ save_table(mix_summary, tables / "crosslab_mixes.csv")
 _, plain_mix_summary = cv.mix_table(plain_clf, labs, mix_calls, seed)
 save_table(plain_mix_summary, tables / "crosslab_mixes_plain.csv")
 glue("crosslab_mix_figure", cs.mix_figure(mix_summary), display=False)
+glue("crosslab_mix_calls", mix_calls, display=False)
 glue("crosslab_mix_differential", mix_summary[mix_summary["call_size"] == 100].pivot_table(
     index="lab", columns="mix", values="diff_mae_pp").round(1), display=False)
 glue("crosslab_mix_cost", mx.mix_cost(mix_summary, group=("lab", "mix", "call_size")).pivot_table(
@@ -603,6 +606,25 @@ for key, value in cp.profile_agreement_glue(profiles).items():
     glue(key, value, display=False)
 glue("crosslab_class_profiles", cp.profile_agreement_display(profiles).round(2), display=False)
 cp.profile_agreement_display(profiles).round(2)
+
+# %% [markdown]
+# The lever those profiles suggest: keep only the features whose class order holds (class-profile
+# correlation with the training cells' at least 0) on the given sites (`bcfeat.study.order_stable_features`).
+# Each given site is read with the features kept on the other two, so its labels never choose its
+# own features; the training lab's test cells and the untouched lab with those kept on all three.
+# Beside it, the deployed setting's classifier (no texture gate on either side), each lab's cells in
+# one call. Reported, not chosen.
+
+# %% tags=["hide-input"]
+if order_stable_lever:
+    order_stable = osf.order_stable_table((source_X, source_y), report_labs, unseen, headline_setting, seed)
+else:
+    order_stable = pd.DataFrame(columns=osf.COLUMNS)
+save_table(order_stable, tables / "crosslab_order_stable.csv")
+for key, value in osf.order_stable_glue(order_stable, unseen).items():
+    glue(key, value, display=False)
+glue("crosslab_order_stable", order_stable.set_index("lab").round(3), display=False)
+order_stable.set_index("lab").round(3)
 
 # %% [markdown]
 # A colour reference within each photograph: every optical-density level of the cell read against

@@ -1,0 +1,131 @@
+"""Features whose class order holds on the development labs: a lever, reported, not chosen.
+
+A classifier trained on one lab learns, per feature, which classes sit high and which low. Where
+another lab's stain puts them the other way round (the chapter's class profiles: colour features
+reversed on some labs), that feature pushes every cell of that lab towards the wrong class. This
+lever keeps only the features whose class order holds on the labs whose labels the selection
+already reads (the given unseen sites): per feature, the correlation between the training lab's
+class profile and each given site's (:func:`bcfeat.study.class_profiles.class_profile`) must be at
+least ``min_correlation`` on every one of them.
+
+Each given site's own number comes from the features kept on the *other* given sites (its labels
+never choose its features); the training lab's test cells and the untouched lab are read with the
+features kept on all the given sites. The setting's classifier is otherwise unchanged (no texture
+gate on either side of the comparison).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from bcfeat.study.class_profiles import class_profile
+
+COLUMNS = ["lab", "kept_on", "n_features", "n_dropped", "balanced_accuracy_all", "setting_balanced_accuracy_all",
+           "gain"]
+
+
+def profile_correlations(source: tuple[np.ndarray, np.ndarray], labs: dict[str, tuple[np.ndarray, np.ndarray]]
+                         ) -> pd.DataFrame:
+    """One row per lab, one column per feature: the correlation between the training lab's class
+    profile (``source``, ``(X, y)``) and the lab's, over the training lab's classes (NaN where a
+    class is missing or a profile is flat).
+
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat(["a", "b", "c"], 30)
+    >>> centres = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]])
+    >>> X = centres[np.searchsorted(["a", "b", "c"], y)] + rng.normal(0, 0.3, (90, 2))
+    >>> other = X * [1.0, -1.0]                       # the second feature reversed
+    >>> profile_correlations((X, y), {"other": (other, y)}).round(2).to_numpy().tolist()
+    [[1.0, -1.0]]
+    """
+    Xs, ys = source
+    classes = sorted(set(np.asarray(ys).tolist()))
+    reference = class_profile(Xs, ys, classes)
+    rows = {}
+    for lab, (X, y) in labs.items():
+        profile = class_profile(X, y, classes)
+        values = np.full(reference.shape[1], np.nan)
+        for c in range(reference.shape[1]):
+            a, b = reference[:, c], profile[:, c]
+            ok = np.isfinite(a) & np.isfinite(b)
+            if ok.sum() > 2 and np.ptp(a[ok]) > 0 and np.ptp(b[ok]) > 0:
+                values[c] = np.corrcoef(a[ok], b[ok])[0, 1]
+        rows[lab] = values
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def order_stable_columns(correlations: pd.DataFrame, columns: Sequence[int], labs: Sequence[str],
+                         min_correlation: float = 0.0) -> list[int]:
+    """The ``columns`` whose class-profile correlation is at least ``min_correlation`` on every lab
+    of ``labs`` (rows of :func:`profile_correlations`); a feature with no correlation on any of them
+    is dropped.
+
+    >>> corr = pd.DataFrame({0: [0.9, 0.8], 1: [0.9, -0.2], 2: [np.nan, np.nan]}, index=["x", "y"])
+    >>> order_stable_columns(corr, [0, 1, 2], ["x", "y"]), order_stable_columns(corr, [0, 1, 2], ["x"])
+    ([0], [0, 1])
+    """
+    labs = list(labs)
+    if not labs:
+        raise ValueError("the kept features need at least one lab to read the class order on")
+    missing = [lab for lab in labs if lab not in correlations.index]
+    if missing:
+        raise KeyError(f"no class-profile correlations for {missing}")
+    part = correlations.loc[labs]
+    with np.errstate(all="ignore"):
+        worst = part.min(axis=0, skipna=True)  # NaN only where every lab's is NaN
+    return [int(c) for c in columns if np.isfinite(worst.get(int(c), np.nan)) and worst[int(c)] >= min_correlation]
+
+
+def order_stable_table(source: tuple[np.ndarray, np.ndarray], labs: dict[str, tuple[np.ndarray, np.ndarray]],
+                       given: Sequence[str], setting: str, seed: int, min_correlation: float = 0.0) -> pd.DataFrame:
+    """The lever on every lab of ``labs`` (``name -> (X raw, y)``, each lab one call of all its cells):
+    :data:`COLUMNS`. A lab of ``given`` is read with the features kept on the other given labs, any
+    other lab with those kept on all of ``given``; beside it, the setting's own classifier (same
+    training cells, all its features). A lab for which no feature keeps its order (none could be
+    read on the other labs: a few cells, classes missing) gets no score (NaN), not an error."""
+    from bcfeat.study.crosslab_settings import classifier_for, feature_set_columns, parse_setting
+    from bcfeat.crosslab.mixes import call_scores
+
+    given = [g for g in given if g in labs]
+    if len(given) < 2:
+        raise ValueError(f"the lever reads the class order on the given labs, leaving each out once: needs two, "
+                         f"got {given}")
+    s = parse_setting(setting)
+    Xs, ys = source
+    read = feature_set_columns(s["groups"])  # None: every feature
+    columns = list(range(Xs.shape[1])) if read is None else [int(c) for c in read]
+    correlations = profile_correlations(source, {g: labs[g] for g in given})
+    classes = sorted(set(np.asarray(ys).tolist()))
+    setting_clf = classifier_for(s, seed).fit(Xs, ys)
+    fitted: dict[tuple[int, ...], object] = {}
+    rows = []
+    for lab, (X, y) in labs.items():
+        kept_on = [g for g in given if g != lab]
+        kept = tuple(order_stable_columns(correlations, columns, kept_on, min_correlation))
+        if kept and kept not in fitted:
+            fitted[kept] = classifier_for(s, seed).set_params(columns=kept).fit(Xs, ys)
+        # no feature whose order could be read on the other labs (a few cells, classes missing): no score
+        score = call_scores(y, fitted[kept].predict(X), classes)["balanced_accuracy"] if kept else float("nan")
+        base = call_scores(y, setting_clf.predict(X), classes)["balanced_accuracy"]
+        rows.append({"lab": lab, "kept_on": ", ".join(kept_on), "n_features": len(kept),
+                     "n_dropped": len(columns) - len(kept), "balanced_accuracy_all": float(score),
+                     "setting_balanced_accuracy_all": float(base), "gain": float(score - base)})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def order_stable_glue(table: pd.DataFrame, given: Sequence[str]) -> dict:
+    """``crosslab_stable_<lab>_<column>`` per lab, and the mean gain over the given labs."""
+    out = {}
+    for row in table.itertuples():
+        for column in ("n_features", "n_dropped", "balanced_accuracy_all", "setting_balanced_accuracy_all", "gain"):
+            value = getattr(row, column)
+            out[f"crosslab_stable_{row.lab}_{column}"] = int(value) if column.startswith("n_") else float(value)
+    part = table[table["lab"].isin(list(given))]
+    out["crosslab_stable_given_mean_gain"] = float(part["gain"].mean()) if len(part) else float("nan")
+    return out
+
+
+__all__ = ["COLUMNS", "profile_correlations", "order_stable_columns", "order_stable_table", "order_stable_glue"]
