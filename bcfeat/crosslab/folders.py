@@ -256,29 +256,47 @@ ESTIMATE_WARNING_BELOW = 0.80
 
 
 def call_calibrated(classifier: CrossLabClassifier, feats: np.ndarray,
-                    proba: np.ndarray) -> tuple[np.ndarray, str | None]:
+                    proba: np.ndarray, estimate: dict | None = None) -> tuple[np.ndarray, str | None]:
     """One call's probabilities brought to the accuracy its two views' disagreement (and, for a
     two-term line, its lab novelty) predicts (the model file's ``accuracy_from_disagreement``, fitted
     on the study's development labs;
     :mod:`bcfeat.crosslab.view_agreement`), and a warning when that estimate is below
     :data:`ESTIMATE_WARNING_BELOW`. Unchanged, without a warning, when the file holds no such line
     or the classifier has one view (a lab's own ``train-classifier`` model), or for a call of fewer
-    than :data:`bcfeat.crosslab.view_agreement.MIN_CALL_CELLS` cells."""
+    than :data:`bcfeat.crosslab.view_agreement.MIN_CALL_CELLS` cells. A dict passed as ``estimate``
+    receives, where the line was applied, the call's ``estimated_accuracy``, ``disagreement``,
+    ``novelty`` (None for a one-term line) and ``n_cells`` (:func:`estimate_summary` words them)."""
     from bcfeat.crosslab.view_agreement import MIN_CALL_CELLS, AccuracyFromDisagreement, calibrate_with_views
 
     record = getattr(classifier, "calibration_", {}).get("accuracy_from_disagreement")
     if record is None or classifier.gate_columns is None or len(proba) < MIN_CALL_CELLS:
         return proba, None
     line = AccuracyFromDisagreement.from_dict(record)
-    out, d, estimate = calibrate_with_views(classifier, feats, proba, line)
-    if estimate >= ESTIMATE_WARNING_BELOW:
+    out, d, accuracy = calibrate_with_views(classifier, feats, proba, line)
+    novelty = classifier.lab_novelty(feats) if line.uses_novelty else None
+    if estimate is not None:
+        estimate.update(estimated_accuracy=float(accuracy), disagreement=float(d),
+                        novelty=None if novelty is None else float(novelty), n_cells=int(len(feats)))
+    if accuracy >= ESTIMATE_WARNING_BELOW:
         return out, None
-    far = (f" and the cells sit {classifier.lab_novelty(feats):.2f} from the training classes (lab novelty)"
-           if line.uses_novelty else "")
+    far = f" and the cells sit {novelty:.2f} from the training classes (lab novelty)" if novelty is not None else ""
     return out, (f"the classifier read with and without texture disagrees on {d:.0%} of these {len(feats)} cells{far}; "
-                 f"on the development labs that went with about {estimate:.0%} accuracy, and the probabilities "
+                 f"on the development labs that went with about {accuracy:.0%} accuracy, and the probabilities "
                  "are lowered to match: review the cells marked uncertain, or label a few cells per class "
                  "(bcfeat train-classifier --corrections)")
+
+
+def estimate_summary(estimate: dict) -> str:
+    """One line for a lab from :func:`call_calibrated`'s ``estimate``: the call's estimated accuracy
+    and the readings it comes from.
+
+    >>> print(estimate_summary({"estimated_accuracy": 0.62, "disagreement": 0.17, "novelty": 1.51, "n_cells": 511}))
+    estimated accuracy of this call about 62 % (the two readings disagree on 17 % of its 511 cells; lab novelty 1.51), from the line fitted on the study's development labs; the probabilities are brought to it
+    """
+    novelty = "" if estimate.get("novelty") is None else f"; lab novelty {estimate['novelty']:.2f}"
+    return (f"estimated accuracy of this call about {100 * estimate['estimated_accuracy']:.0f} % (the two readings "
+            f"disagree on {100 * estimate['disagreement']:.0f} % of its {estimate['n_cells']} cells{novelty}), from the "
+            "line fitted on the study's development labs; the probabilities are brought to it")
 
 
 def gate_warning(classifier: CrossLabClassifier, feats: np.ndarray) -> str | None:
@@ -294,7 +312,8 @@ def gate_warning(classifier: CrossLabClassifier, feats: np.ndarray) -> str | Non
 
 
 def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, thumbnails: list | None = None,
-                    warning_list: list | None = None, usual_upper: dict[str, float] | None = None):
+                    warning_list: list | None = None, usual_upper: dict[str, float] | None = None,
+                    estimate: dict | None = None):
     """Classify every image below ``folder`` as one lab's cells: ``(table, skipped)`` with
     ``relpath, predicted, probability, uncertain, cell_found`` and one ``p_<class>`` column per class.
 
@@ -309,7 +328,8 @@ def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, th
     differential holds more of a class than blood usually does (:mod:`bcfeat.crosslab.differential_check`,
     e.g. a fifth of the cells called basophils; ``usual_upper``: the lab's own upper shares, default
     its ``USUAL_UPPER_SHARE``). A list passed as ``warning_list``
-    receives them too; one passed as ``thumbnails`` receives each row's canonical crop (JPEG bytes).
+    receives them too; one passed as ``thumbnails`` receives each row's canonical crop (JPEG bytes);
+    a dict passed as ``estimate`` receives the call's estimated accuracy (:func:`call_calibrated`).
 
     Images are read and measured in bounded chunks: memory holds the feature table, not the folder.
     A folder with fewer image files than the lab statistics need is refused before any is read."""
@@ -327,7 +347,7 @@ def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, th
     files, feats, skipped = _measure_folder(measuring, folder, labelled=False, found=found, thumbnails=thumbnails,
                                             min_images=MIN_SITE_CELLS, reads=reads, meanwhile=meanwhile)
     table = classify_cells(loaded[0], files["relpath"], feats, np.asarray(found, bool), folder, warning_list,
-                           usual_upper)
+                           usual_upper, estimate)
     return table, skipped
 
 
@@ -343,7 +363,8 @@ def _classifier_model(model_path: str | os.PathLike) -> CrossLabModel:
 
 
 def classify_features(model_path: str | os.PathLike, features: pd.DataFrame, folder: str | os.PathLike,
-                      warning_list: list | None = None, usual_upper: dict[str, float] | None = None) -> pd.DataFrame:
+                      warning_list: list | None = None, usual_upper: dict[str, float] | None = None,
+                      estimate: dict | None = None) -> pd.DataFrame:
     """:func:`classify_folder`'s table from a feature table of the same model (``relpath``,
     ``cell_found`` and the feature columns: the merge of ``bcfeat classify --shard`` runs)."""
     model = _classifier_model(model_path)
@@ -352,14 +373,14 @@ def classify_features(model_path: str | os.PathLike, features: pd.DataFrame, fol
         raise ValueError(f"the feature table lacks {len(missing)} column(s) of this model, e.g. {missing[0]!r}")
     feats = features[model.feature_names].to_numpy(np.float64)
     return classify_cells(model, features["relpath"], feats, features["cell_found"].to_numpy(bool), folder,
-                          warning_list, usual_upper)
+                          warning_list, usual_upper, estimate)
 
 
 def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray, found: np.ndarray,
                    folder: str | os.PathLike, warning_list: list | None = None,
-                   usual_upper: dict[str, float] | None = None) -> pd.DataFrame:
+                   usual_upper: dict[str, float] | None = None, estimate: dict | None = None) -> pd.DataFrame:
     """One lab's measured cells -> the table of :func:`classify_folder` (the lab's statistics are
-    those of the cells with ``found``)."""
+    those of the cells with ``found``; ``estimate``: see :func:`call_calibrated`)."""
     if found.sum() < MIN_SITE_CELLS:
         raise ValueError(f"{int(found.sum())} images below {folder} hold a cell that could be found "
                          f"({len(relpaths)} readable); the model standardises a lab's cells with their own "
@@ -368,7 +389,7 @@ def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray,
     # cells where no cell was found are left out of the lab's statistics and get no class
     proba = np.full((len(relpaths), len(classes)), np.nan)
     proba[found], accuracy_warning = call_calibrated(model.classifier, feats[found],
-                                                     model.classifier.predict_proba(feats[found]))
+                                                     model.classifier.predict_proba(feats[found]), estimate)
     predicted = np.where(found, classes[np.nan_to_num(proba, nan=0.0).argmax(axis=1)], NO_CELL)
     table = pd.DataFrame({"relpath": np.asarray(relpaths), "predicted": predicted, "probability": proba.max(axis=1),
                           "uncertain": ~found | uncertain_cells(model.classifier, np.nan_to_num(proba, nan=0.0)),
@@ -384,5 +405,6 @@ def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray,
 
 
 __all__ = ["measure_folder_table", "train_classifier", "classify_folder", "classify_features", "classify_cells", "uncertain_cells", "lab_warning", "gate_warning", "call_calibrated",
+           "estimate_summary",
            "ESTIMATE_WARNING_BELOW",
            "MIN_CELLS_PER_CLASS", "DEFAULT_UNCERTAIN_BELOW"]

@@ -167,8 +167,16 @@ def _cmd_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_estimate(estimate: dict) -> None:
+    """The call's estimated accuracy, where the model file's line gave one (:func:`call_calibrated`)."""
+    if estimate:
+        from bcfeat.crosslab.folders import estimate_summary
+
+        print(f"bcfeat classify: {estimate_summary(estimate)}")
+
+
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from bcfeat.crosslab.folders import classify_folder
+    from bcfeat.crosslab.folders import classify_folder, estimate_summary
 
     out = check_output_path(args.output)
     report = None if args.report is None else check_output_path(args.report, (".html",), "report", "--report")
@@ -176,10 +184,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         return status
     thumbnails: list | None = None if report is None else []
     warnings: list[str] = []
+    estimate: dict = {}
     table, skipped = classify_folder(args.model, args.input, thumbnails=thumbnails, warning_list=warnings,
-                                     usual_upper=args.usual_upper)
+                                     usual_upper=args.usual_upper, estimate=estimate)
     save_table(table, out)  # creates the folder; never leaves half a table
     report_skipped("classify", len(table), out, skipped)
+    _print_estimate(estimate)
     if report is not None:
         from bcfeat.crosslab.review_report import write_report
 
@@ -187,7 +197,8 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         write_report(report, table, thumbnails, classes, title=f"bcfeat review: {Path(args.input).name}",
                      skipped=skipped, warnings=warnings,
                      details={"folder": str(Path(args.input).resolve()), "model file": str(Path(args.model).resolve()),
-                              "table": str(out)})
+                              "table": str(out),
+                              **({"estimated accuracy": estimate_summary(estimate)} if estimate else {})})
         print(f"bcfeat classify: review report -> {report}")
     return 0
 
@@ -482,9 +493,12 @@ def run_classify_shard(args: argparse.Namespace, out: Path, report: Path | None)
         print(f"bcfeat classify: waiting for the other shards; the last one to finish writes {out}", file=sys.stderr)
         return 0
     features, skipped = merge_shards(out, shard.count, args.model, cell_found=True)
-    table = classify_features(args.model, features, args.input, usual_upper=getattr(args, "usual_upper", None))
+    estimate: dict = {}
+    table = classify_features(args.model, features, args.input, usual_upper=getattr(args, "usual_upper", None),
+                              estimate=estimate)
     save_table(table, out)
     report_skipped("classify", len(table), out, skipped)
+    _print_estimate(estimate)
     return 0
 
 

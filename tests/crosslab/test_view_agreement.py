@@ -144,8 +144,12 @@ def test_the_views_part_on_a_lab_whose_texture_lies_and_classify_lowers_its_prob
     assert stored.calibration_["accuracy_from_disagreement"] == fit.to_dict()
     model = CrossLabModel(CrossLabConfig(mask_source="stain"), None, stored)
     # an ordinary lab: no warning, its probabilities brought near its (high) estimated accuracy
-    out, warning = call_calibrated(model.classifier, same, model.classifier.predict_proba(same))
+    estimate: dict = {}
+    out, warning = call_calibrated(model.classifier, same, model.classifier.predict_proba(same), estimate)
     assert warning is None and out.max(axis=1).mean() == pytest.approx(fit.estimate(d_same), abs=1e-3)
+    # the call's estimate is handed out for the lab to read, warning or not
+    assert estimate == {"estimated_accuracy": pytest.approx(fit.estimate(d_same)), "disagreement": pytest.approx(d_same),
+                        "novelty": None, "n_cells": len(same)}
     # the lab whose texture lies: mean probability near its accuracy, a warning naming the estimate
     warnings: list[str] = []
     table = classify_cells(model, pd.Series([f"c{i}.png" for i in range(len(lying))]), lying,
@@ -161,8 +165,10 @@ def test_the_views_part_on_a_lab_whose_texture_lies_and_classify_lowers_its_prob
     two = AccuracyFromDisagreement(fit.intercept + 0.5, fit.slope, fit.floor, fit.n_calls, fit.residual_std, -0.25)
     model.classifier.calibration_ = {"uncertain_min_probability": 0.6, "accuracy_from_disagreement": two.to_dict()}
     novelty = model.classifier.lab_novelty(lying)
-    out, warning = call_calibrated(model.classifier, lying, model.classifier.predict_proba(lying))
+    two_estimate: dict = {}
+    out, warning = call_calibrated(model.classifier, lying, model.classifier.predict_proba(lying), two_estimate)
     assert f"sit {novelty:.2f} from the training classes" in warning
+    assert two_estimate["novelty"] == pytest.approx(novelty) and two_estimate["n_cells"] == len(lying)
     expected = two.estimate(d_lying, novelty)
     assert expected == pytest.approx(fit.estimate(d_lying) + 0.5 - 0.25 * novelty, abs=1e-9)
     assert out.max(axis=1).mean() == pytest.approx(expected, abs=1e-4)
@@ -170,4 +176,19 @@ def test_the_views_part_on_a_lab_whose_texture_lies_and_classify_lowers_its_prob
     # a file without the line (older files, or a lab's own classifier): probabilities as they were
     model.classifier.calibration_ = {"uncertain_min_probability": 0.6}
     P = model.classifier.predict_proba(lying)
-    assert call_calibrated(model.classifier, lying, P) == (P, None)
+    untouched: dict = {}
+    assert call_calibrated(model.classifier, lying, P, untouched) == (P, None) and untouched == {}
+
+
+def test_classify_prints_the_calls_estimated_accuracy_where_the_model_file_gives_one(capsys):
+    from bcfeat.crosslab.folders import estimate_summary
+    from bcfeat.runner.cli import _print_estimate
+
+    _print_estimate({})
+    assert capsys.readouterr().out == ""   # a lab's own classifier, or an older file: nothing to say
+    info = {"estimated_accuracy": 0.493, "disagreement": 0.171, "novelty": None, "n_cells": 40}
+    _print_estimate(info)
+    printed = capsys.readouterr().out
+    assert printed.startswith("bcfeat classify: estimated accuracy of this call about 49 %")
+    assert "disagree on 17 % of its 40 cells)" in printed and "novelty" not in printed
+    assert "lab novelty 1.20" in estimate_summary({**info, "novelty": 1.2})
