@@ -19,6 +19,7 @@ It reads labels, so it explains a score and never chooses a setting.
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -27,13 +28,18 @@ import pandas as pd
 PROFILE_COLUMNS = ["lab", "group", "n_features", "median_correlation", "reversed_share", "separation"]
 
 
-def class_profile(X: np.ndarray, y: np.ndarray, classes: Sequence) -> np.ndarray:
+def class_profile(X: np.ndarray, y: np.ndarray, classes: Sequence, skip_missing: bool = False) -> np.ndarray:
     """``(k, d)``: each class's feature means less the mean of the class means, over the pooled
     within-class standard deviation (NaN where a class is missing or a feature has no spread).
+    A cell whose feature could not be measured (NaN) makes that feature's profile NaN, unless
+    ``skip_missing``: then the class moments are read from the cells that have it.
 
     >>> X = np.array([[0.0], [2.0], [10.0], [12.0]]); y = np.array(["a", "a", "b", "b"])
     >>> class_profile(X, y, ["a", "b"]).ravel().tolist()
     [-5.0, 5.0]
+    >>> gap = np.array([[0.0], [2.0], [np.nan], [10.0], [12.0]]); g = np.array(["a", "a", "a", "b", "b"])
+    >>> class_profile(gap, g, ["a", "b"]).ravel().tolist(), class_profile(gap, g, ["a", "b"], skip_missing=True).ravel().tolist()
+    ([nan, nan], [-5.0, 5.0])
     """
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y)
@@ -42,7 +48,12 @@ def class_profile(X: np.ndarray, y: np.ndarray, classes: Sequence) -> np.ndarray
     variances = np.full((k, d), np.nan)
     for i, c in enumerate(classes):
         rows = X[y == c]
-        if len(rows):
+        if len(rows) and skip_missing:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a feature missing on every cell of the class: NaN
+                means[i] = np.nanmean(rows, axis=0)
+                variances[i] = np.nanvar(rows, axis=0)
+        elif len(rows):
             means[i] = rows.mean(axis=0)
             variances[i] = rows.var(axis=0)
     within = np.sqrt(variances.mean(axis=0))

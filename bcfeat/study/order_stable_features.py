@@ -30,8 +30,10 @@ COLUMNS = ["lab", "kept_on", "n_features", "n_dropped", "balanced_accuracy_all",
 def profile_correlations(source: tuple[np.ndarray, np.ndarray], labs: dict[str, tuple[np.ndarray, np.ndarray]]
                          ) -> pd.DataFrame:
     """One row per lab, one column per feature: the correlation between the training lab's class
-    profile (``source``, ``(X, y)``) and the lab's, over the training lab's classes (NaN where a
-    class is missing or a profile is flat).
+    profile (``source``, ``(X, y)``) and the lab's, over the training lab's classes, each class read
+    from the cells where the feature was measured (a red-cell ruler missing on some photographs
+    does not hide the order of the others); NaN where fewer than three classes have it or a
+    profile is flat.
 
     >>> rng = np.random.default_rng(0)
     >>> y = np.repeat(["a", "b", "c"], 30)
@@ -43,10 +45,10 @@ def profile_correlations(source: tuple[np.ndarray, np.ndarray], labs: dict[str, 
     """
     Xs, ys = source
     classes = sorted(set(np.asarray(ys).tolist()))
-    reference = class_profile(Xs, ys, classes)
+    reference = class_profile(Xs, ys, classes, skip_missing=True)
     rows = {}
     for lab, (X, y) in labs.items():
-        profile = class_profile(X, y, classes)
+        profile = class_profile(X, y, classes, skip_missing=True)
         values = np.full(reference.shape[1], np.nan)
         for c in range(reference.shape[1]):
             a, b = reference[:, c], profile[:, c]

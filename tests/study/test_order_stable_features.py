@@ -86,3 +86,14 @@ def test_a_lab_whose_order_cannot_be_read_anywhere_gets_no_score_not_an_error():
     table = osf.order_stable_table(source, {"a": labs["a"], "b": one_class}, ["a", "b"], SETTING, 0).set_index("lab")
     assert table.loc["a", "n_features"] == 0 and np.isnan(table.loc["a", "balanced_accuracy_all"])
     assert table.loc["b", "n_features"] > 0 and np.isfinite(table.loc["b", "balanced_accuracy_all"])
+
+
+def test_a_feature_missing_on_some_cells_keeps_its_order_not_dropped_for_the_gaps():
+    source, labs, used = _labs({"a": [], "b": []}, seed=4)
+    col = used[0]
+    X, y = labs["a"]
+    X = X.copy()
+    X[::7, col] = np.nan   # not measured on every seventh cell (a photograph without red cells, say)
+    corr = osf.profile_correlations(source, {"a": (X, y), "b": labs["b"]})
+    assert corr.loc["a", col] > 0.9
+    assert col in osf.order_stable_columns(corr, used, ["a", "b"])
