@@ -84,6 +84,7 @@ from bcfeat.study import crosslab_figures as cf
 from bcfeat.study import crosslab_validation as cv
 from bcfeat.study import class_profiles as cp
 from bcfeat.study import false_calls as fc
+from bcfeat.study import deployed_model_check as dmc
 from bcfeat.study import order_stable_features as osf
 from bcfeat.study import own_label_ceiling as olc
 from bcfeat.study import colour_reference as crr
@@ -93,6 +94,7 @@ from bcfeat.study import texture_gate as tg
 from bcfeat.crosslab import mixes as mx
 from bcfeat.crosslab.cell_features import feature_groups, feature_names
 from bcfeat.crosslab.view_agreement import AccuracyFromDisagreement
+from bcfeat.crosslab.model import load_model
 from bcfeat.crosslab.virtual_labs import named_shifts, sample_labs
 from bcfeat.data import resolve_data_root
 from bcfeat.validation import require_int
@@ -811,3 +813,19 @@ model_path = cv.write_deployed_model(measured, samples, crosslab_model_file, hea
                                      detector_file=detector_file, source=design.source)
 glue("crosslab_model_file", str(model_path), display=False)
 print(model_path)
+
+# %% [markdown]
+# The model file as a lab runs it: each unseen lab's cells, and the untouched lab's, in one call
+# through the code of `bcfeat classify` (`bcfeat.study.deployed_model_check`: the file's classifier,
+# trained on every Acevedo-20 cell, with the call's own temperature and the `uncertain` threshold),
+# read from the cells measured above with the file's own measurement. The training lab is left out:
+# the file was trained on all its cells.
+
+# %% tags=["hide-input"]
+deployed_labs = {name: lab for name, lab in report_labs.items() if name != design.source}
+deployed = dmc.deployed_file_table(load_model(model_path), deployed_labs)
+save_table(deployed, tables / "crosslab_deployed_file.csv")
+for key, value in dmc.deployed_file_glue(deployed).items():
+    glue(key, value, display=False)
+glue("crosslab_deployed_file", deployed.set_index("lab").round(3), display=False)
+deployed.set_index("lab").round(3)
