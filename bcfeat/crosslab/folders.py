@@ -287,14 +287,14 @@ def call_calibrated(classifier: CrossLabClassifier, feats: np.ndarray,
 
 
 def estimate_summary(estimate: dict) -> str:
-    """One line for a lab from :func:`call_calibrated`'s ``estimate``: the call's estimated accuracy
-    and the readings it comes from.
+    """The call's estimated accuracy and the readings it comes from, in words for a lab, from
+    :func:`call_calibrated`'s ``estimate``.
 
     >>> print(estimate_summary({"estimated_accuracy": 0.62, "disagreement": 0.17, "novelty": 1.51, "n_cells": 511}))
-    estimated accuracy of this call about 62 % (the two readings disagree on 17 % of its 511 cells; lab novelty 1.51), from the line fitted on the study's development labs; the probabilities are brought to it
+    about 62 % (the two readings disagree on 17 % of its 511 cells; lab novelty 1.51), from the line fitted on the study's development labs; the probabilities are brought to it
     """
     novelty = "" if estimate.get("novelty") is None else f"; lab novelty {estimate['novelty']:.2f}"
-    return (f"estimated accuracy of this call about {100 * estimate['estimated_accuracy']:.0f} % (the two readings "
+    return (f"about {100 * estimate['estimated_accuracy']:.0f} % (the two readings "
             f"disagree on {100 * estimate['disagreement']:.0f} % of its {estimate['n_cells']} cells{novelty}), from the "
             "line fitted on the study's development labs; the probabilities are brought to it")
 

@@ -172,7 +172,7 @@ def _print_estimate(estimate: dict) -> None:
     if estimate:
         from bcfeat.crosslab.folders import estimate_summary
 
-        print(f"bcfeat classify: {estimate_summary(estimate)}")
+        print(f"bcfeat classify: estimated accuracy of this call {estimate_summary(estimate)}")
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -198,7 +198,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
                      skipped=skipped, warnings=warnings,
                      details={"folder": str(Path(args.input).resolve()), "model file": str(Path(args.model).resolve()),
                               "table": str(out),
-                              **({"estimated accuracy": estimate_summary(estimate)} if estimate else {})})
+                              **({"estimated accuracy of this call": estimate_summary(estimate)} if estimate else {})})
         print(f"bcfeat classify: review report -> {report}")
     return 0
 
