@@ -18,19 +18,13 @@ def _lab(rng, n_per_class=80, texture_lies=False):
 
 
 def _model(rng, with_line=True):
+    """A classifier with a texture gate (two readings) and, optionally, an accuracy line: 95 % at no
+    disagreement, half a point less per point of disagreement."""
     X, y = _lab(rng)
     clf = CrossLabClassifier(C=1.0, statistics="cbr", gate_columns=(3, 4, 5, 6), gate_threshold=float("inf")).fit(X, y)
-    ds, accs = [], []
-    for share in np.linspace(0, 1, 9):  # development calls: a growing share of class a's texture lies
-        Xd, yd = _lab(rng)
-        Xl, _ = _lab(rng, texture_lies=True)
-        swap = (yd == "a") & (rng.uniform(size=len(yd)) < share)
-        Xd[swap] = Xl[swap]
-        ds.append(view_disagreement(*clf.view_probabilities(Xd)))
-        accs.append((clf.predict(Xd) == yd).mean())
+    line = AccuracyFromDisagreement(intercept=0.95, slope=-0.5, floor=0.34, n_calls=9, residual_std=0.05)
     clf.calibration_ = {"uncertain_min_probability": 0.6,
-                        **({"accuracy_from_disagreement": AccuracyFromDisagreement.fit(ds, accs, 3).to_dict()}
-                           if with_line else {})}
+                        **({"accuracy_from_disagreement": line.to_dict()} if with_line else {})}
     return CrossLabModel(CrossLabConfig(mask_source="stain"), None, clf)
 
 
@@ -41,8 +35,12 @@ def test_the_deployed_file_is_scored_as_classify_gives_it_its_probabilities_brou
     plain = dmc.deployed_file_table(_model(np.random.default_rng(6), with_line=False), labs).set_index("lab")
     lying, raw = table.loc["lying"], plain.loc["lying"]
     assert lying["accuracy"] == pytest.approx(raw["accuracy"])     # the classes never change
-    assert raw["confidence_gap"] > 0.15 and abs(lying["confidence_gap"]) < 0.1
+    # the call's probabilities are brought to the line's estimate at the call's disagreement
+    full, fallback = _model(np.random.default_rng(6)).classifier.view_probabilities(labs["lying"][0])
+    assert lying["estimated_accuracy"] == pytest.approx(max(0.34, 0.95 - 0.5 * view_disagreement(full, fallback)))
     assert lying["estimated_accuracy"] == pytest.approx(lying["mean_probability"], abs=1e-3)
+    assert lying["confidence_gap"] == pytest.approx(lying["mean_probability"] - lying["accuracy"])
+    assert raw["confidence_gap"] > 0.15 and abs(lying["confidence_gap"]) < raw["confidence_gap"]
     assert np.isnan(raw["estimated_accuracy"]) and lying["n_warnings"] >= 1
     assert lying["uncertain_share"] > raw["uncertain_share"] and 0 < lying["uncertain_catch"] <= 1
     assert table.loc["ordinary", "accuracy"] > 0.9 and table.loc["ordinary", "n_cells"] == 240
