@@ -272,8 +272,8 @@ def call_calibrated(classifier: CrossLabClassifier, feats: np.ndarray,
     if record is None or classifier.gate_columns is None or len(proba) < MIN_CALL_CELLS:
         return proba, None
     line = AccuracyFromDisagreement.from_dict(record)
-    out, d, accuracy = calibrate_with_views(classifier, feats, proba, line)
-    novelty = classifier.lab_novelty(feats) if line.uses_novelty else None
+    novelty = classifier.lab_novelty(feats) if line.uses_novelty else None  # read once: the estimate and its words
+    out, d, accuracy = calibrate_with_views(classifier, feats, proba, line, novelty)
     if estimate is not None:
         estimate.update(estimated_accuracy=float(accuracy), disagreement=float(d),
                         novelty=None if novelty is None else float(novelty), n_cells=int(len(feats)))

@@ -204,12 +204,15 @@ def calibrate_call(proba: np.ndarray, disagreement: float, fit: AccuracyFromDisa
     return apply_temperature(proba, temperature_for_mean_confidence(proba, estimate)), estimate
 
 
-def calibrate_with_views(classifier, X: np.ndarray, proba: np.ndarray,
-                         fit: AccuracyFromDisagreement) -> tuple[np.ndarray, float, float]:
+def calibrate_with_views(classifier, X: np.ndarray, proba: np.ndarray, fit: AccuracyFromDisagreement,
+                         novelty: float | None = None) -> tuple[np.ndarray, float, float]:
     """:func:`calibrate_call` for one call's features ``X`` read by ``classifier`` (a
     :class:`~bcfeat.crosslab.adaptation.CrossLabClassifier` with a texture gate, whose
     ``view_probabilities`` gives the two readings, and ``lab_novelty`` the call's novelty where the
-    line reads it): ``(proba', disagreement, estimated accuracy)``."""
+    line reads it and the caller has not computed it, ``novelty``): ``(proba', disagreement,
+    estimated accuracy)``."""
     d = view_disagreement(*classifier.view_probabilities(X))
-    out, estimate = calibrate_call(proba, d, fit, classifier.lab_novelty(X) if fit.uses_novelty else None)
+    if fit.uses_novelty and novelty is None:
+        novelty = classifier.lab_novelty(X)
+    out, estimate = calibrate_call(proba, d, fit, novelty if fit.uses_novelty else None)
     return out, d, estimate

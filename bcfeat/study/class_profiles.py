@@ -61,6 +61,20 @@ def class_profile(X: np.ndarray, y: np.ndarray, classes: Sequence, skip_missing:
         return (means - means.mean(axis=0)) / np.where(within > 0, within, np.nan)
 
 
+def profile_correlation(reference: np.ndarray, profile: np.ndarray) -> float:
+    """The correlation of two class profiles of one feature ``(k,)`` over the classes finite in
+    both; NaN where fewer than three are, or where either is flat there.
+
+    >>> profile_correlation(np.array([-1.0, 0.0, 1.0, np.nan]), np.array([2.0, 0.0, -2.0, 5.0]))
+    -1.0
+    """
+    ok = np.isfinite(reference) & np.isfinite(profile)
+    a, b = reference[ok], profile[ok]
+    if ok.sum() < 3 or np.ptp(a) <= 0 or np.ptp(b) <= 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 def profile_agreement(source: tuple[np.ndarray, np.ndarray], labs: dict[str, tuple[np.ndarray, np.ndarray]],
                       groups: dict[str, Sequence[int]], columns: Sequence[int] | None = None) -> pd.DataFrame:
     """One row per lab and feature group (:data:`PROFILE_COLUMNS`): how far each lab's class
@@ -81,7 +95,7 @@ def profile_agreement(source: tuple[np.ndarray, np.ndarray], labs: dict[str, tup
                     and np.ptp(reference[:, c]) > 0 and np.ptp(profile[:, c]) > 0]
             if not cols:
                 continue
-            r = np.array([np.corrcoef(reference[:, c], profile[:, c])[0, 1] for c in cols])
+            r = np.array([profile_correlation(reference[:, c], profile[:, c]) for c in cols])
             sep = np.array([np.abs(profile[:, c]).max() / np.abs(reference[:, c]).max() for c in cols])
             rows.append({"lab": lab, "group": group, "n_features": len(cols),
                          "median_correlation": float(np.median(r)), "reversed_share": float(np.mean(r < 0)),
@@ -127,5 +141,5 @@ def profile_agreement_glue(table: pd.DataFrame) -> dict:
     return out
 
 
-__all__ = ["PROFILE_COLUMNS", "class_profile", "profile_agreement", "setting_profile_agreement", "profile_agreement_display",
+__all__ = ["PROFILE_COLUMNS", "class_profile", "profile_correlation", "profile_agreement", "setting_profile_agreement", "profile_agreement_display",
            "profile_agreement_glue"]

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from bcfeat.study.class_profiles import class_profile
+from bcfeat.study.class_profiles import class_profile, profile_correlation
 
 COLUMNS = ["lab", "kept_on", "n_features", "n_dropped", "balanced_accuracy_all", "setting_balanced_accuracy_all",
            "gain"]
@@ -49,13 +49,7 @@ def profile_correlations(source: tuple[np.ndarray, np.ndarray], labs: dict[str, 
     rows = {}
     for lab, (X, y) in labs.items():
         profile = class_profile(X, y, classes, skip_missing=True)
-        values = np.full(reference.shape[1], np.nan)
-        for c in range(reference.shape[1]):
-            a, b = reference[:, c], profile[:, c]
-            ok = np.isfinite(a) & np.isfinite(b)
-            if ok.sum() > 2 and np.ptp(a[ok]) > 0 and np.ptp(b[ok]) > 0:
-                values[c] = np.corrcoef(a[ok], b[ok])[0, 1]
-        rows[lab] = values
+        rows[lab] = [profile_correlation(reference[:, c], profile[:, c]) for c in range(reference.shape[1])]
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
