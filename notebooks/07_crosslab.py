@@ -36,7 +36,8 @@ candidate_C: str = "0.03,0.1"  # inverse L2 strengths of the linear model compar
 candidate_groups: str = "all,no_texture,no_fine_texture,no_ruler"  # feature sets compared by the selection
 ablation_cells: int = 400  # cells per site re-measured for the crop lever (0: skip it)
 red_cell_lever: bool = True  # read every cell's optical densities against the red cells of its own photograph (a colour reference within the photograph) and compare with the deployed reading (reported, not chosen)
-order_stable_lever: bool = True  # drop the features whose class order reverses on a given site (each given site read with the features kept on the others) and compare with the deployed setting (reported, not chosen)
+order_stable_candidates: bool = True  # offer the real-lab rule each eligible setting's order-stable variant: the features whose class order reverses on a given site it may read are left out
+order_stable_lever: bool = True  # the deployed setting's features with and without the order-stable lever, each given site read with the features kept on the others (the lever's table)
 red_nucleus_lever: bool = True  # measure every cell again with the nucleus found in the red channel's optical density (the nuclear dye's) and compare with the deployed reading (reported, not chosen)
 ssl_epochs: int = 4  # epochs of the self-supervised encoder (0: skip the lever)
 ssl_image_size: int = 40  # crop side the encoder reads
@@ -229,25 +230,39 @@ selection_table.head(10).round(3)
 # sites is the one whose number that site reports; the setting chosen on all of them is deployed,
 # and only the untouched lab (and labs outside the project) can check it without bias. "Chosen"
 # is the one-standard-error rule: of the settings within one standard error of the best mean,
-# the one the virtual labs rate best.
+# the one the virtual labs rate best. Each eligible setting is offered twice: as it is, and with
+# the order-stable lever (`"<setting> stable"`: the features whose class order reverses on a given
+# site are left out, `bcfeat.study.order_stable_features`). A given site is always scored with the
+# features kept on the other given sites, and a fold that holds a site out reads only variants
+# whose features were kept without it; the deployed variant keeps the features whose order holds
+# on every given site. The virtual labs keep the training lab's class order, so they rate a variant
+# as its setting, and a tie goes to the setting as it is.
 
 # %% tags=["hide-input"]
 if selection_rule not in rs.SELECTION_RULES:
     raise ValueError(f"selection_rule must be one of {rs.SELECTION_RULES}; got {selection_rule!r}")
-given_scores = rs.score_on_given_sites(measured, samples, plan, list(selection_table.loc[selection_table["eligible"], "setting"]),
-                                       seed, design=design)
+eligible_settings = list(selection_table.loc[selection_table["eligible"], "setting"])
+given_scores = rs.score_on_given_sites(measured, samples, plan, eligible_settings, seed, design=design)
+if order_stable_candidates:  # each setting's lever variant, its features chosen without the sites a choice holds out
+    given_scores = pd.concat([given_scores.assign(excluded="", variant=given_scores["setting"]),
+                              rs.score_stable_candidates(measured, samples, plan, eligible_settings, seed,
+                                                         design=design)], ignore_index=True)
 save_table(given_scores, tables / "crosslab_given_site_scores.csv")
-nested_setting, nested_folds = rs.nested_choice(given_scores, selection_table)
+nested_candidate, nested_folds = rs.nested_choice(given_scores, selection_table)
+nested_setting = rs.deployable_setting(nested_candidate, measured, samples, plan, design=design)
 save_table(nested_folds, tables / "crosslab_nested_selection.csv")
-for key, value in rs.nested_glue(nested_folds, nested_setting).items():
+for key, value in rs.nested_glue(nested_folds, nested_candidate).items():
     glue(key, value, display=False)
 glue("crosslab_nested_table", rs.nested_display(nested_folds).round(3), display=False)
-argmax_setting, _ = rs.nested_choice(given_scores, selection_table, one_se=False)
-glue("crosslab_argmax_setting", argmax_setting, display=False)
+argmax_candidate, _ = rs.nested_choice(given_scores, selection_table, one_se=False)
+argmax_setting = rs.deployable_setting(argmax_candidate, measured, samples, plan, design=design)
+glue("crosslab_argmax_setting", argmax_candidate, display=False)
 headline_setting = nested_setting if selection_rule == "real_labs_nested" else virtual_rule_setting
+for key, value in osf.lever_choice_glue(nested_folds, nested_candidate, headline_setting, order_stable_candidates).items():
+    glue(key, value, display=False)
 glue("crosslab_selection_rule", selection_rule, display=False)
-glue("crosslab_headline_score", float(selection_table.set_index("setting").loc[headline_setting, "selection_score"]),
-     display=False)
+glue("crosslab_headline_score", float(selection_table.set_index("setting").loc[cv.base_setting(headline_setting),
+                                                                              "selection_score"]), display=False)
 headline_source = cv.parse_setting(headline_setting)["source"]
 plain_headline = cv.plain_name(headline_setting)
 glue("crosslab_headline_setting", headline_setting, display=False)
@@ -488,7 +503,7 @@ readings.set_index("reading").round(3)
 
 # %% tags=["hide-input"]
 statistics_table = rs.statistics_comparison(
-    given_scores, selection_table, nested_setting,
+    given_scores, selection_table, nested_candidate,
     rs.untouched_scorer(measured, samples, plan,
                         lambda src: cv.untouched_lab(untouched_folder, artifacts, src, n_workers,
                                                      detector_file=detector_file),
@@ -602,7 +617,7 @@ olc.own_label_by_group_display(by_group).round(3)
 # labels, so it explains the scores above and chooses nothing.
 
 # %% tags=["hide-input"]
-profiles = cp.setting_profile_agreement((source_X, source_y), report_labs, headline_setting)
+profiles = cp.setting_profile_agreement((source_X, source_y), report_labs, cv.base_setting(headline_setting))
 save_table(profiles, tables / "crosslab_class_profiles.csv")
 for key, value in cp.profile_agreement_glue(profiles).items():
     glue(key, value, display=False)
@@ -610,16 +625,18 @@ glue("crosslab_class_profiles", cp.profile_agreement_display(profiles).round(2),
 cp.profile_agreement_display(profiles).round(2)
 
 # %% [markdown]
-# The lever those profiles suggest: keep only the features whose class order holds (class-profile
-# correlation with the training cells' at least 0) on the given sites (`bcfeat.study.order_stable_features`).
-# Each given site is read with the features kept on the other two, so its labels never choose its
-# own features; the training lab's test cells and the untouched lab with those kept on all three.
-# Beside it, the deployed setting's classifier (no texture gate on either side), each lab's cells in
-# one call. Reported, not chosen.
+# The lever those profiles suggest, which the real-lab rule was offered above: keep only the
+# features whose class order holds (class-profile correlation with the training cells' at least 0)
+# on the given sites (`bcfeat.study.order_stable_features`). Each given site is read with the
+# features kept on the other two, so its labels never choose its own features; the training lab's
+# test cells and the untouched lab with those kept on all three. Beside it, the deployed setting's
+# features and strength without the lever (no texture gate on either side), each lab's cells in
+# one call.
 
 # %% tags=["hide-input"]
 if order_stable_lever:
-    order_stable = osf.order_stable_table((source_X, source_y), report_labs, unseen, headline_setting, seed)
+    order_stable = osf.order_stable_table((source_X, source_y), report_labs, unseen, cv.base_setting(headline_setting),
+                                          seed)
 else:
     order_stable = pd.DataFrame(columns=osf.COLUMNS)
 save_table(order_stable, tables / "crosslab_order_stable.csv")

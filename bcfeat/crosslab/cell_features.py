@@ -23,6 +23,7 @@ anywhere; how each feature is then made comparable between labs is the job of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -303,14 +304,32 @@ def fine_texture_columns() -> tuple[int, ...]:
     return tuple(i for i, n in enumerate(feature_names()) if any(f in n for f in FINE_TEXTURE))
 
 
-def feature_set_columns(name: str) -> tuple[int, ...] | None:
-    """Column indices of a named feature set (``None``: every column).
+def feature_set_columns(name: str, drop: Sequence[int] = ()) -> tuple[int, ...] | None:
+    """Column indices of a named feature set (``None``: every column), less the columns ``drop``
+    (the study's order-stable lever: features whose class order reversed on a development lab).
 
     ``"all"``, ``"no_fine_texture"``, ``"no_ruler"``, or ``"no_<group>"`` for a group of :data:`GROUPS`.
 
     >>> len(feature_set_columns("no_texture")) == len(feature_names()) - len(feature_groups()["texture"])
     True
+    >>> feature_set_columns("all", drop=[1, 2])[:3], len(feature_set_columns("all", drop=[1, 2]))
+    ((0, 3, 4), 155)
     """
+    columns = _named_feature_set(name)
+    if not len(drop):
+        return columns
+    n = len(feature_names())
+    bad = [c for c in drop if not 0 <= int(c) < n]
+    if bad:
+        raise ValueError(f"dropped feature column(s) {bad} out of range: the features have {n} columns")
+    gone = {int(c) for c in drop}
+    kept = tuple(i for i in (range(n) if columns is None else columns) if i not in gone)
+    if not kept:
+        raise ValueError(f"feature set {name!r} less the dropped columns {sorted(gone)} keeps no feature")
+    return kept
+
+
+def _named_feature_set(name: str) -> tuple[int, ...] | None:
     names = feature_names()
     if name == "all":
         return None

@@ -130,7 +130,8 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
     """Train the cross-lab classifier on labelled folders and write model + classifier to ``output``.
 
     ``C`` and ``groups`` (the feature set) default to the setting the study chose for the model
-    file (its record), else 0.03 and ``"all"``. ``corrections`` (``relpath,label``, the download
+    file (its record), else 0.03 and ``"all"``; the columns the study's setting leaves out (its
+    order-stable lever) are left out too, unless ``groups`` names another feature set. ``corrections`` (``relpath,label``, the download
     of a review report) adds reviewed cells of ``corrections_folder`` (the classified folder, which
     is measured again): they are read in that folder's own statistics, as the classifier reads the
     folder when it classifies it, not in the labelled folder's (:class:`LabelledCall`). Returns the
@@ -156,9 +157,11 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
     model = load_model(model_path)
     setting = _study_setting(model.record)
     C = setting.get("C", 0.03) if C is None else C
+    # the study's left-out columns (its order-stable lever) go with its feature set, not with one named here
+    drop = tuple(setting.get("drop", ())) if groups is None else ()
     groups = setting.get("groups", "all") if groups is None else groups
     statistics = setting.get("statistics", "plain")
-    columns = feature_set_columns(groups)
+    columns = feature_set_columns(groups, drop)
     files, feats, skipped = _measure_folder(model, folder, labelled=True, min_images=MIN_SITE_CELLS)
     calls, counts = [], files["label"].value_counts()
     if corrections is not None:
@@ -191,6 +194,7 @@ def train_classifier(model_path: str | os.PathLike, folder: str | os.PathLike, o
     model.record = {**model.record, "classifier_trained_on": str(Path(folder).resolve()),
                     "class_counts": {str(k): int(v) for k, v in counts.items()}, "n_cells": int(counts.sum()),
                     "n_skipped": len(skipped), "C": C, "groups": groups, "statistics": statistics,
+                    "dropped_columns": list(drop),
                     "n_corrections": int(len(calls[0].rows)) if calls else 0,
                     **({"corrections_folder": str(Path(corrections_folder).resolve())} if calls else {}),
                     "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--C", type=float_between(1e-6, 1e6), default=None,
                     help="inverse L2 strength of the linear model (default: the model file's study setting)")
     tc.add_argument("--groups", default=None, help="feature set: all, no_texture, no_fine_texture or no_<group> "
-                                                   "(default: the model file's study setting)")
+                                                   "(default: the model file's study setting, with the features it leaves out)")
     tc.add_argument("--corrections", default=None, help="relpath,label CSV downloaded from a review report: "
                                                         "reviewed cells added to the labelled ones")
     tc.add_argument("--corrections-folder", default=None, help="the folder the report classified (the "

@@ -108,9 +108,9 @@ def setting_profile_agreement(source: tuple[np.ndarray, np.ndarray], labs: dict[
     """:func:`profile_agreement` over the cell features' groups, for the features that a
     cross-lab setting's classifier reads (its feature set)."""
     from bcfeat.crosslab.cell_features import feature_groups
-    from bcfeat.study.crosslab_settings import feature_set_columns, parse_setting
+    from bcfeat.study.crosslab_settings import setting_columns
 
-    return profile_agreement(source, labs, feature_groups(), feature_set_columns(parse_setting(setting)["groups"]))
+    return profile_agreement(source, labs, feature_groups(), setting_columns(setting))
 
 
 def profile_agreement_display(table: pd.DataFrame) -> pd.DataFrame:

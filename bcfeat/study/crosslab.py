@@ -28,6 +28,7 @@ from bcfeat.crosslab.cell_crop import CropConfig
 from bcfeat.study.crosslab_figures import (few_shot_figure, gallery_figure, matrix_figure, mix_figure,  # noqa: F401
                                           per_class_figure, umap_figure, virtual_lab_figure)
 from bcfeat.crosslab.cell_features import GROUPS, feature_groups, feature_set_columns
+from bcfeat.study.crosslab_settings import DROP_PREFIX
 from bcfeat.study.crosslab_measurement import (Measured, feature_group_table, mask_area_change,  # noqa: F401
                                                measure_all, measure_cells, measured_table, ruler_display, ruler_table,
                                                stain_masks_against_experts)
@@ -37,9 +38,9 @@ OURS = "crosslab"
 
 
 # ----------------------------------------------------------------------------- settings
-def columns_for(groups: str) -> tuple[int, ...] | None:
-    """The columns of a named feature set (:func:`bcfeat.crosslab.cell_features.feature_set_columns`)."""
-    return feature_set_columns(groups)
+def columns_for(groups: str, drop: Sequence[int] = ()) -> tuple[int, ...] | None:
+    """The columns of a named feature set less ``drop`` (:func:`bcfeat.crosslab.cell_features.feature_set_columns`)."""
+    return feature_set_columns(groups, drop)
 
 
 def candidate_grid(cs: Sequence[str], groups: Sequence[str], sources: Sequence[str] = ("detector",)) -> list[dict]:
@@ -58,7 +59,7 @@ def candidate_grid(cs: Sequence[str], groups: Sequence[str], sources: Sequence[s
 
 def make_factory(setting: dict):
     """``random_state -> estimator`` on per-site standardised features for one setting."""
-    cols = columns_for(setting["groups"])
+    cols = columns_for(setting["groups"], setting.get("drop", ()))
 
     def make(random_state: int):
         if setting["model"] == "forest":
@@ -73,25 +74,32 @@ def make_factory(setting: dict):
 
 
 def setting_by_name(name: str) -> dict:
-    """Parse a setting name of :func:`candidate_grid` back into its dict.
+    """Parse a setting name of :func:`candidate_grid` back into its dict (a ``drop=`` part, the
+    order-stable lever's left-out columns, is kept; a label-free statistics part is read by
+    :mod:`bcfeat.study.crosslab_settings`).
 
     >>> setting_by_name("logistic C=0.03 no_texture stain")["C"]
     0.03
+    >>> setting_by_name("logistic C=0.03 no_texture stain drop=1,5")["drop"]
+    (1, 5)
     """
-    parts = name.split()[:4]  # a fifth part (the label-free statistics) is read by crosslab_validation
+    parts = name.split()
+    drops = [p for p in parts[3:] if p.startswith(DROP_PREFIX)]
+    drop = tuple(int(c) for c in drops[0][len(DROP_PREFIX):].split(",")) if drops else ()
     if parts[0] == "forest":
-        return {"name": name, "model": "forest", "C": None, "groups": parts[1], "source": parts[2]}
+        return {"name": name, "model": "forest", "C": None, "groups": parts[1], "source": parts[2], "drop": drop}
     return {"name": name, "model": "logistic", "C": float(parts[1].split("=")[1]), "groups": parts[2],
-            "source": parts[3]}
+            "source": parts[3], "drop": drop}
 
 
 def _rename(setting: dict, **changes) -> dict:
     """A setting with some fields changed, and its name rebuilt to match."""
     s = {**setting, **changes}
+    drop = f" {DROP_PREFIX}{','.join(map(str, s['drop']))}" if s.get("drop") else ""
     if s["model"] == "forest":
-        s["name"] = f"forest {s['groups']} {s['source']}"
+        s["name"] = f"forest {s['groups']} {s['source']}{drop}"
     else:
-        s["name"] = f"logistic C={s['C']:g} {s['groups']} {s['source']}"
+        s["name"] = f"logistic C={s['C']:g} {s['groups']} {s['source']}{drop}"
     return s
 
 
@@ -259,7 +267,7 @@ def per_class_table(ours: pd.DataFrame, adabn: pd.DataFrame, *, source: str) -> 
 def _adaptation_variants(setting: dict, full_name: str, gate_threshold: float | None = None) -> dict[str, dict]:
     """The adaptation lever's variants; with ``gate_threshold``, the chosen setting (5-part
     ``full_name``) with texture trusted on every call and with the texture gate."""
-    base = {"model": "logistic", "C": setting["C"], "columns": columns_for(setting["groups"])}
+    base = {"model": "logistic", "C": setting["C"], "columns": columns_for(setting["groups"], setting.get("drop", ()))}
     variants = {
         "no adaptation (source statistics for every site)": {**base, "site_standardize": False, "balance_rounds": 0},
         "per-site standardisation (plain)": {**base, "balance_rounds": 0},
@@ -374,7 +382,7 @@ def _embedding_alone_and_beside(X, E, samples, train, in_test, chosen, seed, sou
     """A learned embedding ``E`` scored alone and beside the hand features ``X``, each site
     standardised with its own statistics, with the chosen setting's linear model on every column."""
     domain = samples["domain"].to_numpy()
-    linear = make_factory(_rename(chosen, groups="all"))
+    linear = make_factory(_rename(chosen, groups="all", drop=()))
     Zh, Ze = ev.standardize_per_site(X, domain), ev.standardize_per_site(E, domain)
     alone = _transfer_with(Ze, samples, train, in_test, lambda: linear(seed), source)
     both = _transfer_with(np.hstack([Zh, Ze]), samples, train, in_test, lambda: linear(seed), source)
@@ -463,7 +471,7 @@ def few_shot(X, samples, plan, setting: str, features_dir: Path, aecfe: str, ada
     # (the added cells read in their own site's statistics, the site classified as one call)
     sets = {OURS: (X, lambda rs: classifier_for(setting, rs), True),
             "oracle AdaBN embeddings": (ev.standardize_per_site(adabn.embeddings, domain),
-                                        make_factory(_rename(chosen, groups="all")), False)}
+                                        make_factory(_rename(chosen, groups="all", drop=())), False)}
     aecfe_X = study.load_feature_sets(features_dir, [aecfe], samples)[aecfe]
     sets[f"{aecfe} (paper's forest)"] = (aecfe_X, lambda rs: default_classifier(rs, n_jobs=2), False)
     frames = []

@@ -13,30 +13,69 @@ from bcfeat.crosslab.cell_features import feature_set_columns
 
 STATISTICS = ("plain", "balanced", "cbr", "cbr_mix")
 
-def setting_name(C: float, groups: str, source: str, statistics: str) -> str:
-    """``"logistic C=0.03 no_fine_texture stain cbr"``."""
-    return f"logistic C={float(C):g} {groups} {source} {statistics}"
+DROP_PREFIX = "drop="
+"""A setting's optional last part: the feature columns it leaves out (``drop=3,17,40``), written by
+the order-stable lever (:mod:`bcfeat.study.order_stable_features`) so that the name alone rebuilds
+the classifier, in the study, in the model file and in ``bcfeat train-classifier``."""
+
+
+def setting_name(C: float, groups: str, source: str, statistics: str, drop: Sequence[int] = ()) -> str:
+    """``"logistic C=0.03 no_fine_texture stain cbr"``, with ``" drop=3,17"`` when columns are left out.
+
+    >>> setting_name(0.03, "all", "stain", "cbr", drop=[17, 3])
+    'logistic C=0.03 all stain cbr drop=3,17'
+    """
+    name = f"logistic C={float(C):g} {groups} {source} {statistics}"
+    return name + (f" {DROP_PREFIX}{','.join(str(c) for c in sorted({int(c) for c in drop}))}" if len(drop) else "")
 
 
 def parse_setting(name: str) -> dict:
-    """A setting name back into its parts; names without the statistics (before CBR) are plain.
+    """A setting name back into its parts; names without the statistics (before CBR) are plain;
+    ``drop`` is the tuple of left-out columns (empty when the name has none).
 
     >>> parse_setting("logistic C=0.03 no_texture stain cbr")["statistics"]
     'cbr'
     >>> parse_setting("logistic C=0.03 no_texture stain")["statistics"]
     'plain'
+    >>> parse_setting("logistic C=0.03 no_texture stain drop=4,9 plain")["drop"]
+    (4, 9)
     """
     parts = name.split()
-    if len(parts) not in (4, 5) or parts[0] != "logistic" or not parts[1].startswith("C="):
+    if len(parts) not in (4, 5, 6) or parts[0] != "logistic" or not parts[1].startswith("C="):
         raise ValueError(f"not a cross-lab setting name: {name!r}")
-    statistics = parts[4] if len(parts) == 5 else "plain"
+    drops = [p for p in parts[4:] if p.startswith(DROP_PREFIX)]
+    rest = [p for p in parts[4:] if not p.startswith(DROP_PREFIX)]
+    if len(drops) > 1 or len(rest) > 1:
+        raise ValueError(f"not a cross-lab setting name: {name!r} (one statistics and one {DROP_PREFIX} at most)")
+    statistics = rest[0] if rest else "plain"
     if statistics not in STATISTICS:
         raise ValueError(f"unknown statistics {statistics!r} in {name!r}; valid: {STATISTICS}")
+    try:
+        drop = tuple(sorted({int(c) for c in drops[0][len(DROP_PREFIX):].split(",")})) if drops else ()
+    except ValueError:
+        raise ValueError(f"{drops[0]!r} in {name!r}: the dropped columns are integers separated by commas") from None
+    feature_set_columns(parts[2], drop)  # an unknown feature set or a column out of range fails here
     return {"name": name, "model": "logistic", "C": float(parts[1][2:]), "groups": parts[2], "source": parts[3],
-            "statistics": statistics}
+            "statistics": statistics, "drop": drop}
 
 
-def texture_gate_columns(groups: str) -> tuple[int, ...] | None:
+def base_setting(name: str) -> str:
+    """The setting without its left-out columns.
+
+    >>> base_setting("logistic C=0.03 all stain cbr drop=3,17")
+    'logistic C=0.03 all stain cbr'
+    """
+    s = parse_setting(name)
+    return setting_name(s["C"], s["groups"], s["source"], s["statistics"])
+
+
+def setting_columns(setting: dict | str) -> tuple[int, ...] | None:
+    """The feature columns a setting reads (``None``: every column)."""
+    s = parse_setting(setting) if isinstance(setting, str) else setting
+    return feature_set_columns(s["groups"], s.get("drop", ()))
+
+
+def texture_gate_columns(groups: str, drop: Sequence[int] = ()) -> tuple[int, ...] | None:
     """The texture columns a feature set reads (``None`` when it reads none, or only texture):
     the group the texture gate trusts only on calls like the virtual labs.
 
@@ -45,7 +84,7 @@ def texture_gate_columns(groups: str) -> tuple[int, ...] | None:
     """
     from bcfeat.crosslab.cell_features import feature_groups, feature_names
 
-    used = feature_set_columns(groups)
+    used = feature_set_columns(groups, drop)
     used = set(range(len(feature_names()))) if used is None else set(used)
     gated = tuple(sorted(used & set(feature_groups()["texture"])))
     return gated if gated and len(gated) < len(used) else None
@@ -61,9 +100,9 @@ def classifier_for(setting: dict | str, random_state: int = 0, temperature: floa
     s = parse_setting(setting) if isinstance(setting, str) else setting
     rounds = 0 if s["statistics"] == "plain" else 2
     stats = s["statistics"] if s["statistics"] in CLASS_STATISTICS else "balanced"
-    gate = None if gate_threshold is None else texture_gate_columns(s["groups"])
+    gate = None if gate_threshold is None else texture_gate_columns(s["groups"], s.get("drop", ()))
     return CrossLabClassifier(model="logistic", C=s["C"], balance_rounds=rounds, statistics=stats,
-                              columns=feature_set_columns(s["groups"]), random_state=random_state,
+                              columns=setting_columns(s), random_state=random_state,
                               temperature=temperature, gate_columns=gate,
                               gate_threshold=None if gate is None else gate_threshold)
 
@@ -84,14 +123,18 @@ def candidate_settings(Cs: Sequence[str | float], groups: Sequence[str], sources
 
 def plain_name(setting: str) -> str:
     """The setting's features and strength with plain per-site statistics, in the 4-part naming of
-    :func:`bcfeat.study.crosslab.setting_by_name` (the domain matrix, ablations and few-shot curve).
+    :func:`bcfeat.study.crosslab.setting_by_name` (the domain matrix, ablations and few-shot curve),
+    its left-out columns kept.
 
     >>> plain_name("logistic C=0.03 no_texture stain cbr")
     'logistic C=0.03 no_texture stain'
+    >>> plain_name("logistic C=0.03 no_texture stain cbr drop=2")
+    'logistic C=0.03 no_texture stain drop=2'
     """
     s = parse_setting(setting)
-    return f"logistic C={s['C']:g} {s['groups']} {s['source']}"
+    drop = f" {DROP_PREFIX}{','.join(map(str, s['drop']))}" if s["drop"] else ""
+    return f"logistic C={s['C']:g} {s['groups']} {s['source']}{drop}"
 
 
-__all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for",
-           "candidate_settings", "plain_name"]
+__all__ = ["STATISTICS", "DROP_PREFIX", "setting_name", "parse_setting", "base_setting", "setting_columns",
+           "texture_gate_columns", "classifier_for", "candidate_settings", "plain_name"]

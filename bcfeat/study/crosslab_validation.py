@@ -36,8 +36,9 @@ from bcfeat.crosslab.adaptation import CrossLabClassifier
 from bcfeat.crosslab.site_statistics import MIN_SITE_CELLS
 from bcfeat.data.splits import SplitPlan
 # the settings' names and classifiers (also read by the notebook as cv.<name>)
-from bcfeat.study.crosslab_settings import (STATISTICS, candidate_settings, classifier_for,  # noqa: F401
-                                            parse_setting, plain_name, setting_name, texture_gate_columns)
+from bcfeat.study.crosslab_settings import (STATISTICS, base_setting, candidate_settings,  # noqa: F401
+                                            classifier_for, parse_setting, plain_name, setting_name,
+                                            texture_gate_columns)
 from bcfeat.study.design import StudySites
 from bcfeat.study.virtual_lab_features import VirtualLabs  # noqa: F401 (the notebook's cv.VirtualLabs)
 from bcfeat.study.crosslab_calibration import (Calibration, _index, calibration_calls, calibration_table,  # noqa: F401
@@ -341,7 +342,7 @@ def goals_table(summary: pd.DataFrame, calibration: pd.DataFrame, unseen: Sequen
     return pd.DataFrame(rows)
 
 
-__all__ = ["STATISTICS", "setting_name", "parse_setting", "texture_gate_columns", "classifier_for", "candidate_settings",
+__all__ = ["STATISTICS", "setting_name", "parse_setting", "base_setting", "texture_gate_columns", "classifier_for", "candidate_settings",
            "development_rows", "measure_virtual_lab", "VirtualLabs", "build_virtual_labs", "source_training_cells",
            "fit_setting", "score_on_labs", "select_on_virtual_labs", "Calibration", "disagreement_calls",
            "source_out_of_fold_calls", "HARD_LAB_SEED_OFFSET", "hard_virtual_labs", "line_error_leave_one_lab_out", "calibration_calls", "disagreement_glue", "review_glue", "fit_calibration", "calibration_table",

@@ -1,4 +1,4 @@
-"""Features whose class order holds on the development labs: a lever, reported, not chosen.
+"""Features whose class order holds on the development labs: the order-stable lever.
 
 A classifier trained on one lab learns, per feature, which classes sit high and which low. Where
 another lab's stain puts them the other way round (the chapter's class profiles: colour features
@@ -8,10 +8,13 @@ already reads (the given unseen sites): per feature, the correlation between the
 class profile and each given site's (:func:`bcfeat.study.class_profiles.class_profile`) must be at
 least ``min_correlation`` on every one of them.
 
-Each given site's own number comes from the features kept on the *other* given sites (its labels
-never choose its features); the training lab's test cells and the untouched lab are read with the
-features kept on all the given sites. The setting's classifier is otherwise unchanged (no texture
-gate on either side of the comparison).
+The real-lab rule (:mod:`bcfeat.study.real_lab_selection`) is offered each setting's lever variant
+as a candidate of its own (``"<setting> stable"``, :func:`stable_setting` builds it): a given site
+is always scored with the features kept on the *other* given sites (its labels never choose its
+features), and a fold that holds a site out reads only variants whose features were kept without
+it. :func:`order_stable_table` puts one setting beside its variant, each lab in one call (no
+texture gate on either side of the comparison): the given sites as above, the training lab's test
+cells and the untouched lab with the features kept on all the given sites.
 """
 
 from __future__ import annotations
@@ -75,6 +78,55 @@ def order_stable_columns(correlations: pd.DataFrame, columns: Sequence[int], lab
     return [int(c) for c in columns if np.isfinite(worst.get(int(c), np.nan)) and worst[int(c)] >= min_correlation]
 
 
+STABLE_SUFFIX = " stable"
+"""Appended to a setting's name, the real-lab rule's candidate that is that setting with the
+order-stable lever (:func:`stable_setting`): which columns it leaves out depends on the labs its
+class order is read on, so the rule names the candidate, and :func:`stable_setting` the classifier."""
+
+
+def is_stable_candidate(name: str) -> bool:
+    """Whether ``name`` is a lever candidate of the real-lab rule (``"<setting> stable"``)."""
+    return name.endswith(STABLE_SUFFIX)
+
+
+def candidate_base(name: str) -> str:
+    """The setting a lever candidate is built on (``name`` itself for any other setting).
+
+    >>> candidate_base("logistic C=0.03 all stain cbr stable")
+    'logistic C=0.03 all stain cbr'
+    """
+    return name[:-len(STABLE_SUFFIX)] if is_stable_candidate(name) else name
+
+
+def stable_setting(setting: str, source: tuple[np.ndarray, np.ndarray],
+                   labs: dict[str, tuple[np.ndarray, np.ndarray]], kept_on: Sequence[str],
+                   min_correlation: float = 0.0) -> str | None:
+    """``setting`` with the order-stable lever, as a setting name: the columns it reads whose class
+    order reverses (class-profile correlation with ``source``'s below ``min_correlation``) on any
+    lab of ``kept_on`` (or cannot be read on all of them) are left out (``drop=``). ``None`` when no
+    column would be kept (the order could be read nowhere: a few cells, classes missing).
+
+    >>> rng = np.random.default_rng(0)
+    >>> y = np.repeat(["basophil", "eosinophil", "lymphocyte"], 30)
+    >>> X = rng.normal(0, 0.3, (90, 157)) + np.searchsorted(["basophil", "eosinophil", "lymphocyte"], y)[:, None]
+    >>> other = X.copy(); other[:, 5] *= -1              # column 5 reversed on the other lab
+    >>> stable_setting("logistic C=0.1 all stain cbr", (X, y), {"other": (other, y)}, ["other"])
+    'logistic C=0.1 all stain cbr drop=5'
+    """
+    from bcfeat.crosslab.cell_features import feature_names
+    from bcfeat.study.crosslab_settings import parse_setting, setting_columns, setting_name
+
+    s = parse_setting(setting)
+    read = setting_columns(s)
+    columns = list(range(len(feature_names()))) if read is None else [int(c) for c in read]
+    correlations = profile_correlations(source, {lab: labs[lab] for lab in kept_on})
+    kept = set(order_stable_columns(correlations, columns, kept_on, min_correlation))
+    if not kept:
+        return None
+    return setting_name(s["C"], s["groups"], s["source"], s["statistics"],
+                        drop=list(s["drop"]) + [c for c in columns if c not in kept])
+
+
 def order_stable_table(source: tuple[np.ndarray, np.ndarray], labs: dict[str, tuple[np.ndarray, np.ndarray]],
                        given: Sequence[str], setting: str, seed: int, min_correlation: float = 0.0) -> pd.DataFrame:
     """The lever on every lab of ``labs`` (``name -> (X raw, y)``, each lab one call of all its cells):
@@ -82,7 +134,7 @@ def order_stable_table(source: tuple[np.ndarray, np.ndarray], labs: dict[str, tu
     other lab with those kept on all of ``given``; beside it, the setting's own classifier (same
     training cells, all its features). A lab for which no feature keeps its order (none could be
     read on the other labs: a few cells, classes missing) gets no score (NaN), not an error."""
-    from bcfeat.study.crosslab_settings import classifier_for, feature_set_columns, parse_setting
+    from bcfeat.study.crosslab_settings import classifier_for, parse_setting, setting_columns
     from bcfeat.crosslab.mixes import call_scores
 
     given = [g for g in given if g in labs]
@@ -91,7 +143,7 @@ def order_stable_table(source: tuple[np.ndarray, np.ndarray], labs: dict[str, tu
                          f"got {given}")
     s = parse_setting(setting)
     Xs, ys = source
-    read = feature_set_columns(s["groups"])  # None: every feature
+    read = setting_columns(s)  # None: every feature
     columns = list(range(Xs.shape[1])) if read is None else [int(c) for c in read]
     correlations = profile_correlations(source, {g: labs[g] for g in given})
     classes = sorted(set(np.asarray(ys).tolist()))
@@ -112,6 +164,31 @@ def order_stable_table(source: tuple[np.ndarray, np.ndarray], labs: dict[str, tu
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def lever_choice_glue(folds: pd.DataFrame, candidate: str, deployed: str, offered: bool) -> dict:
+    """What the real-lab rule made of the lever candidates: whether they were offered
+    (``crosslab_lever_offered``), whether the deployed choice is one (``crosslab_lever_deployed``),
+    how many folds chose one (``crosslab_lever_folds``, of ``crosslab_lever_n_folds``), and the
+    columns the deployed setting leaves out (``crosslab_headline_n_dropped`` and their names,
+    ``crosslab_headline_dropped``; "none" without).
+
+    >>> folds = pd.DataFrame({"chosen": ["a", "a stable", "a"]})
+    >>> g = lever_choice_glue(folds, "a stable", "logistic C=0.1 all stain cbr drop=0,2", True)
+    >>> g["crosslab_lever_deployed"], g["crosslab_lever_folds"], g["crosslab_headline_n_dropped"]
+    ('yes', 1, 2)
+    """
+    from bcfeat.crosslab.cell_features import feature_names
+    from bcfeat.study.crosslab_settings import parse_setting
+
+    drop = parse_setting(deployed)["drop"]
+    names = feature_names()
+    return {"crosslab_lever_offered": "yes" if offered else "no",
+            "crosslab_lever_deployed": "yes" if is_stable_candidate(candidate) else "no",
+            "crosslab_lever_folds": int(folds["chosen"].map(is_stable_candidate).sum()),
+            "crosslab_lever_n_folds": int(len(folds)),
+            "crosslab_headline_n_dropped": len(drop),
+            "crosslab_headline_dropped": ", ".join(names[c] for c in drop) or "none"}
+
+
 def order_stable_glue(table: pd.DataFrame, given: Sequence[str]) -> dict:
     """``crosslab_stable_<lab>_<column>`` per lab, and the mean gain over the given labs."""
     out = {}
@@ -124,4 +201,4 @@ def order_stable_glue(table: pd.DataFrame, given: Sequence[str]) -> dict:
     return out
 
 
-__all__ = ["COLUMNS", "profile_correlations", "order_stable_columns", "order_stable_table", "order_stable_glue"]
+__all__ = ["COLUMNS", "STABLE_SUFFIX", "is_stable_candidate", "candidate_base", "stable_setting", "lever_choice_glue", "profile_correlations", "order_stable_columns", "order_stable_table", "order_stable_glue"]

@@ -100,12 +100,12 @@ def own_label_by_group(X: np.ndarray, y: np.ndarray, series: np.ndarray, setting
     labels, balanced accuracy out of fold in random folds and with one series held out at a time
     (:data:`GROUP_COLUMNS`)."""
     from bcfeat.crosslab.cell_features import feature_groups
-    from bcfeat.study.crosslab_settings import feature_set_columns, parse_setting
+    from bcfeat.study.crosslab_settings import setting_columns
 
     X, y, series = np.asarray(X, dtype=np.float64), np.asarray(y).astype(str), np.asarray(series)
     if not len(X) == len(y) == len(series):
         raise ValueError(f"one label and series per cell: {len(X)} cells, {len(y)} labels, {len(series)} series")
-    read = feature_set_columns(parse_setting(setting)["groups"])
+    read = setting_columns(setting)
     read = list(range(X.shape[1])) if read is None else sorted(int(c) for c in read)
     groups = {g: [c for c in cols if c in read] for g, cols in feature_groups().items()}
     sets = {**{g: cols for g, cols in groups.items() if cols}, COMBINED_GROUPS[0]: read,

@@ -18,15 +18,33 @@ import pandas as pd
 from bcfeat.crosslab import mixes as mx
 from bcfeat.data.splits import SplitPlan
 from bcfeat.study.crosslab_settings import STATISTICS, parse_setting, setting_name
-from bcfeat.study.crosslab_validation import LABELS, fit_setting, real_labs, score_on_labs
+from bcfeat.study.crosslab_validation import LABELS, fit_setting, real_labs, score_on_labs, source_training_cells
 from bcfeat.study.design import StudySites
 
 SELECTION_RULES = ("virtual_labs", "real_labs_nested")
 
 
+MIXES = ("own", "balanced", "typical", "neutrophil_heavy", "lymphocyte_heavy")
+
+
+def _score_rows(name: str, clf, labs: dict, calls: pd.DataFrame, **extra) -> list[dict]:
+    """One row per lab of ``labs`` for a fitted classifier: the mean balanced accuracy of its calls
+    (``calls``, :func:`score_on_labs`), their standard error and macro-F1, and all cells in one call."""
+    rows = []
+    for lab, (X, y) in labs.items():
+        mine = calls[calls["lab"] == lab]
+        whole = mx.call_scores(y, clf.predict(X), LABELS)
+        ba = mine["balanced_accuracy"].to_numpy(float)
+        rows.append({"setting": name, "lab": lab, **extra, "balanced_accuracy": float(ba.mean()),
+                     "balanced_accuracy_se": float(ba.std(ddof=1) / np.sqrt(len(ba))) if len(ba) > 1 else 0.0,
+                     "macro_f1": float(mine["macro_f1"].mean()),
+                     "balanced_accuracy_all": float(whole["balanced_accuracy"]),
+                     "macro_f1_all": float(whole["macro_f1"])})
+    return rows
+
+
 def score_on_given_sites(measured: dict, samples: pd.DataFrame, plan: SplitPlan, candidates: Sequence[str],
-                         seed: int, call_size: int = 100, n_calls: int = 3,
-                         mixes: Sequence[str] = ("own", "balanced", "typical", "neutrophil_heavy", "lymphocyte_heavy"),
+                         seed: int, call_size: int = 100, n_calls: int = 3, mixes: Sequence[str] = MIXES,
                          *, design: StudySites) -> pd.DataFrame:
     """Each candidate on each given unseen site, scored as the virtual labs are (calls of
     ``call_size`` under every mix) and with all of the site's cells in one call: one row per
@@ -38,19 +56,65 @@ def score_on_given_sites(measured: dict, samples: pd.DataFrame, plan: SplitPlan,
     for name in candidates:
         s = parse_setting(name)
         clf = fit_setting(measured, samples, plan, name, seed, source=design.source)
-        labs = {k: v for k, v in real_labs(measured, samples, plan, s["source"], design=design).items()
-                if k != design.source}
-        calls = score_on_labs(clf, labs, mixes, (call_size,), n_calls, seed)
-        for lab, (X, y) in labs.items():
-            mine = calls[calls["lab"] == lab]
-            whole = mx.call_scores(y, clf.predict(X), LABELS)
-            ba = mine["balanced_accuracy"].to_numpy(float)
-            rows.append({"setting": name, "lab": lab, "balanced_accuracy": float(ba.mean()),
-                         "balanced_accuracy_se": float(ba.std(ddof=1) / np.sqrt(len(ba))) if len(ba) > 1 else 0.0,
-                         "macro_f1": float(mine["macro_f1"].mean()),
-                         "balanced_accuracy_all": float(whole["balanced_accuracy"]),
-                         "macro_f1_all": float(whole["macro_f1"])})
+        labs = _given_labs(measured, samples, plan, s["source"], design)
+        rows += _score_rows(name, clf, labs, score_on_labs(clf, labs, mixes, (call_size,), n_calls, seed))
     return pd.DataFrame(rows)
+
+
+def _given_labs(measured: dict, samples: pd.DataFrame, plan: SplitPlan, measurement: str,
+                design: StudySites) -> dict:
+    return {k: v for k, v in real_labs(measured, samples, plan, measurement, design=design).items()
+            if k != design.source}
+
+
+def score_stable_candidates(measured: dict, samples: pd.DataFrame, plan: SplitPlan, candidates: Sequence[str],
+                            seed: int, call_size: int = 100, n_calls: int = 3, mixes: Sequence[str] = MIXES,
+                            *, design: StudySites) -> pd.DataFrame:
+    """Each candidate's order-stable variant (``"<setting> stable"``,
+    :mod:`bcfeat.study.order_stable_features`) scored as :func:`score_on_given_sites` scores the
+    candidate, once per (given site g, site held out by a fold h): on g, with the columns whose
+    class order holds on the given sites other than g and h (``excluded`` = h; ``""``: only g
+    itself is not read, the row of the deployment choice and of the reported held-out number), so
+    no site's labels ever choose the features it is scored with, nor those of the fold that holds
+    it out. ``variant`` is the setting name of the classifier scored. A (g, h) with no other site
+    left, or whose order can be read on no feature, has no row."""
+    from bcfeat.study.order_stable_features import STABLE_SUFFIX, stable_setting
+
+    rows = []
+    for name in candidates:
+        s = parse_setting(name)
+        labs = _given_labs(measured, samples, plan, s["source"], design)
+        source = source_training_cells(measured, samples, plan, name, source=design.source)
+        fitted: dict[str, object] = {}
+        for g in labs:
+            for h in [""] + [x for x in labs if x != g]:
+                kept_on = [x for x in labs if x not in (g, h)]
+                variant = stable_setting(name, source, labs, kept_on) if kept_on else None
+                if variant is None:
+                    continue
+                if variant not in fitted:
+                    fitted[variant] = fit_setting(measured, samples, plan, variant, seed, source=design.source)
+                clf = fitted[variant]
+                calls = score_on_labs(clf, {g: labs[g]}, mixes, (call_size,), n_calls, seed)
+                rows += _score_rows(name + STABLE_SUFFIX, clf, {g: labs[g]}, calls, excluded=h, variant=variant)
+    return pd.DataFrame(rows)
+
+
+def deployable_setting(candidate: str, measured: dict, samples: pd.DataFrame, plan: SplitPlan, *,
+                       design: StudySites) -> str:
+    """The setting name a rule's choice deploys: a lever candidate (``"<setting> stable"``) with the
+    columns whose class order holds on every given site; any other name as it is."""
+    from bcfeat.study.order_stable_features import candidate_base, is_stable_candidate, stable_setting
+
+    if not is_stable_candidate(candidate):
+        return candidate
+    base = candidate_base(candidate)
+    labs = _given_labs(measured, samples, plan, parse_setting(base)["source"], design)
+    source = source_training_cells(measured, samples, plan, base, source=design.source)
+    chosen = stable_setting(base, source, labs, list(labs))
+    if chosen is None:
+        raise ValueError(f"{candidate!r}: no feature keeps its class order on every given site")
+    return chosen
 
 
 def _best(scores: pd.DataFrame, labs: Sequence[str], virtual: pd.Series, one_se: bool = True) -> tuple[str, float]:
@@ -81,7 +145,10 @@ def nested_choice(scores: pd.DataFrame, selection: pd.DataFrame, one_se: bool = 
     the setting that rule chooses on the *other* sites (leave one site out), so that no reported
     number was chosen by its own labels.
 
-    ``scores``: :func:`score_on_given_sites` (eligible settings only); ``selection``:
+    ``scores``: :func:`score_on_given_sites` (eligible settings only), with the lever candidates of
+    :func:`score_stable_candidates` where they are offered (a fold that holds out site h reads
+    their rows whose features were kept without h; deployment, and each held-out number, the rows
+    kept without the scored site alone); ``selection``:
     :func:`select_on_virtual_labs` with an ``eligible`` column. Returns the deployed setting and
     one row per held-out site: ``chosen``, ``development_score`` (its mean on the other sites),
     the held-out scores, whether the fold chose the deployed setting, and the virtual-lab
@@ -95,18 +162,38 @@ def nested_choice(scores: pd.DataFrame, selection: pd.DataFrame, one_se: bool = 
     >>> deployed, list(folds["chosen"]), list(folds["virtual_rule_setting"])
     ('a', ['b', 'a'], ['b', 'b'])
     """
+    from bcfeat.study.order_stable_features import candidate_base, is_stable_candidate
+
     eligible = selection.loc[selection["eligible"], "setting"]
     virtual = selection.set_index("setting")["selection_score"]
-    scores = scores[scores["setting"].isin(set(eligible))]
+    scores = scores.assign(excluded=scores["excluded"].fillna("").astype(str)) if "excluded" in scores \
+        else scores.assign(excluded="")
+    stable = scores["setting"].map(is_stable_candidate).astype(bool)
+    base = scores["setting"].map(candidate_base)
+    scores = scores[base.isin(set(eligible))]
+    stable = stable[scores.index]
+    # a lever candidate: its setting's virtual-lab score (the virtual labs keep the training lab's class
+    # order, so they cannot tell the two apart), less a hair so that a tie goes to the setting as it is
+    lever = sorted(set(scores.loc[stable, "setting"]))
+    virtual = pd.concat([virtual, pd.Series({n: virtual[candidate_base(n)] - 1e-9 for n in lever}, dtype=float)])
     sites = list(dict.fromkeys(scores["lab"]))
     if len(sites) < 2:
         raise ValueError(f"the real-lab rule needs at least two given unseen sites to hold one out; got {sites}")
-    deployed, _ = _best(scores, sites, virtual, one_se)
+
+    def view(held: str) -> pd.DataFrame:
+        """The rows a choice that holds out ``held`` (``""``: none) may read: every setting's own,
+        and the lever candidates' whose features were chosen without ``held``; only settings scored
+        on every site the choice reads."""
+        part = scores[(~stable | (scores["excluded"] == held)) & (scores["lab"] != held)]
+        n_sites = part.groupby("setting")["lab"].nunique()
+        return part[part["setting"].isin(n_sites[n_sites == len(set(sites) - {held})].index)]
+
+    deployed, _ = _best(view(""), sites, virtual, one_se)
     virtual_rule = str(eligible.iloc[0])
-    by = scores.set_index(["setting", "lab"])
+    by = view("").set_index(["setting", "lab"])
     rows = []
     for held in sites:
-        chosen, dev = _best(scores, [s for s in sites if s != held], virtual, one_se)
+        chosen, dev = _best(view(held), [s for s in sites if s != held], virtual, one_se)
         rows.append({"held_out": held, "chosen": chosen, "development_score": dev,
                      **{f"held_out_{k}": float(by.loc[(chosen, held), k])
                         for k in ("balanced_accuracy", "macro_f1", "balanced_accuracy_all", "macro_f1_all")},
@@ -199,21 +286,27 @@ def statistics_comparison(given_scores: pd.DataFrame, selection: pd.DataFrame, s
     means, the virtual labs' selection score and, with ``untouched(setting) -> balanced
     accuracy`` (:func:`untouched_scorer`), the untouched lab's on all its cells (read by no
     choice; reported only)."""
-    s = parse_setting(setting)
+    from bcfeat.study.order_stable_features import STABLE_SUFFIX, candidate_base, is_stable_candidate
+
+    s = parse_setting(candidate_base(setting))
+    suffix = STABLE_SUFFIX if is_stable_candidate(setting) else ""
     virtual = selection.set_index("setting")["selection_score"]
+    if "excluded" in given_scores:  # a lever candidate's rows whose features were kept without the scored site alone
+        given_scores = given_scores[given_scores["excluded"].fillna("").astype(str) == ""]
     rows = []
     for statistics in STATISTICS:
-        name = setting_name(s["C"], s["groups"], s["source"], statistics)
+        plain = setting_name(s["C"], s["groups"], s["source"], statistics)
+        name = plain + suffix
         part = given_scores[given_scores["setting"] == name]
         if part.empty:
             continue
-        row = {"statistics": statistics, "setting": name, "deployed": name == s["name"]}
+        row = {"statistics": statistics, "setting": name, "deployed": name == setting}
         for r in part.itertuples():
             row[f"{r.lab}_mixes"] = float(r.balanced_accuracy)
             row[f"{r.lab}_all"] = float(r.balanced_accuracy_all)
         row["mean_mixes"] = float(part["balanced_accuracy"].mean())
         row["mean_all"] = float(part["balanced_accuracy_all"].mean())
-        row["virtual_labs"] = float(virtual.get(name, np.nan))
+        row["virtual_labs"] = float(virtual.get(plain, np.nan))
         if untouched is not None:
             row["untouched_all"] = float(untouched(name))
         rows.append(row)
@@ -224,8 +317,10 @@ def untouched_scorer(measured: dict, samples: pd.DataFrame, plan: SplitPlan,
                      untouched_for: Callable[[str], tuple | None], seed: int, *,
                      design: StudySites) -> Callable[[str], float]:
     """``setting -> balanced accuracy`` on all the untouched lab's cells (NaN when the lab is
-    absent), the setting's classifier fitted as :func:`rule_readings` fits it."""
+    absent), the setting's classifier fitted as :func:`rule_readings` fits it (a lever candidate
+    as deployment would build it, :func:`deployable_setting`)."""
     def score(setting: str) -> float:
+        setting = deployable_setting(setting, measured, samples, plan, design=design)
         lab = untouched_for(parse_setting(setting)["source"])
         if lab is None:
             return float("nan")
@@ -240,6 +335,7 @@ def statistics_glue(table: pd.DataFrame) -> dict:
             for k, v in r.items() if k not in ("statistics", "setting", "deployed")}
 
 
-__all__ = ["SELECTION_RULES", "score_on_given_sites", "nested_choice", "nested_display", "nested_glue",
+__all__ = ["SELECTION_RULES", "MIXES", "score_on_given_sites", "score_stable_candidates", "deployable_setting",
+           "nested_choice", "nested_display", "nested_glue",
            "READING_KEYS", "rule_readings", "rule_readings_glue", "statistics_comparison", "untouched_scorer",
            "statistics_glue"]

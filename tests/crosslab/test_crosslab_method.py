@@ -719,3 +719,19 @@ def test_labelled_calls_are_checked_by_name():
         clf.fit(source, y, [LabelledCall(target, np.array([0, 999]), np.array(["a", "b"]))])
     with pytest.raises(ValueError, match=r"must be \(m, 4\)"):
         clf.fit(source, y, [LabelledCall(target[:, :3], np.array([0]), np.array(["a"]))])
+
+
+def test_train_classifier_leaves_out_the_columns_the_study_s_setting_leaves_out(tmp_path):
+    from bcfeat.crosslab.folders import train_classifier
+
+    two_class_lab(tmp_path)
+    model = CrossLabModel(CrossLabConfig(mask_source="stain"))
+    model.record = {"setting": "logistic C=0.5 all stain plain drop=0,5"}
+    base = save_model(tmp_path / "base.pt", model)
+    path, _, _ = train_classifier(base, tmp_path / "lab", tmp_path / "clf.pt")
+    trained = load_model(path)
+    assert not {0, 5} & set(trained.classifier.columns) and len(trained.classifier.columns) == len(feature_names()) - 2
+    assert trained.record["dropped_columns"] == [0, 5] and trained.classifier.C == 0.5
+    # a feature set named by the user is read as named
+    path, _, _ = train_classifier(base, tmp_path / "lab", tmp_path / "named.pt", groups="all")
+    assert load_model(path).classifier.columns is None and load_model(path).record["dropped_columns"] == []

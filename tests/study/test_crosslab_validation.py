@@ -123,7 +123,7 @@ def test_temperature_softens_without_changing_the_prediction():
 def test_setting_names_round_trip_and_unknown_parts_fail():
     name = cv.setting_name(0.03, "no_texture", "stain", "cbr")
     assert cv.parse_setting(name) == {"name": name, "model": "logistic", "C": 0.03, "groups": "no_texture",
-                                      "source": "stain", "statistics": "cbr"}
+                                      "source": "stain", "statistics": "cbr", "drop": ()}
     assert cv.plain_name(name) == "logistic C=0.03 no_texture stain"
     assert len(cv.candidate_settings([0.01, 0.1], ["all"], ["stain"])) == 8  # plain, balanced, cbr, cbr_mix
     with pytest.raises(ValueError):

@@ -97,3 +97,131 @@ def test_a_feature_missing_on_some_cells_keeps_its_order_not_dropped_for_the_gap
     corr = osf.profile_correlations(source, {"a": (X, y), "b": labs["b"]})
     assert corr.loc["a", col] > 0.9
     assert col in osf.order_stable_columns(corr, used, ["a", "b"])
+
+
+# ----------------------------------------------------------------------------- the lever as the rule's candidate
+def test_a_setting_name_with_left_out_columns_rebuilds_a_classifier_that_never_reads_them():
+    from bcfeat.study.crosslab_settings import (base_setting, classifier_for, parse_setting, plain_name,
+                                                setting_name, texture_gate_columns)
+    from bcfeat.crosslab.cell_features import feature_groups
+
+    texture = feature_groups()["texture"]
+    name = setting_name(0.1, "all", "stain", "cbr", drop=[texture[0], 7, 3])
+    assert parse_setting(name)["drop"] == tuple(sorted([texture[0], 7, 3])) and base_setting(name) == setting_name(
+        0.1, "all", "stain", "cbr")
+    assert parse_setting(plain_name(name) + " plain")["drop"] == parse_setting(name)["drop"]
+    gated = texture_gate_columns("all", parse_setting(name)["drop"])
+    assert texture[0] not in gated and set(texture[1:]) <= set(gated)
+    source, labs, _ = _labs({"a": []}, seed=5)
+    X, y = source
+    clf = classifier_for(name, 0).fit(X, y)
+    moved = X.copy()
+    moved[:, [3, 7, texture[0]]] = np.random.default_rng(0).normal(0, 50, (len(X), 3))
+    assert (clf.predict(moved) == clf.predict(X)).all() and len(clf.columns) == len(feature_names()) - 3
+    assert clf.gate_columns is None  # no gate asked for
+    for bad, match in (("drop=a,b", "integers"), (f"drop={len(feature_names())}", "out of range")):
+        with pytest.raises(ValueError, match=match):
+            parse_setting(f"logistic C=0.1 all stain cbr {bad}")
+
+
+def _scores(rows):
+    base = {"macro_f1": 0.5, "macro_f1_all": 0.5}
+    table = pd.DataFrame([{**base, "setting": s, "lab": lab, "excluded": ex, "balanced_accuracy": ba,
+                           "balanced_accuracy_all": ba} for s, lab, ex, ba in rows])
+    return table
+
+
+def test_the_rule_reads_a_lever_candidate_only_where_its_features_were_kept_without_the_fold_s_site():
+    from bcfeat.study import real_lab_selection as rs
+
+    sites = ["x", "y", "z"]
+    rows = [("a", g, "", 0.70) for g in sites]
+    rows += [("a stable", g, "", 0.80) for g in sites]  # each site read with the features kept on the other two
+    # kept on one site only (the fold also holds out the third): good without x, poor without z
+    rows += [("a stable", g, h, {"x": 0.85, "y": 0.75, "z": 0.60}[h]) for g in sites for h in sites if h != g]
+    selection = pd.DataFrame({"setting": ["a", "b"], "selection_score": [0.8, 0.9], "eligible": [True, False]})
+    rows += [("b", g, "", 0.99) for g in sites] + [("b stable", g, "", 0.99) for g in sites]  # not eligible
+    deployed, folds = rs.nested_choice(_scores(rows), selection)
+    folds = folds.set_index("held_out")
+    assert deployed == "a stable"
+    assert folds.loc["x", "chosen"] == "a stable" and folds.loc["x", "development_score"] == pytest.approx(0.85)
+    # without z, the lever's features are those kept on x (or y) alone, and they lose: the fold keeps "a",
+    # although the rows that read z's labels (kept on the other two) would have chosen the lever
+    assert folds.loc["z", "chosen"] == "a"
+    # each held-out number is the site read with the features kept on the other sites, never on its own
+    assert folds.loc["x", "held_out_balanced_accuracy_all"] == pytest.approx(0.80)
+    assert folds.loc["z", "held_out_balanced_accuracy_all"] == pytest.approx(0.70)
+    g = osf.lever_choice_glue(folds.reset_index(), deployed, "logistic C=0.1 all stain cbr drop=0", True)
+    assert g["crosslab_lever_folds"] == 2 and g["crosslab_headline_dropped"] == feature_names()[0]
+
+
+def test_a_lever_candidate_that_cannot_be_built_without_the_fold_s_site_sits_that_fold_out():
+    from bcfeat.study import real_lab_selection as rs
+
+    # two given sites: a fold that holds one out has no other site to read the order on
+    rows = [("a", g, "", 0.70) for g in ("x", "y")] + [("a stable", g, "", 0.90) for g in ("x", "y")]
+    selection = pd.DataFrame({"setting": ["a"], "selection_score": [0.8], "eligible": [True]})
+    deployed, folds = rs.nested_choice(_scores(rows), selection)
+    assert deployed == "a stable" and (folds["chosen"] == "a").all()
+    # a tie on the real labs goes to the setting as it is (the virtual labs cannot tell them apart)
+    tie = [("a", g, "", 0.70) for g in ("x", "y")] + [("a stable", g, "", 0.70) for g in ("x", "y")]
+    assert rs.nested_choice(_scores(tie), selection)[0] == "a"
+
+
+def _given_sites_study(reversed_on: dict[str, list[int]], seed: int = 0):
+    """A source site and three given sites; on each given site the named columns' classes sit the
+    other way round."""
+    from bcfeat.data.splits import make_splits
+    from bcfeat.study.design import StudySites
+
+    rng = np.random.default_rng(seed)
+    d = len(feature_names())
+    y1 = np.repeat(CLASSES, 40)
+    codes = pd.factorize(y1, sort=True)[0]
+    sites = ["pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops"]
+    blocks = []
+    for site in sites:
+        Xs = rng.normal(size=(len(y1), d))
+        Xs[:, :10] += 4.0 * (codes[:, None] == np.arange(10)[None, :] % 5)
+        Xs[:, reversed_on.get(site, [])] *= -1.0
+        blocks.append(Xs)
+    y = np.tile(y1, 4)
+    samples = pd.DataFrame({"domain": np.repeat(sites, len(y1)), "label": y, "path": [f"c{i}.png" for i in range(len(y))]})
+    plan = make_splits(y, samples["domain"].to_numpy(), n_repetitions=1, test_size=0.2, random_state=0)
+    design = StudySites.from_parameters(",".join(sites), sites[0])
+
+    class _Measured:
+        def __init__(self, features):
+            self.features = features
+
+    return {"stain": _Measured(np.vstack(blocks))}, samples, plan, design
+
+
+def test_stable_candidates_are_scored_with_features_no_site_chose_for_itself():
+    from bcfeat.study import real_lab_selection as rs
+    from bcfeat.study.crosslab_settings import parse_setting
+
+    name = "logistic C=0.1 all stain plain"
+    measured, samples, plan, design = _given_sites_study({"bccd_crops": [0, 1]})
+    kw = dict(call_size=40, n_calls=2, mixes=("own", "typical"), design=design)
+    scores = rs.score_stable_candidates(measured, samples, plan, [name], 0, **kw)
+    assert (scores["setting"] == name + " stable").all() and len(scores) == 9  # 3 sites x (itself, 2 folds)
+    drop = {(r.lab, r.excluded): set(parse_setting(r.variant)["drop"]) for r in scores.itertuples()}
+    # bccd's reversal is seen wherever bccd's labels may be read, and never where bccd is scored
+    assert {0, 1} <= drop[("jtsc_zheng18", "")] and {0, 1} <= drop[("jtsc_zheng18", "cellavision_zheng18")]
+    assert not {0, 1} & drop[("jtsc_zheng18", "bccd_crops")] and not {0, 1} & drop[("bccd_crops", "")]
+    deployed = rs.deployable_setting(name + " stable", measured, samples, plan, design=design)
+    assert {0, 1} <= set(parse_setting(deployed)["drop"]) and rs.deployable_setting(name, measured, samples, plan,
+                                                                                      design=design) == name
+    # bccd, read with its reversed columns, is scored lower by the setting as it is than by its lever
+    as_is = rs.score_on_given_sites(measured, samples, plan, [name], 0, **kw).set_index("lab")
+    assert scores.set_index(["lab", "excluded"]).loc[("jtsc_zheng18", ""), "balanced_accuracy_all"] >= 0.9
+    # shuffling bccd's labels changes what the others drop, never the features bccd itself is scored with
+    shuffled = samples.copy()
+    at = shuffled["domain"] == "bccd_crops"
+    shuffled.loc[at, "label"] = np.random.default_rng(1).permutation(shuffled.loc[at, "label"].to_numpy())
+    again = rs.score_stable_candidates(measured, shuffled, plan, [name], 0, **kw)
+    again_drop = {(r.lab, r.excluded): set(parse_setting(r.variant)["drop"]) for r in again.itertuples()}
+    assert again_drop[("bccd_crops", "")] == drop[("bccd_crops", "")]
+    assert again_drop[("jtsc_zheng18", "")] != drop[("jtsc_zheng18", "")]
+    assert as_is.loc["bccd_crops", "balanced_accuracy_all"] < 0.9
