@@ -62,7 +62,9 @@ PROFILES: dict[str, Profile] = {
                                "batch_size": 32},
             "04_oracle": {"oracle_repetitions": 1},
             "05_benchmark": {"raw_pixels_pca": 10},
-            "07_crosslab": {"candidate_C": "0.03,0.1", "ablation_cells": 20,
+            # two feature sets (one with fine texture, one without) keep every path of the selection and
+            # its order-stable candidates, at half the grid's cost
+            "07_crosslab": {"candidate_C": "0.03,0.1", "candidate_groups": "all,no_fine_texture", "ablation_cells": 20,
                             "ssl_epochs": 1, "ssl_image_size": 24, "cnn_epochs": 1, "cnn_image_size": 24, "n_boot": 50, "shots": "0,1,5", "n_draws": 2,
                             "few_shot_source_cells": 0, "n_workers": 2,
                             "n_virtual_labs": 2, "n_hard_virtual_labs": 1, "virtual_lab_cells": 0, "shift_cells": 12, "mix_calls": 2, "flag_calls": 3,
