@@ -28,7 +28,7 @@ from bcfeat.crosslab.cell_crop import CropConfig
 from bcfeat.study.crosslab_figures import (few_shot_figure, gallery_figure, matrix_figure, mix_figure,  # noqa: F401
                                           per_class_figure, umap_figure, virtual_lab_figure)
 from bcfeat.crosslab.cell_features import GROUPS, feature_groups, feature_set_columns
-from bcfeat.study.crosslab_settings import DROP_PREFIX
+from bcfeat.study.crosslab_settings import drop_part, read_drop, setting_columns
 from bcfeat.study.crosslab_measurement import (Measured, feature_group_table, mask_area_change,  # noqa: F401
                                                measure_all, measure_cells, measured_table, ruler_display, ruler_table,
                                                stain_masks_against_experts)
@@ -38,9 +38,9 @@ OURS = "crosslab"
 
 
 # ----------------------------------------------------------------------------- settings
-def columns_for(groups: str, drop: Sequence[int] = ()) -> tuple[int, ...] | None:
-    """The columns of a named feature set less ``drop`` (:func:`bcfeat.crosslab.cell_features.feature_set_columns`)."""
-    return feature_set_columns(groups, drop)
+def columns_for(groups: str) -> tuple[int, ...] | None:
+    """The columns of a named feature set (:func:`bcfeat.crosslab.cell_features.feature_set_columns`)."""
+    return feature_set_columns(groups)
 
 
 def candidate_grid(cs: Sequence[str], groups: Sequence[str], sources: Sequence[str] = ("detector",)) -> list[dict]:
@@ -59,7 +59,7 @@ def candidate_grid(cs: Sequence[str], groups: Sequence[str], sources: Sequence[s
 
 def make_factory(setting: dict):
     """``random_state -> estimator`` on per-site standardised features for one setting."""
-    cols = columns_for(setting["groups"], setting.get("drop", ()))
+    cols = setting_columns(setting)
 
     def make(random_state: int):
         if setting["model"] == "forest":
@@ -83,9 +83,7 @@ def setting_by_name(name: str) -> dict:
     >>> setting_by_name("logistic C=0.03 no_texture stain drop=1,5")["drop"]
     (1, 5)
     """
-    parts = name.split()
-    drops = [p for p in parts[3:] if p.startswith(DROP_PREFIX)]
-    drop = tuple(int(c) for c in drops[0][len(DROP_PREFIX):].split(",")) if drops else ()
+    parts, drop = read_drop(name.split(), name)
     if parts[0] == "forest":
         return {"name": name, "model": "forest", "C": None, "groups": parts[1], "source": parts[2], "drop": drop}
     return {"name": name, "model": "logistic", "C": float(parts[1].split("=")[1]), "groups": parts[2],
@@ -95,7 +93,7 @@ def setting_by_name(name: str) -> dict:
 def _rename(setting: dict, **changes) -> dict:
     """A setting with some fields changed, and its name rebuilt to match."""
     s = {**setting, **changes}
-    drop = f" {DROP_PREFIX}{','.join(map(str, s['drop']))}" if s.get("drop") else ""
+    drop = drop_part(s.get("drop", ()))
     if s["model"] == "forest":
         s["name"] = f"forest {s['groups']} {s['source']}{drop}"
     else:
@@ -267,7 +265,7 @@ def per_class_table(ours: pd.DataFrame, adabn: pd.DataFrame, *, source: str) -> 
 def _adaptation_variants(setting: dict, full_name: str, gate_threshold: float | None = None) -> dict[str, dict]:
     """The adaptation lever's variants; with ``gate_threshold``, the chosen setting (5-part
     ``full_name``) with texture trusted on every call and with the texture gate."""
-    base = {"model": "logistic", "C": setting["C"], "columns": columns_for(setting["groups"], setting.get("drop", ()))}
+    base = {"model": "logistic", "C": setting["C"], "columns": setting_columns(setting)}
     variants = {
         "no adaptation (source statistics for every site)": {**base, "site_standardize": False, "balance_rounds": 0},
         "per-site standardisation (plain)": {**base, "balance_rounds": 0},

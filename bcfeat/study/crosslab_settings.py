@@ -19,14 +19,34 @@ the order-stable lever (:mod:`bcfeat.study.order_stable_features`) so that the n
 the classifier, in the study, in the model file and in ``bcfeat train-classifier``."""
 
 
+def drop_part(drop: Sequence[int]) -> str:
+    """A setting name's ``" drop=3,17"`` part (sorted, each column once; ``""`` without any).
+
+    >>> drop_part([17, 3, 3]), drop_part(())
+    (' drop=3,17', '')
+    """
+    return f" {DROP_PREFIX}{','.join(str(c) for c in sorted({int(c) for c in drop}))}" if len(drop) else ""
+
+
+def read_drop(parts: Sequence[str], name: str) -> tuple[list[str], tuple[int, ...]]:
+    """A setting name's ``parts`` without their ``drop=`` part, and the columns it lists (sorted)."""
+    drops = [p for p in parts if p.startswith(DROP_PREFIX)]
+    if len(drops) > 1:
+        raise ValueError(f"not a cross-lab setting name: {name!r} (one {DROP_PREFIX} at most)")
+    try:
+        drop = tuple(sorted({int(c) for c in drops[0][len(DROP_PREFIX):].split(",")})) if drops else ()
+    except ValueError:
+        raise ValueError(f"{drops[0]!r} in {name!r}: the dropped columns are integers separated by commas") from None
+    return [p for p in parts if not p.startswith(DROP_PREFIX)], drop
+
+
 def setting_name(C: float, groups: str, source: str, statistics: str, drop: Sequence[int] = ()) -> str:
     """``"logistic C=0.03 no_fine_texture stain cbr"``, with ``" drop=3,17"`` when columns are left out.
 
     >>> setting_name(0.03, "all", "stain", "cbr", drop=[17, 3])
     'logistic C=0.03 all stain cbr drop=3,17'
     """
-    name = f"logistic C={float(C):g} {groups} {source} {statistics}"
-    return name + (f" {DROP_PREFIX}{','.join(str(c) for c in sorted({int(c) for c in drop}))}" if len(drop) else "")
+    return f"logistic C={float(C):g} {groups} {source} {statistics}" + drop_part(drop)
 
 
 def parse_setting(name: str) -> dict:
@@ -43,17 +63,12 @@ def parse_setting(name: str) -> dict:
     parts = name.split()
     if len(parts) not in (4, 5, 6) or parts[0] != "logistic" or not parts[1].startswith("C="):
         raise ValueError(f"not a cross-lab setting name: {name!r}")
-    drops = [p for p in parts[4:] if p.startswith(DROP_PREFIX)]
-    rest = [p for p in parts[4:] if not p.startswith(DROP_PREFIX)]
-    if len(drops) > 1 or len(rest) > 1:
+    rest, drop = read_drop(parts[4:], name)
+    if len(rest) > 1:
         raise ValueError(f"not a cross-lab setting name: {name!r} (one statistics and one {DROP_PREFIX} at most)")
     statistics = rest[0] if rest else "plain"
     if statistics not in STATISTICS:
         raise ValueError(f"unknown statistics {statistics!r} in {name!r}; valid: {STATISTICS}")
-    try:
-        drop = tuple(sorted({int(c) for c in drops[0][len(DROP_PREFIX):].split(",")})) if drops else ()
-    except ValueError:
-        raise ValueError(f"{drops[0]!r} in {name!r}: the dropped columns are integers separated by commas") from None
     feature_set_columns(parts[2], drop)  # an unknown feature set or a column out of range fails here
     return {"name": name, "model": "logistic", "C": float(parts[1][2:]), "groups": parts[2], "source": parts[3],
             "statistics": statistics, "drop": drop}
@@ -132,9 +147,8 @@ def plain_name(setting: str) -> str:
     'logistic C=0.03 no_texture stain drop=2'
     """
     s = parse_setting(setting)
-    drop = f" {DROP_PREFIX}{','.join(map(str, s['drop']))}" if s["drop"] else ""
-    return f"logistic C={s['C']:g} {s['groups']} {s['source']}{drop}"
+    return f"logistic C={s['C']:g} {s['groups']} {s['source']}" + drop_part(s["drop"])
 
 
-__all__ = ["STATISTICS", "DROP_PREFIX", "setting_name", "parse_setting", "base_setting", "setting_columns",
+__all__ = ["STATISTICS", "DROP_PREFIX", "drop_part", "read_drop", "setting_name", "parse_setting", "base_setting", "setting_columns",
            "texture_gate_columns", "classifier_for", "candidate_settings", "plain_name"]

@@ -98,19 +98,20 @@ def candidate_base(name: str) -> str:
     return name[:-len(STABLE_SUFFIX)] if is_stable_candidate(name) else name
 
 
-def stable_setting(setting: str, source: tuple[np.ndarray, np.ndarray],
-                   labs: dict[str, tuple[np.ndarray, np.ndarray]], kept_on: Sequence[str],
+def stable_setting(setting: str, correlations: pd.DataFrame, kept_on: Sequence[str],
                    min_correlation: float = 0.0) -> str | None:
     """``setting`` with the order-stable lever, as a setting name: the columns it reads whose class
-    order reverses (class-profile correlation with ``source``'s below ``min_correlation``) on any
-    lab of ``kept_on`` (or cannot be read on all of them) are left out (``drop=``). ``None`` when no
-    column would be kept (the order could be read nowhere: a few cells, classes missing).
+    order reverses (class-profile correlation below ``min_correlation``; ``correlations``, rows of
+    :func:`profile_correlations`) on any lab of ``kept_on`` (or cannot be read on all of them) are
+    left out (``drop=``). ``None`` when no column would be kept (the order could be read nowhere: a
+    few cells, classes missing).
 
     >>> rng = np.random.default_rng(0)
     >>> y = np.repeat(["basophil", "eosinophil", "lymphocyte"], 30)
     >>> X = rng.normal(0, 0.3, (90, 157)) + np.searchsorted(["basophil", "eosinophil", "lymphocyte"], y)[:, None]
     >>> other = X.copy(); other[:, 5] *= -1              # column 5 reversed on the other lab
-    >>> stable_setting("logistic C=0.1 all stain cbr", (X, y), {"other": (other, y)}, ["other"])
+    >>> corr = profile_correlations((X, y), {"other": (other, y)})
+    >>> stable_setting("logistic C=0.1 all stain cbr", corr, ["other"])
     'logistic C=0.1 all stain cbr drop=5'
     """
     from bcfeat.crosslab.cell_features import feature_names
@@ -119,7 +120,6 @@ def stable_setting(setting: str, source: tuple[np.ndarray, np.ndarray],
     s = parse_setting(setting)
     read = setting_columns(s)
     columns = list(range(len(feature_names()))) if read is None else [int(c) for c in read]
-    correlations = profile_correlations(source, {lab: labs[lab] for lab in kept_on})
     kept = set(order_stable_columns(correlations, columns, kept_on, min_correlation))
     if not kept:
         return None

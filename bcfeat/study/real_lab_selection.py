@@ -78,18 +78,19 @@ def score_stable_candidates(measured: dict, samples: pd.DataFrame, plan: SplitPl
     no site's labels ever choose the features it is scored with, nor those of the fold that holds
     it out. ``variant`` is the setting name of the classifier scored. A (g, h) with no other site
     left, or whose order can be read on no feature, has no row."""
-    from bcfeat.study.order_stable_features import STABLE_SUFFIX, stable_setting
+    from bcfeat.study.order_stable_features import STABLE_SUFFIX, profile_correlations, stable_setting
 
     rows = []
     for name in candidates:
         s = parse_setting(name)
         labs = _given_labs(measured, samples, plan, s["source"], design)
-        source = source_training_cells(measured, samples, plan, name, source=design.source)
+        correlations = profile_correlations(source_training_cells(measured, samples, plan, name, source=design.source),
+                                            labs)
         fitted: dict[str, object] = {}
         for g in labs:
             for h in [""] + [x for x in labs if x != g]:
                 kept_on = [x for x in labs if x not in (g, h)]
-                variant = stable_setting(name, source, labs, kept_on) if kept_on else None
+                variant = stable_setting(name, correlations, kept_on) if kept_on else None
                 if variant is None:
                     continue
                 if variant not in fitted:
@@ -104,14 +105,15 @@ def deployable_setting(candidate: str, measured: dict, samples: pd.DataFrame, pl
                        design: StudySites) -> str:
     """The setting name a rule's choice deploys: a lever candidate (``"<setting> stable"``) with the
     columns whose class order holds on every given site; any other name as it is."""
-    from bcfeat.study.order_stable_features import candidate_base, is_stable_candidate, stable_setting
+    from bcfeat.study.order_stable_features import (candidate_base, is_stable_candidate, profile_correlations,
+                                                    stable_setting)
 
     if not is_stable_candidate(candidate):
         return candidate
     base = candidate_base(candidate)
     labs = _given_labs(measured, samples, plan, parse_setting(base)["source"], design)
     source = source_training_cells(measured, samples, plan, base, source=design.source)
-    chosen = stable_setting(base, source, labs, list(labs))
+    chosen = stable_setting(base, profile_correlations(source, labs), list(labs))
     if chosen is None:
         raise ValueError(f"{candidate!r}: no feature keeps its class order on every given site")
     return chosen
