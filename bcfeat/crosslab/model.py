@@ -135,7 +135,7 @@ def _measure(image: np.ndarray, mask: Any, crop_cfg: CropConfig, ruler: bool = T
     if mask is None:
         from bcfeat.detection.pseudo_masks import segment_white_cell
 
-        segmented = segment_white_cell(image, seg_cfg)
+        segmented = segment_white_cell(image, seg_cfg, full_nucleus=False)  # the features find their own
         mask, found = segmented.mask, segmented.reason != "no_nucleus"
     elif isinstance(mask, tuple):  # (the detector's mask, whether it found a cell)
         mask, found = mask
@@ -175,19 +175,26 @@ def measured_parts(reads: Sequence[int] | None) -> tuple[bool, bool]:
     return feature_names().index("log_cell_over_red_cell") in reads, bool(reads & set(fine_texture_columns()))
 
 
-def _measure_item(args: tuple[Any, Any, CrossLabConfig, bool, bool, bool]
-                  ) -> tuple[np.ndarray, np.ndarray, bool, bytes | None] | str:
-    """``(image, mask, model config, encode, ruler, fine texture)``: one image (a path, read here, or an array)
-    and its mask (see :func:`_measure`) -> ``(features, crop, found, thumbnail or None)``, or the
-    reason why the file could not be read."""
-    item, mask, cfg, encode, ruler, fine = args
+def _measure_item(args: tuple[Any, Any, CrossLabConfig, bool, bool, bool, bool]
+                  ) -> tuple[np.ndarray, np.ndarray | None, bool, bytes | None] | str:
+    """``(image, mask, model config, encode, ruler, fine texture, keep crop)``: one image (a path, read
+    here, or an array) and its mask (see :func:`_measure`) -> ``(features, crop or None, found,
+    thumbnail or None)``, or the reason why the file could not be read. The crop comes back only
+    when asked for: a worker process would otherwise send every crop to its parent for nothing."""
+    item, mask, cfg, encode, ruler, fine, keep_crop = args
     try:
         image = read_image(item)
     except (ImageDecodeError, OSError, ValueError, TypeError) as error:
         return str(error)
     feats, crop, found = _measure(image, mask, cfg.crop, ruler, cfg.segmentation, cfg.texture_od, fine,
                                   cfg.nucleus_od)
-    return feats, crop, found, encode_thumbnail(crop) if encode else None
+    return feats, crop if keep_crop else None, found, encode_thumbnail(crop) if encode else None
+
+
+# Images a worker process takes from the queue at a time. A task of a few images (tens of
+# milliseconds) costs nothing to hand over and lets the workers finish a chunk together: with
+# larger tasks the last one of a call kept one worker busy while the other waited.
+TASK_IMAGES = 4
 
 
 def _item_name(item: Any, index: int) -> str:
@@ -273,7 +280,7 @@ class CrossLabModel:
             """Start measuring one chunk: the workers begin at once, the results come lazily."""
             jobs, kept = [], []
             if cfg.mask_source == "stain":
-                jobs = [(item, None, cfg, encode, ruler, fine) for item in chunk]
+                jobs = [(item, None, cfg, encode, ruler, fine, return_crops) for item in chunk]
                 kept = list(range(start, start + len(chunk)))
             else:
                 loaded = []
@@ -283,9 +290,9 @@ class CrossLabModel:
                         kept.append(i)
                     except (ImageDecodeError, OSError, ValueError, TypeError) as error:
                         skipped.add(_item_name(item, i), str(error))
-                jobs = [(im, m, cfg, encode, ruler, fine) for im, m in zip(loaded, self._masks(loaded) if loaded else [])]
+                jobs = [(im, m, cfg, encode, ruler, fine, return_crops) for im, m in zip(loaded, self._masks(loaded) if loaded else [])]
             if pool is not None and len(jobs) > 1:
-                results = pool.map(_measure_item, jobs, chunksize=max(1, len(jobs) // (4 * cfg.n_workers)))
+                results = pool.map(_measure_item, jobs, chunksize=TASK_IMAGES)
             else:
                 results = map(_measure_item, jobs)
             return start, chunk, kept, results

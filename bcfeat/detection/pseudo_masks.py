@@ -165,8 +165,9 @@ class PseudoMask:
     ----------
     mask : np.ndarray
         ``(H, W)`` bool, the whole cell (nucleus + cytoplasm) at the input resolution.
-    nucleus : np.ndarray
-        ``(H, W)`` bool, the selected nucleus (inside ``mask``).
+    nucleus : np.ndarray or None
+        ``(H, W)`` bool, the selected nucleus (inside ``mask``); None when the caller asked
+        :func:`segment_white_cell` for the cell alone (``full_nucleus=False``).
     box : tuple of float
         ``(x0, y0, x1, y1)`` of ``mask`` in input pixels, right/bottom exclusive.
     quality : float
@@ -178,7 +179,7 @@ class PseudoMask:
     """
 
     mask: np.ndarray
-    nucleus: np.ndarray
+    nucleus: np.ndarray | None
     box: tuple[float, float, float, float]
     quality: float
     confident: bool
@@ -479,7 +480,8 @@ def _mask_to_size(mask: np.ndarray, shape: tuple[int, int], resampler: str, near
     return resize(mask.astype(np.float32), shape, order=0 if nearest else 1) > 0.5
 
 
-def segment_white_cell(image: np.ndarray, cfg: SegmentationConfig | None = None) -> PseudoMask:
+def segment_white_cell(image: np.ndarray, cfg: SegmentationConfig | None = None,
+                       full_nucleus: bool = True) -> PseudoMask:
     """Segment the central white cell of a single-cell crop, without labels.
 
     Parameters
@@ -487,6 +489,10 @@ def segment_white_cell(image: np.ndarray, cfg: SegmentationConfig | None = None)
     image : np.ndarray
         ``(H, W, 3)`` uint8 RGB crop.
     cfg : SegmentationConfig, optional
+    full_nucleus : bool
+        False: the nucleus is not brought back to the input resolution (``PseudoMask.nucleus`` is
+        None; every other field is the same), for a caller that finds the nucleus itself (the
+        cross-lab features do, on the canonical crop).
 
     Returns
     -------
@@ -521,7 +527,8 @@ def segment_white_cell(image: np.ndarray, cfg: SegmentationConfig | None = None)
     nucleus = _select_nucleus(img[..., 1], cfg)
     if nucleus.sum() < 4:
         guess = centred_ellipse(H, W)
-        return PseudoMask(guess, np.zeros((H, W), bool), mask_to_box(guess), 0.0, False, "no_nucleus")
+        return PseudoMask(guess, np.zeros((H, W), bool) if full_nucleus else None, mask_to_box(guess), 0.0, False,
+                          "no_nucleus")
 
     yy, xx = np.mgrid[:h, :w]
     cy, cx = np.argwhere(nucleus).mean(axis=0)
@@ -553,7 +560,7 @@ def segment_white_cell(image: np.ndarray, cfg: SegmentationConfig | None = None)
     mask = _mask_to_size(cell, (H, W), cfg.resampler)
     if not mask.any():  # a cell of a few working pixels can vanish when resized back
         mask = _mask_to_size(cell, (H, W), cfg.resampler, nearest=True)
-    nuc_full = _mask_to_size(nucleus, (H, W), cfg.resampler) & mask
+    nuc_full = _mask_to_size(nucleus, (H, W), cfg.resampler) & mask if full_nucleus else None
     return PseudoMask(mask, nuc_full, mask_to_box(mask), quality, confident, reason)
 
 

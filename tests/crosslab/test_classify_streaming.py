@@ -98,6 +98,23 @@ def test_chunked_measuring_equals_one_pass_and_names_bad_files(tmp_path):
     assert np.array_equal(results[1000], results[4], equal_nan=True)
 
 
+def test_the_workers_send_a_crop_back_only_when_it_is_asked_for(tmp_path):
+    from bcfeat.crosslab.model import _measure_item
+
+    two_class_lab(tmp_path)
+    path = str(sorted((tmp_path / "new").glob("*.png"))[0])
+    config = CrossLabConfig(mask_source="stain")
+    with_crop = _measure_item((path, None, config, False, True, True, True))
+    without = _measure_item((path, None, config, False, True, True, False))
+    assert with_crop[1].shape == (config.crop.size, config.crop.size, 3) and without[1] is None
+    assert np.array_equal(with_crop[0], without[0], equal_nan=True)
+    model = CrossLabModel(CrossLabConfig(mask_source="stain", n_workers=2, chunk_size=5))
+    files = sorted(str(p) for p in (tmp_path / "new").glob("*.png"))
+    feats, kept, crops = model.measure(files, SkippedImages(), return_crops=True)
+    assert crops.shape == (len(files), config.crop.size, config.crop.size, 3)
+    assert model.measure(files, SkippedImages())[1].tolist() == list(range(len(files)))
+
+
 def test_sharded_classify_writes_the_plain_table(tmp_path, capsys):
     from bcfeat.runner.cli import main
 

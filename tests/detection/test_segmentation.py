@@ -39,6 +39,16 @@ def test_synthetic_cell_is_found_and_red_cells_are_not():
     assert box_iou(pm.box, mask_box(truth)) > 0.9
 
 
+def test_the_cell_alone_is_the_same_segmentation_without_the_full_size_nucleus():
+    img, _ = synthetic_cell()
+    both, cell_only = segment_white_cell(img), segment_white_cell(img, full_nucleus=False)
+    assert cell_only.nucleus is None and both.nucleus.any()
+    assert np.array_equal(cell_only.mask, both.mask)
+    assert (cell_only.box, cell_only.quality, cell_only.confident, cell_only.reason) == \
+        (both.box, both.quality, both.confident, both.reason)
+    assert segment_white_cell(np.full((64, 80, 3), 240, np.uint8), full_nucleus=False).nucleus is None
+
+
 def test_cell_off_centre_is_still_the_large_central_blob():
     img, truth = synthetic_cell(rbc=False)
     shifted = np.roll(img, 15, axis=1)
