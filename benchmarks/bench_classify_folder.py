@@ -9,7 +9,10 @@ the memory of its whole process tree (the command and its worker processes) ever
   earlier revision of bcfeat (``--baseline-rev``, run from a ``git archive`` of it with the same
   virtual environment), cells/s from the start of the command to the written table;
 * **memory**: the peak over time of the process tree's summed proportional set size (PSS: pages shared between the processes counted once), for each
-  folder size in ``--sizes``. Streaming holds the feature table, never the folder, so the peaks
+  folder size in ``--sizes``, and for each command of the speed comparison in one more run of it.
+  Reading the PSS (``/proc/<pid>/smaps_rollup`` of every process, five times a second) takes CPU
+  from the two cores the command keeps busy, so the timed runs are not sampled; the figures also
+  give the sampled run's time, which says what the sampling costs. Streaming holds the feature table, never the folder, so the peaks
   should differ by about the table (one row of float64 features per cell, under 1 kB).
 
 Usage::
@@ -119,8 +122,9 @@ def _kb(pid: int, file: str, field: str) -> int:
     return 0
 
 
-def run_classify(command: list[str], env: dict | None = None) -> dict:
-    """Run ``command``; its wall time and the peak of its process tree's summed PSS (MB).
+def run_classify(command: list[str], env: dict | None = None, sample_memory: bool = True) -> dict:
+    """Run ``command``; its wall time and, with ``sample_memory``, the peak of its process tree's
+    summed PSS (MB; sampled every 0.2 s, which costs CPU: time a command without it).
 
     It runs in the system's temporary folder: ``python -m`` puts the working folder first on the
     path, so started from a checkout it would import that checkout's bcfeat whatever PYTHONPATH
@@ -129,14 +133,18 @@ def run_classify(command: list[str], env: dict | None = None) -> dict:
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                             cwd=tempfile.gettempdir())
     peak_pss = 0
-    while proc.poll() is None:
-        peak_pss = max(peak_pss, sum(_kb(p, "smaps_rollup", "Pss:") for p in _tree(proc.pid)))
-        time.sleep(0.2)
+    if sample_memory:
+        while proc.poll() is None:
+            peak_pss = max(peak_pss, sum(_kb(p, "smaps_rollup", "Pss:") for p in _tree(proc.pid)))
+            time.sleep(0.2)
+        output = proc.stdout.read()
+    else:
+        output = proc.communicate()[0]
     seconds = time.perf_counter() - start
-    output = proc.stdout.read().decode(errors="replace")
+    output = output.decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}:\n{output[-2000:]}")
-    return {"seconds": seconds, "tree_peak_pss_mb": peak_pss / 1024}
+    return {"seconds": seconds, **({"tree_peak_pss_mb": peak_pss / 1024} if sample_memory else {})}
 
 
 def baseline_checkout(rev: str, into: Path) -> Path:
@@ -227,15 +235,20 @@ def main(argv: list[str] | None = None) -> int:
         seconds: dict[str, list[float]] = {name: [] for name, _, _ in runs}
         for repeat in range(args.repeats):  # the runs alternate, so a slower spell of the machine hits both
             for name, run_env, model in runs:
-                r = run_classify(classify_command(model, speed_folder, tmp / f"{name}.csv"), run_env)
+                r = run_classify(classify_command(model, speed_folder, tmp / f"{name}.csv"), run_env,
+                                 sample_memory=False)
                 seconds[name].append(r["seconds"])
-                results[f"{name}_tree_peak_pss_mb_{args.speed_size}"] = r["tree_peak_pss_mb"]
                 print(f"{name:32s} {args.speed_size} images in {r['seconds']:.1f} s = "
-                      f"{args.speed_size / r['seconds']:.1f} cells/s; process tree peak PSS "
-                      f"{r['tree_peak_pss_mb']:.0f} MB", flush=True)
+                      f"{args.speed_size / r['seconds']:.1f} cells/s", flush=True)
         for name, times in seconds.items():
             results[f"{name}_seconds"] = times
             results[f"{name}_cells_per_s"] = args.speed_size / float(np.median(times))
+        for name, run_env, model in runs:  # memory: one more run of each, sampled (not timed for the speed)
+            r = run_classify(classify_command(model, speed_folder, tmp / f"{name}_sampled.csv"), run_env)
+            results[f"{name}_tree_peak_pss_mb_{args.speed_size}"] = r["tree_peak_pss_mb"]
+            results[f"{name}_sampled_seconds"] = r["seconds"]
+            print(f"{name:32s} process tree peak PSS {r['tree_peak_pss_mb']:.0f} MB (that run, sampled: "
+                  f"{r['seconds']:.1f} s)", flush=True)
         if len(runs) == 2:
             import pandas as pd
 
@@ -256,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[f"stage_ms_per_image_{site}"] = per_site
                 print(f"  {site:22s} " + ", ".join(f"{k} {v:.1f}" for k, v in per_site.items()))
             small = link_folder(tmp / "small20", 20, even_mix(20))
-            calls = [run_classify(classify_command(args.model, small, tmp / "small20.csv"), env)["seconds"]
+            calls = [run_classify(classify_command(args.model, small, tmp / "small20.csv"), env, sample_memory=False)["seconds"]
                      for _ in range(max(1, args.repeats))]
             results["small_call_seconds"] = float(np.median(calls))
             print(f"a 20-image call (start-up and little else): {results['small_call_seconds']:.1f} s")
@@ -264,8 +277,12 @@ def main(argv: list[str] | None = None) -> int:
             folder = link_folder(tmp / f"mem{n}", n, even_mix(n))
             r = run_classify(classify_command(args.model, folder, tmp / f"mem{n}.csv"), env)
             results[f"memory_{n}"] = r
-            print(f"{n:6d} images: {r['seconds']:.0f} s ({n / r['seconds']:.1f} cells/s); process tree peak PSS "
+            print(f"{n:6d} images: {r['seconds']:.0f} s ({n / r['seconds']:.1f} cells/s, sampled); process tree peak PSS "
                   f"{r['tree_peak_pss_mb']:.0f} MB", flush=True)
+            if n == max(args.sizes) and n > args.speed_size:  # the largest call's speed, timed without the sampler
+                timed = run_classify(classify_command(args.model, folder, tmp / f"mem{n}.csv"), env, sample_memory=False)
+                results[f"timed_{n}"] = timed
+                print(f"{n:6d} images, not sampled: {timed['seconds']:.0f} s ({n / timed['seconds']:.1f} cells/s)", flush=True)
         if len(args.sizes) >= 2:
             lo, hi = min(args.sizes), max(args.sizes)
             gap = results[f"memory_{hi}"]["tree_peak_pss_mb"] - results[f"memory_{lo}"]["tree_peak_pss_mb"]

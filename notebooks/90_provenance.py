@@ -83,8 +83,8 @@ if pack_file.exists():
 # ## A lab's folder through `bcfeat classify`
 #
 # `benchmarks/bench_classify_folder.py` runs the command on folders of real images (a quarter from
-# each of the four shared sites at every folder size) with the study's model file, beside an earlier revision with the model
-# file that revision's study wrote, and samples the memory of the command's process tree; its
+# each of the four shared sites at every folder size) with a model file of the study's setting, beside an earlier revision,
+# timed without and then once more with a sampler of the memory of the command's process tree; its
 # JSON is kept in `<results_dir>/benchmarks/bench_classify_folder.json`.
 
 # %% tags=["hide-input"]
@@ -95,7 +95,7 @@ if classify_file.exists():
                  "against_milestone", "against_goal"):
         glue(f"classify_{name}", classify[name], display=False)
     for name in ("ms_per_image", "small_call_seconds", "largest_call_images", "largest_call_cells_per_s",
-                 "largest_against_goal"):
+                 "largest_against_goal", "current_peak_mb", "baseline_peak_mb", "sampling_cost_percent"):
         if name in classify:
             glue(f"classify_{name}", classify[name], display=False)
     for site, ms in classify.get("site_ms_per_image", {}).items():

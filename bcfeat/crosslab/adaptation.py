@@ -49,12 +49,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted
 
+from bcfeat.crosslab.estimator_api import EstimatorParams, FittedLogistic, require_fitted
 from bcfeat.crosslab.site_statistics import (CBR_MIN_CELLS, CBR_MIN_CLASS_CELLS, MIN_SITE_CELLS,  # noqa: F401
                                              SiteStatistics, class_balanced_weights, class_conditional_statistics,
                                              class_moments, em_class_priors, mix_corrected_statistics,
@@ -124,7 +120,7 @@ def gate_threshold_at(threshold, n_cells: int) -> float:
     return float(np.interp(1 / np.sqrt(n), (1 / np.sqrt(sizes))[::-1], values[::-1]))
 
 
-class CrossLabClassifier(ClassifierMixin, BaseEstimator):
+class CrossLabClassifier(EstimatorParams):
     """A classifier trained on one lab's labelled cells that adapts, without labels, to each new lab.
 
     Parameters
@@ -175,7 +171,8 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
     ----------
     classes_ : np.ndarray
     source_statistics_ : SiteStatistics
-    estimator_ : the fitted scikit-learn classifier
+    estimator_ : the fitted scikit-learn classifier (read from a model file: a
+        :class:`~bcfeat.crosslab.estimator_api.FittedLogistic`, the same numbers without scikit-learn)
     class_means_ : np.ndarray
         ``(n_classes, d')`` the training classes' centroids in the standardised space.
     discriminant_means_, discriminant_whitening_ : np.ndarray
@@ -242,6 +239,10 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
             _gate_envelope(self.gate_threshold)  # raises on a bad value
 
     def _new_estimator(self):
+        # scikit-learn is imported where a classifier is fitted: reading a model file does without it
+        from sklearn.ensemble import RandomForestClassifier
+        from sklearn.linear_model import LogisticRegression
+
         if self.model == "logistic":
             return LogisticRegression(C=self.C, max_iter=3000, class_weight="balanced")
         return RandomForestClassifier(n_estimators=self.n_estimators, max_depth=16, class_weight="balanced",
@@ -256,6 +257,8 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         ``labelled_calls``: labelled cells of other labs (:class:`LabelledCall`), each standardised
         with its own call's statistics as the classifier fitted on ``X`` reads that call; the
         estimator is then refitted on the training lab's cells and theirs together."""
+        from sklearn.utils.multiclass import check_classification_targets
+
         self._check_params()
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y)
@@ -344,7 +347,7 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         the median over the cells. About 0.5 on the training lab's own test cells; a lab whose
         gated measurements mean something else (another camera's texture) sits far above. No
         label of the call is read."""
-        check_is_fitted(self, "fallback_")
+        require_fitted(self, "fallback_")
         X = self._checked(X)
         hard = np.searchsorted(self.classes_, self.fallback_.predict(X))
         Xs = self._select(X)
@@ -378,7 +381,7 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         return self.gate_novelty(X) > self.gate_threshold_for(len(X))
 
     def _checked(self, X: np.ndarray) -> np.ndarray:
-        check_is_fitted(self, "estimator_")
+        require_fitted(self, "estimator_")
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"X must be (n, {self.n_features_in_}), got {X.shape}")
@@ -486,7 +489,8 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """``(n,)`` labels of one site's cells."""
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)  # first: an unfitted classifier raises NotFittedError, not AttributeError
+        return self.classes_[proba.argmax(axis=1)]
 
     # ------------------------------------------------------------------------- model files
     def to_payload(self) -> dict:
@@ -494,7 +498,7 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         part, :mod:`bcfeat.crosslab.model`); :meth:`from_payload` rebuilds it."""
         import torch
 
-        check_is_fitted(self, "estimator_")
+        require_fitted(self, "estimator_")
         if self.model != "logistic":
             raise ValueError("only the logistic CrossLabClassifier can be stored in a model file "
                              f"(a forest is not plain data), got model={self.model!r}")
@@ -535,12 +539,7 @@ class CrossLabClassifier(ClassifierMixin, BaseEstimator):
         clf = cls(**params)
         clf._check_params()  # every setting read from a file, with the ranges a fit would check
         clf.classes_ = np.asarray(p["classes"])
-        est = LogisticRegression(C=clf.C, max_iter=3000, class_weight="balanced")
-        est.classes_ = clf.classes_
-        est.coef_ = _array(p["coef"])
-        est.intercept_ = _array(p["intercept"])
-        est.n_features_in_ = est.coef_.shape[1]
-        clf.estimator_ = est
+        clf.estimator_ = FittedLogistic(clf.classes_, _array(p["coef"]), _array(p["intercept"]))
         clf.source_statistics_ = SiteStatistics.from_dict(p["source_statistics"])
         clf.n_features_in_ = int(n_features_in)
         clf._Z_train = _array(p["train_z"]).astype(np.float64)

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
 
 __all__ = [
     "UncertainRule",
@@ -336,6 +335,8 @@ def fit_temperature(proba: np.ndarray, y_true_idx: np.ndarray,
     >>> t > 1, round(float(apply_temperature(p, t)[:6, 0].mean()), 2)
     (True, 0.6)
     """
+    from scipy.optimize import minimize_scalar  # here, not at import: classifying a folder fits no temperature
+
     p, y = _proba_and_labels(proba, y_true_idx)
     try:
         low, high = (float(b) for b in bounds)

@@ -22,7 +22,7 @@ from bcfeat.crosslab.differential_check import differential_warning
 from bcfeat.crosslab.site_statistics import MIN_SITE_CELLS
 from bcfeat.crosslab.model import CrossLabModel, load_measuring_part, load_model, read_model_payload, save_model
 
-if TYPE_CHECKING:  # scikit-learn is imported where a classifier is built: classify starts its workers first
+if TYPE_CHECKING:  # the classifier is built while classify's workers measure (fitting one imports scikit-learn)
     from bcfeat.crosslab.adaptation import CrossLabClassifier, LabelledCall
 
 logger = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ def classify_folder(model_path: str | os.PathLike, folder: str | os.PathLike, th
     if payload["detector"] is not None:  # the detector runs in this process: the whole model first
         loaded.append(load_model(model_path, payload))
         measuring, reads, meanwhile = loaded[0], loaded[0].classifier_columns, None
-    else:  # the classifier (and scikit-learn) is built while the worker processes measure
+    else:  # the classifier is built from the file's arrays while the worker processes measure
         measuring, reads = load_measuring_part(model_path, payload)
         meanwhile = lambda: loaded.append(load_model(model_path, payload))  # noqa: E731
     found: list[bool] = []

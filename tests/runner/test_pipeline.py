@@ -390,3 +390,10 @@ def test_classify_benchmark_figures_read_the_benchmark_json():
     assert figures["largest_against_goal"] == "below"
     fast = {**results, "memory_20000": {"seconds": 190.0, "tree_peak_pss_mb": 810.0}}
     assert classify_benchmark_figures(fast)["largest_against_goal"] == "above"
+    # the largest call timed without the memory sampler, where the benchmark ran it so
+    timed = classify_benchmark_figures({**results, "timed_20000": {"seconds": 180.0}})
+    assert timed["largest_call_cells_per_s"] == pytest.approx(20000 / 180) and timed["largest_against_goal"] == "above"
+    assert timed["peak_pss_mb"][20000] == 810.0
+    assert "sampling_cost_percent" not in timed and timed["current_peak_mb"] == 690.0 and timed["baseline_peak_mb"] == 700.0
+    sampled = classify_benchmark_figures({**results, "current_seconds": [10.0, 12.0, 11.0], "current_sampled_seconds": 11.55})
+    assert sampled["sampling_cost_percent"] == pytest.approx(5.0)
