@@ -83,6 +83,8 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
         # A partial re-run keeps the records of the stages it does not repeat.
         previous = json.loads(record_path.read_text())
         record["stages"] = [s for s in previous.get("stages", []) if s["stem"] not in only]
+        for kept in record["stages"]:  # records before stages carried their own: the previous run's
+            kept.setdefault("commit", previous.get("commit"))
 
     def save() -> None:
         write_text(json.dumps(record, indent=2, default=str), record_path)
@@ -95,7 +97,7 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
                 raise missing_input(stage, name, parameters[name], made_by[name], profile.name)
         print(f"[bcfeat] {stage.stem} ({profile.name}) ...", flush=True)
         start = time.perf_counter()
-        entry = {"stem": stage.stem, "parameters": parameters, "overrides": step.overrides}
+        entry = {"stem": stage.stem, "commit": record["commit"], "parameters": parameters, "overrides": step.overrides}
         try:
             execute_stage(stage, parameters, output_dir)
         except Exception as error:  # recorded, then re-raised with the stage named

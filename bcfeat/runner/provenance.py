@@ -103,8 +103,8 @@ PROVENANCE_STAGE = "90_provenance"
 
 
 def provenance_frames(record: dict):
-    """The provenance record as three tables: run, stages (with parameters, the showing stage left
-    out), package versions."""
+    """The provenance record as three tables: run, stages (the commit of the run that made each,
+    with parameters, the showing stage left out), package versions."""
     import pandas as pd
 
     run_info = {"profile": record["profile"], "commit": record.get("commit"),
@@ -112,7 +112,8 @@ def provenance_frames(record: dict):
                 **{f"hardware: {k}": v for k, v in record.get("hardware", {}).items()}}
     run_table = pd.DataFrame({"value": [str(v) for v in run_info.values()]}, index=list(run_info))
     files = {name for stage in STAGES for name in stage.files} | {"results_dir", "artifacts_dir"}
-    stages = pd.DataFrame([{"notebook": s["stem"], "status": s["status"], "seconds": s["seconds"],
+    stages = pd.DataFrame([{"notebook": s["stem"], "commit": str(s.get("commit") or "")[:7],
+                            "status": s["status"], "seconds": s["seconds"],
                             "parameters": ", ".join(f"{k}={v}" for k, v in s["parameters"].items()
                                                     if k not in files),
                             "overrides (-p)": ", ".join(f"{k}={v}" for k, v in s.get("overrides", {}).items())}

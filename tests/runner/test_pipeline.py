@@ -202,6 +202,17 @@ def test_main_takes_p_and_records_the_overrides_in_the_provenance(tmp_path, monk
     assert record["stages"][0]["parameters"]["max_images_per_dataset"] == 3
     _, table, _ = provenance_frames(record)
     assert table.loc[0, "overrides (-p)"] == "max_images_per_dataset=3, seed=5"
+    # each stage names the commit of the run that made it; a later partial run keeps it
+    assert record["stages"][0]["commit"] == record["commit"]
+    record_file = out / "provenance.json"
+    earlier_stage = {**{k: v for k, v in record["stages"][0].items() if k != "commit"}, "stem": "05_benchmark"}
+    record_file.write_text(json.dumps({**record, "commit": "0123456789abcdef", "stages": [earlier_stage]}))
+    monkeypatch.setattr(pipeline, "git_commit", lambda: {"commit": "fedcba9876543210", "dirty": False})
+    assert pipeline.main(["--profile", "smoke", "--output", str(out), "--only", "00_data_overview"]) == 0
+    again = json.loads(record_file.read_text())
+    assert [(s["stem"], s["commit"]) for s in again["stages"]] == [("05_benchmark", "0123456789abcdef"),
+                                                                    ("00_data_overview", "fedcba9876543210")]
+    assert list(provenance_frames(again)[1]["commit"]) == ["0123456", "fedcba9"]
     # a name no selected stage declares: exit 2, one line naming the valid ones, nothing run
     status = pipeline.main(["--profile", "smoke", "--output", str(tmp_path / "other"), "--only", "00_data_overview",
                             "-p", "epochs", "3"])
