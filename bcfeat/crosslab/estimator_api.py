@@ -33,10 +33,14 @@ class EstimatorParams:
     _estimator_type = "classifier"
 
     @classmethod
+    def _init_parameters(cls) -> dict[str, inspect.Parameter]:
+        """``__init__``'s named parameters (not ``self``, ``*args`` or ``**kwargs``)."""
+        return {name: p for name, p in inspect.signature(cls.__init__).parameters.items()
+                if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+    @classmethod
     def _param_names(cls) -> list[str]:
-        signature = inspect.signature(cls.__init__)
-        return [name for name, p in signature.parameters.items()
-                if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        return list(cls._init_parameters())
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:  # noqa: ARG002 (no nested estimators)
         return {name: getattr(self, name) for name in self._param_names()}
@@ -50,9 +54,8 @@ class EstimatorParams:
         return self
 
     def __repr__(self) -> str:
-        defaults = {name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()}
-        changed = [f"{name}={value!r}" for name, value in self.get_params().items()
-                   if not _same(value, defaults.get(name, inspect.Parameter.empty))]
+        defaults = {name: p.default for name, p in self._init_parameters().items()}
+        changed = [f"{name}={value!r}" for name, value in self.get_params().items() if not _same(value, defaults[name])]
         return f"{type(self).__name__}({', '.join(changed)})"
 
     def score(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> float:

@@ -461,10 +461,8 @@ def load_measuring_part(path: str | os.PathLike, payload: dict) -> tuple[CrossLa
 
     A caller that measures before it classifies (``bcfeat classify``) starts the worker processes
     with this part and builds the whole model (:func:`load_model` with the same payload) while
-    they measure. (Building the classifier from a file imports no scikit-learn since its logistic
-    regression is read as :class:`~bcfeat.crosslab.estimator_api.FittedLogistic`; it was half a
-    second of a core before, and the workers' parent never imported it.)
-    """
+    they measure (the classifier's logistic regression is read as
+    :class:`~bcfeat.crosslab.estimator_api.FittedLogistic`: no scikit-learn is imported)."""
     if payload["detector"] is not None:
         raise ValueError(f"{path}: a detector model is measured in this process; load it whole with load_model")
 

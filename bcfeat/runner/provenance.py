@@ -9,6 +9,7 @@ import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from bcfeat import paths
@@ -156,14 +157,12 @@ def classify_benchmark_figures(results: dict) -> dict[str, Any]:
                if k.startswith("stage_ms_per_image_") and v}
     extra: dict[str, Any] = {}
     base_name = baseline[:-len("_cells_per_s")]
-    pss = [k for k in results if k.startswith("current_tree_peak_pss_mb_")]
-    if pss and pss[0].replace("current", base_name, 1) in results:  # the speed-size call of each command
-        extra["current_peak_mb"] = results[pss[0]]
-        extra["baseline_peak_mb"] = results[pss[0].replace("current", base_name, 1)]
+    size = next((k.rsplit("_", 1)[1] for k in results if k.startswith("current_tree_peak_pss_mb_")), None)
+    if size is not None and f"{base_name}_tree_peak_pss_mb_{size}" in results:  # the speed-size call of each command
+        extra["current_peak_mb"] = results[f"current_tree_peak_pss_mb_{size}"]
+        extra["baseline_peak_mb"] = results[f"{base_name}_tree_peak_pss_mb_{size}"]
     if "current_sampled_seconds" in results and results.get("current_seconds"):
-        timed = sorted(results["current_seconds"])
-        median = (timed[(len(timed) - 1) // 2] + timed[len(timed) // 2]) / 2
-        extra["sampling_cost_percent"] = 100 * (results["current_sampled_seconds"] / median - 1)
+        extra["sampling_cost_percent"] = 100 * (results["current_sampled_seconds"] / median(results["current_seconds"]) - 1)
     return {"cells_per_s": speed, "baseline_cells_per_s": results[baseline],
             "against_milestone": "above" if speed >= CLASSIFY_MILESTONE else "below",
             "against_goal": "above" if speed >= CLASSIFY_GOAL else "below",
