@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 from skimage import filters, measure
 
 from bcfeat.detection.pseudo_masks import disk_dilation, disk_opening
-from bcfeat.detection.region_geometry import equivalent_diameter, labelled_regions, resize_float, solidity
+from bcfeat.detection.region_geometry import equivalent_diameter, labelled_regions, resize_float, solidity_at_least
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ def red_cell_diameter(image: np.ndarray, cell_mask: np.ndarray, background: np.n
     for (rows, cols), region, area in labelled_regions(measure.label(red)):
         if rows.start == 0 or cols.start == 0 or rows.stop == h or cols.stop == w or area < 12:
             continue
-        if solidity(region) >= 0.9:
+        if solidity_at_least(region, 0.9):
             diameters.append(equivalent_diameter(area))
     if len(diameters) < 2:
         return float("nan")

@@ -32,6 +32,18 @@ def test_convex_hull_area_and_solidity_are_scikit_images():
     assert rg.convex_hull_area(np.zeros((4, 4), bool)) == 0
 
 
+def test_solidity_at_least_answers_as_solidity_does_at_every_threshold():
+    decided_early = 0
+    for mask in [*_blobs(3), *(m for m in _edge_cases() if m.any())]:
+        value = rg.solidity(mask)
+        for threshold in (0.5, 0.8, 0.9, value, np.nextafter(value, 2.0)):
+            assert rg.solidity_at_least(mask, threshold) == (value >= threshold), (mask.shape, threshold)
+        rows = mask[mask.any(axis=1)]
+        runs = mask.shape[1] - rows[:, ::-1].argmax(axis=1) - rows.argmax(axis=1)
+        decided_early += mask.sum() / runs.sum() < 0.9
+    assert decided_early > 20  # the bound alone rejects some masks: the shortcut is exercised
+
+
 def _edge_cases():
     """Single pixels, lines, diagonals, masks filling or touching the image's borders, large blobs."""
     yield np.ones((1, 1), bool)
