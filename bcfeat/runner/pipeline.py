@@ -42,6 +42,7 @@ from pathlib import Path
 
 from bcfeat import paths
 from bcfeat.atomic_io import write_text
+from bcfeat.runner.instruction_set import instruction_set_pinned
 from bcfeat.runner.planning import PlannedStage, default_output_dir, plan_run  # noqa: F401 (the runner's API)
 from bcfeat.runner.profiles import PROFILES, get_profile
 # load_provenance, stage_parameter and provenance_frames are read by the provenance notebook from here too
@@ -51,11 +52,16 @@ from bcfeat.runner.staging import StageFailed, clean_staging, execute_stage
 from bcfeat.runner.stages import STAGES, MissingInput, makers, missing_input, notebook_path  # noqa: F401 (MissingInput: raised by run)
 
 def run(profile_name: str, output_dir: Path | None = None, only: list[str] | None = None,
-        restore: bool = False, overrides: Sequence[Sequence[str]] = ()) -> dict:
+        restore: bool = False, overrides: Sequence[Sequence[str]] = (), native_isa: bool = False) -> dict:
     """Run the chain (or the stages named in ``only``) and return the provenance record.
 
     ``overrides`` are ``(NAME, VALUE)`` pairs, as ``-p NAME VALUE`` gives them (see
     :func:`bcfeat.runner.stages.split_overrides`); the record keeps them.
+
+    The notebooks' numeric libraries are capped at AVX2 kernels (the environment the kernels
+    inherit, :func:`bcfeat.runner.instruction_set.instruction_set_pinned`), so that the numbers are
+    the same on every x86-64 machine with AVX2; ``native_isa=True`` leaves them to choose. The
+    record, and each stage's entry, says which.
 
     Raises
     ------
@@ -65,6 +71,12 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
     MissingInput
         Before anything runs, if a selected stage needs a file that is not there.
     """
+    with instruction_set_pinned({} if native_isa else None) as pins:
+        return _run(profile_name, output_dir, only, restore, overrides, pins)
+
+
+def _run(profile_name: str, output_dir: Path | None, only: list[str] | None, restore: bool,
+         overrides: Sequence[Sequence[str]], pins: dict[str, str]) -> dict:
     profile = get_profile(profile_name)
     output_dir = Path(output_dir) if output_dir else default_output_dir(profile.name)
     if output_dir.exists() and not output_dir.is_dir():
@@ -73,11 +85,12 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
     output_dir.mkdir(parents=True, exist_ok=True)
     clean_staging(output_dir)
     record_path = output_dir / "provenance.json"
+    instruction_set = ", ".join(f"{k}={v}" for k, v in pins.items()) or "native"
     record = {
         "profile": profile.name, "description": profile.description,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **git_commit(), "hardware": hardware(), "packages": package_versions(),
-        "overrides": [list(pair) for pair in overrides], "stages": [],
+        "overrides": [list(pair) for pair in overrides], "instruction_set": instruction_set, "stages": [],
     }
     if only and record_path.exists():
         # A partial re-run keeps the records of the stages it does not repeat.
@@ -85,6 +98,7 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
         record["stages"] = [s for s in previous.get("stages", []) if s["stem"] not in only]
         for kept in record["stages"]:  # records before stages carried their own: the previous run's
             kept.setdefault("commit", previous.get("commit"))
+            kept.setdefault("instruction_set", previous.get("instruction_set"))
 
     def save() -> None:
         write_text(json.dumps(record, indent=2, default=str), record_path)
@@ -97,7 +111,8 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
                 raise missing_input(stage, name, parameters[name], made_by[name], profile.name)
         print(f"[bcfeat] {stage.stem} ({profile.name}) ...", flush=True)
         start = time.perf_counter()
-        entry = {"stem": stage.stem, "commit": record["commit"], "parameters": parameters, "overrides": step.overrides}
+        entry = {"stem": stage.stem, "commit": record["commit"], "instruction_set": instruction_set,
+                 "parameters": parameters, "overrides": step.overrides}
         try:
             execute_stage(stage, parameters, output_dir)
         except Exception as error:  # recorded, then re-raised with the stage named
@@ -133,12 +148,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a notebook parameter, as papermill -p does (typed as papermill types "
                              "it: True/False, None, int, float, else text); NAME applies to every selected "
                              "stage that declares it, STAGE.NAME to one stage; repeatable")
+    parser.add_argument("--native-isa", action="store_true",
+                        help="let PyTorch and OpenBLAS use every instruction set of this CPU (faster where it has "
+                             "AVX-512) instead of AVX2's kernels, whose numbers are the same on every x86-64 machine")
     parser.add_argument("-v", "--verbose", action="store_true", help="show the traceback of an unexpected error")
     args = parser.parse_args(argv)
 
     def command() -> int:
         try:
-            run(args.profile, args.output, args.only, args.restore, args.overrides)
+            run(args.profile, args.output, args.only, args.restore, args.overrides, native_isa=args.native_isa)
         except StageFailed as error:
             print(f"[bcfeat] error: {error}", file=sys.stderr)
             return PROBLEM

@@ -67,6 +67,7 @@ def hardware() -> dict[str, object]:
         info["cuda"] = torch.cuda.is_available()
         info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         info["torch_threads"] = torch.get_num_threads()
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()  # the kernels ATen dispatches to
     except ImportError:  # provenance must never be what breaks a run
         info["cuda"] = None
     return info
@@ -103,9 +104,24 @@ def stage_parameter(record: dict, stem: str, name: str, default: Any = None) -> 
 PROVENANCE_STAGE = "90_provenance"
 
 
+def instruction_set_label(recorded: str | None) -> str:
+    """A stage's ``instruction_set`` entry (:func:`bcfeat.runner.pipeline.run`) for the stages table:
+    the AVX2 cap, the machine's own (``native``), or blank where the record predates the entry.
+
+    >>> instruction_set_label("ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2"), instruction_set_label("native")
+    ('capped: ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2', 'native')
+    >>> instruction_set_label(None)
+    ''
+    """
+    if not recorded:
+        return ""
+    return recorded if recorded == "native" else f"capped: {recorded}"
+
+
 def provenance_frames(record: dict):
-    """The provenance record as three tables: run, stages (the commit of the run that made each,
-    with parameters, the showing stage left out), package versions."""
+    """The provenance record as three tables: run, stages (the commit of the run that made each and
+    the instruction set its kernels were capped at, with parameters, the showing stage left out),
+    package versions."""
     import pandas as pd
 
     run_info = {"profile": record["profile"], "commit": record.get("commit"),
@@ -114,6 +130,7 @@ def provenance_frames(record: dict):
     run_table = pd.DataFrame({"value": [str(v) for v in run_info.values()]}, index=list(run_info))
     files = {name for stage in STAGES for name in stage.files} | {"results_dir", "artifacts_dir"}
     stages = pd.DataFrame([{"notebook": s["stem"], "commit": str(s.get("commit") or "")[:7],
+                            "instruction set": instruction_set_label(s.get("instruction_set")),
                             "status": s["status"], "seconds": s["seconds"],
                             "parameters": ", ".join(f"{k}={v}" for k, v in s["parameters"].items()
                                                     if k not in files),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -220,6 +221,40 @@ def test_main_takes_p_and_records_the_overrides_in_the_provenance(tmp_path, monk
     err = capsys.readouterr().err
     assert "no selected stage declares 'epochs'; valid names:" in err and "max_images_per_dataset" in err
     assert not (tmp_path / "other").exists()
+
+
+def test_the_runner_caps_its_kernels_instruction_set_unless_told_not_to(tmp_path, monkeypatch):
+    import bcfeat.runner.pipeline as pipeline
+    from bcfeat.runner.instruction_set import PORTABLE_PINS, portable_pins
+
+    if not portable_pins():
+        pytest.skip("not an x86-64 CPU with AVX2: the runner pins nothing here")
+    for name in PORTABLE_PINS:  # absent, as on a machine where nobody set them
+        monkeypatch.setenv(name, "placeholder")
+        monkeypatch.delenv(name)
+    seen = ('import json, os, torch\n'
+            '(tables / "kernel.json").write_text(json.dumps({"env": {k: os.environ.get(k) for k in '
+            + repr(sorted(PORTABLE_PINS)) + '}, "capability": torch.backends.cpu.get_cpu_capability()}))\n')
+    monkeypatch.setattr(pipeline.paths, "NOTEBOOKS", _stage_notebooks(tmp_path / "nb", seen))
+    out = tmp_path / "out"
+    assert pipeline.main(["--profile", "smoke", "--output", str(out), "--only", "00_data_overview"]) == 0
+    kernel = json.loads((out / "tables" / "kernel.json").read_text())
+    assert kernel["env"] == PORTABLE_PINS and kernel["capability"] == "AVX2"  # the notebook's PyTorch took AVX2's kernels
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["instruction_set"] == record["stages"][0]["instruction_set"] == "ATEN_CPU_CAPABILITY=avx2, " \
+        "ONEDNN_MAX_CPU_ISA=AVX2, OPENBLAS_CORETYPE=Haswell"
+    assert provenance_frames(record)[1].loc[0, "instruction set"].startswith("capped: ATEN_CPU_CAPABILITY=avx2")
+
+    assert not set(PORTABLE_PINS) & set(os.environ)  # the run's kernels had them, this process keeps none
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Zen")  # a variable the user set is kept as it is
+    assert pipeline.main(["--profile", "smoke", "--output", str(out), "--only", "00_data_overview"]) == 0
+    assert json.loads((out / "tables" / "kernel.json").read_text())["env"]["OPENBLAS_CORETYPE"] == "Zen"
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert pipeline.main(["--profile", "smoke", "--output", str(out), "--only", "00_data_overview", "--native-isa"]) == 0
+    kernel = json.loads((out / "tables" / "kernel.json").read_text())
+    assert kernel["env"] == dict.fromkeys(sorted(PORTABLE_PINS))  # nothing capped
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["instruction_set"] == "native" and provenance_frames(record)[1].loc[0, "instruction set"] == "native"
 
 
 def test_unknown_profile_is_named_in_the_error():

@@ -1,0 +1,125 @@
+"""One instruction set for the study's numeric libraries, so that its numbers are the same on
+every x86-64 machine with AVX2.
+
+PyTorch (ATen's vector kernels, oneDNN's convolutions) and NumPy and SciPy's OpenBLAS each choose
+their kernels for the CPU they find when they start: on a CPU with AVX-512 they take other kernels
+than on one with AVX2 alone. The kernels add in another order, so a network trained for an hour,
+or a logistic regression's solver, ends in other numbers. Measured on an AMD EPYC with AVX-512
+(2026-12-07): the detector of a fresh-clone run agreed with the experts' masks to 0.9218 where the
+committed run (made on an AVX2 machine) had 0.9223; the oracle stage alone, run with the pins
+below, gave the committed tables byte for byte.
+
+Each library reads one environment variable at start-up that caps what it dispatches to:
+
+- ``ATEN_CPU_CAPABILITY=avx2``: ATen's vectorised CPU kernels;
+- ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN (PyTorch's convolutions on the CPU);
+- ``OPENBLAS_CORETYPE=Haswell``: the OpenBLAS that NumPy and SciPy bundle (its kernel for AVX2
+  CPUs; AMD's Zen kernels are the same code).
+
+The runner sets them for the run (:func:`instruction_set_pinned`), so every notebook's kernel
+starts with them, where the machine is x86-64 with AVX2 and FMA and the user has not set the
+variable; on other machines (ARM,
+or a CPU without AVX2) nothing is pinned and the numbers are the machine's own. The price is speed
+on CPUs with wider vectors: ``python -m bcfeat.runner --native-isa`` leaves the libraries to choose.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+
+PORTABLE_PINS: dict[str, str] = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "OPENBLAS_CORETYPE": "Haswell",
+}
+"""The environment variables, and their values, that cap each library at AVX2 kernels."""
+
+_X86_64 = ("x86_64", "amd64")
+_NEEDED_FLAGS = frozenset({"avx2", "fma"})
+
+
+def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str] | None:
+    r"""The first processor's feature flags from Linux's ``/proc/cpuinfo``; ``None`` where the file
+    is absent or lists none (another system).
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+    ...     _ = f.write("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nprocessor\t: 1\nflags\t: fpu\n")
+    >>> sorted(cpu_flags(f.name)), cpu_flags("/no/such/file")
+    (['avx2', 'fma', 'fpu', 'sse2'], None)
+    """
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags" and value.strip():
+                    return frozenset(value.split())
+    except OSError:
+        return None
+    return None
+
+
+def portable_pins(machine: str | None = None, flags: frozenset[str] | None = None) -> dict[str, str]:
+    """The pins for a machine: :data:`PORTABLE_PINS` on x86-64 whose CPU has AVX2 and FMA, else
+    none. ``machine`` (``platform.machine()``) and ``flags`` (:func:`cpu_flags`) default to this
+    machine's; unknown flags on x86-64 (not Linux) are taken as AVX2's presence, since every x86-64
+    CPU of the last decade has it and the libraries ignore a cap above what the CPU has.
+
+    >>> portable_pins("x86_64", frozenset({"avx2", "fma"})) == PORTABLE_PINS
+    True
+    >>> portable_pins("aarch64", None), portable_pins("x86_64", frozenset({"sse2", "avx"}))
+    ({}, {})
+    """
+    machine = (machine if machine is not None else platform.machine()).lower()
+    if machine not in _X86_64:
+        return {}
+    flags = cpu_flags() if flags is None else flags
+    if flags is not None and not _NEEDED_FLAGS <= flags:
+        return {}
+    return dict(PORTABLE_PINS)
+
+
+def pin_instruction_set(environ: MutableMapping[str, str] | None = None,
+                        pins: dict[str, str] | None = None) -> dict[str, str]:
+    """Set ``pins`` (default: :func:`portable_pins` for this machine) in ``environ`` (default
+    ``os.environ``, which every kernel the runner starts inherits), leaving any variable the user
+    has already set as it is. Returns each pinned variable with the value in effect.
+
+    >>> env = {"OPENBLAS_CORETYPE": "Zen"}
+    >>> pin_instruction_set(env, PORTABLE_PINS)["OPENBLAS_CORETYPE"], env["ATEN_CPU_CAPABILITY"]
+    ('Zen', 'avx2')
+    """
+    environ = os.environ if environ is None else environ
+    pins = portable_pins() if pins is None else pins
+    for name, value in pins.items():
+        environ.setdefault(name, value)
+    return {name: environ[name] for name in pins}
+
+
+@contextmanager
+def instruction_set_pinned(pins: dict[str, str] | None = None,
+                           environ: MutableMapping[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """:func:`pin_instruction_set` for the duration of a block (yielding what it returns); the
+    variables it added are removed again afterwards, those the user had set are left alone.
+
+    >>> env = {}
+    >>> with instruction_set_pinned(PORTABLE_PINS, env) as pins:
+    ...     env["ONEDNN_MAX_CPU_ISA"]
+    'AVX2'
+    >>> env
+    {}
+    """
+    environ = os.environ if environ is None else environ
+    pins = portable_pins() if pins is None else pins
+    added = [name for name in pins if name not in environ]
+    try:
+        yield pin_instruction_set(environ, pins)
+    finally:
+        for name in added:
+            environ.pop(name, None)
+
+
+__all__ = ["PORTABLE_PINS", "cpu_flags", "portable_pins", "pin_instruction_set", "instruction_set_pinned"]
