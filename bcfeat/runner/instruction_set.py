@@ -41,6 +41,27 @@ _X86_64 = ("x86_64", "amd64")
 _NEEDED_FLAGS = frozenset({"avx2", "fma"})
 
 
+def cpuinfo_field(name: str, cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str | None:
+    r"""The first non-empty value of field ``name`` in Linux's ``/proc/cpuinfo`` (the first
+    processor's); ``None`` where the file is absent or has no such value (another system).
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+    ...     _ = f.write("processor\t: 0\nflags\t\t: fpu avx2\nprocessor\t: 1\nflags\t: fpu\n")
+    >>> cpuinfo_field("flags", f.name), cpuinfo_field("model name", f.name), cpuinfo_field("flags", "/no/such/file")
+    ('fpu avx2', None, None)
+    """
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == name and value.strip():
+                    return value.strip()
+    except OSError:
+        return None
+    return None
+
+
 def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str] | None:
     r"""The first processor's feature flags from Linux's ``/proc/cpuinfo``; ``None`` where the file
     is absent or lists none (another system).
@@ -51,15 +72,8 @@ def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str] | 
     >>> sorted(cpu_flags(f.name)), cpu_flags("/no/such/file")
     (['avx2', 'fma', 'fpu', 'sse2'], None)
     """
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "flags" and value.strip():
-                    return frozenset(value.split())
-    except OSError:
-        return None
-    return None
+    flags = cpuinfo_field("flags", cpuinfo)
+    return None if flags is None else frozenset(flags.split())
 
 
 def portable_pins(machine: str | None = None, flags: frozenset[str] | None = None) -> dict[str, str]:
@@ -122,4 +136,4 @@ def instruction_set_pinned(pins: dict[str, str] | None = None,
             environ.pop(name, None)
 
 
-__all__ = ["PORTABLE_PINS", "cpu_flags", "portable_pins", "pin_instruction_set", "instruction_set_pinned"]
+__all__ = ["PORTABLE_PINS", "cpuinfo_field", "cpu_flags", "portable_pins", "pin_instruction_set", "instruction_set_pinned"]

@@ -13,6 +13,7 @@ from statistics import median
 from typing import Any
 
 from bcfeat import paths
+from bcfeat.runner.instruction_set import cpuinfo_field
 from bcfeat.runner.stages import STAGES
 
 PROVENANCE_PACKAGES = (
@@ -45,15 +46,7 @@ def cpu_model(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str | None:
     >>> cpu_model(f.name), cpu_model("/no/such/file")
     ('AMD EPYC 7B13', None)
     """
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return value.strip()
-    except OSError:
-        return None
-    return None
+    return cpuinfo_field("model name", cpuinfo)
 
 
 def hardware() -> dict[str, object]:
