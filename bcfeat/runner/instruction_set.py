@@ -1,20 +1,29 @@
 """One instruction set for the study's numeric libraries, so that its numbers are the same on
 every x86-64 machine with AVX2.
 
-PyTorch (ATen's vector kernels, oneDNN's convolutions) and NumPy and SciPy's OpenBLAS each choose
-their kernels for the CPU they find when they start: on a CPU with AVX-512 they take other kernels
-than on one with AVX2 alone. The kernels add in another order, so a network trained for an hour,
-or a logistic regression's solver, ends in other numbers. Measured on an AMD EPYC with AVX-512
+PyTorch (ATen's vector kernels, oneDNN's convolutions, MKL's), NumPy's own loops and the OpenBLAS
+that NumPy and SciPy bundle each choose their kernels for the CPU they find when they start: on a
+CPU with AVX-512 they take other kernels than on one with AVX2 alone. The kernels add in another
+order or approximate ``exp`` and ``log`` otherwise, so a network trained for an hour, or a logistic
+regression's solver, ends in other numbers. Measured on an AMD EPYC with AVX-512
 (2026-12-07): the detector of a fresh-clone run agreed with the experts' masks to 0.9218 where the
 committed run (made on an AVX2 machine) had 0.9223; the oracle stage alone, run with the pins
-below, gave the committed tables byte for byte.
+below, gave the committed tables byte for byte. NumPy's ``exp`` and ``log`` differ in the last bit
+between its AVX-512 (``X86_V4``) and AVX2 (``X86_V3``) loops: with the first three pins alone, a
+fresh-clone run left one kernel MMD of the domain-invariance table one bit off the committed one.
 
 Each library reads one environment variable at start-up that caps what it dispatches to:
 
 - ``ATEN_CPU_CAPABILITY=avx2``: ATen's vectorised CPU kernels;
 - ``ONEDNN_MAX_CPU_ISA=AVX2``: oneDNN (PyTorch's convolutions on the CPU);
 - ``OPENBLAS_CORETYPE=Haswell``: the OpenBLAS that NumPy and SciPy bundle (its kernel for AVX2
-  CPUs; AMD's Zen kernels are the same code).
+  CPUs; AMD's Zen kernels are the same code);
+- ``NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"``: NumPy's own vector loops (its
+  AVX-512 targets; NumPy 2.x's names, a CPU without them just ignores the request). NumPy refuses to
+  start when ``NPY_ENABLE_CPU_FEATURES`` is set as well, so where the user has set that one this pin
+  is left out;
+- ``MKL_ENABLE_INSTRUCTIONS=AVX2``: the MKL that PyTorch's CPU build uses for its matrix products
+  (on Intel CPUs with AVX-512; on the AMD machine above it changed no bit that was measured).
 
 The runner sets them for the run (:func:`instruction_set_pinned`), so every notebook's kernel
 starts with them, where the machine is x86-64 with AVX2 and FMA and the user has not set the
@@ -34,8 +43,14 @@ PORTABLE_PINS: dict[str, str] = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "OPENBLAS_CORETYPE": "Haswell",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
 }
 """The environment variables, and their values, that cap each library at AVX2 kernels."""
+
+# A pin that is left out where the user has set the variable named beside it (the two together
+# would stop the library from starting).
+_EXCLUSIVE_WITH: dict[str, str] = {"NPY_DISABLE_CPU_FEATURES": "NPY_ENABLE_CPU_FEATURES"}
 
 _X86_64 = ("x86_64", "amd64")
 _NEEDED_FLAGS = frozenset({"avx2", "fma"})
@@ -100,14 +115,19 @@ def pin_instruction_set(environ: MutableMapping[str, str] | None = None,
                         pins: dict[str, str] | None = None) -> dict[str, str]:
     """Set ``pins`` (default: :func:`portable_pins` for this machine) in ``environ`` (default
     ``os.environ``, which every kernel the runner starts inherits), leaving any variable the user
-    has already set as it is. Returns each pinned variable with the value in effect.
+    has already set as it is, and leaving out a pin whose rival variable the user has set (NumPy's
+    ``NPY_DISABLE_CPU_FEATURES`` beside ``NPY_ENABLE_CPU_FEATURES``). Returns each pinned variable
+    with the value in effect.
 
-    >>> env = {"OPENBLAS_CORETYPE": "Zen"}
-    >>> pin_instruction_set(env, PORTABLE_PINS)["OPENBLAS_CORETYPE"], env["ATEN_CPU_CAPABILITY"]
-    ('Zen', 'avx2')
+    >>> env = {"OPENBLAS_CORETYPE": "Zen", "NPY_ENABLE_CPU_FEATURES": "X86_V3"}
+    >>> pins = pin_instruction_set(env, PORTABLE_PINS)
+    >>> pins["OPENBLAS_CORETYPE"], env["ATEN_CPU_CAPABILITY"], "NPY_DISABLE_CPU_FEATURES" in env
+    ('Zen', 'avx2', False)
     """
     environ = os.environ if environ is None else environ
     pins = portable_pins() if pins is None else pins
+    pins = {name: value for name, value in pins.items()
+            if name in environ or name not in _EXCLUSIVE_WITH or _EXCLUSIVE_WITH[name] not in environ}
     for name, value in pins.items():
         environ.setdefault(name, value)
     return {name: environ[name] for name in pins}

@@ -24,11 +24,23 @@ def test_pins_fill_only_what_the_user_left_unset():
     assert pin_instruction_set(env, {}) == {}
 
 
+def test_numpys_cap_is_left_out_where_the_user_enables_features_instead():
+    # NumPy will not start with both NPY_ENABLE_CPU_FEATURES and NPY_DISABLE_CPU_FEATURES set
+    env = {"NPY_ENABLE_CPU_FEATURES": "X86_V3"}
+    pins = pin_instruction_set(env, PORTABLE_PINS)
+    assert "NPY_DISABLE_CPU_FEATURES" not in env and "NPY_DISABLE_CPU_FEATURES" not in pins
+    assert pins["ATEN_CPU_CAPABILITY"] == "avx2"
+    env = {"NPY_ENABLE_CPU_FEATURES": "X86_V3", "NPY_DISABLE_CPU_FEATURES": "X86_V4"}  # the user's own choice
+    assert pin_instruction_set(env, PORTABLE_PINS)["NPY_DISABLE_CPU_FEATURES"] == "X86_V4"
+
+
 _PROBE = ("import hashlib, numpy as np, torch; torch.manual_seed(0); torch.set_num_threads(1); "
+          "from numpy._core._multiarray_umath import __cpu_features__ as npy; "
           "x = torch.randn(2, 3, 40, 40); c = torch.nn.Conv2d(3, 8, 5); "
           "a = np.random.default_rng(0).random((64, 64)); "
-          "print(torch.backends.cpu.get_cpu_capability(), hashlib.sha1(c(x).detach().numpy().tobytes()).hexdigest(), "
-          "hashlib.sha1((a @ a).tobytes()).hexdigest())")
+          "print(torch.backends.cpu.get_cpu_capability(), npy.get('X86_V4', False), "
+          "hashlib.sha1(c(x).detach().numpy().tobytes()).hexdigest(), "
+          "hashlib.sha1((a @ a).tobytes()).hexdigest(), hashlib.sha1(np.exp(-30 * a).tobytes()).hexdigest())")
 
 
 def _probe(env_pins: dict[str, str]) -> list[str]:
@@ -42,9 +54,9 @@ def _probe(env_pins: dict[str, str]) -> list[str]:
 def test_a_process_started_with_the_pins_dispatches_to_avx2_kernels():
     if not portable_pins():
         pytest.skip("not an x86-64 CPU with AVX2")
-    capability, conv, matmul = _probe(PORTABLE_PINS)
-    assert capability == "AVX2"
+    capability, numpy_avx512, *results = _probe(PORTABLE_PINS)
+    assert capability == "AVX2" and numpy_avx512 == "False"  # PyTorch's and NumPy's own dispatch
     native = _probe({})
     if native[0] == "AVX2":
-        assert native == [capability, conv, matmul]  # an AVX2 machine: the cap changes nothing
+        assert native == [capability, numpy_avx512, *results]  # an AVX2 machine: the cap changes nothing
     # on a CPU with AVX-512 the native kernels may give other bits; the capped ones are AVX2's everywhere

@@ -233,16 +233,20 @@ def test_the_runner_caps_its_kernels_instruction_set_unless_told_not_to(tmp_path
         monkeypatch.setenv(name, "placeholder")
         monkeypatch.delenv(name)
     seen = ('import json, os, torch\n'
+            'from numpy._core._multiarray_umath import __cpu_features__\n'
             '(tables / "kernel.json").write_text(json.dumps({"env": {k: os.environ.get(k) for k in '
-            + repr(sorted(PORTABLE_PINS)) + '}, "capability": torch.backends.cpu.get_cpu_capability()}))\n')
+            + repr(sorted(PORTABLE_PINS)) + '}, "capability": torch.backends.cpu.get_cpu_capability(), '
+            '"numpy_avx512": __cpu_features__.get("X86_V4", False)}))\n')
     monkeypatch.setattr(pipeline.paths, "NOTEBOOKS", _stage_notebooks(tmp_path / "nb", seen))
     out = tmp_path / "out"
     assert pipeline.main(["--profile", "smoke", "--output", str(out), "--only", "00_data_overview"]) == 0
     kernel = json.loads((out / "tables" / "kernel.json").read_text())
     assert kernel["env"] == PORTABLE_PINS and kernel["capability"] == "AVX2"  # the notebook's PyTorch took AVX2's kernels
+    assert kernel["numpy_avx512"] is False  # and NumPy its AVX2 loops
     record = json.loads((out / "provenance.json").read_text())
     assert record["instruction_set"] == record["stages"][0]["instruction_set"] == "ATEN_CPU_CAPABILITY=avx2, " \
-        "ONEDNN_MAX_CPU_ISA=AVX2, OPENBLAS_CORETYPE=Haswell"
+        "ONEDNN_MAX_CPU_ISA=AVX2, OPENBLAS_CORETYPE=Haswell, NPY_DISABLE_CPU_FEATURES=X86_V4 AVX512_ICL AVX512_SPR, " \
+        "MKL_ENABLE_INSTRUCTIONS=AVX2"
     assert provenance_frames(record)[1].loc[0, "instruction set"].startswith("capped: ATEN_CPU_CAPABILITY=avx2")
 
     assert not set(PORTABLE_PINS) & set(os.environ)  # the run's kernels had them, this process keeps none
