@@ -23,10 +23,18 @@ Each library reads one environment variable at start-up that caps what it dispat
   start when ``NPY_ENABLE_CPU_FEATURES`` is set as well, so where the user has set that one this pin
   is left out;
 - ``MKL_ENABLE_INSTRUCTIONS=AVX2``: the MKL that PyTorch's CPU build uses for its matrix products
-  (on Intel CPUs with AVX-512; on the AMD machine above it changed no bit that was measured).
+  (on Intel CPUs with AVX-512; on the AMD machine above it changed no bit that was measured);
+- ``NUMBA_CPU_NAME=haswell`` with ``NUMBA_CPU_FEATURES`` empty: Numba, which compiles UMAP's and
+  PyNNDescent's loops for the CPU it runs on, compiles them for a Haswell's features instead (the
+  name alone would keep the host's features). Without it the figures' UMAP embeddings came out
+  otherwise on the AVX-512 machine; with it, the committed figure pixel for pixel.
+
+The machines capped are those of the x86-64-v3 level (AVX, AVX2, BMI1/2, F16C, FMA, LZCNT, MOVBE:
+Intel's since Haswell, AMD's since Excavator and Zen), for which every pin names kernels the CPU
+runs; NumPy's AVX2 loops, too, need that whole level.
 
 The runner sets them for the run (:func:`instruction_set_pinned`), so every notebook's kernel
-starts with them, where the machine is x86-64 with AVX2 and FMA and the user has not set the
+starts with them, where the machine is x86-64 of the v3 level (below) and the user has not set the
 variable; on other machines (ARM,
 or a CPU without AVX2) nothing is pinned and the numbers are the machine's own. The price is speed
 on CPUs with wider vectors: ``python -m bcfeat.runner --native-isa`` leaves the libraries to choose.
@@ -45,6 +53,8 @@ PORTABLE_PINS: dict[str, str] = {
     "OPENBLAS_CORETYPE": "Haswell",
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "NUMBA_CPU_NAME": "haswell",
+    "NUMBA_CPU_FEATURES": "",
 }
 """The environment variables, and their values, that cap each library at AVX2 kernels."""
 
@@ -53,7 +63,8 @@ PORTABLE_PINS: dict[str, str] = {
 _EXCLUSIVE_WITH: dict[str, str] = {"NPY_DISABLE_CPU_FEATURES": "NPY_ENABLE_CPU_FEATURES"}
 
 _X86_64 = ("x86_64", "amd64")
-_NEEDED_FLAGS = frozenset({"avx2", "fma"})
+# /proc/cpuinfo's names of the x86-64-v3 level's features ("abm" is LZCNT).
+_NEEDED_FLAGS = frozenset({"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"})
 
 
 def cpuinfo_field(name: str, cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str | None:
@@ -92,12 +103,13 @@ def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> frozenset[str] | 
 
 
 def portable_pins(machine: str | None = None, flags: frozenset[str] | None = None) -> dict[str, str]:
-    """The pins for a machine: :data:`PORTABLE_PINS` on x86-64 whose CPU has AVX2 and FMA, else
+    """The pins for a machine: :data:`PORTABLE_PINS` on x86-64 whose CPU has the x86-64-v3 level's
+    features (AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE; :data:`_NEEDED_FLAGS`), else
     none. ``machine`` (``platform.machine()``) and ``flags`` (:func:`cpu_flags`) default to this
     machine's; unknown flags on x86-64 (not Linux) are taken as AVX2's presence, since every x86-64
     CPU of the last decade has it and the libraries ignore a cap above what the CPU has.
 
-    >>> portable_pins("x86_64", frozenset({"avx2", "fma"})) == PORTABLE_PINS
+    >>> portable_pins("x86_64", _NEEDED_FLAGS | {"sse2", "avx512f"}) == PORTABLE_PINS
     True
     >>> portable_pins("aarch64", None), portable_pins("x86_64", frozenset({"sse2", "avx"}))
     ({}, {})

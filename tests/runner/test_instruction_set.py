@@ -10,11 +10,17 @@ import pytest
 from bcfeat.runner.instruction_set import PORTABLE_PINS, cpu_flags, pin_instruction_set, portable_pins
 
 
-def test_only_x86_64_cpus_with_avx2_and_fma_are_capped():
-    assert portable_pins("x86_64", frozenset({"sse2", "avx", "avx2", "fma"})) == PORTABLE_PINS
-    assert portable_pins("AMD64", None if cpu_flags() is None else frozenset({"avx2", "fma"})) == PORTABLE_PINS
-    assert portable_pins("x86_64", frozenset({"sse2", "avx", "fma"})) == {}  # no AVX2: nothing to cap at
-    assert portable_pins("arm64", frozenset({"avx2", "fma"})) == {} and portable_pins("aarch64") == {}
+# /proc/cpuinfo's flags of a Haswell (Intel's first x86-64-v3 CPU), in part
+HASWELL = frozenset("fpu sse2 ssse3 sse4_1 sse4_2 popcnt avx avx2 fma bmi1 bmi2 f16c abm movbe xsave".split())
+
+
+def test_only_x86_64_v3_cpus_are_capped():
+    assert portable_pins("x86_64", HASWELL) == PORTABLE_PINS
+    assert portable_pins("x86_64", HASWELL | {"avx512f", "avx512bw"}) == PORTABLE_PINS
+    assert portable_pins("AMD64", None if cpu_flags() is None else HASWELL) == PORTABLE_PINS
+    assert portable_pins("x86_64", HASWELL - {"avx2"}) == {}  # no AVX2: nothing to cap at
+    assert portable_pins("x86_64", HASWELL - {"movbe"}) == {}  # Numba's Haswell code would not run there
+    assert portable_pins("arm64", HASWELL) == {} and portable_pins("aarch64") == {}
 
 
 def test_pins_fill_only_what_the_user_left_unset():
@@ -38,7 +44,8 @@ _PROBE = ("import hashlib, numpy as np, torch; torch.manual_seed(0); torch.set_n
           "from numpy._core._multiarray_umath import __cpu_features__ as npy; "
           "x = torch.randn(2, 3, 40, 40); c = torch.nn.Conv2d(3, 8, 5); "
           "a = np.random.default_rng(0).random((64, 64)); "
-          "print(torch.backends.cpu.get_cpu_capability(), npy.get('X86_V4', False), "
+          "import numba; "
+          "print(torch.backends.cpu.get_cpu_capability(), npy.get('X86_V4', False), numba.config.CPU_NAME, "
           "hashlib.sha1(c(x).detach().numpy().tobytes()).hexdigest(), "
           "hashlib.sha1((a @ a).tobytes()).hexdigest(), hashlib.sha1(np.exp(-30 * a).tobytes()).hexdigest())")
 
@@ -54,9 +61,10 @@ def _probe(env_pins: dict[str, str]) -> list[str]:
 def test_a_process_started_with_the_pins_dispatches_to_avx2_kernels():
     if not portable_pins():
         pytest.skip("not an x86-64 CPU with AVX2")
-    capability, numpy_avx512, *results = _probe(PORTABLE_PINS)
+    capability, numpy_avx512, numba_cpu, *results = _probe(PORTABLE_PINS)
     assert capability == "AVX2" and numpy_avx512 == "False"  # PyTorch's and NumPy's own dispatch
+    assert numba_cpu == "haswell"
     native = _probe({})
     if native[0] == "AVX2":
-        assert native == [capability, numpy_avx512, *results]  # an AVX2 machine: the cap changes nothing
+        assert native[:2] + native[3:] == [capability, numpy_avx512, *results]  # an AVX2 machine: the same kernels
     # on a CPU with AVX-512 the native kernels may give other bits; the capped ones are AVX2's everywhere

@@ -246,7 +246,7 @@ def test_the_runner_caps_its_kernels_instruction_set_unless_told_not_to(tmp_path
     record = json.loads((out / "provenance.json").read_text())
     assert record["instruction_set"] == record["stages"][0]["instruction_set"] == "ATEN_CPU_CAPABILITY=avx2, " \
         "ONEDNN_MAX_CPU_ISA=AVX2, OPENBLAS_CORETYPE=Haswell, NPY_DISABLE_CPU_FEATURES=X86_V4 AVX512_ICL AVX512_SPR, " \
-        "MKL_ENABLE_INSTRUCTIONS=AVX2"
+        "MKL_ENABLE_INSTRUCTIONS=AVX2, NUMBA_CPU_NAME=haswell, NUMBA_CPU_FEATURES="
     assert provenance_frames(record)[1].loc[0, "instruction set"].startswith("capped: ATEN_CPU_CAPABILITY=avx2")
 
     assert not set(PORTABLE_PINS) & set(os.environ)  # the run's kernels had them, this process keeps none
