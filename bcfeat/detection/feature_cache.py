@@ -3,8 +3,9 @@
 The detector is the expensive part of feature extraction, and the autoencoder trains for many
 epochs on the same instance features; so they are computed once per dataset and detector
 checkpoint and read back afterwards. The key hashes the *content* of every image file and of
-the checkpoint file plus the extraction settings, so changing any of them gives a new entry
-instead of stale features.
+the checkpoint file plus the extraction settings, and the instruction-set cap the libraries started
+under (:func:`bcfeat.instruction_set.kernels_in_effect`: the arrays' last bits depend on it), so
+changing any of them gives a new entry instead of stale features.
 
 Arrays are written in chunks (atomically, one ``.npz`` per chunk), so an interrupted
 extraction resumes at the first missing chunk instead of starting over.
@@ -22,13 +23,19 @@ import numpy as np
 
 from bcfeat.atomic_io import save_npz, write_text
 from bcfeat.data.manifest import sha256_of
+from bcfeat.instruction_set import kernels_in_effect
 
 
 def cache_key(paths: Sequence[str | os.PathLike], model_file: str | os.PathLike | None,
               settings: dict) -> str:
-    """A hex key that changes when any image's bytes, their order, the model file or a setting change."""
+    """A hex key that changes when any image's bytes, their order, the model file, a setting or the
+    instruction-set cap in effect change (with no cap, the key is the one of the caches written
+    before the cap existed)."""
     digest = hashlib.sha256()
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    kernels = kernels_in_effect()
+    if kernels:
+        digest.update(b"kernels:" + kernels.encode())
     digest.update(b"model:" + (sha256_of(model_file).encode() if model_file else b"none"))
     for path in paths:
         digest.update(Path(path).name.encode() + b":" + sha256_of(path).encode())

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from bcfeat import paths
 from bcfeat.atomic_io import write_text
-from bcfeat.runner.instruction_set import instruction_set_pinned
+from bcfeat.instruction_set import instruction_set_pinned
 from bcfeat.runner.planning import PlannedStage, default_output_dir, plan_run  # noqa: F401 (the runner's API)
 from bcfeat.runner.profiles import PROFILES, get_profile
 # load_provenance, stage_parameter and provenance_frames are read by the provenance notebook from here too
@@ -59,7 +59,7 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
     :func:`bcfeat.runner.stages.split_overrides`); the record keeps them.
 
     The notebooks' numeric libraries are capped at AVX2 kernels (the environment the kernels
-    inherit, :func:`bcfeat.runner.instruction_set.instruction_set_pinned`), so that the numbers are
+    inherit, :func:`bcfeat.instruction_set.instruction_set_pinned`), so that the numbers are
     the same on every x86-64 machine with AVX2; ``native_isa=True`` leaves them to choose. The
     record, and each stage's entry, says which.
 

@@ -13,7 +13,7 @@ from statistics import median
 from typing import Any
 
 from bcfeat import paths
-from bcfeat.runner.instruction_set import cpuinfo_field
+from bcfeat.instruction_set import cpuinfo_field
 from bcfeat.runner.stages import STAGES
 
 PROVENANCE_PACKAGES = (

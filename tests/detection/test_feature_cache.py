@@ -51,6 +51,21 @@ def test_key_changes_with_data_model_and_settings(tmp_path, images):
     assert cache_key(images, model, {"crop": 64}) != base
 
 
+def test_key_changes_with_the_instruction_set_cap_in_effect(images, monkeypatch):
+    from bcfeat.instruction_set import PORTABLE_PINS
+
+    for name in PORTABLE_PINS:  # a process the runner did not start: no cap
+        monkeypatch.delenv(name, raising=False)
+    native = cache_key(images, None, {"crop": 64})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # arrays computed under a cap have other last bits
+    capped = cache_key(images, None, {"crop": 64})
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert len({native, capped, cache_key(images, None, {"crop": 64})}) == 3
+    monkeypatch.setenv("PATH", "/elsewhere")  # other variables do not count
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert cache_key(images, None, {"crop": 64}) == native
+
+
 def test_interrupted_extraction_resumes_at_the_missing_chunk(tmp_path, images):
     key = cache_key(images, None, {})
     calls = []

@@ -225,7 +225,7 @@ def test_main_takes_p_and_records_the_overrides_in_the_provenance(tmp_path, monk
 
 def test_the_runner_caps_its_kernels_instruction_set_unless_told_not_to(tmp_path, monkeypatch):
     import bcfeat.runner.pipeline as pipeline
-    from bcfeat.runner.instruction_set import PORTABLE_PINS, portable_pins
+    from bcfeat.instruction_set import PORTABLE_PINS, portable_pins
 
     if not portable_pins():
         pytest.skip("not an x86-64 CPU with AVX2: the runner pins nothing here")

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
 PORTABLE_PINS: dict[str, str] = {
@@ -145,6 +145,19 @@ def pin_instruction_set(environ: MutableMapping[str, str] | None = None,
     return {name: environ[name] for name in pins}
 
 
+def kernels_in_effect(environ: Mapping[str, str] | None = None) -> str:
+    """The cap this process's libraries started under: ``NAME=value`` of each variable of
+    :data:`PORTABLE_PINS` set in ``environ`` (default ``os.environ``), in that order, or ``""`` where
+    none is set (the libraries chose for the CPU). The caches of computed arrays key on it
+    (:func:`bcfeat.detection.feature_cache.cache_key`): their last bits depend on it.
+
+    >>> kernels_in_effect({"PATH": "/bin"}), kernels_in_effect({"OPENBLAS_CORETYPE": "Haswell"})
+    ('', 'OPENBLAS_CORETYPE=Haswell')
+    """
+    environ = os.environ if environ is None else environ
+    return ", ".join(f"{name}={environ[name]}" for name in PORTABLE_PINS if name in environ)
+
+
 @contextmanager
 def instruction_set_pinned(pins: dict[str, str] | None = None,
                            environ: MutableMapping[str, str] | None = None) -> Iterator[dict[str, str]]:
@@ -168,4 +181,5 @@ def instruction_set_pinned(pins: dict[str, str] | None = None,
             environ.pop(name, None)
 
 
-__all__ = ["PORTABLE_PINS", "cpuinfo_field", "cpu_flags", "portable_pins", "pin_instruction_set", "instruction_set_pinned"]
+__all__ = ["PORTABLE_PINS", "cpuinfo_field", "cpu_flags", "portable_pins", "pin_instruction_set", "kernels_in_effect",
+           "instruction_set_pinned"]

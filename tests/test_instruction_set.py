@@ -1,4 +1,4 @@
-"""bcfeat.runner.instruction_set: which machines are capped at AVX2, and that the cap changes the kernels."""
+"""bcfeat.instruction_set: which machines are capped at AVX2, and that the cap changes the kernels."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bcfeat.runner.instruction_set import PORTABLE_PINS, cpu_flags, pin_instruction_set, portable_pins
+from bcfeat.instruction_set import PORTABLE_PINS, cpu_flags, pin_instruction_set, portable_pins
 
 
 # /proc/cpuinfo's flags of a Haswell (Intel's first x86-64-v3 CPU), in part
