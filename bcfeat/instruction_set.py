@@ -1,5 +1,5 @@
 """One instruction set for the study's numeric libraries, so that its numbers are the same on
-every x86-64 machine with AVX2.
+every x86-64 machine of the v3 level (AVX2).
 
 PyTorch (ATen's vector kernels, oneDNN's convolutions, MKL's), NumPy's own loops and the OpenBLAS
 that NumPy and SciPy bundle each choose their kernels for the CPU they find when they start: on a
@@ -34,9 +34,9 @@ Intel's since Haswell, AMD's since Excavator and Zen), for which every pin names
 runs; NumPy's AVX2 loops, too, need that whole level.
 
 The runner sets them for the run (:func:`instruction_set_pinned`), so every notebook's kernel
-starts with them, where the machine is x86-64 of the v3 level (below) and the user has not set the
-variable; on other machines (ARM,
-or a CPU without AVX2) nothing is pinned and the numbers are the machine's own. The price is speed
+starts with them, where the machine is x86-64 of the v3 level (above) and the user has not set the
+variable; on other machines (ARM, or a CPU without AVX2) nothing is pinned and the numbers are the
+machine's own. The price is speed
 on CPUs with wider vectors: ``python -m bcfeat.runner --native-isa`` leaves the libraries to choose.
 """
 
@@ -145,6 +145,16 @@ def pin_instruction_set(environ: MutableMapping[str, str] | None = None,
     return {name: environ[name] for name in pins}
 
 
+def pins_label(pins: Mapping[str, str]) -> str:
+    """``NAME=value`` of each pin, comma-separated, in ``pins``' order (``""`` for none): how the
+    provenance record and the caches' keys write a cap.
+
+    >>> pins_label({"ONEDNN_MAX_CPU_ISA": "AVX2", "NUMBA_CPU_FEATURES": ""}), pins_label({})
+    ('ONEDNN_MAX_CPU_ISA=AVX2, NUMBA_CPU_FEATURES=', '')
+    """
+    return ", ".join(f"{name}={value}" for name, value in pins.items())
+
+
 def kernels_in_effect(environ: Mapping[str, str] | None = None) -> str:
     """The cap this process's libraries started under: ``NAME=value`` of each variable of
     :data:`PORTABLE_PINS` set in ``environ`` (default ``os.environ``), in that order, or ``""`` where
@@ -155,7 +165,7 @@ def kernels_in_effect(environ: Mapping[str, str] | None = None) -> str:
     ('', 'OPENBLAS_CORETYPE=Haswell')
     """
     environ = os.environ if environ is None else environ
-    return ", ".join(f"{name}={environ[name]}" for name in PORTABLE_PINS if name in environ)
+    return pins_label({name: environ[name] for name in PORTABLE_PINS if name in environ})
 
 
 @contextmanager
@@ -181,5 +191,5 @@ def instruction_set_pinned(pins: dict[str, str] | None = None,
             environ.pop(name, None)
 
 
-__all__ = ["PORTABLE_PINS", "cpuinfo_field", "cpu_flags", "portable_pins", "pin_instruction_set", "kernels_in_effect",
-           "instruction_set_pinned"]
+__all__ = ["PORTABLE_PINS", "cpuinfo_field", "cpu_flags", "portable_pins", "pin_instruction_set", "pins_label",
+           "kernels_in_effect", "instruction_set_pinned"]

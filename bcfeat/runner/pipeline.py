@@ -42,7 +42,7 @@ from pathlib import Path
 
 from bcfeat import paths
 from bcfeat.atomic_io import write_text
-from bcfeat.instruction_set import instruction_set_pinned
+from bcfeat.instruction_set import instruction_set_pinned, pins_label
 from bcfeat.runner.planning import PlannedStage, default_output_dir, plan_run  # noqa: F401 (the runner's API)
 from bcfeat.runner.profiles import PROFILES, get_profile
 # load_provenance, stage_parameter and provenance_frames are read by the provenance notebook from here too
@@ -60,7 +60,7 @@ def run(profile_name: str, output_dir: Path | None = None, only: list[str] | Non
 
     The notebooks' numeric libraries are capped at AVX2 kernels (the environment the kernels
     inherit, :func:`bcfeat.instruction_set.instruction_set_pinned`), so that the numbers are
-    the same on every x86-64 machine with AVX2; ``native_isa=True`` leaves them to choose. The
+    the same on every x86-64 machine of the v3 level (AVX2); ``native_isa=True`` leaves them to choose. The
     record, and each stage's entry, says which.
 
     Raises
@@ -85,7 +85,7 @@ def _run(profile_name: str, output_dir: Path | None, only: list[str] | None, res
     output_dir.mkdir(parents=True, exist_ok=True)
     clean_staging(output_dir)
     record_path = output_dir / "provenance.json"
-    instruction_set = ", ".join(f"{k}={v}" for k, v in pins.items()) or "native"
+    instruction_set = pins_label(pins) or "native"
     record = {
         "profile": profile.name, "description": profile.description,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
