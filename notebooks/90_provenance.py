@@ -32,7 +32,7 @@ from myst_nb import glue
 
 from bcfeat.data.pack import pack_effect
 from bcfeat.runner.pipeline import load_provenance, provenance_frames, stage_parameter
-from bcfeat.runner.provenance import classify_benchmark_figures
+from bcfeat.runner.provenance import classify_benchmark_figures, instruction_set_cap_figures
 from bcfeat.runner.profiles import projected_gpu_minutes
 
 record = load_provenance(results_dir)
@@ -103,6 +103,21 @@ if classify_file.exists():
     glue("classify_memory", " and ".join(f"{mb:,.0f} MB for {n:,}" for n, mb in classify["peak_pss_mb"].items()),
          display=False)
     display(pd.Series(classify).to_frame("bcfeat classify"))
+
+# %% [markdown]
+# ## What the instruction-set cap costs
+#
+# `benchmarks/bench_instruction_set_cap.py` runs the `cpu` oracle's training steps and the cross-lab
+# model's per-image measurement in fresh processes, natively and under the runner's cap in turn; its
+# JSON is kept in `<results_dir>/benchmarks/bench_instruction_set_cap.json`.
+
+# %% tags=["hide-input"]
+cap_file = Path(results_dir) / "benchmarks" / "bench_instruction_set_cap.json"
+if cap_file.exists():
+    cap = instruction_set_cap_figures(json.loads(cap_file.read_text()))
+    for name, value in cap.items():
+        glue(f"isa_cap_{name}", value, display=False)
+    display(pd.Series(cap).to_frame("capped against native"))
 
 # %% [markdown]
 # ## Run

@@ -68,3 +68,35 @@ def test_a_process_started_with_the_pins_dispatches_to_avx2_kernels():
     if native[0] == "AVX2":
         assert native[:2] + native[3:] == [capability, numpy_avx512, *results]  # an AVX2 machine: the same kernels
     # on a CPU with AVX-512 the native kernels may give other bits; the capped ones are AVX2's everywhere
+
+
+def test_the_cap_benchmark_compares_a_native_child_with_a_capped_one(monkeypatch, tmp_path):
+    # benchmarks/bench_instruction_set_cap.py: its native side drops a cap the caller runs under (the
+    # runner's, say), its capped side sets every pin, and it times a child's work on each in turn
+    from benchmarks import bench_instruction_set_cap as bench
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    native, capped = bench.native_environment(), bench.capped_environment()
+    assert not set(PORTABLE_PINS) & set(native) and native["PATH"]
+    assert {name: capped[name] for name in PORTABLE_PINS} == PORTABLE_PINS
+    child = ('import json, os; print("noise"); print(json.dumps({"seconds": 2.0 if "ATEN_CPU_CAPABILITY" in os.environ '
+             'else 1.0, "capability": os.environ.get("NUMBA_CPU_NAME", "host")}))')
+    result = bench.side_by_side("probe", child, 2, None)
+    assert result["probe_native_seconds"] == [1.0, 1.0] and result["probe_capped_seconds"] == [2.0, 2.0]
+    assert result["probe_capped_over_native"] == 2.0 and result["probe_capped_capability"] == "haswell"
+    assert result["probe_native_capability"] == "host"
+    with pytest.raises(SystemExit, match="exit 3"):
+        bench.side_by_side("broken", "raise SystemExit(3)", 1, None)
+
+
+def test_the_cap_benchmark_figures_say_what_the_cap_costs():
+    from bcfeat.runner.provenance import instruction_set_cap_figures
+
+    results = {"avx512f": False, "pairs": 3, "training_capped_over_native": 1.0, "training_ratio_min": 0.98,
+               "training_ratio_max": 1.02, "measure_capped_over_native": 1.25, "measure_ratio_min": 1.1,
+               "measure_ratio_max": 1.5}
+    figures = instruction_set_cap_figures(results)
+    assert figures["cpu"] == "with AVX2 alone" and figures["pairs"] == 3
+    assert figures["training_percent"] == pytest.approx(0.0) and figures["training_percent_min"] == pytest.approx(-2.0)
+    assert figures["measure_percent"] == pytest.approx(25.0) and figures["measure_percent_max"] == pytest.approx(50.0)

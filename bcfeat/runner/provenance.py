@@ -184,3 +184,27 @@ def classify_benchmark_figures(results: dict) -> dict[str, Any]:
             **({"site_ms_per_image": site_ms} if site_ms else {}),
             **({"small_call_seconds": results["small_call_seconds"]} if "small_call_seconds" in results else {}),
             **largest, **extra}
+
+
+def instruction_set_cap_figures(results: dict) -> dict[str, Any]:
+    """The headline figures of ``benchmarks/bench_instruction_set_cap.py``'s JSON: whether the CPU
+    had AVX-512 (``cpu``: "with AVX-512" or "with AVX2 alone", where the cap changes nothing), and
+    for each piece of work (``training``: the ``cpu`` oracle's training steps; ``measure``: the
+    cross-lab model's per-image measurement on one core) what the cap adds to its time in percent
+    (``<piece>_percent``: the median of the capped/native pairs, minus one; negative: faster capped)
+    and the lowest and highest pair (``<piece>_percent_min``, ``<piece>_percent_max``), and the
+    number of pairs.
+
+    >>> f = instruction_set_cap_figures({"avx512f": True, "pairs": 7, "training_capped_over_native": 1.156,
+    ...     "training_ratio_min": 1.05, "training_ratio_max": 1.35, "measure_capped_over_native": 0.994,
+    ...     "measure_ratio_min": 0.71, "measure_ratio_max": 1.33})
+    >>> f["cpu"], round(f["training_percent"], 1), round(f["measure_percent_min"]), f["pairs"]
+    ('with AVX-512', 15.6, -29, 7)
+    """
+    out: dict[str, Any] = {"cpu": "with AVX-512" if results["avx512f"] else "with AVX2 alone",
+                           "pairs": int(results["pairs"])}
+    for piece in ("training", "measure"):
+        out[f"{piece}_percent"] = 100 * (results[f"{piece}_capped_over_native"] - 1)
+        out[f"{piece}_percent_min"] = 100 * (results[f"{piece}_ratio_min"] - 1)
+        out[f"{piece}_percent_max"] = 100 * (results[f"{piece}_ratio_max"] - 1)
+    return out
