@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -55,6 +55,7 @@ from bcfeat.crosslab.stain import dye_directions
 
 __all__ = [
     "MIN_SIDE",
+    "FRAME_FILLS",
     "VirtualLab",
     "named_shifts",
     "render",
@@ -77,6 +78,7 @@ _SCALE_RANGE = (0.3, 1.2)
 _NOISE_RANGE = (0.0, 50.0)
 _CROP_FRACTION_RANGE = (0.3, 1.5)  # lower bound excluded
 _CROP_OFFSET_RANGE = (-0.5, 0.5)
+FRAME_FILLS = ("background", "smear")
 _DYE_RANGE = (0.2, 3.0)
 _DYE_HUE_RANGE = (-1.0, 1.0)
 
@@ -138,12 +140,17 @@ class VirtualLab:
     crop_fraction : float
         In (0.3, 1.5]: side of the output crop as a fraction of the input's side. Below 1 the
         crop is tighter around the centre (red cells and context are cut away, as in a lab that
-        frames cells tightly); above 1 the image is padded with its own background colour (the
-        median of its brightest 10 % of pixels).
+        frames cells tightly); above 1 the image is padded as ``frame_fill`` says.
     crop_offset : tuple of 2 float
         ``(down, right)`` offset of the crop's centre from the image's centre, as a fraction of
         the output side, each in [-0.5, 0.5]: cells that are not centred. Positive values move
         the window down / right, so the cell appears higher / further left.
+    frame_fill : {"background", "smear"}
+        What fills the canvas beyond the image where ``crop_fraction`` above 1 or ``crop_offset``
+        reach past it: ``"background"``, the image's own background colour (the median of its
+        brightest 10 % of pixels), as a lab that pads its crops onto a plain canvas; ``"smear"``,
+        the image mirrored at its edges, so that red cells and slide continue around the cell, as
+        a lab that frames a wider part of the smear.
     nuclear_dye, cytoplasm_dye : float
         Another staining protocol: factors, each in [0.2, 3], on the amount of the image's
         nuclear (azure) and cytoplasmic (eosin) dye, separated per image in optical density
@@ -175,6 +182,7 @@ class VirtualLab:
     noise_sigma: float = 0.0
     crop_fraction: float = 1.0
     crop_offset: tuple[float, float] = (0.0, 0.0)
+    frame_fill: str = "background"
     nuclear_dye: float = 1.0
     cytoplasm_dye: float = 1.0
     nuclear_dye_hue: float = 0.0
@@ -198,10 +206,25 @@ class VirtualLab:
         _check_range("crop_fraction", self.crop_fraction, *_CROP_FRACTION_RANGE, low_open=True)
         for i, v in enumerate(_as_tuple(self, "crop_offset", 2)):
             _check_range(f"crop_offset[{i}]", v, *_CROP_OFFSET_RANGE)
+        if self.frame_fill not in FRAME_FILLS:
+            raise ValueError(f"VirtualLab.frame_fill must be one of {FRAME_FILLS}, got {self.frame_fill!r}")
         for field in ("nuclear_dye", "cytoplasm_dye"):
             _check_range(field, getattr(self, field), *_DYE_RANGE)
         for field in ("nuclear_dye_hue", "cytoplasm_dye_hue"):
             _check_range(field, getattr(self, field), *_DYE_HUE_RANGE)
+
+    def record(self) -> dict:
+        """The lab's fields as a dict (``dataclasses.asdict``), ``frame_fill`` left out at its default
+        ``"background"``: the caches' keys and the study's table of virtual labs read this, so that
+        labs of the first version (which always padded with the background) keep their keys.
+
+        >>> "frame_fill" in VirtualLab("a").record(), VirtualLab("b", frame_fill="smear").record()["frame_fill"]
+        (False, 'smear')
+        """
+        out = asdict(self)
+        if out["frame_fill"] == "background":
+            del out["frame_fill"]
+        return out
 
     @property
     def changes_dyes(self) -> bool:
@@ -214,12 +237,18 @@ class VirtualLab:
 
 
 def _frame(image: np.ndarray, lab: VirtualLab, background: np.ndarray) -> np.ndarray:
-    """Crop / pad to ``crop_fraction`` of each side around the (offset) centre."""
+    """Crop / pad to ``crop_fraction`` of each side around the (offset) centre; beyond the image,
+    the background colour or the mirrored image (``lab.frame_fill``)."""
     h, w = image.shape[:2]
     out_h = max(MIN_SIDE, int(round(h * lab.crop_fraction)))
     out_w = max(MIN_SIDE, int(round(w * lab.crop_fraction)))
     top = int(round(h / 2 + lab.crop_offset[0] * out_h - out_h / 2))
     left = int(round(w / 2 + lab.crop_offset[1] * out_w - out_w / 2))
+    if lab.frame_fill == "smear":  # the image mirrored at its edges (numpy repeats the mirror for wide pads)
+        pads = ((max(0, -top), max(0, top + out_h - h)), (max(0, -left), max(0, left + out_w - w)), (0, 0))
+        mirrored = np.pad(image, pads, mode="symmetric")
+        top, left = top + pads[0][0], left + pads[1][0]
+        return mirrored[top:top + out_h, left:left + out_w].copy()
     canvas = np.empty((out_h, out_w, 3), np.float64)
     canvas[:] = background
     y0, y1 = max(top, 0), min(top + out_h, h)
@@ -478,8 +507,8 @@ def named_shifts() -> dict[str, VirtualLab]:
     -------
     dict of str to VirtualLab
         ``stain_strong``, ``stain_weak``, ``stain_hue``, ``yellow_background``, ``gamma``,
-        ``defocus``, ``low_resolution``, ``jpeg_q40``, ``tight_crop``, ``loose_crop``,
-        ``off_centre``, ``noise``, ``cytoplasm_dye_strong``, ``cytoplasm_dye_weak``,
+        ``defocus``, ``low_resolution``, ``jpeg_q40``, ``tight_crop``, ``loose_crop`` (padded
+        with the background), ``loose_crop_smear`` (the smear continues), ``off_centre``, ``noise``, ``cytoplasm_dye_strong``, ``cytoplasm_dye_weak``,
         ``nuclear_dye_weak``, ``rapid_stain_hue``.
 
     Examples
@@ -499,6 +528,7 @@ def named_shifts() -> dict[str, VirtualLab]:
         VirtualLab("jpeg_q40", jpeg_quality=40),
         VirtualLab("tight_crop", crop_fraction=0.45),
         VirtualLab("loose_crop", crop_fraction=1.3),
+        VirtualLab("loose_crop_smear", crop_fraction=1.3, frame_fill="smear"),
         VirtualLab("off_centre", crop_offset=(0.08, 0.08)),
         VirtualLab("noise", noise_sigma=4.0),
         VirtualLab("cytoplasm_dye_strong", cytoplasm_dye=2.0),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +82,7 @@ def measure_virtual_lab(paths: Sequence[str], lab, artifacts: Path, mask_source:
 
     model = _model(detector_file, mask_source, n_workers)
     detector = str(detector_file) if model.config.mask_source == "detector" else None
-    key = cache_key(paths, detector, {"lab": asdict(lab), "seed": seed, **measurement_settings(model.config)})
+    key = cache_key(paths, detector, {"lab": lab.record(), "seed": seed, **measurement_settings(model.config)})
 
     def compute(chunk: list[str]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
@@ -294,7 +293,14 @@ def per_shift_table(clfs: dict[str, CrossLabClassifier], shifts: VirtualLabs, so
 
 def shift_glue(table: pd.DataFrame, setting: str) -> dict:
     """The chosen setting's worst named shift among those that stain with another protocol (the
-    two dyes apart) and among all the others; NaN where the table has none of a kind."""
+    two dyes apart) and among all the others (NaN where the table has none of a kind), and its
+    score under each shift (``crosslab_shift_<name>``).
+
+    >>> t = pd.DataFrame({"shift": ["defocus", "loose_crop", "cytoplasm_dye_weak"], "s": [0.98, 0.83, 0.80]})
+    >>> g = shift_glue(t, "s")
+    >>> g["crosslab_shift_worst_dye"], g["crosslab_shift_worst_other"], g["crosslab_shift_loose_crop"]
+    (0.8, 0.83, 0.83)
+    """
     from bcfeat.crosslab.virtual_labs import named_shifts
 
     dyes = {name for name, lab in named_shifts().items() if lab.changes_dyes}
@@ -302,7 +308,8 @@ def shift_glue(table: pd.DataFrame, setting: str) -> dict:
         return {"crosslab_shift_worst_dye": float("nan"), "crosslab_shift_worst_other": float("nan")}
     is_dye = table["shift"].isin(dyes)
     worst = lambda part: float(part[setting].min()) if len(part) else float("nan")  # noqa: E731
-    return {"crosslab_shift_worst_dye": worst(table[is_dye]), "crosslab_shift_worst_other": worst(table[~is_dye])}
+    return {"crosslab_shift_worst_dye": worst(table[is_dye]), "crosslab_shift_worst_other": worst(table[~is_dye]),
+            **{f"crosslab_shift_{row['shift']}": float(row[setting]) for _, row in table.iterrows()}}
 
 
 def _se(row: pd.Series) -> float:

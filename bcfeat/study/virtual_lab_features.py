@@ -3,7 +3,7 @@ calibration and the texture gate read (built by :func:`bcfeat.study.crosslab_val
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -23,7 +23,7 @@ class VirtualLabs:
         """One row per virtual lab: its shift parameters."""
         rows = []
         for lab in self.labs:
-            d = asdict(lab)
+            d = lab.record()
             d["stain_scale"] = ", ".join(f"{v:.2f}" for v in d["stain_scale"])
             d["white_balance"] = ", ".join(f"{v:.2f}" for v in d["white_balance"])
             d["crop_offset"] = ", ".join(f"{v:.2f}" for v in d["crop_offset"])

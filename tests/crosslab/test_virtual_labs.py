@@ -147,6 +147,33 @@ def test_pad_keeps_the_image_and_fills_with_near_white(smear):
     assert _purple(out).mean() < 0.5 * _purple(smear).mean()
 
 
+def test_a_smear_fill_continues_the_image_beyond_its_edges(smear):
+    out = render(smear, VirtualLab("loose_smear", crop_fraction=1.5, frame_fill="smear"))
+    assert out.shape == (180, 180, 3)
+    assert np.array_equal(out[30:150, 30:150], smear)
+    assert np.array_equal(out[:30, 30:150], smear[:30][::-1])      # mirrored at the top edge
+    assert np.array_equal(out[30:150, 150:], smear[:, 90:][:, ::-1])  # and at the right one
+    assert _pink(out[:30]).any()  # the red cells continue into the added frame
+    # a window offset past the image's edge by more than the image: mirrored again
+    far = render(smear, VirtualLab("far", crop_fraction=1.5, crop_offset=(0.5, 0.0), frame_fill="smear"))
+    assert far.shape == (180, 180, 3) and not np.all(far == far[0, 0])
+    # the named pair differ in the fill alone
+    shifts = named_shifts()
+    assert dataclasses.replace(shifts["loose_crop"], name="x") == dataclasses.replace(
+        shifts["loose_crop_smear"], name="x", frame_fill="background")
+
+
+def test_a_labs_record_keeps_the_first_versions_fields_for_a_background_fill():
+    # the caches of rendered labs key on the record: labs that pad with the background (every lab
+    # before frame_fill existed) must keep their keys
+    lab = VirtualLab("v", crop_fraction=1.2, crop_offset=(0.1, 0.0))
+    assert "frame_fill" not in lab.record()
+    assert lab.record() == {k: v for k, v in dataclasses.asdict(lab).items() if k != "frame_fill"}
+    assert VirtualLab("v", crop_fraction=1.2, frame_fill="smear").record()["frame_fill"] == "smear"
+    with pytest.raises(ValueError, match="frame_fill"):
+        VirtualLab("bad", frame_fill="mirror")
+
+
 def test_stronger_stain_darkens_the_cell_not_the_background(smear):
     out = render(smear, VirtualLab("strong", stain_scale=(1.4, 1.3, 1.2)))
     assert out.shape == smear.shape
@@ -298,8 +325,8 @@ def test_named_shifts_each_change_one_thing(smear):
     identity = VirtualLab("identity")
     for name, lab in shifts.items():
         assert lab.name == name
-        changed = [f.name for f in dataclasses.fields(VirtualLab)
-                   if f.name != "name" and getattr(lab, f.name) != getattr(identity, f.name)]
+        changed = [f.name for f in dataclasses.fields(VirtualLab)  # frame_fill: how a wider frame is filled
+                   if f.name not in ("name", "frame_fill") and getattr(lab, f.name) != getattr(identity, f.name)]
         assert len(changed) == 1, (name, changed)
         out = render(smear, lab, np.random.default_rng(0))
         assert out.shape != smear.shape or not np.array_equal(out, smear), name

@@ -345,7 +345,9 @@ def test_shift_glue_splits_the_staining_protocol_shifts_from_the_others():
     table = pd.DataFrame({"shift": ["defocus", "tight_crop", "cytoplasm_dye_strong", "rapid_stain_hue"],
                           "chosen": [0.91, 0.88, 0.62, 0.75]})
     glue = cv.shift_glue(table, "chosen")
-    assert glue == {"crosslab_shift_worst_dye": 0.62, "crosslab_shift_worst_other": 0.88}
+    assert glue == {"crosslab_shift_worst_dye": 0.62, "crosslab_shift_worst_other": 0.88, "crosslab_shift_defocus": 0.91,
+                    "crosslab_shift_tight_crop": 0.88, "crosslab_shift_cytoplasm_dye_strong": 0.62,
+                    "crosslab_shift_rapid_stain_hue": 0.75}
     assert np.isnan(cv.shift_glue(table, "another setting")["crosslab_shift_worst_dye"])
     only_others = cv.shift_glue(table.iloc[:2], "chosen")
     assert np.isnan(only_others["crosslab_shift_worst_dye"]) and only_others["crosslab_shift_worst_other"] == 0.88
