@@ -100,7 +100,10 @@ def _run(profile_name: str, output_dir: Path | None, only: list[str] | None, res
             kept.setdefault("commit", previous.get("commit"))
             kept.setdefault("instruction_set", previous.get("instruction_set"))
 
-    def save() -> None:
+    order = {stage.stem: i for i, stage in enumerate(STAGES)}
+
+    def save() -> None:  # the stages in the pipeline's order, also after a partial re-run of an earlier one
+        record["stages"].sort(key=lambda s: order.get(s["stem"], len(order)))
         write_text(json.dumps(record, indent=2, default=str), record_path)
 
     made_by = makers()
