@@ -334,3 +334,23 @@ def test_named_shifts_each_change_one_thing(smear):
     assert shifts["off_centre"].crop_offset == (0.08, 0.08)
 
 
+
+
+def test_framing_masks_script_finds_the_smear_frame_keeps_the_masks(data_root, capsys):
+    # scripts/framing_masks.py on real Acevedo-20 images: where the smear continues around a wider
+    # frame, the stain masks keep their size; the plain-padded frame is measured beside it
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "framing_masks.py"
+    spec = importlib.util.spec_from_file_location("framing_masks", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = module.main(["--data-root", str(data_root), "--per-class", "3"])
+    assert set(table) == {"loose_crop", "loose_crop_smear"}
+    assert table["loose_crop_smear"]["cells"] == 15
+    assert abs(table["loose_crop_smear"]["median_ratio"] - 1) < 0.05
+    assert table["loose_crop"]["median_ratio"] > table["loose_crop_smear"]["median_ratio"]
+    assert "loose_crop_smear  mask diameter x" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        module.main(["--data-root", str(data_root), "--per-class", "0"])
