@@ -408,9 +408,6 @@ def sample_labs(n: int, seed: int) -> list[VirtualLab]:
     - ``noise_sigma``: uniform in [0, 4];
     - ``crop_fraction``: uniform in [0.45, 1.3];
     - ``crop_offset``: each uniform in [-0.08, 0.08];
-    - where the frame reaches past the image (a crop fraction above 1, or an offset at the edge),
-      the smear continues there (``frame_fill="smear"``, not a draw): a lab photographs the smear
-      around each cell, and a plain border is a shift of its own (the named ``loose_crop``);
     - the staining protocol: ``nuclear_dye`` log-uniform in [0.6, 1.7], ``cytoplasm_dye``
       log-uniform in [0.4, 2.5], ``nuclear_dye_hue`` uniform in [-0.3, 0.3] and
       ``cytoplasm_dye_hue`` uniform in [-0.3, 0.8] (towards the brown-orange of a rapid stain).
@@ -460,7 +457,7 @@ def sample_labs(n: int, seed: int) -> list[VirtualLab]:
             name=f"virtual_{i:0{width}d}", stain_scale=stain_scale, stain_mix=stain_mix,
             white_balance=white_balance, gamma=gamma, blur_sigma=blur_sigma, scale=scale,
             jpeg_quality=jpeg_quality, noise_sigma=noise_sigma, crop_fraction=crop_fraction,
-            crop_offset=crop_offset, frame_fill="smear", nuclear_dye=nuclear_dye, cytoplasm_dye=cytoplasm_dye,
+            crop_offset=crop_offset, nuclear_dye=nuclear_dye, cytoplasm_dye=cytoplasm_dye,
             nuclear_dye_hue=nuclear_dye_hue, cytoplasm_dye_hue=cytoplasm_dye_hue))
     return labs
 
