@@ -57,19 +57,11 @@ print(json.dumps({{"seconds": time.perf_counter() - start, "capability": torch.b
 
 _MEASURE = """
 import json, time
-import numpy as np
-from bcfeat import paths
-from bcfeat.crosslab.model import _measure
-from bcfeat.crosslab.model import CrossLabConfig
-from bcfeat.data import scan_dataset
+from benchmarks.bench_crosslab_extraction import sample_paths
+from bcfeat.crosslab.model import CrossLabConfig, _measure
 from bcfeat.data.images import read_image
 cfg = CrossLabConfig()
-rng = np.random.default_rng(0)
-files = []
-for ds in ("pbc_acevedo20", "jtsc_zheng18", "cellavision_zheng18", "bccd_crops"):
-    found = scan_dataset(ds, root=paths.SHARED_DATA, label_space="coarse5").samples["path"].tolist()
-    files += [found[i] for i in rng.choice(len(found), min({per_site}, len(found)), replace=False)]
-images = [read_image(f) for f in files]
+images = [read_image(f) for f in sample_paths({images})]
 def run():
     for image in images:
         _measure(image, None, cfg.crop, True, cfg.segmentation, cfg.texture_od, False, cfg.nucleus_od)
@@ -130,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pairs", type=int, default=7, help="native/capped runs of each piece, in turn")
     parser.add_argument("--steps", type=int, default=8, help="oracle training steps timed per run")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch threads of the training piece")
-    parser.add_argument("--images", type=int, default=120, help="shared images measured per run (a quarter per site)")
+    parser.add_argument("--images", type=int, default=120, help="shared images measured per run (evenly from the four sites)")
     args = parser.parse_args(argv)
     if args.pairs < 1 or args.steps < 1 or args.images < 4:
         parser.error("--pairs and --steps must be at least 1, --images at least 4")
@@ -139,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                "pins": dict(PORTABLE_PINS), "pairs": args.pairs, "steps": args.steps, "images": args.images}
     print(f"CPU with AVX-512: {results['avx512f']}; {args.pairs} pairs, native first")
     results.update(side_by_side("training", _TRAINING.format(threads=args.threads, steps=args.steps), args.pairs, None))
-    results.update(side_by_side("measure", _MEASURE.format(per_site=args.images // 4), args.pairs, 0))
+    results.update(side_by_side("measure", _MEASURE.format(images=args.images), args.pairs, 0))
     for name, what in (("training", f"{args.steps} oracle training steps, {args.threads} threads"),
                        ("measure", f"{args.images} images measured on one core")):
         print(f"{what}: native {results[f'{name}_native_median_s']:.3f} s, capped "

@@ -47,7 +47,7 @@ def framing_table(paths: list[str], segmentation) -> dict[str, dict[str, float]]
         image = read_image(path)
         native.append(mask_diameter(image, segmentation))
         for name in FRAMINGS:
-            framed[name].append(mask_diameter(render(image, shifts[name], np.random.default_rng(0)), segmentation))
+            framed[name].append(mask_diameter(render(image, shifts[name]), segmentation))
     base = np.asarray(native)
     keep = base > 0
     out = {}

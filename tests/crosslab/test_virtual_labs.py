@@ -335,7 +335,6 @@ def test_named_shifts_each_change_one_thing(smear):
 
 
 
-
 def test_framing_masks_script_finds_the_smear_frame_keeps_the_masks(data_root, capsys):
     # scripts/framing_masks.py on real Acevedo-20 images: where the smear continues around a wider
     # frame, the stain masks keep their size; the plain-padded frame is measured beside it
