@@ -86,6 +86,7 @@ from bcfeat.study import crosslab_validation as cv
 from bcfeat.study import class_profiles as cp
 from bcfeat.study import false_calls as fc
 from bcfeat.study import deployed_model_check as dmc
+from bcfeat.study import framing as fr
 from bcfeat.study import order_stable_features as osf
 from bcfeat.study import own_label_ceiling as olc
 from bcfeat.study import colour_reference as crr
@@ -711,6 +712,37 @@ glue("crosslab_shifts", shift_table.set_index("shift").round(3), display=False)
 for key, value in cv.shift_glue(shift_table, headline_setting).items():
     glue(key, value, display=False)
 shift_table.set_index("shift").round(3)
+
+# %% [markdown]
+# How tightly each lab frames its cells: the white cell's measured diameter over the image's
+# shorter side, quartiles per lab (the untouched lab's too; no label is read). Beside it, the
+# chosen classifier on the development cells framed ever tighter, from the cells as photographed
+# to the named `tight_crop` (all cells in one call; `cell_fill` is the development cells' median
+# fill over the crop fraction):
+
+# %% tags=["hide-input"]
+if shift_cells > 0:
+    X_head, domains = measured[headline_source].features, samples["domain"].to_numpy()
+    paths = samples["path"].to_numpy()
+    fills = {site: fr.cell_fill(paths[domains == site].tolist(), X_head[domains == site])
+             for site in [design.source, *unseen]}
+    if untouched is not None:
+        fills[untouched_name] = fr.cell_fill(cv.untouched_files(untouched_folder)["path"].tolist(), untouched[0])
+    fill_table = fr.fill_table(fills)
+    framing_labs = fr.framing_labs()
+    framed = cv.build_virtual_labs(samples, shift_rows, framing_labs, artifacts, [headline_source], n_workers, seed,
+                                   detector_file=detector_file)
+    source_fill = float(np.nanmedian(fr.cell_fill(paths[shift_rows].tolist(), X_head[shift_rows])))
+    framing = fr.framing_table(head_clf, {lab.name: framed.features[(lab.name, headline_source)] for lab in framing_labs},
+                               framed.labels, framing_labs, source_fill, native=X_head[shift_rows])
+    save_table(fill_table, tables / "crosslab_cell_fill.csv")
+    save_table(framing, tables / "crosslab_framing.csv")
+    glue("crosslab_cell_fill", fill_table.set_index("lab").round(2), display=False)
+    glue("crosslab_framing", framing.set_index("crop_fraction").round(3), display=False)
+    for key, value in fr.framing_glue(framing, fill_table).items():
+        glue(key, value, display=False)
+    display(fill_table.set_index("lab").round(2))
+    display(framing.set_index("crop_fraction").round(3))
 
 # %% [markdown]
 # ## Ablations: each lever on and off

@@ -1,0 +1,115 @@
+"""How tightly each lab frames its white cells, and what a tighter frame costs the chosen classifier.
+
+The named shift ``tight_crop`` cuts Acevedo-20's images to 0.45 of their side, and the chosen
+classifier loses much there. Whether that stands for a real lab depends on how much of the crop a
+real lab's cell fills. Here a lab's framing is read as each image's **cell fill**: the white cell's
+measured diameter (``log_cell_diameter_px``, the cross-lab measurement's) over the image's shorter
+side. A virtual lab that keeps ``crop_fraction`` of Acevedo-20's side fills it by Acevedo-20's fill
+divided by that fraction, so the framing sweep below sits on the same axis as the real labs.
+Nothing here reads a label of a lab but to score the virtual labs (Acevedo-20 cells).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from bcfeat.crosslab.cell_features import feature_names
+from bcfeat.crosslab.virtual_labs import VirtualLab
+
+#: Crop fractions of the framing sweep: the named ``tight_crop`` (0.45) up to a frame that keeps
+#: four fifths of the image.
+FRAMING_FRACTIONS = (0.45, 0.55, 0.65, 0.8)
+
+
+def framing_labs(fractions: Sequence[float] = FRAMING_FRACTIONS) -> list[VirtualLab]:
+    """One virtual lab per crop fraction, nothing else shifted.
+
+    >>> [(lab.name, lab.crop_fraction) for lab in framing_labs((0.5, 0.8))]
+    [('crop_fraction_0.5', 0.5), ('crop_fraction_0.8', 0.8)]
+    """
+    return [VirtualLab(f"crop_fraction_{f:g}", crop_fraction=float(f)) for f in fractions]
+
+
+def cell_fill(paths: Sequence[str], features: np.ndarray) -> np.ndarray:
+    """Each image's white-cell diameter (the measured ``log_cell_diameter_px``) over its shorter
+    side (read from the file's header): ``(n,)``, one per path, in the features' order."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) != len(paths):
+        raise ValueError(f"expected one feature row per path ({len(paths)}), got {features.shape}")
+    sides = []
+    for path in paths:
+        with Image.open(path) as image:
+            sides.append(min(image.size))
+    diameter = np.exp(features[:, feature_names().index("log_cell_diameter_px")])
+    return diameter / np.asarray(sides, dtype=np.float64)
+
+
+def fill_table(fills: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Per lab: its cells and the quartiles of their cell fill (NaN fills, where no cell was
+    measured, left out).
+
+    >>> fill_table({"a": np.array([0.2, 0.4, 0.6, np.nan])})[["lab", "cells", "fill_median"]].values.tolist()
+    [['a', 3, 0.4]]
+    """
+    rows = []
+    for lab, values in fills.items():
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        q25, q50, q75 = np.quantile(v, [0.25, 0.5, 0.75]) if len(v) else (np.nan,) * 3
+        rows.append({"lab": lab, "cells": int(len(v)), "fill_q25": float(q25), "fill_median": float(q50),
+                     "fill_q75": float(q75)})
+    return pd.DataFrame(rows)
+
+
+def framing_table(clf, features: dict[str, np.ndarray], labels: np.ndarray, labs: Sequence[VirtualLab],
+                  source_fill: float, native: np.ndarray | None = None) -> pd.DataFrame:
+    """The chosen classifier on Acevedo-20's development cells framed by each lab of ``labs``
+    (``features``: lab name -> ``(n, d)`` raw features; all cells in one call), beside the cells as
+    photographed (``native``, when given): the crop fraction, the cell fill it gives
+    (``source_fill`` / fraction), the balanced accuracy, and the share of cells whose red-cell ruler
+    found no red cell."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    ruler = feature_names().index("log_cell_over_red_cell")
+    framed = [(1.0, native)] if native is not None else []
+    framed += [(lab.crop_fraction, features[lab.name]) for lab in labs]
+    rows = []
+    for fraction, X in framed:
+        rows.append({"crop_fraction": float(fraction), "cell_fill": float(source_fill / fraction),
+                     "balanced_accuracy": float(balanced_accuracy_score(labels, clf.predict(X))),
+                     "no_ruler_share": float(np.mean(np.isnan(X[:, ruler])))})
+    return pd.DataFrame(rows).sort_values("crop_fraction", ascending=False, ignore_index=True)
+
+
+def framing_glue(framing: pd.DataFrame, fills: pd.DataFrame) -> dict:
+    """``crosslab_fill_<lab>`` (median cell fill of every lab), ``crosslab_framing_<fraction>``
+    (balanced accuracy at each crop fraction of the sweep), and the real labs' tightest median
+    fill with the sweep's score at the frame nearest it (``crosslab_framing_real_tightest_fill``,
+    ``crosslab_framing_at_real_tightest``, ``crosslab_framing_real_tightest_fraction``); the first
+    row of ``fills`` is the training lab, the others real labs.
+
+    >>> f = pd.DataFrame({"crop_fraction": [1.0, 0.6, 0.45], "cell_fill": [0.36, 0.6, 0.8],
+    ...                   "balanced_accuracy": [0.99, 0.97, 0.8], "no_ruler_share": [0.4, 0.8, 0.7]})
+    >>> s = pd.DataFrame({"lab": ["src", "a", "b"], "fill_median": [0.36, 0.55, 0.62]})
+    >>> g = framing_glue(f, s)
+    >>> g["crosslab_framing_real_tightest_fill"], g["crosslab_framing_at_real_tightest"], g["crosslab_framing_0.45"]
+    (0.62, 0.97, 0.8)
+    """
+    glue = {f"crosslab_fill_{row.lab}": float(row.fill_median) for row in fills.itertuples()}
+    glue.update({f"crosslab_framing_{row.crop_fraction:g}": float(row.balanced_accuracy)
+                 for row in framing.itertuples()})
+    real = fills.iloc[1:]
+    tightest = float(real["fill_median"].max()) if len(real) else float("nan")
+    nearest = framing.iloc[int(np.argmin(np.abs(framing["cell_fill"].to_numpy() - tightest)))] if len(real) else None
+    glue["crosslab_framing_real_tightest_fill"] = tightest
+    glue["crosslab_framing_at_real_tightest"] = float(nearest["balanced_accuracy"]) if nearest is not None else float("nan")
+    glue["crosslab_framing_real_tightest_fraction"] = (float(nearest["crop_fraction"]) if nearest is not None
+                                                      else float("nan"))
+    return glue
+
+
+__all__ = ["FRAMING_FRACTIONS", "framing_labs", "cell_fill", "fill_table", "framing_table", "framing_glue"]
