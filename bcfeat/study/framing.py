@@ -86,8 +86,8 @@ def framing_table(clf, features: dict[str, np.ndarray], labels: np.ndarray, labs
 
 
 def framing_glue(framing: pd.DataFrame, fills: pd.DataFrame) -> dict:
-    """``crosslab_fill_<lab>`` (median cell fill of every lab), ``crosslab_framing_<fraction>``
-    (balanced accuracy at each crop fraction of the sweep), and the real labs' tightest median
+    """``crosslab_fill_<lab>`` (median cell fill of every lab), ``crosslab_framing_<percent>``
+    (balanced accuracy at each crop fraction of the sweep, in percent of the side: ``_45``), and the real labs' tightest median
     fill with the sweep's score at the frame nearest it (``crosslab_framing_real_tightest_fill``,
     ``crosslab_framing_at_real_tightest``, ``crosslab_framing_real_tightest_fraction``); the first
     row of ``fills`` is the training lab, the others real labs.
@@ -96,11 +96,11 @@ def framing_glue(framing: pd.DataFrame, fills: pd.DataFrame) -> dict:
     ...                   "balanced_accuracy": [0.99, 0.97, 0.8], "no_ruler_share": [0.4, 0.8, 0.7]})
     >>> s = pd.DataFrame({"lab": ["src", "a", "b"], "fill_median": [0.36, 0.55, 0.62]})
     >>> g = framing_glue(f, s)
-    >>> g["crosslab_framing_real_tightest_fill"], g["crosslab_framing_at_real_tightest"], g["crosslab_framing_0.45"]
+    >>> g["crosslab_framing_real_tightest_fill"], g["crosslab_framing_at_real_tightest"], g["crosslab_framing_45"]
     (0.62, 0.97, 0.8)
     """
     glue = {f"crosslab_fill_{row.lab}": float(row.fill_median) for row in fills.itertuples()}
-    glue.update({f"crosslab_framing_{row.crop_fraction:g}": float(row.balanced_accuracy)
+    glue.update({f"crosslab_framing_{round(100 * row.crop_fraction)}": float(row.balanced_accuracy)
                  for row in framing.itertuples()})
     real = fills.iloc[1:]
     tightest = float(real["fill_median"].max()) if len(real) else float("nan")

@@ -82,4 +82,4 @@ def test_framing_glue_reads_the_frame_nearest_the_tightest_real_lab():
     assert g["crosslab_framing_real_tightest_fill"] == 0.63
     assert g["crosslab_framing_real_tightest_fraction"] == 0.55
     assert g["crosslab_framing_at_real_tightest"] == 0.95
-    assert g["crosslab_framing_0.8"] == 0.98
+    assert g["crosslab_framing_80"] == 0.98 and g["crosslab_framing_100"] == 0.99
