@@ -717,24 +717,23 @@ shift_table.set_index("shift").round(3)
 # How tightly each lab frames its cells: the white cell's measured diameter over the image's
 # shorter side, quartiles per lab (the untouched lab's too; no label is read). Beside it, the
 # chosen classifier on the development cells framed ever tighter, from the cells as photographed
-# to the named `tight_crop` (all cells in one call; `cell_fill` is the development cells' median
-# fill over the crop fraction):
+# to the named `tight_crop` (all cells in one call; `cell_fill` is their median fill, measured the
+# same way on the frame each renders):
 
 # %% tags=["hide-input"]
 if shift_cells > 0:
     X_head, domains = measured[headline_source].features, samples["domain"].to_numpy()
-    paths = samples["path"].to_numpy()
-    fills = {site: fr.cell_fill(paths[domains == site].tolist(), X_head[domains == site])
-             for site in [design.source, *unseen]}
+    shapes = fr.image_shapes(samples["path"].tolist())
+    fills = {site: fr.cell_fill(shapes[domains == site], X_head[domains == site]) for site in [design.source, *unseen]}
     if untouched is not None:
-        fills[untouched_name] = fr.cell_fill(cv.untouched_files(untouched_folder)["path"].tolist(), untouched[0])
+        fills[untouched_name] = fr.cell_fill(fr.image_shapes(cv.untouched_files(untouched_folder)["path"].tolist()),
+                                             untouched[0])
     fill_table = fr.fill_table(fills)
     framing_labs = fr.framing_labs()
     framed = cv.build_virtual_labs(samples, shift_rows, framing_labs, artifacts, [headline_source], n_workers, seed,
                                    detector_file=detector_file)
-    source_fill = float(np.nanmedian(fr.cell_fill(paths[shift_rows].tolist(), X_head[shift_rows])))
     framing = fr.framing_table(head_clf, {lab.name: framed.features[(lab.name, headline_source)] for lab in framing_labs},
-                               framed.labels, framing_labs, source_fill, native=X_head[shift_rows])
+                               framed.labels, framing_labs, shapes[shift_rows], native=X_head[shift_rows])
     save_table(fill_table, tables / "crosslab_cell_fill.csv")
     save_table(framing, tables / "crosslab_framing.csv")
     glue("crosslab_cell_fill", fill_table.set_index("lab").round(2), display=False)

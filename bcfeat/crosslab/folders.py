@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bcfeat.crosslab.differential_check import differential_warning
+from bcfeat.crosslab.framing_check import framing_warning, median_cell_fill
 from bcfeat.crosslab.site_statistics import MIN_SITE_CELLS
 from bcfeat.crosslab.model import CrossLabModel, load_measuring_part, load_model, read_model_payload, save_model
 
@@ -380,6 +381,18 @@ def classify_features(model_path: str | os.PathLike, features: pd.DataFrame, fol
                           warning_list, usual_upper, estimate)
 
 
+def _framing_warning(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray, found: np.ndarray,
+                     folder: str | os.PathLike) -> str | None:
+    """:func:`~bcfeat.crosslab.framing_check.framing_warning` of the call's found cells (their files
+    below ``folder``; None where the model's features hold no cell diameter)."""
+    names = model.feature_names
+    if "log_cell_diameter_px" not in names or feats.shape[1] != len(names):
+        return None
+    paths = [Path(folder) / r for r in np.asarray(relpaths)[found]]
+    diameters = np.exp(feats[found, names.index("log_cell_diameter_px")])
+    return framing_warning(median_cell_fill(paths, diameters))
+
+
 def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray, found: np.ndarray,
                    folder: str | os.PathLike, warning_list: list | None = None,
                    usual_upper: dict[str, float] | None = None, estimate: dict | None = None) -> pd.DataFrame:
@@ -400,7 +413,8 @@ def classify_cells(model: CrossLabModel, relpaths: pd.Series, feats: np.ndarray,
                           "cell_found": found})
     for warning in [lab_warning(model.classifier, feats[found]), gate_warning(model.classifier, feats[found]),
                     accuracy_warning, *_call_warnings(feats[found], predicted[found]),
-                    differential_warning(predicted[found], usual_upper)]:
+                    differential_warning(predicted[found], usual_upper), _framing_warning(model, relpaths, feats, found,
+                                                                                          folder)]:
         if warning:
             logger.warning("%s: %s", folder, warning)
             if warning_list is not None:

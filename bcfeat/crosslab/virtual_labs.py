@@ -59,6 +59,7 @@ __all__ = [
     "VirtualLab",
     "named_shifts",
     "render",
+    "rendered_shape",
     "sample_labs",
     "sample_hard_labs",
     "strengthened",
@@ -326,6 +327,18 @@ def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     buffer.seek(0)
     with Image.open(buffer) as decoded:
         return np.asarray(decoded.convert("RGB"), dtype=np.uint8).copy()
+
+
+def rendered_shape(shape: tuple[int, int], lab: VirtualLab) -> tuple[int, int]:
+    """``(H', W')`` of an ``(H, W)`` image rendered through ``lab`` (:func:`render`), without rendering it.
+
+    >>> rendered_shape((363, 360), VirtualLab("tight", crop_fraction=0.45)), rendered_shape((40, 40), VirtualLab("s", scale=0.3))
+    ((163, 162), (16, 16))
+    """
+    framed = [max(MIN_SIDE, int(round(n * lab.crop_fraction))) for n in shape[:2]]
+    if lab.scale == 1.0:
+        return framed[0], framed[1]
+    return tuple(max(MIN_SIDE, int(round(n * float(lab.scale)))) for n in framed)  # type: ignore[return-value]
 
 
 def render(image: np.ndarray, lab: VirtualLab, rng: np.random.Generator | None = None) -> np.ndarray:

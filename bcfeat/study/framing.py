@@ -4,8 +4,10 @@ The named shift ``tight_crop`` cuts Acevedo-20's images to 0.45 of their side, a
 classifier loses much there. Whether that stands for a real lab depends on how much of the crop a
 real lab's cell fills. Here a lab's framing is read as each image's **cell fill**: the white cell's
 measured diameter (``log_cell_diameter_px``, the cross-lab measurement's) over the image's shorter
-side. A virtual lab that keeps ``crop_fraction`` of Acevedo-20's side fills it by Acevedo-20's fill
-divided by that fraction, so the framing sweep below sits on the same axis as the real labs.
+side. The framing sweep reads its development cells' fill the same way, on the frame each virtual
+lab renders (:func:`~bcfeat.crosslab.virtual_labs.rendered_shape`), so it sits on the same axis as the
+real labs: a tighter frame cuts the cell or moves its mask, so the measured fill is not the
+photographed one over the crop fraction.
 Nothing here reads a label of a lab but to score the virtual labs (Acevedo-20 cells).
 """
 
@@ -34,18 +36,29 @@ def framing_labs(fractions: Sequence[float] = FRAMING_FRACTIONS) -> list[Virtual
     return [VirtualLab(f"crop_fraction_{f:g}", crop_fraction=float(f)) for f in fractions]
 
 
-def cell_fill(paths: Sequence[str], features: np.ndarray) -> np.ndarray:
-    """Each image's white-cell diameter (the measured ``log_cell_diameter_px``) over its shorter
-    side (read from the file's header): ``(n,)``, one per path, in the features' order."""
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or len(features) != len(paths):
-        raise ValueError(f"expected one feature row per path ({len(paths)}), got {features.shape}")
-    sides = []
+def image_shapes(paths: Sequence[str]) -> np.ndarray:
+    """``(n, 2)`` height and width of each image, read from the file's header."""
+    shapes = []
     for path in paths:
         with Image.open(path) as image:
-            sides.append(min(image.size))
+            shapes.append((image.height, image.width))
+    return np.asarray(shapes, dtype=np.int64).reshape(-1, 2)
+
+
+def cell_fill(shapes: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Each image's white-cell diameter (the measured ``log_cell_diameter_px``) over its shorter
+    side: ``shapes`` ``(n, 2)`` (height, width) and ``features`` ``(n, d)`` -> ``(n,)``.
+
+    >>> X = np.zeros((1, len(feature_names()))); X[0, 0] = np.log(60.0)
+    >>> cell_fill(np.array([[120, 200]]), X).round(3).tolist()
+    [0.5]
+    """
+    features = np.asarray(features, dtype=np.float64)
+    shapes = np.asarray(shapes).reshape(-1, 2)
+    if features.ndim != 2 or len(features) != len(shapes):
+        raise ValueError(f"expected one feature row per image shape ({len(shapes)}), got {features.shape}")
     diameter = np.exp(features[:, feature_names().index("log_cell_diameter_px")])
-    return diameter / np.asarray(sides, dtype=np.float64)
+    return diameter / shapes.min(axis=1).astype(np.float64)
 
 
 def fill_table(fills: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -66,20 +79,24 @@ def fill_table(fills: dict[str, np.ndarray]) -> pd.DataFrame:
 
 
 def framing_table(clf, features: dict[str, np.ndarray], labels: np.ndarray, labs: Sequence[VirtualLab],
-                  source_fill: float, native: np.ndarray | None = None) -> pd.DataFrame:
+                  shapes: np.ndarray, native: np.ndarray | None = None) -> pd.DataFrame:
     """The chosen classifier on Acevedo-20's development cells framed by each lab of ``labs``
     (``features``: lab name -> ``(n, d)`` raw features; all cells in one call), beside the cells as
-    photographed (``native``, when given): the crop fraction, the cell fill it gives
-    (``source_fill`` / fraction), the balanced accuracy, and the share of cells whose red-cell ruler
-    found no red cell."""
+    photographed (``native``, when given; ``shapes`` ``(n, 2)``: their images' height and width):
+    the crop fraction, the cells' median fill on the frame it renders, the balanced accuracy, and
+    the share of cells whose red-cell ruler found no red cell."""
     from sklearn.metrics import balanced_accuracy_score
 
+    from bcfeat.crosslab.virtual_labs import rendered_shape
+
     ruler = feature_names().index("log_cell_over_red_cell")
-    framed = [(1.0, native)] if native is not None else []
-    framed += [(lab.crop_fraction, features[lab.name]) for lab in labs]
+    shapes = np.asarray(shapes).reshape(-1, 2)
+    framed = [(1.0, shapes, native)] if native is not None else []
+    framed += [(lab.crop_fraction, np.array([rendered_shape(tuple(s), lab) for s in shapes]), features[lab.name])
+               for lab in labs]
     rows = []
-    for fraction, X in framed:
-        rows.append({"crop_fraction": float(fraction), "cell_fill": float(source_fill / fraction),
+    for fraction, framed_shapes, X in framed:
+        rows.append({"crop_fraction": float(fraction), "cell_fill": float(np.nanmedian(cell_fill(framed_shapes, X))),
                      "balanced_accuracy": float(balanced_accuracy_score(labels, clf.predict(X))),
                      "no_ruler_share": float(np.mean(np.isnan(X[:, ruler])))})
     return pd.DataFrame(rows).sort_values("crop_fraction", ascending=False, ignore_index=True)
@@ -112,4 +129,4 @@ def framing_glue(framing: pd.DataFrame, fills: pd.DataFrame) -> dict:
     return glue
 
 
-__all__ = ["FRAMING_FRACTIONS", "framing_labs", "cell_fill", "fill_table", "framing_table", "framing_glue"]
+__all__ = ["FRAMING_FRACTIONS", "framing_labs", "image_shapes", "cell_fill", "fill_table", "framing_table", "framing_glue"]

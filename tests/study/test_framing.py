@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from bcfeat.crosslab.cell_features import feature_names
-from bcfeat.crosslab.virtual_labs import render
+from bcfeat.crosslab.virtual_labs import VirtualLab, render, rendered_shape
 from bcfeat.study import framing as fr
 
 RULER = feature_names().index("log_cell_over_red_cell")
@@ -32,16 +32,24 @@ def test_framing_labs_keep_that_share_of_the_side_and_change_nothing_else():
         assert np.abs(out.astype(int) - image[top:top + h, left:left + w].astype(int)).max() <= 1
 
 
-def test_cell_fill_is_the_diameter_over_the_shorter_side(tmp_path):
+def test_cell_fill_is_the_diameter_over_the_shorter_side_read_from_the_header(tmp_path):
     paths = []
-    for i, (w, h) in enumerate([(300, 200), (120, 120)]):
+    for i, (w, h) in enumerate([(300, 200), (120, 90)]):
         p = tmp_path / f"{i}.png"
         Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(p)
         paths.append(str(p))
-    fill = fr.cell_fill(paths, _features([100.0, 60.0]))
-    assert fill == pytest.approx([0.5, 0.5])
-    with pytest.raises(ValueError, match="one feature row per path"):
-        fr.cell_fill(paths, _features([100.0]))
+    shapes = fr.image_shapes(paths)
+    assert shapes.tolist() == [[200, 300], [90, 120]]
+    assert fr.cell_fill(shapes, _features([100.0, 45.0])) == pytest.approx([0.5, 0.5])
+    with pytest.raises(ValueError, match="one feature row per image shape"):
+        fr.cell_fill(shapes, _features([100.0]))
+
+
+@pytest.mark.parametrize("lab", [VirtualLab("a", crop_fraction=0.45), VirtualLab("b", crop_fraction=1.3),
+                                 VirtualLab("c", crop_fraction=0.55, scale=0.4), VirtualLab("d", scale=0.3)])
+def test_rendered_shape_is_the_shape_render_gives(lab):
+    image = np.random.default_rng(0).integers(0, 255, (121, 90, 3), dtype=np.uint8)
+    assert rendered_shape((121, 90), lab) == render(image, lab).shape[:2]
 
 
 def test_fill_table_leaves_unmeasured_cells_out():
@@ -66,9 +74,10 @@ def test_framing_table_scores_each_frame_on_the_fill_axis():
     half[:, 5] = [1, -1, -1, -1]  # one 'a' missed: recall 0.5 and 1.0
     half[:2, RULER] = 0.7  # two cells with a ruler
     labs = fr.framing_labs((0.5,))
-    t = fr.framing_table(_ReadsColumn(), {"crop_fraction_0.5": half}, labels, labs, source_fill=0.35, native=right)
+    shapes = np.array([[200, 100]] * 4)  # framed at 0.5: 100 x 50
+    t = fr.framing_table(_ReadsColumn(), {"crop_fraction_0.5": half}, labels, labs, shapes, native=right)
     assert t["crop_fraction"].tolist() == [1.0, 0.5]
-    assert t["cell_fill"].tolist() == pytest.approx([0.35, 0.7])
+    assert t["cell_fill"].tolist() == pytest.approx([0.5, 1.0])  # a 50 px cell on the shorter side
     assert t["balanced_accuracy"].tolist() == pytest.approx([1.0, 0.75])
     assert t["no_ruler_share"].tolist() == pytest.approx([1.0, 0.5])
 
