@@ -7,10 +7,10 @@ segmentation samples, the red cells the ruler measures, and whether the cell tou
 study measured it (chapter "Beyond the paper", the framing table, ``crosslab_framing.csv`` and
 ``crosslab_cell_fill.csv``): a cell's **fill** is its measured diameter over the image's shorter
 side; the labs' median fills run from 0.37 (Acevedo-20) to 0.67 (BCCD); Acevedo-20's development
-cells framed so that they fill 0.68 of the side lost about 0.05 balanced accuracy, at 0.84 about
-0.19; the loosest frame measured (1.3 times Acevedo-20's side, the smear continued) puts them at
-0.29. :data:`CHECKED_FILL` is that range, rounded outwards: a call whose median fill lies outside
-it was framed unlike anything the model was checked on, and ``bcfeat classify`` says so.
+cells framed so tightly that they fill 0.66 of the side lost about 0.05 balanced accuracy, at 0.75
+about 0.19; the loosest frame measured (1.3 times Acevedo-20's side, the smear continued) puts them
+at about 0.29. :data:`CHECKED_FILL` is that range, rounded outwards: a call whose median fill lies
+outside it was framed unlike anything the model was checked on, and ``bcfeat classify`` says so.
 """
 
 from __future__ import annotations
@@ -58,15 +58,16 @@ def median_cell_fill(paths: Sequence[str | os.PathLike], diameters_px: np.ndarra
     return float(np.median(fills)) if fills else float("nan")
 
 
-def framing_warning(fill: float, checked: tuple[float, float] = CHECKED_FILL) -> str | None:
-    """A warning when a call's median cell fill lies outside ``checked`` (None inside, or NaN).
+def framing_warning(fill: float, checked: tuple[float, float] | None = None) -> str | None:
+    """A warning when a call's median cell fill lies outside ``checked`` (default
+    :data:`CHECKED_FILL`; None inside, or NaN).
 
     >>> framing_warning(0.5) is None, framing_warning(float("nan")) is None
     (True, True)
     >>> "tighter" in framing_warning(0.85), "whole photographs" in framing_warning(0.12)
     (True, True)
     """
-    low, high = checked
+    low, high = CHECKED_FILL if checked is None else checked
     if not math.isfinite(fill) or low <= fill <= high:
         return None
     if fill > high:

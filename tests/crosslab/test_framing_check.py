@@ -27,11 +27,11 @@ def test_the_median_fill_reads_each_images_shorter_side_and_skips_unreadable_fil
 
 
 def test_the_sample_is_spread_through_the_call(tmp_path):
-    # the first half of the call is framed loosely, the second tightly: a sample of the first
-    # cells alone would miss the second half
+    # the first 400 cells are framed loosely, the other 600 tightly: a sample of the first cells
+    # alone would read 0.3
     Image.new("RGB", (100, 100)).save(tmp_path / "a.png")
     paths = [tmp_path / "a.png"] * 1000
-    diameters = np.r_[np.full(499, 30.0), np.full(501, 80.0)]
+    diameters = np.r_[np.full(400, 30.0), np.full(600, 80.0)]
     assert median_cell_fill(paths, diameters, sample=20) == pytest.approx(0.8)
 
 
@@ -53,10 +53,12 @@ def _lab(root, images, frame):
     return root
 
 
-def test_classify_warns_a_folder_framed_unlike_the_labs_checked(tmp_path, data_root):
-    """Real Acevedo-20 cells: as photographed no framing warning; cut to 0.45 of their side (the
-    cell fills about 0.8) a warning that they are framed too tightly; inside twice their side of
-    mirrored smear (a fill of about 0.2) a warning that they may be whole photographs."""
+def test_classify_reads_its_calls_framing_from_the_measured_cells_and_their_files(tmp_path, data_root, monkeypatch):
+    """Real Acevedo-20 cells, as photographed (a fill of about 0.33) and cut to 0.45 of their side
+    (the cell cut by the frame, about 0.67). The measured fill saturates as the frame cuts the
+    cell, so the checked range is narrowed here to see each side of it: inside it no warning, a
+    tight call told so, and a call looser than the range told it may be whole photographs."""
+    from bcfeat.crosslab import framing_check
     from bcfeat.crosslab.folders import classify_folder, train_classifier
     from bcfeat.crosslab.model import CrossLabConfig, CrossLabModel, save_model
 
@@ -67,17 +69,19 @@ def test_classify_warns_a_folder_framed_unlike_the_labs_checked(tmp_path, data_r
         top, left = round(h * 0.275), round(w * 0.275)
         return img[top:top + round(h * 0.45), left:left + round(w * 0.45)]
 
-    def loose(img):
-        h, w = img.shape[:2]
-        return np.pad(img, ((h // 2, h // 2), (w // 2, w // 2), (0, 0)), mode="symmetric")
-
     base = save_model(tmp_path / "base.pt", CrossLabModel(CrossLabConfig(mask_source="stain", n_workers=1)))
     model, _, _ = train_classifier(base, _lab(tmp_path / "train", images, lambda im: im), tmp_path / "clf.pt")
-    said = {}
-    for name, frame in (("native", lambda im: im), ("tight", tight), ("loose", loose)):
+    folders = {"native": _lab(tmp_path / "native", images, lambda im: im), "tight": _lab(tmp_path / "tight", images, tight)}
+
+    def said(folder, checked):
+        monkeypatch.setattr(framing_check, "CHECKED_FILL", checked)
         warnings: list[str] = []
-        classify_folder(model, _lab(tmp_path / name, images, frame), warning_list=warnings)
-        said[name] = [w for w in warnings if "of their images' shorter side" in w]
-    assert said["native"] == []
-    assert len(said["tight"]) == 1 and "tighter" in said["tight"][0]
-    assert len(said["loose"]) == 1 and "whole photographs" in said["loose"][0]
+        classify_folder(model, folder, warning_list=warnings)
+        return [w for w in warnings if "of their images' shorter side" in w]
+
+    assert said(folders["native"], (0.25, 0.5)) == []
+    tight_said = said(folders["tight"], (0.25, 0.5))
+    assert len(tight_said) == 1 and "tighter" in tight_said[0]
+    loose_said = said(folders["native"], (0.45, 0.9))
+    assert len(loose_said) == 1 and "whole photographs" in loose_said[0]
+    assert said(folders["tight"], (0.45, 0.9)) == []
