@@ -20,7 +20,8 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+
+from bcfeat.data.images import header_size
 
 #: Median cell fills inside which the model was checked (see the module's text).
 CHECKED_FILL = (0.29, 0.70)
@@ -36,6 +37,7 @@ def median_cell_fill(paths: Sequence[str | os.PathLike], diameters_px: np.ndarra
     file's header). Files that cannot be opened are left out; NaN when none is left.
 
     >>> import tempfile, pathlib
+    >>> from PIL import Image
     >>> d = pathlib.Path(tempfile.mkdtemp()); Image.new("RGB", (200, 100)).save(d / "a.png")
     >>> median_cell_fill([d / "a.png"], np.array([60.0]))
     0.6
@@ -48,13 +50,9 @@ def median_cell_fill(paths: Sequence[str | os.PathLike], diameters_px: np.ndarra
     picked = np.unique(np.linspace(0, len(paths) - 1, min(len(paths), sample)).round().astype(int))
     fills = []
     for i in picked:
-        try:
-            with Image.open(paths[i]) as image:
-                side = min(image.size)
-        except (OSError, UnidentifiedImageError, ValueError):
-            continue
-        if side > 0 and math.isfinite(diameters_px[i]):
-            fills.append(diameters_px[i] / side)
+        size = header_size(paths[i])
+        if size is not None and min(size) > 0 and math.isfinite(diameters_px[i]):
+            fills.append(diameters_px[i] / min(size))
     return float(np.median(fills)) if fills else float("nan")
 
 

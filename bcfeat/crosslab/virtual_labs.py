@@ -237,12 +237,16 @@ class VirtualLab:
 # The steps of render(); each takes and returns (H, W, 3) float64 in [0, 255].
 
 
+def _scaled_side(n: int, factor: float) -> int:
+    """A side of ``n`` pixels framed or scaled by ``factor`` (never below :data:`MIN_SIDE`)."""
+    return max(MIN_SIDE, int(round(n * factor)))
+
+
 def _frame(image: np.ndarray, lab: VirtualLab, background: np.ndarray) -> np.ndarray:
     """Crop / pad to ``crop_fraction`` of each side around the (offset) centre; beyond the image,
     the background colour or the mirrored image (``lab.frame_fill``)."""
     h, w = image.shape[:2]
-    out_h = max(MIN_SIDE, int(round(h * lab.crop_fraction)))
-    out_w = max(MIN_SIDE, int(round(w * lab.crop_fraction)))
+    out_h, out_w = _scaled_side(h, lab.crop_fraction), _scaled_side(w, lab.crop_fraction)
     top = int(round(h / 2 + lab.crop_offset[0] * out_h - out_h / 2))
     left = int(round(w / 2 + lab.crop_offset[1] * out_w - out_w / 2))
     if lab.frame_fill == "smear":  # the image mirrored at its edges (numpy repeats the mirror for wide pads)
@@ -313,7 +317,7 @@ def _camera(image: np.ndarray, lab: VirtualLab) -> np.ndarray:
 
 def _resize(image: np.ndarray, scale: float) -> np.ndarray:
     h, w = image.shape[:2]
-    shape = (max(MIN_SIDE, int(round(h * scale))), max(MIN_SIDE, int(round(w * scale))))
+    shape = (_scaled_side(h, scale), _scaled_side(w, scale))
     if shape == (h, w):
         return image
     downscale = shape[0] < h or shape[1] < w
@@ -335,10 +339,8 @@ def rendered_shape(shape: tuple[int, int], lab: VirtualLab) -> tuple[int, int]:
     >>> rendered_shape((363, 360), VirtualLab("tight", crop_fraction=0.45)), rendered_shape((40, 40), VirtualLab("s", scale=0.3))
     ((163, 162), (16, 16))
     """
-    framed = [max(MIN_SIDE, int(round(n * lab.crop_fraction))) for n in shape[:2]]
-    if lab.scale == 1.0:
-        return framed[0], framed[1]
-    return tuple(max(MIN_SIDE, int(round(n * float(lab.scale)))) for n in framed)  # type: ignore[return-value]
+    h, w = (_scaled_side(_scaled_side(n, lab.crop_fraction), float(lab.scale)) for n in shape[:2])
+    return h, w
 
 
 def render(image: np.ndarray, lab: VirtualLab, rng: np.random.Generator | None = None) -> np.ndarray:

@@ -76,6 +76,16 @@ def size_problem(width: int, height: int, min_side: int = 1) -> str | None:
     return None
 
 
+def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(width, height)`` from an image file's header (nothing decoded); None where Pillow cannot
+    read the header (not an image, truncated, or a decompression bomb)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return None
+
+
 def check_image_file_size(path: str | os.PathLike) -> None:
     """Refuse a file whose header declares a size outside the limits (:func:`size_problem`),
     reading the header only. Files Pillow cannot identify are left to the decoder."""

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from bcfeat.crosslab.cell_features import feature_names
 from bcfeat.crosslab.virtual_labs import VirtualLab
+from bcfeat.data.images import header_size
 
 #: Crop fractions of the framing sweep: the named ``tight_crop`` (0.45) up to a frame that keeps
 #: four fifths of the image.
@@ -40,8 +40,10 @@ def image_shapes(paths: Sequence[str]) -> np.ndarray:
     """``(n, 2)`` height and width of each image, read from the file's header."""
     shapes = []
     for path in paths:
-        with Image.open(path) as image:
-            shapes.append((image.height, image.width))
+        size = header_size(path)
+        if size is None:
+            raise ValueError(f"{path}: not a readable image")
+        shapes.append(size[::-1])
     return np.asarray(shapes, dtype=np.int64).reshape(-1, 2)
 
 
@@ -120,13 +122,14 @@ def framing_glue(framing: pd.DataFrame, fills: pd.DataFrame) -> dict:
     glue.update({f"crosslab_framing_{round(100 * row.crop_fraction)}": float(row.balanced_accuracy)
                  for row in framing.itertuples()})
     real = fills.iloc[1:]
-    tightest = float(real["fill_median"].max()) if len(real) else float("nan")
-    nearest = framing.iloc[int(np.argmin(np.abs(framing["cell_fill"].to_numpy() - tightest)))] if len(real) else None
-    glue["crosslab_framing_real_tightest_fill"] = tightest
-    glue["crosslab_framing_at_real_tightest"] = float(nearest["balanced_accuracy"]) if nearest is not None else float("nan")
-    glue["crosslab_framing_real_tightest_fraction"] = (float(nearest["crop_fraction"]) if nearest is not None
-                                                      else float("nan"))
-    return glue
+    if not len(real):
+        return {**glue, **dict.fromkeys(("crosslab_framing_real_tightest_fill", "crosslab_framing_at_real_tightest",
+                                          "crosslab_framing_real_tightest_fraction"), float("nan"))}
+    tightest = float(real["fill_median"].max())
+    nearest = framing.iloc[int(np.argmin(np.abs(framing["cell_fill"].to_numpy() - tightest)))]
+    return {**glue, "crosslab_framing_real_tightest_fill": tightest,
+            "crosslab_framing_at_real_tightest": float(nearest["balanced_accuracy"]),
+            "crosslab_framing_real_tightest_fraction": float(nearest["crop_fraction"])}
 
 
 __all__ = ["FRAMING_FRACTIONS", "framing_labs", "image_shapes", "cell_fill", "fill_table", "framing_table", "framing_glue"]
