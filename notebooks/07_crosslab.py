@@ -34,6 +34,7 @@ mask_sources: str = "detector,stain,stain+normtex,stain+nucdisk+normtex"  # meas
 n_workers: int = 2  # processes measuring the crops
 candidate_C: str = "0.03,0.1"  # inverse L2 strengths of the linear model compared by the selection
 candidate_groups: str = "all,no_texture,no_fine_texture,no_ruler"  # feature sets compared by the selection
+ruler_check: bool = True  # leave the red-cell ruler out of every candidate when, on any development lab, it reads red cells outside 0.35-0.9 of the white cell (no label read); such a setting does not measure it
 ablation_cells: int = 400  # cells per site re-measured for the crop lever (0: skip it)
 red_cell_lever: bool = True  # read every cell's optical densities against the red cells of its own photograph (a colour reference within the photograph) and compare with the deployed reading (reported, not chosen)
 order_stable_candidates: bool = True  # offer the real-lab rule each eligible setting's order-stable variant: the features whose class order reverses on a given site it may read are left out
@@ -146,12 +147,17 @@ cs.feature_group_table(any_x)
 # The red-cell ruler, read without labels on each site with each measurement: the white cell's and
 # the red cells' median diameters in the image's pixels, their ratio, and the share of images that
 # gave no ruler. A working ruler reads about 0.35-0.9 (red cells are about 7.5 µm, white cells
-# about 8-20 µm).
+# about 8-20 µm). Where it reads outside that range on any development lab (`ruler_check`, no
+# label read), the ruler is left out of every candidate below, and the deployed model does not
+# measure it.
 
 # %% tags=["hide-input"]
 ruler = pd.concat([cs.ruler_table(m.features, samples).assign(measurement=name) for name, m in measured.items()],
                   ignore_index=True)
 save_table(ruler, tables / "crosslab_ruler.csv")
+ruler_drop = cs.ruler_drop(ruler) if ruler_check else ()
+glue("crosslab_ruler_failed_sites", ", ".join(sorted(set(cs.ruler_check(ruler)["site"]))) or "none", display=False)
+glue("crosslab_ruler_left_out", "left out of every candidate" if ruler_drop else "kept", display=False)
 ruler.set_index(["measurement", "site"]).round(2)
 
 # %% [markdown]
@@ -208,7 +214,8 @@ virtual.table().round(2)
 
 # %% tags=["hide-input"]
 candidates = cv.candidate_settings(study.parse_list(candidate_C), study.parse_list(candidate_groups),
-                                   study.parse_list(mask_sources), study.parse_list(candidate_statistics))
+                                   study.parse_list(mask_sources), study.parse_list(candidate_statistics),
+                                   drop=ruler_drop)
 selection_table = cv.select_on_virtual_labs(measured, samples, plan, virtual, candidates, seed, source=design.source)
 selection_table["eligible"] = selection_table["source"].isin(study.parse_list(selection_mask_sources))
 save_table(selection_table, tables / "crosslab_selection.csv")
@@ -259,11 +266,13 @@ argmax_candidate, _ = rs.nested_choice(given_scores, selection_table, one_se=Fal
 argmax_setting = rs.deployable_setting(argmax_candidate, measured, samples, plan, design=design)
 glue("crosslab_argmax_setting", argmax_candidate, display=False)
 headline_setting = nested_setting if selection_rule == "real_labs_nested" else virtual_rule_setting
-for key, value in osf.lever_choice_glue(nested_folds, nested_candidate, headline_setting, order_stable_candidates).items():
+for key, value in osf.lever_choice_glue(nested_folds, nested_candidate, headline_setting, order_stable_candidates,
+                                          left_out=ruler_drop).items():
     glue(key, value, display=False)
 glue("crosslab_selection_rule", selection_rule, display=False)
-glue("crosslab_headline_score", float(selection_table.set_index("setting").loc[cv.base_setting(headline_setting),
-                                                                              "selection_score"]), display=False)
+headline_candidate = cv.base_setting(headline_setting, keep=ruler_drop)  # the candidate the deployed setting came from
+glue("crosslab_headline_score", float(selection_table.set_index("setting").loc[headline_candidate, "selection_score"]),
+     display=False)
 headline_source = cv.parse_setting(headline_setting)["source"]
 plain_headline = cv.plain_name(headline_setting)
 glue("crosslab_headline_setting", headline_setting, display=False)
@@ -618,7 +627,7 @@ olc.own_label_by_group_display(by_group).round(3)
 # labels, so it explains the scores above and chooses nothing.
 
 # %% tags=["hide-input"]
-profiles = cp.setting_profile_agreement((source_X, source_y), report_labs, cv.base_setting(headline_setting))
+profiles = cp.setting_profile_agreement((source_X, source_y), report_labs, headline_candidate)
 save_table(profiles, tables / "crosslab_class_profiles.csv")
 for key, value in cp.profile_agreement_glue(profiles).items():
     glue(key, value, display=False)
@@ -636,7 +645,7 @@ cp.profile_agreement_display(profiles).round(2)
 
 # %% tags=["hide-input"]
 if order_stable_lever:
-    order_stable = osf.order_stable_table((source_X, source_y), report_labs, unseen, cv.base_setting(headline_setting),
+    order_stable = osf.order_stable_table((source_X, source_y), report_labs, unseen, headline_candidate,
                                           seed)
 else:
     order_stable = pd.DataFrame(columns=osf.COLUMNS)

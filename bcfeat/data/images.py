@@ -76,13 +76,22 @@ def size_problem(width: int, height: int, min_side: int = 1) -> str | None:
     return None
 
 
+def _identified_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(width, height)`` from the header, None where Pillow cannot identify the file; a
+    decompression bomb raises Pillow's error."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, SyntaxError, EOFError):
+        return None
+
+
 def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
     """``(width, height)`` from an image file's header (nothing decoded); None where Pillow cannot
     read the header (not an image, truncated, or a decompression bomb)."""
     try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+        return _identified_size(path)
+    except Image.DecompressionBombError:
         return None
 
 
@@ -90,13 +99,12 @@ def check_image_file_size(path: str | os.PathLike) -> None:
     """Refuse a file whose header declares a size outside the limits (:func:`size_problem`),
     reading the header only. Files Pillow cannot identify are left to the decoder."""
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except (OSError, ValueError, SyntaxError, EOFError):
-        return
+        size = _identified_size(path)
     except Image.DecompressionBombError as error:
         raise ImageSizeError(path, str(error)) from error
-    problem = size_problem(width, height)
+    if size is None:
+        return
+    problem = size_problem(*size)
     if problem:
         raise ImageSizeError(path, problem)
 

@@ -31,6 +31,7 @@ from bcfeat.crosslab.cell_features import GROUPS, feature_groups, feature_set_co
 from bcfeat.study.crosslab_settings import drop_part, read_drop, setting_columns
 from bcfeat.study.crosslab_measurement import (Measured, feature_group_table, mask_area_change,  # noqa: F401
                                                measure_all, measure_cells, measured_table, ruler_display, ruler_table,
+                                               RULER_WORKS, ruler_check, ruler_drop,
                                                stain_masks_against_experts)
 
 LABELS = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")

@@ -250,6 +250,39 @@ def ruler_display(table: pd.DataFrame) -> pd.DataFrame:
     return table.set_index("site")[list(names)].rename(columns=names)
 
 
+RULER_WORKS: tuple[float, float] = (0.35, 0.9)
+"""Red cell over white cell (:func:`ruler_table`'s median ratio) where the red-cell ruler measures red
+cells: red cells are about 7.5 µm, white cells about 8-20 µm. Outside it, the ruler measured
+something else (fragments between the red cells that a tight crop cuts off)."""
+
+
+def ruler_check(table: pd.DataFrame, works: tuple[float, float] = RULER_WORKS) -> pd.DataFrame:
+    """The rows of :func:`ruler_table` (any number of measurements and sites) whose ratio lies
+    outside ``works`` or was not read: the development labs on which the ruler fails. It reads no
+    label, so the selection may act on it: a ruler that fails on a development lab is left out of
+    every candidate (:func:`ruler_drop`).
+
+    >>> t = pd.DataFrame({"site": ["a", "b", "c"], "red_over_white": [0.48, 0.08, float("nan")]})
+    >>> list(ruler_check(t)["site"])
+    ['b', 'c']
+    """
+    low, high = works
+    ratio = table["red_over_white"].astype(float)
+    return table[~ratio.between(low, high)]
+
+
+def ruler_drop(table: pd.DataFrame, works: tuple[float, float] = RULER_WORKS) -> tuple[int, ...]:
+    """The feature columns every candidate leaves out because of :func:`ruler_check`: the ruler's
+    column (``log_cell_over_red_cell``) when it fails on any row of ``table``, else none. A setting
+    that leaves it out does not measure the ruler at all (:func:`bcfeat.crosslab.model.measured_parts`).
+
+    >>> t = pd.DataFrame({"site": ["a", "b"], "red_over_white": [0.48, 0.6]})
+    >>> ruler_drop(t), ruler_drop(t.assign(red_over_white=[0.48, 0.06]))
+    ((), (1,))
+    """
+    return (feature_names().index("log_cell_over_red_cell"),) if len(ruler_check(table, works)) else ()
+
+
 def measured_table(measured: dict[str, Measured]) -> pd.DataFrame:
     """Cost of measuring every cell with each mask source."""
     return pd.DataFrame([{"mask_source": m, "n_cells": len(v.features), "cpu_minutes": v.minutes,
@@ -269,4 +302,4 @@ def feature_group_table(X: np.ndarray) -> pd.DataFrame:
 
 __all__ = ["Measured", "NORMALISED_TEXTURE", "NUCLEUS_DISK", "NUCLEUS_DISK_FACTOR", "measurement_parts",
            "measurement_config", "measurement_settings", "measure_cells", "measure_all", "stain_masks_against_experts",
-           "mask_area_change", "ruler_table", "ruler_display", "measured_table", "feature_group_table"]
+           "mask_area_change", "ruler_table", "ruler_display", "RULER_WORKS", "ruler_check", "ruler_drop", "measured_table", "feature_group_table"]

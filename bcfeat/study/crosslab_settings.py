@@ -74,14 +74,19 @@ def parse_setting(name: str) -> dict:
             "statistics": statistics, "drop": drop}
 
 
-def base_setting(name: str) -> str:
-    """The setting without its left-out columns.
+def base_setting(name: str, keep: Sequence[int] = ()) -> str:
+    """The setting without its left-out columns, but for those of ``keep`` (the columns every
+    candidate of the selection left out, :func:`candidate_settings`'s ``drop``): the candidate a
+    lever variant was made from.
 
     >>> base_setting("logistic C=0.03 all stain cbr drop=3,17")
     'logistic C=0.03 all stain cbr'
+    >>> base_setting("logistic C=0.03 all stain cbr drop=1,3,17", keep=[1])
+    'logistic C=0.03 all stain cbr drop=1'
     """
     s = parse_setting(name)
-    return setting_name(s["C"], s["groups"], s["source"], s["statistics"])
+    kept = {int(c) for c in keep}
+    return setting_name(s["C"], s["groups"], s["source"], s["statistics"], drop=[c for c in s["drop"] if c in kept])
 
 
 def setting_columns(setting: dict | str) -> tuple[int, ...] | None:
@@ -123,17 +128,33 @@ def classifier_for(setting: dict | str, random_state: int = 0, temperature: floa
 
 
 def candidate_settings(Cs: Sequence[str | float], groups: Sequence[str], sources: Sequence[str],
-                       statistics: Sequence[str] = STATISTICS) -> list[str]:
-    """Every combination, named by :func:`setting_name`; unknown names fail before any work."""
-    for g in groups:
-        feature_set_columns(g)
+                       statistics: Sequence[str] = STATISTICS, drop: Sequence[int] = ()) -> list[str]:
+    """Every combination, named by :func:`setting_name`; unknown names fail before any work.
+
+    ``drop``: columns every candidate leaves out (the study's ruler check). A feature set that
+    ``drop`` makes the same as an earlier one of ``groups`` is offered once, under the earlier name.
+
+    >>> candidate_settings([0.1], ["all", "no_ruler"], ["stain"], ["cbr"])
+    ['logistic C=0.1 all stain cbr', 'logistic C=0.1 no_ruler stain cbr']
+    >>> candidate_settings([0.1], ["all", "no_ruler"], ["stain"], ["cbr"], drop=[1])
+    ['logistic C=0.1 all stain cbr drop=1']
+    """
+    columns = {g: feature_set_columns(g, drop) for g in groups}
     bad = [s for s in statistics if s not in STATISTICS]
     if bad or not Cs or not groups or not sources or not statistics:
         raise ValueError(f"candidates need at least one C, feature set, mask source and statistics "
                          f"(valid statistics: {STATISTICS}); got {list(Cs)}, {list(groups)}, {list(sources)}, "
                          f"{list(statistics)}")
-    return [setting_name(float(c), g, src, st) for src in sources for g in groups for st in statistics for c in Cs]
+    distinct = [g for i, g in enumerate(groups) if columns[g] not in [columns[e] for e in groups[:i]]]
+    dropped = {g: _dropped(g, drop) for g in distinct}
+    return [setting_name(float(c), g, src, st, drop=dropped[g])
+            for src in sources for g in distinct for st in statistics for c in Cs]
 
+
+def _dropped(group: str, drop: Sequence[int]) -> list[int]:
+    """The columns of ``drop`` that the feature set ``group`` would read (a name lists only those)."""
+    read = feature_set_columns(group)
+    return [int(c) for c in drop if read is None or int(c) in read]
 
 
 def plain_name(setting: str) -> str:

@@ -164,22 +164,26 @@ def order_stable_table(source: tuple[np.ndarray, np.ndarray], labs: dict[str, tu
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def lever_choice_glue(folds: pd.DataFrame, candidate: str, deployed: str, offered: bool) -> dict:
+def lever_choice_glue(folds: pd.DataFrame, candidate: str, deployed: str, offered: bool,
+                      left_out: Sequence[int] = ()) -> dict:
     """What the real-lab rule made of the lever candidates: whether they were offered
     (``crosslab_lever_offered``), whether the deployed choice is one (``crosslab_lever_deployed``),
     how many folds chose one (``crosslab_lever_folds``, of ``crosslab_lever_n_folds``), and the
-    columns the deployed setting leaves out (``crosslab_headline_n_dropped`` and their names,
+    columns the deployed setting leaves out beyond ``left_out`` (those every candidate left out,
+    the ruler check's) (``crosslab_headline_n_dropped`` and their names,
     ``crosslab_headline_dropped``; "none" without).
 
     >>> folds = pd.DataFrame({"chosen": ["a", "a stable", "a"]})
     >>> g = lever_choice_glue(folds, "a stable", "logistic C=0.1 all stain cbr drop=0,2", True)
     >>> g["crosslab_lever_deployed"], g["crosslab_lever_folds"], g["crosslab_headline_n_dropped"]
     ('yes', 1, 2)
+    >>> lever_choice_glue(folds, "a stable", "logistic C=0.1 all stain cbr drop=0,2", True, left_out=[0])["crosslab_headline_n_dropped"]
+    1
     """
     from bcfeat.crosslab.cell_features import feature_names
     from bcfeat.study.crosslab_settings import parse_setting
 
-    drop = parse_setting(deployed)["drop"]
+    drop = [c for c in parse_setting(deployed)["drop"] if c not in {int(k) for k in left_out}]
     names = feature_names()
     return {"crosslab_lever_offered": "yes" if offered else "no",
             "crosslab_lever_deployed": "yes" if is_stable_candidate(candidate) else "no",

@@ -297,7 +297,7 @@ def statistics_comparison(given_scores: pd.DataFrame, selection: pd.DataFrame, s
         given_scores = given_scores[given_scores["excluded"].fillna("").astype(str) == ""]
     rows = []
     for statistics in STATISTICS:
-        plain = setting_name(s["C"], s["groups"], s["source"], statistics)
+        plain = setting_name(s["C"], s["groups"], s["source"], statistics, drop=s["drop"])
         name = plain + suffix
         part = given_scores[given_scores["setting"] == name]
         if part.empty:

@@ -761,6 +761,19 @@ def test_the_statistics_comparison_puts_the_deployed_setting_beside_its_other_st
     assert "untouched_all" not in rs.statistics_comparison(sc, selection, names[1]).columns  # no lab given
 
 
+def test_the_statistics_comparison_keeps_the_columns_every_candidate_left_out():
+    """With the ruler check, every candidate's name carries ``drop=1``: the deployed lever variant
+    is compared with its candidate's other statistics under those names, not the names without it."""
+    names = [cv.setting_name(0.03, "no_fine_texture", "stain", st, drop=[1]) for st in ("plain", "cbr", "cbr_mix")]
+    sc = pd.DataFrame({"setting": [n + " stable" for n in names for _ in range(2)], "lab": ["x", "y"] * 3,
+                       "balanced_accuracy": [0.70, 0.60, 0.72, 0.64, 0.75, 0.69],
+                       "balanced_accuracy_all": [0.71, 0.61, 0.73, 0.65, 0.76, 0.70]})
+    selection = pd.DataFrame({"setting": names, "selection_score": [0.80, 0.85, 0.84]})
+    table = rs.statistics_comparison(sc, selection, names[2] + " stable")
+    assert table["statistics"].tolist() == ["plain", "cbr", "cbr_mix"] and table["deployed"].tolist() == [False, False, True]
+    assert table["virtual_labs"].tolist() == [0.80, 0.85, 0.84]
+
+
 def test_the_mix_cost_names_the_worst_mix_and_its_standard_error_from_the_calls():
     """The cost is the own mix's mean in calls of 100 minus the worst mix's, and its standard error
     combines the two means' (independent draws); few noisy calls give a wide one."""

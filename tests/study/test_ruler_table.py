@@ -45,3 +45,33 @@ def test_the_ruler_table_reads_a_working_ruler_and_one_that_measures_fragments_a
     assert table.loc["a", "no_ruler_share"] == table.loc["b", "no_ruler_share"] == 0.0
     assert table.loc["c", "no_ruler_share"] == 1.0 and np.isnan(table.loc["c", "red_over_white"])
     assert table.loc["c", "n_cells"] == 2
+
+
+def test_a_ruler_that_measures_fragments_on_one_lab_is_left_out_of_every_candidate_and_not_measured():
+    from bcfeat.crosslab.cell_features import feature_names, feature_set_columns
+    from bcfeat.crosslab.model import measured_parts
+    from bcfeat.study.crosslab_measurement import ruler_check, ruler_drop
+    from bcfeat.study.crosslab_settings import candidate_settings, setting_columns, parse_setting
+
+    cfg = CropConfig(ruler_work_size=400)
+    rows, labs = [], []
+    for lab, (rbc_radius, step) in {"a": (14, 40), "b": (3, 16)}.items():
+        img, cell = _image(230, 30, rbc_radius, step)
+        rows.append(cell_features(canonical_crop(img, cell, cfg)))
+        labs.append(lab)
+    table = ruler_table(np.array(rows), pd.DataFrame({"domain": labs}))
+    assert list(ruler_check(table)["site"]) == ["b"]
+    ruler = feature_names().index("log_cell_over_red_cell")
+    assert ruler_drop(table) == (ruler,)
+    assert ruler_drop(table[table["site"] == "a"]) == ()  # lab a alone: the ruler works and stays
+
+    candidates = candidate_settings([0.03], ["all", "no_fine_texture", "no_ruler"], ["stain"], ["cbr"],
+                                    drop=ruler_drop(table))
+    # "no_ruler" less the ruler is "all" less the ruler: offered once
+    assert candidates == ["logistic C=0.03 all stain cbr drop=1", "logistic C=0.03 no_fine_texture stain cbr drop=1"]
+    for name in candidates:
+        read = setting_columns(parse_setting(name))
+        assert ruler not in read
+        assert measured_parts(read)[0] is False  # the deployed model would not measure the ruler
+    kept = candidate_settings([0.03], ["no_fine_texture"], ["stain"], ["cbr"])
+    assert ruler in setting_columns(parse_setting(kept[0])) and measured_parts(feature_set_columns("no_fine_texture"))[0]
