@@ -41,8 +41,11 @@ pipeline: env
 	$(PY) -m bcfeat.runner --profile $(PROFILE) $(RUN_ARGS)
 
 # Builds from the committed executed notebooks in book/results; never re-executes them.
+# --all: every page is read again. Sphinx re-reads only changed pages, and a chapter's glued values
+# live in the notebooks it cites, so without it a chapter keeps the values (or blanks) of the
+# build before new results.
 book: env
-	$(VENV)/bin/jupyter-book build book/ -W -n --keep-going
+	$(VENV)/bin/jupyter-book build book/ --all -W -n --keep-going
 	@echo "Book: file://$(CURDIR)/book/_build/html/index.html"
 
 test: env

@@ -81,6 +81,54 @@ def test_a_fresh_clone_builds_the_book_with_the_bare_command(tmp_path):
     assert "\\(" in method or "\\[" in method or "math notranslate" in method  # equations left for MathJax
 
 
+def _book_command() -> list[str]:
+    """The arguments of the Makefile's ``book`` recipe after ``jupyter-book`` (``$(VENV)`` and all)."""
+    recipe = (paths.ROOT / "Makefile").read_text().split("\nbook:", 1)[1].split("\n")[1]
+    return recipe.split("jupyter-book", 1)[1].split()
+
+
+def _glue_notebook(path: Path, key: str, value: str) -> None:
+    """An executed notebook (as papermill writes it) whose one output glues ``key`` as ``value``."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("glue(...)")
+    cell.outputs = [nbformat.v4.new_output(
+        "display_data", data={"application/papermill.record/text/plain": value},
+        metadata={"scrapbook": {"name": key, "mime_prefix": "application/papermill.record/"}})]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Run"), cell]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nbformat.write(nb, path)
+
+
+def test_make_book_shows_the_values_of_new_results(tmp_path):
+    """`make book` after a new run reads every chapter again: a chapter's glued values live in the
+    notebooks it cites, which Sphinx does not count as the chapter changing."""
+    clone = tmp_path / "clone"
+    shutil.copytree(paths.BOOK, clone / "book", symlinks=True,
+                    ignore=shutil.ignore_patterns("_assets", "_build", "results"))
+    (clone / "book" / "results").mkdir()
+    (clone / "book" / "_assets").symlink_to(paths.BOOK / "_assets")  # the local MathJax of `make env`
+    for name in ("_config.yml", "package.json"):
+        shutil.copy(paths.ROOT / name, clone / name)
+    (clone / "book" / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: chapter\n"
+                                              "  - file: results/run\n")
+    (clone / "book" / "intro.md").write_text("# bcfeat\n")
+    (clone / "book" / "chapter.md").write_text(
+        "# Chapter\n\nThe lab reads {glue:text}`results/run.ipynb::score:.3f` here.\n")
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    shown = []
+    for value in ("0.455", "0.447"):
+        _glue_notebook(clone / "book" / "results" / "run.ipynb", "score", value)
+        result = subprocess.run([str(jupyter_book), *_book_command()], cwd=clone, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        html = (clone / "book" / "_build" / "html" / "chapter.html").read_text()
+        shown.append(re.sub(r"<[^>]+>", "", html).split("The lab reads", 1)[1].split("here", 1)[0].strip())
+    assert shown == ["0.455", "0.447"]
+
+
 @pytest.mark.slow
 def test_book_loads_nothing_from_the_web(built_book):
     """MathJax and every script are served from the book itself, so it renders offline."""
