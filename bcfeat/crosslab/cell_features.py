@@ -304,6 +304,11 @@ def fine_texture_columns() -> tuple[int, ...]:
     return tuple(i for i, n in enumerate(feature_names()) if any(f in n for f in FINE_TEXTURE))
 
 
+def ruler_column() -> int:
+    """Column index of the red-cell ruler's feature (``log_cell_over_red_cell``)."""
+    return feature_names().index("log_cell_over_red_cell")
+
+
 def feature_set_columns(name: str, drop: Sequence[int] = ()) -> tuple[int, ...] | None:
     """Column indices of a named feature set (``None``: every column), less the columns ``drop``
     (the study's order-stable lever: features whose class order reversed on a development lab).
@@ -334,7 +339,8 @@ def _named_feature_set(name: str) -> tuple[int, ...] | None:
     if name == "all":
         return None
     if name == "no_ruler":
-        return tuple(i for i, n in enumerate(names) if n != "log_cell_over_red_cell")
+        ruler = ruler_column()
+        return tuple(i for i in range(len(names)) if i != ruler)
     if name == "no_fine_texture":
         fine = set(fine_texture_columns())
         return tuple(i for i in range(len(names)) if i not in fine)
@@ -446,5 +452,5 @@ def relative_to_red_cells(features: np.ndarray, red_od: np.ndarray) -> np.ndarra
     return features
 
 
-__all__ = ["GROUPS", "TEXTURE_OD", "NUCLEUS_OD_REFERENCE", "NUCLEUS_OD", "nucleus_density", "nucleus_mask", "texture_density", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "FINE_TEXTURE", "fine_texture_columns", "cell_features",
+__all__ = ["GROUPS", "TEXTURE_OD", "NUCLEUS_OD_REFERENCE", "NUCLEUS_OD", "nucleus_density", "nucleus_mask", "texture_density", "FEATURE_SETS", "feature_names", "feature_groups", "feature_set_columns", "FINE_TEXTURE", "fine_texture_columns", "ruler_column", "cell_features",
            "red_cell_referenced_columns", "relative_to_red_cells"]

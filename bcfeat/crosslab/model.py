@@ -28,7 +28,8 @@ import numpy as np
 
 from bcfeat.atomic_io import atomic_torch_save
 from bcfeat.crosslab.cell_crop import CellCrop, CropConfig, canonical_crop
-from bcfeat.crosslab.cell_features import NUCLEUS_OD, TEXTURE_OD, cell_features, feature_names, fine_texture_columns
+from bcfeat.crosslab.cell_features import (NUCLEUS_OD, TEXTURE_OD, cell_features, feature_names, fine_texture_columns,
+                                           ruler_column)
 from bcfeat.data.images import ImageDecodeError, SkippedImages, read_image
 from bcfeat.detection.pseudo_masks import SegmentationConfig
 from bcfeat.model_files import ModelFileError, arrays_as_tensors, build_from_payload, format_name, load_model_file
@@ -172,7 +173,7 @@ def measured_parts(reads: Sequence[int] | None) -> tuple[bool, bool]:
     if reads is None:
         return True, True
     reads = {int(c) for c in reads}
-    return feature_names().index("log_cell_over_red_cell") in reads, bool(reads & set(fine_texture_columns()))
+    return ruler_column() in reads, bool(reads & set(fine_texture_columns()))
 
 
 def _measure_item(args: tuple[Any, Any, CrossLabConfig, bool, bool, bool, bool]

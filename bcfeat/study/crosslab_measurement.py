@@ -22,7 +22,7 @@ import pandas as pd
 
 from bcfeat.study import common as study
 from bcfeat.crosslab.cell_crop import CropConfig
-from bcfeat.crosslab.cell_features import feature_groups, feature_names
+from bcfeat.crosslab.cell_features import feature_groups, feature_names, ruler_column
 
 if TYPE_CHECKING:
     from bcfeat.crosslab.model import CrossLabConfig
@@ -280,7 +280,7 @@ def ruler_drop(table: pd.DataFrame, works: tuple[float, float] = RULER_WORKS) ->
     >>> ruler_drop(t), ruler_drop(t.assign(red_over_white=[0.48, 0.06]))
     ((), (1,))
     """
-    return (feature_names().index("log_cell_over_red_cell"),) if len(ruler_check(table, works)) else ()
+    return (ruler_column(),) if len(ruler_check(table, works)) else ()
 
 
 def measured_table(measured: dict[str, Measured]) -> pd.DataFrame:

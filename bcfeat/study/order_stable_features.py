@@ -183,7 +183,8 @@ def lever_choice_glue(folds: pd.DataFrame, candidate: str, deployed: str, offere
     from bcfeat.crosslab.cell_features import feature_names
     from bcfeat.study.crosslab_settings import parse_setting
 
-    drop = [c for c in parse_setting(deployed)["drop"] if c not in {int(k) for k in left_out}]
+    everywhere = {int(k) for k in left_out}
+    drop = [c for c in parse_setting(deployed)["drop"] if c not in everywhere]
     names = feature_names()
     return {"crosslab_lever_offered": "yes" if offered else "no",
             "crosslab_lever_deployed": "yes" if is_stable_candidate(candidate) else "no",
